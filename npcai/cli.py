@@ -1,0 +1,155 @@
+"""The `npcai` command: serve, demo, chat, models, bench.
+
+User mistakes end with one clear line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from . import catalog
+from .errors import NpcaiError
+from .settings import Settings
+
+
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    for flag, f in Settings.flags():
+        meta = dict(f.metadata)
+        help_text = meta.pop("help")
+        if f.type in (bool, "bool"):
+            p.add_argument(f"--{flag}", dest=f.name, help=help_text, **meta)
+        elif meta.get("action") == "append":
+            p.add_argument(f"--{flag}", dest=f.name, help=help_text, metavar="SPEC", **meta)
+        else:
+            kind = {"int": int, "str": str}.get(str(f.type), str)
+            p.add_argument(f"--{flag}", dest=f.name, type=kind, default=f.default,
+                           help=f"{help_text} (default: {f.default})", **meta)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    s = Settings()
+    for _, f in Settings.flags():
+        value = getattr(args, f.name, None)
+        if value is not None:
+            setattr(s, f.name, value)
+    return s
+
+
+def model_roles(specs: list[str], *, out=None) -> dict[str, Path]:
+    """Parse --model specs (NAME or ROLE=NAME) into role -> GGUF path, pulling catalog models."""
+    if not specs:
+        specs = [catalog.DEFAULT_MODEL]
+    roles: dict[str, Path] = {}
+    for spec in specs:
+        role, sep, name = spec.partition("=")
+        if not sep or "/" in role or "\\" in role or role.endswith(".gguf"):
+            role, name = ("dialogue" if "dialogue" not in roles else "decision"), spec
+        if not role.isidentifier():
+            raise NpcaiError(f"bad --model {spec!r}: the role must be a plain name like dialogue or decision")
+        roles[role] = catalog.resolve(name, out=out)
+    return roles
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .engine import Engine
+    from .server import READY_PREFIX, Server
+
+    settings = settings_from(args)
+    logging.basicConfig(level=logging.INFO if settings.verbose else logging.WARNING,
+                        format="npcai: %(message)s", stream=sys.stderr)
+    roles = model_roles(settings.model, out=sys.stderr)
+    server = Server(settings, lambda emit: Engine(settings, roles, emit))
+    endpoint = server.bind()
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    signal.signal(signal.SIGINT, lambda *_: server.stop())
+    print(f"{READY_PREFIX}{endpoint}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        for name, m in catalog.CATALOG.items():
+            mark = "pulled" if catalog.is_pulled(name) else "-"
+            default = " (default)" if name == catalog.DEFAULT_MODEL else ""
+            print(f"{name:<14} {m.size / 1e6:6.0f} MB  {mark:<7} {m.description}{default}")
+        return 0
+    if not args.name:
+        raise NpcaiError(f"npcai models {args.action} needs a model name")
+    if args.action == "pull":
+        catalog.pull(args.name)
+    else:
+        print(catalog.resolve(args.name, pull_missing=False))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.model or [], scenario=args.scenario, color=not args.no_color)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .demo import run_chat
+
+    return run_chat(args.npc, args.model or [], scenario=args.scenario, persona=args.persona)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="npcai", description="Local AI for game characters: a low-latency sidecar.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the sidecar (prints 'NPCAI READY <endpoint>' when ready)")
+    _add_settings(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("models", help="list, pull or locate models")
+    p.add_argument("action", choices=["list", "pull", "path"])
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_models)
+
+    for name, func, help_text in (("demo", cmd_demo, "play a short scripted village scene"),
+                                  ("chat", cmd_chat, "talk to one NPC in the terminal")):
+        p = sub.add_parser(name, help=help_text)
+        if name == "chat":
+            p.add_argument("npc", help="an NPC of the scenario (brom, mira, grik, captain) or a new name")
+            p.add_argument("--persona", help="persona text for a new NPC")
+        p.add_argument("--model", action="append", metavar="SPEC", help="NAME or ROLE=NAME (repeatable)")
+        p.add_argument("--scenario", help="scenario JSON file (default: the built-in village)")
+        if name == "demo":
+            p.add_argument("--no-color", action="store_true", help="plain output")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("bench", help="run the latency benchmarks and write a JSON report")
+    p.add_argument("--model", action="append", metavar="NAME", help="models to bench (default: smollm2-135m)")
+    p.add_argument("--only", action="append", help="run only these benchmark items (by name)")
+    p.add_argument("--out", default="bench-report.json", help="where to write the JSON report")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (for smoke runs)")
+    p.add_argument("--plots", action="store_true", help="draw PNG latency plots (needs the [bench] extra)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except NpcaiError as err:
+        print(f"npcai: {err.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

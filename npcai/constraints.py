@@ -1,0 +1,176 @@
+"""Constraints: compile a decision's schema or grammar once, then mask tokens per step.
+
+Compilation uses llguidance over the model's own vocabulary. It is bounded in work
+(parser fuel limits) and in wall time (it runs on a worker thread; the engine keeps
+stepping other requests and gives up on the constraint after ``compile_timeout``).
+Compiled constraints are cached by their source text, so a schema sent with every
+decision costs its compilation once. Each request walks its own copy of the matcher;
+after every token the matcher also reports forced tokens ("jump-forward"), which
+the runtime appends without sampling.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from llguidance import LLMatcher, LLParserLimits, LLTokenizer
+from llguidance.gbnf_to_lark import GbnfToLarkError, any_to_lark
+
+from .errors import BadRequest, NpcaiError, TooLarge
+
+MAX_SOURCE_BYTES = 64 * 1024
+_NAME = re.compile(r"^[A-Za-z0-9_\-]+(\.gbnf)?$")
+
+# Tighter than llguidance's defaults: an NPC decision never needs a huge grammar, and
+# a pathological one must fail fast instead of stalling the sidecar.
+_LIMITS = dict(initial_lexer_fuel=300_000, step_lexer_fuel=100_000, step_max_items=20_000,
+               max_lexer_states=50_000, max_grammar_size=50_000)
+
+
+class Constraint:
+    """A compiled grammar; ``start()`` gives a request its own walker."""
+
+    def __init__(self, matcher: LLMatcher, kind: str):
+        self._template = matcher
+        self.kind = kind  # "schema" or "grammar": how the matched text becomes a value
+
+    def start(self) -> "ConstraintState":
+        return ConstraintState(self._template.deep_copy(), self.kind)
+
+
+class ConstraintState:
+    """One request's position in a constraint."""
+
+    def __init__(self, matcher: LLMatcher, kind: str):
+        self._m = matcher
+        self.kind = kind
+
+    def fill_mask(self, out: np.ndarray) -> None:
+        """Write the allowed-token bitmask (int32 words, 32 tokens each) into ``out``."""
+        self._m.unsafe_compute_mask_ptr(out.ctypes.data, out.nbytes)
+
+    def consume(self, token: int) -> bool:
+        return self._m.consume_token(token)
+
+    def forced(self) -> list[int]:
+        """Tokens that are the only legal continuation, in canonical tokenization."""
+        return self._m.compute_ff_tokens()
+
+    @property
+    def stopped(self) -> bool:
+        """The grammar is complete and admits nothing more."""
+        return self._m.is_stopped()
+
+    @property
+    def accepting(self) -> bool:
+        return self._m.is_accepting()
+
+    @property
+    def error(self) -> str | None:
+        return self._m.get_error() if self._m.is_error() else None
+
+    def value(self, text: str) -> Any:
+        """The decision's value for the matched text."""
+        return json.loads(text) if self.kind == "schema" else text
+
+
+class ConstraintCompiler:
+    """Compiles and caches constraints for one model's vocabulary."""
+
+    def __init__(self, tokenizer: LLTokenizer, grammar_dir: Path, compile_timeout: float = 2.0,
+                 cache_size: int = 128):
+        self.tokenizer = tokenizer
+        self.grammar_dir = Path(grammar_dir)
+        self.compile_timeout = compile_timeout
+        self._cache: OrderedDict[str, Constraint] = OrderedDict()
+        self._cache_size = cache_size
+        self._pending: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="npcai-compile")
+        self._limits = LLParserLimits(**_LIMITS, verbose_errors=False)
+
+    def source_for(self, fields: dict[str, Any]) -> tuple[str, str]:
+        """The (kind, llguidance grammar) a decide request asks for; raises BadRequest/TooLarge."""
+        if "schema" in fields:
+            text = json.dumps(fields["schema"])  # property order is generation order: keep it
+            _check_size(text, "schema")
+            try:
+                grammar = LLMatcher.grammar_from_json_schema(
+                    text, defaults={"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "})
+            except ValueError as exc:
+                raise BadRequest(f"schema is not a JSON schema object: {exc}") from None
+            return "schema", grammar
+        return "grammar", LLMatcher.grammar_from_lark(self._lark(fields["grammar"]))
+
+    def _lark(self, grammar: str) -> str:
+        if _NAME.match(grammar):
+            path = self.grammar_dir / (grammar if grammar.endswith(".gbnf") else grammar + ".gbnf")
+            if not path.is_file():
+                known = ", ".join(sorted(p.stem for p in self.grammar_dir.glob("*.gbnf"))) or "none"
+                raise BadRequest(f"no grammar named {grammar!r} (known: {known})")
+            grammar = path.read_text()
+        _check_size(grammar, "grammar")
+        if "::=" not in grammar:
+            raise BadRequest("grammar must be the name of a file in grammars/ or GBNF text with 'rule ::= ...'")
+        try:
+            return any_to_lark(grammar)
+        except (GbnfToLarkError, ValueError, KeyError, IndexError, RecursionError) as exc:
+            raise BadRequest(f"grammar does not parse as GBNF: {exc}") from None
+
+    def submit(self, kind: str, grammar: str) -> Future:
+        """A future Constraint; cached ones resolve at once, others compile on the worker."""
+        key = kind + "\0" + grammar
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                fut: Future = Future()
+                fut.set_result(hit)
+                return fut
+            fut = self._pending.get(key)
+            if fut is None:
+                fut = self._pool.submit(self._compile, key, kind, grammar)
+                self._pending[key] = fut
+            return fut
+
+    def compile(self, fields: dict[str, Any]) -> Constraint:
+        """Blocking compile, for tools and tests."""
+        kind, grammar = self.source_for(fields)
+        return self.submit(kind, grammar).result(timeout=self.compile_timeout * 5)
+
+    def _compile(self, key: str, kind: str, grammar: str) -> Constraint:
+        try:
+            matcher = LLMatcher(self.tokenizer, grammar, log_level=0, limits=self._limits)
+            if matcher.is_error():
+                raise _compile_error(matcher.get_error())
+            constraint = Constraint(matcher, kind)
+            with self._lock:
+                self._cache[key] = constraint
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+            return constraint
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _check_size(text: str, what: str) -> None:
+    if len(text.encode()) > MAX_SOURCE_BYTES:
+        raise TooLarge(f"{what} of {len(text.encode())} bytes exceeds {MAX_SOURCE_BYTES}")
+
+
+def _compile_error(message: str) -> NpcaiError:
+    lowered = message.lower()
+    if any(w in lowered for w in ("fuel", "limit", "too many", "too large", "size")):
+        return TooLarge(f"constraint too complex to compile within limits: {message.splitlines()[0]}")
+    return BadRequest(f"constraint does not compile: {message.splitlines()[0]}")

@@ -1,0 +1,314 @@
+"""The engine: NPCs, models by role, and the loop that steps them. No sockets here.
+
+Requests come in through ``submit`` and cancellations through ``cancel`` (both safe
+to call from another thread); replies go out through the ``emit(client, reply)``
+callback. ``run()`` is the engine's busy loop:
+
+1. take new requests and cancellations,
+2. start the jobs that can start (most urgent first),
+3. run one batched model step per model that has work, and let each job consume its logits,
+4. sleep only when there is nothing to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from . import protocol as P
+from .errors import BadRequest, NpcaiError, Overloaded, TooLarge, UnknownNpc
+from .jobs import ChoiceDecideJob, DefineJob, GrammarDecideJob, Job, ObserveJob, SayJob, _check_prompt
+from .npc import ANONYMOUS_PERSONA, Npc
+from .runtime import Runtime
+from .scheduler import Scheduler
+from .settings import Settings
+
+log = logging.getLogger("npcai")
+
+Key = tuple[bytes, int]
+EmitFn = Callable[[bytes, dict[str, Any]], None]
+
+#: The role each op uses when the request (or its NPC) names none.
+DEFAULT_ROLES = {"npc": "dialogue", "say": "dialogue", "observe": "dialogue", "decide": "decision"}
+
+_ABORT_MIN_TOKENS = 32  # steps this large can take long enough to be worth aborting mid-way
+
+
+class Engine:
+    def __init__(self, settings: Settings, models: dict[str, Path], emit: EmitFn):
+        """``models`` maps role -> GGUF path; roles sharing a file share one runtime."""
+        self.settings = settings
+        self.limits = settings.limits
+        self.emit = emit
+        self.runtimes: dict[str, Runtime] = {}
+        by_path: dict[Path, Runtime] = {}
+        for role, path in models.items():
+            rt = by_path.get(path)
+            if rt is None:
+                rt = Runtime(path, name=_model_name(path), n_ctx=settings.n_ctx, n_seq=settings.n_seq,
+                             n_batch=settings.n_batch, threads=settings.compute_threads,
+                             grammar_dir=Path(settings.grammar_dir), verbose=settings.verbose)
+                by_path[path] = rt
+            self.runtimes[role] = rt
+        self._default = next(iter(self.runtimes.values()))
+        self.npcs: dict[str, Npc] = {}
+        self._anonymous = Npc("", ANONYMOUS_PERSONA)
+        self.scheduler = Scheduler()
+        self._inbox: queue.SimpleQueue[P.Request] = queue.SimpleQueue()
+        self._cancels: dict[Key, bool] = {}  # key -> expired (True) or cancelled by the client (False)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._handlers = {"npc": self._on_npc, "say": self._on_say, "decide": self._on_decide,
+                          "observe": self._on_observe, "forget": self._on_forget, "save": self._on_save,
+                          "load": self._on_load}
+        self.counters = {"jobs_started": 0, "jobs_failed": 0, "cancelled": 0, "expired": 0}
+
+    # --- thread-safe entry points -----------------------------------------------------
+    def submit(self, req: P.Request) -> None:
+        self._inbox.put(req)
+        self._wake.set()
+
+    def cancel(self, client: bytes, rid: int, *, expired: bool = False) -> None:
+        """Stop work on a request; a client's cancel is answered with ``cancelled``, an expiry silently."""
+        self._cancels[(client, rid)] = expired
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def roles(self) -> list[dict]:
+        out: list[dict] = []
+        for role, rt in self.runtimes.items():
+            out.extend(rt.describe([role]))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        seen: dict[int, Runtime] = {id(rt): rt for rt in self.runtimes.values()}
+        return {
+            **self.counters,
+            "npcs": len(self.npcs),
+            "queued": len(self.scheduler.waiting),
+            "running": len(self.scheduler.running),
+            "models": [{"name": rt.name, **rt.stats, "compute_ms": round(rt.stats["compute_ms"], 1),
+                        "evictions": rt.pool.evictions, "free_seqs": rt.pool.free, "threads": rt.ctx.threads}
+                       for rt in seen.values()],
+        }
+
+    # --- the loop -------------------------------------------------------------------------
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self._take_inbox()
+            self._apply_cancels()
+            self._start_jobs()
+            worked = False
+            for rt in {id(r): r for r in self.runtimes.values()}.values():
+                worked |= self._step(rt)
+            self.scheduler.sweep()
+            if not worked:
+                # Jobs waiting on a compile are polled; otherwise sleep until a request arrives.
+                self._wake.wait(0.005 if self.scheduler.waiting else 0.5)
+                self._wake.clear()
+        for job in self.scheduler.jobs():
+            job.finish(P.cancelled(job.req.id))
+        self.scheduler = Scheduler()
+
+    def close(self) -> None:
+        for rt in {id(r): r for r in self.runtimes.values()}.values():
+            rt.close()
+
+    def _take_inbox(self) -> None:
+        while True:
+            try:
+                req = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            key = (req.client, req.id)
+            if key in self._cancels:
+                expired = self._cancels.pop(key)
+                if not expired:
+                    self.emit(req.client, P.cancelled(req.id))
+                continue
+            try:
+                self._handlers[req.op](req)
+            except NpcaiError as err:
+                self.emit(req.client, P.error(req.id, err))
+            except Exception:
+                self._internal(req, None)
+
+    def _apply_cancels(self) -> None:
+        if not self._cancels:
+            return
+        for job in self.scheduler.jobs():
+            key = (job.req.client, job.req.id)
+            if key in self._cancels:
+                expired = self._cancels.pop(key)
+                self.counters["expired" if expired else "cancelled"] += 1
+                job.finish(None if expired else P.cancelled(job.req.id))
+                self.scheduler.drop(job)
+        self._cancels.clear()  # the rest had already finished
+
+    def _start_jobs(self) -> None:
+        for job in self.scheduler.startable():
+            try:
+                if not job.ready():
+                    continue
+                job.started_at = time.monotonic()
+                job.start()
+                self.counters["jobs_started"] += 1
+            except NpcaiError as err:
+                job.finish(P.error(job.req.id, err))
+            except Exception:
+                self._internal(job.req, job)
+            self.scheduler.started(job)
+
+    def _step(self, rt: Runtime) -> bool:
+        plan = self.scheduler.plan(rt)
+        if not plan:
+            return False
+        keys = {(job.req.client, job.req.id) for job, _, _ in plan}
+        big = sum(n for _, _, n in plan) >= _ABORT_MIN_TOKENS
+        rt.ctx.set_abort((lambda: keys.issubset(self._cancels.keys())) if big else None)
+        rc = rt.step([(lane, n) for _, lane, n in plan])
+        rt.ctx.set_abort(None)
+        if rc == 1 and rt.pool.evict_one():  # KV full: an idle NPC gives way, the plan runs next loop
+            return True
+        if rc != 0:
+            if rc != 2:
+                for job in {id(j): j for j, _, _ in plan}.values():
+                    job.finish(P.error(job.req.id, Overloaded(f"model step failed (llama_decode {rc})")))
+            return True
+        now = time.monotonic()
+        fed = {id(j): j for j, lane, _ in plan}
+        for job in fed.values():
+            if job.finished or not any(lane.ready for lane in job.lanes):
+                continue
+            if job.first_logits_at is None:
+                job.first_logits_at = now
+            try:
+                job.advance()
+            except NpcaiError as err:
+                job.finish(P.error(job.req.id, err))
+            except Exception:
+                self._internal(job.req, job)
+        for _, lane, _ in plan:
+            lane.rows = []
+        return True
+
+    def _internal(self, req: P.Request, job: Job | None) -> None:
+        log.error("internal error serving %s %s:\n%s", req.op, req.id, traceback.format_exc())
+        self.counters["jobs_failed"] += 1
+        err = NpcaiError(f"internal error serving {req.op}; the sidecar keeps running")
+        if job is not None:
+            job.finish(P.error(req.id, err))
+        else:
+            self.emit(req.client, P.error(req.id, err))
+
+    # --- ops ----------------------------------------------------------------------------
+    def _runtime(self, op: str, role: str | None) -> Runtime:
+        role = role or DEFAULT_ROLES[op]
+        rt = self.runtimes.get(role)
+        if rt is None:
+            if role in DEFAULT_ROLES.values():
+                return self._default
+            raise BadRequest(f"no model serves role {role!r}; roles: {', '.join(self.runtimes)}")
+        return rt
+
+    def _npc(self, req: P.Request, required: bool = True) -> Npc:
+        npc_id = req.fields.get("npc")
+        if npc_id is None and not required:
+            return self._anonymous
+        npc = self.npcs.get(npc_id)
+        if npc is None:
+            raise UnknownNpc(f"no NPC {npc_id!r}; define it first with op 'npc'")
+        return npc
+
+    def _queue(self, job: Job) -> None:
+        if len(self.scheduler) >= self.limits.max_queue:
+            raise Overloaded(f"queue is full ({self.limits.max_queue} requests)")
+        self.scheduler.add(job)
+
+    def _emitter(self, req: P.Request) -> Callable[[dict[str, Any]], None]:
+        client = req.client
+        return lambda reply: self.emit(client, reply)
+
+    def _on_npc(self, req: P.Request) -> None:
+        f = req.fields
+        if f["npc"] not in self.npcs and len(self.npcs) >= self.limits.max_npcs:
+            raise Overloaded(f"max_npcs={self.limits.max_npcs} NPCs are defined; forget or reuse one")
+        rt = self._runtime("npc", f.get("role"))
+        _check_prompt(rt, f["persona"], self.limits.max_prompt_tokens)
+        old = self.npcs.get(f["npc"])
+        npc = Npc(f["npc"], f["persona"], f.get("role") or "dialogue", f.get("seed"))
+        if old is not None:  # keep its KV sequences: the new persona reuses what still matches
+            npc.kv, npc.writer = old.kv, old.writer
+        self.npcs[npc.id] = npc
+        self._queue(DefineJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
+
+    def _on_say(self, req: P.Request) -> None:
+        npc = self._npc(req)
+        P.check_sampling(req.fields, self.limits)
+        rt = self._runtime("say", req.fields.get("role") or npc.role)
+        _check_prompt(rt, req.fields["text"], self.limits.max_prompt_tokens)
+        self._queue(SayJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
+
+    def _on_decide(self, req: P.Request) -> None:
+        npc = self._npc(req, required=False)
+        P.check_sampling(req.fields, self.limits)
+        rt = self._runtime("decide", req.fields.get("role"))
+        _check_prompt(rt, req.fields["situation"], self.limits.max_prompt_tokens)
+        emit = self._emitter(req)
+        if "choices" in req.fields:
+            job: Job = ChoiceDecideJob(req, rt, emit, self.settings.npc_ctx, npc)
+        else:
+            kind, grammar = rt.compiler.source_for(req.fields)
+            job = GrammarDecideJob(req, rt, emit, self.settings.npc_ctx, npc, rt.compiler.submit(kind, grammar))
+        try:
+            self._queue(job)
+        except NpcaiError:
+            job.finish(None)
+            raise
+
+    def _on_observe(self, req: P.Request) -> None:
+        npc = self._npc(req)
+        rt = self._runtime("observe", npc.role)
+        _check_prompt(rt, req.fields["text"], self.limits.max_prompt_tokens)
+        npc.messages.append(("user", f"(You notice: {req.fields['text'].strip()})"))
+        self.emit(req.client, P.ok(req.id, npc=npc.id))
+        if len(self.scheduler) < self.limits.max_queue:
+            self.scheduler.add(ObserveJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
+
+    def _on_forget(self, req: P.Request) -> None:
+        self._npc(req).forget()
+        self.emit(req.client, P.ok(req.id, npc=req.fields["npc"]))
+
+    def _on_save(self, req: P.Request) -> None:
+        npc = self._npc(req)
+        self.emit(req.client, P.ok(req.id, npc=npc.id, state=npc.save()))
+
+    def _on_load(self, req: P.Request) -> None:
+        f = req.fields
+        if len(f["state"]) > self.limits.max_frame_bytes:
+            raise TooLarge("state is larger than a frame may be")
+        if f["npc"] not in self.npcs and len(self.npcs) >= self.limits.max_npcs:
+            raise Overloaded(f"max_npcs={self.limits.max_npcs} NPCs are defined")
+        npc = Npc.load(f["npc"], f["state"])
+        old = self.npcs.get(npc.id)
+        if old is not None:
+            npc.kv, npc.writer = old.kv, old.writer
+        self.npcs[npc.id] = npc
+        self.emit(req.client, P.ok(req.id, npc=npc.id, messages=len(npc.messages)))
+
+
+def _model_name(path: Path) -> str:
+    from .catalog import CATALOG
+
+    for name, entry in CATALOG.items():
+        if entry.filename == path.name:
+            return name
+    return path.stem

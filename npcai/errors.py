@@ -1,0 +1,57 @@
+"""One tree of errors, two tiers.
+
+    NpcaiError                 a user's mistake or a refused request: has a wire code
+    ├── BadRequest             "bad_request"   malformed or invalid fields
+    ├── UnknownOp              "unknown_op"    op not in the protocol
+    ├── UnknownNpc             "unknown_npc"   npc id never defined (or evicted and forgotten)
+    ├── TooLarge               "too_large"     a frame, prompt or constraint over a limit
+    ├── Overloaded             "overloaded"    queue or in-flight limits reached
+    ├── Unauthorized           "unauthorized"  no valid token in hello
+    └── ModelError             (CLI only)      a model cannot be found, fetched or loaded
+
+Anything else raised while serving is a bug: it is answered with code "internal",
+logged once with its traceback, and the server keeps running.
+"""
+
+from __future__ import annotations
+
+
+class NpcaiError(Exception):
+    """A failure with a stable wire code and a message meant for people."""
+
+    code = "internal"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(NpcaiError):
+    code = "bad_request"
+
+
+class UnknownOp(NpcaiError):
+    code = "unknown_op"
+
+
+class UnknownNpc(NpcaiError):
+    code = "unknown_npc"
+
+
+class TooLarge(NpcaiError):
+    code = "too_large"
+
+
+class Overloaded(NpcaiError):
+    code = "overloaded"
+
+
+class Unauthorized(NpcaiError):
+    code = "unauthorized"
+
+
+class ModelError(NpcaiError):
+    code = "model_error"
+
+
+ERROR_CODES = ("bad_request", "unknown_op", "unknown_npc", "too_large", "overloaded", "unauthorized", "internal")

@@ -1,0 +1,394 @@
+"""One state machine per kind of model work: define an NPC, say, decide, observe.
+
+A job exposes ``lanes`` (tokens it needs evaluated); after each model step the
+engine calls ``advance()`` on jobs whose lanes are ready, and the job samples,
+emits events and queues its next tokens, or finishes. Jobs never touch the socket:
+they call ``emit(reply)``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import time
+from concurrent.futures import Future
+from typing import Any, Callable
+
+import numpy as np
+
+from . import protocol as P
+from .errors import BadRequest, NpcaiError, TooLarge
+from .npc import Npc
+from .runtime import Lane, Runtime
+from .sampling import NO_MASK, sample_token, token_logprob
+
+Emit = Callable[[dict[str, Any]], None]
+
+SAY_DEFAULTS = {"max_tokens": 64, "temperature": 0.7, "top_k": 40, "top_p": 0.95}
+DECIDE_DEFAULTS = {"max_tokens": 256, "temperature": 0.0, "top_k": 0, "top_p": 1.0}
+
+# Urgency classes: decisions overtake dialogue between steps; background work goes last.
+DECISION, DIALOGUE, BACKGROUND = 0, 1, 2
+
+
+class Job:
+    """Common bookkeeping: the request, its runtime, timing, and the lanes it owns."""
+
+    urgency = DIALOGUE
+
+    def __init__(self, req: P.Request, rt: Runtime, emit: Emit, npc_ctx: int):
+        self.req, self.rt, self.emit, self.npc_ctx = req, rt, emit, npc_ctx
+        self.lanes: list[Lane] = []
+        self.finished = False
+        self.started_at: float | None = None
+        self.first_logits_at: float | None = None
+        self.first_token_at: float | None = None
+        self._temp_seqs: list[int] = []
+
+    # Subclasses: ready() says whether start() may run now; start() builds lanes; advance() consumes logits.
+    def ready(self) -> bool:
+        return True
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def advance(self) -> None:
+        raise NotImplementedError
+
+    def param(self, name: str, defaults: dict[str, Any]) -> Any:
+        return self.req.fields.get(name, defaults[name])
+
+    def timing(self) -> dict[str, float]:
+        now = time.monotonic()
+        r = self.req.received
+
+        def ms(t: float | None) -> float:
+            return round(((t if t is not None else now) - r) * 1e3, 3)
+
+        return {"queue_ms": ms(self.started_at),
+                "prefill_ms": round(((self.first_logits_at or now) - (self.started_at or now)) * 1e3, 3),
+                "ttft_ms": ms(self.first_token_at or self.first_logits_at), "total_ms": ms(now)}
+
+    def _fork(self, lane: Lane) -> Lane:
+        self._temp_seqs.append(lane.seq)
+        return lane
+
+    def finish(self, reply: dict[str, Any] | None) -> None:
+        """End the job, free its forks, and send its last reply (None when cancelled)."""
+        if self.finished:
+            return
+        self.finished = True
+        for seq in self._temp_seqs:
+            self.rt.release(seq)
+        self._temp_seqs.clear()
+        self.lanes = []
+        self.release_npc()
+        if reply is not None:
+            self.emit(reply)
+
+    def release_npc(self) -> None:
+        pass
+
+
+def _check_prompt(rt: Runtime, text: str, limit: int) -> None:
+    n = len(rt.text_tokens(text))
+    if n > limit:
+        raise TooLarge(f"text of {n} tokens exceeds max_prompt_tokens={limit}")
+
+
+def _fit(npc: Npc, rt: Runtime, extra: tuple[str, str] | None, room: int, npc_ctx: int) -> list[int]:
+    """Render the NPC's chat (plus ``extra``), letting old turns go until it fits its window."""
+    while True:
+        msgs = npc.chat(extra) if extra else npc.chat()
+        tokens = rt.prompt_tokens(msgs, add_generation_prompt=extra is not None)
+        if len(tokens) + room <= npc_ctx or not npc.drop_oldest_turn():
+            if len(tokens) + room > npc_ctx:
+                raise TooLarge(f"persona and request need {len(tokens) + room} tokens; npc_ctx is {npc_ctx}")
+            return tokens
+
+
+class _NpcWriter(Job):
+    """A job that extends an NPC's own sequence; one at a time per NPC, in arrival order."""
+
+    def __init__(self, req, rt, emit, npc_ctx, npc: Npc):
+        super().__init__(req, rt, emit, npc_ctx)
+        self.npc = npc
+        self._holding = False
+
+    def ready(self) -> bool:
+        return self.npc.writer is None or self.npc.writer is self
+
+    def claim(self) -> None:
+        self.npc.writer = self
+        self.npc.kv_for(self.rt).users += 1
+        self._holding = True
+
+    def release_npc(self) -> None:
+        if self._holding:
+            self._holding = False
+            self.npc.kv_for(self.rt).users -= 1
+            if self.npc.writer is self:
+                self.npc.writer = None
+
+
+class DefineJob(_NpcWriter):
+    """``npc``: evaluate the persona prefix so later lines start warm."""
+
+    urgency = BACKGROUND
+
+    def start(self) -> None:
+        self.claim()
+        target = _fit(self.npc, self.rt, None, 0, self.npc_ctx)
+        lane = self.rt.attach(self.npc.kv_for(self.rt), target)
+        lane.pending and self.lanes.append(lane)
+        if not self.lanes:
+            self.finish(P.ok(self.req.id, npc=self.npc.id, cached_tokens=len(target)))
+
+    def advance(self) -> None:
+        self.finish(P.ok(self.req.id, npc=self.npc.id, cached_tokens=self.lanes[0].pos))
+
+
+class ObserveJob(DefineJob):
+    """``observe``: the event is already in the history; evaluate it when steps are spare."""
+
+    def start(self) -> None:
+        self.claim()
+        target = _fit(self.npc, self.rt, None, 0, self.npc_ctx)
+        lane = self.rt.attach(self.npc.kv_for(self.rt), target)
+        lane.pending and self.lanes.append(lane)
+        if not self.lanes:
+            self.finish(None)
+
+    def advance(self) -> None:
+        self.finish(None)  # the ok went out on receipt
+
+
+class SayJob(_NpcWriter):
+    """``say``: the NPC answers a line, streaming its tokens."""
+
+    def __init__(self, req, rt, emit, npc_ctx, npc: Npc):
+        super().__init__(req, rt, emit, npc_ctx, npc)
+        f = req.fields
+        self.max_tokens = self.param("max_tokens", SAY_DEFAULTS)
+        self.temperature = float(self.param("temperature", SAY_DEFAULTS))
+        self.top_k = self.param("top_k", SAY_DEFAULTS)
+        self.top_p = float(self.param("top_p", SAY_DEFAULTS))
+        self.stream = f.get("stream", True)
+        stop = f.get("stop", [])
+        self.stops = [s for s in ([stop] if isinstance(stop, str) else stop) if s]
+        self.rng = np.random.default_rng(f["seed"]) if "seed" in f else npc.rng
+        self.generated: list[int] = []
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._text = ""
+        self._sent = 0
+
+    def start(self) -> None:
+        self.claim()
+        target = _fit(self.npc, self.rt, ("user", self.req.fields["text"]), self.max_tokens, self.npc_ctx)
+        self.lanes = [self.rt.attach(self.npc.kv_for(self.rt), target)]
+
+    def advance(self) -> None:
+        lane = self.lanes[0]
+        logits = self.rt.logits(lane.rows[-1])
+        tok = int(sample_token(logits, NO_MASK, self.temperature, self.top_k, self.top_p, self.rng.random()))
+        if self.rt.model.is_eog(tok):
+            return self._end("stop")
+        self.generated.append(tok)
+        self._text += self._decoder.decode(self.rt.model.piece(tok))
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        for s in self.stops:
+            at = self._text.find(s, max(0, self._sent - len(s)))
+            if at >= 0:
+                self._text = self._text[:at]
+                return self._end("stop")
+        self._flush(self._safe_end())
+        if len(self.generated) >= self.max_tokens:
+            return self._end("length")
+        lane.pending = [tok]
+
+    def _safe_end(self) -> int:
+        """How much text can go out without giving away the start of a stop string."""
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self._text)), 0, -1):
+                if self._text.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        return len(self._text) - hold
+
+    def _flush(self, upto: int) -> None:
+        if upto > self._sent:
+            if self.stream:
+                self.emit(P.token(self.req.id, self._text[self._sent:upto]))
+            self._sent = upto
+
+    def _end(self, reason: str) -> None:
+        if reason == "length":
+            self._text += self._decoder.decode(b"", final=True)
+        self._flush(len(self._text))
+        text = self._text
+        self.npc.messages.append(("user", self.req.fields["text"]))
+        self.npc.messages.append(("assistant", text))
+        self.finish(P.done(self.req.id, text=text, value=text, tokens=len(self.generated), finish_reason=reason,
+                           timed_out=False, used_fallback=False, timing=self.timing()))
+
+
+def _decide_prompt(fields: dict[str, Any]) -> str:
+    situation = fields["situation"].strip()
+    if "choices" in fields:
+        options = "; ".join(fields["choices"])
+        return f"{situation}\n\nWhat do you do? Answer with exactly one of: {options}."
+    # The constraint enforces the shape; keys and punctuation are forced, not read from the prompt.
+    return f"{situation}\n\nAnswer in JSON." if "schema" in fields else situation
+
+
+class _Decision(Job):
+    urgency = DECISION
+
+    def __init__(self, req, rt, emit, npc_ctx, npc: Npc):
+        super().__init__(req, rt, emit, npc_ctx)
+        self.npc = npc
+        self.temperature = float(self.param("temperature", DECIDE_DEFAULTS))
+        self.rng = np.random.default_rng(req.fields["seed"]) if "seed" in req.fields else npc.rng
+        self._kv = npc.kv_for(rt)
+        self._kv.users += 1
+        self._holding = True
+
+    def release_npc(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._kv.users -= 1
+
+    def _start_fork(self) -> None:
+        target = _fit(self.npc, self.rt, ("user", _decide_prompt(self.req.fields)), 8, self.npc_ctx)
+        self.lanes = [self._fork(self.rt.fork(self._kv, target))]
+
+    def _done(self, value: Any, text: str, tokens: int, reason: str, **extra: Any) -> None:
+        ok = reason == "stop"
+        self.finish(P.done(self.req.id, value=value if ok else self.req.fallback, text=text, tokens=tokens,
+                           finish_reason=reason, timed_out=False, used_fallback=not ok, timing=self.timing(),
+                           **extra))
+
+
+class GrammarDecideJob(_Decision):
+    """``decide`` with a schema or grammar: constrained sampling with jump-forward."""
+
+    def __init__(self, req, rt, emit, npc_ctx, npc: Npc, compiled: Future):
+        super().__init__(req, rt, emit, npc_ctx, npc)
+        self.compiled = compiled
+        self.max_tokens = self.param("max_tokens", DECIDE_DEFAULTS)
+        self.top_k = self.param("top_k", DECIDE_DEFAULTS)
+        self.top_p = float(self.param("top_p", DECIDE_DEFAULTS))
+        self.state = None
+        self.generated: list[int] = []
+        self.forced = 0
+
+    def ready(self) -> bool:
+        if not self.compiled.done():
+            if time.monotonic() - self.req.received > self.rt.compiler.compile_timeout:
+                self.compiled.cancel()
+                raise TooLarge(f"constraint took over {self.rt.compiler.compile_timeout:.1f} s to compile")
+            return False
+        return True
+
+    def start(self) -> None:
+        try:
+            self.state = self.compiled.result().start()
+        except NpcaiError:
+            raise
+        except Exception as exc:  # the compiler's own failures are the caller's grammar's fault
+            raise BadRequest(f"constraint does not compile: {exc}") from None
+        self._start_fork()
+
+    def advance(self) -> None:
+        lane = self.lanes[0]
+        st = self.state
+        st.fill_mask(self.rt.mask)
+        tok = int(sample_token(self.rt.logits(lane.rows[-1]), self.rt.mask, self.temperature, self.top_k,
+                               self.top_p, self.rng.random()))
+        if tok < 0 or not st.consume(tok):
+            return self._done(None, self._text(), len(self.generated), "error")
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        if self.rt.model.is_eog(tok) or tok == self.rt.model.eos:
+            return self._finish_text()
+        self.generated.append(tok)
+        forced = st.forced() if not st.stopped else []
+        for t in forced:
+            if not st.consume(t):
+                return self._done(None, self._text(), len(self.generated), "error")
+        self.generated.extend(forced)
+        self.forced += len(forced)
+        if st.stopped:  # a trailing forced suffix is never evaluated
+            return self._finish_text()
+        if len(self.generated) >= self.max_tokens:
+            return self._done(None, self._text(), len(self.generated), "length")
+        lane.pending = [tok, *forced]
+
+    def _text(self) -> str:
+        return self.rt.detokenize(self.generated)
+
+    def _finish_text(self) -> None:
+        text = self._text()
+        try:
+            value = self.state.value(text)
+        except ValueError:
+            return self._done(None, text, len(self.generated), "error")
+        self._done(value, text, len(self.generated), "stop", forced_tokens=self.forced)
+
+
+class ChoiceDecideJob(_Decision):
+    """``decide`` with choices: score every option in one batch, return all probabilities."""
+
+    def __init__(self, req, rt, emit, npc_ctx, npc: Npc):
+        super().__init__(req, rt, emit, npc_ctx, npc)
+        self.choices: list[str] = req.fields["choices"]
+        end = rt.model.eot
+        self.options = [rt.text_tokens(c) + [end] for c in self.choices]
+        self.logp = [0.0] * len(self.choices)
+        self.waiting: list[int] = []  # options still to score
+        self.branches: dict[int, Lane] = {}
+
+    def start(self) -> None:
+        self._start_fork()
+
+    def advance(self) -> None:
+        base = self.lanes[0]
+        if base.ready:  # the situation is evaluated: its logits score every option's first token
+            first = self.rt.logits(base.rows[-1])
+            for i, toks in enumerate(self.options):
+                self.logp[i] = float(token_logprob(first, toks[0]))
+            self.waiting = list(range(len(self.options)))
+        for i, lane in list(self.branches.items()):
+            if lane.ready:
+                for row, nxt in zip(lane.rows, self.options[i][1:]):
+                    self.logp[i] += float(token_logprob(self.rt.logits(row), nxt))
+                self.rt.release(lane.seq)
+                self._temp_seqs.remove(lane.seq)
+                del self.branches[i]
+        while self.waiting:  # each option's remaining tokens, in a branch of its own
+            lane = self.rt.branch(base, self.options[self.waiting[0]][:-1])
+            if lane is None:
+                if not self.branches:
+                    raise TooLarge("not enough KV sequences free to score these choices")
+                break
+            self.branches[self.waiting.pop(0)] = self._fork(lane)
+        self.lanes = [base, *self.branches.values()]
+        if not self.branches:
+            self._pick()
+
+    def _pick(self) -> None:
+        top = max(self.logp)
+        weights = [math.exp(lp - top) for lp in self.logp]
+        total = sum(weights)
+        probs = {c: w / total for c, w in zip(self.choices, weights)}
+        if self.temperature <= 0:
+            pick = max(range(len(self.choices)), key=lambda i: self.logp[i])
+        else:
+            tempered = np.array([(lp - top) / self.temperature for lp in self.logp])
+            p = np.exp(tempered) / np.exp(tempered).sum()
+            pick = int(np.searchsorted(np.cumsum(p), self.rng.random() * p.sum(), side="right").clip(0, len(p) - 1))
+        self.first_token_at = time.monotonic()
+        choice = self.choices[pick]
+        self._done(choice, choice, len(self.options[pick]), "stop", probs=probs)

@@ -1,0 +1,233 @@
+"""Thin wrappers over llama.cpp's native handles (model, context, batch).
+
+Each native handle is wrapped once and freed by an idempotent ``close()``; the rest of
+npcai talks to these wrappers, never to ``llama_cpp`` directly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from pathlib import Path
+
+import llama_cpp as L
+import numpy as np
+
+from .errors import ModelError
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+@L.llama_log_callback
+def _quiet_log(level, text, user_data):  # llama.cpp is chatty on stderr; keep errors only
+    if level == 4:  # GGML_LOG_LEVEL_ERROR
+        print(text.decode(errors="replace"), end="", flush=True)
+
+
+def _init_backend(verbose: bool) -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            L.llama_backend_init()
+            _backend_ready = True
+        L.llama_log_set(_quiet_log, ctypes.c_void_p(0))
+
+
+class Model:
+    """Weights and vocabulary of one GGUF file."""
+
+    def __init__(self, path: Path, verbose: bool = False):
+        _init_backend(verbose)
+        params = L.llama_model_default_params()
+        params.n_gpu_layers = 0
+        handle = L.llama_model_load_from_file(str(path).encode(), params)
+        if not handle:
+            raise ModelError(f"llama.cpp could not load {path} (corrupt or unsupported GGUF?)")
+        self._handle = handle
+        self.path = Path(path)
+        self.vocab = L.llama_model_get_vocab(handle)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = L.llama_model_n_ctx_train(handle)
+        self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
+        self.eos = L.llama_vocab_eos(self.vocab)
+        eot = L.llama_vocab_eot(self.vocab)
+        self.eot = eot if eot >= 0 else self.eos
+        # Base models ship no template: use llama.cpp's built-in one for the family.
+        self.chat_template: bytes = L.llama_model_chat_template(handle, None) or (
+            b"gemma" if self.describe().startswith("gemma") else b"chatml")
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._pieces: dict[int, bytes] = {}
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            raise RuntimeError("model is closed")
+        return self._handle
+
+    def describe(self) -> str:
+        buf = ctypes.create_string_buffer(128)
+        L.llama_model_desc(self.handle, buf, 128)
+        return buf.value.decode(errors="replace")
+
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[int]:
+        data = text.encode()
+        cap = len(data) + 8
+        out = (L.llama_token * cap)()
+        n = L.llama_tokenize(self.vocab, data, len(data), out, cap, add_bos and self.add_bos, special)
+        if n < 0:
+            cap = -n
+            out = (L.llama_token * cap)()
+            n = L.llama_tokenize(self.vocab, data, len(data), out, cap, add_bos and self.add_bos, special)
+        return list(out[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for; control tokens render as nothing."""
+        got = self._pieces.get(token)
+        if got is None:
+            n = L.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, False)
+            got = self._piece_buf.raw[:n] if n > 0 else b""
+            self._pieces[token] = got
+        return got
+
+    def is_eog(self, token: int) -> bool:
+        return bool(L.llama_vocab_is_eog(self.vocab, token))
+
+    def apply_chat_template(self, messages: list[tuple[str, str]], add_generation_prompt: bool) -> str:
+        """Render (role, content) messages with the model's own chat template."""
+        keep = [(r.encode(), c.encode()) for r, c in messages]
+        chat = (L.llama_chat_message * len(keep))(*[L.llama_chat_message(r, c) for r, c in keep])
+        size = sum(len(r) + len(c) for r, c in keep) * 2 + 256
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = L.llama_chat_apply_template(self.chat_template, chat, len(keep), add_generation_prompt, buf, size)
+            if n < 0:
+                raise ModelError(f"llama.cpp cannot apply the chat template of {self.path.name}")
+            if n <= size:
+                return buf.raw[:n].decode(errors="replace")
+            size = n + 1
+        raise ModelError("chat template output kept growing")
+
+    def close(self) -> None:
+        if self._handle is not None:
+            L.llama_model_free(self._handle)
+            self._handle = None
+
+
+class Batch:
+    """A reusable llama_batch with numpy views over its token/pos/logits arrays."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._b = L.llama_batch_init(capacity, 0, 1)
+        self.tokens = np.ctypeslib.as_array(self._b.token, shape=(capacity,))
+        self.pos = np.ctypeslib.as_array(self._b.pos, shape=(capacity,))
+        self.n_seq = np.ctypeslib.as_array(self._b.n_seq_id, shape=(capacity,))
+        self.logits = np.ctypeslib.as_array(self._b.logits, shape=(capacity,))
+        self._seq_ids = self._b.seq_id
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        """Append one token; returns its row (the index to read its logits with)."""
+        i = self.n
+        if i >= self.capacity:
+            raise OverflowError("batch is full")
+        self.tokens[i] = token
+        self.pos[i] = pos
+        self.n_seq[i] = 1
+        self._seq_ids[i][0] = seq
+        self.logits[i] = logits
+        self.n = i + 1
+        return i
+
+    @property
+    def native(self):
+        self._b.n_tokens = self.n
+        return self._b
+
+    def close(self) -> None:
+        if self._b is not None:
+            L.llama_batch_free(self._b)
+            self._b = None
+
+
+class Context:
+    """A llama.cpp context: one KV cache shared by up to ``n_seq`` sequences."""
+
+    def __init__(self, model: Model, *, n_ctx: int, n_batch: int, n_seq: int, threads: int):
+        params = L.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_seq
+        params.kv_unified = True
+        params.swa_full = True
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.no_perf = True
+        handle = L.llama_init_from_model(model.handle, params)
+        if not handle:
+            raise ModelError(f"llama.cpp could not create a context (n_ctx={n_ctx}, n_seq={n_seq})")
+        self._handle = handle
+        self.model = model
+        self.n_ctx = L.llama_n_ctx(handle)
+        self.n_seq = n_seq
+        self.threads = threads
+        self._mem = L.llama_get_memory(handle)
+        self._should_abort = None
+        self._abort_cb = L.ggml_abort_callback(lambda _data: bool(self._should_abort and self._should_abort()))
+        self._no_cb = ctypes.cast(None, L.ggml_abort_callback)
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            raise RuntimeError("context is closed")
+        return self._handle
+
+    def decode(self, batch: Batch) -> int:
+        """Evaluate a batch. 0 ok, 1 no KV room, 2 aborted, <0 error (llama_decode's codes)."""
+        return L.llama_decode(self.handle, batch.native)
+
+    def logits(self, row: int, n_vocab: int) -> np.ndarray:
+        ptr = L.llama_get_logits_ith(self.handle, row)
+        return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+
+    def set_abort(self, should_abort) -> None:
+        """Let llama.cpp stop a step between graph nodes when ``should_abort()`` turns true.
+
+        Installed only around long steps: the check is a Python call per node.
+        """
+        self._should_abort = should_abort
+        L.llama_set_abort_callback(self.handle, self._abort_cb if should_abort else self._no_cb, None)
+
+    def set_threads(self, threads: int) -> None:
+        self.threads = threads
+        L.llama_set_n_threads(self.handle, threads, threads)
+
+    # --- sequences -----------------------------------------------------------
+    def seq_rm(self, seq: int, p0: int = 0, p1: int = -1) -> None:
+        L.llama_memory_seq_rm(self._mem, seq, p0, p1)
+
+    def seq_cp(self, src: int, dst: int, p0: int = 0, p1: int = -1) -> None:
+        L.llama_memory_seq_cp(self._mem, src, dst, p0, p1)
+
+    def seq_pos_max(self, seq: int) -> int:
+        return L.llama_memory_seq_pos_max(self._mem, seq)
+
+    def seq_save(self, seq: int) -> bytes:
+        size = L.llama_state_seq_get_size(self.handle, seq)
+        buf = (ctypes.c_uint8 * size)()
+        n = L.llama_state_seq_get_data(self.handle, buf, size, seq)
+        return bytes(buf[:n])
+
+    def seq_load(self, seq: int, data: bytes) -> bool:
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        return L.llama_state_seq_set_data(self.handle, buf, len(data), seq) > 0
+
+    def close(self) -> None:
+        if self._handle is not None:
+            L.llama_free(self._handle)
+            self._handle = None

@@ -1,0 +1,87 @@
+"""NPC state: a persona, a bounded conversation history, and its place in each model's KV cache.
+
+Prompts are rendered with the model's own chat template from the persona and the
+history; the runtime then reuses whatever prefix of the rendered tokens is already
+in the NPC's KV sequence, so a new line only pays for its own tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from .errors import BadRequest
+
+#: Persona of decisions made without a named NPC.
+ANONYMOUS_PERSONA = "You decide what a character in a video game does. Answer only with the requested format."
+
+STATE_VERSION = 1
+
+
+@dataclass
+class KvSeq:
+    """An NPC's sequence in one model's KV cache: which tokens are evaluated there."""
+
+    seq: int | None = None
+    tokens: list[int] = field(default_factory=list)
+    users: int = 0  # jobs reading or writing it; only an unused sequence may be evicted
+
+    @property
+    def evictable(self) -> bool:
+        return self.users == 0
+
+
+@dataclass
+class Npc:
+    id: str
+    persona: str
+    role: str = "dialogue"
+    seed: int | None = None
+    messages: list[tuple[str, str]] = field(default_factory=list)  # (role, content), oldest first
+    kv: dict[int, KvSeq] = field(default_factory=dict)  # keyed by id(runtime)
+    writer: object | None = None  # the job currently extending the history, if any
+    rng: np.random.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def kv_for(self, runtime: object) -> KvSeq:
+        return self.kv.setdefault(id(runtime), KvSeq())
+
+    def chat(self, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+        return [("system", self.persona), *self.messages, *extra]
+
+    def drop_oldest_turn(self) -> bool:
+        """Let the oldest exchange give way; False when only the persona is left."""
+        if not self.messages:
+            return False
+        del self.messages[0]
+        while self.messages and self.messages[0][0] == "assistant":
+            del self.messages[0]
+        return True
+
+    def forget(self) -> None:
+        self.messages.clear()
+
+    def save(self) -> bytes:
+        """Portable state for a game save: persona and history, not model internals."""
+        return msgpack.packb({"v": STATE_VERSION, "persona": self.persona, "role": self.role, "seed": self.seed,
+                              "messages": [list(m) for m in self.messages]}, use_bin_type=True)
+
+    @classmethod
+    def load(cls, npc_id: str, state: bytes) -> "Npc":
+        try:
+            data: Any = msgpack.unpackb(state, raw=False)
+            if not isinstance(data, dict) or data.get("v") != STATE_VERSION:
+                raise ValueError("not an npcai NPC state")
+            messages = [(str(r), str(c)) for r, c in data["messages"]]
+            if any(r not in ("user", "assistant") for r, _ in messages):
+                raise ValueError("unknown message role")
+            seed = data.get("seed")
+            return cls(npc_id, str(data["persona"]), str(data.get("role") or "dialogue"),
+                       seed if isinstance(seed, int) else None, messages)
+        except (ValueError, KeyError, TypeError, msgpack.exceptions.UnpackException) as exc:
+            raise BadRequest(f"state is not a saved NPC: {exc}") from None

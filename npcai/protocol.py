@@ -1,0 +1,296 @@
+"""Protocol v1: every message shape on the wire, in one place.
+
+A message body is one ZeroMQ frame holding one msgpack map with string keys.
+Requests are ``{"v": 1, "id": int, "op": str, ...}``; replies echo ``id`` and carry
+an ``event``. docs/PROTOCOL.md is the human-readable contract; this module is
+the executable one, and nothing else in npcai builds or parses frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import msgpack
+
+from .errors import BadRequest, NpcaiError, TooLarge, UnknownOp
+
+VERSION = 1
+
+# Events a reply can carry. "done", "error" and "cancelled" end a request.
+OK, TOKEN, DONE, ERROR, CANCELLED = "ok", "token", "done", "error", "cancelled"
+TERMINAL_EVENTS = frozenset({OK, DONE, ERROR, CANCELLED})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one client can make the sidecar hold; announced in ``hello``."""
+
+    max_frame_bytes: int = 1 << 20
+    max_depth: int = 32
+    max_container_len: int = 4096
+    max_inflight_per_client: int = 64
+    max_queue: int = 1024
+    max_npcs: int = 256
+    max_prompt_tokens: int = 1024
+    max_tokens: int = 512
+    max_choices: int = 64
+
+    def to_wire(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+# --- field rules -----------------------------------------------------------
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _any(v: Any) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class _Field:
+    check: Callable[[Any], bool]
+    kind: str
+    required: bool = False
+
+
+_STR, _INT, _NUM = (_Field(lambda v: isinstance(v, str), "a string"), _Field(_int, "an integer"),
+                    _Field(_number, "a number"))
+
+
+def _req(f: _Field) -> _Field:
+    return dataclasses.replace(f, required=True)
+
+
+_SAMPLING = {
+    "max_tokens": _INT,
+    "temperature": _NUM,
+    "top_k": _INT,
+    "top_p": _NUM,
+    "seed": _INT,
+    "role": _STR,
+}
+
+#: The fields each op takes, besides the envelope (v, id, op, deadline_ms, priority).
+OPS: dict[str, dict[str, _Field]] = {
+    "hello": {"client": _STR, "token": _STR},
+    "ping": {},
+    "npc": {"npc": _req(_STR), "persona": _req(_STR), "role": _STR, "seed": _INT},
+    "say": {
+        "npc": _req(_STR),
+        "text": _req(_STR),
+        "stream": _Field(lambda v: isinstance(v, bool), "a boolean"),
+        "stop": _Field(lambda v: isinstance(v, str) or _str_list(v), "a string or a list of strings"),
+        "fallback": _Field(_any, "any value"),
+        **_SAMPLING,
+    },
+    "decide": {
+        "npc": _STR,
+        "situation": _req(_STR),
+        "choices": _Field(_str_list, "a list of strings"),
+        "schema": _Field(lambda v: isinstance(v, dict), "a map (JSON schema)"),
+        "grammar": _STR,
+        "fallback": _Field(_any, "any value"),
+        **_SAMPLING,
+    },
+    "observe": {"npc": _req(_STR), "text": _req(_STR)},
+    "cancel": {"target": _req(_INT)},
+    "forget": {"npc": _req(_STR)},
+    "save": {"npc": _req(_STR)},
+    "load": {"npc": _req(_STR), "state": _req(_Field(lambda v: isinstance(v, bytes), "binary"))},
+    "stats": {},
+    "shutdown": {},
+}
+
+#: Ops answered by the server thread at once, never queued behind model work.
+IMMEDIATE_OPS = frozenset({"hello", "ping", "cancel", "stats", "shutdown"})
+
+
+@dataclass
+class Request:
+    """A validated request. ``fields`` holds the op's own fields, already type-checked."""
+
+    id: int
+    op: str
+    fields: dict[str, Any]
+    deadline_ms: int | None = None
+    priority: int = 0
+    client: bytes = b""
+    received: float = 0.0  # time.monotonic() at receipt
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def deadline(self) -> float | None:
+        """Absolute monotonic deadline, or None."""
+        return None if self.deadline_ms is None else self.received + self.deadline_ms / 1000.0
+
+    @property
+    def fallback(self) -> Any:
+        return self.fields.get("fallback")
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def decode_frame(frame: bytes, limits: Limits) -> dict[str, Any]:
+    """Decode one frame into a map, bounded in size, length and depth.
+
+    Raises NpcaiError (``too_large`` or ``bad_request``); the id is unknown at this point.
+    """
+    if len(frame) > limits.max_frame_bytes:
+        raise TooLarge(f"frame of {len(frame)} bytes exceeds max_frame_bytes={limits.max_frame_bytes}")
+    n = limits.max_container_len
+    try:
+        obj = msgpack.unpackb(
+            frame, raw=False, strict_map_key=True, max_str_len=limits.max_frame_bytes, max_bin_len=limits.max_frame_bytes,
+            max_array_len=n, max_map_len=n, max_ext_len=0,
+        )
+    except (msgpack.exceptions.StackError, RecursionError):
+        raise TooLarge("frame nests too deeply") from None
+    except ValueError as exc:  # covers ExtraData, FormatError, and length limits
+        if "exceeds max" in str(exc):
+            raise TooLarge(f"frame holds a container or string over the limits: {exc}") from None
+        raise BadRequest(f"frame is not one msgpack value: {exc or type(exc).__name__}") from None
+    except Exception as exc:  # msgpack raises a few unrelated types for garbage
+        raise BadRequest(f"frame is not msgpack: {type(exc).__name__}") from None
+    if not isinstance(obj, dict):
+        raise BadRequest(f"frame must hold a msgpack map, not {type(obj).__name__}")
+    if _depth(obj, limits.max_depth) > limits.max_depth:
+        raise TooLarge(f"message nests deeper than max_depth={limits.max_depth}")
+    return obj
+
+
+def _depth(obj: Any, limit: int, level: int = 1) -> int:
+    if level > limit:
+        return level
+    if isinstance(obj, dict):
+        return max((_depth(v, limit, level + 1) for v in obj.values()), default=level)
+    if isinstance(obj, list):
+        return max((_depth(v, limit, level + 1) for v in obj), default=level)
+    return level
+
+
+def request_id(message: dict[str, Any]) -> int | None:
+    """The id to echo in an error about this message, if it has a usable one."""
+    rid = message.get("id")
+    return rid if _int(rid) else None
+
+
+def parse_request(message: dict[str, Any], client: bytes = b"", received: float = 0.0) -> Request:
+    """Validate the envelope and the op's fields; raise an NpcaiError with a clear message."""
+    if message.get("v") != VERSION:
+        raise BadRequest(f"field 'v' must be {VERSION} (protocol version), got {message.get('v')!r}")
+    rid = message.get("id")
+    if not _int(rid):
+        raise BadRequest("field 'id' must be an integer")
+    op = message.get("op")
+    if not isinstance(op, str):
+        raise BadRequest("field 'op' must be a string")
+    spec = OPS.get(op)
+    if spec is None:
+        raise UnknownOp(f"unknown op {op!r}; known ops: {', '.join(sorted(OPS))}")
+    deadline = message.get("deadline_ms")
+    if deadline is not None and not (_int(deadline) and deadline >= 0):
+        raise BadRequest("field 'deadline_ms' must be a non-negative integer")
+    priority = message.get("priority", 0)
+    if not _int(priority):
+        raise BadRequest("field 'priority' must be an integer")
+    fields: dict[str, Any] = {}
+    for name, rule in spec.items():
+        if name not in message or (message[name] is None and not rule.required and name != "fallback"):
+            if rule.required:
+                raise BadRequest(f"op {op!r} needs field {name!r} ({rule.kind})")
+            continue
+        value = message[name]
+        if not rule.check(value):
+            raise BadRequest(f"field {name!r} of op {op!r} must be {rule.kind}, got {type(value).__name__}")
+        fields[name] = value
+    if op == "decide":
+        _check_decide(fields)
+    return Request(rid, op, fields, deadline, priority, client, received)
+
+
+def _check_decide(fields: dict[str, Any]) -> None:
+    given = [k for k in ("choices", "schema", "grammar") if k in fields]
+    if len(given) != 1:
+        raise BadRequest("op 'decide' needs exactly one of 'choices', 'schema' or 'grammar'")
+    choices = fields.get("choices")
+    if choices is not None:
+        if not choices or any(not c for c in choices):
+            raise BadRequest("field 'choices' must be a non-empty list of non-empty strings")
+        if len(set(choices)) != len(choices):
+            raise BadRequest("field 'choices' must not repeat an option")
+
+
+def check_sampling(fields: dict[str, Any], limits: Limits) -> None:
+    """Range checks shared by say and decide."""
+    mt = fields.get("max_tokens")
+    if mt is not None and not 1 <= mt <= limits.max_tokens:
+        raise BadRequest(f"field 'max_tokens' must be between 1 and {limits.max_tokens}")
+    t = fields.get("temperature")
+    if t is not None and not 0 <= t <= 10:
+        raise BadRequest("field 'temperature' must be between 0 and 10")
+    p = fields.get("top_p")
+    if p is not None and not 0 < p <= 1:
+        raise BadRequest("field 'top_p' must be in (0, 1]")
+    k = fields.get("top_k")
+    if k is not None and k < 0:
+        raise BadRequest("field 'top_k' must be >= 0 (0 = no limit)")
+    choices = fields.get("choices")
+    if choices is not None and len(choices) > limits.max_choices:
+        raise TooLarge(f"{len(choices)} choices exceed max_choices={limits.max_choices}")
+
+
+# --- replies ---------------------------------------------------------------
+
+def reply(rid: int | None, event: str, **fields: Any) -> dict[str, Any]:
+    return {"v": VERSION, "id": rid, "event": event, **fields}
+
+
+def ok(rid: int | None, **fields: Any) -> dict[str, Any]:
+    return reply(rid, OK, **fields)
+
+
+def token(rid: int, text: str) -> dict[str, Any]:
+    return reply(rid, TOKEN, text=text)
+
+
+def done(rid: int, **fields: Any) -> dict[str, Any]:
+    return reply(rid, DONE, **fields)
+
+
+def cancelled(rid: int) -> dict[str, Any]:
+    return reply(rid, CANCELLED)
+
+
+def error(rid: int | None, err: NpcaiError) -> dict[str, Any]:
+    return reply(rid, ERROR, code=err.code, message=err.message)
+
+
+def timed_out(req: Request, elapsed_ms: float) -> dict[str, Any]:
+    """The reply sent at a request's deadline instead of a late answer."""
+    fields: dict[str, Any] = {
+        "value": req.fallback,
+        "text": "",
+        "timed_out": True,
+        "finish_reason": "deadline",
+        "timing": {"queue_ms": round(elapsed_ms, 3), "total_ms": round(elapsed_ms, 3)},
+    }
+    if req.op == "say":
+        fields["tokens"] = 0
+        if isinstance(req.fallback, str):
+            fields["text"] = req.fallback
+    return done(req.id, **fields)

@@ -1,0 +1,213 @@
+"""The runtime: one loaded model, its KV cache, and the batched model step.
+
+A Runtime owns a llama.cpp context whose unified KV cache holds many sequences
+(one per resident NPC plus short-lived forks for decisions). Each step evaluates
+one batch mixing every active request's tokens; ``Lane``s say which tokens of
+which sequence go in and where their logits come back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from llguidance.llamacpp import lltokenizer_from_vocab
+
+from .constraints import ConstraintCompiler
+from .errors import Overloaded
+from .native import Batch, Context, Model
+from .npc import KvSeq
+from .sampling import NO_MASK, sample_token, token_logprob
+
+
+@dataclass
+class Lane:
+    """Tokens waiting to be evaluated in one sequence, and which logits the job wants back."""
+
+    seq: int
+    pos: int
+    pending: list[int]
+    all_logits: bool = False  # every token's logits (choice scoring), else only the last one's
+    kv: KvSeq | None = None  # the NPC sequence this lane extends, kept in sync as tokens land
+    rows: list[int] = field(default_factory=list)  # batch rows holding the wanted logits after a step
+    fed: int = 0  # tokens of `pending` placed in the current batch
+
+    @property
+    def ready(self) -> bool:
+        """All tokens evaluated and the wanted logits are available."""
+        return not self.pending and bool(self.rows)
+
+
+class SeqPool:
+    """Hands out KV sequence ids; idle NPC sequences are evicted least recently used first."""
+
+    def __init__(self, ctx: Context, n_seq: int):
+        self._ctx = ctx
+        self._free = list(range(n_seq - 1, -1, -1))
+        self._npc: OrderedDict[int, KvSeq] = OrderedDict()  # seq -> owner, oldest use first
+        self.evictions = 0
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    def acquire(self) -> int | None:
+        if not self._free and not self.evict_one():
+            return None
+        return self._free.pop()
+
+    def acquire_for(self, kv: KvSeq) -> int | None:
+        """Give an NPC its sequence (re-acquiring one if it was evicted)."""
+        if kv.seq is None:
+            seq = self.acquire()
+            if seq is None:
+                return None
+            kv.seq, kv.tokens = seq, []
+            self._npc[seq] = kv
+        self._npc.move_to_end(kv.seq)
+        return kv.seq
+
+    def release(self, seq: int) -> None:
+        self._ctx.seq_rm(seq)
+        owner = self._npc.pop(seq, None)
+        if owner is not None:
+            owner.seq, owner.tokens = None, []
+        self._free.append(seq)
+
+    def evict_one(self) -> bool:
+        for seq, kv in self._npc.items():
+            if kv.evictable:
+                self.release(seq)
+                self.evictions += 1
+                return True
+        return False
+
+    def cells_used(self) -> int:
+        return sum(len(kv.tokens) for kv in self._npc.values())
+
+
+class Runtime:
+    """One model, served by role(s); evaluates batches and hands out logits."""
+
+    def __init__(self, path: Path, *, name: str, n_ctx: int, n_seq: int, n_batch: int, threads: int,
+                 grammar_dir: Path, verbose: bool = False):
+        self.name = name
+        self.model = Model(path, verbose=verbose)
+        self.n_vocab = self.model.n_vocab
+        self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_seq=n_seq, threads=threads)
+        self.n_batch = n_batch
+        self.batch = Batch(n_batch)
+        self.pool = SeqPool(self.ctx, n_seq)
+        self.compiler = ConstraintCompiler(lltokenizer_from_vocab(self.model.vocab, n_vocab=self.n_vocab),
+                                           grammar_dir)
+        self.mask = np.zeros((self.n_vocab + 31) // 32, dtype=np.int32)
+        sample_token(np.zeros(8, dtype=np.float32), NO_MASK, 0.5, 4, 0.9, 0.5)  # compile (or load) the kernels now
+        token_logprob(np.zeros(8, dtype=np.float32), 0)
+        self.stats = {"steps": 0, "tokens": 0, "compute_ms": 0.0, "aborted_steps": 0}
+
+    def describe(self, roles: list[str]) -> list[dict]:
+        return [{"role": r, "name": self.name, "n_ctx": self.ctx.n_ctx, "n_vocab": self.n_vocab} for r in roles]
+
+    # --- prompts ---------------------------------------------------------------
+    def prompt_tokens(self, messages: list[tuple[str, str]], add_generation_prompt: bool) -> list[int]:
+        text = self.model.apply_chat_template(messages, add_generation_prompt)
+        return self.model.tokenize(text, add_bos=True, special=True)
+
+    def text_tokens(self, text: str) -> list[int]:
+        """Tokens of plain text (no BOS, special-token names left as text)."""
+        return self.model.tokenize(text, add_bos=False, special=False)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.model.piece(t) for t in tokens).decode(errors="replace")
+
+    # --- sequences --------------------------------------------------------------
+    def attach(self, kv: KvSeq, target: list[int]) -> Lane:
+        """A lane that brings an NPC's sequence to ``target``, reusing the cached prefix."""
+        if self.pool.acquire_for(kv) is None:
+            raise Overloaded("no KV sequence free: too many NPCs and decisions in flight")
+        common = min(_common_prefix(kv.tokens, target), len(target) - 1)
+        if common < len(kv.tokens):
+            self.ctx.seq_rm(kv.seq, common)
+            del kv.tokens[common:]
+        return Lane(kv.seq, common, list(target[common:]), kv=kv)
+
+    def fork(self, kv: KvSeq | None, target: list[int]) -> Lane:
+        """A lane in a fresh sequence that starts as a copy of the cached prefix of ``target``."""
+        seq = self.pool.acquire()
+        if seq is None:
+            raise Overloaded("no KV sequence free for a decision")
+        common = 0
+        if kv is not None and kv.seq is not None:
+            common = min(_common_prefix(kv.tokens, target), len(target) - 1)
+            if common:
+                self.ctx.seq_cp(kv.seq, seq, 0, common)
+        return Lane(seq, common, list(target[common:]))
+
+    def branch(self, lane: Lane, tokens: list[int]) -> Lane | None:
+        """A copy of ``lane``'s sequence extended by ``tokens`` (all logits wanted); None if no seq is free."""
+        seq = self.pool.acquire()
+        if seq is None:
+            return None
+        self.ctx.seq_cp(lane.seq, seq, 0, lane.pos)
+        return Lane(seq, lane.pos, list(tokens), all_logits=True)
+
+    def release(self, seq: int) -> None:
+        self.pool.release(seq)
+
+    # --- the step ---------------------------------------------------------------
+    def step(self, lanes: list[tuple[Lane, int]]) -> int:
+        """Evaluate the first ``n`` pending tokens of each (lane, n) in one batch.
+
+        Returns llama_decode's code; on success the lanes advance and their rows point
+        at the logits they asked for.
+        """
+        b = self.batch
+        b.clear()
+        for lane, n in lanes:
+            lane.rows = []
+            lane.fed = n
+            last = n == len(lane.pending)
+            for i in range(n):
+                want = lane.all_logits or (last and i == n - 1)
+                row = b.add(lane.pending[i], lane.pos + i, lane.seq, want)
+                if want:
+                    lane.rows.append(row)
+        t0 = time.perf_counter()
+        rc = self.ctx.decode(b)
+        self.stats["compute_ms"] += (time.perf_counter() - t0) * 1e3
+        if rc != 0:
+            for lane, _ in lanes:  # drop whatever a failed or aborted step left behind
+                self.ctx.seq_rm(lane.seq, lane.pos)
+                lane.rows, lane.fed = [], 0
+            self.stats["aborted_steps"] += rc == 2
+            return rc
+        self.stats["steps"] += 1
+        self.stats["tokens"] += b.n
+        for lane, n in lanes:
+            done = lane.pending[:n]
+            del lane.pending[:n]
+            lane.pos += n
+            if lane.kv is not None:
+                lane.kv.tokens.extend(done)
+            lane.fed = 0
+        return 0
+
+    def logits(self, row: int) -> np.ndarray:
+        return self.ctx.logits(row, self.n_vocab)
+
+    def close(self) -> None:
+        self.compiler.close()
+        self.batch.close()
+        self.ctx.close()
+        self.model.close()
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,153 @@
+"""Token sampling over large vocabularies: mask, temperature, top-k, top-p, draw.
+
+The kernels read the constraint's packed bitmask (32 tokens per int32 word, the
+layout llguidance fills) directly, so a 262k-token vocabulary is never expanded
+into a boolean array. bench/test_bench_sampling.py holds each kernel against
+the numpy version it replaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+NO_MASK = np.empty((0,), dtype=np.int32)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.7
+    top_k: int = 40
+    top_p: float = 0.95
+
+
+@njit(cache=True, nogil=True)
+def _allowed(mask: np.ndarray, i: int) -> bool:
+    return mask.size == 0 or ((mask[i >> 5] >> (i & 31)) & 1) != 0
+
+
+@njit(cache=True, nogil=True)
+def _sift_down(val, idx, k, r):
+    """Restore the min-heap property of val[:k] (idx follows) below position r."""
+    while True:
+        c = 2 * r + 1
+        if c >= k:
+            return
+        if c + 1 < k and val[c + 1] < val[c]:
+            c += 1
+        if val[r] <= val[c]:
+            return
+        val[r], val[c] = val[c], val[r]
+        idx[r], idx[c] = idx[c], idx[r]
+        r = c
+
+
+@njit(cache=True, nogil=True)
+def _top_candidates(logits, mask, k):
+    """The k highest allowed logits, in one pass with a k-element min-heap."""
+    val = np.empty(k, dtype=np.float32)
+    idx = np.empty(k, dtype=np.int64)
+    size = 0
+    for i in range(logits.shape[0]):
+        v = logits[i]
+        if v == -np.inf or not _allowed(mask, i):
+            continue
+        if size < k:
+            val[size] = v
+            idx[size] = i
+            size += 1
+            if size == k:
+                for r in range(k // 2 - 1, -1, -1):
+                    _sift_down(val, idx, k, r)
+        elif v > val[0]:
+            val[0] = v
+            idx[0] = i
+            _sift_down(val, idx, k, 0)
+    return val[:size], idx[:size]
+
+
+@njit(cache=True, nogil=True)
+def sample_token(logits, mask, temperature, top_k, top_p, u):
+    """Draw one token id from ``logits`` restricted to ``mask``; -1 if nothing is allowed.
+
+    ``u`` is a uniform draw in [0, 1) supplied by the caller's seeded generator, so a
+    request's choices are reproducible. temperature <= 0 means greedy.
+    """
+    n = logits.shape[0]
+    if temperature <= 0.0:
+        best = -1
+        best_val = -np.inf
+        for i in range(n):
+            if logits[i] > best_val and _allowed(mask, i):
+                best_val = logits[i]
+                best = i
+        return best
+    k = top_k if 0 < top_k < n else n
+    val, idx = _top_candidates(logits, mask, k)
+    m = val.shape[0]
+    if m == 0:
+        return -1
+    order = np.argsort(-val)
+    top = val[order[0]]
+    probs = np.empty(m, dtype=np.float64)
+    total = 0.0
+    for r in range(m):
+        p = np.exp((val[order[r]] - top) / temperature)
+        probs[r] = p
+        total += p
+    # Nucleus: the smallest prefix of the sorted candidates holding top_p of the mass.
+    cutoff = m
+    if top_p < 1.0:
+        acc = 0.0
+        for r in range(m):
+            acc += probs[r] / total
+            if acc >= top_p:
+                cutoff = r + 1
+                break
+    kept = 0.0
+    for r in range(cutoff):
+        kept += probs[r]
+    target = u * kept
+    acc = 0.0
+    for r in range(cutoff):
+        acc += probs[r]
+        if acc > target:
+            return idx[order[r]]
+    return idx[order[cutoff - 1]]
+
+
+@njit(cache=True, nogil=True)
+def token_logprob(logits, token):
+    """log softmax(logits)[token], computed without materialising the softmax."""
+    m = -np.inf
+    for i in range(logits.shape[0]):
+        if logits[i] > m:
+            m = logits[i]
+    s = 0.0
+    for i in range(logits.shape[0]):
+        s += np.exp(logits[i] - m)
+    return logits[token] - m - np.log(s)
+
+
+def sample_token_numpy(logits: np.ndarray, mask: np.ndarray, temperature: float, top_k: int, top_p: float,
+                       u: float) -> int:
+    """The plain numpy version of sample_token, kept as the benchmark's reference."""
+    x = logits.astype(np.float64, copy=True)
+    if mask.size:
+        bits = np.unpackbits(mask.view(np.uint8), bitorder="little")[: x.size].astype(bool)
+        x[~bits] = -np.inf
+    if temperature <= 0:
+        return int(np.argmax(x))
+    order = np.argsort(-x)
+    if 0 < top_k < order.size:
+        order = order[:top_k]
+    order = order[np.isfinite(x[order])]
+    p = np.exp((x[order] - x[order[0]]) / temperature)
+    p /= p.sum()
+    if top_p < 1.0:
+        cut = int(np.searchsorted(np.cumsum(p), top_p) + 1)
+        order, p = order[:cut], p[:cut]
+        p /= p.sum()
+    return int(order[np.searchsorted(np.cumsum(p), u, side="right").clip(0, order.size - 1)])

@@ -1,0 +1,320 @@
+"""The server: a ZeroMQ ROUTER socket around the engine.
+
+The socket thread owns the socket and everything that must answer in microseconds
+whatever the model is doing: decoding and validating frames, hello/ping/stats/
+cancel/shutdown, admission limits, and deadlines. The engine runs model steps on
+its own thread (llama.cpp releases the GIL while it computes). When a request's
+deadline passes, this thread answers with the fallback at once and tells the
+engine to drop the work, so no answer is ever late, however long a step takes.
+
+Loop: 1) wait on the socket, the engine's outbox signal and the next deadline;
+2) read frames and admit requests; 3) send the engine's replies; 4) expire deadlines.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from . import __version__
+from . import protocol as P
+from .engine import Engine
+from .errors import BadRequest, NpcaiError, Overloaded, Unauthorized
+from .settings import Settings
+
+log = logging.getLogger("npcai")
+
+READY_PREFIX = "NPCAI READY "
+_MAX_READS_PER_TURN = 256
+_LATENCY_WINDOW = 2048
+
+
+@dataclass
+class _Inflight:
+    req: P.Request
+    streamed: list[str] = field(default_factory=list)
+
+
+class _OpStats:
+    def __init__(self) -> None:
+        self.count = self.errors = self.timeouts = self.cancelled = 0
+        self.latency_ms: collections.deque[float] = collections.deque(maxlen=_LATENCY_WINDOW)
+
+    def to_wire(self) -> dict[str, Any]:
+        lat = sorted(self.latency_ms)
+
+        def pct(p: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))], 3) if lat else None
+
+        return {"count": self.count, "errors": self.errors, "timeouts": self.timeouts, "cancelled": self.cancelled,
+                "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": lat[-1] if lat else None}
+
+
+class Server:
+    def __init__(self, settings: Settings, engine_factory):
+        """``engine_factory(emit)`` builds the Engine; it is given this server's emit callback."""
+        self.settings = settings
+        self.limits = settings.limits
+        self._zctx = zmq.Context.instance()
+        self._outbox: queue.SimpleQueue[tuple[bytes, dict]] = queue.SimpleQueue()
+        self._signal_addr = f"inproc://npcai-outbox-{id(self)}"
+        self._signal_pull = self._zctx.socket(zmq.PULL)
+        self._signal_pull.bind(self._signal_addr)
+        self._signal_local = threading.local()
+        self.engine: Engine = engine_factory(self._emit)
+        self._inflight: dict[tuple[bytes, int], _Inflight] = {}
+        self._per_client: collections.Counter[bytes] = collections.Counter()
+        self._deadlines: list[tuple[float, bytes, int]] = []  # heap of (deadline, client, id)
+        self._authed: set[bytes] = set()
+        self._stats: dict[str, _OpStats] = collections.defaultdict(_OpStats)
+        self._bad_frames = 0
+        self._started = time.monotonic()
+        self._running = False
+        self.endpoint = ""
+        self._router = self._zctx.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.LINGER, 0)
+        self._router.setsockopt(zmq.MAXMSGSIZE, 4 * self.limits.max_frame_bytes)  # hard cap: drop the peer
+        self._router.setsockopt(zmq.SNDHWM, 10_000)
+        self._router.setsockopt(zmq.RCVHWM, 10_000)
+
+    # --- called from the engine thread -----------------------------------------------------
+    def _emit(self, client: bytes, reply: dict[str, Any]) -> None:
+        self._outbox.put((client, reply))
+        sock = getattr(self._signal_local, "sock", None)
+        if sock is None:  # one PUSH socket per emitting thread: zmq sockets are not thread-safe
+            sock = self._zctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self._signal_addr)
+            self._signal_local.sock = sock
+        try:
+            sock.send(b"", zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the socket thread is already behind on signals; it will drain the outbox anyway
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def bind(self) -> str:
+        try:
+            self._router.bind(self.settings.endpoint)
+        except zmq.ZMQError as exc:
+            raise BadRequest(f"cannot bind {self.settings.endpoint}: {exc.strerror}") from None
+        self.endpoint = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        return self.endpoint
+
+    def stop(self) -> None:
+        """Ask the loop to end (safe from a signal handler); in-flight requests end as cancelled."""
+        self._running = False
+
+    def serve_forever(self) -> None:
+        """Run until shutdown; the engine runs on its own thread meanwhile."""
+        engine_thread = threading.Thread(target=self.engine.run, name="npcai-engine", daemon=True)
+        engine_thread.start()
+        self._running = True
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._signal_pull, zmq.POLLIN)
+        next_parent_check = 0.0
+        try:
+            while self._running:
+                timeout = self._poll_timeout()
+                events = dict(poller.poll(timeout))
+                if self._signal_pull in events:
+                    self._drain_signals()
+                self._send_replies()
+                if self._router in events:
+                    self._read_requests()
+                self._expire_deadlines()
+                now = time.monotonic()
+                if self.settings.parent_pid and now >= next_parent_check:
+                    next_parent_check = now + 0.5
+                    if not _alive(self.settings.parent_pid):
+                        log.warning("parent process %s is gone; shutting down", self.settings.parent_pid)
+                        self._running = False
+        finally:
+            self._shutdown(engine_thread)
+
+    def _shutdown(self, engine_thread: threading.Thread) -> None:
+        self.engine.stop()
+        engine_thread.join(timeout=5)
+        self._send_replies()
+        for (client, rid), _ in list(self._inflight.items()):  # whatever the engine did not end
+            self._send(client, P.cancelled(rid))
+        self._inflight.clear()
+        self.engine.close()
+        self._router.close(linger=100)
+        self._signal_pull.close(linger=0)
+
+    def _poll_timeout(self) -> int:
+        timeout = 500.0
+        if self._deadlines:
+            timeout = min(timeout, max(0.0, (self._deadlines[0][0] - time.monotonic()) * 1000))
+        return int(timeout) + (0 if timeout == 0 else 1)
+
+    # --- inbound ---------------------------------------------------------------------------------
+    def _read_requests(self) -> None:
+        for _ in range(_MAX_READS_PER_TURN):
+            try:
+                parts = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            if len(parts) != 2:  # a DEALER sends exactly one body frame
+                self._bad_frames += 1
+                if len(parts) >= 2:
+                    self._send(parts[0], P.error(None, BadRequest("a message must be exactly one frame")))
+                continue
+            self._handle(parts[0], parts[1])
+
+    def _handle(self, client: bytes, frame: bytes) -> None:
+        received = time.monotonic()
+        rid = None
+        try:
+            message = P.decode_frame(frame, self.limits)
+            rid = P.request_id(message)
+            req = P.parse_request(message, client, received)
+        except NpcaiError as err:
+            self._bad_frames += 1
+            self._send(client, P.error(rid, err))
+            return
+        stats = self._stats[req.op]
+        stats.count += 1
+        try:
+            if self.settings.token and client not in self._authed and req.op != "hello":
+                raise Unauthorized("send hello with the sidecar's token first")
+            if req.op in P.IMMEDIATE_OPS:
+                self._immediate(req)
+                stats.latency_ms.append((time.monotonic() - received) * 1e3)
+                return
+            key = (client, req.id)
+            if key in self._inflight:
+                raise BadRequest(f"request id {req.id} is already in flight on this connection")
+            if self._per_client[client] >= self.limits.max_inflight_per_client:
+                raise Overloaded(f"more than max_inflight_per_client={self.limits.max_inflight_per_client} requests")
+            if len(self._inflight) >= self.limits.max_queue:
+                raise Overloaded(f"sidecar holds max_queue={self.limits.max_queue} requests")
+        except NpcaiError as err:
+            stats.errors += 1
+            self._send(client, P.error(req.id, err))
+            return
+        self._inflight[key] = _Inflight(req)
+        self._per_client[client] += 1
+        if req.deadline is not None:
+            heapq.heappush(self._deadlines, (req.deadline, client, req.id))
+        self.engine.submit(req)
+
+    def _immediate(self, req: P.Request) -> None:
+        client, f = req.client, req.fields
+        if req.op == "hello":
+            if self.settings.token and f.get("token") != self.settings.token:
+                raise Unauthorized("hello needs the sidecar's token")
+            self._authed.add(client)
+            self._send(client, P.ok(req.id, protocol=P.VERSION, server=f"npcai {__version__}",
+                                    models=self.engine.roles(), limits=self.limits.to_wire(), pid=os.getpid(),
+                                    threads=self.settings.compute_threads))
+        elif req.op == "ping":
+            self._send(client, P.ok(req.id))
+        elif req.op == "cancel":
+            key = (client, f["target"])
+            found = key in self._inflight
+            if found:
+                self.engine.cancel(client, f["target"])
+            self._send(client, P.ok(req.id, target=f["target"], found=found))
+        elif req.op == "stats":
+            self._send(client, P.ok(req.id, uptime_s=round(time.monotonic() - self._started, 3),
+                                    in_flight=len(self._inflight), bad_frames=self._bad_frames,
+                                    ops={op: s.to_wire() for op, s in self._stats.items()},
+                                    engine=self.engine.stats()))
+        elif req.op == "shutdown":
+            self._send(client, P.ok(req.id))
+            self._running = False
+
+    # --- outbound --------------------------------------------------------------------------------
+    def _drain_signals(self) -> None:
+        while True:
+            try:
+                self._signal_pull.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+
+    def _send_replies(self) -> None:
+        while True:
+            try:
+                client, reply = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            key = (client, reply["id"])
+            entry = self._inflight.get(key)
+            if entry is None:
+                if reply["event"] == P.ERROR and reply["id"] is None:
+                    self._send(client, reply)
+                continue  # already answered (deadline passed or cancelled): never send late
+            event = reply["event"]
+            if event == P.TOKEN:
+                entry.streamed.append(reply["text"])
+            elif event in P.TERMINAL_EVENTS:
+                self._finish(key, entry, event)
+            self._send(client, reply)
+
+    def _finish(self, key: tuple[bytes, int], entry: _Inflight, event: str) -> None:
+        del self._inflight[key]
+        self._per_client[key[0]] -= 1
+        if self._per_client[key[0]] <= 0:
+            del self._per_client[key[0]]
+        stats = self._stats[entry.req.op]
+        stats.latency_ms.append((time.monotonic() - entry.req.received) * 1e3)
+        if event == P.ERROR:
+            stats.errors += 1
+        elif event == P.CANCELLED:
+            stats.cancelled += 1
+
+    def _expire_deadlines(self) -> None:
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, client, rid = heapq.heappop(self._deadlines)
+            key = (client, rid)
+            entry = self._inflight.get(key)
+            if entry is None:
+                continue
+            self._stats[entry.req.op].timeouts += 1
+            self.engine.cancel(client, rid, expired=True)
+            reply = P.timed_out(entry.req, (now - entry.req.received) * 1e3)
+            if entry.req.op == "say":
+                reply["text"] = "".join(entry.streamed)
+            self._finish(key, entry, P.DONE)
+            self._send(client, reply)
+
+    def _send(self, client: bytes, reply: dict[str, Any]) -> None:
+        try:
+            self._router.send_multipart([client, P.encode(reply)], zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("client send queue full; dropped a reply")
+        except zmq.ZMQError as exc:
+            log.warning("could not send a reply: %s", exc)
+
+
+def _alive(pid: int) -> bool:
+    if sys.platform == "win32":  # pragma: no cover - exercised by the Windows build only
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
