@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -66,9 +67,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     endpoint = server.bind()
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
+    if settings.ready_file:
+        _write_atomically(Path(settings.ready_file), endpoint + "\n")
     print(f"{READY_PREFIX}{endpoint}", flush=True)
     server.serve_forever()
     return 0
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

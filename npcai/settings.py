@@ -34,6 +34,8 @@ class Settings:
     grammar_dir: str = field(default=str(DEFAULT_GRAMMAR_DIR), metadata=_opt(
         "directory where decide's grammar names are looked up"))
     parent_pid: int = field(default=0, metadata=_opt("exit when this process dies (the game's pid)"))
+    ready_file: str = field(default="", metadata=_opt(
+        "also write the bound endpoint to this file when ready (for launchers that cannot read stdout)"))
     token: str = field(default="", metadata=_opt("shared secret clients must send in hello"))
     max_frame_bytes: int = field(default=Limits.max_frame_bytes, metadata=_opt("largest accepted frame"))
     max_inflight_per_client: int = field(default=Limits.max_inflight_per_client, metadata=_opt(
