@@ -99,7 +99,8 @@ class ConstraintCompiler:
     def source_for(self, fields: dict[str, Any]) -> tuple[str, str]:
         """The (kind, llguidance grammar) a decide request asks for; raises BadRequest/TooLarge."""
         if "schema" in fields:
-            text = json.dumps(fields["schema"])  # property order is generation order: keep it
+            # Property order is generation order: keep it (no sort_keys).
+            text = json.dumps(_closed(fields["schema"]))
             _check_size(text, "schema")
             try:
                 grammar = LLMatcher.grammar_from_json_schema(
@@ -162,6 +163,32 @@ class ConstraintCompiler:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _closed(schema: Any, depth: int = 0) -> Any:
+    """The schema with objects closed to unlisted keys unless it says otherwise.
+
+    A decision wants the listed fields, not invented ones; every value generated this way
+    still validates against the original schema.
+    """
+    if depth > 64:
+        raise TooLarge("schema nests too deeply")
+    if isinstance(schema, list):
+        return [_closed(s, depth + 1) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _closed(v, depth + 1) if k in _SUBSCHEMAS else v for k, v in schema.items()}
+    for key in ("properties", "$defs", "definitions", "patternProperties"):
+        if isinstance(schema.get(key), dict):
+            out[key] = {name: _closed(sub, depth + 1) for name, sub in schema[key].items()}
+    if (schema.get("type") == "object" or "properties" in schema) and "additionalProperties" not in schema \
+            and "patternProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
+_SUBSCHEMAS = frozenset({"items", "prefixItems", "anyOf", "oneOf", "allOf", "not", "if", "then", "else",
+                         "additionalProperties", "contains"})
 
 
 def _check_size(text: str, what: str) -> None:

@@ -286,6 +286,7 @@ def timed_out(req: Request, elapsed_ms: float) -> dict[str, Any]:
         "value": req.fallback,
         "text": "",
         "timed_out": True,
+        "used_fallback": True,
         "finish_reason": "deadline",
         "timing": {"queue_ms": round(elapsed_ms, 3), "total_ms": round(elapsed_ms, 3)},
     }

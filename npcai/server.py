@@ -79,7 +79,7 @@ class Server:
         self._stats: dict[str, _OpStats] = collections.defaultdict(_OpStats)
         self._bad_frames = 0
         self._started = time.monotonic()
-        self._running = False
+        self._running = True  # set before READY is printed: a signal may arrive before the loop starts
         self.endpoint = ""
         self._router = self._zctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
@@ -118,7 +118,6 @@ class Server:
         """Run until shutdown; the engine runs on its own thread meanwhile."""
         engine_thread = threading.Thread(target=self.engine.run, name="npcai-engine", daemon=True)
         engine_thread.start()
-        self._running = True
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._signal_pull, zmq.POLLIN)

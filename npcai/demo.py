@@ -1,0 +1,141 @@
+"""`npcai demo` and `npcai chat`: the sidecar seen from a designer's terminal."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .client import Client
+from .errors import NpcaiError
+from .launcher import Sidecar
+
+_COLORS = ["\033[38;5;208m", "\033[38;5;120m", "\033[38;5;81m", "\033[38;5;219m"]
+_DIM, _BOLD, _RESET = "\033[2m", "\033[1m", "\033[0m"
+
+
+class _Style:
+    def __init__(self, color: bool):
+        self.on = color and sys.stdout.isatty()
+
+    def __call__(self, code: str, text: str) -> str:
+        return f"{code}{text}{_RESET}" if self.on else text
+
+
+def load_scenario(path: str | None) -> dict[str, Any]:
+    if path:
+        try:
+            return json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise NpcaiError(f"cannot read scenario {path}: {exc}") from None
+    return json.loads(resources.files("npcai").joinpath("scenarios/village.json").read_text())
+
+
+def _start(models: list[str]) -> tuple[Sidecar, Client]:
+    args = [a for m in models for a in ("--model", m)]
+    print("starting the sidecar…", file=sys.stderr, flush=True)
+    sidecar = Sidecar(*args)
+    client = Client(sidecar.endpoint)
+    client.hello("npcai demo")
+    return sidecar, client
+
+
+def _bar(p: float, width: int = 24) -> str:
+    filled = round(p * width)
+    return "█" * filled + "·" * (width - filled)
+
+
+def run_demo(models: list[str], scenario: str | None = None, color: bool = True) -> int:
+    """Play a short scripted scene: streamed lines, decisions with their probabilities, a latency table."""
+    s = _Style(color)
+    scene = load_scenario(scenario)
+    sidecar, client = _start(models)
+    try:
+        hello = client.hello("npcai demo")
+        names = list(scene["npcs"])[:3]
+        colors = {n: _COLORS[i % len(_COLORS)] for i, n in enumerate(scene["npcs"])}
+        model = ", ".join(f"{m['role']}={m['name']}" for m in hello["models"])
+        print(s(_BOLD, f"npcai demo — {model} — {sidecar.endpoint}\n"))
+        for n in names:
+            client.npc(n, scene["npcs"][n]["persona"], seed=7)
+        for n in names:
+            for line in scene["npcs"][n]["lines"][:2]:
+                print(s(_DIM, f"  player → {n}: ") + line)
+                sys.stdout.write("  " + s(colors[n], f"{n}: "))
+                reply = client.say(n, line, max_tokens=48, stop=["\n"],
+                                   on_token=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+                t = reply["timing"]
+                print(s(_DIM, f"   [first token {t['ttft_ms']:.0f} ms, {reply['tokens']} tokens in "
+                              f"{t['total_ms']:.0f} ms]"))
+            print()
+        for d in scene["decisions"]:
+            npc = d.get("npc")
+            if npc and npc not in names:
+                client.npc(npc, scene["npcs"][npc]["persona"], seed=7)
+            print(s(_BOLD, f"  {npc or 'someone'} decides: ") + d["situation"])
+            kind = {k: d[k] for k in ("choices", "schema", "grammar") if k in d}
+            reply = client.decide(d["situation"], npc=npc, temperature=0.0, **kind)
+            if "probs" in reply:
+                for choice, p in sorted(reply["probs"].items(), key=lambda kv: -kv[1]):
+                    mark = "◀" if choice == reply["value"] else " "
+                    print(f"    {choice:<20} {s(colors.get(npc, ''), _bar(p))} {p:6.1%} {mark}")
+            else:
+                print("    " + s(colors.get(npc, ""), json.dumps(reply["value"])))
+            forced = f", {reply['forced_tokens']} forced" if "forced_tokens" in reply else ""
+            print(s(_DIM, f"    [{reply['timing']['total_ms']:.0f} ms, {reply['tokens']} tokens{forced}]\n"))
+        _summary(client, s)
+    finally:
+        client.close()
+        sidecar.close()
+    return 0
+
+
+def _summary(client: Client, s: _Style) -> None:
+    stats = client.call("stats")
+    print(s(_BOLD, "latency (ms, since the sidecar received each request)"))
+    print(f"  {'op':<8} {'count':>5} {'p50':>8} {'p90':>8} {'p99':>8}")
+    for op in ("npc", "say", "decide", "ping"):
+        o = stats["ops"].get(op)
+        if o and o["count"]:
+            print(f"  {op:<8} {o['count']:>5} {o['p50_ms']:>8.1f} {o['p90_ms']:>8.1f} {o['p99_ms']:>8.1f}")
+    for m in stats["engine"]["models"]:
+        print(s(_DIM, f"  {m['name']}: {m['steps']} model steps, {m['tokens']} tokens evaluated, "
+                      f"{m['compute_ms'] / 1000:.1f} s computing on {m['threads']} threads"))
+
+
+def run_chat(npc: str, models: list[str], scenario: str | None = None, persona: str | None = None) -> int:
+    """Talk to one persona; `/forget` clears its memory, `/quit` (or end of input) leaves."""
+    scene = load_scenario(scenario)
+    known = scene["npcs"].get(npc, {})
+    persona = persona or known.get("persona")
+    if not persona:
+        raise NpcaiError(f"no NPC {npc!r} in the scenario; give one with --persona \"You are …\"")
+    sidecar, client = _start(models)
+    try:
+        client.npc(npc, persona)
+        print(f"talking to {npc} ({sidecar.endpoint}); /forget clears its memory, /quit leaves", file=sys.stderr)
+        while True:
+            try:
+                line = input("you> ").strip()
+            except EOFError:
+                break
+            if line in ("/quit", "/exit"):
+                break
+            if line == "/forget":
+                client.call("forget", npc=npc)
+                continue
+            if not line:
+                continue
+            sys.stdout.write(f"{npc}> ")
+            started = time.perf_counter()
+            reply = client.say(npc, line, max_tokens=96,
+                               on_token=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+            print(f"   ({reply['timing']['ttft_ms']:.0f} ms to first token, "
+                  f"{(time.perf_counter() - started) * 1000:.0f} ms in all)", file=sys.stderr)
+    finally:
+        client.close()
+        sidecar.close()
+    return 0

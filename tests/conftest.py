@@ -1,0 +1,42 @@
+"""Shared fixtures: one real sidecar (real default model) per test session, fresh clients per test."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import pytest
+
+from npcai import Client, Sidecar
+from npcai.catalog import DEFAULT_MODEL, resolve
+
+
+@pytest.fixture(scope="session")
+def model_path():
+    """The default model's GGUF file, pulled on first use like `npcai serve` does."""
+    return resolve(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def sidecar(model_path):
+    with Sidecar() as sc:
+        yield sc
+
+
+@pytest.fixture
+def client(sidecar):
+    with Client(sidecar.endpoint) as c:
+        c.hello("pytest")
+        yield c
+
+
+@pytest.fixture(scope="session")
+def village():
+    return json.loads(resources.files("npcai").joinpath("scenarios/village.json").read_text())
+
+
+@pytest.fixture
+def brom(client, village):
+    """A freshly (re)defined blacksmith NPC; returns its id."""
+    client.npc("brom", village["npcs"]["brom"]["persona"], seed=11)
+    return "brom"

@@ -1,0 +1,283 @@
+"""End-to-end: every op against the real sidecar with the real default model."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import jsonschema
+import msgpack
+import pytest
+
+from npcai import Client, RequestFailed
+
+
+def collect(client: Client, handle, timeout: float = 60.0):
+    """Wait for a request and return (its token chunks, its last reply)."""
+    reply = client.wait(handle, timeout)
+    return handle.chunks, reply
+
+
+def test_hello_describes_the_protocol_models_and_limits(client):
+    reply = client.hello("pytest")
+    assert reply["protocol"] == 1 and reply["server"].startswith("npcai")
+    (model,) = reply["models"]
+    assert model["name"] == "smollm2-135m" and model["n_vocab"] == 49152 and model["n_ctx"] >= 1024
+    assert reply["limits"]["max_frame_bytes"] > 0 and reply["limits"]["max_inflight_per_client"] > 0
+
+
+def test_ping_is_answered_ok(client):
+    assert client.call("ping")["event"] == "ok"
+
+
+def test_defining_an_npc_caches_its_persona(client, village):
+    reply = client.npc("mira", village["npcs"]["mira"]["persona"])
+    assert reply["npc"] == "mira" and reply["cached_tokens"] > 20
+
+
+def test_say_streams_tokens_and_done_text_is_their_concatenation(client, brom):
+    chunks, reply = collect(client, client.request("say", npc=brom, text="Can you fix my sword?", max_tokens=24))
+    assert reply["event"] == "done" and reply["finish_reason"] in ("stop", "length")
+    assert len(chunks) >= 2 and "".join(chunks) == reply["text"] == reply["value"]
+    assert 0 < reply["tokens"] <= 24
+    timing = reply["timing"]
+    assert 0 <= timing["queue_ms"] <= timing["ttft_ms"] <= timing["total_ms"]
+
+
+def test_say_without_streaming_sends_only_done(client, brom):
+    chunks, reply = collect(client, client.request("say", npc=brom, text="Hello.", max_tokens=8, stream=False))
+    assert chunks == [] and reply["event"] == "done" and reply["text"]
+
+
+def test_say_stops_at_max_tokens(client, brom):
+    reply = client.say(brom, "Tell me a long story about your forge.", max_tokens=5, temperature=0)
+    assert reply["finish_reason"] == "length" and reply["tokens"] == 5
+
+
+def test_say_stops_before_a_stop_string_and_never_streams_it(client, brom):
+    handle = client.request("say", npc=brom, text="Tell me about swords.", max_tokens=60, temperature=0, stop=[" "])
+    chunks, reply = collect(client, handle)
+    assert reply["finish_reason"] == "stop" and " " not in reply["text"] and "".join(chunks) == reply["text"]
+
+
+def test_a_seed_makes_replies_reproducible_at_temperature_above_zero(client, village):
+    persona = village["npcs"]["grik"]["persona"]
+    lines = []
+    for _ in range(2):
+        client.npc("grik-seeded", persona, seed=1234)
+        lines.append(client.say("grik-seeded", "Let me cross the bridge.", temperature=1.0, max_tokens=16)["text"])
+    assert lines[0] == lines[1] and lines[0]
+
+
+def test_history_is_kept_and_forget_clears_it_but_keeps_the_persona(client, brom):
+    client.say(brom, "My name is Aldric.", max_tokens=8)
+    client.say(brom, "What is my name?", max_tokens=8)
+    state = msgpack.unpackb(client.call("save", npc=brom)["state"])
+    assert [m[0] for m in state["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert state["messages"][0][1] == "My name is Aldric."
+    client.call("forget", npc=brom)
+    state = msgpack.unpackb(client.call("save", npc=brom)["state"])
+    assert state["messages"] == [] and state["persona"].startswith("You are Brom")
+
+
+def test_history_gives_way_when_the_npc_context_fills(client, village):
+    client.npc("chatty", village["npcs"]["mira"]["persona"])
+    long_line = "Tell me everything about the market, the herbs, the weather and the people here. " * 12
+    for _ in range(8):  # ~8 x 200 prompt tokens overflow the 1024-token NPC window
+        client.say("chatty", long_line, max_tokens=4)
+    state = msgpack.unpackb(client.call("save", npc="chatty")["state"])
+    assert 0 < len(state["messages"]) < 16 and state["messages"][0][0] == "user"
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8, 2.0])
+def test_decide_returns_one_of_the_choices_at_any_temperature(client, village, temperature):
+    d = village["decisions"][0]
+    client.npc(d["npc"], village["npcs"][d["npc"]]["persona"])
+    for seed in range(4):
+        reply = client.decide(d["situation"], npc=d["npc"], choices=d["choices"], temperature=temperature, seed=seed)
+        assert reply["value"] in d["choices"] and reply["used_fallback"] is False
+        assert set(reply["probs"]) == set(d["choices"])
+        assert sum(reply["probs"].values()) == pytest.approx(1.0)
+
+
+def test_choices_that_share_a_prefix_are_scored_as_whole_options(client):
+    reply = client.decide("Pick a word.", choices=["go", "go home", "golf"])
+    assert reply["value"] in ("go", "go home", "golf") and sum(reply["probs"].values()) == pytest.approx(1.0)
+
+
+NESTED_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "action": {"enum": ["arrest", "follow", "raise_alarm", "ignore"]},
+        "target": {"type": "object",
+                   "properties": {"who": {"enum": ["stranger", "player"]}, "distance": {"type": "integer",
+                                                                                     "minimum": 0, "maximum": 50}},
+                   "required": ["who", "distance"], "additionalProperties": False},
+        "allies": {"type": "array", "items": {"enum": ["guard", "dog", "villager"]}, "maxItems": 3},
+        "say": {"type": "string", "maxLength": 40},
+    },
+    "required": ["action", "target", "allies", "say"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0, 1.8])
+def test_decide_with_a_nested_schema_always_validates(client, village, temperature):
+    client.npc("captain", village["npcs"]["captain"]["persona"])
+    for seed in range(3):
+        reply = client.decide("A hooded stranger climbs the granary wall at night.", npc="captain",
+                              schema=NESTED_SCHEMA, temperature=temperature, seed=seed, max_tokens=200)
+        assert reply["finish_reason"] == "stop" and reply["used_fallback"] is False
+        jsonschema.validate(reply["value"], NESTED_SCHEMA)
+        assert reply["forced_tokens"] > 0  # keys and punctuation are appended without sampling
+
+
+def test_decide_with_each_scenario_schema_validates(client, village):
+    for d in village["decisions"]:
+        if "schema" in d:
+            client.npc(d["npc"], village["npcs"][d["npc"]]["persona"])
+            reply = client.decide(d["situation"], npc=d["npc"], schema=d["schema"], temperature=0.7, seed=3)
+            jsonschema.validate(reply["value"], d["schema"])
+
+
+ACTION = re.compile(r"(attack|flee|follow|guard|trade|talk|give (gold|potion|sword|shield|map) to|wait)"
+                    r"( (player|stranger|guard|merchant|nobody))?")
+EMOTE = re.compile(r"\[(happy|sad|angry|afraid|surprised|disgusted|neutral|smug):[1-5]\]")
+
+
+@pytest.mark.parametrize("grammar, pattern", [("action", ACTION), ("emote.gbnf", EMOTE)])
+def test_decide_with_a_shipped_grammar_matches_it_under_sampling(client, grammar, pattern):
+    for seed in range(4):
+        reply = client.decide("The player insults your mother.", grammar=grammar, temperature=1.2, seed=seed)
+        assert pattern.fullmatch(reply["value"]) and reply["value"] == reply["text"]
+
+
+def test_decide_with_inline_gbnf(client):
+    reply = client.decide("How many arrows are left?", grammar='root ::= [0-9] [0-9]? " arrows"', temperature=0.5)
+    assert re.fullmatch(r"[0-9][0-9]? arrows", reply["value"])
+
+
+def test_a_grammar_that_does_not_exist_or_parse_is_a_bad_request(client):
+    for grammar in ("no_such_grammar", "root ::= (unclosed"):
+        with pytest.raises(RequestFailed, match="bad_request"):
+            client.decide("x", grammar=grammar)
+
+
+def test_a_deadline_that_passes_gives_the_marked_fallback_and_nothing_later(client, brom):
+    handle = client.request("say", npc=brom, text="Tell me about the forge.", max_tokens=64, deadline_ms=30,
+                            fallback="*grunts*")
+    _, reply = collect(client, handle)
+    assert reply["event"] == "done" and reply["timed_out"] and reply["used_fallback"]
+    assert reply["value"] == "*grunts*" and reply["finish_reason"] == "deadline"
+    assert reply["timing"]["total_ms"] < 30 + 250  # answered at the deadline, not after the work
+    decision = client.request("decide", situation="Run?", choices=["yes", "no"], deadline_ms=0, fallback="no")
+    _, reply = collect(client, decision)
+    assert reply["timed_out"] and reply["value"] == "no"
+    time.sleep(1.0)
+    client.poll()
+    assert [m for m in client.stray if m.get("id") in (handle.id, decision.id)] == []
+
+
+def test_a_deadline_that_holds_gives_the_real_answer(client):
+    reply = client.decide("Run?", choices=["yes", "no"], deadline_ms=20_000, fallback="no")
+    assert reply["timed_out"] is False and reply["used_fallback"] is False
+
+
+def test_cancel_ends_a_stream_with_cancelled(client, brom):
+    handle = client.request("say", npc=brom, text="Describe every sword you ever made.", max_tokens=200,
+                            temperature=0.8)
+    deadline = time.monotonic() + 30
+    while len(handle.chunks) < 2 and not handle.finished and time.monotonic() < deadline:
+        client.poll()
+        time.sleep(0.002)
+    ack = client.call("cancel", target=handle.id)
+    assert ack["found"] is True
+    _, reply = collect(client, handle)
+    assert reply["event"] == "cancelled"
+    streamed = len(handle.chunks)
+    time.sleep(0.3)
+    client.poll()
+    assert len(handle.chunks) == streamed
+
+
+def test_cancel_of_an_unknown_request_is_ok_but_not_found(client):
+    assert client.call("cancel", target=987654)["found"] is False
+
+
+def test_unknown_npc_is_its_own_error(client):
+    with pytest.raises(RequestFailed, match="unknown_npc"):
+        client.say("nobody-here", "Hello?")
+
+
+BAD_FRAMES = [
+    (b"\xc1\xc1", "bad_request"),  # not msgpack
+    (msgpack.packb([1, 2, 3]), "bad_request"),  # not a map
+    (msgpack.packb({"v": 1, "id": 5, "op": "teleport"}), "unknown_op"),
+    (msgpack.packb({"v": 1, "id": 6, "op": "say", "npc": "brom"}), "bad_request"),  # missing text
+    (msgpack.packb({"v": 1, "id": 7, "op": "say", "npc": "brom", "text": 42}), "bad_request"),  # wrong type
+    (msgpack.packb({"v": 9, "id": 8, "op": "ping"}), "bad_request"),  # wrong version
+    (msgpack.packb({"v": 1, "id": "nine", "op": "ping"}), "bad_request"),  # id not an int
+]
+
+
+def test_bad_frames_get_errors_while_another_client_keeps_being_served(sidecar, brom):
+    with Client(sidecar.endpoint) as talker, Client(sidecar.endpoint) as attacker:
+        stream = talker.request("say", npc=brom, text="What do you sell?", max_tokens=24)
+        for raw, _ in BAD_FRAMES:
+            attacker.send_raw(raw)
+        attacker.send_raw([b"two", b"frames"])
+        codes = []
+        deadline = time.monotonic() + 10
+        while len(codes) < len(BAD_FRAMES) + 1 and time.monotonic() < deadline:
+            attacker.poll()
+            codes = [m["code"] for m in attacker.stray]
+            time.sleep(0.01)
+        assert codes == [code for _, code in BAD_FRAMES] + ["bad_request"]
+        ids = [m["id"] for m in attacker.stray]
+        assert ids[:3] == [None, None, 5] and ids[3:7] == [6, 7, 8, None]
+        _, reply = collect(talker, stream)
+        assert reply["event"] == "done" and reply["text"]
+        assert attacker.call("ping")["event"] == "ok"
+
+
+def test_save_and_load_round_trip_restores_persona_and_history(client, brom):
+    client.say(brom, "I am the baker's son.", max_tokens=6)
+    saved = client.call("save", npc=brom)["state"]
+    assert isinstance(saved, bytes)
+    loaded = client.call("load", npc="brom-restored", state=saved)
+    assert loaded["messages"] == 2
+    again = msgpack.unpackb(client.call("save", npc="brom-restored")["state"])
+    assert again == msgpack.unpackb(saved)
+    assert client.say("brom-restored", "Do you remember me?", max_tokens=6)["event"] == "done"
+    with pytest.raises(RequestFailed, match="bad_request"):
+        client.call("load", npc="x", state=b"not a state")
+
+
+def test_observe_joins_the_history_and_a_later_decision_still_works(client, village):
+    client.npc("grik", village["npcs"]["grik"]["persona"])
+    assert client.call("observe", npc="grik", text="The player drew a sword.")["event"] == "ok"
+    state = msgpack.unpackb(client.call("save", npc="grik")["state"])
+    assert "drew a sword" in state["messages"][-1][1]
+    reply = client.decide("What now?", npc="grik", choices=["attack", "flee"])
+    assert reply["value"] in ("attack", "flee")
+
+
+def test_concurrent_npcs_are_served_together_and_match_their_solo_answers(client, village):
+    names = ["brom", "mira", "grik", "captain"]
+    for n in names:
+        client.npc(f"solo-{n}", village["npcs"][n]["persona"])
+    solo = {n: client.say(f"solo-{n}", village["npcs"][n]["lines"][0], temperature=0, max_tokens=12)["text"]
+            for n in names}
+    for n in names:
+        client.npc(f"solo-{n}", village["npcs"][n]["persona"])  # reset history, keep the cache
+    handles = {n: client.request("say", npc=f"solo-{n}", text=village["npcs"][n]["lines"][0], temperature=0,
+                                 max_tokens=12) for n in names}
+    together = {n: client.wait(h)["text"] for n, h in handles.items()}
+    assert together == solo
+
+
+def test_stats_count_ops_and_report_latency_percentiles(client):
+    client.call("ping")
+    stats = client.call("stats")
+    assert stats["ops"]["ping"]["count"] >= 1 and stats["ops"]["ping"]["p50_ms"] is not None
+    assert stats["engine"]["models"][0]["steps"] > 0

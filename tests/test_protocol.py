@@ -1,0 +1,98 @@
+"""Protocol v1 decoding and validation, without a model."""
+
+import msgpack
+import pytest
+
+from npcai import protocol as P
+from npcai.errors import BadRequest, TooLarge, UnknownOp
+
+LIMITS = P.Limits()
+
+
+def frame(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def test_a_valid_request_parses_with_its_envelope():
+    msg = P.decode_frame(frame({"v": 1, "id": 7, "op": "say", "npc": "a", "text": "hi", "deadline_ms": 150,
+                                "priority": 2, "extra_field": "ignored"}), LIMITS)
+    req = P.parse_request(msg, b"client", received=10.0)
+    assert (req.id, req.op, req.deadline_ms, req.priority) == (7, "say", 150, 2)
+    assert req.fields == {"npc": "a", "text": "hi"}
+    assert req.deadline == pytest.approx(10.15)
+
+
+@pytest.mark.parametrize("raw", [b"\xc1", b"", b"\x81\xa1", frame({"a": 1}) + b"\x00"])
+def test_bytes_that_are_not_one_msgpack_value_are_bad_requests(raw):
+    with pytest.raises(BadRequest):
+        P.decode_frame(raw, LIMITS)
+
+
+@pytest.mark.parametrize("value", [[1, 2], "text", 5, None, b"bin"])
+def test_a_frame_must_hold_a_map(value):
+    with pytest.raises(BadRequest, match="map"):
+        P.decode_frame(frame(value), LIMITS)
+
+
+def test_deep_nesting_is_too_large_not_a_crash():
+    deep = b"\x91" * 5000 + b"\xc0"  # 5000 nested arrays: beyond msgpack's own stack
+    with pytest.raises(TooLarge):
+        P.decode_frame(b"\x81\xa1a" + deep, LIMITS)
+    nested = {"v": 1}
+    for _ in range(40):
+        nested = {"x": nested}
+    with pytest.raises(TooLarge, match="max_depth"):
+        P.decode_frame(frame(nested), LIMITS)
+
+
+def test_oversized_frames_and_containers_are_too_large():
+    with pytest.raises(TooLarge):
+        P.decode_frame(b"\x00" * (LIMITS.max_frame_bytes + 1), LIMITS)
+    with pytest.raises(TooLarge):
+        P.decode_frame(frame({"a": list(range(LIMITS.max_container_len + 1))}), LIMITS)
+
+
+@pytest.mark.parametrize("msg, match", [
+    ({"id": 1, "op": "ping"}, "'v'"),
+    ({"v": 2, "id": 1, "op": "ping"}, "'v'"),
+    ({"v": 1, "op": "ping"}, "'id'"),
+    ({"v": 1, "id": True, "op": "ping"}, "'id'"),
+    ({"v": 1, "id": 1}, "'op'"),
+    ({"v": 1, "id": 1, "op": "say", "npc": "a"}, "'text'"),
+    ({"v": 1, "id": 1, "op": "say", "npc": "a", "text": 5}, "'text'"),
+    ({"v": 1, "id": 1, "op": "say", "npc": "a", "text": "x", "max_tokens": "many"}, "'max_tokens'"),
+    ({"v": 1, "id": 1, "op": "ping", "deadline_ms": -1}, "deadline_ms"),
+    ({"v": 1, "id": 1, "op": "decide", "situation": "s"}, "exactly one"),
+    ({"v": 1, "id": 1, "op": "decide", "situation": "s", "choices": ["a"], "grammar": "g"}, "exactly one"),
+    ({"v": 1, "id": 1, "op": "decide", "situation": "s", "choices": []}, "non-empty"),
+    ({"v": 1, "id": 1, "op": "decide", "situation": "s", "choices": ["a", "a"]}, "repeat"),
+    ({"v": 1, "id": 1, "op": "load", "npc": "a", "state": "not bytes"}, "'state'"),
+])
+def test_malformed_requests_name_the_offending_field(msg, match):
+    with pytest.raises(BadRequest, match=match):
+        P.parse_request(msg)
+
+
+def test_unknown_ops_are_their_own_error():
+    with pytest.raises(UnknownOp, match="teleport"):
+        P.parse_request({"v": 1, "id": 1, "op": "teleport"})
+
+
+def test_sampling_ranges_are_checked():
+    for fields in ({"max_tokens": 0}, {"max_tokens": 10_000}, {"temperature": -1}, {"top_p": 0}, {"top_k": -2}):
+        with pytest.raises(BadRequest):
+            P.check_sampling(fields, LIMITS)
+    with pytest.raises(TooLarge):
+        P.check_sampling({"choices": [str(i) for i in range(LIMITS.max_choices + 1)]}, LIMITS)
+
+
+def test_a_timed_out_say_is_a_marked_done_with_the_fallback():
+    req = P.parse_request({"v": 1, "id": 3, "op": "say", "npc": "a", "text": "x", "fallback": "Hm?"})
+    reply = P.timed_out(req, 150.0)
+    assert reply["event"] == "done" and reply["timed_out"] and reply["used_fallback"] and reply["value"] == "Hm?"
+    assert reply["finish_reason"] == "deadline"
+
+
+def test_every_error_reply_has_a_code_and_message():
+    reply = P.error(None, BadRequest("nope"))
+    assert reply == {"v": 1, "id": None, "event": "error", "code": "bad_request", "message": "nope"}
