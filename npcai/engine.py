@@ -185,6 +185,10 @@ class Engine:
             return True
         now = time.monotonic()
         fed = {id(j): j for j, lane, _ in plan}
+        for job, _, n in plan:
+            job.usage["evaluated_tokens"] += n
+        for job in fed.values():
+            job.usage["steps"] += 1
         for job in fed.values():
             if job.finished or not any(lane.ready for lane in job.lanes):
                 continue

@@ -17,10 +17,10 @@ from typing import Any, Callable
 import numpy as np
 
 from . import protocol as P
-from .errors import BadRequest, NpcaiError, TooLarge
+from .errors import BadRequest, NpcaiError, Overloaded, TooLarge
 from .npc import Npc
 from .runtime import Lane, Runtime
-from .sampling import NO_MASK, sample_token, token_logprob
+from .sampling import NO_MASK, sample_token
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -44,6 +44,7 @@ class Job:
         self.first_logits_at: float | None = None
         self.first_token_at: float | None = None
         self._temp_seqs: list[int] = []
+        self.usage = {"prompt_tokens": 0, "cached_tokens": 0, "evaluated_tokens": 0, "steps": 0}
 
     # Subclasses: ready() says whether start() may run now; start() builds lanes; advance() consumes logits.
     def ready(self) -> bool:
@@ -68,6 +69,11 @@ class Job:
         return {"queue_ms": ms(self.started_at),
                 "prefill_ms": round(((self.first_logits_at or now) - (self.started_at or now)) * 1e3, 3),
                 "ttft_ms": ms(self.first_token_at or self.first_logits_at), "total_ms": ms(now)}
+
+    def _count_prompt(self, lane: Lane) -> Lane:
+        self.usage["prompt_tokens"] += len(lane.pending)
+        self.usage["cached_tokens"] += lane.pos
+        return lane
 
     def _fork(self, lane: Lane) -> Lane:
         self._temp_seqs.append(lane.seq)
@@ -185,7 +191,7 @@ class SayJob(_NpcWriter):
     def start(self) -> None:
         self.claim()
         target = _fit(self.npc, self.rt, ("user", self.req.fields["text"]), self.max_tokens, self.npc_ctx)
-        self.lanes = [self.rt.attach(self.npc.kv_for(self.rt), target)]
+        self.lanes = [self._count_prompt(self.rt.attach(self.npc.kv_for(self.rt), target))]
 
     def advance(self) -> None:
         lane = self.lanes[0]
@@ -231,7 +237,7 @@ class SayJob(_NpcWriter):
         self.npc.messages.append(("user", self.req.fields["text"]))
         self.npc.messages.append(("assistant", text))
         self.finish(P.done(self.req.id, text=text, value=text, tokens=len(self.generated), finish_reason=reason,
-                           timed_out=False, used_fallback=False, timing=self.timing()))
+                           timed_out=False, used_fallback=False, timing=self.timing(), usage=self.usage))
 
 
 def _decide_prompt(fields: dict[str, Any]) -> str:
@@ -262,13 +268,13 @@ class _Decision(Job):
 
     def _start_fork(self) -> None:
         target = _fit(self.npc, self.rt, ("user", _decide_prompt(self.req.fields)), 8, self.npc_ctx)
-        self.lanes = [self._fork(self.rt.fork(self._kv, target))]
+        self.lanes = [self._count_prompt(self._fork(self.rt.fork(self._kv, target)))]
 
     def _done(self, value: Any, text: str, tokens: int, reason: str, **extra: Any) -> None:
         ok = reason == "stop"
         self.finish(P.done(self.req.id, value=value if ok else self.req.fallback, text=text, tokens=tokens,
                            finish_reason=reason, timed_out=False, used_fallback=not ok, timing=self.timing(),
-                           **extra))
+                           usage=self.usage, **extra))
 
 
 class GrammarDecideJob(_Decision):
@@ -339,7 +345,13 @@ class GrammarDecideJob(_Decision):
 
 
 class ChoiceDecideJob(_Decision):
-    """``decide`` with choices: score every option in one batch, return all probabilities."""
+    """``decide`` with choices: the probability that constrained decoding picks each option.
+
+    The options' tokens (each ending with the end of the turn) form a trie. Where only one
+    token can follow, it is forced and costs nothing; only nodes where options diverge need
+    logits, and all nodes of one depth are evaluated in one batch. Options with distinct
+    first tokens, the usual case, are answered from the prompt's own step.
+    """
 
     def __init__(self, req, rt, emit, npc_ctx, npc: Npc):
         super().__init__(req, rt, emit, npc_ctx, npc)
@@ -347,36 +359,50 @@ class ChoiceDecideJob(_Decision):
         end = rt.model.eot
         self.options = [rt.text_tokens(c) + [end] for c in self.choices]
         self.logp = [0.0] * len(self.choices)
-        self.waiting: list[int] = []  # options still to score
-        self.branches: dict[int, Lane] = {}
+        self.branches: list[tuple[Lane, list[int], int]] = []  # (lane, option indices, depth) awaiting logits
 
     def start(self) -> None:
         self._start_fork()
 
     def advance(self) -> None:
         base = self.lanes[0]
-        if base.ready:  # the situation is evaluated: its logits score every option's first token
-            first = self.rt.logits(base.rows[-1])
-            for i, toks in enumerate(self.options):
-                self.logp[i] = float(token_logprob(first, toks[0]))
-            self.waiting = list(range(len(self.options)))
-        for i, lane in list(self.branches.items()):
-            if lane.ready:
-                for row, nxt in zip(lane.rows, self.options[i][1:]):
-                    self.logp[i] += float(token_logprob(self.rt.logits(row), nxt))
-                self.rt.release(lane.seq)
-                self._temp_seqs.remove(lane.seq)
-                del self.branches[i]
-        while self.waiting:  # each option's remaining tokens, in a branch of its own
-            lane = self.rt.branch(base, self.options[self.waiting[0]][:-1])
-            if lane is None:
-                if not self.branches:
-                    raise TooLarge("not enough KV sequences free to score these choices")
-                break
-            self.branches[self.waiting.pop(0)] = self._fork(lane)
-        self.lanes = [base, *self.branches.values()]
+        ready: list[tuple[np.ndarray, list[int], int]] = []
+        if base.ready:  # the situation is evaluated: its logits choose among first tokens
+            ready.append((self.rt.logits(base.rows[-1]), list(range(len(self.options))), 0))
+        for lane, group, depth in [b for b in self.branches if b[0].ready]:
+            ready.append((self.rt.logits(lane.rows[-1]), group, depth))
+            self.branches.remove((lane, group, depth))
+            self.rt.release(lane.seq)
+            self._temp_seqs.remove(lane.seq)
+        for logits, group, depth in ready:
+            self._split(logits, group, depth)
+        self.lanes = [base, *(lane for lane, _, _ in self.branches)]
         if not self.branches:
             self._pick()
+
+    def _split(self, logits: np.ndarray, group: list[int], depth: int) -> None:
+        """Score the tokens that options in ``group`` may take at ``depth``; branch where they diverge again."""
+        by_token: dict[int, list[int]] = {}
+        for i in group:
+            by_token.setdefault(self.options[i][depth], []).append(i)
+        tokens = list(by_token)
+        if len(tokens) > 1:
+            chosen = logits[tokens].astype(np.float64)
+            lse = chosen.max() + math.log(float(np.exp(chosen - chosen.max()).sum()))
+            for t, lp in zip(tokens, chosen - lse):
+                for i in by_token[t]:
+                    self.logp[i] += float(lp)
+        for t, members in by_token.items():
+            if len(members) == 1:
+                continue  # the rest of this option is forced
+            d = depth + 1  # follow the run of tokens every member shares; no logits needed there
+            while d < min(len(self.options[i]) for i in members) and len({self.options[i][d] for i in members}) == 1:
+                d += 1
+            lane = self.rt.branch(self.lanes[0], self.options[members[0]][:d])
+            if lane is None:
+                raise Overloaded("no KV sequence free to score these choices")
+            lane.all_logits = False
+            self.branches.append((self._fork(lane), members, d))
 
     def _pick(self) -> None:
         top = max(self.logp)
@@ -391,4 +417,4 @@ class ChoiceDecideJob(_Decision):
             pick = int(np.searchsorted(np.cumsum(p), self.rng.random() * p.sum(), side="right").clip(0, len(p) - 1))
         self.first_token_at = time.monotonic()
         choice = self.choices[pick]
-        self._done(choice, choice, len(self.options[pick]), "stop", probs=probs)
+        self._done(choice, choice, len(self.options[pick]) - 1, "stop", probs=probs)

@@ -20,7 +20,7 @@ from .constraints import ConstraintCompiler
 from .errors import Overloaded
 from .native import Batch, Context, Model
 from .npc import KvSeq
-from .sampling import NO_MASK, sample_token, token_logprob
+from .sampling import NO_MASK, sample_token
 
 
 @dataclass
@@ -105,7 +105,6 @@ class Runtime:
                                            grammar_dir)
         self.mask = np.zeros((self.n_vocab + 31) // 32, dtype=np.int32)
         sample_token(np.zeros(8, dtype=np.float32), NO_MASK, 0.5, 4, 0.9, 0.5)  # compile (or load) the kernels now
-        token_logprob(np.zeros(8, dtype=np.float32), 0)
         self.stats = {"steps": 0, "tokens": 0, "compute_ms": 0.0, "aborted_steps": 0}
 
     def describe(self, roles: list[str]) -> list[dict]:

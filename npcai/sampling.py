@@ -118,19 +118,6 @@ def sample_token(logits, mask, temperature, top_k, top_p, u):
     return idx[order[cutoff - 1]]
 
 
-@njit(cache=True, nogil=True)
-def token_logprob(logits, token):
-    """log softmax(logits)[token], computed without materialising the softmax."""
-    m = -np.inf
-    for i in range(logits.shape[0]):
-        if logits[i] > m:
-            m = logits[i]
-    s = 0.0
-    for i in range(logits.shape[0]):
-        s += np.exp(logits[i] - m)
-    return logits[token] - m - np.log(s)
-
-
 def sample_token_numpy(logits: np.ndarray, mask: np.ndarray, temperature: float, top_k: int, top_p: float,
                        u: float) -> int:
     """The plain numpy version of sample_token, kept as the benchmark's reference."""

@@ -51,7 +51,7 @@ class Value {
   bool as_bool(bool otherwise = false) const { return type_ == Type::Bool ? num_.b : otherwise; }
   // Int, or UInt when it fits; `otherwise` for anything else.
   long long as_int(long long otherwise = 0) const;
-  unsigned long long as_uint() const { return num_.u; }  // UInt (or a non-negative Int)
+  unsigned long long as_uint() const;                   // UInt, or an Int as unsigned
   double as_double(double otherwise = 0) const;         // any number
   std::string_view as_str() const;                      // Str or Bin bytes; empty otherwise
 

@@ -1,0 +1,451 @@
+class_name NpcAiClient
+extends RefCounted
+## A client of the npcai sidecar: requests, replies and deadlines over ZMTP, never blocking.
+##
+## Every request method returns an [NpcAiRequest] at once. Call [method poll] once per frame
+## (the [code]NpcAi[/code] node does): it moves bytes, dispatches replies, and ends requests
+## whose deadline passed, within a message count and a time budget.[br]
+## Requests made before the connection is up wait in a queue and go out once it is (with
+## their [code]deadline_ms[/code] reduced by the time they waited). A request with
+## [code]deadline_ms[/code] always ends by its deadline (plus [member deadline_grace_ms]
+## and a frame): if the sidecar is silent or gone, the client ends it itself with a
+## [code]done[/code] reply carrying the request's [code]fallback[/code], exactly like the
+## sidecar's own timed-out reply, plus [code]"client_side": true[/code].[br]
+## When the connection is lost, open requests end at once: those with a
+## [code]fallback[/code] with [code]done[/code] ([code]used_fallback[/code] true,
+## [code]finish_reason[/code] [code]"disconnected"[/code], [code]client_side[/code] true),
+## the others with [signal NpcAiRequest.failed] and code [code]disconnected[/code].
+
+## The ZMTP handshake is complete (requests can flow).
+signal connected
+## The connection closed or failed; open requests have ended.
+signal disconnected(reason: String)
+## The sidecar answered the automatic [code]hello[/code]: [param info] is its reply.
+signal session_ready(info: Dictionary)
+## The automatic [code]hello[/code] failed (e.g. [code]unauthorized[/code]: wrong token).
+signal session_failed(code: String, message: String)
+## A reply for no open request (e.g. an [code]error[/code] with id nil about a bad frame).
+signal stray_reply(reply: Dictionary)
+
+const PROTOCOL_VERSION := 1
+const MsgPack := preload("msgpack.gd")
+const Zmtp := preload("zmtp.gd")
+const Request := preload("npcai_request.gd")
+const Transport := preload("transport.gd")
+const TcpTransport := preload("tcp_transport.gd")
+const _TERMINAL := {"ok": true, "done": true, "error": true, "cancelled": true}
+
+## Name sent in the automatic [code]hello[/code].
+var client_name: String = "godot"
+## Token sent in the automatic [code]hello[/code] (when the sidecar runs with --token).
+var token: String = ""
+## Send [code]hello[/code] as soon as the connection is up, before any queued request.
+var auto_hello: bool = true
+## Extra time, after a request's deadline, before the client ends it itself.
+var deadline_grace_ms: int = 15
+## Most requests waiting for the connection; more fail at once with code overloaded.
+var max_queued: int = 256
+## The sidecar's [code]hello[/code] reply (models, limits, pid) once [signal session_ready].
+var info: Dictionary = {}
+
+var _codec: MsgPack = MsgPack.new()
+var _zmtp: Zmtp = Zmtp.new()
+var _transport: Transport = null
+var _next_id: int = 1
+var _open: Dictionary = {}
+var _queue: Array[Request] = []
+var _endings: Array[Request] = []
+var _ending_replies: Array[Dictionary] = []
+var _late: Dictionary = {}
+var _link_up: bool = false
+var _hello_id: int = -1
+var _next_deadline_usec: int = -1
+
+
+## Parses [code]tcp://HOST:PORT[/code] (HOST an IP address, IPv6 in brackets) into
+## [code]{"host": String, "port": int}[/code]; an empty Dictionary when it is not one.
+static func parse_endpoint(endpoint: String) -> Dictionary:
+	var rest := endpoint.strip_edges()
+	if not rest.begins_with("tcp://"):
+		return {}
+	rest = rest.substr(6)
+	var colon := rest.rfind(":")
+	if colon <= 0:
+		return {}
+	var host := rest.substr(0, colon)
+	var port_text := rest.substr(colon + 1)
+	if host.begins_with("[") and host.ends_with("]"):
+		host = host.substr(1, host.length() - 2)
+	if host == "*" or host == "localhost":
+		host = "127.0.0.1"
+	if not port_text.is_valid_int() or int(port_text) <= 0 or int(port_text) > 65535:
+		return {}
+	return {"host": host, "port": int(port_text)}
+
+
+## Connects to a sidecar at [param endpoint] ([code]tcp://127.0.0.1:PORT[/code]) without
+## blocking; [signal connected] fires from [method poll] when the handshake is done.
+func connect_to_endpoint(endpoint: String) -> Error:
+	var where := parse_endpoint(endpoint)
+	if where.is_empty():
+		push_error("npcai: not a tcp://HOST:PORT endpoint: %s" % endpoint)
+		return ERR_INVALID_PARAMETER
+	var tcp: TcpTransport = TcpTransport.new()
+	var err := tcp.open(where["host"], where["port"])
+	if err != OK:
+		push_error("npcai: " + tcp.error)
+		return err
+	connect_transport(tcp)
+	return OK
+
+
+## Speaks ZMTP over [param transport] (any [NpcAiTransport]); ends the previous connection.
+func connect_transport(transport: Transport) -> void:
+	if _transport != null:
+		close("reconnecting")
+	_transport = transport
+	_zmtp.attach(transport)
+
+
+## Closes the connection; open requests end as when the connection is lost.
+func close(reason: String = "closed") -> void:
+	if _transport == null:
+		return
+	_zmtp.close(reason)
+	_lose_link(reason)
+
+
+## True while the ZMTP connection is up.
+func is_open() -> bool:
+	return _link_up and _zmtp.is_ready()
+
+
+## True while a connection exists or is being made.
+func has_transport() -> bool:
+	return _transport != null
+
+
+## Requests not yet finished (queued, sent, or ending in the next [method poll]).
+func open_count() -> int:
+	return _open.size() + _endings.size()
+
+
+## Sends [param op] with [param fields] (in order, after [code]v[/code], [code]id[/code],
+## [code]op[/code]; a field set to null is left out, except [code]fallback[/code]).
+## [code]deadline_ms[/code] and [code]fallback[/code] go in [param fields] too.
+func request(op: String, fields: Dictionary = {}) -> Request:
+	var req: Request = Request.new()
+	req.id = _next_id
+	_next_id += 1
+	req.op = op
+	req._canceller = cancel
+	req._created_usec = Time.get_ticks_usec()
+	var message := {"v": PROTOCOL_VERSION, "id": req.id, "op": op}
+	for key: Variant in fields:
+		var v: Variant = fields[key]
+		if typeof(v) != TYPE_NIL or str(key) == "fallback":
+			message[key] = v
+	var deadline: Variant = message.get("deadline_ms")
+	if deadline != null:
+		if typeof(deadline) != TYPE_INT or deadline < 0:
+			push_error("npcai: deadline_ms must be a non-negative int; ignored")
+			message.erase("deadline_ms")
+		else:
+			req.deadline_ms = deadline
+			req._deadline_usec = req._created_usec + (req.deadline_ms + deadline_grace_ms) * 1000
+			if _next_deadline_usec < 0 or req._deadline_usec < _next_deadline_usec:
+				_next_deadline_usec = req._deadline_usec
+	req._message = message
+	_open[req.id] = req
+	if is_open():
+		_send(req)
+	elif _queue.size() >= max_queued:
+		_end_later(req, _error_reply(req, "overloaded", "too many requests wait for the sidecar"))
+	else:
+		_queue.append(req)
+	return req
+
+
+## [code]hello[/code]: identifies the game (and gives the token). Sent automatically when
+## [member auto_hello] is set.
+func hello(name: String = "", hello_token: String = "") -> Request:
+	var fields := {"client": name if name != "" else client_name}
+	var t := hello_token if hello_token != "" else token
+	if t != "":
+		fields["token"] = t
+	return request("hello", fields)
+
+
+## [code]ping[/code]: a cheap heartbeat, answered by the sidecar's socket thread.
+func ping() -> Request:
+	return request("ping")
+
+
+## [code]npc[/code]: defines (or redefines) an NPC; [param options]: role, seed, ...
+func define_npc(npc: String, persona: String, options: Dictionary = {}) -> Request:
+	return request("npc", _fields({"npc": npc, "persona": persona}, options))
+
+
+## [code]say[/code]: the NPC answers [param text]; streamed as [signal NpcAiRequest.token].
+## [param options]: max_tokens, temperature, top_k, top_p, seed, stream, stop,
+## deadline_ms, fallback, priority, role.
+func say(npc: String, text: String, options: Dictionary = {}) -> Request:
+	return request("say", _fields({"npc": npc, "text": text}, options))
+
+
+## [code]decide[/code] among [param choices]; the reply's value is one of them (or the
+## fallback). [param npc] may be "" (no NPC). [param options] as for [method say], plus
+## [code]schema[/code] or [code]grammar[/code] instead of choices when [param choices] is empty.
+func decide(npc: String, situation: String, choices: Array, options: Dictionary = {}) -> Request:
+	var fields := {}
+	if npc != "":
+		fields["npc"] = npc
+	fields["situation"] = situation
+	if not choices.is_empty():
+		fields["choices"] = choices
+	return request("decide", _fields(fields, options))
+
+
+## [code]observe[/code]: the NPC witnesses [param text] (answered at once).
+func observe(npc: String, text: String) -> Request:
+	return request("observe", {"npc": npc, "text": text})
+
+
+## [code]forget[/code]: clears the NPC's history, keeps its persona.
+func forget(npc: String) -> Request:
+	return request("forget", {"npc": npc})
+
+
+## [code]save[/code]: the reply's [code]state[/code] (PackedByteArray) restores the NPC.
+func save_npc(npc: String) -> Request:
+	return request("save", {"npc": npc})
+
+
+## [code]load[/code]: (re)defines the NPC from a [code]state[/code] got from [method save_npc].
+func load_npc(npc: String, state: PackedByteArray) -> Request:
+	return request("load", {"npc": npc, "state": state})
+
+
+## [code]stats[/code]: latency percentiles and engine counters.
+func stats() -> Request:
+	return request("stats")
+
+
+## [code]shutdown[/code]: the sidecar answers, cancels open requests and exits.
+func shutdown() -> Request:
+	return request("shutdown")
+
+
+## Cancels request [param id]: it ends with [signal NpcAiRequest.cancelled] in the next
+## [method poll], and the sidecar is told to stop working on it. False if it had ended.
+func cancel(id: int) -> bool:
+	var req: Request = _open.get(id)
+	if req == null:
+		return false
+	var was_sent := req.state == Request.State.SENT
+	_queue.erase(req)
+	_end_later(req, {"v": PROTOCOL_VERSION, "id": id, "event": "cancelled", "client_side": true})
+	if was_sent:
+		request("cancel", {"target": id})
+	return true
+
+
+## Does one frame's work without blocking: moves bytes, dispatches at most
+## [param max_messages] replies (stopping early once [param budget_usec] microseconds have
+## passed), ends requests whose deadline passed, and fires the signals. Returns the number
+## of replies and endings delivered. Allocates nothing when there is nothing to do.
+func poll(max_messages: int = 64, budget_usec: int = 2000) -> int:
+	var start := Time.get_ticks_usec()
+	var handled := 0
+	if _transport != null:
+		_zmtp.poll()
+		_check_link()
+	while handled < max_messages and _zmtp.has_message():
+		_dispatch(_zmtp.pop_message())
+		handled += 1
+		if Time.get_ticks_usec() - start >= budget_usec:
+			break
+	if _next_deadline_usec >= 0 and Time.get_ticks_usec() >= _next_deadline_usec:
+		_expire(Time.get_ticks_usec())
+	handled += _deliver_endings()
+	if _transport != null:
+		_zmtp.flush()
+	return handled
+
+
+# --- internals -----------------------------------------------------------------------------
+
+
+func _fields(fields: Dictionary, options: Dictionary) -> Dictionary:
+	fields.merge(options)
+	return fields
+
+
+func _check_link() -> void:
+	if _zmtp.is_ready() and not _link_up:
+		_link_up = true
+		connected.emit()
+		if auto_hello:
+			_hello_id = hello().id
+		var waiting := _queue.duplicate()
+		_queue.clear()
+		for req in waiting:
+			if _open.has(req.id):
+				_send(req)
+	elif _zmtp.state == Zmtp.State.CLOSED or _zmtp.state == Zmtp.State.FAILED:
+		_lose_link(_zmtp.error)
+
+
+func _send(req: Request) -> void:
+	var message := req._message
+	if req.deadline_ms >= 0:
+		var waited_ms := (Time.get_ticks_usec() - req._created_usec) / 1000
+		if waited_ms >= 1:
+			message["deadline_ms"] = maxi(0, req.deadline_ms - waited_ms)
+	var body := _codec.encode(message)
+	if _codec.error != "":
+		_end_later(req, _error_reply(req, "encode_error", _codec.error))
+		return
+	if not _zmtp.send(body):
+		_end_later(req, _error_reply(req, "disconnected", "the connection is closed"))
+		return
+	req.state = Request.State.SENT
+	_zmtp.flush()
+
+
+func _dispatch(parts: Array) -> void:
+	if parts.size() != 1:
+		stray_reply.emit(_bad_reply("a reply must be one frame, got %d" % parts.size()))
+		return
+	var decoded: Variant = _codec.decode(parts[0])
+	if _codec.error != "" or typeof(decoded) != TYPE_DICTIONARY:
+		stray_reply.emit(_bad_reply("reply is not a msgpack map: " + _codec.error))
+		return
+	var reply: Dictionary = decoded
+	var rid: Variant = reply.get("id")
+	var event := str(reply.get("event", ""))
+	var req: Request = _open.get(rid) if typeof(rid) == TYPE_INT else null
+	if req == null:
+		if typeof(rid) == TYPE_INT and _late.has(rid):
+			if _TERMINAL.has(event):
+				_late.erase(rid)
+		else:
+			stray_reply.emit(reply)
+	elif event == "token":
+		req._deliver_token(str(reply.get("text", "")))
+	elif _TERMINAL.has(event):
+		_open.erase(req.id)
+		_on_end(req, reply)
+		req._end(reply)
+
+
+func _on_end(req: Request, reply: Dictionary) -> void:
+	if req.id != _hello_id:
+		return
+	_hello_id = -1
+	if reply.get("event") == "ok":
+		info = reply
+		session_ready.emit(reply)
+	else:
+		session_failed.emit(
+			str(reply.get("code", reply.get("event"))), str(reply.get("message", ""))
+		)
+
+
+func _expire(now: int) -> void:
+	_next_deadline_usec = -1
+	var expired: Array[Request] = []
+	for req: Request in _open.values():
+		if req._deadline_usec < 0:
+			continue
+		if req._deadline_usec <= now:
+			expired.append(req)
+		elif _next_deadline_usec < 0 or req._deadline_usec < _next_deadline_usec:
+			_next_deadline_usec = req._deadline_usec
+	for req in expired:
+		_queue.erase(req)
+		var elapsed_ms := (now - req._created_usec) / 1000.0
+		_end_later(req, _fallback_reply(req, "deadline", true, elapsed_ms))
+
+
+func _lose_link(reason: String) -> void:
+	var had_transport := _transport != null
+	_transport = null
+	_link_up = false
+	_hello_id = -1
+	_late.clear()
+	_queue.clear()
+	var now := Time.get_ticks_usec()
+	for req: Request in _open.values():
+		if req._message.has("fallback"):
+			var elapsed_ms := (now - req._created_usec) / 1000.0
+			_end_later(req, _fallback_reply(req, "disconnected", false, elapsed_ms))
+		else:
+			_end_later(req, _error_reply(req, "disconnected", reason))
+	if had_transport:
+		disconnected.emit(reason)
+
+
+## Takes [param req] out of the open table and queues its ending for delivery in poll().
+func _end_later(req: Request, reply: Dictionary) -> void:
+	_open.erase(req.id)
+	if req.state == Request.State.SENT and _transport != null:
+		_late[req.id] = true
+		if _late.size() > 4096:
+			_late.clear()
+	_endings.append(req)
+	_ending_replies.append(reply)
+
+
+func _deliver_endings() -> int:
+	var n := _endings.size()
+	if n == 0:
+		return 0
+	var reqs := _endings.duplicate()
+	var replies := _ending_replies.duplicate()
+	_endings.clear()
+	_ending_replies.clear()
+	for i in n:
+		_on_end(reqs[i], replies[i])
+		reqs[i]._end(replies[i])
+	return n
+
+
+func _fallback_reply(
+	req: Request, reason: String, timed_out: bool, elapsed_ms: float
+) -> Dictionary:
+	return {
+		"v": PROTOCOL_VERSION,
+		"id": req.id,
+		"event": "done",
+		"value": req._message.get("fallback"),
+		"text": req.text,
+		"tokens": 0,
+		"finish_reason": reason,
+		"timed_out": timed_out,
+		"used_fallback": true,
+		"timing": {"queue_ms": elapsed_ms, "total_ms": elapsed_ms},
+		"client_side": true,
+	}
+
+
+func _error_reply(req: Request, code: String, message: String) -> Dictionary:
+	return {
+		"v": PROTOCOL_VERSION,
+		"id": req.id,
+		"event": "error",
+		"code": code,
+		"message": message,
+		"client_side": true,
+	}
+
+
+func _bad_reply(message: String) -> Dictionary:
+	return {
+		"v": PROTOCOL_VERSION,
+		"id": null,
+		"event": "error",
+		"code": "bad_reply",
+		"message": message,
+		"client_side": true,
+	}

@@ -1,0 +1,167 @@
+using System.Collections.Generic;
+using System.Text;
+
+namespace NpcAi
+{
+    public enum ReplyEvent { Unknown, Ok, Token, Done, Error, Cancelled }
+
+    /// <summary>
+    /// One decoded reply (docs/PROTOCOL.md, "Replies"). A single instance is reused for every
+    /// frame: keys are matched as raw bytes, so an "ok" without payload, such as a ping's,
+    /// decodes without allocating. Fields the bridge does not model land in <see cref="Extra"/>.
+    /// </summary>
+    public sealed class Reply
+    {
+        static readonly byte[] KeyV = Ascii("v"), KeyId = Ascii("id"), KeyEvent = Ascii("event"),
+            KeyText = Ascii("text"), KeyValue = Ascii("value"), KeyTokens = Ascii("tokens"),
+            KeyFinish = Ascii("finish_reason"), KeyTimedOut = Ascii("timed_out"),
+            KeyUsedFallback = Ascii("used_fallback"), KeyProbs = Ascii("probs"), KeyCode = Ascii("code"),
+            KeyMessage = Ascii("message");
+
+        static readonly byte[] EventOk = Ascii("ok"), EventToken = Ascii("token"), EventDone = Ascii("done"),
+            EventError = Ascii("error"), EventCancelled = Ascii("cancelled");
+
+        // finish_reason values the sidecar sends, kept as constants so matching them allocates nothing.
+        static readonly string[] FinishReasons = { "stop", "length", "deadline", "error" };
+        static readonly byte[][] FinishReasonBytes =
+            { Ascii("stop"), Ascii("length"), Ascii("deadline"), Ascii("error") };
+
+        public int Version;
+        /// <summary>False when the reply carries a nil id (an error about a frame the sidecar could not read).</summary>
+        public bool HasId;
+        public long Id;
+        public ReplyEvent Event;
+        public string Text;
+        public bool HasValue;
+        public object Value;
+        public int Tokens;
+        public string FinishReason;
+        public bool TimedOut;
+        public bool UsedFallback;
+        public Dictionary<string, double> Probs;
+        public string Code;
+        public string Message;
+        /// <summary>Every other field (ok payloads, timing, forced_tokens...); a new map per reply, or null.</summary>
+        public Dictionary<string, object> Extra;
+
+        public void Clear()
+        {
+            Version = 0;
+            HasId = false;
+            Id = 0;
+            Event = ReplyEvent.Unknown;
+            Text = null;
+            HasValue = false;
+            Value = null;
+            Tokens = 0;
+            FinishReason = null;
+            TimedOut = false;
+            UsedFallback = false;
+            Probs = null;
+            Code = null;
+            Message = null;
+            Extra = null;
+        }
+
+        /// <summary>Decodes one reply frame; throws MsgPackException if it is not a well-formed map.</summary>
+        public void Read(MsgPackReader reader)
+        {
+            Clear();
+            byte[] d = reader.Data;
+            int entries = reader.ReadMapHeader();
+            for (int i = 0; i < entries; i++)
+            {
+                if (reader.PeekType() != MsgPackType.Str)
+                    throw new MsgPackException("reply keys must be strings");
+                int k, n;
+                reader.ReadStringBytes(out k, out n);
+                if (MsgPackReader.BytesEqual(d, k, n, KeyId))
+                {
+                    HasId = !reader.TryReadNil();
+                    if (HasId)
+                        Id = reader.ReadInt64();
+                }
+                else if (MsgPackReader.BytesEqual(d, k, n, KeyEvent))
+                    Event = ReadEvent(reader);
+                else if (MsgPackReader.BytesEqual(d, k, n, KeyV))
+                    Version = (int)reader.ReadInt64();
+                else if (MsgPackReader.BytesEqual(d, k, n, KeyText))
+                    Text = ReadOptionalString(reader);
+                else if (MsgPackReader.BytesEqual(d, k, n, KeyValue))
+                {
+                    HasValue = true;
+                    Value = reader.ReadValue(2);
+                }
+                else if (MsgPackReader.BytesEqual(d, k, n, KeyTokens))
+                    Tokens = (int)reader.ReadInt64();
+                else if (MsgPackReader.BytesEqual(d, k, n, KeyFinish))
+                    FinishReason = ReadFinishReason(reader);
+                else if (MsgPackReader.BytesEqual(d, k, n, KeyTimedOut))
+                    TimedOut = reader.ReadBool();
+                else if (MsgPackReader.BytesEqual(d, k, n, KeyUsedFallback))
+                    UsedFallback = reader.ReadBool();
+                else if (MsgPackReader.BytesEqual(d, k, n, KeyProbs))
+                    Probs = ReadProbs(reader);
+                else if (MsgPackReader.BytesEqual(d, k, n, KeyCode))
+                    Code = ReadOptionalString(reader);
+                else if (MsgPackReader.BytesEqual(d, k, n, KeyMessage))
+                    Message = ReadOptionalString(reader);
+                else
+                {
+                    if (Extra == null)
+                        Extra = new Dictionary<string, object>();
+                    Extra[Encoding.UTF8.GetString(d, k, n)] = reader.ReadValue(2);
+                }
+            }
+            if (reader.Remaining != 0)
+                throw new MsgPackException("bytes after the reply map");
+        }
+
+        static ReplyEvent ReadEvent(MsgPackReader reader)
+        {
+            int at, n;
+            reader.ReadStringBytes(out at, out n);
+            byte[] d = reader.Data;
+            if (MsgPackReader.BytesEqual(d, at, n, EventToken)) return ReplyEvent.Token;
+            if (MsgPackReader.BytesEqual(d, at, n, EventOk)) return ReplyEvent.Ok;
+            if (MsgPackReader.BytesEqual(d, at, n, EventDone)) return ReplyEvent.Done;
+            if (MsgPackReader.BytesEqual(d, at, n, EventError)) return ReplyEvent.Error;
+            if (MsgPackReader.BytesEqual(d, at, n, EventCancelled)) return ReplyEvent.Cancelled;
+            return ReplyEvent.Unknown;
+        }
+
+        static string ReadFinishReason(MsgPackReader reader)
+        {
+            if (reader.TryReadNil())
+                return null;
+            int at, n;
+            reader.ReadStringBytes(out at, out n);
+            for (int i = 0; i < FinishReasons.Length; i++)
+                if (MsgPackReader.BytesEqual(reader.Data, at, n, FinishReasonBytes[i]))
+                    return FinishReasons[i];
+            return Encoding.UTF8.GetString(reader.Data, at, n);
+        }
+
+        static string ReadOptionalString(MsgPackReader reader)
+        {
+            return reader.TryReadNil() ? null : reader.ReadString();
+        }
+
+        static Dictionary<string, double> ReadProbs(MsgPackReader reader)
+        {
+            int count = reader.ReadMapHeader();
+            var probs = new Dictionary<string, double>(count);
+            for (int i = 0; i < count; i++)
+            {
+                string option = reader.ReadString();
+                probs[option] = reader.ReadDouble();
+            }
+            return probs;
+        }
+
+        static byte[] Ascii(string s)
+        {
+            return Encoding.ASCII.GetBytes(s);
+        }
+    }
+}

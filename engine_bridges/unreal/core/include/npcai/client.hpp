@@ -1,0 +1,165 @@
+// The protocol client: requests return a handle at once; poll(), called once per frame,
+// dispatches replies to a Listener within a bounded number of messages and microseconds.
+// Single-threaded: call everything from the game thread.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "npcai/dealer.hpp"
+#include "npcai/msgpack.hpp"
+
+namespace npcai {
+
+using Handle = long long;  // a request's id on the wire; 0 is never used
+
+// How a say/decide/... request ended well: the `ok` or `done` reply. Views stay valid only
+// during the callback: copy what you keep.
+struct Result {
+  Result(Handle h, const msgpack::Value& whole, const msgpack::Value& val) : handle(h), reply(whole), value(val) {}
+
+  Handle handle;
+  std::string_view event;          // "ok" (ops without generation) or "done"
+  const msgpack::Value& reply;     // the whole reply map: hello's limits, probs, timing, state...
+  const msgpack::Value& value;     // done: the line / choice / object, or the fallback; ok: nil
+  std::string_view text;           // the raw generated text (say: all token chunks joined)
+  std::string_view finish_reason;  // stop, length, deadline, error
+  bool timed_out = false;          // the deadline passed first
+  bool used_fallback = false;      // `value` is the request's fallback (or nil if it had none)
+  bool local = false;              // ended by this client: the deadline passed with no reply
+
+  // decide with choices: the probability of `choice` (probs), or -1 when there is none.
+  double prob(std::string_view choice) const;
+};
+
+// Receives every request's events, inside Client::poll(). It may make new requests.
+class Listener {
+ public:
+  virtual ~Listener() = default;
+  virtual void on_token(Handle, std::string_view /*text*/) {}
+  virtual void on_done(Handle, const Result&) {}
+  // code: the sidecar's (bad_request, unknown_npc, overloaded, ...), or this client's own:
+  // not_connected (sent while no connection was open), disconnected (the connection was lost).
+  virtual void on_error(Handle, std::string_view /*code*/, std::string_view /*message*/) {}
+  virtual void on_cancelled(Handle) {}
+};
+
+struct ClientConfig {
+  int max_messages_per_poll = 64;
+  int poll_budget_us = 1000;                  // poll() stops dispatching once this is spent
+  std::size_t max_frame_bytes = 4u << 20;     // a larger frame drops the connection
+  msgpack::Limits limits;                     // decoding limits for replies
+  int heartbeat_ms = 1000;                    // while waiting and nothing arrives: send a ping
+  int silence_timeout_ms = 3000;              // while waiting and nothing arrives: the sidecar is gone
+  std::size_t expected_inflight = 64;         // request slots reserved up front
+};
+
+// The optional fields of say/decide (and of request()).
+struct Options {
+  int deadline_ms = -1;                    // < 0: none. Also enforced here, from poll().
+  std::optional<msgpack::Value> fallback;  // the value a timed-out answer carries
+  int max_tokens = 0;                      // 0: the sidecar's default
+  std::optional<double> temperature;
+  std::optional<long long> seed;
+  int priority = 0;
+  msgpack::Value extra;                    // a map of any further fields (top_k, stop, role...)
+};
+
+class Client {
+ public:
+  enum class State { Closed, Connecting, Open };
+
+  explicit Client(Listener& listener, ClientConfig config = {});
+
+  // Starts connecting to "tcp://HOST:PORT" (never blocks); requests still open on an earlier
+  // connection end with `disconnected`. False, with error(), if it cannot even start.
+  bool connect(std::string_view endpoint);
+  // Drops the connection; open requests are forgotten without events (for quitting).
+  void close();
+  State state() const;
+  const std::string& error() const { return dealer_.error(); }
+
+  // Requests. Each returns its handle at once; its events come from poll(). A request made
+  // while the connection is not open ends with not_connected at the next poll().
+  Handle hello(std::string_view client_name, std::string_view token = {});
+  Handle ping();
+  Handle npc(std::string_view name, std::string_view persona, std::optional<long long> seed = {});
+  Handle say(std::string_view name, std::string_view text, const Options& options = {});
+  // decide with `choices`, a JSON `schema` (as a map), or a `grammar`; `name` may be empty.
+  Handle decide(std::string_view name, std::string_view situation, const std::vector<std::string>& choices,
+                const Options& options = {});
+  Handle decide_schema(std::string_view name, std::string_view situation, const msgpack::Value& schema,
+                       const Options& options = {});
+  Handle decide_grammar(std::string_view name, std::string_view situation, std::string_view grammar,
+                        const Options& options = {});
+  Handle observe(std::string_view name, std::string_view text);
+  Handle forget(std::string_view name);
+  Handle save(std::string_view name);
+  Handle load(std::string_view name, std::string_view state);
+  Handle stats();
+  Handle shutdown();
+  // Any op, with its fields as a map (sent in their order after v, id, op).
+  Handle request(std::string_view op, const msgpack::Value& fields, const Options& options = {});
+
+  // Asks the sidecar to cancel `h`, which then ends with on_cancelled (or with its own ending,
+  // if that was already on its way). False if `h` is not open or nothing is connected.
+  bool cancel(Handle h);
+
+  // Non-blocking: reads replies and calls the listener for at most max_messages_per_poll of
+  // them within about poll_budget_us, then ends requests whose deadline passed or whose
+  // connection was lost. Returns the number of replies dispatched.
+  int poll();
+
+  std::size_t pending() const { return open_; }    // the caller's requests still open
+  std::uint64_t stray() const { return stray_; }   // replies for no open request (late, or id nil)
+
+ private:
+  using Clock = std::chrono::steady_clock;
+
+  enum class Fail : std::uint8_t { None, NotConnected, Disconnected };
+
+  struct Slot {
+    Handle id = 0;                  // 0: free
+    bool internal = false;          // this client's own (heartbeat ping, cancel): no events
+    bool has_deadline = false;
+    Fail fail = Fail::None;         // ends with this error at the next poll()
+    Clock::time_point deadline;
+    std::optional<msgpack::Value> fallback;
+  };
+
+  Listener& listener_;
+  ClientConfig config_;
+  Dealer dealer_;
+  std::vector<Slot> slots_;
+  std::size_t open_ = 0;
+  Handle next_id_ = 1;
+  std::vector<std::uint8_t> encoded_;
+  msgpack::Value reply_;         // the reply being dispatched, decoded in place
+  msgpack::Value ended_value_;   // the fallback of a request ended by this client
+  std::string lost_reason_;      // message for requests ended by a lost connection
+  bool failing_ = false;         // some slot has a Fail to deliver
+  Clock::time_point next_deadline_ = Clock::time_point::max();
+  Clock::time_point quiet_since_;  // last time bytes arrived, or waiting began
+  std::uint64_t seen_bytes_ = 0;
+  Handle heartbeat_ = 0;
+  bool polling_ = false;
+  std::uint64_t stray_ = 0;
+
+  msgpack::Value begin(std::string_view op, Handle& id);
+  Handle submit(Handle id, msgpack::Value& message, const Options& options, bool internal);
+  Slot& free_slot();
+  Slot* find(Handle id);
+  void release(Slot& slot);
+  void dispatch(const std::uint8_t* body, std::size_t size);
+  void lose(std::string_view reason);
+  void watch_silence(Clock::time_point now);
+  void end_failed();
+  void expire(Clock::time_point now);
+};
+
+}  // namespace npcai

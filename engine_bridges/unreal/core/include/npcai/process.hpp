@@ -1,0 +1,49 @@
+// A child process with a non-blocking pipe from its stdout: the one place that touches the OS
+// process API (POSIX posix_spawn, with a _WIN32 branch for CreateProcess).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace npcai {
+
+class Process {
+ public:
+  struct Spec {
+    std::vector<std::string> argv;  // argv[0] is looked up in PATH
+    std::string stderr_file;        // the child's stderr goes here (truncated); empty: inherited
+  };
+
+  Process() = default;
+  ~Process() { kill(); }
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  // Starts the child. False, with `error` set, if it could not be started.
+  bool start(const Spec& spec, std::string& error);
+  // Copies what the child has written to stdout since the last call, without blocking.
+  std::size_t read_stdout(char* buf, std::size_t size);
+  // True while the child runs; once it has exited, reaps it and exit_code() is set.
+  bool running();
+  // Exit status, or 128 + signal number when a signal ended it; -1 while unknown.
+  int exit_code() const { return exit_code_; }
+  // Waits up to `timeout_ms` for the child to exit; true once it has.
+  bool wait(int timeout_ms);
+  void terminate();  // asks the child to exit (SIGTERM)
+  void kill();       // ends it now and reaps it
+  long long pid() const { return pid_; }
+
+ private:
+  long long pid_ = 0;         // 0: no child
+  std::intptr_t stdout_ = -1;  // read end of the child's stdout pipe
+  std::intptr_t handle_ = 0;   // Windows: the process handle
+  int exit_code_ = -1;
+
+  void close_stdout();
+};
+
+long long current_process_id();
+
+}  // namespace npcai

@@ -1,0 +1,599 @@
+"""`npcai bench`: macro-benchmarks, each side by side with what a developer would otherwise use.
+
+Every comparison runs in the same process run on the same machine: the sidecar (a
+child process, as a game would run it) against llama-cpp-python's high-level API or
+against llama.cpp's own forward passes for the same tokens. Results are ratios; a
+table goes to stdout and a JSON report (with the machine) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import zmq
+
+from . import __version__, catalog
+from .client import Client
+from .demo import load_scenario
+from .errors import NpcaiError
+from .launcher import Sidecar
+from .native import Batch, Context, Model
+from .settings import Settings
+
+SITUATIONS = [  # ~20 tokens each, all different from their first words on
+    "The player walks toward the bridge with a drawn sword. You have 3 of 10 hit points left.",
+    "A wolf howls nearby and the player is bleeding heavily from a deep cut on the arm.",
+    "Two guards block the road ahead and demand to see the player's papers right now.",
+    "Thunder shakes the old bridge; a plank snaps under the player's left foot suddenly.",
+    "Your captain orders you to hold the bridge, but the player offers a heavy purse.",
+    "Smoke rises from the village behind you and someone is screaming for help loudly.",
+]
+CHOICES = ["attack", "flee", "beg for mercy", "offer a bribe", "call for help", "pretend to be dead"]
+SCHEMA = {"type": "object", "properties": {"action": {"enum": ["arrest", "follow", "raise_alarm", "ignore"]},
+                                           "target": {"enum": ["stranger", "player", "none"]}},
+          "required": ["action", "target"], "additionalProperties": False}
+GBNF = {  # what a developer would hand llama-cpp-python for the same decisions (same output text)
+    "choice": "root ::= " + " | ".join(f'"{c}"' for c in CHOICES),
+    "json": 'root ::= "{\\"action\\": \\"" ("arrest" | "follow" | "raise_alarm" | "ignore") '
+            '"\\", \\"target\\": \\"" ("stranger" | "player" | "none") "\\"}"',
+}
+LINES = [  # player lines of about 16 tokens
+    "Can you fix my sword before the tournament starts tomorrow morning, please?",
+    "How much would you charge me for a new shield with my family crest on it?",
+    "Have you seen any strangers in town since the storm started last night?",
+    "Why are you always so grumpy with everyone who comes into your forge?",
+]
+
+
+def pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+@dataclass
+class Row:
+    item: str
+    metric: str
+    npcai: float | None
+    baseline: float | None = None
+    baseline_name: str = ""
+    unit: str = "ms"
+    target: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.npcai is None or not self.baseline:
+            return None
+        return round(self.npcai / self.baseline, 3)
+
+
+@dataclass
+class Report:
+    model: str
+    rows: list[Row] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, *args: Any, **kw: Any) -> None:
+        self.rows.append(Row(*args, **kw))
+
+
+class _Bench:
+    """Runs the items for one model: a sidecar, a client, and in-process baselines."""
+
+    def __init__(self, model: str, quick: bool, out: Callable[[str], None]):
+        self.model = model
+        self.path = catalog.resolve(model)
+        self.quick = quick
+        self.say = out
+        self.reps = 8 if quick else 30
+        self.settings = Settings()
+        self.threads = self.settings.compute_threads
+        self.report = Report(model)
+        scene = load_scenario(None)
+        self.persona = scene["npcs"]["grik"]["persona"]
+        self.personas = [scene["npcs"][n]["persona"] for n in ("brom", "mira", "grik", "captain")]
+        self._llama = None
+        self._native: tuple[Model, Context, Batch] | None = None
+
+    # --- the systems under test -----------------------------------------------------------
+    def sidecar(self) -> tuple[Sidecar, Client]:
+        sc = Sidecar("--model", self.model)
+        c = Client(sc.endpoint)
+        c.hello("npcai bench")
+        return sc, c
+
+    def llama(self):
+        """llama-cpp-python's high-level API, configured like the sidecar (threads, batch)."""
+        if self._llama is None:
+            import llama_cpp
+
+            with contextlib.redirect_stderr(io.StringIO()):
+                self._llama = llama_cpp.Llama(str(self.path), n_ctx=4096, n_batch=self.settings.n_batch,
+                                              n_threads=self.threads, n_threads_batch=self.threads, verbose=False)
+        return self._llama
+
+    def native(self) -> tuple[Model, Context, Batch]:
+        """llama.cpp itself, with the sidecar's context settings: the model's own cost."""
+        if self._native is None:
+            m = Model(self.path)
+            ctx = Context(m, n_ctx=self.settings.n_ctx, n_batch=self.settings.n_batch, n_seq=self.settings.n_seq,
+                          threads=self.threads)
+            self._native = (m, ctx, Batch(self.settings.n_batch))
+        return self._native
+
+    def close(self) -> None:
+        if self._native:
+            m, ctx, b = self._native
+            b.close(), ctx.close(), m.close()
+        self._llama = None
+
+    # --- model-only timings -----------------------------------------------------------------
+    def forward_ms(self, cached: int, batches: list[int], seqs: int = 1) -> float:
+        """Time llama.cpp evaluating ``batches`` (token counts) after ``cached`` tokens, in ``seqs`` sequences."""
+        m, ctx, b = self.native()
+        for s in range(seqs):
+            ctx.seq_rm(s)
+        pos = 0
+        tok = 1 if m.n_vocab > 1 else 0
+        while pos < cached:  # the cached prefix, not timed
+            n = min(self.settings.n_batch, cached - pos)
+            b.clear()
+            for s in range(seqs):
+                for i in range(n if s == 0 else 0):
+                    b.add(tok, pos + i, 0, i == n - 1)
+            ctx.decode(b)
+            pos += n
+        for s in range(1, seqs):
+            ctx.seq_cp(0, s, 0, cached)
+        start = time.perf_counter()
+        for n in batches:
+            b.clear()
+            per = max(1, n // seqs)
+            for s in range(seqs):
+                for i in range(per):
+                    b.add(tok, pos + i, s, i == per - 1)
+            ctx.decode(b)
+            m_ = ctx.logits(b.n - 1, m.n_vocab)
+            m_.argmax()  # touch the logits like a sampler would
+            pos += per
+        return (time.perf_counter() - start) * 1000
+
+    # --- items ----------------------------------------------------------------------------------
+    def transport(self, c: Client) -> None:
+        """The same bare DEALER loop against the sidecar and against a bare echo: only the server differs."""
+        n = 300 if self.quick else 2000
+        hello = _round_trips(c.endpoint, {"v": 1, "id": 1, "op": "hello", "client": "bench"}, n)
+        ping = _round_trips(c.endpoint, {"v": 1, "id": 1, "op": "ping"}, n)
+        echo = _bare_echo(n)
+        r = self.report
+        r.add("transport", "hello round trip p50", pct(hello, 50), pct(echo, 50), "pyzmq DEALER/ROUTER echo",
+              target="<= 1.2x")
+        r.add("transport", "hello round trip p99", pct(hello, 99), pct(echo, 99), "pyzmq DEALER/ROUTER echo",
+              target="<= 1.5x")
+        r.add("transport", "ping round trip p50", pct(ping, 50), pct(echo, 50), "pyzmq DEALER/ROUTER echo")
+
+    def decisions(self, c: Client) -> None:
+        c.npc("grik", self.persona)
+        for kind, fields in (("choice", {"choices": CHOICES}), ("json", {"schema": SCHEMA})):
+            lat, replies = [], []
+            c.decide(SITUATIONS[-1], npc="grik", **fields)  # compile and warm up
+            for i in range(self.reps):
+                t = time.perf_counter()
+                replies.append(c.decide(SITUATIONS[i % len(SITUATIONS)], npc="grik", **fields))
+                lat.append((time.perf_counter() - t) * 1000)
+            gbnf = self._gbnf_decisions(kind)
+            model_only = [self._replay(r["usage"]) for r in replies[: max(4, self.reps // 3)]]
+            r = self.report
+            r.add("decision", f"{kind} p50", pct(lat, 50), pct(gbnf, 50), "llama-cpp-python grammar=GBNF",
+                  target=">= 3x faster (SmolLM2), 5x (Gemma)")
+            r.add("decision", f"{kind} p99", pct(lat, 99), pct(gbnf, 99), "llama-cpp-python grammar=GBNF")
+            r.add("overhead", f"{kind} decision vs its forward passes (p50)", pct(lat, 50), pct(model_only, 50),
+                  "llama.cpp forward passes alone", target="<= 1.25x")
+            self.report.raw[f"decision_{kind}"] = {"npcai_ms": lat, "gbnf_ms": gbnf, "model_only_ms": model_only,
+                                                  "usage": [r["usage"] for r in replies]}
+        try:
+            import outlines  # noqa: F401
+
+            self.report.raw["outlines"] = "installed but not benchmarked: its llama.cpp loop resets the cache"
+        except ImportError:
+            self.report.raw["outlines"] = "not installed"
+
+    def _replay(self, usage: dict[str, int]) -> float:
+        """The same forward passes a decision made: its prompt batch, then its later steps."""
+        steps = max(1, usage["steps"])
+        rest = usage["evaluated_tokens"] - usage["prompt_tokens"]
+        later = [max(1, rest // (steps - 1))] * (steps - 1) if steps > 1 else []
+        return self.forward_ms(usage["cached_tokens"], [usage["prompt_tokens"], *later])
+
+    def _gbnf_decisions(self, kind: str) -> list[float]:
+        import llama_cpp
+
+        llm = self.llama()
+        grammar = llama_cpp.LlamaGrammar.from_string(GBNF[kind], verbose=False)
+        hint = ("\n\nWhat do you do? Answer with exactly one of: " + "; ".join(CHOICES) + "."
+                if kind == "choice" else "\n\nAnswer in JSON.")
+        out = []
+        for i in range(self.reps + 1):
+            msgs = [{"role": "system", "content": self.persona},
+                    {"role": "user", "content": SITUATIONS[(i - 1) % len(SITUATIONS)] + hint}]
+            t = time.perf_counter()
+            llm.create_chat_completion(msgs, grammar=grammar, temperature=0.0, max_tokens=48)
+            if i:  # the first call warms the persona cache
+                out.append((time.perf_counter() - t) * 1000)
+        return out
+
+    def dialogue(self, c: Client) -> None:
+        c.npc("brom", self.personas[0])
+        warm, cold, usage = [], [], []
+        for i in range(self.reps):
+            c.call("forget", npc="brom")
+            h = c.request("say", npc="brom", text=LINES[i % len(LINES)], max_tokens=4)
+            warm.append(self._ttft(c, h))
+            usage.append(h.reply["usage"])
+        state = c.call("save", npc="brom")["state"]
+        for i in range(max(4, self.reps // 3)):
+            c.call("load", npc=f"cold{i}", state=state)  # defined but never evaluated: a cold persona
+            cold.append(self._ttft(c, c.request("say", npc=f"cold{i}", text=LINES[i % len(LINES)], max_tokens=4)))
+        own = [self.forward_ms(u["cached_tokens"], [u["prompt_tokens"]]) for u in usage[:6]]
+        r = self.report
+        r.add("dialogue", "first token, cached persona (p50)", pct(warm, 50), pct(own, 50),
+              "llama.cpp prefill of the new tokens", target="<= 1.2x")
+        r.add("dialogue", "first token, cold persona (p50)", pct(cold, 50), pct(warm, 50), "cached persona")
+        # Four NPCs taking turns.
+        for k, p in enumerate(self.personas):
+            c.npc(f"turn{k}", p)
+        turns = []
+        for i in range(self.reps):
+            k = i % 4
+            turns.append(self._ttft(c, c.request("say", npc=f"turn{k}", text=LINES[i % len(LINES)], max_tokens=4)))
+        lcp = self._llama_turns()
+        r.add("dialogue", "first token, 4 NPCs taking turns (p50)", pct(turns, 50), pct(lcp, 50),
+              "llama-cpp-python stream=True", target=">= 2.5x faster")
+        # One stream's decode rate.
+        rates = []
+        for i in range(3 if self.quick else 6):
+            c.npc("solo", self.personas[0])
+            rates.append(self._rate(c, c.request("say", npc="solo", text=LINES[i % 4], max_tokens=48,
+                                                 temperature=0.0)))
+        base = self._llama_rate(48)
+        r.add("dialogue", "one stream, tokens/s", statistics.median(rates), base, "llama-cpp-python stream",
+              unit="tok/s", target=">= 0.95x")
+        self.report.raw["dialogue"] = {"ttft_warm_ms": warm, "ttft_cold_ms": cold, "own_ms": own,
+                                       "turns_ms": turns, "llama_turns_ms": lcp, "rates": rates}
+
+    def _ttft(self, c: Client, h) -> float:
+        t = time.perf_counter()
+        first = None
+        while not h.finished:
+            c.poll(max_messages=64, budget_us=10_000)
+            if first is None and h.chunks:
+                first = time.perf_counter()
+            time.sleep(0.0002)
+        if first is None:
+            first = time.perf_counter()
+        return (first - t) * 1000
+
+    def _rate(self, c: Client, h) -> float:
+        stamps = []
+        seen = 0
+        while not h.finished:
+            c.poll(max_messages=64, budget_us=10_000)
+            while seen < len(h.chunks):
+                stamps.append(time.perf_counter())
+                seen += 1
+            time.sleep(0.0002)
+        tokens = h.reply.get("tokens", 0)
+        if len(stamps) < 2:
+            return 0.0
+        return (tokens - 1) / (stamps[-1] - stamps[0])
+
+    def _llama_turns(self) -> list[float]:
+        llm = self.llama()
+        out = []
+        for i in range(self.reps):
+            msgs = [{"role": "system", "content": self.personas[i % 4]}, {"role": "user", "content": LINES[i % 4]}]
+            t = time.perf_counter()
+            for chunk in llm.create_chat_completion(msgs, stream=True, max_tokens=4, temperature=0.7):
+                if chunk["choices"][0]["delta"].get("content"):
+                    break
+            out.append((time.perf_counter() - t) * 1000)
+        return out
+
+    def _llama_rate(self, n: int) -> float:
+        llm = self.llama()
+        rates = []
+        for i in range(3 if self.quick else 6):
+            msgs = [{"role": "system", "content": self.personas[0]}, {"role": "user", "content": LINES[i % 4]}]
+            stamps = []
+            for chunk in llm.create_chat_completion(msgs, stream=True, max_tokens=n, temperature=0.0):
+                if chunk["choices"][0]["delta"].get("content"):
+                    stamps.append(time.perf_counter())
+            if len(stamps) > 1:
+                rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+        return statistics.median(rates) if rates else 0.0
+
+    def many(self, c: Client) -> None:
+        counts = [1, 2, 4, 8] if self.quick else [1, 2, 4, 8, 16]
+        raw = {}
+        for n in counts:
+            for k in range(n):
+                c.npc(f"crowd{k}", self.personas[k % 4], seed=k)
+            handles = [c.request("say", npc=f"crowd{k}", text=LINES[k % 4], max_tokens=32, temperature=0.8)
+                       for k in range(n)]
+            stamps: dict[int, list[float]] = {h.id: [] for h in handles}
+            seen = {h.id: 0 for h in handles}
+            while not all(h.finished for h in handles):
+                c.poll(max_messages=256, budget_us=20_000)
+                now = time.perf_counter()
+                for h in handles:
+                    while seen[h.id] < len(h.chunks):
+                        stamps[h.id].append(now)
+                        seen[h.id] += 1
+                time.sleep(0.0002)
+            # Steady state: from the moment every stream has started until the first one ends.
+            lo = max(s[0] for s in stamps.values() if s)
+            hi = min(s[-1] for s in stamps.values() if s)
+            inside = sum(1 for s in stamps.values() for t in s if lo < t <= hi)
+            agg = inside / (hi - lo) if hi > lo else 0.0
+            gaps = [(b - a) * 1000 for s in stamps.values() for a, b in zip(s, s[1:])]
+            ceiling = n / (self.forward_ms(64, [n] * 8, seqs=n) / 8 / 1000)
+            self.report.add("many", f"{n} streams: aggregate tokens/s", agg, ceiling, f"one batch of {n} tokens",
+                            unit="tok/s", target=">= 0.85x")
+            self.report.add("many", f"{n} streams: inter-token p99", pct(gaps, 99), None, unit="ms")
+            raw[n] = {"aggregate_tok_s": agg, "ceiling_tok_s": ceiling, "gap_p99_ms": pct(gaps, 99)}
+        self.report.raw["many"] = raw
+
+    def mixed(self, c: Client) -> None:
+        seconds = 5.0 if self.quick else 15.0
+        for k in range(8):
+            c.npc(f"mix{k}", self.personas[k % 4], seed=k)
+        c.npc("grik", self.persona)
+        streams = {k: c.request("say", npc=f"mix{k}", text=LINES[k % 4], max_tokens=48) for k in range(8)}
+        decisions: list[tuple[float, Any]] = []
+        start = time.perf_counter()
+        next_decision = start
+        stream_tokens = 0
+        while time.perf_counter() - start < seconds:
+            now = time.perf_counter()
+            if now >= next_decision:
+                h = c.request("decide", npc="grik", situation=SITUATIONS[len(decisions) % 6], choices=CHOICES,
+                              deadline_ms=150, fallback="flee")
+                decisions.append((now, h))
+                next_decision += 0.1
+            c.poll(max_messages=256, budget_us=5_000)
+            for k, h in list(streams.items()):
+                if h.finished:
+                    stream_tokens += len(h.chunks)
+                    streams[k] = c.request("say", npc=f"mix{k}", text=LINES[(k + len(decisions)) % 4],
+                                           max_tokens=48)
+            for t0, h in decisions:
+                if h.finished and not hasattr(h, "arrived"):
+                    h.arrived = time.perf_counter()
+            time.sleep(0.0005)
+        end = time.perf_counter() + 2
+        while time.perf_counter() < end and not all(h.finished for _, h in decisions):
+            c.poll(max_messages=256, budget_us=5_000)
+            for t0, h in decisions:
+                if h.finished and not hasattr(h, "arrived"):
+                    h.arrived = time.perf_counter()
+            time.sleep(0.0005)
+        for h in streams.values():
+            stream_tokens += len(h.chunks)
+            c.request("cancel", target=h.id)
+        answered = sum(1 for _, h in decisions if h.finished and not h.reply.get("used_fallback"))
+        fallback = sum(1 for _, h in decisions if h.finished and h.reply.get("used_fallback"))
+        late = sum(1 for t0, h in decisions if h.finished and (h.arrived - t0) * 1000 > 150 + 25)
+        late_server = sum(1 for _, h in decisions if h.finished and not h.reply.get("timed_out")
+                          and h.reply["timing"]["total_ms"] > 150)
+        n = len(decisions)
+        r = self.report
+        r.add("mixed", "decisions answered in time", answered / n * 100, unit="%", target=">= 95%")
+        r.add("mixed", "decisions answered with fallback", fallback / n * 100, unit="%")
+        r.add("mixed", "late answers (server clock)", late_server, unit="count", target="0")
+        r.add("mixed", "arrived > deadline + 25 ms (client clock)", late, unit="count")
+        r.add("mixed", "dialogue tokens/s meanwhile", stream_tokens / seconds, unit="tok/s")
+        self.report.raw["mixed"] = {"decisions": n, "answered": answered, "fallback": fallback, "late_client": late,
+                                    "late_server": late_server}
+
+    def cancellation(self, c: Client) -> None:
+        c.npc("talker", self.personas[1])
+        text = " ".join(["The caravan from the eastern hills brought silk, salt and rumours of war."] * 40)
+        lat = []
+        for i in range(3 if self.quick else 8):
+            c.call("forget", npc="talker")
+            h = c.request("say", npc="talker", text=text + f" ({i})", max_tokens=4)
+            time.sleep(0.08)  # well inside the long prefill
+            t = time.perf_counter()
+            c.request("cancel", target=h.id)
+            reply = c.wait(h, 60)
+            lat.append((time.perf_counter() - t) * 1000)
+            if reply["event"] != "cancelled":
+                lat.pop()
+        chunk = self.forward_ms(0, [self.settings.n_batch])
+        self.report.add("cancel", "cancel -> cancelled during a long prefill (p50)", pct(lat, 50), chunk,
+                        f"one {self.settings.n_batch}-token prefill chunk")
+        self.report.raw["cancel_ms"] = lat
+
+    def ahead(self, c: Client) -> None:
+        c.npc("grik", self.persona)
+        told, seen = [], []
+        for i in range(self.reps // 2 or 2):
+            situation = SITUATIONS[i % 6]
+            c.call("forget", npc="grik")
+            t = time.perf_counter()
+            c.decide(situation, npc="grik", choices=CHOICES)
+            told.append((time.perf_counter() - t) * 1000)
+            c.call("forget", npc="grik")
+            c.call("observe", npc="grik", text=situation)
+            time.sleep(0.6)  # the game keeps playing; the sidecar evaluates the event in spare steps
+            t = time.perf_counter()
+            c.decide("What do you do now?", npc="grik", choices=CHOICES)
+            seen.append((time.perf_counter() - t) * 1000)
+        self.report.add("ahead", "decision after observe (p50)", pct(seen, 50), pct(told, 50),
+                        "situation sent with the decision")
+
+    def run(self, only: set[str] | None) -> Report:
+        items = [("transport", self.transport), ("decision", self.decisions), ("dialogue", self.dialogue),
+                 ("many", self.many), ("mixed", self.mixed), ("cancel", self.cancellation), ("ahead", self.ahead)]
+        sc, c = self.sidecar()
+        try:
+            for name, fn in items:
+                if only and name not in only:
+                    continue
+                self.say(f"  {self.model}: {name}…")
+                t = time.perf_counter()
+                fn(c)
+                self.report.raw.setdefault("seconds", {})[name] = round(time.perf_counter() - t, 1)
+        finally:
+            c.close()
+            sc.close()
+            self.close()
+        return self.report
+
+
+def _round_trips(endpoint: str, message: dict[str, Any], n: int) -> list[float]:
+    import msgpack
+
+    ctx = zmq.Context.instance()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect(endpoint)
+    frame = msgpack.packb(message)
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        dealer.send(frame)
+        dealer.poll(5000)
+        dealer.recv()
+        out.append((time.perf_counter() - t) * 1000)
+    dealer.close(0)
+    return out
+
+
+def _bare_echo(n: int) -> list[float]:
+    """Round trips through a bare pyzmq ROUTER that echoes each frame from a thread."""
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind("tcp://127.0.0.1:0")
+    ep = router.getsockopt(zmq.LAST_ENDPOINT).decode()
+    stop = threading.Event()
+
+    def echo() -> None:
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        while not stop.is_set():
+            if poller.poll(100):
+                router.send_multipart(router.recv_multipart())
+
+    th = threading.Thread(target=echo, daemon=True)
+    th.start()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect(ep)
+    frame = b"\x83\xa1v\x01\xa2id\x01\xa2op\xa5hello"
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        dealer.send(frame)
+        dealer.poll(5000)
+        dealer.recv()
+        out.append((time.perf_counter() - t) * 1000)
+    stop.set()
+    th.join()
+    dealer.close(0)
+    router.close(0)
+    return out
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import llama_cpp
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "llama_cpp_python": llama_cpp.__version__, "npcai": __version__,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit in ("count",):
+        return f"{v:.0f}"
+    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3f}"
+
+
+def print_table(reports: list[Report], out: Callable[[str], None]) -> None:
+    for rep in reports:
+        out(f"\n{rep.model}")
+        out(f"  {'item':<10} {'metric':<46} {'npcai':>10} {'baseline':>10} {'ratio':>7}  {'unit':<6} {'target':<16} vs")
+        for r in rep.rows:
+            out(f"  {r.item:<10} {r.metric:<46} {_fmt(r.npcai, r.unit):>10} {_fmt(r.baseline, r.unit):>10} "
+                f"{(f'{r.ratio:.2f}x' if r.ratio is not None else '-'):>7}  {r.unit:<6} {r.target:<16} "
+                f"{r.baseline_name}")
+
+
+def plot(reports: list[Report], path: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise NpcaiError("plots need matplotlib: pip install -e '.[bench]'") from None
+    written = []
+    for rep in reports:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, key in zip(axes, ("decision_choice", "decision_json")):
+            d = rep.raw.get(key)
+            if not d:
+                continue
+            ax.boxplot([d["npcai_ms"], d["gbnf_ms"], d["model_only_ms"]],
+                       labels=["npcai", "llama-cpp-python\nGBNF", "forward passes\nalone"])
+            ax.set_title(f"{rep.model}: {key.replace('_', ' ')}")
+            ax.set_ylabel("ms")
+        out = path.with_name(f"{path.stem}-{rep.model}.png")
+        fig.tight_layout()
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        written.append(out)
+    return written
+
+
+def run_bench(args: Any) -> int:
+    models = args.model or ["smollm2-135m", "gemma3-270m"]
+    only = set(args.only) if args.only else None
+    out = lambda s: print(s, flush=True)
+    info = machine()
+    out(f"npcai bench on {info['cpu']} ({info['cores']} cores), llama-cpp-python {info['llama_cpp_python']}")
+    reports = [_Bench(m, args.quick, out).run(only) for m in models]
+    print_table(reports, out)
+    doc = {"machine": info, "command": " ".join(["npcai", *sys.argv[1:]]),
+           "models": {r.model: {"rows": [{**r_.__dict__, "ratio": r_.ratio} for r_ in r.rows], "raw": r.raw}
+                      for r in reports}}
+    Path(args.out).write_text(json.dumps(doc, indent=1, default=float))
+    out(f"\nreport: {args.out}")
+    if args.plots:
+        for p in plot(reports, Path(args.out)):
+            out(f"plot: {p}")
+    return 0
