@@ -450,22 +450,69 @@ class _Bench:
         self.report.add("ahead", "decision after observe (p50)", pct(seen, 50), pct(told, 50),
                         "situation sent with the decision")
 
+    def frame_budget(self) -> None:
+        """The game's frame times beside an idle sidecar, then under load with three configurations."""
+        seconds = 6.0 if self.quick else 15.0
+        cores = str(os.cpu_count() or 1)
+        cases = [("idle", [], ["--idle"]),
+                 ("load, no budget (nice 0, all cores)", ["--nice", "0", "--threads", cores], []),
+                 ("load, polite defaults", [], []),
+                 ("load, budget + frame reports", ["--frame-ms", "16.7", "--budget-share", "0.5"],
+                  ["--report-frames"])]
+        work = 0
+        raw = {}
+        for name, serve_args, game_args in cases:
+            with Sidecar("--model", self.model, *serve_args) as sc:
+                cmd = [sys.executable, "-m", "npcai.gameloop", sc.endpoint, "--seconds", str(seconds),
+                       "--work", str(work), *game_args]
+                import subprocess
+
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 120)
+                if proc.returncode != 0:
+                    raise NpcaiError(f"game loop failed: {proc.stderr.strip().splitlines()[-1:]}")
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
+                with Client(sc.endpoint) as c:
+                    res["budget"] = c.call("stats")["engine"]["budget"]
+            work = work or res["work"]
+            f = res["frames_ms"]
+            raw[name] = {"p50": pct(f, 50), "p99": pct(f, 99), "max": max(f),
+                         "missed_pct": 100 * sum(x > 1000 / 60 for x in f) / len(f),
+                         "late_10pct": 100 * sum(x > 1.1 * 1000 / 60 for x in f) / len(f),
+                         "tokens_s": res["tokens"] / res["seconds"],
+                         "decisions_in_time_pct": 100 * res["decisions_in_time"] / res["decisions"]
+                         if res["decisions"] else None,
+                         "budget": res["budget"]}
+        idle = raw["idle"]["p99"]
+        for name, d in raw.items():
+            self.report.add("frame", f"{name}: frame p99", d["p99"], idle, "idle sidecar",
+                            target="<= 1.10x" if "budget" in name else "")
+            self.report.add("frame", f"{name}: frames over 16.7 ms", d["missed_pct"], unit="%",
+                            target="<= 1%" if "budget" in name else "")
+            if name != "idle":
+                self.report.add("frame", f"{name}: decisions in time", d["decisions_in_time_pct"], unit="%",
+                                target=">= 90%" if "budget" in name else "")
+                self.report.add("frame", f"{name}: sidecar tokens/s", d["tokens_s"], unit="tok/s")
+        self.report.raw["frame"] = raw
+
     def run(self, only: set[str] | None) -> Report:
         items = [("transport", self.transport), ("decision", self.decisions), ("dialogue", self.dialogue),
                  ("many", self.many), ("mixed", self.mixed), ("cancel", self.cancellation), ("ahead", self.ahead)]
-        sc, c = self.sidecar()
+        items = [(name, fn) for name, fn in items if not only or name in only]
+        sc, c = self.sidecar() if items else (None, None)
         try:
             for name, fn in items:
-                if only and name not in only:
-                    continue
                 self.say(f"  {self.model}: {name}…")
                 t = time.perf_counter()
                 fn(c)
                 self.report.raw.setdefault("seconds", {})[name] = round(time.perf_counter() - t, 1)
         finally:
-            c.close()
-            sc.close()
+            if sc is not None:
+                c.close()
+                sc.close()
             self.close()
+        if not only or "frame" in only:
+            self.say(f"  {self.model}: frame…")
+            self.frame_budget()
         return self.report
 
 

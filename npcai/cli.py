@@ -26,7 +26,7 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
         elif meta.get("action") == "append":
             p.add_argument(f"--{flag}", dest=f.name, help=help_text, metavar="SPEC", **meta)
         else:
-            kind = {"int": int, "str": str}.get(str(f.type), str)
+            kind = {"int": int, "str": str, "float": float}.get(str(f.type), str)
             p.add_argument(f"--{flag}", dest=f.name, type=kind, default=f.default,
                            help=f"{help_text} (default: {f.default})", **meta)
 

@@ -24,6 +24,7 @@ from . import protocol as P
 from .errors import BadRequest, NpcaiError, Overloaded, TooLarge, UnknownNpc
 from .jobs import ChoiceDecideJob, DefineJob, GrammarDecideJob, Job, ObserveJob, SayJob, _check_prompt
 from .npc import ANONYMOUS_PERSONA, Npc
+from .budget import Budget, Governor
 from .runtime import Runtime
 from .scheduler import Scheduler
 from .settings import Settings
@@ -52,10 +53,11 @@ class Engine:
             if rt is None:
                 rt = Runtime(path, name=_model_name(path), n_ctx=settings.n_ctx, n_seq=settings.n_seq,
                              n_batch=settings.n_batch, threads=settings.compute_threads,
-                             grammar_dir=Path(settings.grammar_dir), verbose=settings.verbose)
+                             grammar_dir=Path(settings.grammar_dir))
                 by_path[path] = rt
             self.runtimes[role] = rt
         self._default = next(iter(self.runtimes.values()))
+        self.governor = Governor(settings.budget, settings.compute_threads, settings.n_batch)
         self.npcs: dict[str, Npc] = {}
         self._anonymous = Npc("", ANONYMOUS_PERSONA)
         self.scheduler = Scheduler()
@@ -92,6 +94,7 @@ class Engine:
         seen: dict[int, Runtime] = {id(rt): rt for rt in self.runtimes.values()}
         return {
             **self.counters,
+            "budget": self.governor.stats(),
             "npcs": len(self.npcs),
             "queued": len(self.scheduler.waiting),
             "running": len(self.scheduler.running),
@@ -106,6 +109,11 @@ class Engine:
             self._take_inbox()
             self._apply_cancels()
             self._start_jobs()
+            pause = self.governor.wait_s()
+            if pause > 0 and self.scheduler.running:  # the budget asks for a breather between steps
+                self._wake.wait(min(pause, 0.05))
+                self._wake.clear()
+                continue
             worked = False
             for rt in {id(r): r for r in self.runtimes.values()}.values():
                 worked |= self._step(rt)
@@ -168,13 +176,19 @@ class Engine:
             self.scheduler.started(job)
 
     def _step(self, rt: Runtime) -> bool:
-        plan = self.scheduler.plan(rt)
+        plan = self.scheduler.plan(rt, self.governor.batch_cap())
         if not plan:
             return False
+        threads = self.governor.threads()
+        if rt.ctx.threads != threads:
+            rt.ctx.set_threads(threads)
         keys = {(job.req.client, job.req.id) for job, _, _ in plan}
         big = sum(n for _, _, n in plan) >= _ABORT_MIN_TOKENS
         rt.ctx.set_abort((lambda: keys.issubset(self._cancels.keys())) if big else None)
+        started = time.perf_counter()
         rc = rt.step([(lane, n) for _, lane, n in plan])
+        generated = sum(1 for job, lane, _ in plan if isinstance(job, SayJob) and lane.ready)
+        self.governor.after_step(time.perf_counter() - started, generated)
         rt.ctx.set_abort(None)
         if rc == 1 and rt.pool.evict_one():  # KV full: an idle NPC gives way, the plan runs next loop
             return True

@@ -25,7 +25,7 @@ def _quiet_log(level, text, user_data):  # llama.cpp is chatty on stderr; keep e
         print(text.decode(errors="replace"), end="", flush=True)
 
 
-def _init_backend(verbose: bool) -> None:
+def _init_backend() -> None:
     global _backend_ready
     with _backend_lock:
         if not _backend_ready:
@@ -37,8 +37,8 @@ def _init_backend(verbose: bool) -> None:
 class Model:
     """Weights and vocabulary of one GGUF file."""
 
-    def __init__(self, path: Path, verbose: bool = False):
-        _init_backend(verbose)
+    def __init__(self, path: Path):
+        _init_backend()
         params = L.llama_model_default_params()
         params.n_gpu_layers = 0
         handle = L.llama_model_load_from_file(str(path).encode(), params)

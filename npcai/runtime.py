@@ -93,9 +93,9 @@ class Runtime:
     """One model, served by role(s); evaluates batches and hands out logits."""
 
     def __init__(self, path: Path, *, name: str, n_ctx: int, n_seq: int, n_batch: int, threads: int,
-                 grammar_dir: Path, verbose: bool = False):
+                 grammar_dir: Path):
         self.name = name
-        self.model = Model(path, verbose=verbose)
+        self.model = Model(path)
         self.n_vocab = self.model.n_vocab
         self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_seq=n_seq, threads=threads)
         self.n_batch = n_batch

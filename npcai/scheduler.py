@@ -55,10 +55,10 @@ class Scheduler:
     def sweep(self) -> None:
         self.running = [j for j in self.running if not j.finished]
 
-    def plan(self, rt: Runtime) -> list[tuple[Job, Lane, int]]:
-        """(job, lane, n tokens) to evaluate on ``rt`` in its next step."""
+    def plan(self, rt: Runtime, max_tokens: int | None = None) -> list[tuple[Job, Lane, int]]:
+        """(job, lane, n tokens) to evaluate on ``rt`` in its next step, at most ``max_tokens`` in all."""
         jobs = sorted((j for j in self.running if j.rt is rt and not j.finished), key=urgency_key)
-        budget = rt.n_batch
+        budget = min(rt.n_batch, max_tokens or rt.n_batch)
         picked: list[tuple[Job, Lane, int]] = []
         taken: set[int] = set()
         for job in jobs:

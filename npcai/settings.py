@@ -30,7 +30,16 @@ class Settings:
         "context window of one NPC: persona + history + request; oldest turns give way beyond it"))
     n_seq: int = field(default=64, metadata=_opt("KV sequences per model (resident NPCs plus forks)"))
     n_batch: int = field(default=256, metadata=_opt("most tokens evaluated in one model step"))
-    threads: int = field(default=0, metadata=_opt("compute threads (0 = chosen from the machine)"))
+    threads: int = field(default=0, metadata=_opt(
+        "compute threads (0 = all cores but one, leaving the game a core; at least 1)"))
+    nice: int = field(default=10, metadata=_opt(
+        "lower the sidecar's CPU priority below the game's by this much (POSIX nice; Windows: below normal)"))
+    cpus: str = field(default="", metadata=_opt("pin compute to these CPU ids, e.g. 2,3 (Linux)"))
+    budget_threads: int = field(default=0, metadata=_opt("budget: most compute threads (0 = --threads)"))
+    budget_tokens_per_s: float = field(default=0.0, metadata=_opt("budget: most dialogue tokens per second (0 = no cap)"))
+    budget_share: float = field(default=1.0, metadata=_opt("budget: share of wall time the sidecar may compute"))
+    frame_ms: float = field(default=0.0, metadata=_opt(
+        "the game's target frame time; with frame reports, the sidecar backs off when frames run over"))
     grammar_dir: str = field(default=str(DEFAULT_GRAMMAR_DIR), metadata=_opt(
         "directory where decide's grammar names are looked up"))
     parent_pid: int = field(default=0, metadata=_opt("exit when this process dies (the game's pid)"))
@@ -58,6 +67,13 @@ class Settings:
         )
 
     @property
+    def budget(self) -> "Budget":
+        from .budget import Budget
+
+        return Budget(threads=self.budget_threads, tokens_per_s=self.budget_tokens_per_s, share=self.budget_share,
+                      frame_ms=self.frame_ms)
+
+    @property
     def compute_threads(self) -> int:
         """Leave a core to the game: all but one of the cores this process may use."""
         if self.threads > 0:
@@ -66,7 +82,7 @@ class Settings:
             cores = len(os.sched_getaffinity(0))
         except AttributeError:  # not on Linux
             cores = os.cpu_count() or 1
-        return max(1, cores - 1) if cores > 2 else cores
+        return max(1, cores - 1)
 
     @classmethod
     def flags(cls):

@@ -1,0 +1,74 @@
+"""The compute budget: back-off when the game misses frames, recovery when it stops, pauses and caps."""
+
+import pytest
+
+from npcai.budget import Budget, Governor
+
+
+def governor(**budget) -> Governor:
+    return Governor(Budget(**budget), default_threads=4, n_batch=256)
+
+
+def test_without_frame_reports_or_limits_the_engine_runs_flat_out():
+    g = governor()
+    assert (g.threads(), g.batch_cap()) == (4, 256)
+    g.after_step(0.010, generated=8, now=100.0)
+    assert g.wait_s(now=100.0) == 0
+
+
+def test_missed_frames_back_off_one_level_at_a_time_then_recover():
+    g = governor(frame_ms=16.7)
+    g.report_frames([16.6, 16.7], now=0.0)
+    assert g.level == 0
+    g.report_frames([25.0], now=1.0)
+    assert (g.level, g.threads(), g.batch_cap()) == (1, 2, 64)
+    g.report_frames([25.0], now=1.1)  # within the escalation interval: one spike is not a panic
+    assert g.level == 1
+    g.report_frames([30.0], now=1.5)
+    g.report_frames([30.0], now=2.0)
+    assert (g.level, g.threads(), g.batch_cap()) == (3, 1, 8) and g.backoffs == 3
+    g.report_frames([16.0], now=3.0)
+    g.report_frames([16.2], now=3.5)
+    assert g.level == 3  # not yet a second of good frames
+    g.report_frames([16.1], now=4.1)
+    assert g.level == 2 and g.recoveries == 1
+    for t in (5.2, 6.3, 7.4):
+        g.report_frames([16.0], now=t)
+    assert (g.level, g.threads(), g.batch_cap()) == (0, 4, 256) and g.recoveries == 3
+
+
+def test_a_wall_time_share_pauses_the_engine_between_steps():
+    g = governor(share=0.25)
+    g.after_step(0.010, generated=0, now=50.0)
+    assert g.wait_s(now=50.0) == pytest.approx(0.030)  # 10 ms of compute buys 30 ms of rest at 25%
+    assert g.wait_s(now=50.031) == 0
+
+
+def test_backing_off_shrinks_the_share_too():
+    g = governor(share=0.5, frame_ms=16.7)
+    g.report_frames([40.0], now=0.0)
+    g.after_step(0.010, generated=0, now=10.0)
+    assert g.wait_s(now=10.0) == pytest.approx(0.010 * (1 / 0.3 - 1))
+
+
+def test_a_token_rate_cap_spaces_out_dialogue_tokens():
+    g = governor(tokens_per_s=100)
+    g.after_step(0.001, generated=4, now=20.0)
+    assert g.wait_s(now=20.0) == pytest.approx(0.04)
+
+
+def test_the_game_can_lower_threads_and_clear_its_frame_target():
+    g = governor(frame_ms=16.7)
+    g.report_frames([40.0], now=0.0)
+    g.set_budget(threads=1)
+    assert g.threads() == 1
+    g.set_budget(frame_ms=0.0, threads=0)
+    assert (g.level, g.threads()) == (0, 4)
+
+
+def test_stats_show_the_effective_budget_and_events():
+    g = governor(frame_ms=16.7, share=0.8)
+    g.report_frames([30.0], now=0.0)
+    s = g.stats()
+    assert s["backoff_level"] == 1 and s["backoff_events"] == 1
+    assert s["effective"] == {"threads": 2, "batch": 64, "share": 0.48}
