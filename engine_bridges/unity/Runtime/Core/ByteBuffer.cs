@@ -72,7 +72,8 @@ namespace NpcAi
 
         public void Append(byte value)
         {
-            data[Reserve(1)] = value;
+            int at = Reserve(1);  // before touching `data`: Reserve may replace the array
+            data[at] = value;
             end++;
         }
 

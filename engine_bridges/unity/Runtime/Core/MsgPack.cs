@@ -382,6 +382,8 @@ namespace NpcAi
             {
                 pos++;
                 length = b & 0x1f;
+                if (length > MaxBytesLength)
+                    throw TooLong(length);
             }
             else if (b == 0xd9 || b == 0xda || b == 0xdb)
             {
@@ -559,8 +561,13 @@ namespace NpcAi
         {
             ulong length = ReadBig(form == 0 ? 1 : form == 1 ? 2 : 4);
             if (length > (ulong)MaxBytesLength)
-                throw new MsgPackException("string or binary of " + length + " bytes exceeds " + MaxBytesLength);
+                throw TooLong((long)length);
             return (int)length;
+        }
+
+        MsgPackException TooLong(long length)
+        {
+            return new MsgPackException("string or binary of " + length + " bytes exceeds " + MaxBytesLength);
         }
 
         int TakeBytes(int length)

@@ -583,10 +583,8 @@ namespace NpcAi
                     nextDeadline = deadline;
             }
             for (int i = 0; i < expired.Count; i++)
-            {
-                pending.Remove(expired[i].Id);
-                expired[i].TimeOut();
-            }
+                if (pending.Remove(expired[i].Id))  // an earlier handler may have ended it (Dispose, Relaunch)
+                    expired[i].TimeOut();
             expired.Clear();
         }
 

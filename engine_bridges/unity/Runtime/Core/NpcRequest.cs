@@ -178,6 +178,8 @@ namespace NpcAi
 
         void End(RequestStatus status)
         {
+            if (Status != RequestStatus.Pending)
+                return;
             Status = status;
             registration.Dispose();
             try

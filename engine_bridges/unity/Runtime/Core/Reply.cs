@@ -26,7 +26,6 @@ namespace NpcAi
         static readonly byte[][] FinishReasonBytes =
             { Ascii("stop"), Ascii("length"), Ascii("deadline"), Ascii("error") };
 
-        public int Version;
         /// <summary>False when the reply carries a nil id (an error about a frame the sidecar could not read).</summary>
         public bool HasId;
         public long Id;
@@ -46,7 +45,6 @@ namespace NpcAi
 
         public void Clear()
         {
-            Version = 0;
             HasId = false;
             Id = 0;
             Event = ReplyEvent.Unknown;
@@ -84,7 +82,7 @@ namespace NpcAi
                 else if (MsgPackReader.BytesEqual(d, k, n, KeyEvent))
                     Event = ReadEvent(reader);
                 else if (MsgPackReader.BytesEqual(d, k, n, KeyV))
-                    Version = (int)reader.ReadInt64();
+                    reader.Skip(2);  // always 1 in protocol v1; hello's "protocol" is the one to check
                 else if (MsgPackReader.BytesEqual(d, k, n, KeyText))
                     Text = ReadOptionalString(reader);
                 else if (MsgPackReader.BytesEqual(d, k, n, KeyValue))

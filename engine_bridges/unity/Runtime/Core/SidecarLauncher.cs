@@ -56,6 +56,8 @@ namespace NpcAi
         readonly string readyFile;
         volatile string endpoint;
         volatile bool exited;
+        volatile bool stderrDone;
+        int exitTick;
         int exitCode = int.MinValue;
 
         public SidecarLauncher(SidecarOptions options, string token)
@@ -68,7 +70,15 @@ namespace NpcAi
         }
 
         public Process Process { get; private set; }
-        public bool HasExited { get { return exited; } }
+        /// <summary>
+        /// True once the child has exited and its stderr has been read to the end (or 500 ms have
+        /// passed), so that <see cref="Describe"/> holds its last words: the exit event and the
+        /// stderr reader run on different threads.
+        /// </summary>
+        public bool HasExited
+        {
+            get { return exited && (stderrDone || Environment.TickCount - Volatile.Read(ref exitTick) > 500); }
+        }
 
         /// <summary>The child's exit code once it has exited and been waited for; null before.</summary>
         public int? ExitCode
@@ -259,7 +269,10 @@ namespace NpcAi
         void OnStderr(object sender, DataReceivedEventArgs e)
         {
             if (e.Data == null)
+            {
+                stderrDone = true;
                 return;
+            }
             lock (stderrTail)
             {
                 stderrTail.Enqueue(e.Data);
@@ -271,6 +284,7 @@ namespace NpcAi
         void OnExited(object sender, EventArgs e)
         {
             RecordExit((Process)sender);
+            Volatile.Write(ref exitTick, Environment.TickCount);
             exited = true;
         }
     }

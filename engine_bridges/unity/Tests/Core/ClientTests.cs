@@ -218,8 +218,8 @@ namespace NpcAi.Tests
                 Check.True(say.TimedOut && say.UsedFallback && (string)say.Value == "...", "say: timed out with its fallback");
                 Check.Equal("deadline", say.FinishReason, "finish_reason");
                 Check.True(decide.TimedOut && decide.UsedFallback && decide.Value == null, "decide: timed out, nil fallback");
-                Check.True(sayEnded >= 200 && sayEnded < 260, "say ended at its deadline: " + sayEnded + " ms");
-                Check.True(decideEnded >= 300 && decideEnded < 360, "decide ended at its deadline: " + decideEnded + " ms");
+                Check.True(sayEnded >= 200 && sayEnded < 300, "say ended at its deadline: " + sayEnded + " ms");
+                Check.True(decideEnded >= 300 && decideEnded < 400, "decide ended at its deadline: " + decideEnded + " ms");
 
                 var noFallback = client.Say("brom", "Still there?");
                 var withFallback = client.Say("brom", "Hello?", new SayOptions { Fallback = "*silence*" });

@@ -1,0 +1,289 @@
+using System;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.Threading;
+
+namespace NpcAi.Tests
+{
+    /// <summary>
+    /// Against a real `npcai serve` started by the bridge's launcher (interpreter from NPCAI_PYTHON,
+    /// default python3, run as `-m npcai` from the repository root). The cases share one client
+    /// and run in order, like a play session; every wait is bounded.
+    /// </summary>
+    public static class EndToEndTests
+    {
+        const int ReplyTimeoutMs = 30000;
+        static NpcAiClient client;
+
+        public static IEnumerable<TestCase> Cases()
+        {
+            yield return new TestCase("e2e", "e2e.launch_failure_reports_stderr", LaunchFailureReportsStderr);
+            yield return new TestCase("e2e", "e2e.launch_and_hello", LaunchAndHello);
+            yield return new TestCase("e2e", "e2e.npc", DefineNpc);
+            yield return new TestCase("e2e", "e2e.say_streams_tokens", SayStreamsTokens);
+            yield return new TestCase("e2e", "e2e.decide_choices", DecideChoices);
+            yield return new TestCase("e2e", "e2e.decide_schema", DecideSchema);
+            yield return new TestCase("e2e", "e2e.cancel_mid_stream", CancelMidStream);
+            yield return new TestCase("e2e", "e2e.deadline_fallback", DeadlineFallback);
+            yield return new TestCase("e2e", "e2e.connect_to_running_sidecar", ConnectToRunningSidecar);
+            yield return new TestCase("e2e", "e2e.sidecar_killed_mid_request", SidecarKilledMidRequest);
+            yield return new TestCase("e2e", "e2e.relaunch_and_hello", RelaunchAndHello);
+            yield return new TestCase("e2e", "e2e.dispose_shuts_sidecar_down", DisposeShutsSidecarDown);
+            yield return new TestCase("e2e", "e2e.ready_file_launch", ReadyFileLaunch);
+        }
+
+        public static SidecarOptions Sidecar(bool readyFile = false)
+        {
+            string python = Environment.GetEnvironmentVariable("NPCAI_PYTHON");
+            return new SidecarOptions
+            {
+                Command = string.IsNullOrEmpty(python) ? "python3" : python,
+                CommandArgs = new[] { "-m", "npcai" },
+                WorkingDirectory = Vectors.RepoRoot(),
+                UseReadyFile = readyFile,
+                ReadyTimeoutMs = 120000,
+            };
+        }
+
+        public static void WaitReady(NpcAiClient c)
+        {
+            GameLoop.Until(c, () => c.State == ClientState.Ready || c.State == ClientState.Disconnected, 120000, "hello");
+            Check.Equal(ClientState.Ready, c.State, "client state (" + c.LastError + ")");
+        }
+
+        static void LaunchFailureReportsStderr()
+        {
+            var options = Sidecar();
+            options.CommandArgs = new[] { "-c", "import sys; sys.stderr.write('npcai: model missing\\n'); sys.exit(2)" };
+            var failing = new NpcAiClient();
+            string reason = null;
+            failing.Disconnected += (c, r) => reason = r;
+            failing.Launch(options);
+            var say = failing.Say("brom", "Hi");
+            GameLoop.Until(failing, () => reason != null, ReplyTimeoutMs, "the launch to fail");
+            Check.True(reason.Contains("exit code 2") && reason.Contains("model missing"), "reason: " + reason);
+            Check.Equal("disconnected", say.ErrorCode, "the request made meanwhile ends with an error");
+            failing.Dispose();
+        }
+
+        static void LaunchAndHello()
+        {
+            client = new NpcAiClient();
+            var clock = Stopwatch.StartNew();
+            client.Launch(Sidecar());
+            Check.Equal(ClientState.Launching, client.State, "state right after Launch()");
+            var early = client.Ping();  // made before the sidecar is up: queued behind hello
+            WaitReady(client);
+            Console.WriteLine("  sidecar ready at {0} after {1} ms", client.Endpoint, clock.ElapsedMilliseconds);
+            Check.Equal<object>(1L, client.ServerInfo["protocol"], "protocol");
+            Check.Equal<object>((long)client.Launcher.Process.Id, client.ServerInfo["pid"], "pid is our child's");
+            GameLoop.Until(client, () => !early.IsPending, ReplyTimeoutMs, "early ping");
+            Check.Equal(RequestStatus.Done, early.Status, "early ping");
+        }
+
+        static void DefineNpc()
+        {
+            RequireReady();
+            var npc = Await(client.DefineNpc("brom", "You are Brom, a gruff but kind blacksmith in a mountain village."));
+            Check.Equal(RequestStatus.Done, npc.Status, "npc status (" + npc.ErrorMessage + ")");
+            Check.True(Convert.ToInt64(npc.Fields["cached_tokens"]) > 0, "the persona was cached");
+        }
+
+        static void SayStreamsTokens()
+        {
+            RequireReady();
+            var chunks = new List<string>();
+            var say = client.Say("brom", "Good morning! Any work for me today?", new SayOptions { MaxTokens = 32, Seed = 7 });
+            say.Token += (r, chunk) => chunks.Add(chunk);
+            Await(say);
+            Check.Equal(RequestStatus.Done, say.Status, "say status (" + say.ErrorMessage + ")");
+            Check.True(chunks.Count > 0, "tokens were streamed");
+            Check.Equal(string.Join("", chunks.ToArray()), say.Text, "done text is the concatenated tokens");
+            Check.Equal<object>(say.Text, say.Value, "value is the line");
+            Check.True(!say.TimedOut && !say.UsedFallback, "no deadline involved");
+            Console.WriteLine("  brom: {0} ({1} chunks)", say.Text.Trim(), chunks.Count);
+        }
+
+        static void DecideChoices()
+        {
+            RequireReady();
+            var choices = new[] { "fight", "flee", "talk" };
+            var task = client.DecideAsync("A band of goblins blocks the road.", choices, new DecideOptions { Npc = "brom" });
+            GameLoop.Until(client, () => task.IsCompleted, ReplyTimeoutMs, "decide");
+            var decide = task.Result;
+            Check.True(Array.IndexOf(choices, decide.Value as string) >= 0, "value is one of the choices: " + decide.Value);
+            double sum = 0;
+            foreach (var choice in choices)
+                sum += decide.Probs[choice];
+            Check.True(Math.Abs(sum - 1) < 1e-6, "probs sum to 1: " + sum);
+            Console.WriteLine("  brom decides: {0} (p={1:0.000})", decide.Value, decide.Probs[(string)decide.Value]);
+        }
+
+        static void DecideSchema()
+        {
+            RequireReady();
+            var schema = new Dictionary<string, object>
+            {
+                { "type", "object" },
+                { "properties", new Dictionary<string, object>
+                    {
+                        { "act", new Dictionary<string, object> { { "enum", new[] { "hide", "fight" } } } },
+                        { "loud", new Dictionary<string, object> { { "type", "boolean" } } },
+                    }
+                },
+                { "required", new[] { "act", "loud" } },
+                { "additionalProperties", false },
+            };
+            var task = client.DecideSchemaAsync("Night. A guard approaches.", schema,
+                new DecideOptions { Npc = "brom", MaxTokens = 48 });
+            GameLoop.Until(client, () => task.IsCompleted, 60000, "schema decide");
+            var decide = task.Result;
+            Check.True(!decide.UsedFallback, "a real answer (" + decide.FinishReason + ", " + decide.Text + ")");
+            var value = decide.Value as IDictionary<string, object>;
+            Check.True(value != null, "value is a map: " + decide.Value);
+            Check.True((string)value["act"] == "hide" || (string)value["act"] == "fight", "act in the enum");
+            Check.True(value["loud"] is bool, "loud is a bool");
+            Console.WriteLine("  schema decision: {0}", decide.Text);
+        }
+
+        static void CancelMidStream()
+        {
+            RequireReady();
+            const string prompt = "Tell me the whole long history of your forge, from your grandfather's day.";
+            var story = client.Say("brom", prompt, new SayOptions { MaxTokens = 300, Temperature = 1.0, Seed = 3 });
+            int tokens = 0, tokensAtCancel = -1;
+            story.Token += (r, chunk) =>
+            {
+                if (++tokens == 3)
+                {
+                    tokensAtCancel = tokens;
+                    client.Cancel(r);
+                }
+            };
+            Await(story);
+            Check.Equal(RequestStatus.Cancelled, story.Status, "status after Cancel() at token 3 (" + story.Text + ")");
+            Check.True(tokens - tokensAtCancel < 20, "streaming stopped soon after: " + tokens + " tokens in all");
+
+            // The awaitable way: a CancellationToken cancels the request.
+            var source = new CancellationTokenSource();
+            var again = client.Say("brom", prompt, new SayOptions { MaxTokens = 300, Temperature = 1.0, Seed = 4 });
+            again.Token += (r, chunk) => source.Cancel();
+            var task = client.WhenEnded(again, source.Token);
+            GameLoop.Until(client, () => task.IsCompleted, ReplyTimeoutMs, "cancelled task");
+            Check.True(task.IsCanceled, "task cancelled, status " + task.Status);
+            Check.Equal(RequestStatus.Cancelled, again.Status, "request cancelled");
+        }
+
+        static void DeadlineFallback()
+        {
+            RequireReady();
+            var say = client.Say("brom", "Recite every song you know.",
+                new SayOptions { MaxTokens = 300, DeadlineMs = 40, Fallback = "Hmm." });
+            var decide = client.Decide("Quick! A dragon!", new[] { "fight", "flee" },
+                new DecideOptions { Npc = "brom", DeadlineMs = 0, Fallback = "flee" });
+            Await(say);
+            Await(decide);
+            Check.True(say.TimedOut && say.UsedFallback, "say timed out and used its fallback");
+            Check.Equal<object>("Hmm.", say.Value, "say value is the fallback");
+            Check.Equal("deadline", say.FinishReason, "say finish_reason");
+            Check.True(decide.TimedOut && decide.UsedFallback, "decide timed out and used its fallback");
+            Check.Equal<object>("flee", decide.Value, "decide value is the fallback");
+            // The sidecar still serves afterwards.
+            Check.Equal(RequestStatus.Done, Await(client.Ping()).Status, "ping after timeouts");
+        }
+
+        static void ConnectToRunningSidecar()
+        {
+            RequireReady();
+            var second = new NpcAiClient(new NpcAiClientOptions { ClientName = "second" });
+            second.Connect(client.Endpoint);
+            WaitReady(second);
+            Check.True(second.Launcher == null, "a connected client owns no process");
+            var ping = second.Ping();
+            GameLoop.Until(second, () => !ping.IsPending, ReplyTimeoutMs, "second client's ping");
+            Check.Equal(RequestStatus.Done, ping.Status, "ping over the second connection");
+            second.Dispose();
+            Check.Equal(RequestStatus.Done, Await(client.Ping()).Status, "the sidecar survives a connected client's Dispose()");
+        }
+
+        static void SidecarKilledMidRequest()
+        {
+            RequireReady();
+            string lost = null;
+            Action<NpcAiClient, string> onLost = (c, reason) => lost = reason;
+            client.Disconnected += onLost;
+            var story = client.Say("brom", "Tell me a very long tale about dragons and dwarves.",
+                new SayOptions { MaxTokens = 300, Temperature = 1.0, Seed = 5, DeadlineMs = 8000, Fallback = "..." });
+            var other = client.Say("brom", "And another one, even longer.", new SayOptions { MaxTokens = 300 });
+            var killedAt = new Stopwatch();
+            story.Token += (r, chunk) =>
+            {
+                if (!killedAt.IsRunning)
+                {
+                    client.Launcher.Process.Kill();
+                    killedAt.Start();
+                }
+            };
+            GameLoop.Until(client, () => !story.IsPending && !other.IsPending, ReplyTimeoutMs, "requests to end after the kill");
+            client.Disconnected -= onLost;
+            Check.True(killedAt.IsRunning, "the sidecar was killed mid-stream");
+            Console.WriteLine("  requests ended {0} ms after the kill: {1}", killedAt.ElapsedMilliseconds, lost);
+            Check.True(killedAt.ElapsedMilliseconds < 8000, "ended within the deadline");
+            Check.Equal(RequestStatus.Done, story.Status, "the request with a fallback ends done");
+            Check.True(story.UsedFallback && (string)story.Value == "..." && story.FinishReason == "disconnected",
+                "with its fallback, finish_reason disconnected");
+            Check.Equal(RequestStatus.Error, other.Status, "the request without a fallback ends with an error");
+            Check.Equal("disconnected", other.ErrorCode, "error code");
+            Check.Equal(ClientState.Disconnected, client.State, "client state");
+            Check.True(lost != null, "Disconnected fired");
+        }
+
+        static void RelaunchAndHello()
+        {
+            Check.True(client != null, "a client from the earlier cases");
+            object oldPid = client.ServerInfo == null ? null : client.ServerInfo["pid"];
+            client.Relaunch();
+            WaitReady(client);
+            Check.True(!Equals(oldPid, client.ServerInfo["pid"]), "a new sidecar process");
+            Check.Equal(RequestStatus.Done, Await(client.Ping()).Status, "ping after relaunch");
+            Check.Equal(RequestStatus.Done, Await(client.DefineNpc("brom", "You are Brom, a blacksmith.")).Status,
+                "NPCs are defined again on the new sidecar");
+        }
+
+        static void DisposeShutsSidecarDown()
+        {
+            RequireReady();
+            var launcher = client.Launcher;
+            var clock = Stopwatch.StartNew();
+            client.Dispose();
+            Console.WriteLine("  Dispose() took {0} ms; sidecar exit code {1}", clock.ElapsedMilliseconds, launcher.ExitCode);
+            Check.Equal<int?>(0, launcher.ExitCode, "the sidecar exited cleanly after shutdown");
+            Check.Equal(ClientState.Disposed, client.State, "client state");
+        }
+
+        static void ReadyFileLaunch()
+        {
+            var viaFile = new NpcAiClient();
+            viaFile.Launch(Sidecar(readyFile: true));
+            WaitReady(viaFile);
+            var ping = viaFile.Ping();
+            GameLoop.Until(viaFile, () => !ping.IsPending, ReplyTimeoutMs, "ping");
+            Check.Equal(RequestStatus.Done, ping.Status, "ping via a ready-file launch");
+            var launcher = viaFile.Launcher;
+            viaFile.Dispose();
+            Check.Equal<int?>(0, launcher.ExitCode, "clean exit");
+        }
+
+        static void RequireReady()
+        {
+            if (client == null || client.State != ClientState.Ready)
+                throw new TestFailure("needs the sidecar from e2e.launch_and_hello, which is not ready");
+        }
+
+        static NpcRequest Await(NpcRequest request)
+        {
+            GameLoop.Until(client, () => !request.IsPending, ReplyTimeoutMs, request.ToString());
+            return request;
+        }
+    }
+}
