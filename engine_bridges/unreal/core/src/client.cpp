@@ -22,19 +22,14 @@ Client::Client(Listener& listener, ClientConfig config)
 }
 
 bool Client::connect(std::string_view endpoint) {
-  if (dealer_.state() != Dealer::State::Closed) dealer_.close("reconnecting");
-  lose("the connection was replaced by a new one");
+  close();
   quiet_since_ = Clock::now();
   return dealer_.connect(endpoint);
 }
 
 void Client::close() {
-  dealer_.close("closed");
-  for (Slot& slot : slots_) slot = Slot{};
-  open_ = 0;
-  failing_ = false;
-  heartbeat_ = 0;
-  next_deadline_ = Clock::time_point::max();
+  if (dealer_.state() != Dealer::State::Closed) dealer_.close("the connection was closed");
+  lose(dealer_.error());
 }
 
 Client::State Client::state() const {
@@ -291,7 +286,8 @@ void Client::dispatch(const std::uint8_t* body, std::size_t size) {
     result.text = reply_["text"].as_str();
     result.finish_reason = reply_["finish_reason"].as_str();
     result.timed_out = reply_["timed_out"].as_bool();
-    // The sidecar's deadline reply leaves used_fallback out (see README): it is the fallback.
+    // The first protocol v1 sidecars left used_fallback out of deadline replies; those
+    // replies always carry the fallback.
     const msgpack::Value* used = reply_.find("used_fallback");
     result.used_fallback = used ? used->as_bool() : result.timed_out;
     listener_.on_done(h, result);

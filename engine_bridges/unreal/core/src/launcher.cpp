@@ -1,5 +1,6 @@
 #include "npcai/launcher.hpp"
 
+#include <algorithm>
 #include <cstdio>
 
 namespace npcai {
@@ -75,6 +76,7 @@ int Launcher::poll() {
     case State::Connecting:
       if (client_.state() == Client::State::Open) {
         hello_ = client_.hello(config_.client_name, config_.token);
+        own_.push_back(hello_);
         state_ = State::Greeting;
       } else if (client_.state() == Client::State::Closed) {
         fail("cannot connect to " + endpoint_ + ": " + client_.error());
@@ -100,8 +102,7 @@ int Launcher::poll() {
 
 void Launcher::stop() {
   if (own_child_ && process_.running()) {
-    if (client_.state() == Client::State::Open) client_.shutdown();  // written at once
-    client_.close();
+    if (client_.state() == Client::State::Open) own_.push_back(client_.shutdown());  // written at once
     const int half = config_.stop_timeout_ms / 2;
     if (!process_.wait(half)) {
       process_.terminate();
@@ -175,8 +176,16 @@ void Launcher::fail(std::string why) {
   hello_ = 0;
 }
 
+bool Launcher::own_ended(Handle h) {
+  const auto it = std::find(own_.begin(), own_.end(), h);
+  if (it == own_.end()) return false;
+  own_.erase(it);
+  return true;
+}
+
 void Launcher::on_done(Handle h, const Result& result) {
-  if (h != hello_) return events_.on_done(h, result);
+  if (!own_ended(h)) return events_.on_done(h, result);
+  if (h != hello_) return;
   hello_ = 0;
   hello_reply_ = result.reply;
   error_.clear();
@@ -184,7 +193,8 @@ void Launcher::on_done(Handle h, const Result& result) {
 }
 
 void Launcher::on_error(Handle h, std::string_view code, std::string_view message) {
-  if (h != hello_) return events_.on_error(h, code, message);
+  if (!own_ended(h)) return events_.on_error(h, code, message);
+  if (h != hello_) return;  // a hello or shutdown of a connection already given up
   fail("hello failed: " + std::string(code) + ": " + std::string(message));
 }
 

@@ -43,22 +43,18 @@ Value Value::map() {
   return out;
 }
 
-Value& Value::append_item() {
-  const std::size_t used = type_ == Type::Map ? 2 * len_ : len_;
-  if (items_.size() > used) items_.resize(used);  // drop stale items left by a reused decode
-  items_.emplace_back();
-  return items_.back();
-}
-
+// Building drops the stale items a reused decode may have left after the live ones.
 Value& Value::push(Value item) {
-  append_item() = std::move(item);
+  items_.resize(len_);
+  items_.push_back(std::move(item));
   ++len_;
   return *this;
 }
 
 Value& Value::set(std::string_view key, Value item) {
-  append_item() = Value(key);
-  append_item() = std::move(item);
+  items_.resize(2 * len_);
+  items_.emplace_back(key);
+  items_.push_back(std::move(item));
   ++len_;
   return *this;
 }

@@ -79,7 +79,7 @@ class Client {
   // Starts connecting to "tcp://HOST:PORT" (never blocks); requests still open on an earlier
   // connection end with `disconnected`. False, with error(), if it cannot even start.
   bool connect(std::string_view endpoint);
-  // Drops the connection; open requests are forgotten without events (for quitting).
+  // Drops the connection; open requests end with `disconnected` at the next poll() (if any).
   void close();
   State state() const;
   const std::string& error() const { return dealer_.error(); }

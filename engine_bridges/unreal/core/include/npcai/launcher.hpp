@@ -30,7 +30,8 @@ class Launcher final : private Listener {
  public:
   enum class State { Idle, Starting, Connecting, Greeting, Ready, Failed };
 
-  // `events` receives the events of every request made through client(); not hello's.
+  // `events` receives the events of every request made through client(), not of the
+  // launcher's own hello and shutdown.
   Launcher(Listener& events, LauncherConfig config);
   ~Launcher() override { stop(); }
 
@@ -42,8 +43,9 @@ class Launcher final : private Listener {
   // Call once per frame: advances startup, then polls the client. Returns replies dispatched.
   int poll();
   // For quitting: sends shutdown to a child we started, waits up to stop_timeout_ms for it to
-  // exit (terminating, then killing it if it does not), and drops the connection. Open requests
-  // are forgotten without events. Blocks for at most stop_timeout_ms.
+  // exit (terminating, then killing it if it does not), and drops the connection. Open
+  // requests end with `disconnected` at the next poll(), if there is one. Blocks for at most
+  // stop_timeout_ms.
   void stop();
 
   State state() const { return state_; }
@@ -66,7 +68,8 @@ class Launcher final : private Listener {
   std::string endpoint_;
   std::string error_;
   std::string line_;  // the stdout line being read
-  Handle hello_ = 0;
+  Handle hello_ = 0;         // the hello of the current connection
+  std::vector<Handle> own_;  // our own open requests (hello, shutdown): the game never sees them
   msgpack::Value hello_reply_;
   Clock::time_point ready_deadline_;
   Clock::time_point next_child_check_;
@@ -76,11 +79,14 @@ class Launcher final : private Listener {
   bool read_ready_file();
   void drain_stdout();
   void fail(std::string why);
+  bool own_ended(Handle h);
 
   void on_token(Handle h, std::string_view text) override { events_.on_token(h, text); }
   void on_done(Handle h, const Result& result) override;
   void on_error(Handle h, std::string_view code, std::string_view message) override;
-  void on_cancelled(Handle h) override { events_.on_cancelled(h); }
+  void on_cancelled(Handle h) override {
+    if (!own_ended(h)) events_.on_cancelled(h);
+  }
 };
 
 const char* to_string(Launcher::State state);

@@ -80,8 +80,6 @@ class Value {
   // storage, so that steady-state decoding allocates nothing.
   std::vector<Value> items_;
   std::size_t len_ = 0;
-
-  Value& append_item();
 };
 
 // Appends the smallest encoding of `v` to `out`.

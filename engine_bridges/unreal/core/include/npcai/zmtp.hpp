@@ -1,5 +1,5 @@
 // ZMTP 3.1 wire format for a DEALER with the NULL mechanism (docs/PROTOCOL.md, "Speaking ZMTP
-// without libzmq"; rfc.zeromq.org/spec/23). Pure functions over bytes: the socket is dealer.hpp.
+// without libzmq"; rfc.zeromq.org/spec/37). Pure functions over bytes: the socket is dealer.hpp.
 #pragma once
 
 #include <cstddef>

@@ -1,0 +1,164 @@
+// The npcai sidecar as a game-instance subsystem: it starts `npcai serve` beside the game (or
+// attaches to a running one), pumps its replies once per frame on the game thread, and turns
+// them into Blueprint events. Every request returns a handle (0 when it could not be made);
+// its events carry the same handle.
+#pragma once
+
+#include "CoreMinimal.h"
+#include "Subsystems/GameInstanceSubsystem.h"
+#include "Tickable.h"
+
+#include "NpcAiSubsystem.generated.h"
+
+class FNpcAiBridge;
+
+// How a request ended well: the sidecar's `done` (say/decide) or `ok` (other ops).
+USTRUCT(BlueprintType)
+struct NPCAI_API FNpcAiResult
+{
+	GENERATED_BODY()
+
+	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
+	int32 Handle = 0;
+
+	// say: the line; decide: the chosen string, or the object as JSON; the fallback when
+	// bUsedFallback; empty for ops without a value.
+	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
+	FString Value;
+
+	// The raw generated text (for say: every token chunk joined).
+	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
+	FString Text;
+
+	// stop, length, deadline or error.
+	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
+	FString FinishReason;
+
+	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
+	bool bTimedOut = false;
+
+	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
+	bool bUsedFallback = false;
+
+	// decide with choices: each option's probability.
+	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
+	TMap<FString, float> Probs;
+
+	// The whole reply as JSON (timing, cached_tokens, save's state as base64, ...).
+	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
+	FString ReplyJson;
+};
+
+DECLARE_DYNAMIC_MULTICAST_DELEGATE_TwoParams(FNpcAiTokenEvent, int32, Handle, const FString&, Text);
+DECLARE_DYNAMIC_MULTICAST_DELEGATE_OneParam(FNpcAiDoneEvent, const FNpcAiResult&, Result);
+DECLARE_DYNAMIC_MULTICAST_DELEGATE_ThreeParams(FNpcAiErrorEvent, int32, Handle, const FString&, Code, const FString&, Message);
+DECLARE_DYNAMIC_MULTICAST_DELEGATE_OneParam(FNpcAiCancelledEvent, int32, Handle);
+DECLARE_DYNAMIC_MULTICAST_DELEGATE_TwoParams(FNpcAiSidecarEvent, bool, bReady, const FString&, Detail);
+
+// Settings live in DefaultGame.ini under [/Script/NpcAi.NpcAiSubsystem].
+UCLASS(Config = Game)
+class NPCAI_API UNpcAiSubsystem : public UGameInstanceSubsystem, public FTickableGameObject
+{
+	GENERATED_BODY()
+
+public:
+	// The program to start, split on spaces; "serve ..." is appended.
+	UPROPERTY(Config, EditAnywhere, BlueprintReadWrite, Category = "NpcAi|Settings")
+	FString SidecarCommand = TEXT("npcai");
+
+	// Extra `npcai serve` flags, e.g. "--model" "gemma-3-270m".
+	UPROPERTY(Config, EditAnywhere, BlueprintReadWrite, Category = "NpcAi|Settings")
+	TArray<FString> SidecarArgs;
+
+	// When set (tcp://127.0.0.1:PORT), connect to this running sidecar instead of starting one.
+	UPROPERTY(Config, EditAnywhere, BlueprintReadWrite, Category = "NpcAi|Settings")
+	FString AttachEndpoint;
+
+	UPROPERTY(Config, EditAnywhere, BlueprintReadWrite, Category = "NpcAi|Settings")
+	bool bStartOnInitialize = true;
+
+	// Start a new sidecar this many seconds after the current one failed (0: never).
+	UPROPERTY(Config, EditAnywhere, BlueprintReadWrite, Category = "NpcAi|Settings")
+	float RelaunchDelaySeconds = 5.f;
+
+	// Per-frame pump bounds.
+	UPROPERTY(Config, EditAnywhere, BlueprintReadWrite, Category = "NpcAi|Settings")
+	int32 MaxMessagesPerFrame = 64;
+
+	UPROPERTY(Config, EditAnywhere, BlueprintReadWrite, Category = "NpcAi|Settings")
+	int32 FrameBudgetMicroseconds = 1000;
+
+	UPROPERTY(BlueprintAssignable, Category = "NpcAi")
+	FNpcAiTokenEvent OnToken;
+
+	UPROPERTY(BlueprintAssignable, Category = "NpcAi")
+	FNpcAiDoneEvent OnDone;
+
+	// Code: the sidecar's (bad_request, unknown_npc, overloaded, ...) or the bridge's own:
+	// not_connected (made before the sidecar was ready), disconnected (it died or went silent).
+	UPROPERTY(BlueprintAssignable, Category = "NpcAi")
+	FNpcAiErrorEvent OnError;
+
+	UPROPERTY(BlueprintAssignable, Category = "NpcAi")
+	FNpcAiCancelledEvent OnCancelled;
+
+	// Ready (Detail: the endpoint) or failed (Detail: why).
+	UPROPERTY(BlueprintAssignable, Category = "NpcAi")
+	FNpcAiSidecarEvent OnSidecarStateChanged;
+
+	// Starts (or attaches to) the sidecar with the settings above; stops a previous one first.
+	UFUNCTION(BlueprintCallable, Category = "NpcAi")
+	void StartSidecar();
+
+	// Shuts the sidecar down (waits at most 2 s); open requests end without events.
+	UFUNCTION(BlueprintCallable, Category = "NpcAi")
+	void StopSidecar();
+
+	UFUNCTION(BlueprintPure, Category = "NpcAi")
+	bool IsReady() const;
+
+	UFUNCTION(BlueprintPure, Category = "NpcAi")
+	FString GetSidecarError() const;
+
+	// Seed < 0: none.
+	UFUNCTION(BlueprintCallable, Category = "NpcAi")
+	int32 DefineNpc(const FString& Npc, const FString& Persona, int32 Seed = -1);
+
+	// MaxTokens 0: the sidecar's default. DeadlineMs < 0: none. An empty Fallback: none.
+	UFUNCTION(BlueprintCallable, Category = "NpcAi")
+	int32 Say(const FString& Npc, const FString& Text, int32 MaxTokens = 0, int32 DeadlineMs = -1, const FString& Fallback = TEXT(""));
+
+	// Npc may be empty. Result.Value is one of Choices; Result.Probs has them all.
+	UFUNCTION(BlueprintCallable, Category = "NpcAi")
+	int32 Decide(const FString& Npc, const FString& Situation, const TArray<FString>& Choices, int32 DeadlineMs = -1, const FString& Fallback = TEXT(""));
+
+	// SchemaJson: a JSON schema; Result.Value is the object as JSON. FallbackJson: JSON, or empty.
+	UFUNCTION(BlueprintCallable, Category = "NpcAi")
+	int32 DecideSchema(const FString& Npc, const FString& Situation, const FString& SchemaJson, int32 DeadlineMs = -1, const FString& FallbackJson = TEXT(""));
+
+	UFUNCTION(BlueprintCallable, Category = "NpcAi")
+	int32 Observe(const FString& Npc, const FString& Text);
+
+	UFUNCTION(BlueprintCallable, Category = "NpcAi")
+	int32 Forget(const FString& Npc);
+
+	// The request then ends with OnCancelled (or its own ending, if that was first).
+	UFUNCTION(BlueprintCallable, Category = "NpcAi")
+	bool Cancel(int32 Handle);
+
+	// USubsystem
+	virtual void Initialize(FSubsystemCollectionBase& Collection) override;
+	virtual void Deinitialize() override;
+
+	// FTickableGameObject: the per-frame pump.
+	virtual void Tick(float DeltaTime) override;
+	virtual TStatId GetStatId() const override;
+	virtual ETickableTickType GetTickableTickType() const override;
+	virtual bool IsTickable() const override;
+	virtual bool IsTickableWhenPaused() const override { return true; }
+
+private:
+	TSharedPtr<FNpcAiBridge> Bridge;
+	uint8 LastState = 0;
+	double RelaunchAt = 0.0;
+};

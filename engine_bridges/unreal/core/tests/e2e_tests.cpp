@@ -1,0 +1,331 @@
+// End to end against a real sidecar (libzmq ROUTER, real model), started by the Launcher with
+// `$NPCAI_PYTHON -m npcai serve` (default python3) and driven like a game loop: poll(), then a
+// short sleep. The cases share one sidecar and run in order; a watchdog ends a hung run.
+//
+//   npcai_e2e_tests [CASE...]
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "check.hpp"
+#include "npcai/launcher.hpp"
+
+using npcai::Handle;
+using npcai::msgpack::Value;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr int kWatchdogSeconds = 150;
+constexpr auto kFrame = std::chrono::milliseconds(2);
+
+// Copies each request's events (callbacks only lend their views).
+struct Events : npcai::Listener {
+  struct End {
+    std::string kind;  // done, error, cancelled
+    std::string code, message, text, finish_reason;
+    Value value, reply;
+    bool timed_out = false, used_fallback = false, local = false;
+    Clock::time_point at;
+  };
+  std::map<Handle, std::string> text;
+  std::map<Handle, int> tokens;
+  std::map<Handle, End> ends;
+
+  void on_token(Handle h, std::string_view chunk) override {
+    text[h] += chunk;
+    ++tokens[h];
+  }
+  void on_done(Handle h, const npcai::Result& r) override {
+    End& e = end(h, "done");
+    e.text = r.text;
+    e.finish_reason = r.finish_reason;
+    e.value = r.value;
+    e.reply = r.reply;
+    e.timed_out = r.timed_out;
+    e.used_fallback = r.used_fallback;
+    e.local = r.local;
+  }
+  void on_error(Handle h, std::string_view code, std::string_view message) override {
+    End& e = end(h, "error");
+    e.code = code;
+    e.message = message;
+  }
+  void on_cancelled(Handle h) override { end(h, "cancelled"); }
+
+  End& end(Handle h, const char* kind) {
+    End& e = ends[h];
+    e.kind = kind;
+    e.at = Clock::now();
+    return e;
+  }
+  bool ended(Handle h) const { return ends.count(h) == 1; }
+};
+
+npcai::LauncherConfig sidecar_config() {
+  npcai::LauncherConfig config;
+  const char* python = std::getenv("NPCAI_PYTHON");
+  config.command = {python && *python ? python : "python3", "-m", "npcai"};
+  config.client_name = "npcai-unreal-e2e";
+  config.ready_timeout_ms = 90000;
+  return config;
+}
+
+Events events;
+std::unique_ptr<npcai::Launcher> sidecar;  // the one most cases share
+
+template <class Done>
+bool game_loop(npcai::Launcher& launcher, Done done, int timeout_ms) {
+  const auto until = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (!done()) {
+    if (Clock::now() > until) return false;
+    launcher.poll();
+    std::this_thread::sleep_for(kFrame);
+  }
+  return true;
+}
+
+bool wait_ready(npcai::Launcher& launcher) {
+  return game_loop(launcher, [&] { return launcher.ready() || launcher.state() == npcai::Launcher::State::Failed; },
+                   90000) &&
+         launcher.ready();
+}
+
+bool finish(Handle h, int timeout_ms = 30000) {
+  return game_loop(*sidecar, [h] { return events.ended(h); }, timeout_ms);
+}
+
+long long ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(b - a).count();
+}
+
+}  // namespace
+
+CASE(launch_reads_ready_line_and_says_hello) {
+  sidecar = std::make_unique<npcai::Launcher>(events, sidecar_config());
+  REQUIRE(sidecar->launch(), sidecar->error());
+  REQUIRE(wait_ready(*sidecar), sidecar->error());
+  const Value& hello = sidecar->hello_reply();
+  CHECK(hello["protocol"].as_int() == 1);
+  CHECK(hello["pid"].as_int() == sidecar->sidecar_pid());
+  CHECK(hello["limits"]["max_inflight_per_client"].as_int() > 0);
+  std::printf("  sidecar %s at %s\n", std::string(hello["server"].as_str()).c_str(), sidecar->endpoint().c_str());
+}
+
+CASE(attach_to_running_sidecar) {
+  REQUIRE(sidecar && sidecar->ready());
+  Events own;
+  npcai::Launcher attached(own, sidecar_config());
+  REQUIRE(attached.attach(sidecar->endpoint()), attached.error());
+  REQUIRE(wait_ready(attached), attached.error());
+  CHECK(attached.hello_reply()["pid"].as_int() == sidecar->sidecar_pid());
+  CHECK(attached.sidecar_pid() == 0);
+  const Handle ping = attached.client().ping();
+  REQUIRE(game_loop(attached, [&] { return own.ended(ping); }, 5000));
+  CHECK(own.ends[ping].kind == "done");
+  attached.stop();  // only disconnects: the sidecar is not ours
+  const Handle still = sidecar->client().ping();
+  REQUIRE(finish(still, 5000));
+  CHECK(events.ends[still].kind == "done");
+}
+
+CASE(npc_defines_one) {
+  REQUIRE(sidecar && sidecar->ready());
+  const Handle h = sidecar->client().npc("brom", "You are Brom, a gruff blacksmith in a mountain village.", 7);
+  REQUIRE(finish(h));
+  CHECK(events.ends[h].kind == "done", events.ends[h].code + " " + events.ends[h].message);
+  CHECK(events.ends[h].reply["event"].as_str() == "ok");
+  CHECK(events.ends[h].reply["cached_tokens"].as_int() > 0);
+}
+
+CASE(say_streams_tokens) {
+  REQUIRE(sidecar && sidecar->ready());
+  npcai::Options options;
+  options.max_tokens = 24;
+  options.seed = 1;
+  const Handle h = sidecar->client().say("brom", "Hello there! What do you sell?", options);
+  REQUIRE(finish(h));
+  const Events::End& e = events.ends[h];
+  REQUIRE(e.kind == "done", e.code + " " + e.message);
+  CHECK(events.tokens[h] > 0);
+  CHECK(!e.text.empty() && e.text == events.text[h], "done.text '" + e.text + "' tokens '" + events.text[h] + "'");
+  CHECK(e.value.is_str() && !e.timed_out && !e.used_fallback);
+  std::printf("  %d tokens: %s\n", events.tokens[h], e.text.c_str());
+}
+
+CASE(decide_with_choices) {
+  REQUIRE(sidecar && sidecar->ready());
+  const Handle h = sidecar->client().decide("brom", "A goblin runs into the forge with a knife.", {"attack", "flee", "hide"});
+  REQUIRE(finish(h));
+  const Events::End& e = events.ends[h];
+  REQUIRE(e.kind == "done", e.code + " " + e.message);
+  const std::string value(e.value.as_str());
+  CHECK(value == "attack" || value == "flee" || value == "hide", value);
+  const Value& probs = e.reply["probs"];
+  double sum = 0;
+  for (std::size_t i = 0; i < probs.size(); ++i) sum += probs.val(i).as_double();
+  CHECK(probs.size() == 3 && std::fabs(sum - 1.0) < 1e-3, std::to_string(sum));
+  CHECK(!e.used_fallback);
+  std::printf("  chose %s (p=%.3f)\n", value.c_str(), probs[value].as_double());
+}
+
+CASE(decide_with_schema) {
+  REQUIRE(sidecar && sidecar->ready());
+  Value act = Value::map();
+  act.set("enum", Value::array({"greet", "ignore", "attack"}));
+  Value properties = Value::map();
+  properties.set("act", act);
+  Value schema = Value::map();
+  schema.set("type", "object").set("properties", properties).set("required", Value::array({"act"}));
+  schema.set("additionalProperties", false);
+  const Handle h = sidecar->client().decide_schema("brom", "A knight walks into the forge at night.", schema);
+  REQUIRE(finish(h));
+  const Events::End& e = events.ends[h];
+  REQUIRE(e.kind == "done", e.code + " " + e.message);
+  const std::string chosen(e.value["act"].as_str());
+  CHECK(e.value.is_map() && (chosen == "greet" || chosen == "ignore" || chosen == "attack"), e.text);
+  CHECK(!e.used_fallback);
+  std::printf("  value %s\n", e.text.c_str());
+}
+
+CASE(cancel_mid_stream) {
+  REQUIRE(sidecar && sidecar->ready());
+  npcai::Options options;
+  options.max_tokens = 512;
+  const Handle h = sidecar->client().say("brom", "Tell me the long story of your life, every year of it.", options);
+  REQUIRE(game_loop(*sidecar, [h] { return events.tokens[h] > 0 || events.ended(h); }, 30000));
+  REQUIRE(!events.ended(h), "ended before the first token: " + events.ends[h].kind);
+  CHECK(sidecar->client().cancel(h));
+  REQUIRE(finish(h));
+  CHECK(events.ends[h].kind == "cancelled", events.ends[h].kind);
+  std::printf("  cancelled after %d tokens\n", events.tokens[h]);
+}
+
+CASE(deadline_gives_fallback) {
+  REQUIRE(sidecar && sidecar->ready());
+  npcai::Options say;
+  say.deadline_ms = 1;
+  say.fallback = Value("...");
+  const Handle line = sidecar->client().say("brom", "Quick, what is your name?", say);
+  npcai::Options decide;
+  decide.deadline_ms = 1;
+  decide.fallback = Value("flee");
+  const Handle choice = sidecar->client().decide("brom", "A dragon lands.", {"attack", "flee"}, decide);
+  REQUIRE(finish(line, 5000) && finish(choice, 5000));
+  for (const Handle h : {line, choice}) {
+    const Events::End& e = events.ends[h];
+    CHECK(e.kind == "done" && e.timed_out && e.used_fallback && e.finish_reason == "deadline", e.kind);
+    std::printf("  #%lld timed out, ended by %s\n", h, e.local ? "the bridge" : "the sidecar");
+  }
+  CHECK(events.ends[line].value == Value("..."));
+  CHECK(events.ends[choice].value == Value("flee"));
+}
+
+CASE(sidecar_deadline_reply) {
+  // deadline_ms sent as a plain field: only the sidecar enforces it, so its own deadline reply
+  // (not the bridge's) ends the request.
+  REQUIRE(sidecar && sidecar->ready());
+  npcai::Options options;
+  options.extra = Value::map();
+  options.extra.set("deadline_ms", 1).set("fallback", "...");
+  const Handle h = sidecar->client().say("brom", "Quick, what is your name?", options);
+  REQUIRE(finish(h, 5000));
+  const Events::End& e = events.ends[h];
+  CHECK(e.kind == "done" && !e.local && e.timed_out && e.finish_reason == "deadline", e.kind);
+  CHECK(e.used_fallback && e.value == Value("..."));
+  std::printf("  sidecar's deadline reply %s used_fallback\n", e.reply.find("used_fallback") ? "carries" : "lacks");
+}
+
+CASE(silent_sidecar_deadline_from_poll) {
+  // A stopped sidecar answers nothing: the bridge ends the request at its deadline itself.
+  REQUIRE(sidecar && sidecar->ready());
+  const auto pid = static_cast<pid_t>(sidecar->sidecar_pid());
+  REQUIRE(::kill(pid, SIGSTOP) == 0);
+  npcai::Options options;
+  options.deadline_ms = 300;
+  options.fallback = Value("Hm.");
+  const auto sent = Clock::now();
+  const Handle h = sidecar->client().say("brom", "Are you there?", options);
+  const bool ended = finish(h, 3000);
+  ::kill(pid, SIGCONT);
+  REQUIRE(ended);
+  const Events::End& e = events.ends[h];
+  const long long took = ms_between(sent, e.at);
+  CHECK(e.kind == "done" && e.local && e.timed_out && e.used_fallback && e.value == Value("Hm."), e.kind);
+  CHECK(took >= 300 && took < 450, std::to_string(took) + " ms");  // the first poll after it
+  std::printf("  ended at %lld ms (deadline 300 ms)\n", took);
+  const Handle ping = sidecar->client().ping();  // resumed: the connection still works
+  REQUIRE(finish(ping, 5000));
+  CHECK(events.ends[ping].kind == "done");
+}
+
+CASE(killed_sidecar_ends_pending_requests) {
+  REQUIRE(sidecar && sidecar->ready());
+  npcai::Options options;
+  options.max_tokens = 512;
+  options.deadline_ms = 8000;
+  options.fallback = Value("...");
+  const Handle h = sidecar->client().say("brom", "Tell me about every sword you ever made.", options);
+  REQUIRE(game_loop(*sidecar, [h] { return events.tokens[h] > 0 || events.ended(h); }, 30000));
+  REQUIRE(!events.ended(h), "ended before the first token");
+  const auto killed = Clock::now();
+  REQUIRE(::kill(static_cast<pid_t>(sidecar->sidecar_pid()), SIGKILL) == 0);
+  REQUIRE(finish(h, 8000));
+  const Events::End& e = events.ends[h];
+  const long long took = ms_between(killed, e.at);
+  CHECK(e.kind == "error" && e.code == "disconnected", e.kind + " " + e.code);
+  CHECK(took < 1000, std::to_string(took) + " ms");
+  REQUIRE(game_loop(*sidecar, [] { return sidecar->state() == npcai::Launcher::State::Failed; }, 3000));
+  std::printf("  error '%s: %s' %lld ms after kill -9; launcher: %s\n", e.code.c_str(), e.message.c_str(), took,
+              sidecar->error().c_str());
+}
+
+CASE(relaunch_after_crash) {
+  REQUIRE(sidecar);
+  REQUIRE(sidecar->launch(), sidecar->error());
+  REQUIRE(wait_ready(*sidecar), sidecar->error());
+  CHECK(sidecar->hello_reply()["pid"].as_int() == sidecar->sidecar_pid());
+  const Handle h = sidecar->client().npc("grik", "You are Grik, a cowardly goblin.");
+  REQUIRE(finish(h));
+  CHECK(events.ends[h].kind == "done");
+}
+
+CASE(stop_shuts_the_sidecar_down) {
+  REQUIRE(sidecar && sidecar->ready());
+  const auto pid = static_cast<pid_t>(sidecar->sidecar_pid());
+  const auto start = Clock::now();
+  sidecar->stop();
+  const long long took = ms_between(start, Clock::now());
+  CHECK(::kill(pid, 0) != 0);  // exited and reaped
+  CHECK(took < 1000, std::to_string(took) + " ms: it did not exit on shutdown");  // half of stop_timeout_ms
+  std::printf("  exited %lld ms after shutdown\n", took);
+}
+
+CASE(launch_with_ready_file) {
+  npcai::LauncherConfig config = sidecar_config();
+  config.ready_file = "npcai-e2e-ready.txt";
+  npcai::Launcher launcher(events, config);
+  REQUIRE(launcher.launch(), launcher.error());
+  REQUIRE(wait_ready(launcher), launcher.error());
+  CHECK(launcher.hello_reply()["protocol"].as_int() == 1);
+  const Handle ping = launcher.client().ping();
+  REQUIRE(game_loop(launcher, [ping] { return events.ended(ping); }, 5000));
+  CHECK(events.ends[ping].kind == "done");
+  launcher.stop();
+  std::remove(config.ready_file.c_str());
+}
+
+int main(int argc, char** argv) {
+  alarm(kWatchdogSeconds);  // never hang a test run; the sidecar follows (--parent-pid)
+  const int rc = check::run_all(argc, argv);
+  sidecar.reset();
+  return rc;
+}

@@ -1,0 +1,110 @@
+"""The Unreal bridge's engine-agnostic C++ core (engine_bridges/unreal/core): build it with
+CMake, run its unit tests (codec and framing against the conformance vectors, bounded
+decoding, client and launcher against fake peers), its end-to-end test against a real sidecar
+started by its own launcher, and a short run of the per-frame benchmark (allocation check)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ROOT / "engine_bridges" / "unreal" / "core"
+BUILD = CORE / "build" / "pytest"
+VECTORS = ROOT / "engine_bridges" / "conformance" / "vectors.tsv"
+
+pytestmark = pytest.mark.bridge
+
+UNIT_CASES = [
+    "vectors_file_read",
+    "msgpack_encode_matches_vectors",
+    "msgpack_decode_matches_vectors",
+    "msgpack_accessors",
+    "msgpack_reused_value_has_no_stale_items",
+    "msgpack_rejects_truncated_input",
+    "msgpack_rejects_bad_bytes",
+    "msgpack_depth_limit",
+    "msgpack_garbage_never_crashes",
+    "zmtp_matches_vectors",
+    "zmtp_rejects_bad_frames_and_greetings",
+    "client_wire_bytes_and_replies",
+    "client_not_connected_ends_at_next_poll",
+    "client_close_ends_open_requests",
+    "client_connect_refused",
+    "client_rejects_a_peer_that_is_not_zmtp",
+    "client_deadline_and_silence_without_replies",
+    "launcher_command_missing",
+    "launcher_child_exits_before_ready",
+    "launcher_ready_timeout_kills_child",
+    "launcher_reads_ready_line_and_stops",
+]
+
+E2E_CASES = [
+    "launch_reads_ready_line_and_says_hello",
+    "attach_to_running_sidecar",
+    "npc_defines_one",
+    "say_streams_tokens",
+    "decide_with_choices",
+    "decide_with_schema",
+    "cancel_mid_stream",
+    "deadline_gives_fallback",
+    "sidecar_deadline_reply",
+    "silent_sidecar_deadline_from_poll",
+    "killed_sidecar_ends_pending_requests",
+    "relaunch_after_crash",
+    "stop_shuts_the_sidecar_down",
+    "launch_with_ready_file",
+]
+
+
+def _run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(c) for c in cmd], cwd=BUILD, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def _assert_cases(result: subprocess.CompletedProcess[str], cases: list[str]) -> None:
+    report = f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr (tail)\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, report
+    lines = result.stdout.splitlines()
+    for case in cases:
+        assert f"PASS {case}" in lines, f"case {case} did not pass\n{report}"
+    assert not [line for line in lines if line.startswith("FAIL ")], report
+
+
+@pytest.fixture(scope="module")
+def build() -> Path:
+    missing = [tool for tool in ("cmake", "g++") if shutil.which(tool) is None]
+    if missing:
+        message = f"{' and '.join(missing)} not found: cannot build the Unreal bridge core"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    BUILD.mkdir(parents=True, exist_ok=True)
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    configure = _run(["cmake", "-S", CORE, "-B", BUILD, "-DCMAKE_BUILD_TYPE=Release", "-DCMAKE_CXX_COMPILER=g++",
+                      *generator], timeout=120)
+    assert configure.returncode == 0, configure.stdout + configure.stderr
+    compiled = _run(["cmake", "--build", BUILD, "--parallel", str(os.cpu_count() or 2)], timeout=300)
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+    return BUILD
+
+
+def test_unit(build: Path) -> None:
+    _assert_cases(_run([build / "npcai_unit_tests", "--vectors", VECTORS], timeout=60), UNIT_CASES)
+
+
+def test_end_to_end_against_real_sidecar(build: Path) -> None:
+    result = _run([build / "npcai_e2e_tests"], timeout=170, env={"NPCAI_PYTHON": sys.executable})
+    _assert_cases(result, E2E_CASES)
+
+
+def test_poll_benchmark_does_not_allocate_when_idle(build: Path) -> None:
+    result = _run([build / "npcai_bench_poll", "--quick"], timeout=120, env={"NPCAI_PYTHON": sys.executable})
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    idle = next(line for line in result.stdout.splitlines() if line.startswith("idle poll"))
+    assert "0.000 allocations (0.0 bytes) per call" in idle, result.stdout
