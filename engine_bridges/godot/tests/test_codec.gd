@@ -351,9 +351,11 @@ class Suite:
 		var frame := PackedByteArray()
 		Zmtp.append_frame(frame, ping, Zmtp.FLAG_COMMAND)
 		z.feed(frame)
-		var pong := PackedByteArray([4, 4])
-		pong.append_array("PONG".to_ascii_buffer())
-		pong.append_array(PackedByteArray([7, 8]))
+		var pong_body := PackedByteArray([4])
+		pong_body.append_array("PONG".to_ascii_buffer())
+		pong_body.append_array(PackedByteArray([7, 8]))
+		var pong := PackedByteArray()
+		Zmtp.append_frame(pong, pong_body, Zmtp.FLAG_COMMAND)
 		var out := z.take_output()
 		_check("answers PING with PONG", out == pong and not z.has_message(), out.hex_encode())
 
@@ -382,10 +384,25 @@ class Expected:
 		v["msgpack.nil"] = null
 		v["msgpack.true"] = true
 		v["msgpack.false"] = false
-		for n in [0, 1, 127, 128, 255, 256, 65535, 65536, 4294967295, 4294967296]:
-			v["msgpack.uint.%d" % n] = n
-		for n in [-1, -32, -33, -128, -129, -32768, -32769, -2147483648, -2147483649]:
-			v["msgpack.int.%d" % n] = n
+		v["msgpack.uint.0"] = 0
+		v["msgpack.uint.1"] = 1
+		v["msgpack.uint.127"] = 127
+		v["msgpack.uint.128"] = 128
+		v["msgpack.uint.255"] = 255
+		v["msgpack.uint.256"] = 256
+		v["msgpack.uint.65535"] = 65535
+		v["msgpack.uint.65536"] = 65536
+		v["msgpack.uint.4294967295"] = 4294967295
+		v["msgpack.uint.4294967296"] = 4294967296
+		v["msgpack.int.-1"] = -1
+		v["msgpack.int.-32"] = -32
+		v["msgpack.int.-33"] = -33
+		v["msgpack.int.-128"] = -128
+		v["msgpack.int.-129"] = -129
+		v["msgpack.int.-32768"] = -32768
+		v["msgpack.int.-32769"] = -32769
+		v["msgpack.int.-2147483648"] = -2147483648
+		v["msgpack.int.-2147483649"] = -2147483649
 		v["msgpack.int.-9223372036854775808"] = -9223372036854775807 - 1
 		v["msgpack.float32.1.5"] = 1.5
 		v["msgpack.float32.-0.25"] = -0.25

@@ -10,11 +10,14 @@ extends RefCounted
 ## [code]deadline_ms[/code] always ends by its deadline (plus [member deadline_grace_ms]
 ## and a frame): if the sidecar is silent or gone, the client ends it itself with a
 ## [code]done[/code] reply carrying the request's [code]fallback[/code], exactly like the
-## sidecar's own timed-out reply, plus [code]"client_side": true[/code].[br]
-## When the connection is lost, open requests end at once: those with a
-## [code]fallback[/code] with [code]done[/code] ([code]used_fallback[/code] true,
-## [code]finish_reason[/code] [code]"disconnected"[/code], [code]client_side[/code] true),
-## the others with [signal NpcAiRequest.failed] and code [code]disconnected[/code].
+## sidecar's own timed-out reply, plus [code]"local": true[/code].[br]
+## When the connection is lost, open requests end at once (as the Python client does):
+## those with a [code]deadline_ms[/code] with [code]done[/code] and their fallback
+## ([code]used_fallback[/code] true, [code]finish_reason[/code] [code]"unavailable"[/code]),
+## the others with [signal NpcAiRequest.failed] and code [code]unavailable[/code]; both marked
+## [code]"local": true[/code]. When the sidecar's [code]hello[/code] reply sets
+## [code]lease_ms[/code], the client sends a [code]ping[/code] whenever it has sent nothing
+## for a quarter of it, so the sidecar keeps serving.
 
 ## The ZMTP handshake is complete (requests can flow).
 signal connected
@@ -45,6 +48,9 @@ var auto_hello: bool = true
 var deadline_grace_ms: int = 15
 ## Most requests waiting for the connection; more fail at once with code overloaded.
 var max_queued: int = 256
+## A connection whose ZMTP handshake is not complete by then is closed (and the requests
+## waiting for it end).
+var handshake_timeout_ms: int = 10000
 ## The sidecar's [code]hello[/code] reply (models, limits, pid) once [signal session_ready].
 var info: Dictionary = {}
 
@@ -60,6 +66,9 @@ var _late: Dictionary = {}
 var _link_up: bool = false
 var _hello_id: int = -1
 var _next_deadline_usec: int = -1
+var _lease_usec: int = 0
+var _last_sent_usec: int = 0
+var _connect_usec: int = 0
 
 
 ## Parses [code]tcp://HOST:PORT[/code] (HOST an IP address, IPv6 in brackets) into
@@ -104,6 +113,7 @@ func connect_transport(transport: Transport) -> void:
 	if _transport != null:
 		close("reconnecting")
 	_transport = transport
+	_connect_usec = Time.get_ticks_usec()
 	_zmtp.attach(transport)
 
 
@@ -244,7 +254,7 @@ func cancel(id: int) -> bool:
 		return false
 	var was_sent := req.state == Request.State.SENT
 	_queue.erase(req)
-	_end_later(req, {"v": PROTOCOL_VERSION, "id": id, "event": "cancelled", "client_side": true})
+	_end_later(req, {"v": PROTOCOL_VERSION, "id": id, "event": "cancelled", "local": true})
 	if was_sent:
 		request("cancel", {"target": id})
 	return true
@@ -259,12 +269,16 @@ func poll(max_messages: int = 64, budget_usec: int = 2000) -> int:
 	var handled := 0
 	if _transport != null:
 		_zmtp.poll()
+		if not _link_up and start - _connect_usec > handshake_timeout_ms * 1000:
+			_zmtp.close("no ZMTP handshake within %d ms" % handshake_timeout_ms)
 		_check_link()
 	while handled < max_messages and _zmtp.has_message():
 		_dispatch(_zmtp.pop_message())
 		handled += 1
 		if Time.get_ticks_usec() - start >= budget_usec:
 			break
+	if _lease_usec > 0 and is_open() and Time.get_ticks_usec() - _last_sent_usec >= _lease_usec / 4:
+		ping()
 	if _next_deadline_usec >= 0 and Time.get_ticks_usec() >= _next_deadline_usec:
 		_expire(Time.get_ticks_usec())
 	handled += _deliver_endings()
@@ -307,9 +321,10 @@ func _send(req: Request) -> void:
 		_end_later(req, _error_reply(req, "encode_error", _codec.error))
 		return
 	if not _zmtp.send(body):
-		_end_later(req, _error_reply(req, "disconnected", "the connection is closed"))
+		_end_later(req, _error_reply(req, "unavailable", "the connection is closed"))
 		return
 	req.state = Request.State.SENT
+	_last_sent_usec = Time.get_ticks_usec()
 	_zmtp.flush()
 
 
@@ -345,6 +360,8 @@ func _on_end(req: Request, reply: Dictionary) -> void:
 	_hello_id = -1
 	if reply.get("event") == "ok":
 		info = reply
+		var lease: Variant = reply.get("lease_ms", 0)
+		_lease_usec = lease * 1000 if typeof(lease) == TYPE_INT and lease > 0 else 0
 		session_ready.emit(reply)
 	else:
 		session_failed.emit(
@@ -373,15 +390,16 @@ func _lose_link(reason: String) -> void:
 	_transport = null
 	_link_up = false
 	_hello_id = -1
+	_lease_usec = 0
 	_late.clear()
 	_queue.clear()
 	var now := Time.get_ticks_usec()
 	for req: Request in _open.values():
-		if req._message.has("fallback"):
+		if req.deadline_ms >= 0:
 			var elapsed_ms := (now - req._created_usec) / 1000.0
-			_end_later(req, _fallback_reply(req, "disconnected", false, elapsed_ms))
+			_end_later(req, _fallback_reply(req, "unavailable", false, elapsed_ms))
 		else:
-			_end_later(req, _error_reply(req, "disconnected", reason))
+			_end_later(req, _error_reply(req, "unavailable", reason))
 	if had_transport:
 		disconnected.emit(reason)
 
@@ -425,7 +443,7 @@ func _fallback_reply(
 		"timed_out": timed_out,
 		"used_fallback": true,
 		"timing": {"queue_ms": elapsed_ms, "total_ms": elapsed_ms},
-		"client_side": true,
+		"local": true,
 	}
 
 
@@ -436,7 +454,7 @@ func _error_reply(req: Request, code: String, message: String) -> Dictionary:
 		"event": "error",
 		"code": code,
 		"message": message,
-		"client_side": true,
+		"local": true,
 	}
 
 
@@ -447,5 +465,5 @@ func _bad_reply(message: String) -> Dictionary:
 		"event": "error",
 		"code": "bad_reply",
 		"message": message,
-		"client_side": true,
+		"local": true,
 	}

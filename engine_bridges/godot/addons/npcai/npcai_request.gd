@@ -77,7 +77,7 @@ func timed_out() -> bool:
 
 
 ## The error code after [signal failed] (e.g. [code]unknown_npc[/code], or the client's own
-## [code]disconnected[/code], [code]encode_error[/code], [code]overloaded[/code]); else "".
+## [code]unavailable[/code], [code]encode_error[/code], [code]overloaded[/code]); else "".
 func error_code() -> String:
 	return str(reply.get("code", "")) if state == State.FAILED else ""
 

@@ -1,0 +1,206 @@
+class_name NpcAiNode
+extends Node
+## The game's entry point to npcai; the plugin registers it as the autoload [code]NpcAi[/code].
+##
+## It starts the sidecar with [NpcAiSidecarLauncher] (or connects to a running one when
+## [member endpoint] is set), says [code]hello[/code], pumps [NpcAiClient] once per frame
+## within [member max_messages_per_frame] and [member frame_budget_usec], pings it as a
+## heartbeat, restarts or reconnects when it is lost, and stops it when the game quits.
+## Requests can be made at once, even before [signal sidecar_ready]: they wait for the
+## connection, and their [code]deadline_ms[/code] and [code]fallback[/code] still hold.
+## [codeblock]
+## var line := NpcAi.say("brom", "Hello!", {"deadline_ms": 2000, "fallback": "Hm."})
+## line.token.connect(func(_id: int, text: String) -> void: label.text += text)
+## var reply: Dictionary = await line.wait()
+## [/codeblock]
+## Settings come from the exported properties, overridden by the project settings
+## [code]npcai/endpoint[/code], [code]npcai/command[/code], [code]npcai/command_args[/code],
+## [code]npcai/serve_args[/code], [code]npcai/token[/code] and [code]npcai/autostart[/code]
+## when they exist (the plugin adds them).
+
+## The sidecar answered [code]hello[/code]: [param info] holds its models, limits and pid.
+signal sidecar_ready(info: Dictionary)
+## The connection to the sidecar was lost (a restart or reconnect follows).
+signal sidecar_lost(reason: String)
+## The sidecar could not be started or reached, and no more attempts will be made until
+## [method start] is called again.
+signal sidecar_failed(reason: String)
+
+const Client := preload("npcai_client.gd")
+const Launcher := preload("sidecar_launcher.gd")
+const Request := preload("npcai_request.gd")
+
+## Connect to a sidecar already running here ([code]tcp://127.0.0.1:PORT[/code]) instead of
+## starting one; reconnects (every 1 to 10 s) when it is lost.
+@export var endpoint: String = ""
+## Start (or connect) in [method Node._ready].
+@export var autostart: bool = true
+## The program that runs the sidecar (see [member NpcAiSidecarLauncher.command]).
+@export var command: String = "npcai"
+## Arguments before [code]serve[/code].
+@export var command_args: PackedStringArray = PackedStringArray()
+## Extra [code]npcai serve[/code] arguments (models, limits, [code]--token[/code]).
+@export var serve_args: PackedStringArray = PackedStringArray()
+## The sidecar's [code]--token[/code], sent in [code]hello[/code].
+@export var token: String = ""
+## Most replies dispatched per frame.
+@export var max_messages_per_frame: int = 64
+## Microseconds of reply dispatching per frame before the rest waits for the next frame.
+@export var frame_budget_usec: int = 2000
+## Interval of heartbeat pings (0: none).
+@export var heartbeat_ms: int = 1000
+## A ping not answered within this time counts as a lost sidecar.
+@export var heartbeat_timeout_ms: int = 5000
+
+## The client; use it for every op (the methods below are shortcuts).
+var client: Client = Client.new()
+## The launcher (idle when [member endpoint] is set).
+var launcher: Launcher = Launcher.new()
+## The [code]hello[/code] reply once [signal sidecar_ready] fired; empty otherwise.
+var info: Dictionary = {}
+
+var _ping: Request = null
+var _next_ping_msec: int = 0
+var _reconnect_at_msec: int = -1
+var _reconnect_delay_ms: int = 1000
+var _stopping: bool = false
+
+
+func _ready() -> void:
+	process_mode = Node.PROCESS_MODE_ALWAYS
+	for key in ["endpoint", "command", "command_args", "serve_args", "token", "autostart"]:
+		if ProjectSettings.has_setting("npcai/" + key):
+			set(key, ProjectSettings.get_setting("npcai/" + key))
+	client.session_ready.connect(_on_session_ready)
+	client.session_failed.connect(_on_session_failed)
+	client.disconnected.connect(_on_disconnected)
+	launcher.started.connect(_on_launched)
+	launcher.failed.connect(func(reason: String) -> void: push_warning("npcai: " + reason))
+	launcher.gave_up.connect(func(reason: String) -> void: sidecar_failed.emit(reason))
+	if autostart:
+		start()
+
+
+## Starts the sidecar, or connects to [member endpoint]. Returns at once.
+func start() -> void:
+	_stopping = false
+	client.token = token
+	if endpoint != "":
+		_reconnect_delay_ms = 1000
+		_connect(endpoint)
+		return
+	launcher.command = command
+	launcher.command_args = command_args
+	launcher.serve_args = serve_args
+	launcher.start()
+
+
+## Ends the connection and stops a sidecar this node started: sends [code]shutdown[/code],
+## then kills the process. Called by itself when the game quits.
+func stop() -> void:
+	_stopping = true
+	_reconnect_at_msec = -1
+	if launcher.pid > 0:
+		if client.is_open():
+			client.shutdown()
+		launcher.kill()
+	client.close("stopped")
+
+
+## True after [signal sidecar_ready] while the connection is up.
+func is_sidecar_ready() -> bool:
+	return client.is_open() and not info.is_empty()
+
+
+## [method NpcAiClient.define_npc].
+func define_npc(npc: String, persona: String, options: Dictionary = {}) -> Request:
+	return client.define_npc(npc, persona, options)
+
+
+## [method NpcAiClient.say].
+func say(npc: String, text: String, options: Dictionary = {}) -> Request:
+	return client.say(npc, text, options)
+
+
+## [method NpcAiClient.decide].
+func decide(npc: String, situation: String, choices: Array, options: Dictionary = {}) -> Request:
+	return client.decide(npc, situation, choices, options)
+
+
+## [method NpcAiClient.observe].
+func observe(npc: String, text: String) -> Request:
+	return client.observe(npc, text)
+
+
+## [method NpcAiClient.cancel].
+func cancel(id: int) -> bool:
+	return client.cancel(id)
+
+
+func _process(_delta: float) -> void:
+	launcher.poll()
+	if _reconnect_at_msec >= 0 and Time.get_ticks_msec() >= _reconnect_at_msec:
+		_reconnect_at_msec = -1
+		_connect(endpoint)
+	client.poll(max_messages_per_frame, frame_budget_usec)
+	_heartbeat()
+
+
+func _notification(what: int) -> void:
+	if what == NOTIFICATION_WM_CLOSE_REQUEST or what == NOTIFICATION_PREDELETE:
+		if not _stopping:
+			stop()
+
+
+func _exit_tree() -> void:
+	if not _stopping:
+		stop()
+
+
+func _connect(where: String) -> void:
+	if client.connect_to_endpoint(where) != OK:
+		_on_disconnected("cannot connect to " + where)
+
+
+func _heartbeat() -> void:
+	if heartbeat_ms <= 0 or not is_sidecar_ready():
+		return
+	if _ping != null and _ping.is_finished():
+		if _ping.timed_out():
+			_ping = null
+			client.close("no answer to ping within %d ms" % heartbeat_timeout_ms)
+			return
+		_ping = null
+	var now := Time.get_ticks_msec()
+	if _ping == null and now >= _next_ping_msec:
+		_next_ping_msec = now + heartbeat_ms
+		_ping = client.request("ping", {"deadline_ms": heartbeat_timeout_ms})
+
+
+func _on_launched(where: String) -> void:
+	_connect(where)
+
+
+func _on_session_ready(reply: Dictionary) -> void:
+	info = reply
+	_reconnect_delay_ms = 1000
+	sidecar_ready.emit(reply)
+
+
+func _on_session_failed(code: String, message: String) -> void:
+	sidecar_failed.emit("hello failed: %s %s" % [code, message])
+
+
+func _on_disconnected(reason: String) -> void:
+	var was_ready := not info.is_empty()
+	info = {}
+	_ping = null
+	if _stopping:
+		return
+	if was_ready:
+		sidecar_lost.emit(reason)
+	if endpoint != "":
+		_reconnect_at_msec = Time.get_ticks_msec() + _reconnect_delay_ms
+		_reconnect_delay_ms = mini(_reconnect_delay_ms * 2, 10000)
+	elif launcher.pid > 0:
+		launcher.restart(reason)

@@ -1,0 +1,226 @@
+extends SceneTree
+## End-to-end checks against a real, running sidecar: the client, its ZMTP and msgpack code,
+## and the sidecar's replies, over any [NpcAiTransport]. tests/web_runner.py runs it inside
+## the Godot web export template through a WebSocket-to-TCP relay (tests/ws_transport.gd).
+## With a desktop Godot, over real TCP:
+## [codeblock]
+## npcai serve   # prints NPCAI READY tcp://127.0.0.1:PORT
+## godot --headless --path engine_bridges/godot --script res://tests/test_sidecar.gd \
+##     -- --sidecar tcp://127.0.0.1:PORT
+## [/codeblock]
+
+const Client := preload("res://addons/npcai/npcai_client.gd")
+const Request := preload("res://addons/npcai/npcai_request.gd")
+const Ws := preload("res://tests/ws_transport.gd")
+
+
+## The checks; [method run] returns the number of failures.
+class Suite:
+	extends RefCounted
+
+	var passed: int = 0
+	var failed: int = 0
+	var client: Client = Client.new()
+	var tree: SceneTree = null
+
+	## Connects to [param where] ([code]tcp://...[/code], or [code]ws://...[/code] for the
+	## relay) and runs every check; a coroutine.
+	func run(p_tree: SceneTree, where: String) -> int:
+		tree = p_tree
+		client.client_name = "godot-e2e"
+		tree.process_frame.connect(_pump)
+		if where.begins_with("ws://"):
+			var ws := Ws.new()
+			ws.open(where)
+			client.connect_transport(ws)
+		else:
+			client.connect_to_endpoint(where)
+		await _until(func() -> bool: return not client.info.is_empty(), 10000)
+		_test_hello()
+		if not client.info.is_empty():
+			await _test_ops()
+			await _test_generation()
+			await _test_deadlines_and_cancel()
+			await _test_errors()
+		client.close("done")
+		tree.process_frame.disconnect(_pump)
+		print("%d passed, %d failed" % [passed, failed])
+		return failed
+
+	func _pump() -> void:
+		client.poll()
+
+	func _check(name: String, ok: bool, detail: Variant = "") -> void:
+		if ok:
+			passed += 1
+			print("ok   ", name)
+		else:
+			failed += 1
+			print("FAIL ", name, ": ", detail)
+
+	func _until(cond: Callable, timeout_ms: int) -> void:
+		var end := Time.get_ticks_msec() + timeout_ms
+		while not cond.call() and Time.get_ticks_msec() < end:
+			await tree.process_frame
+
+	func _answer(req: Request, timeout_ms: int = 30000) -> Dictionary:
+		await _until(req.is_finished, timeout_ms)
+		return req.reply
+
+	func _test_hello() -> void:
+		var info := client.info
+		var link := "zmtp state %d, error '%s'" % [client._zmtp.state, client._zmtp.error]
+		_check("session_ready: hello ok", info.get("event") == "ok", link)
+		_check("protocol 1", info.get("protocol") == 1, info.get("protocol"))
+		var limits: Dictionary = info.get("limits", {})
+		_check("limits announced", limits.get("max_depth") == 32, limits)
+		_check("models listed", not info.get("models", []).is_empty(), info.get("models"))
+		_check("pid is an int", typeof(info.get("pid")) == TYPE_INT, info.get("pid"))
+
+	func _test_ops() -> void:
+		var pong := await _answer(client.ping())
+		_check("ping", pong.get("event") == "ok", pong)
+		var persona := "You are Brom, the village blacksmith: gruff but kind. ".repeat(6)
+		var npc := await _answer(client.define_npc("godot-brom", persona, {"seed": 11}))
+		_check(
+			"npc (a long frame): ok with cached_tokens",
+			npc.get("event") == "ok" and npc.get("cached_tokens", 0) > 0,
+			npc
+		)
+		var seen := await _answer(client.observe("godot-brom", "A traveller enters the forge."))
+		_check("observe", seen.get("event") == "ok", seen)
+		var saved := await _answer(client.save_npc("godot-brom"))
+		var state: Variant = saved.get("state")
+		_check(
+			"save: state is bin",
+			typeof(state) == TYPE_PACKED_BYTE_ARRAY and not state.is_empty(),
+			saved
+		)
+		if typeof(state) == TYPE_PACKED_BYTE_ARRAY:
+			var loaded := await _answer(client.load_npc("godot-brom-copy", state))
+			_check("load from the saved state", loaded.get("event") == "ok", loaded)
+		var forgot := await _answer(client.forget("godot-brom-copy"))
+		_check("forget", forgot.get("event") == "ok", forgot)
+		var stats := await _answer(client.stats())
+		_check(
+			"stats", stats.get("event") == "ok" and stats.get("ops", {}).has("npc"), stats.keys()
+		)
+
+	func _test_generation() -> void:
+		var tokens: Array[String] = []
+		var line := client.say(
+			"godot-brom",
+			"Hello! Héllo ✓ — what do you sell?",
+			{"max_tokens": 16, "temperature": 0.0}
+		)
+		line.token.connect(func(_id: int, text: String) -> void: tokens.append(text))
+		var reply := await _answer(line)
+		_check("say: done", reply.get("event") == "done" and not line.used_fallback(), reply)
+		_check("say: streamed tokens", tokens.size() > 0, tokens)
+		_check(
+			"say: text is the tokens joined",
+			reply.get("text") == "".join(tokens) and line.text == reply.get("text"),
+			[reply.get("text"), tokens]
+		)
+		_check(
+			"say: finish_reason",
+			reply.get("finish_reason") in ["stop", "length"],
+			reply.get("finish_reason")
+		)
+		_check("say: timing map", reply.get("timing", {}).has("total_ms"), reply.get("timing"))
+		await _answer(client.define_npc("godot-grik", "You are Grik, a cowardly goblin."))
+		var pick := await _answer(
+			client.decide("godot-grik", "A knight draws his sword at you.", ["attack", "flee"])
+		)
+		var probs: Dictionary = pick.get("probs", {})
+		var total := 0.0
+		for p: float in probs.values():
+			total += p
+		_check("decide choices: a valid choice", pick.get("value") in ["attack", "flee"], pick)
+		_check("decide choices: probs sum to 1", absf(total - 1.0) < 1e-3, probs)
+		var schema := {
+			"type": "object", "properties": {"act": {"enum": ["a", "b"]}}, "required": ["act"]
+		}
+		var obj := await _answer(client.decide("", "Night falls.", [], {"schema": schema}))
+		var value: Variant = obj.get("value")
+		_check(
+			"decide schema: an object that validates",
+			typeof(value) == TYPE_DICTIONARY and value.get("act") in ["a", "b"],
+			obj
+		)
+
+	func _test_deadlines_and_cancel() -> void:
+		var late := client.say(
+			"godot-brom",
+			"Tell me a long story.",
+			{"max_tokens": 200, "deadline_ms": 1, "fallback": "..."}
+		)
+		var reply := await _answer(late, 5000)
+		_check(
+			"deadline 1 ms: done with the fallback",
+			(
+				reply.get("event") == "done"
+				and reply.get("value") == "..."
+				and late.timed_out()
+				and late.used_fallback()
+				and reply.get("finish_reason") == "deadline"
+			),
+			reply
+		)
+		print(
+			"     (the 1 ms deadline reply came from the ",
+			"client" if reply.get("local") else "sidecar",
+			")"
+		)
+		var start := Time.get_ticks_msec()
+		var decision := client.decide(
+			"godot-grik",
+			"Quick!",
+			["attack", "flee"],
+			{"deadline_ms": 150, "fallback": "flee", "max_tokens": 8}
+		)
+		reply = await _answer(decision, 5000)
+		var took := Time.get_ticks_msec() - start
+		_check("deadline 150 ms: answered in time", took < 150 + 200, took)
+		_check(
+			"deadline 150 ms: a choice or the fallback",
+			decision.value() in ["attack", "flee"],
+			reply
+		)
+		var story := client.say(
+			"godot-brom", "Tell me everything about swords.", {"max_tokens": 200}
+		)
+		await _until(func() -> bool: return story.text != "" or story.is_finished(), 10000)
+		_check("cancel an open say", story.cancel(), story.reply)
+		await _answer(story, 5000)
+		_check("cancelled", story.state == Request.State.CANCELLED, story.reply)
+		var after := await _answer(client.ping())
+		_check("the connection goes on after a cancel", after.get("event") == "ok", after)
+
+	func _test_errors() -> void:
+		var nobody := client.say("nobody", "Hi")
+		var reply := await _answer(nobody)
+		_check("unknown npc: failed", nobody.error_code() == "unknown_npc", reply)
+		var bad := await _answer(client.decide("", "Hm?", ["same", "same"]))
+		_check("repeated choices: bad_request", bad.get("code") == "bad_request", bad)
+		var nope := await _answer(client.request("teleport"))
+		_check("unknown op", nope.get("code") == "unknown_op", nope)
+		var alive := await _answer(client.ping())
+		_check("still serving after errors", alive.get("event") == "ok", alive)
+
+
+## The endpoint: --sidecar ENDPOINT after "--".
+static func endpoint_arg() -> String:
+	var args := OS.get_cmdline_user_args()
+	var i := args.find("--sidecar")
+	return args[i + 1] if i >= 0 and i + 1 < args.size() else ""
+
+
+func _initialize() -> void:
+	var where := endpoint_arg()
+	if where == "":
+		print("usage: ... --script res://tests/test_sidecar.gd -- --sidecar tcp://127.0.0.1:PORT")
+		quit(2)
+		return
+	var failures: int = await Suite.new().run(self, where)
+	quit(1 if failures > 0 else 0)
