@@ -6,8 +6,10 @@ User mistakes end with one clear line on stderr and a non-zero exit code, never 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -21,6 +23,7 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     for flag, f in Settings.flags():
         meta = dict(f.metadata)
         help_text = meta.pop("help")
+        meta.pop("min", None)  # checked by Settings.validate, with the same one-line message for flags and code
         if f.type in (bool, "bool"):
             p.add_argument(f"--{flag}", dest=f.name, help=help_text, **meta)
         elif meta.get("action") == "append":
@@ -60,6 +63,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import READY_PREFIX, Server
 
     settings = settings_from(args)
+    settings.validate()
+    if settings.connection_file and not settings.token:
+        settings.token = secrets.token_urlsafe(32)  # like a Jupyter kernel's key: only the file's reader has it
     logging.basicConfig(level=logging.INFO if settings.verbose else logging.WARNING,
                         format="npcai: %(message)s", stream=sys.stderr)
     roles = model_roles(settings.model, out=sys.stderr)
@@ -67,17 +73,49 @@ def cmd_serve(args: argparse.Namespace) -> int:
     endpoint = server.bind()
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
-    if settings.ready_file:
-        _write_atomically(Path(settings.ready_file), endpoint + "\n")
-    print(f"{READY_PREFIX}{endpoint}", flush=True)
-    server.serve_forever()
+    written: list[Path] = []
+    try:
+        if settings.ready_file:
+            written.append(_write_atomically(Path(settings.ready_file), endpoint + "\n"))
+        if settings.connection_file:
+            info = {"endpoint": endpoint, "token": settings.token, "pid": os.getpid()}
+            if server.curve_public_key:
+                info["curve_server_key"] = server.curve_public_key
+            written.append(_write_atomically(Path(settings.connection_file), json.dumps(info) + "\n", mode=0o600))
+        print(f"{READY_PREFIX}{endpoint}", flush=True)
+        server.serve_forever()
+    finally:
+        for path in written:  # a file left behind means the sidecar did not exit cleanly
+            path.unlink(missing_ok=True)
     return 0
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _write_atomically(path: Path, text: str, mode: int = 0o644) -> Path:
+    """Write through a temporary file renamed into place; ``mode`` holds from the file's creation on."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+        try:
+            if hasattr(os, "fchmod"):
+                os.fchmod(fd, mode)  # exactly this mode, whatever the umask
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise NpcaiError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """A bad flag ends in one line and exit code 2, like every other start failure."""
+    def error(message: str):
+        parser.exit(2, f"npcai: {message} (see {parser.prog} --help)\n")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -116,9 +154,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="npcai", description="Local AI for game characters: a low-latency sidecar.")
+    _one_line_errors(parser)  # unknown flags of any command are reported here
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="run the sidecar (prints 'NPCAI READY <endpoint>' when ready)")
+    p = _one_line_errors(sub.add_parser("serve", help="run the sidecar (prints 'NPCAI READY <endpoint>' when ready)"))
     _add_settings(p)
     p.set_defaults(func=cmd_serve)
 
@@ -145,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-report.json", help="where to write the JSON report")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (for smoke runs)")
     p.add_argument("--plots", action="store_true", help="draw PNG latency plots (needs the [bench] extra)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="compute threads for the sidecar and every baseline (default: all cores)")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -3,25 +3,46 @@
 Usable from tests, the demo and benchmarks, and from Python games (pygame, Ren'Py):
 ``request()`` never blocks and returns a Handle; call ``poll()`` once per frame to
 dispatch replies (bounded in messages and microseconds), or ``wait()`` on a handle.
+
+Every request ends, whatever happens to the sidecar (docs/RELIABILITY.md):
+
+- a request sent with ``deadline_ms`` ends by its deadline: if no answer came, the client
+  makes up the sidecar's own timed-out reply (``done`` with the fallback, marked
+  ``local: true``) and drops the sidecar's later replies to it;
+- when the sidecar goes away (its connection drops, a libzmq heartbeat goes unanswered,
+  or the ``Sidecar`` handle given says it died), every open request ends at once: with
+  its fallback if it has a deadline, otherwise with an ``error`` of code ``unavailable``.
 """
 
 from __future__ import annotations
 
+import collections
+import heapq
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import msgpack
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from .errors import NpcaiError
 
+if TYPE_CHECKING:
+    from .launcher import Sidecar
+
 TERMINAL = frozenset({"ok", "done", "error", "cancelled"})
+
+_PEER_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_SIDECAR_CHECK_S = 0.05  # how often a Sidecar handle is asked whether its process is alive
+_LATE_IDS = 4096  # ids ended locally whose late replies are still dropped
 
 
 class RequestFailed(NpcaiError):
-    """The sidecar answered a request with an error event."""
+    """The sidecar answered a request with an error event (or the client ended it: ``unavailable``)."""
 
     def __init__(self, code: str, message: str):
         super().__init__(f"{code}: {message}")
@@ -42,6 +63,9 @@ class Handle:
     reply: dict[str, Any] | None = None
     on_token: Callable[[str], None] | None = None
     on_done: Callable[[dict[str, Any]], None] | None = None
+    deadline: float | None = None  # time.monotonic() by which it ends, when sent with deadline_ms
+    fallback: Any = None
+    sent_at: float = 0.0
 
     @property
     def finished(self) -> bool:
@@ -63,25 +87,68 @@ class Handle:
 
 
 class Client:
-    def __init__(self, endpoint: str, *, token: str | None = None, context: zmq.Context | None = None):
+    """A DEALER connection to one sidecar.
+
+    ``token``: the sidecar's shared secret, sent in ``hello``. ``sidecar``: a launcher handle
+    whose process death ends open requests at once. ``curve_server_key`` (Z85 public key, or a
+    certificate file) with ``curve_client_cert`` (a secret certificate file, or a (public, secret)
+    pair) connect with CurveZMQ. ``heartbeat_ms``: libzmq heartbeat interval (0 = off); a sidecar
+    silent for three intervals counts as gone.
+    """
+
+    def __init__(self, endpoint: str, *, token: str | None = None, context: zmq.Context | None = None,
+                 sidecar: "Sidecar | None" = None, curve_server_key: bytes | str | Path | None = None,
+                 curve_client_cert: str | Path | tuple[bytes, bytes] | None = None, heartbeat_ms: int = 1000):
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if heartbeat_ms > 0:
+            self._sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
+            self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * heartbeat_ms)
+        if curve_server_key is not None:
+            _set_curve(self._sock, curve_server_key, curve_client_cert)
+        self._monitor = self._sock.get_monitor_socket(_PEER_EVENTS)
         self._sock.connect(endpoint)
         self.endpoint = endpoint
         self.token = token
+        self.sidecar = sidecar
+        self.state = "connecting"  # then "ready"; "lost" when the sidecar went away, "refused" by Curve
+        self.lease_ms = 0  # from hello: while set, poll() and wait() ping often enough to hold the lease
         self._ids = itertools.count(1)
         self._pending: dict[int, Handle] = {}
+        self._deadlines: list[tuple[float, int]] = []  # heap of (deadline, id)
+        self._ended_locally: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._heartbeats: set[int] = set()  # ids of the client's own requests
+        self._hellos: dict[int, dict[str, Any]] = {}  # open hello requests: their fields
+        self._hello: dict[str, Any] | None = None  # the fields of the last successful hello
+        self._last_sent = 0.0
+        self._next_sidecar_check = 0.0
         self.stray: list[dict[str, Any]] = []  # replies for no known request (e.g. errors with id nil)
 
     # --- non-blocking --------------------------------------------------------------------------
     def request(self, op: str, **fields: Any) -> Handle:
-        """Send a request; fields set to None are left out."""
+        """Send a request; fields set to None are left out. Never blocks."""
         rid = next(self._ids)
         msg = {"v": 1, "id": rid, "op": op, **{k: v for k, v in fields.items() if v is not None}}
-        handle = Handle(rid, op)
+        handle = Handle(rid, op, fallback=fields.get("fallback"), sent_at=time.monotonic())
+        if op == "hello":
+            self._hellos[rid] = {k: v for k, v in msg.items() if k in ("client", "token")}
+        deadline_ms = msg.get("deadline_ms")
+        if isinstance(deadline_ms, (int, float)) and not isinstance(deadline_ms, bool) and deadline_ms >= 0:
+            handle.deadline = handle.sent_at + deadline_ms / 1000.0
         self._pending[rid] = handle
-        self._sock.send(msgpack.packb(msg, use_bin_type=True))
+        self._check_peer()
+        if not self.alive():
+            self._end_locally(handle, self._gone_reason())
+            return handle
+        try:
+            self._sock.send(msgpack.packb(msg, use_bin_type=True), zmq.NOBLOCK)
+        except zmq.Again:  # the sidecar has not read what we sent so far
+            self._end_locally(handle, "the sidecar is not reading: this client's send queue is full")
+            return handle
+        self._last_sent = handle.sent_at
+        if handle.deadline is not None:
+            heapq.heappush(self._deadlines, (handle.deadline, rid))
         return handle
 
     def send_raw(self, frame: bytes | list[bytes]) -> None:
@@ -92,8 +159,12 @@ class Client:
             self._sock.send(frame)
 
     def poll(self, max_messages: int = 64, budget_us: int = 2000) -> int:
-        """Dispatch waiting replies without blocking; returns how many were handled."""
+        """Dispatch waiting replies, end requests whose deadline passed, notice a sidecar gone; never blocks.
+
+        Returns how many replies were handled.
+        """
         start = time.perf_counter()
+        self._check_peer()
         n = 0
         while n < max_messages:
             try:
@@ -104,33 +175,148 @@ class Client:
             n += 1
             if (time.perf_counter() - start) * 1e6 >= budget_us:
                 break
+        self._expire_deadlines()
+        self._heartbeat()
         return n
 
+    def alive(self) -> bool:
+        """False once the sidecar is known to be gone (until a connection to it succeeds again)."""
+        return self.state in ("connecting", "ready")
+
     def _dispatch(self, frame: bytes) -> None:
-        msg = msgpack.unpackb(frame, raw=False)
-        handle = self._pending.get(msg.get("id")) if isinstance(msg, dict) else None
+        try:
+            msg = msgpack.unpackb(frame, raw=False)
+        except Exception:  # not from a sidecar that keeps the protocol: keep it for inspection
+            self.stray.append({"event": "error", "code": "bad_reply", "raw": frame})
+            return
+        rid = msg.get("id") if isinstance(msg, dict) else None
+        rid = rid if isinstance(rid, int) else None
+        handle = self._pending.get(rid)
         if handle is None:
-            self.stray.append(msg)
+            if rid in self._heartbeats:
+                self._heartbeats.discard(rid)
+            elif rid in self._ended_locally:
+                if msg.get("event") in TERMINAL:
+                    del self._ended_locally[rid]
+            else:
+                self.stray.append(msg)
             return
         handle._deliver(msg)
         if handle.finished:
             del self._pending[handle.id]
+            hello = self._hellos.pop(handle.id, None)
+            if hello is not None and msg.get("event") == "ok":
+                self.lease_ms = int(msg.get("lease_ms") or 0)
+                self._hello = hello
+
+    # --- ending requests without the sidecar -------------------------------------------------------
+    def _expire_deadlines(self) -> None:
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, rid = heapq.heappop(self._deadlines)
+            handle = self._pending.get(rid)
+            if handle is not None:
+                self._end_locally(handle, None)
+
+    def _end_locally(self, handle: Handle, gone: str | None) -> None:
+        """End a request the sidecar did not: by its deadline (``gone`` None) or because the sidecar is gone."""
+        self._pending.pop(handle.id, None)
+        self._hellos.pop(handle.id, None)
+        self._ended_locally[handle.id] = None
+        while len(self._ended_locally) > _LATE_IDS:
+            self._ended_locally.popitem(last=False)
+        elapsed = round((time.monotonic() - handle.sent_at) * 1e3, 3)
+        if gone is not None and handle.deadline is None:
+            code = "unauthorized" if self.state == "refused" else "unavailable"
+            handle._deliver({"v": 1, "id": handle.id, "event": "error", "code": code, "message": gone,
+                             "local": True})
+            return
+        handle._deliver({"v": 1, "id": handle.id, "event": "done", "value": handle.fallback,
+                         "text": handle.text if handle.op == "say" else "", "tokens": 0,
+                         "finish_reason": "deadline" if gone is None else "unavailable",
+                         "timed_out": gone is None, "used_fallback": True,
+                         "timing": {"queue_ms": elapsed, "total_ms": elapsed}, "local": True})
+
+    def _check_peer(self) -> None:
+        """Notice a sidecar gone: connection events, and the launcher handle's process when given."""
+        while True:
+            try:
+                kind = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))["event"]
+            except zmq.ZMQError:  # zmq.Again: no event waiting
+                break
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if self.state == "lost" and self._hello is not None:
+                    self._send_internal({"op": "hello", **self._hello})  # a new connection: say hello again
+                self.state = "ready"
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._lose("refused")
+            elif self.state != "refused":
+                self._lose("lost")
+        if self.sidecar is not None and self.alive():
+            now = time.monotonic()
+            if now >= self._next_sidecar_check:
+                self._next_sidecar_check = now + _SIDECAR_CHECK_S
+                if not self.sidecar.alive():
+                    self._lose("lost")
+
+    def _lose(self, state: str) -> None:
+        self.state = state
+        reason = self._gone_reason()
+        for handle in list(self._pending.values()):
+            self._end_locally(handle, reason)
+        self._deadlines.clear()
+        self._heartbeats.clear()
+
+    def _gone_reason(self) -> str:
+        if self.state == "refused":
+            return "the sidecar refused this client's Curve key"
+        if self.sidecar is not None and not self.sidecar.alive():
+            return f"the sidecar process exited (code {self.sidecar.proc.returncode})"
+        return "the connection to the sidecar was lost"
+
+    def _heartbeat(self) -> None:
+        """Hold the sidecar's lease (hello's lease_ms): make sure it hears from us a few times per lease."""
+        if self.lease_ms and self.state == "ready" and time.monotonic() - self._last_sent >= self.lease_ms / 4000:
+            self._send_internal({"op": "ping"})
+
+    def _send_internal(self, msg: dict[str, Any]) -> None:
+        """A request of the client's own (heartbeat, hello again); its reply is dropped."""
+        rid = next(self._ids)
+        try:
+            self._sock.send(msgpack.packb({"v": 1, "id": rid, **msg}, use_bin_type=True), zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        self._heartbeats.add(rid)
+        self._last_sent = time.monotonic()
 
     # --- blocking ---------------------------------------------------------------------------------
     def wait(self, handle: Handle, timeout: float = 60.0) -> dict[str, Any]:
-        """Block until ``handle`` ends; returns its last reply (raises on timeout)."""
-        deadline = time.monotonic() + timeout
-        while not handle.finished:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._sock.poll(int(left * 1000) + 1):
-                if not handle.finished and time.monotonic() >= deadline:
-                    raise SidecarTimeout(f"no answer to {handle.op} #{handle.id} within {timeout:.1f} s")
-                continue
+        """Block until ``handle`` ends (by its deadline at the latest); returns its last reply.
+
+        Raises SidecarTimeout after ``timeout`` seconds without an end.
+        """
+        give_up = time.monotonic() + timeout
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        while True:
             self.poll(max_messages=1024, budget_us=1_000_000)
-        return handle.reply  # type: ignore[return-value]
+            if handle.finished:
+                return handle.reply  # type: ignore[return-value]
+            now = time.monotonic()
+            if now >= give_up:
+                raise SidecarTimeout(f"no answer to {handle.op} #{handle.id} within {timeout:.1f} s")
+            wake = give_up
+            if self._deadlines:
+                wake = min(wake, self._deadlines[0][0])
+            if self.sidecar is not None:
+                wake = min(wake, self._next_sidecar_check)
+            if self.lease_ms and self.state == "ready":
+                wake = min(wake, self._last_sent + self.lease_ms / 4000)
+            poller.poll(max(0, int((wake - now) * 1000)) + 1)
 
     def call(self, op: str, timeout: float = 60.0, **fields: Any) -> dict[str, Any]:
-        """Send and wait; raises RequestFailed if the sidecar answers with an error."""
+        """Send and wait; raises RequestFailed if the request ends with an error."""
         reply = self.wait(self.request(op, **fields), timeout)
         if reply["event"] == "error":
             raise RequestFailed(reply.get("code", "?"), reply.get("message", ""))
@@ -155,6 +341,13 @@ class Client:
         return self.call("decide", timeout=timeout, situation=situation, **kw)
 
     def close(self) -> None:
+        if self._sock.closed:
+            return
+        try:
+            self._sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._monitor.close(linger=0)
         self._sock.close(linger=0)
 
     def __enter__(self) -> "Client":
@@ -162,3 +355,22 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _set_curve(sock: zmq.Socket, server_key: bytes | str | Path,
+               client_cert: str | Path | tuple[bytes, bytes] | None) -> None:
+    import zmq.auth
+
+    if isinstance(server_key, Path) or (isinstance(server_key, str) and len(server_key) != 40):
+        server_key = zmq.auth.load_certificate(server_key)[0]
+    if client_cert is None:
+        public, secret = zmq.curve_keypair()  # only a sidecar that allows any key lets this in
+    elif isinstance(client_cert, tuple):
+        public, secret = client_cert
+    else:
+        public, secret = zmq.auth.load_certificate(client_cert)
+        if not secret:
+            raise NpcaiError(f"{client_cert}: a public certificate; the client needs its .key_secret file")
+    sock.curve_serverkey = server_key.encode() if isinstance(server_key, str) else server_key
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret

@@ -1,9 +1,10 @@
 """Constraints: compile a decision's schema or grammar once, then mask tokens per step.
 
-Compilation uses llguidance over the model's own vocabulary. It is bounded in work
-(parser fuel limits) and in wall time (it runs on a worker thread; the engine keeps
-stepping other requests and gives up on the constraint after ``compile_timeout``).
-Compiled constraints are cached by their source text, so a schema sent with every
+Compilation uses llguidance over the model's own vocabulary. It is bounded in input
+(source bytes, GBNF rules), in work (parser fuel limits) and in wall time: everything
+past a few cheap checks, GBNF conversion included, runs on a worker thread; the engine
+keeps stepping other requests and gives up on the constraint after ``compile_timeout``.
+Constraints are cached by their source text, failures too, so a schema sent with every
 decision costs its compilation once. Each request walks its own copy of the matcher;
 after every token the matcher also reports forced tokens ("jump-forward"), which
 the runtime appends without sampling.
@@ -21,11 +22,15 @@ from typing import Any
 
 import numpy as np
 from llguidance import LLMatcher, LLParserLimits, LLTokenizer
-from llguidance.gbnf_to_lark import GbnfToLarkError, any_to_lark
+from llguidance.gbnf_to_lark import any_to_lark
 
 from .errors import BadRequest, NpcaiError, TooLarge
 
 MAX_SOURCE_BYTES = 64 * 1024
+# GBNF-to-Lark conversion (pure Python) grows with the square of a chain of rules: 128
+# rules convert in about 25 ms; shipped grammars have a handful.
+MAX_GBNF_RULES = 128
+_RULE = re.compile(r"::=")
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+(\.gbnf)?$")
 
 # Tighter than llguidance's defaults: an NPC decision never needs a huge grammar, and
@@ -89,7 +94,7 @@ class ConstraintCompiler:
         self.tokenizer = tokenizer
         self.grammar_dir = Path(grammar_dir)
         self.compile_timeout = compile_timeout
-        self._cache: OrderedDict[str, Constraint] = OrderedDict()
+        self._cache: OrderedDict[str, Constraint | NpcaiError] = OrderedDict()
         self._cache_size = cache_size
         self._pending: dict[str, Future] = {}
         self._lock = threading.Lock()
@@ -97,20 +102,17 @@ class ConstraintCompiler:
         self._limits = LLParserLimits(**_LIMITS, verbose_errors=False)
 
     def source_for(self, fields: dict[str, Any]) -> tuple[str, str]:
-        """The (kind, llguidance grammar) a decide request asks for; raises BadRequest/TooLarge."""
+        """The (kind, source text) a decide request asks for, after cheap checks only.
+
+        Raises BadRequest/TooLarge; the costly conversion happens in ``submit``'s worker.
+        """
         if "schema" in fields:
+            _check_size(json.dumps(fields["schema"]), "schema")
             # Property order is generation order: keep it (no sort_keys).
             text = json.dumps(_closed(fields["schema"]))
             _check_size(text, "schema")
-            try:
-                grammar = LLMatcher.grammar_from_json_schema(
-                    text, defaults={"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "})
-            except ValueError as exc:
-                raise BadRequest(f"schema is not a JSON schema object: {exc}") from None
-            return "schema", grammar
-        return "grammar", LLMatcher.grammar_from_lark(self._lark(fields["grammar"]))
-
-    def _lark(self, grammar: str) -> str:
+            return "schema", text
+        grammar = fields["grammar"]
         if _NAME.match(grammar):
             path = self.grammar_dir / (grammar if grammar.endswith(".gbnf") else grammar + ".gbnf")
             if not path.is_file():
@@ -120,24 +122,27 @@ class ConstraintCompiler:
         _check_size(grammar, "grammar")
         if "::=" not in grammar:
             raise BadRequest("grammar must be the name of a file in grammars/ or GBNF text with 'rule ::= ...'")
-        try:
-            return any_to_lark(grammar)
-        except (GbnfToLarkError, ValueError, KeyError, IndexError, RecursionError) as exc:
-            raise BadRequest(f"grammar does not parse as GBNF: {exc}") from None
+        rules = len(_RULE.findall(grammar))
+        if rules > MAX_GBNF_RULES:
+            raise TooLarge(f"grammar of {rules} rules exceeds {MAX_GBNF_RULES}")
+        return "grammar", grammar
 
-    def submit(self, kind: str, grammar: str) -> Future:
-        """A future Constraint; cached ones resolve at once, others compile on the worker."""
-        key = kind + "\0" + grammar
+    def submit(self, kind: str, source: str) -> Future:
+        """A future Constraint (or its NpcaiError); cached ones resolve at once, others compile on the worker."""
+        key = kind + "\0" + source
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 fut: Future = Future()
-                fut.set_result(hit)
+                if isinstance(hit, Constraint):
+                    fut.set_result(hit)
+                else:  # a fresh exception each time: a raised one holds on to its traceback
+                    fut.set_exception(type(hit)(hit.message))
                 return fut
             fut = self._pending.get(key)
             if fut is None:
-                fut = self._pool.submit(self._compile, key, kind, grammar)
+                fut = self._pool.submit(self._compile, key, kind, source)
                 self._pending[key] = fut
             return fut
 
@@ -146,20 +151,38 @@ class ConstraintCompiler:
         kind, grammar = self.source_for(fields)
         return self.submit(kind, grammar).result(timeout=self.compile_timeout * 5)
 
-    def _compile(self, key: str, kind: str, grammar: str) -> Constraint:
+    def _compile(self, key: str, kind: str, source: str) -> Constraint:
         try:
-            matcher = LLMatcher(self.tokenizer, grammar, log_level=0, limits=self._limits)
-            if matcher.is_error():
-                raise _compile_error(matcher.get_error())
-            constraint = Constraint(matcher, kind)
-            with self._lock:
-                self._cache[key] = constraint
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-            return constraint
-        finally:
-            with self._lock:
-                self._pending.pop(key, None)
+            result: Constraint | NpcaiError = Constraint(self._matcher(kind, source), kind)
+        except NpcaiError as err:
+            result = err
+        except Exception as exc:  # the compiler's own failures are the caller's grammar's fault
+            result = BadRequest(f"constraint does not compile: {exc}")
+        with self._lock:
+            self._cache[key] = result  # failures too: a bad grammar sent again costs nothing
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            self._pending.pop(key, None)
+        if isinstance(result, NpcaiError):
+            raise result
+        return result
+
+    def _matcher(self, kind: str, source: str) -> LLMatcher:
+        if kind == "schema":
+            try:
+                grammar = LLMatcher.grammar_from_json_schema(
+                    source, defaults={"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "})
+            except ValueError as exc:
+                raise BadRequest(f"schema is not a JSON schema object: {exc}") from None
+        else:
+            try:
+                grammar = LLMatcher.grammar_from_lark(any_to_lark(source))
+            except Exception as exc:  # GbnfToLarkError, RecursionError, or a bare Exception for a missing rule
+                raise BadRequest(f"grammar does not parse as GBNF: {exc}") from None
+        matcher = LLMatcher(self.tokenizer, grammar, log_level=0, limits=self._limits)
+        if matcher.is_error():
+            raise _compile_error(matcher.get_error())
+        return matcher
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

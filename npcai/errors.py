@@ -7,7 +7,9 @@
     ├── TooLarge               "too_large"     a frame, prompt or constraint over a limit
     ├── Overloaded             "overloaded"    queue or in-flight limits reached
     ├── Unauthorized           "unauthorized"  no valid token in hello
-    └── ModelError             (CLI only)      a model cannot be found, fetched or loaded
+    ├── Unavailable            "unavailable"   (client only) the sidecar is gone or unreachable
+    ├── ModelError             (CLI only)      a model cannot be found, fetched or loaded
+    └── SettingsError          (CLI only)      a flag value that cannot work
 
 Anything else raised while serving is a bug: it is answered with code "internal",
 logged once with its traceback, and the server keeps running.
@@ -50,8 +52,20 @@ class Unauthorized(NpcaiError):
     code = "unauthorized"
 
 
+class Unavailable(NpcaiError):
+    code = "unavailable"
+
+
 class ModelError(NpcaiError):
     code = "model_error"
 
 
+class SettingsError(NpcaiError):
+    code = "bad_settings"
+
+
 ERROR_CODES = ("bad_request", "unknown_op", "unknown_npc", "too_large", "overloaded", "unauthorized", "internal")
+
+#: Codes a client makes up itself, never sent by the sidecar: the sidecar is gone ("unavailable"),
+#: or a Curve handshake was refused ("unauthorized").
+LOCAL_ERROR_CODES = ("unavailable", "unauthorized")

@@ -307,6 +307,13 @@ class GrammarDecideJob(_Decision):
         except Exception as exc:  # the compiler's own failures are the caller's grammar's fault
             raise BadRequest(f"constraint does not compile: {exc}") from None
         self._start_fork()
+        forced = self.state.forced()  # e.g. '{"action": "': evaluated with the prompt, never sampled
+        for t in forced:
+            if not self.state.consume(t):
+                raise BadRequest("constraint rejected its own forced start")
+        self.generated.extend(forced)
+        self.forced += len(forced)
+        self.lanes[0].pending.extend(forced)
 
     def advance(self) -> None:
         lane = self.lanes[0]

@@ -7,31 +7,53 @@ engine bridges follow the same steps in their own languages.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
 from collections import deque
+from typing import Any
 
 from .errors import ModelError
 from .server import READY_PREFIX
 
 
 class Sidecar:
-    """A running ``npcai serve`` child, stopped on ``close()`` (or when this process dies)."""
+    """A running ``npcai serve`` child, stopped on ``close()`` (or when this process dies).
+
+    ``args`` are ``npcai serve`` flags. With ``--token`` or ``--connection-file`` among them,
+    ``token`` holds the secret clients must send (read back from the connection file).
+    After a crash, ``restart()`` starts a fresh sidecar with the same flags.
+    """
 
     def __init__(self, *args: str, timeout: float = 300.0, env: dict[str, str] | None = None):
-        cmd = [sys.executable, "-m", "npcai", "serve", "--parent-pid", str(os.getpid()), *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})
-        self.stderr_tail: deque[str] = deque(maxlen=50)
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
-        self.endpoint = self._wait_ready(timeout)
+        self.args = args
+        self._timeout = timeout
+        self._env = env
+        self.token: str | None = _flag(args, "--token")
+        self._start()
 
-    def _drain_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr_tail.append(line.rstrip())
+    def _start(self) -> None:
+        cmd = [sys.executable, "-m", "npcai", "serve", "--parent-pid", str(os.getpid()), *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(self._env or {})})
+        self.stderr_tail: deque[str] = deque(maxlen=50)
+        threading.Thread(target=self._drain_stderr, args=(self.proc, self.stderr_tail), daemon=True).start()
+        self.endpoint = self._wait_ready(self._timeout)
+        connection_file = _flag(self.args, "--connection-file")
+        if connection_file:
+            with open(connection_file) as f:
+                self.token = json.load(f)["token"]
+
+    @staticmethod
+    def _drain_stderr(proc: subprocess.Popen, tail: deque[str]) -> None:
+        assert proc.stderr is not None
+        try:
+            for line in proc.stderr:
+                tail.append(line.rstrip())
+        except (ValueError, OSError):  # closed by close() while reading
+            pass
 
     def _wait_ready(self, timeout: float) -> str:
         assert self.proc.stdout is not None
@@ -52,8 +74,27 @@ class Sidecar:
             raise ModelError(f"sidecar did not become ready within {timeout:.0f} s:\n{detail}")
         return found[0]
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def client(self, **kw: Any):
+        """A Client for this sidecar that knows its token and notices at once when its process dies."""
+        from .client import Client
+
+        return Client(self.endpoint, token=self.token, sidecar=self, **kw)
+
+    def restart(self) -> str:
+        """Stop this sidecar if it still runs and start a fresh one with the same flags; returns its endpoint.
+
+        The new sidecar knows no NPCs: restore them with ``load`` from states saved earlier.
+        """
+        self.close()
+        self._start()
+        return self.endpoint
 
     def kill(self) -> None:
         """Kill it hard (tests of crash handling)."""
@@ -78,3 +119,14 @@ class Sidecar:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _flag(args: tuple[str, ...], name: str) -> str | None:
+    """The value of ``--name VALUE`` or ``--name=VALUE`` among args, the last one winning."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1:]
+    return value

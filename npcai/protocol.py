@@ -68,6 +68,7 @@ class _Field:
 
 _STR, _INT, _NUM = (_Field(lambda v: isinstance(v, str), "a string"), _Field(_int, "an integer"),
                     _Field(_number, "a number"))
+_SEED = _Field(lambda v: _int(v) and 0 <= v < 1 << 64, "an integer from 0 to 2**64-1")
 
 
 def _req(f: _Field) -> _Field:
@@ -79,7 +80,7 @@ _SAMPLING = {
     "temperature": _NUM,
     "top_k": _INT,
     "top_p": _NUM,
-    "seed": _INT,
+    "seed": _SEED,
     "role": _STR,
 }
 
@@ -87,7 +88,7 @@ _SAMPLING = {
 OPS: dict[str, dict[str, _Field]] = {
     "hello": {"client": _STR, "token": _STR},
     "ping": {},
-    "npc": {"npc": _req(_STR), "persona": _req(_STR), "role": _STR, "seed": _INT},
+    "npc": {"npc": _req(_STR), "persona": _req(_STR), "role": _STR, "seed": _SEED},
     "say": {
         "npc": _req(_STR),
         "text": _req(_STR),
@@ -189,6 +190,28 @@ def request_id(message: dict[str, Any]) -> int | None:
     return rid if _int(rid) else None
 
 
+_SALVAGE_BYTES = 4096
+
+
+def salvage_id(frame: bytes | memoryview) -> int | None:
+    """The integer ``id`` of a frame that did not decode whole, if it is among the map's first entries.
+
+    Only the first 4 KiB are read, so a request refused as too large or malformed still ends
+    with an error its client can match (clients put ``id`` near the front).
+    """
+    try:
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=_SALVAGE_BYTES, max_ext_len=0)
+        unpacker.feed(bytes(frame[:_SALVAGE_BYTES]))
+        for _ in range(min(unpacker.read_map_header(), 16)):
+            if unpacker.unpack() == "id":
+                rid = unpacker.unpack()
+                return rid if _int(rid) else None
+            unpacker.skip()
+    except Exception:  # garbage, cut short, or nested too deep: no id to echo
+        return None
+    return None
+
+
 def parse_request(message: dict[str, Any], client: bytes = b"", received: float = 0.0) -> Request:
     """Validate the envelope and the op's fields; raise an NpcaiError with a clear message."""
     if message.get("v") != VERSION:
@@ -235,6 +258,25 @@ def _check_decide(fields: dict[str, Any]) -> None:
             raise BadRequest("field 'choices' must not repeat an option")
 
 
+#: No vocabulary we know has a token longer than this (SmolLM2: 81 bytes, Gemma 3: 48).
+MAX_TOKEN_BYTES = 256
+_PROMPT_FIELDS = ("persona", "text", "situation")
+
+
+def check_prompt_size(req: Request, limits: Limits) -> None:
+    """Refuse a prompt text that cannot fit ``max_prompt_tokens`` before anyone tokenizes it.
+
+    A text of more than MAX_TOKEN_BYTES x max_prompt_tokens characters needs more tokens than
+    that; checking its length costs nothing, tokenizing a megabyte stalls the model for 0.3 s.
+    """
+    most = limits.max_prompt_tokens * MAX_TOKEN_BYTES
+    for name in _PROMPT_FIELDS:
+        value = req.fields.get(name)
+        if isinstance(value, str) and len(value) > most:
+            raise TooLarge(f"field {name!r} of {len(value)} characters cannot fit "
+                           f"max_prompt_tokens={limits.max_prompt_tokens}")
+
+
 def check_sampling(fields: dict[str, Any], limits: Limits) -> None:
     """Range checks shared by say and decide."""
     mt = fields.get("max_tokens")
@@ -247,8 +289,8 @@ def check_sampling(fields: dict[str, Any], limits: Limits) -> None:
     if p is not None and not 0 < p <= 1:
         raise BadRequest("field 'top_p' must be in (0, 1]")
     k = fields.get("top_k")
-    if k is not None and k < 0:
-        raise BadRequest("field 'top_k' must be >= 0 (0 = no limit)")
+    if k is not None and not 0 <= k <= 1 << 31:
+        raise BadRequest("field 'top_k' must be between 0 (no limit) and 2**31")
     choices = fields.get("choices")
     if choices is not None and len(choices) > limits.max_choices:
         raise TooLarge(f"{len(choices)} choices exceed max_choices={limits.max_choices}")

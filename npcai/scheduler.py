@@ -1,17 +1,19 @@
 """The scheduler: which work goes into the next model step.
 
 Order: the request's ``priority`` (higher first), then earliest deadline, then
-decisions before dialogue before background work, then arrival. Each step first
-gives every running stream its next token (decode steps and forced runs are short),
-then fills what is left of the token budget with prompt chunks in the same order, so
-a long prompt never stalls the NPCs that are already talking.
+decisions before dialogue before background work, then arrival. While a decision has
+tokens to evaluate, steps carry decisions only: dialogue waits a step or two, and the
+decision meets its deadline. Otherwise each step first gives every running stream its
+next token (decode steps and forced runs are short), then fills what is left of the
+token budget with prompt chunks in the same order, so a long prompt never stalls the
+NPCs that are already talking.
 """
 
 from __future__ import annotations
 
 import math
 
-from .jobs import Job
+from .jobs import DECISION, Job
 from .runtime import Lane, Runtime
 
 _SHORT = 16  # lanes this short are decode steps, forced runs or choice branches: never split
@@ -58,6 +60,9 @@ class Scheduler:
     def plan(self, rt: Runtime, max_tokens: int | None = None) -> list[tuple[Job, Lane, int]]:
         """(job, lane, n tokens) to evaluate on ``rt`` in its next step, at most ``max_tokens`` in all."""
         jobs = sorted((j for j in self.running if j.rt is rt and not j.finished), key=urgency_key)
+        deciding = [j for j in jobs if j.urgency == DECISION and any(lane.pending for lane in j.lanes)]
+        if deciding:
+            jobs = deciding
         budget = min(rt.n_batch, max_tokens or rt.n_batch)
         picked: list[tuple[Job, Lane, int]] = []
         taken: set[int] = set()

@@ -8,13 +8,20 @@ deadline passes, this thread answers with the fallback at once and tells the
 engine to drop the work, so no answer is ever late, however long a step takes.
 
 Loop: 1) wait on the socket, the engine's outbox signal and the next deadline;
-2) read frames and admit requests; 3) send the engine's replies; 4) expire deadlines.
+2) read frames and admit requests; 3) send the engine's replies; 4) expire deadlines;
+5) forget clients that went away (their open requests are dropped); 6) check the parent
+process and the lease.
+
+Hygiene (docs/RELIABILITY.md): every table here is bounded or emptied when a request
+ends or its client goes away; libzmq's own queues are capped in messages and bytes.
 """
 
 from __future__ import annotations
 
 import collections
 import heapq
+import hmac
+import itertools
 import logging
 import os
 import queue
@@ -22,6 +29,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -29,7 +37,7 @@ import zmq
 from . import __version__
 from . import protocol as P
 from .engine import Engine
-from .errors import BadRequest, NpcaiError, Overloaded, Unauthorized
+from .errors import BadRequest, NpcaiError, Overloaded, SettingsError, Unauthorized
 from .settings import Settings
 
 log = logging.getLogger("npcai")
@@ -37,6 +45,12 @@ log = logging.getLogger("npcai")
 READY_PREFIX = "NPCAI READY "
 _MAX_READS_PER_TURN = 256
 _LATENCY_WINDOW = 2048
+# libzmq's per-client queues, in messages: with frames capped at 2 x max_frame_bytes, one
+# client can make the sidecar hold at most RCVHWM such frames (then TCP pushes back).
+_RCVHWM = 128
+_SNDHWM = 1000
+_MAX_AUTHED = 4096  # clients remembered as having sent the token (least recently heard from go first)
+_WARN_EVERY_S = 5.0
 
 
 @dataclass
@@ -66,6 +80,16 @@ class Server:
         self.settings = settings
         self.limits = settings.limits
         self._zctx = zmq.Context.instance()
+        self._router = self._zctx.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.LINGER, 0)
+        self._router.setsockopt(zmq.MAXMSGSIZE, 2 * self.limits.max_frame_bytes)  # hard cap: drop the peer
+        self._router.setsockopt(zmq.SNDHWM, _SNDHWM)
+        self._router.setsockopt(zmq.RCVHWM, _RCVHWM)
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a client that left fails: forget it
+        self._auth = None
+        self.curve_public_key = ""
+        if settings.curve_secret_key:  # before the engine: a bad key file fails before any model loads
+            self._secure()
         self._outbox: queue.SimpleQueue[tuple[bytes, dict]] = queue.SimpleQueue()
         self._signal_addr = f"inproc://npcai-outbox-{id(self)}"
         self._signal_pull = self._zctx.socket(zmq.PULL)
@@ -74,18 +98,36 @@ class Server:
         self.engine: Engine = engine_factory(self._emit)
         self._inflight: dict[tuple[bytes, int], _Inflight] = {}
         self._per_client: collections.Counter[bytes] = collections.Counter()
-        self._deadlines: list[tuple[float, bytes, int]] = []  # heap of (deadline, client, id)
-        self._authed: set[bytes] = set()
+        # heap of (deadline, tie-break, key, entry): an entry that ended early stays until compacted
+        self._deadlines: list[tuple[float, int, tuple[bytes, int], _Inflight]] = []
+        self._tiebreak = itertools.count()
+        self._authed: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._gone: set[bytes] = set()
         self._stats: dict[str, _OpStats] = collections.defaultdict(_OpStats)
         self._bad_frames = 0
+        self._dropped_replies = 0
+        self._next_drop_warning = 0.0
         self._started = time.monotonic()
+        self._last_heard: float | None = None  # the lease starts at the first hello
+        self.exit_reason = ""
         self._running = True  # set before READY is printed: a signal may arrive before the loop starts
         self.endpoint = ""
-        self._router = self._zctx.socket(zmq.ROUTER)
-        self._router.setsockopt(zmq.LINGER, 0)
-        self._router.setsockopt(zmq.MAXMSGSIZE, 4 * self.limits.max_frame_bytes)  # hard cap: drop the peer
-        self._router.setsockopt(zmq.SNDHWM, 10_000)
-        self._router.setsockopt(zmq.RCVHWM, 10_000)
+
+    def _secure(self) -> None:
+        """CurveZMQ: encrypt, and let in only clients whose public key is allowed (ZAP)."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        if not zmq.has("curve"):
+            raise SettingsError("this libzmq was built without CurveZMQ; --curve-secret-key cannot work")
+        public, secret = load_curve_secret(self.settings.curve_secret_key)
+        allowed = load_curve_allowed(self.settings.curve_allow)
+        self._auth = ThreadAuthenticator(self._zctx)
+        self._auth.start()
+        self._auth.configure_curve_callback("*", _AllowList(allowed))
+        self._router.curve_secretkey = secret
+        self._router.curve_publickey = public
+        self._router.curve_server = True
+        self.curve_public_key = public.decode()
 
     # --- called from the engine thread -----------------------------------------------------
     def _emit(self, client: bytes, reply: dict[str, Any]) -> None:
@@ -110,8 +152,9 @@ class Server:
         self.endpoint = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
         return self.endpoint
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "") -> None:
         """Ask the loop to end (safe from a signal handler); in-flight requests end as cancelled."""
+        self.exit_reason = self.exit_reason or reason
         self._running = False
 
     def serve_forever(self) -> None:
@@ -122,6 +165,7 @@ class Server:
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._signal_pull, zmq.POLLIN)
         next_parent_check = 0.0
+        lease = self.settings.lease_ms / 1000.0
         try:
             while self._running:
                 timeout = self._poll_timeout()
@@ -132,13 +176,17 @@ class Server:
                 if self._router in events:
                     self._read_requests()
                 self._expire_deadlines()
+                self._forget_gone_clients()
                 now = time.monotonic()
                 if self.settings.parent_pid and now >= next_parent_check:
                     next_parent_check = now + 0.5
                     if not _alive(self.settings.parent_pid):
-                        log.warning("parent process %s is gone; shutting down", self.settings.parent_pid)
-                        self._running = False
+                        self.stop(f"parent process {self.settings.parent_pid} is gone")
+                if lease and self._last_heard is not None and now - self._last_heard > lease:
+                    self.stop(f"no client heard from for {self.settings.lease_ms} ms (--lease-ms)")
         finally:
+            if self.exit_reason:
+                log.warning("%s; shutting down", self.exit_reason)
             self._shutdown(engine_thread)
 
     def _shutdown(self, engine_thread: threading.Thread) -> None:
@@ -151,28 +199,33 @@ class Server:
         self.engine.close()
         self._router.close(linger=100)
         self._signal_pull.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
 
     def _poll_timeout(self) -> int:
         timeout = 500.0
+        now = time.monotonic()
         if self._deadlines:
-            timeout = min(timeout, max(0.0, (self._deadlines[0][0] - time.monotonic()) * 1000))
+            timeout = min(timeout, max(0.0, (self._deadlines[0][0] - now) * 1000))
+        if self.settings.lease_ms and self._last_heard is not None:
+            timeout = min(timeout, max(0.0, self._last_heard * 1000 + self.settings.lease_ms - now * 1000))
         return int(timeout) + (0 if timeout == 0 else 1)
 
     # --- inbound ---------------------------------------------------------------------------------
     def _read_requests(self) -> None:
         for _ in range(_MAX_READS_PER_TURN):
-            try:
-                parts = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
+            try:  # not copied: an oversized frame is refused by its length alone
+                parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             if len(parts) != 2:  # a DEALER sends exactly one body frame
                 self._bad_frames += 1
                 if len(parts) >= 2:
-                    self._send(parts[0], P.error(None, BadRequest("a message must be exactly one frame")))
+                    self._send(parts[0].bytes, P.error(None, BadRequest("a message must be exactly one frame")))
                 continue
-            self._handle(parts[0], parts[1])
+            self._handle(parts[0].bytes, parts[1].buffer)
 
-    def _handle(self, client: bytes, frame: bytes) -> None:
+    def _handle(self, client: bytes, frame: bytes | memoryview) -> None:
         received = time.monotonic()
         rid = None
         try:
@@ -181,13 +234,18 @@ class Server:
             req = P.parse_request(message, client, received)
         except NpcaiError as err:
             self._bad_frames += 1
-            self._send(client, P.error(rid, err))
+            self._send(client, P.error(rid if rid is not None else P.salvage_id(frame), err))
             return
         stats = self._stats[req.op]
         stats.count += 1
         try:
-            if self.settings.token and client not in self._authed and req.op != "hello":
-                raise Unauthorized("send hello with the sidecar's token first")
+            if self.settings.token and req.op != "hello":
+                if client not in self._authed:
+                    raise Unauthorized("send hello with the sidecar's token first")
+                self._authed.move_to_end(client)
+            if self._last_heard is not None and req.op != "hello":
+                self._last_heard = received  # an authorized client renews the lease with any request
+            P.check_prompt_size(req, self.limits)
             if req.op in P.IMMEDIATE_OPS:
                 self._immediate(req)
                 stats.latency_ms.append((time.monotonic() - received) * 1e3)
@@ -203,21 +261,26 @@ class Server:
             stats.errors += 1
             self._send(client, P.error(req.id, err))
             return
-        self._inflight[key] = _Inflight(req)
+        entry = self._inflight[key] = _Inflight(req)
         self._per_client[client] += 1
         if req.deadline is not None:
-            heapq.heappush(self._deadlines, (req.deadline, client, req.id))
+            heapq.heappush(self._deadlines, (req.deadline, next(self._tiebreak), key, entry))
         self.engine.submit(req)
 
     def _immediate(self, req: P.Request) -> None:
         client, f = req.client, req.fields
         if req.op == "hello":
-            if self.settings.token and f.get("token") != self.settings.token:
-                raise Unauthorized("hello needs the sidecar's token")
-            self._authed.add(client)
+            if self.settings.token:
+                if not hmac.compare_digest(str(f.get("token", "")).encode(), self.settings.token.encode()):
+                    raise Unauthorized("hello needs the sidecar's token")
+                self._authed[client] = None
+                self._authed.move_to_end(client)
+                while len(self._authed) > _MAX_AUTHED:
+                    self._authed.popitem(last=False)
+            self._last_heard = req.received
             self._send(client, P.ok(req.id, protocol=P.VERSION, server=f"npcai {__version__}",
                                     models=self.engine.roles(), limits=self.limits.to_wire(), pid=os.getpid(),
-                                    threads=self.settings.compute_threads))
+                                    threads=self.settings.compute_threads, lease_ms=self.settings.lease_ms))
         elif req.op == "ping":
             self._send(client, P.ok(req.id))
         elif req.op == "cancel":
@@ -228,12 +291,13 @@ class Server:
             self._send(client, P.ok(req.id, target=f["target"], found=found))
         elif req.op == "stats":
             self._send(client, P.ok(req.id, uptime_s=round(time.monotonic() - self._started, 3),
-                                    in_flight=len(self._inflight), bad_frames=self._bad_frames,
+                                    in_flight=len(self._inflight), clients=len(self._per_client),
+                                    bad_frames=self._bad_frames, dropped_replies=self._dropped_replies,
                                     ops={op: s.to_wire() for op, s in self._stats.items()},
                                     engine=self.engine.stats()))
         elif req.op == "shutdown":
             self._send(client, P.ok(req.id))
-            self._running = False
+            self.stop()
 
     # --- outbound --------------------------------------------------------------------------------
     def _drain_signals(self) -> None:
@@ -264,6 +328,9 @@ class Server:
 
     def _finish(self, key: tuple[bytes, int], entry: _Inflight, event: str) -> None:
         del self._inflight[key]
+        if len(self._deadlines) > 64 + 2 * len(self._inflight):  # drop entries of requests that ended early
+            self._deadlines = [d for d in self._deadlines if self._inflight.get(d[2]) is d[3]]
+            heapq.heapify(self._deadlines)
         self._per_client[key[0]] -= 1
         if self._per_client[key[0]] <= 0:
             del self._per_client[key[0]]
@@ -277,11 +344,10 @@ class Server:
     def _expire_deadlines(self) -> None:
         now = time.monotonic()
         while self._deadlines and self._deadlines[0][0] <= now:
-            _, client, rid = heapq.heappop(self._deadlines)
-            key = (client, rid)
-            entry = self._inflight.get(key)
-            if entry is None:
-                continue
+            _, _, key, entry = heapq.heappop(self._deadlines)
+            if self._inflight.get(key) is not entry:
+                continue  # ended already (its id may since have been reused)
+            client, rid = key
             self._stats[entry.req.op].timeouts += 1
             self.engine.cancel(client, rid, expired=True)
             reply = P.timed_out(entry.req, (now - entry.req.received) * 1e3)
@@ -290,13 +356,31 @@ class Server:
             self._finish(key, entry, P.DONE)
             self._send(client, reply)
 
+    def _forget_gone_clients(self) -> None:
+        """A client that left gets nothing more: drop its open requests and its state."""
+        if not self._gone:
+            return
+        gone, self._gone = self._gone, set()
+        for key in [k for k in self._inflight if k[0] in gone]:
+            self.engine.cancel(key[0], key[1], expired=True)
+            self._finish(key, self._inflight[key], P.CANCELLED)
+        for client in gone:
+            self._authed.pop(client, None)
+
     def _send(self, client: bytes, reply: dict[str, Any]) -> None:
         try:
             self._router.send_multipart([client, P.encode(reply)], zmq.NOBLOCK)
-        except zmq.Again:
-            log.warning("client send queue full; dropped a reply")
+        except zmq.Again:  # this client reads too slowly: its queue is full
+            self._dropped_replies += 1
+            now = time.monotonic()
+            if now >= self._next_drop_warning:
+                self._next_drop_warning = now + _WARN_EVERY_S
+                log.warning("a client's send queue is full; dropped replies (%d so far)", self._dropped_replies)
         except zmq.ZMQError as exc:
-            log.warning("could not send a reply: %s", exc)
+            if exc.errno == zmq.EHOSTUNREACH:
+                self._gone.add(client)
+            else:
+                log.warning("could not send a reply: %s", exc)
 
 
 def _alive(pid: int) -> bool:
@@ -317,3 +401,43 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class _AllowList:
+    """zmq.auth credentials provider: a fixed set of Z85 client public keys."""
+
+    def __init__(self, keys: set[bytes]):
+        self.keys = keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys
+
+
+def load_curve_secret(path: str) -> tuple[bytes, bytes]:
+    """The (public, secret) Z85 keys of a zmq.auth secret certificate file."""
+    import zmq.auth
+
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"bad --curve-secret-key {path!r}: {exc}") from None
+    if not secret:
+        raise SettingsError(f"bad --curve-secret-key {path!r}: a public certificate; give the .key_secret file")
+    return public, secret
+
+
+def load_curve_allowed(path: str) -> set[bytes]:
+    """Z85 public keys from one certificate file or every ``*.key`` file of a directory."""
+    import zmq.auth
+
+    p = Path(path)
+    files = sorted(p.glob("*.key")) if p.is_dir() else [p]
+    keys: set[bytes] = set()
+    for f in files:
+        try:
+            keys.add(zmq.auth.load_certificate(f)[0])
+        except (OSError, ValueError) as exc:
+            raise SettingsError(f"bad --curve-allow {path!r}: {f.name}: {exc}") from None
+    if not keys:
+        raise SettingsError(f"bad --curve-allow {path!r}: no public certificates (*.key) there")
+    return keys

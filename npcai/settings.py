@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .errors import SettingsError
 from .protocol import Limits
 
 #: Where grammar names in ``decide`` are looked up when no --grammar-dir is given.
@@ -13,6 +16,7 @@ DEFAULT_GRAMMAR_DIR = Path(__file__).resolve().parent.parent / "grammars"
 
 
 def _opt(help: str, **kw) -> dict:
+    """Field metadata: argparse keywords, plus ``min``, the smallest value that can work."""
     return {"help": help, **kw}
 
 
@@ -25,13 +29,13 @@ class Settings:
     model: list[str] = field(default_factory=list, metadata=_opt(
         "model, as NAME or ROLE=NAME (NAME is a catalog name or a .gguf path); repeat for several roles",
         action="append"))
-    n_ctx: int = field(default=8192, metadata=_opt("KV cache cells per model, shared by all NPCs"))
+    n_ctx: int = field(default=8192, metadata=_opt("KV cache cells per model, shared by all NPCs", min=64))
     npc_ctx: int = field(default=1024, metadata=_opt(
-        "context window of one NPC: persona + history + request; oldest turns give way beyond it"))
-    n_seq: int = field(default=64, metadata=_opt("KV sequences per model (resident NPCs plus forks)"))
-    n_batch: int = field(default=256, metadata=_opt("most tokens evaluated in one model step"))
+        "context window of one NPC: persona + history + request; oldest turns give way beyond it", min=64))
+    n_seq: int = field(default=64, metadata=_opt("KV sequences per model (resident NPCs plus forks)", min=2))
+    n_batch: int = field(default=256, metadata=_opt("most tokens evaluated in one model step", min=1))
     threads: int = field(default=0, metadata=_opt(
-        "compute threads (0 = all cores but one, leaving the game a core; at least 1)"))
+        "compute threads (0 = all cores but one, leaving the game a core; at least 1)", min=0))
     nice: int = field(default=10, metadata=_opt(
         "lower the sidecar's CPU priority below the game's by this much (POSIX nice; Windows: below normal)"))
     cpus: str = field(default="", metadata=_opt("pin compute to these CPU ids, e.g. 2,3 (Linux)"))
@@ -42,17 +46,32 @@ class Settings:
         "the game's target frame time; with frame reports, the sidecar backs off when frames run over"))
     grammar_dir: str = field(default=str(DEFAULT_GRAMMAR_DIR), metadata=_opt(
         "directory where decide's grammar names are looked up"))
-    parent_pid: int = field(default=0, metadata=_opt("exit when this process dies (the game's pid)"))
+    parent_pid: int = field(default=0, metadata=_opt("exit when this process dies (the game's pid)", min=0))
+    lease_ms: int = field(default=0, metadata=_opt(
+        "after the first hello, exit when no client has been heard from for this long (0 = no lease; "
+        "clients send ping)", min=0))
     ready_file: str = field(default="", metadata=_opt(
-        "also write the bound endpoint to this file when ready (for launchers that cannot read stdout)"))
+        "also write the bound endpoint to this file when ready (for launchers that cannot read stdout); "
+        "removed on exit"))
+    connection_file: str = field(default="", metadata=_opt(
+        "write {endpoint, token, pid} as JSON to this file (mode 0600) when ready, generating a token if none "
+        "is given; removed on exit"))
     token: str = field(default="", metadata=_opt("shared secret clients must send in hello"))
-    max_frame_bytes: int = field(default=Limits.max_frame_bytes, metadata=_opt("largest accepted frame"))
+    allow_remote: bool = field(default=False, metadata=_opt(
+        "allow binding a non-loopback endpoint (needs --curve-secret-key and --curve-allow)",
+        action="store_true"))
+    curve_secret_key: str = field(default="", metadata=_opt(
+        "CurveZMQ: the sidecar's secret certificate file (NAME.key_secret from zmq.auth.create_certificates)"))
+    curve_allow: str = field(default="", metadata=_opt(
+        "CurveZMQ: a client's public certificate file (NAME.key), or a directory of them: only these get in"))
+    max_frame_bytes: int = field(default=Limits.max_frame_bytes, metadata=_opt("largest accepted frame", min=256))
     max_inflight_per_client: int = field(default=Limits.max_inflight_per_client, metadata=_opt(
-        "requests one client may have open at once"))
-    max_queue: int = field(default=Limits.max_queue, metadata=_opt("requests waiting for the model, in all"))
-    max_npcs: int = field(default=Limits.max_npcs, metadata=_opt("NPCs defined at once"))
+        "requests one client may have open at once", min=1))
+    max_queue: int = field(default=Limits.max_queue, metadata=_opt("requests waiting for the model, in all",
+                                                                   min=1))
+    max_npcs: int = field(default=Limits.max_npcs, metadata=_opt("NPCs defined at once", min=1))
     max_prompt_tokens: int = field(default=Limits.max_prompt_tokens, metadata=_opt(
-        "tokens one request's text may add to the prompt"))
+        "tokens one request's text may add to the prompt", min=1))
     verbose: bool = field(default=False, metadata=_opt("log warnings and internal errors in more detail",
                                                        action="store_true"))
 
@@ -84,7 +103,56 @@ class Settings:
             cores = os.cpu_count() or 1
         return max(1, cores - 1)
 
+    def validate(self) -> None:
+        """Refuse values that cannot work, each in one line, before any model is loaded."""
+        for f in fields(self):
+            low = f.metadata.get("min")
+            value = getattr(self, f.name)
+            if low is not None and value < low:
+                raise SettingsError(f"bad --{f.name.replace('_', '-')} {value}: must be at least {low}")
+        if self.npc_ctx > self.n_ctx:
+            raise SettingsError(f"bad --npc-ctx {self.npc_ctx}: must not exceed --n-ctx {self.n_ctx}")
+        if not Path(self.grammar_dir).is_dir():
+            raise SettingsError(f"bad --grammar-dir {self.grammar_dir!r}: not a directory")
+        for name in ("ready_file", "connection_file"):
+            path = getattr(self, name)
+            if path and not Path(path).absolute().parent.is_dir():
+                raise SettingsError(f"bad --{name.replace('_', '-')} {path!r}: its directory does not exist")
+        curve = bool(self.curve_secret_key or self.curve_allow)
+        if curve and not (self.curve_secret_key and self.curve_allow):
+            raise SettingsError("--curve-secret-key and --curve-allow go together")
+        for name in ("curve_secret_key", "curve_allow"):
+            path = getattr(self, name)
+            if path and not Path(path).exists():
+                raise SettingsError(f"bad --{name.replace('_', '-')} {path!r}: no such file or directory")
+        if self.allow_remote and not curve:
+            raise SettingsError("--allow-remote needs --curve-secret-key and --curve-allow: "
+                                "a sidecar reachable from other machines must know who its clients are")
+        if not is_local_endpoint(self.endpoint) and not self.allow_remote:
+            raise SettingsError(f"refusing to bind {self.endpoint}: other machines could reach it; "
+                                "bind 127.0.0.1, or pass --allow-remote with Curve keys")
+
     @classmethod
     def flags(cls):
         """(flag name, field) pairs for building the CLI."""
         return [(f.name.replace("_", "-"), f) for f in fields(cls)]
+
+
+_TCP = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+):(?P<port>\*|\d{1,5})$")
+
+
+def is_local_endpoint(endpoint: str) -> bool:
+    """True for loopback TCP and for ipc; SettingsError for text that is not an endpoint at all."""
+    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
+        return True  # a Unix socket: local by nature, guarded by file permissions
+    m = _TCP.match(endpoint)
+    if not m or (m["port"] != "*" and int(m["port"]) > 65535):
+        raise SettingsError(f"bad --endpoint {endpoint!r}: expected tcp://HOST:PORT (e.g. tcp://127.0.0.1:0) "
+                            "or ipc://PATH")
+    host = m["host"].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "*", an interface or a host name: may be reachable from other machines

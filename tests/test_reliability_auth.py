@@ -1,0 +1,122 @@
+"""Closed by default: loopback only, Curve for anything else, a token for local clients."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+import time
+
+import msgpack
+import pytest
+import zmq
+import zmq.auth
+
+from npcai import Client, RequestFailed, Sidecar
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """Certificates as zmq.auth.create_certificates writes them; only 'friend' is allowed in."""
+    root = tmp_path_factory.mktemp("curve")
+    made = {}
+    for name, folder in (("sidecar", "sidecar"), ("friend", "allowed"), ("stranger", "others")):
+        (root / folder).mkdir(exist_ok=True)
+        public, secret = zmq.auth.create_certificates(root / folder, name)
+        made[name] = (public, secret)
+    return root, made
+
+
+@pytest.fixture(scope="module")
+def curve_sidecar(model_path, keys):
+    root, made = keys
+    with Sidecar("--curve-secret-key", str(made["sidecar"][1]), "--curve-allow", str(root / "allowed")) as sc:
+        yield sc
+
+
+def test_a_client_with_an_allowed_curve_key_is_served(curve_sidecar, keys):
+    _, made = keys
+    with Client(curve_sidecar.endpoint, curve_server_key=made["sidecar"][0],
+                curve_client_cert=made["friend"][1]) as c:
+        assert c.hello()["protocol"] == 1
+        assert c.call("ping")["event"] == "ok"
+
+
+def _silent(endpoint: str, configure) -> bool:
+    """Does a raw DEALER, set up by ``configure``, get nothing back for a valid hello (bounded wait)?"""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        configure(sock)
+        sock.connect(endpoint)
+        sock.send(msgpack.packb({"v": 1, "id": 1, "op": "hello"}))
+        return sock.poll(1500) == 0
+    finally:
+        sock.close()
+
+
+def test_a_client_with_another_key_or_no_curve_gets_nothing(curve_sidecar, keys):
+    _, made = keys
+    server_public = zmq.auth.load_certificate(made["sidecar"][0])[0]
+
+    def stranger(sock):
+        sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(made["stranger"][1])
+        sock.curve_serverkey = server_public
+
+    assert _silent(curve_sidecar.endpoint, stranger)
+    assert _silent(curve_sidecar.endpoint, lambda sock: None)  # plain NULL mechanism
+    # the Python client says why, locally, instead of waiting forever
+    with Client(curve_sidecar.endpoint, curve_server_key=made["sidecar"][0],
+                curve_client_cert=made["stranger"][1]) as c:
+        with pytest.raises(RequestFailed, match="unauthorized"):
+            c.call("hello", timeout=10)
+    assert curve_sidecar.alive()
+
+
+def test_curve_flags_with_a_bad_key_file_fail_in_one_line(keys, tmp_path):
+    root, made = keys
+    garbage = tmp_path / "garbage.key_secret"
+    garbage.write_text("not a certificate")
+    for flags, needle in (
+            (["--curve-secret-key", str(made["sidecar"][0]), "--curve-allow", str(root / "allowed")],
+             "give the .key_secret file"),
+            (["--curve-secret-key", str(garbage), "--curve-allow", str(root / "allowed")], "--curve-secret-key"),
+            (["--curve-secret-key", str(made["sidecar"][1]), "--curve-allow", str(tmp_path)], "no public certificates"),
+    ):
+        proc = subprocess.run([sys.executable, "-m", "npcai", "serve", *flags], capture_output=True, text=True,
+                              timeout=120)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_the_connection_file_is_private_and_its_token_is_required(model_path, tmp_path):
+    conn = tmp_path / "npcai.json"
+    with Sidecar("--connection-file", str(conn)) as sc:
+        assert stat.S_IMODE(conn.stat().st_mode) == 0o600
+        info = json.loads(conn.read_text())
+        assert info["endpoint"] == sc.endpoint and info["pid"] == sc.pid and len(info["token"]) >= 32
+        with Client(info["endpoint"]) as nobody:
+            with pytest.raises(RequestFailed, match="unauthorized"):
+                nobody.call("ping")
+            with pytest.raises(RequestFailed, match="unauthorized"):
+                nobody.call("hello", token="guess")
+            with pytest.raises(RequestFailed, match="unauthorized"):
+                nobody.call("stats")
+        with Client(info["endpoint"], token=info["token"]) as c:
+            assert c.hello()["event"] == "ok" and c.call("ping")["event"] == "ok"
+        assert sc.token == info["token"]  # the launcher read it back
+    assert not conn.exists()
+
+
+def test_a_client_whose_connection_dropped_reconnects_and_says_hello_again(model_path):
+    with Sidecar("--token", "s3cret", "--max-frame-bytes", "4096") as sc, sc.client() as c:
+        c.hello()
+        pending = c.request("say", npc="nobody", text="x" * 9000)  # over 2 x 4096: the sidecar hangs up
+        assert c.wait(pending, timeout=10)["code"] == "unavailable"
+        deadline = time.monotonic() + 10
+        while not c.alive():  # libzmq reconnects on its own
+            assert time.monotonic() < deadline
+            c.poll()
+            time.sleep(0.01)
+        assert c.call("ping")["event"] == "ok"  # authorized: the client sent its token again

@@ -1,0 +1,133 @@
+"""Crash and restart: when the sidecar dies or hangs, every pending request still ends in time.
+
+The client ends what the sidecar cannot: at a request's deadline (with its fallback), or at
+once when the sidecar is gone (fallback if it had a deadline, else ``unavailable``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import msgpack
+import pytest
+
+from npcai import Client, RequestFailed, Sidecar
+
+PERSONA = "You are Brom, the gruff village blacksmith. You answer in one or two sentences."
+
+
+def wait_all(client: Client, handles, limit: float) -> dict[int, float]:
+    """Poll until every handle ended (bounded); returns when each ended, in seconds from now."""
+    start = time.monotonic()
+    ended: dict[int, float] = {}
+    while len(ended) < len(handles) and time.monotonic() - start < limit:
+        client.poll()
+        for h in handles:
+            if h.finished and h.id not in ended:
+                ended[h.id] = time.monotonic() - start
+        time.sleep(0.002)
+    return ended
+
+
+def stream_started(client: Client, handle) -> None:
+    deadline = time.monotonic() + 30
+    while not handle.chunks and time.monotonic() < deadline:
+        client.poll()
+        time.sleep(0.002)
+    assert handle.chunks, "the line never started"
+
+
+@pytest.mark.parametrize("notice", ["connection", "process handle"])
+def test_killing_the_sidecar_mid_say_ends_every_pending_request_in_time(model_path, notice):
+    sc = Sidecar()
+    try:
+        c = sc.client() if notice == "process handle" else Client(sc.endpoint)
+        with c:
+            c.hello()
+            c.npc("brom", PERSONA)
+            line = c.request("say", npc="brom", text="Tell me about every sword you made.", max_tokens=400)
+            queued = c.request("say", npc="brom", text="And the axes?", max_tokens=50)
+            urgent = c.request("decide", situation="Describe the thief.",  # 300 model steps: still running
+                               schema={"type": "string", "minLength": 300}, max_tokens=300, deadline_ms=5000,
+                               fallback="shout")
+            stream_started(c, line)
+            sc.proc.send_signal(signal.SIGKILL)
+            ended = wait_all(c, [line, queued, urgent], limit=5)
+            assert len(ended) == 3
+            assert line.reply["event"] == queued.reply["event"] == "error"
+            assert line.reply["code"] == queued.reply["code"] == "unavailable" and line.reply["local"]
+            assert urgent.reply["event"] == "done" and urgent.reply["value"] == "shout"
+            assert urgent.reply["used_fallback"] and urgent.reply["finish_reason"] == "unavailable"
+            assert max(ended.values()) < 2.0  # noticed at once, not at some timeout
+            assert not c.alive()
+            after = c.request("ping")  # a request made after the death ends at once too
+            assert after.finished and after.reply["code"] == "unavailable"
+            with pytest.raises(RequestFailed, match="unavailable"):
+                c.call("stats")
+    finally:
+        sc.close()
+
+
+def test_a_request_with_a_deadline_ends_on_time_when_the_sidecar_hangs_and_its_late_answer_is_dropped(model_path):
+    with Sidecar() as sc, Client(sc.endpoint, heartbeat_ms=0) as c:
+        c.hello()
+        os.kill(sc.pid, signal.SIGSTOP)  # hung: the connection stays up, nothing answers
+        try:
+            sent = time.monotonic()
+            decision = c.request("decide", situation="An arrow flies at you.", choices=["duck", "block"],
+                                 deadline_ms=300, fallback="duck")
+            reply = c.wait(decision, timeout=10)
+            took = time.monotonic() - sent
+        finally:
+            os.kill(sc.pid, signal.SIGCONT)
+        assert reply["event"] == "done" and reply["timed_out"] and reply["used_fallback"] and reply["local"]
+        assert reply["value"] == "duck" and reply["finish_reason"] == "deadline"
+        assert 0.3 <= took < 0.3 + 0.5
+        # The sidecar wakes and answers too late; the client drops that answer. Replies come in
+        # order, so once stats shows the decision ended, its late reply has been dispatched.
+        deadline = time.monotonic() + 10
+        while c.call("stats")["ops"].get("decide", {}).get("count") != 1 or c.call("stats")["in_flight"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert decision.reply is reply and [m for m in c.stray if m.get("id") == decision.id] == []
+
+
+def test_a_hung_sidecar_is_noticed_by_heartbeat_and_requests_without_deadline_end(model_path):
+    with Sidecar() as sc, Client(sc.endpoint, heartbeat_ms=200) as c:
+        c.hello()
+        os.kill(sc.pid, signal.SIGSTOP)
+        try:
+            handle = c.request("stats")
+            start = time.monotonic()
+            reply = c.wait(handle, timeout=10)
+            took = time.monotonic() - start
+        finally:
+            os.kill(sc.pid, signal.SIGCONT)
+        assert reply["event"] == "error" and reply["code"] == "unavailable"
+        assert took < 3.0  # heartbeat timeout is 3 intervals (0.6 s); generous bound for a busy machine
+
+
+def test_a_relaunched_sidecar_gets_npcs_back_from_saved_state(model_path):
+    sc = Sidecar()
+    try:
+        with sc.client() as c:
+            c.hello()
+            c.npc("brom", PERSONA, seed=3)
+            c.say("brom", "My name is Aldric.", max_tokens=8)
+            saved = c.call("save", npc="brom")["state"]  # what the game keeps in its save file
+            line = c.request("say", npc="brom", text="Tell me a long story.", max_tokens=300)
+            stream_started(c, line)
+            sc.kill()
+            assert c.wait(line, timeout=5)["code"] == "unavailable"
+        assert sc.restart() and sc.alive()  # a fresh process, with the same flags
+        with sc.client() as c:
+            c.hello()
+            with pytest.raises(RequestFailed, match="unknown_npc"):
+                c.say("brom", "Hello?")
+            assert c.call("load", npc="brom", state=saved)["messages"] == 2
+            assert msgpack.unpackb(c.call("save", npc="brom")["state"]) == msgpack.unpackb(saved)
+            assert c.say("brom", "What is my name?", max_tokens=12)["event"] == "done"
+    finally:
+        sc.close()

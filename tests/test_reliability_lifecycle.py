@@ -1,0 +1,150 @@
+"""No orphans, clean shutdown, clear failures at start."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from npcai import Client, Sidecar
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "npcai", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_failure(proc: subprocess.CompletedProcess, needle: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("npcai: ") and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+# --- clear failures at start -------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--n-ctx", "-5"], "--n-ctx -5: must be at least"),
+    (["--n-ctx", "many"], "invalid int value"),
+    (["--endpoint", "nonsense"], "bad --endpoint 'nonsense'"),
+    (["--endpoint", "tcp://127.0.0.1:99999"], "bad --endpoint"),
+    (["--max-queue", "0"], "--max-queue 0: must be at least 1"),
+    (["--lease-ms", "-1"], "--lease-ms -1"),
+    (["--npc-ctx", "4096", "--n-ctx", "2048"], "must not exceed --n-ctx"),
+    (["--grammar-dir", "/no/such/dir"], "--grammar-dir"),
+    (["--ready-file", "/no/such/dir/ready"], "its directory does not exist"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_a_bad_flag_fails_in_one_line_before_any_model_loads(flags, needle):
+    # A model that does not exist: the flag must be refused first, so this is never reached.
+    assert_one_line_failure(run_cli("serve", *flags, "--model", "/no/such/model.gguf"), needle)
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://0.0.0.0:0", "tcp://*:0", "tcp://192.0.2.1:0"])
+def test_a_non_loopback_endpoint_is_refused_before_binding(endpoint):
+    # refused before the model (which precedes binding) is even looked for
+    assert_one_line_failure(run_cli("serve", "--endpoint", endpoint, "--model", "/no/such/model.gguf"),
+                            f"refusing to bind {endpoint}")
+
+
+def test_allow_remote_needs_curve_keys():
+    assert_one_line_failure(run_cli("serve", "--allow-remote", "--endpoint", "tcp://0.0.0.0:0"),
+                            "--allow-remote needs --curve-secret-key and --curve-allow")
+
+
+# --- clean shutdown ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "shutdown"])
+def test_stopping_cancels_open_requests_exits_zero_and_removes_its_files(model_path, tmp_path, how):
+    ready, conn = tmp_path / "ready", tmp_path / "conn.json"
+    sc = Sidecar("--ready-file", str(ready), "--connection-file", str(conn))
+    try:
+        assert ready.read_text().strip() == sc.endpoint and json.loads(conn.read_text())["pid"] == sc.pid
+        with sc.client() as c:
+            c.hello()
+            c.npc("brom", "You are Brom, the blacksmith.")
+            line = c.request("say", npc="brom", text="Tell me a very long story.", max_tokens=400)
+            while not line.chunks:
+                c.wait(c.request("ping"))
+            if how == "shutdown":
+                assert c.call("shutdown")["event"] == "ok"
+            else:
+                sc.proc.send_signal(getattr(signal, how))
+            assert c.wait(line, 10)["event"] == "cancelled"
+        assert sc.proc.wait(10) == 0
+        assert not ready.exists() and not conn.exists()
+        assert list(tmp_path.iterdir()) == []  # no temporary files either
+        assert "Traceback" not in "\n".join(sc.stderr_tail)
+    finally:
+        sc.close()
+
+
+# --- no orphans: the lease ---------------------------------------------------------------------
+
+def test_the_lease_holds_while_clients_ping_and_ends_the_sidecar_when_they_stop(model_path, tmp_path):
+    ready = tmp_path / "ready"
+    sc = Sidecar("--lease-ms", "600", "--ready-file", str(ready))
+    try:
+        time.sleep(1.0)  # the lease starts with the first hello
+        assert sc.alive()
+        with Client(sc.endpoint) as c:
+            assert c.hello()["lease_ms"] == 600
+            until = time.monotonic() + 2.0
+            while time.monotonic() < until:  # a game loop: poll() pings often enough on its own
+                c.poll()
+                time.sleep(0.02)
+            assert sc.alive()
+            last_heard = c._last_sent
+        code = sc.proc.wait(0.6 + 2.0)  # silent now: gone within the lease plus the 2 s the spec allows
+        gone_after = time.monotonic() - last_heard
+        assert code == 0 and gone_after >= 0.6 * 0.9
+        assert not ready.exists()
+        assert any("no client heard from for 600 ms" in line for line in sc.stderr_tail)
+    finally:
+        sc.close()
+
+
+def test_only_a_client_with_the_token_holds_the_lease(model_path):
+    with Sidecar("--lease-ms", "500", "--token", "s3cret") as sc:
+        with Client(sc.endpoint, token="s3cret") as c:
+            c.hello()
+        with Client(sc.endpoint) as stranger:
+            until = time.monotonic() + 3.0
+            while sc.alive() and time.monotonic() < until:
+                stranger.wait(stranger.request("ping"))  # answered "unauthorized": does not count
+                time.sleep(0.05)
+        assert sc.proc.wait(3) == 0
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
+def test_a_stopped_server_leaves_no_threads_and_no_open_socket_behind(model_path, village):
+    """In-process (as a tool or test would embed it): after shutdown nothing of it keeps running."""
+    import threading
+
+    from npcai.cli import model_roles
+    from npcai.engine import Engine
+    from npcai.server import Server
+    from npcai.settings import Settings
+
+    before = set(threading.enumerate())
+    settings = Settings()
+    roles = model_roles([])
+    server = Server(settings, lambda emit: Engine(settings, roles, emit))
+    endpoint = server.bind()
+    loop = threading.Thread(target=server.serve_forever)
+    loop.start()
+    with Client(endpoint) as c:
+        c.hello()
+        c.npc("brom", village["npcs"]["brom"]["persona"])
+        assert c.decide("Pay up?", schema={"type": "boolean"})["event"] == "done"  # the compile worker ran
+        line = c.request("say", npc="brom", text="Tell me a long story.", max_tokens=300)
+        server.stop()
+        assert c.wait(line, 10)["event"] == "cancelled"
+    loop.join(10)
+    deadline = time.monotonic() + 5
+    while set(threading.enumerate()) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert set(threading.enumerate()) - before == set() and server._router.closed

@@ -1,0 +1,238 @@
+"""Bounded everything: each limit answers too_large or overloaded, and memory stays flat under load."""
+
+from __future__ import annotations
+
+import time
+
+import msgpack
+import pytest
+import zmq
+
+from npcai import Client, RequestFailed, Sidecar
+
+SMALL = {"max_frame_bytes": 4096, "max_npcs": 2, "max_inflight_per_client": 4, "max_queue": 6,
+         "max_prompt_tokens": 32}
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def code_of(reply: dict) -> str:
+    return reply.get("code", reply["event"])
+
+
+@pytest.fixture(scope="module")
+def small(model_path):
+    flags = [x for k, v in SMALL.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    with Sidecar(*flags) as sc:
+        yield sc
+
+
+@pytest.fixture
+def c(small):
+    with Client(small.endpoint) as client:
+        client.hello()
+        yield client
+
+
+def long_job(client: Client):
+    """A request that stays open for a few hundred model steps: it cannot stop early."""
+    return client.request("decide", situation="Speak.", schema={"type": "string", "minLength": 300},
+                          max_tokens=300)
+
+
+def test_hello_announces_the_limits_it_was_started_with(c):
+    limits = c.hello()["limits"]
+    assert {k: limits[k] for k in SMALL} == SMALL
+
+
+def test_a_frame_over_max_frame_bytes_is_too_large_and_names_its_request(c):
+    reply = c.wait(c.request("ping", pad="x" * 5000))
+    assert reply["event"] == "error" and reply["code"] == "too_large" and "max_frame_bytes" in reply["message"]
+    assert c.call("ping")["event"] == "ok"
+
+
+def test_text_over_max_prompt_tokens_is_too_large_in_every_op(c):
+    c.npc("a", "You are A.")
+    long_text = "word " * 100
+    for op, fields in (("npc", {"npc": "b", "persona": long_text}), ("say", {"npc": "a", "text": long_text}),
+                       ("observe", {"npc": "a", "text": long_text}),
+                       ("decide", {"situation": long_text, "choices": ["x", "y"]})):
+        assert code_of(c.wait(c.request(op, **fields))) == "too_large", op
+
+
+def test_npcs_past_max_npcs_are_overloaded_but_redefining_one_is_not(c):
+    c.npc("a", "You are A.")
+    c.npc("b", "You are B.")
+    saved = c.call("save", npc="a")["state"]
+    with pytest.raises(RequestFailed, match="overloaded"):
+        c.npc("c", "You are C.")
+    with pytest.raises(RequestFailed, match="overloaded"):
+        c.call("load", npc="c", state=saved)
+    assert c.npc("a", "You are A, again.")["event"] == "ok"
+    assert c.call("load", npc="b", state=saved)["event"] == "ok"
+
+
+def test_requests_past_max_inflight_per_client_are_overloaded_while_pings_still_pass(c):
+    open_ = [long_job(c) for _ in range(4)]
+    fifth = c.request("decide", situation="Now?", choices=["yes", "no"])
+    assert code_of(c.wait(fifth)) == "overloaded"
+    assert c.call("ping")["event"] == "ok"  # answered by the socket thread: not counted
+    for h in open_:
+        c.call("cancel", target=h.id)
+    assert all(c.wait(h)["event"] in ("cancelled", "done") for h in open_)
+    assert c.decide("Now?", choices=["yes", "no"])["event"] == "done"  # room again
+
+
+def test_requests_past_max_queue_are_overloaded_across_clients(small, c):
+    with Client(small.endpoint) as other:
+        other.hello()
+        mine = [long_job(c) for _ in range(4)]
+        assert c.call("stats")["in_flight"] == 4  # admitted (connections are read fairly, not in send order)
+        theirs = [long_job(other) for _ in range(2)]
+        extra = other.request("decide", situation="Now?", choices=["yes", "no"])
+        assert code_of(other.wait(extra)) == "overloaded" and "max_queue" in extra.reply["message"]
+        for client, handles in ((c, mine), (other, theirs)):
+            for h in handles:
+                client.call("cancel", target=h.id)
+            assert all(client.wait(h)["event"] in ("cancelled", "done") for h in handles)
+
+
+def test_too_many_choices_or_tokens_are_refused(c):
+    with pytest.raises(RequestFailed, match="too_large"):
+        c.decide("Pick.", choices=[f"option {i}" for i in range(65)])
+    with pytest.raises(RequestFailed, match="bad_request"):
+        c.say("a", "Hi.", max_tokens=10_000)
+
+
+def test_a_client_that_goes_away_has_its_open_requests_dropped(small, c):
+    c.npc("a", "You are A.")
+    leaver = Client(small.endpoint)
+    leaver.hello()
+    c.call("forget", npc="a")
+    expired = c.call("stats")["engine"]["expired"]
+    # at temperature 0 this line runs to max_tokens: a few seconds of streaming
+    handle = leaver.request("say", npc="a", text="Tell me a long story.", max_tokens=400, temperature=0)
+    deadline = time.monotonic() + 30
+    while not handle.chunks and time.monotonic() < deadline:
+        leaver.poll()
+        time.sleep(0.005)
+    assert handle.chunks and not handle.finished and c.call("stats")["in_flight"] == 1
+    leaver.close()  # the game quit without cancelling
+    left = time.monotonic()
+    stats = c.call("stats")
+    while (stats["in_flight"] or stats["engine"]["expired"] == expired) and time.monotonic() - left < 5:
+        time.sleep(0.02)
+        stats = c.call("stats")
+    assert stats["in_flight"] == 0 and stats["clients"] == 0
+    assert stats["engine"]["expired"] == expired + 1  # the model stopped working on it
+    assert time.monotonic() - left < 2.0  # at its next token, not at its end
+
+
+def test_a_reused_request_id_keeps_its_own_deadline(small, c):
+    """An id may be reused once its request ended; the old request's deadline must not end the new one."""
+    c.npc("a", "You are A.")
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(small.endpoint)
+    try:
+        def send(**msg):
+            raw.send(msgpack.packb({"v": 1, "id": 77, **msg}))
+
+        def next_reply() -> dict:
+            assert raw.poll(30_000)
+            return msgpack.unpackb(raw.recv())
+
+        send(op="forget", npc="a", deadline_ms=300)  # ends at once, long before its deadline
+        assert next_reply()["event"] == "ok"
+        started = time.monotonic()  # the same id again: a decision that needs 150 model steps, no deadline
+        send(op="decide", situation="Speak.", schema={"type": "string", "minLength": 150}, max_tokens=150)
+        reply = next_reply()
+        assert time.monotonic() - started > 0.3  # the old deadline passed while it ran
+        assert reply["event"] == "done" and reply["timed_out"] is False and reply["tokens"] >= 150
+    finally:
+        raw.close()
+
+
+# --- memory under load -------------------------------------------------------------------------
+
+CLIENTS, PER_CLIENT = 50, 100
+
+
+def _mix(i: int) -> tuple[str, dict]:
+    """Mostly cheap ops; decisions and short lines with deadlines; a few bad requests."""
+    k = i % 20
+    if k < 12:
+        return "ping", {}
+    if k < 15:
+        return "decide", {"npc": "guard", "situation": "A stranger approaches.", "choices": ["greet", "ignore"],
+                          "deadline_ms": 150, "fallback": "ignore"}
+    if k == 15:
+        return "say", {"npc": "guard", "text": "Halt!", "max_tokens": 2, "deadline_ms": 100, "fallback": "..."}
+    if k == 16:
+        return "observe", {"npc": "guard", "text": f"Event {i}."}
+    if k == 17:
+        return "stats", {}
+    if k == 18:
+        return "say", {"npc": "nobody", "text": "Hello?"}  # unknown_npc
+    return "decide", {"situation": "x", "choices": []}  # bad_request
+
+
+def _load_round(endpoint: str) -> dict[str, int]:
+    """CLIENTS clients send PER_CLIENT requests each, up to 20 open at a time; returns ending events."""
+    ctx = zmq.Context.instance()
+    clients = [Client(endpoint, context=ctx, heartbeat_ms=0) for _ in range(CLIENTS)]
+    ends: dict[str, int] = {}
+    try:
+        sent = [0] * CLIENTS
+        open_: list[list] = [[] for _ in range(CLIENTS)]
+        poller = zmq.Poller()
+        for cl in clients:
+            poller.register(cl._sock, zmq.POLLIN)
+        give_up = time.monotonic() + 120
+        while any(s < PER_CLIENT for s in sent) or any(open_):
+            assert time.monotonic() < give_up, "load round did not finish"
+            for n, cl in enumerate(clients):
+                while sent[n] < PER_CLIENT and len(open_[n]) < 20:
+                    op, fields = _mix(sent[n] + n)
+                    open_[n].append(cl.request(op, **fields))
+                    sent[n] += 1
+            poller.poll(50)
+            for n, cl in enumerate(clients):
+                cl.poll(max_messages=256, budget_us=50_000)
+                for h in [h for h in open_[n] if h.finished]:
+                    ends[code_of(h.reply)] = ends.get(code_of(h.reply), 0) + 1
+                    open_[n].remove(h)
+        for cl in clients:
+            assert cl.stray == []
+    finally:
+        for cl in clients:
+            cl.close()
+    return ends
+
+
+def test_memory_stays_flat_under_fifty_clients_of_a_hundred_requests(model_path):
+    with Sidecar() as sc, Client(sc.endpoint) as admin:
+        admin.hello()
+        admin.npc("guard", "You are a village guard.")
+        _load_round(sc.endpoint)  # warm-up: every path has run once
+        start = rss_mb(sc.pid)
+        rounds = []
+        for _ in range(2):
+            t = time.monotonic()
+            ends = _load_round(sc.endpoint)
+            rounds.append((time.monotonic() - t, rss_mb(sc.pid), ends))
+        stats = admin.call("stats")
+        print(f"\nRSS {start:.1f} MB after warm-up; "
+              + "; ".join(f"{rss:.1f} MB after a round of {secs:.1f} s" for secs, rss, _ in rounds)
+              + f"\nendings per round: {rounds[-1][2]}")
+        for _, _, ends in rounds:
+            assert sum(ends.values()) == CLIENTS * PER_CLIENT  # every request ended exactly once
+            assert ends["unknown_npc"] == ends["bad_request"] == CLIENTS * PER_CLIENT // 20
+        assert stats["in_flight"] == 0 and stats["clients"] == 0
+        assert rounds[-1][1] - start < 32 and rounds[-1][1] - rounds[0][1] < 16
