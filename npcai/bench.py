@@ -32,13 +32,13 @@ from .launcher import Sidecar
 from .native import Batch, Context, Model
 from .settings import Settings
 
-SITUATIONS = [  # ~20 tokens each, all different from their first words on
-    "The player walks toward the bridge with a drawn sword. You have 3 of 10 hit points left.",
-    "A wolf howls nearby and the player is bleeding heavily from a deep cut on the arm.",
-    "Two guards block the road ahead and demand to see the player's papers right now.",
-    "Thunder shakes the old bridge; a plank snaps under the player's left foot suddenly.",
-    "Your captain orders you to hold the bridge, but the player offers a heavy purse.",
-    "Smoke rises from the village behind you and someone is screaming for help loudly.",
+SITUATIONS = [  # about 20 tokens each with the chat template, as the scenario; different from word one
+    "The player walks toward you with a drawn sword.",
+    "A wolf howls nearby and the player is bleeding.",
+    "Two guards block the road and demand papers.",
+    "Thunder shakes the bridge and a plank snaps.",
+    "The player offers you a heavy purse of gold.",
+    "Smoke rises from the village behind you.",
 ]
 CHOICES = ["attack", "flee", "beg for mercy", "offer a bribe", "call for help", "pretend to be dead"]
 SCHEMA = {"type": "object", "properties": {"action": {"enum": ["arrest", "follow", "raise_alarm", "ignore"]},

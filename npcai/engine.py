@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from . import protocol as P
 from .errors import BadRequest, NpcaiError, Overloaded, TooLarge, UnknownNpc
-from .jobs import ChoiceDecideJob, DefineJob, GrammarDecideJob, Job, ObserveJob, SayJob, _check_prompt
+from .jobs import DECISION, ChoiceDecideJob, DefineJob, GrammarDecideJob, Job, ObserveJob, SayJob, _check_prompt
 from .npc import ANONYMOUS_PERSONA, Npc
 from .budget import Budget, Governor
 from .runtime import Runtime
@@ -31,13 +31,12 @@ from .settings import Settings
 
 log = logging.getLogger("npcai")
 
-Key = tuple[bytes, int]
-EmitFn = Callable[[bytes, dict[str, Any]], None]
+EmitFn = Callable[[P.Request, dict[str, Any]], None]
 
 #: The role each op uses when the request (or its NPC) names none.
 DEFAULT_ROLES = {"npc": "dialogue", "say": "dialogue", "observe": "dialogue", "decide": "decision"}
 
-_ABORT_MIN_TOKENS = 32  # steps this large can take long enough to be worth aborting mid-way
+_ABORT_MIN_TOKENS = 16  # steps this large take long enough to be worth aborting mid-way
 
 
 class Engine:
@@ -62,22 +61,26 @@ class Engine:
         self._anonymous = Npc("", ANONYMOUS_PERSONA)
         self.scheduler = Scheduler()
         self._inbox: queue.SimpleQueue[P.Request] = queue.SimpleQueue()
-        self._cancels: dict[Key, bool] = {}  # key -> expired (True) or cancelled by the client (False)
+        # id(request) -> (request, expired?): keyed by the request itself, since a client may reuse an id
+        self._cancels: dict[int, tuple[P.Request, bool]] = {}
+        self._urgent = False  # a decision arrived: a step of dialogue prefill may be preempted for it
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._handlers = {"npc": self._on_npc, "say": self._on_say, "decide": self._on_decide,
                           "observe": self._on_observe, "forget": self._on_forget, "save": self._on_save,
                           "load": self._on_load}
-        self.counters = {"jobs_started": 0, "jobs_failed": 0, "cancelled": 0, "expired": 0}
+        self.counters = {"jobs_started": 0, "jobs_failed": 0, "cancelled": 0, "expired": 0, "preempted_steps": 0}
 
     # --- thread-safe entry points -----------------------------------------------------
     def submit(self, req: P.Request) -> None:
         self._inbox.put(req)
+        if req.op == "decide":
+            self._urgent = True
         self._wake.set()
 
-    def cancel(self, client: bytes, rid: int, *, expired: bool = False) -> None:
+    def cancel(self, req: P.Request, *, expired: bool = False) -> None:
         """Stop work on a request; a client's cancel is answered with ``cancelled``, an expiry silently."""
-        self._cancels[(client, rid)] = expired
+        self._cancels[id(req)] = (req, expired)
         self._wake.set()
 
     def stop(self) -> None:
@@ -131,21 +134,21 @@ class Engine:
             rt.close()
 
     def _take_inbox(self) -> None:
+        self._urgent = False
         while True:
             try:
                 req = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            key = (req.client, req.id)
-            if key in self._cancels:
-                expired = self._cancels.pop(key)
+            if id(req) in self._cancels:
+                _, expired = self._cancels.pop(id(req))
                 if not expired:
-                    self.emit(req.client, P.cancelled(req.id))
+                    self.emit(req, P.cancelled(req.id))
                 continue
             try:
                 self._handlers[req.op](req)
             except NpcaiError as err:
-                self.emit(req.client, P.error(req.id, err))
+                self.emit(req, P.error(req.id, err))
             except Exception:
                 self._internal(req, None)
 
@@ -153,9 +156,9 @@ class Engine:
         if not self._cancels:
             return
         for job in self.scheduler.jobs():
-            key = (job.req.client, job.req.id)
-            if key in self._cancels:
-                expired = self._cancels.pop(key)
+            hit = self._cancels.pop(id(job.req), None)
+            if hit is not None:
+                expired = hit[1]
                 self.counters["expired" if expired else "cancelled"] += 1
                 job.finish(None if expired else P.cancelled(job.req.id))
                 self.scheduler.drop(job)
@@ -182,16 +185,33 @@ class Engine:
         threads = self.governor.threads()
         if rt.ctx.threads != threads:
             rt.ctx.set_threads(threads)
-        keys = {(job.req.client, job.req.id) for job, _, _ in plan}
+        keys = {id(job.req) for job, _, _ in plan}
         big = sum(n for _, _, n in plan) >= _ABORT_MIN_TOKENS
-        rt.ctx.set_abort((lambda: keys.issubset(self._cancels.keys())) if big else None)
+        # A long step is stopped mid-way when all its requests are cancelled, or when a decision
+        # arrives and the step holds none: the decision then goes first and the step is redone.
+        # Only in the first half of a step (by the running estimate of its cost): later, finishing it
+        # is cheaper than redoing it, and a long prompt preempted every time would never finish.
+        preemptible = not any(job.urgency == DECISION for job, _, _ in plan)
+        n_tokens = sum(n for _, _, n in plan)
         started = time.perf_counter()
+        cutoff = started + rt.ms_per_token * n_tokens / 2000
+
+        def should_abort() -> bool:
+            if keys.issubset(self._cancels.keys()):
+                return True
+            return preemptible and self._urgent and time.perf_counter() < cutoff
+
+        rt.ctx.set_abort(should_abort if big else None)
         rc = rt.step([(lane, n) for _, lane, n in plan])
+        if rc == 0 and big:
+            rt.ms_per_token = 0.8 * rt.ms_per_token + 0.2 * (time.perf_counter() - started) * 1000 / n_tokens
         generated = sum(1 for job, lane, _ in plan if isinstance(job, SayJob) and lane.ready)
         self.governor.after_step(time.perf_counter() - started, generated)
         rt.ctx.set_abort(None)
         if rc == 1 and rt.pool.evict_one():  # KV full: an idle NPC gives way, the plan runs next loop
             return True
+        if rc == 2 and preemptible and self._urgent:
+            self.counters["preempted_steps"] += 1
         if rc != 0:
             if rc != 2:
                 for job in {id(j): j for j, _, _ in plan}.values():
@@ -225,7 +245,7 @@ class Engine:
         if job is not None:
             job.finish(P.error(req.id, err))
         else:
-            self.emit(req.client, P.error(req.id, err))
+            self.emit(req, P.error(req.id, err))
 
     # --- ops ----------------------------------------------------------------------------
     def _runtime(self, op: str, role: str | None) -> Runtime:
@@ -252,8 +272,7 @@ class Engine:
         self.scheduler.add(job)
 
     def _emitter(self, req: P.Request) -> Callable[[dict[str, Any]], None]:
-        client = req.client
-        return lambda reply: self.emit(client, reply)
+        return lambda reply: self.emit(req, reply)
 
     def _on_npc(self, req: P.Request) -> None:
         f = req.fields
@@ -297,17 +316,17 @@ class Engine:
         rt = self._runtime("observe", npc.role)
         _check_prompt(rt, req.fields["text"], self.limits.max_prompt_tokens)
         npc.messages.append(("user", f"(You notice: {req.fields['text'].strip()})"))
-        self.emit(req.client, P.ok(req.id, npc=npc.id))
+        self.emit(req, P.ok(req.id, npc=npc.id))
         if len(self.scheduler) < self.limits.max_queue:
             self.scheduler.add(ObserveJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
 
     def _on_forget(self, req: P.Request) -> None:
         self._npc(req).forget()
-        self.emit(req.client, P.ok(req.id, npc=req.fields["npc"]))
+        self.emit(req, P.ok(req.id, npc=req.fields["npc"]))
 
     def _on_save(self, req: P.Request) -> None:
         npc = self._npc(req)
-        self.emit(req.client, P.ok(req.id, npc=npc.id, state=npc.save()))
+        self.emit(req, P.ok(req.id, npc=npc.id, state=npc.save()))
 
     def _on_load(self, req: P.Request) -> None:
         f = req.fields
@@ -320,7 +339,7 @@ class Engine:
         if old is not None:
             npc.kv, npc.writer = old.kv, old.writer
         self.npcs[npc.id] = npc
-        self.emit(req.client, P.ok(req.id, npc=npc.id, messages=len(npc.messages)))
+        self.emit(req, P.ok(req.id, npc=npc.id, messages=len(npc.messages)))
 
 
 def _model_name(path: Path) -> str:

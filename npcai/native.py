@@ -7,6 +7,7 @@ npcai talks to these wrappers, never to ``llama_cpp`` directly.
 from __future__ import annotations
 
 import ctypes
+import sys
 import threading
 from pathlib import Path
 
@@ -19,10 +20,14 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 
 
+# What llama.cpp logs as an error when we abort a step on purpose (cancel, preemption).
+_ABORT_NOISE = (b"graph_compute:", b"failed to compute graph", b"failed to decode, ret = 2")
+
+
 @L.llama_log_callback
 def _quiet_log(level, text, user_data):  # llama.cpp is chatty on stderr; keep errors only
-    if level == 4:  # GGML_LOG_LEVEL_ERROR
-        print(text.decode(errors="replace"), end="", flush=True)
+    if level == 4 and not any(n in text for n in _ABORT_NOISE):  # GGML_LOG_LEVEL_ERROR
+        print(text.decode(errors="replace"), end="", file=sys.stderr, flush=True)
 
 
 def _init_backend() -> None:

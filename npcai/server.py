@@ -130,8 +130,9 @@ class Server:
         self.curve_public_key = public.decode()
 
     # --- called from the engine thread -----------------------------------------------------
-    def _emit(self, client: bytes, reply: dict[str, Any]) -> None:
-        self._outbox.put((client, reply))
+    def _emit(self, req: P.Request, reply: dict[str, Any]) -> None:
+        """A reply from the engine, tagged with the request it answers (ids may be reused)."""
+        self._outbox.put((req, reply))
         sock = getattr(self._signal_local, "sock", None)
         if sock is None:  # one PUSH socket per emitting thread: zmq sockets are not thread-safe
             sock = self._zctx.socket(zmq.PUSH)
@@ -287,7 +288,7 @@ class Server:
             key = (client, f["target"])
             found = key in self._inflight
             if found:
-                self.engine.cancel(client, f["target"])
+                self.engine.cancel(self._inflight[key].req)
             self._send(client, P.ok(req.id, target=f["target"], found=found))
         elif req.op == "stats":
             self._send(client, P.ok(req.id, uptime_s=round(time.monotonic() - self._started, 3),
@@ -310,14 +311,13 @@ class Server:
     def _send_replies(self) -> None:
         while True:
             try:
-                client, reply = self._outbox.get_nowait()
+                req, reply = self._outbox.get_nowait()
             except queue.Empty:
                 return
-            key = (client, reply["id"])
+            client = req.client
+            key = (client, req.id)
             entry = self._inflight.get(key)
-            if entry is None:
-                if reply["event"] == P.ERROR and reply["id"] is None:
-                    self._send(client, reply)
+            if entry is None or entry.req is not req:
                 continue  # already answered (deadline passed or cancelled): never send late
             event = reply["event"]
             if event == P.TOKEN:
@@ -347,9 +347,9 @@ class Server:
             _, _, key, entry = heapq.heappop(self._deadlines)
             if self._inflight.get(key) is not entry:
                 continue  # ended already (its id may since have been reused)
-            client, rid = key
+            client = key[0]
             self._stats[entry.req.op].timeouts += 1
-            self.engine.cancel(client, rid, expired=True)
+            self.engine.cancel(entry.req, expired=True)
             reply = P.timed_out(entry.req, (now - entry.req.received) * 1e3)
             if entry.req.op == "say":
                 reply["text"] = "".join(entry.streamed)
@@ -362,7 +362,7 @@ class Server:
             return
         gone, self._gone = self._gone, set()
         for key in [k for k in self._inflight if k[0] in gone]:
-            self.engine.cancel(key[0], key[1], expired=True)
+            self.engine.cancel(self._inflight[key].req, expired=True)
             self._finish(key, self._inflight[key], P.CANCELLED)
         for client in gone:
             self._authed.pop(client, None)
