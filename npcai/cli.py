@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from . import catalog
+from .budget import be_polite
 from .errors import NpcaiError
 from .settings import Settings
 
@@ -68,8 +69,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.token = secrets.token_urlsafe(32)  # like a Jupyter kernel's key: only the file's reader has it
     logging.basicConfig(level=logging.INFO if settings.verbose else logging.WARNING,
                         format="npcai: %(message)s", stream=sys.stderr)
+    polite = be_polite(settings.nice, _cpu_list(settings.cpus))  # before any compute thread exists
     roles = model_roles(settings.model, out=sys.stderr)
-    server = Server(settings, lambda emit: Engine(settings, roles, emit))
+    server = Server(settings, lambda emit: Engine(settings, roles, emit), polite)
     endpoint = server.bind()
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
@@ -87,7 +89,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         for path in written:  # a file left behind means the sidecar did not exit cleanly
             path.unlink(missing_ok=True)
-    return 0
+    # Sockets, files and models are closed above; skip the interpreter's module teardown (about
+    # a second with numba and llama.cpp loaded), which a game waiting on our exit would feel.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _cpu_list(text: str) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise NpcaiError(f"bad --cpus {text!r}: give CPU ids like 2,3") from None
 
 
 def _write_atomically(path: Path, text: str, mode: int = 0o644) -> Path:

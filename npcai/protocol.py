@@ -113,10 +113,13 @@ OPS: dict[str, dict[str, _Field]] = {
     "load": {"npc": _req(_STR), "state": _req(_Field(lambda v: isinstance(v, bytes), "binary"))},
     "stats": {},
     "shutdown": {},
+    "budget": {"threads": _INT, "tokens_per_s": _NUM, "share": _NUM, "frame_ms": _NUM},
+    "frame": {"frame_ms": _req(_Field(lambda v: _number(v) or (isinstance(v, list) and all(_number(x) for x in v)),
+                                      "a number or a list of numbers"))},
 }
 
 #: Ops answered by the server thread at once, never queued behind model work.
-IMMEDIATE_OPS = frozenset({"hello", "ping", "cancel", "stats", "shutdown"})
+IMMEDIATE_OPS = frozenset({"hello", "ping", "cancel", "stats", "shutdown", "budget", "frame"})
 
 
 @dataclass
@@ -277,6 +280,18 @@ def check_prompt_size(req: Request, limits: Limits) -> None:
                            f"max_prompt_tokens={limits.max_prompt_tokens}")
 
 
+def check_budget(fields: dict[str, Any]) -> None:
+    """Range checks for the budget op (0 means no limit, as on the command line)."""
+    if fields.get("threads", 0) < 0:
+        raise BadRequest("field 'threads' must be >= 0 (0 = the sidecar's own choice)")
+    if fields.get("tokens_per_s", 0) < 0:
+        raise BadRequest("field 'tokens_per_s' must be >= 0 (0 = no cap)")
+    if not 0 < fields.get("share", 1.0) <= 1:
+        raise BadRequest("field 'share' must be in (0, 1]")
+    if not 0 <= fields.get("frame_ms", 0) <= 1000:
+        raise BadRequest("field 'frame_ms' must be between 0 (no frame target) and 1000")
+
+
 def check_sampling(fields: dict[str, Any], limits: Limits) -> None:
     """Range checks shared by say and decide."""
     mt = fields.get("max_tokens")
@@ -333,7 +348,5 @@ def timed_out(req: Request, elapsed_ms: float) -> dict[str, Any]:
         "timing": {"queue_ms": round(elapsed_ms, 3), "total_ms": round(elapsed_ms, 3)},
     }
     if req.op == "say":
-        fields["tokens"] = 0
-        if isinstance(req.fallback, str):
-            fields["text"] = req.fallback
+        fields["tokens"] = 0  # the server fills in what was already streamed
     return done(req.id, **fields)

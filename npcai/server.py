@@ -19,6 +19,7 @@ ends or its client goes away; libzmq's own queues are capped in messages and byt
 from __future__ import annotations
 
 import collections
+import dataclasses
 import heapq
 import hmac
 import itertools
@@ -75,8 +76,12 @@ class _OpStats:
 
 
 class Server:
-    def __init__(self, settings: Settings, engine_factory):
-        """``engine_factory(emit)`` builds the Engine; it is given this server's emit callback."""
+    def __init__(self, settings: Settings, engine_factory, polite: dict | None = None):
+        """``engine_factory(emit)`` builds the Engine; it is given this server's emit callback.
+
+        ``polite`` says what CPU priority and affinity the process runs with (for ``hello``).
+        """
+        self.polite = polite or {"nice": 0, "cpus": None}
         self.settings = settings
         self.limits = settings.limits
         self._zctx = zmq.Context.instance()
@@ -281,7 +286,9 @@ class Server:
             self._last_heard = req.received
             self._send(client, P.ok(req.id, protocol=P.VERSION, server=f"npcai {__version__}",
                                     models=self.engine.roles(), limits=self.limits.to_wire(), pid=os.getpid(),
-                                    threads=self.settings.compute_threads, lease_ms=self.settings.lease_ms))
+                                    threads=self.settings.compute_threads, lease_ms=self.settings.lease_ms,
+                                    compute={**self.polite, "threads": self.settings.compute_threads},
+                                    budget=dataclasses.asdict(self.engine.governor.budget)))
         elif req.op == "ping":
             self._send(client, P.ok(req.id))
         elif req.op == "cancel":
@@ -299,6 +306,15 @@ class Server:
         elif req.op == "shutdown":
             self._send(client, P.ok(req.id))
             self.stop()
+        elif req.op == "budget":
+            P.check_budget(f)
+            governor = self.engine.governor
+            budget = governor.set_budget(**{k: f[k] for k in ("threads", "tokens_per_s", "share", "frame_ms") if k in f})
+            self._send(client, P.ok(req.id, budget=dataclasses.asdict(budget), effective=governor.stats()["effective"]))
+        elif req.op == "frame":
+            times = f["frame_ms"] if isinstance(f["frame_ms"], list) else [f["frame_ms"]]
+            self.engine.governor.report_frames([float(t) for t in times[-120:]])
+            self._send(client, P.ok(req.id, backoff_level=self.engine.governor.level))
 
     # --- outbound --------------------------------------------------------------------------------
     def _drain_signals(self) -> None:
@@ -353,6 +369,7 @@ class Server:
             reply = P.timed_out(entry.req, (now - entry.req.received) * 1e3)
             if entry.req.op == "say":
                 reply["text"] = "".join(entry.streamed)
+                reply["tokens"] = len(entry.streamed)  # chunks streamed: one token each, or more
             self._finish(key, entry, P.DONE)
             self._send(client, reply)
 

@@ -72,3 +72,45 @@ def test_stats_show_the_effective_budget_and_events():
     s = g.stats()
     assert s["backoff_level"] == 1 and s["backoff_events"] == 1
     assert s["effective"] == {"threads": 2, "batch": 64, "share": 0.48}
+
+
+# --- over the wire, against the real sidecar ------------------------------------------------------
+
+import time  # noqa: E402
+
+from npcai import Client, RequestFailed, Sidecar  # noqa: E402
+
+
+def test_the_sidecar_is_polite_by_default_and_says_so_in_hello(model_path):
+    with Sidecar() as sc, Client(sc.endpoint) as c:
+        hello = c.hello()
+        assert hello["compute"]["nice"] >= 10 and hello["compute"]["threads"] >= 1
+        assert hello["budget"] == {"threads": 0, "tokens_per_s": 0.0, "share": 1.0, "frame_ms": 0.0}
+
+
+def test_budget_threads_are_applied_to_the_model_steps(model_path):
+    with Sidecar("--threads", "2", "--nice", "0") as sc, Client(sc.endpoint) as c:
+        reply = c.call("budget", threads=1, tokens_per_s=50, share=0.8)
+        assert reply["budget"]["threads"] == 1 and reply["effective"]["threads"] == 1
+        c.npc("brom", "You are Brom, a blacksmith.")
+        c.say("brom", "Hello!", max_tokens=4)
+        engine = c.call("stats")["engine"]
+        assert engine["models"][0]["threads"] == 1
+        assert engine["budget"]["budget"]["tokens_per_s"] == 50 and engine["budget"]["effective"]["share"] == 0.8
+        with pytest.raises(RequestFailed, match="bad_request"):
+            c.call("budget", share=0)
+
+
+def test_missed_frames_back_off_and_good_frames_recover_as_seen_in_stats(model_path):
+    with Sidecar("--threads", "2", "--frame-ms", "16.7") as sc, Client(sc.endpoint) as c:
+        assert c.call("frame", frame_ms=[16.5, 16.8])["backoff_level"] == 0
+        assert c.call("frame", frame_ms=[16.6, 34.0])["backoff_level"] == 1
+        time.sleep(0.3)
+        assert c.call("frame", frame_ms=40.0)["backoff_level"] == 2
+        budget = c.call("stats")["engine"]["budget"]
+        assert budget["backoff_events"] == 2 and budget["effective"]["threads"] == 1
+        deadline = time.monotonic() + 10
+        while c.call("frame", frame_ms=[16.6] * 6)["backoff_level"] > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        budget = c.call("stats")["engine"]["budget"]
+        assert budget["backoff_level"] == 0 and budget["recoveries"] == 2 and budget["effective"]["threads"] == 2
