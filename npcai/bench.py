@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import zmq
 
 from . import __version__, catalog
@@ -519,10 +518,16 @@ class _Bench:
 def _round_trips(endpoint: str, message: dict[str, Any], n: int) -> list[float]:
     import msgpack
 
-    ctx = zmq.Context.instance()
-    dealer = ctx.socket(zmq.DEALER)
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
     dealer.connect(endpoint)
-    frame = msgpack.packb(message)
+    try:
+        return _time_round_trips(dealer, msgpack.packb(message), n)
+    finally:
+        dealer.close(0)
+
+
+def _time_round_trips(dealer: zmq.Socket, frame: bytes, n: int) -> list[float]:
+    """Milliseconds for each of ``n`` send-and-wait-for-the-answer round trips."""
     out = []
     for _ in range(n):
         t = time.perf_counter()
@@ -530,7 +535,6 @@ def _round_trips(endpoint: str, message: dict[str, Any], n: int) -> list[float]:
         dealer.poll(5000)
         dealer.recv()
         out.append((time.perf_counter() - t) * 1000)
-    dealer.close(0)
     return out
 
 
@@ -553,14 +557,7 @@ def _bare_echo(n: int) -> list[float]:
     th.start()
     dealer = ctx.socket(zmq.DEALER)
     dealer.connect(ep)
-    frame = b"\x83\xa1v\x01\xa2id\x01\xa2op\xa5hello"
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        dealer.send(frame)
-        dealer.poll(5000)
-        dealer.recv()
-        out.append((time.perf_counter() - t) * 1000)
+    out = _time_round_trips(dealer, b"\x83\xa1v\x01\xa2id\x01\xa2op\xa5hello", n)
     stop.set()
     th.join()
     dealer.close(0)

@@ -24,7 +24,7 @@ from . import protocol as P
 from .errors import BadRequest, NpcaiError, Overloaded, TooLarge, UnknownNpc
 from .jobs import DECISION, ChoiceDecideJob, DefineJob, GrammarDecideJob, Job, ObserveJob, SayJob, _check_prompt
 from .npc import ANONYMOUS_PERSONA, Npc
-from .budget import Budget, Governor
+from .budget import Governor
 from .runtime import Runtime
 from .scheduler import Scheduler
 from .settings import Settings

@@ -7,9 +7,13 @@ import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import SettingsError
 from .protocol import Limits
+
+if TYPE_CHECKING:
+    from .budget import Budget
 
 #: Where grammar names in ``decide`` are looked up when no --grammar-dir is given.
 DEFAULT_GRAMMAR_DIR = Path(__file__).resolve().parent.parent / "grammars"

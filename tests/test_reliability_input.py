@@ -14,6 +14,7 @@ import time
 
 import msgpack
 import pytest
+from support import rss_mb
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,12 +27,6 @@ LIMITS = P.Limits()
 WIRE_CODES = set(ERROR_CODES) - {"internal"}  # "internal" is a bug, never the answer to bad input
 
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 # --- what a confused or hostile client sends -----------------------------------------------------
@@ -55,6 +50,8 @@ GOOD = {  # a value of the right type for each field, often out of range
     "stream": st.booleans(), "state": st.binary(max_size=30), "fallback": SCALARS,
     "max_tokens": st.integers(-2, 600), "temperature": st.floats(-1, 12), "top_p": st.floats(-0.5, 1.5),
     "top_k": INTS, "seed": INTS, "deadline_ms": st.integers(-5, 300), "priority": INTS, "target": INTS,
+    "threads": st.integers(-2, 64), "tokens_per_s": st.floats(-10, 1e4), "share": st.floats(-0.5, 1.5),
+    "frame_ms": st.one_of(st.floats(-5, 2000), st.lists(st.floats(-5, 100), max_size=8)),
 }
 MOSTLY_GOOD = {name: st.one_of(GOOD[name], GOOD[name], GOOD[name], SCALARS) for name in GOOD}
 ENVELOPE = {"deadline_ms": MOSTLY_GOOD["deadline_ms"], "priority": MOSTLY_GOOD["priority"]}

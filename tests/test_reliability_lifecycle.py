@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
+from support import assert_one_line_failure, run_cli
 
 from npcai import Client, Sidecar
 
 
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "npcai", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def assert_one_line_failure(proc: subprocess.CompletedProcess, needle: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("npcai: ") and needle in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
 # --- clear failures at start -------------------------------------------------------------------

@@ -6,6 +6,7 @@ import time
 
 import msgpack
 import pytest
+from support import rss_mb
 import zmq
 
 from npcai import Client, RequestFailed, Sidecar
@@ -14,12 +15,6 @@ SMALL = {"max_frame_bytes": 4096, "max_npcs": 2, "max_inflight_per_client": 4, "
          "max_prompt_tokens": 32}
 
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def code_of(reply: dict) -> str:
