@@ -105,8 +105,8 @@ def _check_prompt(rt: Runtime, text: str, limit: int) -> None:
 def _fit(npc: Npc, rt: Runtime, extra: tuple[str, str] | None, room: int, npc_ctx: int) -> list[int]:
     """Render the NPC's chat (plus ``extra``), letting old turns go until it fits its window."""
     while True:
-        msgs = npc.chat(extra) if extra else npc.chat()
-        tokens = rt.prompt_tokens(msgs, add_generation_prompt=extra is not None)
+        tokens = rt.prompt_tokens(npc.chat(extra), add_generation_prompt=True) if extra else \
+            rt.prefix_tokens(npc.chat())
         if len(tokens) + room <= npc_ctx or not npc.drop_oldest_turn():
             if len(tokens) + room > npc_ctx:
                 raise TooLarge(f"persona and request need {len(tokens) + room} tokens; npc_ctx is {npc_ctx}")

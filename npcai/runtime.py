@@ -116,6 +116,13 @@ class Runtime:
         text = self.model.apply_chat_template(messages, add_generation_prompt)
         return self.model.tokenize(text, add_bos=True, special=True)
 
+    def prefix_tokens(self, messages: list[tuple[str, str]]) -> list[int]:
+        """Tokens every later prompt of this chat starts with: the render up to where a next
+        user line would begin. (Rendering the messages alone is not that: templates without a
+        system role, like Gemma's, only emit the persona together with a user turn.)"""
+        text = self.model.apply_chat_template([*messages, ("user", _SENTINEL)], False)
+        return self.model.tokenize(text[:text.index(_SENTINEL)], add_bos=True, special=True)
+
     def text_tokens(self, text: str) -> list[int]:
         """Tokens of plain text (no BOS, special-token names left as text)."""
         return self.model.tokenize(text, add_bos=False, special=False)
@@ -203,6 +210,9 @@ class Runtime:
         self.batch.close()
         self.ctx.close()
         self.model.close()
+
+
+_SENTINEL = "\u2063npcai-next-line\u2063"
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -3,7 +3,7 @@ extends SceneTree
 ## (pipe_transport.gd) carrying real ZMTP and msgpack bytes. Replies, token streaming,
 ## errors, stray replies, cancel, client-side deadlines with a silent sidecar, a lost
 ## connection, requests queued before the connection, the per-frame budget, the lease ping,
-## the handshake timeout, and await.
+## the handshake timeout, budget and frame reports, and await.
 ##
 ## [codeblock]
 ## godot --headless --path engine_bridges/godot --script res://tests/test_client.gd
@@ -37,6 +37,7 @@ class Suite:
 		_test_partial_writes()
 		_test_auto_hello_token()
 		_test_lease_and_handshake_timeout()
+		_test_budget_and_frames()
 		_test_static_helpers()
 		_test_no_leaks()
 		await _test_await(tree)
@@ -408,6 +409,109 @@ class Suite:
 		_drain(silent)
 		_check("a silent peer: handshake timeout", lost.size() == 1, lost)
 		_check("requests waiting for it end", waiting.error_code() == "unavailable", waiting.reply)
+
+	## The raw msgpack bodies the client wrote to [param pipe], as hex.
+	static func _sent_hex(pipe: Pipe) -> Array[String]:
+		var z := Zmtp.new()
+		z.start()
+		z.take_output()
+		var peer := Zmtp.greeting()
+		peer.append_array(Zmtp.ready_command("ROUTER"))
+		z.feed(peer)
+		z.feed(pipe.take())
+		var out: Array[String] = []
+		while z.has_message():
+			out.append(PackedByteArray(z.pop_message()[0]).hex_encode())
+		return out
+
+	func _test_budget_and_frames() -> void:
+		var c: Array = _connected()
+		var client: Client = c[0]
+		var pipe: Pipe = c[1]
+		var levels: Array[int] = []
+		client.backoff_changed.connect(func(level: int) -> void: levels.append(level))
+		client._next_id = 20
+		client.frame_report_every = 3
+		client.report_frame(16.5)
+		client.report_frame(16.0)
+		_drain(client)
+		var sent := _sent_hex(pipe)
+		_check("no frame op before frame_report_every frames", sent.is_empty(), sent)
+		client.report_frame(40.25)
+		_drain(client)
+		sent = _sent_hex(pipe)
+		_check(
+			"frame op: frame_ms as float64s, oldest first",
+			(
+				sent
+				== [
+					(
+						"84a17601a2696414a26f70a56672616d65a86672616d655f6d7393"
+						+ "cb4030800000000000cb4030000000000000cb4044200000000000"
+					)
+				]
+			),
+			sent
+		)
+		for ms in [17.0, 18.0, 19.0, 20.0]:
+			client.report_frame(ms)
+			_drain(client)
+		_check("one report in flight at a time", _sent(pipe).is_empty())
+		_reply(pipe, {"v": 1, "id": 20, "event": "ok", "backoff_level": 1})
+		_drain(client)
+		var frames := _sent(pipe)
+		_check(
+			"the next report once answered, with the newest frames",
+			frames.size() == 1 and frames[0]["frame_ms"] == [18.0, 19.0, 20.0],
+			frames
+		)
+		_check("backoff_level from the ok reply", client.backoff_level == 1, client.backoff_level)
+		_reply(pipe, {"v": 1, "id": 21, "event": "ok", "backoff_level": 1})
+		_drain(client)
+		_check("backoff_changed only on a change", levels == [1], levels)
+		for i in 6:
+			client.report_frame(16.0)
+			_drain(client)
+		frames = _sent(pipe)
+		_check(
+			"a report every frame_report_every frames",
+			frames.size() == 1 and frames[0]["id"] == 22 and frames[0]["frame_ms"].size() == 3,
+			frames
+		)
+		_reply(pipe, {"v": 1, "id": 22, "event": "ok", "backoff_level": 0})
+		_drain(client)
+		frames = _sent(pipe)
+		_check(
+			"frames buffered meanwhile go out with the answer",
+			frames.size() == 1 and frames[0]["id"] == 23,
+			frames
+		)
+		_check("backoff_changed back to 0", levels == [1, 0], levels)
+		client._next_id = 30
+		var budget := client.set_budget({"threads": 2.0, "frame_ms": 16})
+		client.set_budget({"share": 0.5})
+		sent = _sent_hex(pipe)
+		_check(
+			"set_budget: only the keys given, threads an int, the others floats",
+			(
+				sent
+				== [
+					(
+						"85a17601a269641ea26f70a6627564676574a77468726561647302"
+						+ "a86672616d655f6d73cb4030000000000000"
+					),
+					"84a17601a269641fa26f70a6627564676574a57368617265cb3fe0000000000000",
+				]
+			),
+			sent
+		)
+		_check("set_budget returns a request", budget.op == "budget" and budget.id == 30)
+		var alone := Client.new()
+		alone.frame_report_every = 2
+		for i in 5:
+			alone.report_frame(40.0)
+			_drain(alone)
+		_check("no connection: frame times are dropped", alone.open_count() == 0)
 
 	func _test_static_helpers() -> void:
 		_check("MsgPack.pack()", MsgPack.pack({"a": 1}).hex_encode() == "81a16101")

@@ -42,6 +42,7 @@ class Suite:
 			await _test_generation()
 			await _test_deadlines_and_cancel()
 			await _test_errors()
+			await _test_budget_and_frames()
 		client.close("done")
 		tree.process_frame.disconnect(_pump)
 		print("%d passed, %d failed" % [passed, failed])
@@ -207,6 +208,48 @@ class Suite:
 		_check("unknown op", nope.get("code") == "unknown_op", nope)
 		var alive := await _answer(client.ping())
 		_check("still serving after errors", alive.get("event") == "ok", alive)
+
+	func _test_budget_and_frames() -> void:
+		var applied := await _answer(client.set_budget({"threads": 1}))
+		_check("budget threads 1: ok", applied.get("event") == "ok", applied)
+		var stats := await _answer(client.stats())
+		var budget: Dictionary = stats.get("engine", {}).get("budget", {})
+		_check(
+			"stats: engine.budget.effective.threads == 1",
+			budget.get("effective", {}).get("threads") == 1,
+			budget
+		)
+		var target := await _answer(client.set_budget({"frame_ms": 16.7}))
+		_check(
+			"budget frame_ms 16.7",
+			is_equal_approx(target.get("budget", {}).get("frame_ms", 0.0), 16.7),
+			target
+		)
+		var levels: Array[int] = []
+		client.backoff_changed.connect(func(level: int) -> void: levels.append(level))
+		client.frame_report_every = 2
+		var slow_frames := func() -> void: client.report_frame(40.0)
+		tree.process_frame.connect(slow_frames)
+		var start := Time.get_ticks_msec()
+		await _until(func() -> bool: return client.backoff_level >= 2, 5000)
+		var took := Time.get_ticks_msec() - start
+		tree.process_frame.disconnect(slow_frames)
+		_check("40 ms frames over a 16.7 ms target: backoff_level > 0", levels.size() > 0, levels)
+		_check(
+			"one level at a time, the second after 250 ms",
+			levels.slice(0, 2) == [1, 2] and took >= 250,
+			[levels, took]
+		)
+		var reset := await _answer(client.set_budget({"threads": 0, "frame_ms": 0.0}))
+		_check(
+			"budget reset (no frame target): back-off level 0",
+			reset.get("event") == "ok" and reset.get("budget", {}).get("frame_ms") == 0.0,
+			reset
+		)
+		client.report_frame(40.0)
+		client.report_frame(40.0)
+		await _until(func() -> bool: return client.backoff_level == 0, 3000)
+		_check("frame reply: backoff_level 0", client.backoff_level == 0, levels)
 
 
 ## The endpoint: --sidecar ENDPOINT after "--".

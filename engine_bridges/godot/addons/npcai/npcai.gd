@@ -16,7 +16,10 @@ extends Node
 ## Settings come from the exported properties, overridden by the project settings
 ## [code]npcai/endpoint[/code], [code]npcai/command[/code], [code]npcai/command_args[/code],
 ## [code]npcai/serve_args[/code], [code]npcai/token[/code] and [code]npcai/autostart[/code]
-## when they exist (the plugin adds them).
+## when they exist (the plugin adds them).[br]
+## With [member report_frame_times] on, every frame's time is reported to the sidecar
+## ([method NpcAiClient.report_frame]) and [member target_frame_ms] is sent as its
+## [code]frame_ms[/code] budget on each connection, so it backs off when frames run long.
 
 ## The sidecar answered [code]hello[/code]: [param info] holds its models, limits and pid.
 signal sidecar_ready(info: Dictionary)
@@ -51,6 +54,14 @@ const Request := preload("npcai_request.gd")
 @export var heartbeat_ms: int = 1000
 ## A ping not answered within this time counts as a lost sidecar.
 @export var heartbeat_timeout_ms: int = 5000
+## Report each frame's time ([code]delta * 1000.0[/code]) so the sidecar backs off when
+## frames run over [member target_frame_ms].
+@export var report_frame_times: bool = false
+## The game's target frame time in milliseconds, sent as the budget's [code]frame_ms[/code]
+## when the sidecar is ready (with [member report_frame_times] on).
+@export var target_frame_ms: float = 16.7
+## Frames per [code]frame[/code] report ([member NpcAiClient.frame_report_every]).
+@export var frame_report_every: int = 6
 
 ## The client; use it for every op (the methods below are shortcuts).
 var client: Client = Client.new()
@@ -71,6 +82,7 @@ func _ready() -> void:
 	for key in ["endpoint", "command", "command_args", "serve_args", "token", "autostart"]:
 		if ProjectSettings.has_setting("npcai/" + key):
 			set(key, ProjectSettings.get_setting("npcai/" + key))
+	client.frame_report_every = frame_report_every
 	client.session_ready.connect(_on_session_ready)
 	client.session_failed.connect(_on_session_failed)
 	client.disconnected.connect(_on_disconnected)
@@ -132,16 +144,23 @@ func observe(npc: String, text: String) -> Request:
 	return client.observe(npc, text)
 
 
+## [method NpcAiClient.set_budget].
+func set_budget(options: Dictionary) -> Request:
+	return client.set_budget(options)
+
+
 ## [method NpcAiClient.cancel].
 func cancel(id: int) -> bool:
 	return client.cancel(id)
 
 
-func _process(_delta: float) -> void:
+func _process(delta: float) -> void:
 	launcher.poll()
 	if _reconnect_at_msec >= 0 and Time.get_ticks_msec() >= _reconnect_at_msec:
 		_reconnect_at_msec = -1
 		_connect(endpoint)
+	if report_frame_times:
+		client.report_frame(delta * 1000.0)
 	client.poll(max_messages_per_frame, frame_budget_usec)
 	_heartbeat()
 
@@ -184,6 +203,8 @@ func _on_launched(where: String) -> void:
 func _on_session_ready(reply: Dictionary) -> void:
 	info = reply
 	_reconnect_delay_ms = 1000
+	if report_frame_times and target_frame_ms > 0.0:
+		client.set_budget({"frame_ms": target_frame_ms})
 	sidecar_ready.emit(reply)
 
 

@@ -1,4 +1,4 @@
-class_name NpcAiClient
+class_name NpcAiClient  # gdlint: ignore=max-public-methods
 extends RefCounted
 ## A client of the npcai sidecar: requests, replies and deadlines over ZMTP, never blocking.
 ##
@@ -17,7 +17,10 @@ extends RefCounted
 ## the others with [signal NpcAiRequest.failed] and code [code]unavailable[/code]; both marked
 ## [code]"local": true[/code]. When the sidecar's [code]hello[/code] reply sets
 ## [code]lease_ms[/code], the client sends a [code]ping[/code] whenever it has sent nothing
-## for a quarter of it, so the sidecar keeps serving.
+## for a quarter of it, so the sidecar keeps serving.[br]
+## [method set_budget] limits the sidecar's compute; [method report_frame], called once a
+## frame, sends the game's frame times (op [code]frame[/code]) every
+## [member frame_report_every] frames, and [member backoff_level] holds the sidecar's answer.
 
 ## The ZMTP handshake is complete (requests can flow).
 signal connected
@@ -29,6 +32,8 @@ signal session_ready(info: Dictionary)
 signal session_failed(code: String, message: String)
 ## A reply for no open request (e.g. an [code]error[/code] with id nil about a bad frame).
 signal stray_reply(reply: Dictionary)
+## The sidecar's back-off level (0-3) changed, as a [code]frame[/code] reply told.
+signal backoff_changed(level: int)
 
 const PROTOCOL_VERSION := 1
 const MsgPack := preload("msgpack.gd")
@@ -37,6 +42,8 @@ const Request := preload("npcai_request.gd")
 const Transport := preload("transport.gd")
 const TcpTransport := preload("tcp_transport.gd")
 const _TERMINAL := {"ok": true, "done": true, "error": true, "cancelled": true}
+const _BUDGET_INT_KEYS: Array[String] = ["threads"]
+const _BUDGET_FLOAT_KEYS: Array[String] = ["tokens_per_s", "share", "frame_ms"]
 
 ## Name sent in the automatic [code]hello[/code].
 var client_name: String = "godot"
@@ -53,6 +60,15 @@ var max_queued: int = 256
 var handshake_timeout_ms: int = 10000
 ## The sidecar's [code]hello[/code] reply (models, limits, pid) once [signal session_ready].
 var info: Dictionary = {}
+## [method report_frame] sends one [code]frame[/code] op per this many frames (at least 1).
+## Setting it drops the frame times not yet sent.
+var frame_report_every: int = 6:
+	set(value):
+		frame_report_every = maxi(1, value)
+		_frames.resize(frame_report_every)
+		_frame_count = 0
+## The sidecar's back-off level from the last [code]frame[/code] reply: 0 (none) to 3.
+var backoff_level: int = 0
 
 var _codec: MsgPack = MsgPack.new()
 var _zmtp: Zmtp = Zmtp.new()
@@ -69,6 +85,13 @@ var _next_deadline_usec: int = -1
 var _lease_usec: int = 0
 var _last_sent_usec: int = 0
 var _connect_usec: int = 0
+var _frames: PackedFloat64Array = PackedFloat64Array()
+var _frame_count: int = 0
+var _frame_id: int = -1
+
+
+func _init() -> void:
+	_frames.resize(frame_report_every)
 
 
 ## Parses [code]tcp://HOST:PORT[/code] (HOST an IP address, IPv6 in brackets) into
@@ -241,6 +264,39 @@ func stats() -> Request:
 	return request("stats")
 
 
+## [code]budget[/code]: limits the sidecar's compute. [param options] holds any of
+## [code]threads[/code] (int, 0 = the sidecar's choice), [code]tokens_per_s[/code] (0 = no
+## cap), [code]share[/code] (of wall time, in (0, 1]) and [code]frame_ms[/code] (the game's
+## target frame time, 0 = none); only those given are sent (as int and floats), the others
+## keep their value. The reply's [code]effective[/code] shows threads, batch and share.
+func set_budget(options: Dictionary) -> Request:
+	var fields := {}
+	for key: Variant in options:
+		var v: Variant = options[key]
+		var k := str(key)
+		if k in _BUDGET_INT_KEYS and typeof(v) in [TYPE_INT, TYPE_FLOAT]:
+			fields[k] = int(v)
+		elif k in _BUDGET_FLOAT_KEYS and typeof(v) in [TYPE_INT, TYPE_FLOAT]:
+			fields[k] = float(v)
+		else:
+			push_error("npcai: set_budget ignores %s = %s" % [k, v])
+	return request("budget", fields)
+
+
+## Records one frame time (milliseconds, e.g. [code]delta * 1000.0[/code]); call once a
+## frame. Every [member frame_report_every] frames, [method poll] sends them in one
+## [code]frame[/code] op (oldest first), while the connection is up and the previous
+## report was answered; the newest times are kept meanwhile. Frames recorded without a
+## connection are dropped. Allocates nothing until a report is sent.
+func report_frame(frame_ms: float) -> void:
+	if _frame_count >= frame_report_every:
+		for i in frame_report_every - 1:
+			_frames[i] = _frames[i + 1]
+		_frame_count = frame_report_every - 1
+	_frames[_frame_count] = frame_ms
+	_frame_count += 1
+
+
 ## [code]shutdown[/code]: the sidecar answers, cancels open requests and exits.
 func shutdown() -> Request:
 	return request("shutdown")
@@ -279,6 +335,8 @@ func poll(max_messages: int = 64, budget_usec: int = 2000) -> int:
 			break
 	if _lease_usec > 0 and is_open() and Time.get_ticks_usec() - _last_sent_usec >= _lease_usec / 4:
 		ping()
+	if _frame_count >= frame_report_every:
+		_send_frames()
 	if _next_deadline_usec >= 0 and Time.get_ticks_usec() >= _next_deadline_usec:
 		_expire(Time.get_ticks_usec())
 	handled += _deliver_endings()
@@ -293,6 +351,14 @@ func poll(max_messages: int = 64, budget_usec: int = 2000) -> int:
 func _fields(fields: Dictionary, options: Dictionary) -> Dictionary:
 	fields.merge(options)
 	return fields
+
+
+func _send_frames() -> void:
+	if not is_open():
+		_frame_count = 0
+	elif _frame_id < 0:
+		_frame_id = request("frame", {"frame_ms": _frames.slice(0, _frame_count)}).id
+		_frame_count = 0
 
 
 func _check_link() -> void:
@@ -355,6 +421,13 @@ func _dispatch(parts: Array) -> void:
 
 
 func _on_end(req: Request, reply: Dictionary) -> void:
+	if req.id == _frame_id:
+		_frame_id = -1
+		var level: Variant = reply.get("backoff_level")
+		if reply.get("event") == "ok" and typeof(level) == TYPE_INT and level != backoff_level:
+			backoff_level = level
+			backoff_changed.emit(level)
+		return
 	if req.id != _hello_id:
 		return
 	_hello_id = -1
@@ -390,6 +463,8 @@ func _lose_link(reason: String) -> void:
 	_transport = null
 	_link_up = false
 	_hello_id = -1
+	_frame_id = -1
+	_frame_count = 0
 	_lease_usec = 0
 	_late.clear()
 	_queue.clear()

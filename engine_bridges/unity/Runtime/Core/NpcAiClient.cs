@@ -33,6 +33,7 @@ namespace NpcAi
             ConnectTimeoutMs = 5000;
             MaxFrameBytes = 16 << 20;
             MaxDepth = 64;
+            FrameReportInterval = 6;
         }
 
         /// <summary>Poll() handles at most this many replies per call.</summary>
@@ -49,6 +50,8 @@ namespace NpcAi
         public int MaxFrameBytes { get; set; }
         /// <summary>Deepest nesting accepted in a reply (the reply map is level 1).</summary>
         public int MaxDepth { get; set; }
+        /// <summary>ReportFrame() times are sent as one frame op every this many frames (at least 1).</summary>
+        public int FrameReportInterval { get; set; }
     }
 
     /// <summary>
@@ -70,6 +73,10 @@ namespace NpcAi
         readonly Queue<NpcRequest> threadCancels = new Queue<NpcRequest>();
         readonly Action<object> cancelFromAnyThread;
         readonly long budgetTicks;
+        readonly double[] frameTimes;           // ReportFrame()'s buffer, oldest first
+        readonly long[] frameIds = new long[8]; // ids of the last frame ops sent, whose ok carries backoff_level
+        int frameCount;
+        int frameIdNext;
         int threadCancelCount;
 
         ZmtpDealer dealer;
@@ -87,6 +94,7 @@ namespace NpcAi
             reader = new MsgPackReader(this.options.MaxDepth, 1 << 20, this.options.MaxFrameBytes);
             budgetTicks = this.options.PollBudgetMicros * Stopwatch.Frequency / 1000000;
             cancelFromAnyThread = CancelFromAnyThread;
+            frameTimes = new double[Math.Max(1, this.options.FrameReportInterval)];
         }
 
         public ClientState State { get; private set; }
@@ -100,6 +108,13 @@ namespace NpcAi
         public IDictionary<string, object> ServerInfo { get; private set; }
         /// <summary>Requests that have not ended yet (including the bridge's own hello and cancels).</summary>
         public int PendingCount { get { return pending.Count; } }
+        /// <summary>
+        /// The sidecar's back-off level (0-3) from the latest frame reply: 0 = full speed; higher =
+        /// it is yielding more of the machine because frames ran over the budget's frame_ms. 0 on a new connection.
+        /// </summary>
+        public int BackoffLevel { get; private set; }
+        /// <summary>frame ops sent so far.</summary>
+        public long FrameReportsSent { get; private set; }
 
         /// <summary>hello was answered: requests are being served.</summary>
         public event Action<NpcAiClient> Connected;
@@ -225,6 +240,8 @@ namespace NpcAi
                 {
                     current.Update();
                     handled = Receive(current, start);
+                    if (frameCount >= frameTimes.Length)
+                        SendFrames();
                     if (current == dealer && current.IsClosed)
                         Lose(current.Error, true);
                     else if (State == ClientState.Connecting && Elapsed(stateSince) > options.ConnectTimeoutMs)
@@ -330,6 +347,46 @@ namespace NpcAi
             return Submit("load", encoder.Load(nextId + 1, npc, state), null);
         }
 
+        /// <summary>
+        /// Sets the sidecar's compute budget (op budget). Only the limits given are sent; the others keep
+        /// their value. threads: most compute threads (0 = the sidecar's choice); tokensPerS: cap on
+        /// dialogue tokens per second (0 = none); share: share of wall time in (0, 1]; frameMs: the
+        /// game's target frame time (0 = no frame reports), which ReportFrame() times are judged against.
+        /// Ends with Fields["budget"] and Fields["effective"]. A relaunched sidecar starts from its defaults.
+        /// </summary>
+        public NpcRequest SetBudget(int? threads = null, double? tokensPerS = null, double? share = null,
+                                    double? frameMs = null)
+        {
+            ThrowIfDisposed();
+            if (threads < 0)
+                throw new ArgumentOutOfRangeException("threads", "must be >= 0 (0 = the sidecar's choice)");
+            if (tokensPerS.HasValue && !(tokensPerS.Value >= 0))
+                throw new ArgumentOutOfRangeException("tokensPerS", "must be >= 0 (0 = no cap)");
+            if (share.HasValue && !(share.Value > 0 && share.Value <= 1))
+                throw new ArgumentOutOfRangeException("share", "must be in (0, 1]");
+            if (frameMs.HasValue && !(frameMs.Value >= 0 && frameMs.Value <= 1000))
+                throw new ArgumentOutOfRangeException("frameMs", "must be between 0 (no frame target) and 1000");
+            return Submit("budget", encoder.Budget(nextId + 1, threads, tokensPerS, share, frameMs), null);
+        }
+
+        /// <summary>
+        /// Records one frame's duration (ms), e.g. Time.unscaledDeltaTime * 1000. Allocates nothing and
+        /// sends nothing: Poll() sends the buffered times as one frame op every FrameReportInterval frames
+        /// (dropped while not connected); its answer sets <see cref="BackoffLevel"/>. Negative or NaN
+        /// times are ignored. If Poll() falls behind, the oldest times are dropped.
+        /// </summary>
+        public void ReportFrame(double frameMs)
+        {
+            if (!(frameMs >= 0) || State == ClientState.Disposed)
+                return;
+            if (frameCount == frameTimes.Length)
+            {
+                Array.Copy(frameTimes, 1, frameTimes, 0, frameCount - 1);
+                frameCount--;
+            }
+            frameTimes[frameCount++] = frameMs;
+        }
+
         public NpcRequest Stats()
         {
             ThrowIfDisposed();
@@ -427,11 +484,36 @@ namespace NpcAi
             return request;
         }
 
+        // frame ops get no NpcRequest (so that reporting allocates nothing): their ids go in a small ring.
+        void SendFrames()
+        {
+            if (State == ClientState.Ready && dealer != null && dealer.IsOpen)
+            {
+                long id = ++nextId;
+                var body = encoder.Frame(id, frameTimes, frameCount);
+                dealer.Send(body.Data, body.Start, body.Count);
+                frameIds[frameIdNext] = id;
+                frameIdNext = (frameIdNext + 1) % frameIds.Length;
+                FrameReportsSent++;
+            }
+            frameCount = 0;
+        }
+
+        bool IsFrameReply(long id)
+        {
+            for (int i = 0; i < frameIds.Length; i++)
+                if (frameIds[i] == id)
+                    return true;
+            return false;
+        }
+
         void Open(ClientState state)
         {
             dealer = new ZmtpDealer(options.MaxFrameBytes);
             inMultipart = false;
             ServerInfo = null;
+            BackoffLevel = 0;
+            frameCount = 0;
             SetState(state);
             // hello goes first; requests made before the connection opens queue up behind it.
             Submit("hello", encoder.Hello(nextId + 1, options.ClientName, options.Token), null, NpcRequest.Kind.Hello);
@@ -506,6 +588,14 @@ namespace NpcAi
             NpcRequest request;
             if (!reply.HasId || !pending.TryGetValue(reply.Id, out request))
             {
+                if (reply.HasId && IsFrameReply(reply.Id))
+                {
+                    if (reply.Event == ReplyEvent.Ok && reply.BackoffLevel >= 0)
+                        BackoffLevel = reply.BackoffLevel;
+                    else if (reply.Event == ReplyEvent.Error)
+                        Warn("frame report refused: " + reply.Code + ": " + reply.Message);
+                    return;
+                }
                 // Late replies to requests the bridge already timed out are expected; errors are not.
                 if (reply.Event == ReplyEvent.Error)
                     Warn("sidecar error about no open request: " + reply.Code + ": " + reply.Message);

@@ -16,7 +16,7 @@ namespace NpcAi
             KeyText = Ascii("text"), KeyValue = Ascii("value"), KeyTokens = Ascii("tokens"),
             KeyFinish = Ascii("finish_reason"), KeyTimedOut = Ascii("timed_out"),
             KeyUsedFallback = Ascii("used_fallback"), KeyProbs = Ascii("probs"), KeyCode = Ascii("code"),
-            KeyMessage = Ascii("message");
+            KeyMessage = Ascii("message"), KeyBackoffLevel = Ascii("backoff_level");
 
         static readonly byte[] EventOk = Ascii("ok"), EventToken = Ascii("token"), EventDone = Ascii("done"),
             EventError = Ascii("error"), EventCancelled = Ascii("cancelled");
@@ -40,6 +40,8 @@ namespace NpcAi
         public Dictionary<string, double> Probs;
         public string Code;
         public string Message;
+        /// <summary>A frame reply's back-off level (0-3); -1 when the reply has none.</summary>
+        public int BackoffLevel;
         /// <summary>Every other field (ok payloads, timing, forced_tokens...); a new map per reply, or null.</summary>
         public Dictionary<string, object> Extra;
 
@@ -58,6 +60,7 @@ namespace NpcAi
             Probs = null;
             Code = null;
             Message = null;
+            BackoffLevel = -1;
             Extra = null;
         }
 
@@ -104,6 +107,8 @@ namespace NpcAi
                     Code = ReadOptionalString(reader);
                 else if (MsgPackReader.BytesEqual(d, k, n, KeyMessage))
                     Message = ReadOptionalString(reader);
+                else if (MsgPackReader.BytesEqual(d, k, n, KeyBackoffLevel))
+                    BackoffLevel = (int)reader.ReadInt64();  // frame's ok: matched here so it decodes without allocating
                 else
                 {
                     if (Extra == null)

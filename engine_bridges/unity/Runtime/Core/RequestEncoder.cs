@@ -97,6 +97,28 @@ namespace NpcAi
             return End(null);
         }
 
+        /// <summary>budget: only the limits given (non-null) are sent; the sidecar keeps the others.</summary>
+        public ByteBuffer Budget(long id, int? threads, double? tokensPerS, double? share, double? frameMs)
+        {
+            Begin(id, "budget");
+            Int("threads", threads);
+            Num("tokens_per_s", tokensPerS);
+            Num("share", share);
+            Num("frame_ms", frameMs);
+            return End(null);
+        }
+
+        /// <summary>frame: frame_ms as an array of float64, oldest first. Allocates nothing once the buffers have grown.</summary>
+        public ByteBuffer Frame(long id, double[] frameMs, int count)
+        {
+            Begin(id, "frame");
+            Key("frame_ms");
+            entries.WriteArrayHeader(count);
+            for (int i = 0; i < count; i++)
+                entries.WriteDouble(frameMs[i]);
+            return End(null);
+        }
+
         /// <summary>An op with no fields (ping, stats, shutdown), or any op with its fields as a map.</summary>
         public ByteBuffer Op(long id, string op, IDictionary fields, RequestOptions options)
         {

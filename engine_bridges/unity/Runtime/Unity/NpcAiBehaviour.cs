@@ -29,6 +29,10 @@ namespace NpcAi.Unity
         [Header("Per-frame budget")]
         [SerializeField] int maxMessagesPerPoll = 64;
         [SerializeField] int pollBudgetMicros = 1000;
+        [Tooltip("Report each frame's time (Time.unscaledDeltaTime) so the sidecar backs off when frames run over Target Frame Ms.")]
+        [SerializeField] bool reportFrameTimes;
+        [Tooltip("The game's target frame time in ms (16.7 = 60 fps), sent as the budget's frame_ms on every connection when reporting frame times.")]
+        [SerializeField] float targetFrameMs = 16.7f;
 
         [Header("Failures")]
         [Tooltip("Seconds to wait before relaunching (or reconnecting) after the sidecar is lost; 0 turns it off.")]
@@ -52,6 +56,7 @@ namespace NpcAi.Unity
             });
             Client.Warning += OnWarning;
             Client.Disconnected += OnDisconnected;
+            Client.Connected += OnConnected;
             StartSidecar(false);
         }
 
@@ -62,7 +67,19 @@ namespace NpcAi.Unity
                 relaunchAt = -1f;
                 StartSidecar(true);
             }
+            if (reportFrameTimes)
+                Client.ReportFrame(Time.unscaledDeltaTime * 1000.0);
             Client.Poll();
+        }
+
+        /// <summary>
+        /// Client.SetBudget: only the limits given are sent. A relaunched sidecar starts from its
+        /// defaults (plus Target Frame Ms when reporting frame times); set it again in Client.Connected.
+        /// </summary>
+        public NpcRequest SetBudget(int? threads = null, double? tokensPerS = null, double? share = null,
+                                    double? frameMs = null)
+        {
+            return Client.SetBudget(threads, tokensPerS, share, frameMs);
         }
 
         void OnApplicationQuit()
@@ -99,6 +116,12 @@ namespace NpcAi.Unity
                 Debug.LogError("npcai: cannot run '" + command + "' (" + e.Message + "). Install npcai (pip install npcai) "
                                + "or set the command to your Python with args -m npcai.");
             }
+        }
+
+        void OnConnected(NpcAiClient client)
+        {
+            if (reportFrameTimes && targetFrameMs > 0f)
+                client.SetBudget(frameMs: Math.Min(1000.0, targetFrameMs));
         }
 
         void OnDisconnected(NpcAiClient client, string reason)

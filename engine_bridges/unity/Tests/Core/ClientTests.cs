@@ -18,6 +18,9 @@ namespace NpcAi.Tests
             yield return new TestCase("unit", "client.silent_sidecar_deadlines", SilentSidecarDeadlines);
             yield return new TestCase("unit", "client.connect_refused", ConnectRefused);
             yield return new TestCase("unit", "client.hello_refused", HelloRefused);
+            yield return new TestCase("unit", "client.budget_encoding", BudgetEncoding);
+            yield return new TestCase("unit", "client.frame_reports", FrameReports);
+            yield return new TestCase("unit", "client.report_frame_allocates_nothing", ReportFrameAllocatesNothing);
             yield return new TestCase("unit", "launcher.join_arguments", JoinArguments);
         }
 
@@ -56,6 +59,8 @@ namespace NpcAi.Tests
                         FakeSidecar.Reply(id, "done", "value", "flee", "text", "flee",
                             "probs", new Dictionary<string, object> { { "attack", 0.25 }, { "flee", 0.75 } }),
                     };
+                case "frame":
+                    return new[] { FakeSidecar.Reply(id, "ok", "backoff_level", 2L) };
                 default:
                     return new[] { FakeSidecar.Reply(id, "ok") };
             }
@@ -261,6 +266,125 @@ namespace NpcAi.Tests
                 GameLoop.Until(client, () => reason != null, 3000, "refusal");
                 Check.True(reason.Contains("unauthorized"), "reason: " + reason);
                 Check.Equal(ClientState.Disconnected, client.State, "state");
+                client.Dispose();
+            }
+        }
+
+        // Expected bytes below come from Python's msgpack.packb, not from this bridge.
+        static void BudgetEncoding()
+        {
+            var encoder = new RequestEncoder();
+            Check.Bytes(Vectors.FromHex("84a17601a2696402a26f70a6627564676574a77468726561647301"),
+                encoder.Budget(2, 1, null, null, null).ToArray(), "budget threads=1: only the field given");
+            Check.Bytes(Vectors.FromHex("85a17601a2696403a26f70a6627564676574a57368617265cb3fe0000000000000"
+                                        + "a86672616d655f6d73cb4030b33333333333"),
+                encoder.Budget(3, null, null, 0.5, 16.7).ToArray(), "budget share=0.5 frame_ms=16.7");
+            Check.Bytes(Vectors.FromHex("84a17601a2696407a26f70a56672616d65a86672616d655f6d7393cb4030b33333333333"
+                                        + "cb4044000000000000cb4040a00000000000"),
+                encoder.Frame(7, new[] { 16.7, 40.0, 33.25, 99.0 }, 3).ToArray(), "frame: an array of float64");
+
+            var client = new NpcAiClient();
+            Check.Throws<ArgumentOutOfRangeException>(() => client.SetBudget(share: 0), "share 0");
+            Check.Throws<ArgumentOutOfRangeException>(() => client.SetBudget(share: 1.5), "share 1.5");
+            Check.Throws<ArgumentOutOfRangeException>(() => client.SetBudget(threads: -1), "threads -1");
+            Check.Throws<ArgumentOutOfRangeException>(() => client.SetBudget(frameMs: double.NaN), "frame_ms NaN");
+            Check.Equal("budget", client.SetBudget(share: 1).Op, "a budget request");
+        }
+
+        static void FrameReports()
+        {
+            using (var fake = new FakeSidecar(Answer))
+            {
+                var client = new NpcAiClient();
+                client.ReportFrame(50);  // before the connection is up: dropped, not sent later
+                client.Connect(fake.Endpoint);
+                GameLoop.Until(client, () => client.State == ClientState.Ready, 3000, "ready");
+                var budget = client.SetBudget(threads: 1);
+                GameLoop.Until(client, () => !budget.IsPending, 3000, "budget ok");
+                Check.Equal(RequestStatus.Done, budget.Status, "budget status");
+                Check.Equal(0, client.BackoffLevel, "no frame reply yet");
+
+                double[] times = { 9.5, 10, 11, 12.25, 13, 14 };
+                for (int i = 0; i < 5; i++)
+                {
+                    client.ReportFrame(times[i]);
+                    client.Poll();
+                }
+                Check.Equal(0L, client.FrameReportsSent, "nothing sent before the 6th frame");
+                client.ReportFrame(times[5]);
+                client.Poll();
+                Check.Equal(1L, client.FrameReportsSent, "one frame op after 6 frames");
+                // Poll() falling behind: the buffer keeps the latest 6 of 8 frames.
+                client.ReportFrame(1);
+                client.ReportFrame(2);
+                for (int i = 0; i < 6; i++)
+                    client.ReportFrame(times[i]);
+                client.Poll();
+                Check.Equal(2L, client.FrameReportsSent, "a second frame op");
+                GameLoop.Until(client, () => client.BackoffLevel == 2, 3000, "backoff_level from the frame reply");
+                GameLoop.Run(client, 20);
+                Check.Equal(2L, client.FrameReportsSent, "no more frame ops without more frames");
+                Check.Equal(0, client.PendingCount, "frame ops leave nothing pending");
+
+                var sent = fake.Received;
+                var bodies = fake.ReceivedBodies;
+                int frames = 0;
+                string doubles = "cb4023000000000000cb4024000000000000cb4026000000000000"
+                                 + "cb4028800000000000cb402a000000000000cb402c000000000000";
+                for (int i = 0; i < sent.Count; i++)
+                {
+                    if ((string)sent[i]["op"] != "frame")
+                        continue;
+                    frames++;
+                    long id = (long)sent[i]["id"];
+                    Check.True(id < 128, "a fixint id");
+                    Check.Bytes(Vectors.FromHex("84a17601a26964" + id.ToString("x2") + "a26f70a56672616d65a86672616d655f6d7396" + doubles),
+                        bodies[i], "frame op " + frames + " on the wire");
+                }
+                Check.Equal(2, frames, "frame ops received");
+                Check.Equal("budget", (string)sent[1]["op"], "budget sent");
+                Check.Equal(4, sent[1].Count, "budget carries v, id, op and threads only");
+                Check.Equal<object>(1L, sent[1]["threads"], "threads");
+                client.Dispose();
+            }
+        }
+
+        static void ReportFrameAllocatesNothing()
+        {
+            var idle = new NpcAiClient();
+            idle.ReportFrame(16);
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < 10000; i++)
+                idle.ReportFrame(16 + (i & 7));
+            long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+            Check.Equal(0L, allocated, "bytes allocated by 10,000 ReportFrame() calls");
+
+            // And the Poll() calls that send the frame ops and read their replies, once warm.
+            using (var fake = new FakeSidecar(Answer))
+            {
+                var client = new NpcAiClient();
+                client.Connect(fake.Endpoint);
+                GameLoop.Until(client, () => client.State == ClientState.Ready, 3000, "ready");
+                for (int i = 0; i < 24; i++)
+                {
+                    client.ReportFrame(16);
+                    client.Poll();
+                }
+                GameLoop.Until(client, () => client.BackoffLevel == 2, 3000, "frame replies");
+                before = GC.GetAllocatedBytesForCurrentThread();
+                for (int i = 0; i < 600; i++)
+                {
+                    client.ReportFrame(16);
+                    client.Poll();
+                    if ((i & 63) == 0)
+                        Thread.Sleep(1);
+                }
+                allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+                long sent = client.FrameReportsSent;
+                Console.WriteLine("  600 frames: {0} frame ops sent, {1} bytes allocated by ReportFrame() + Poll()", sent, allocated);
+                Check.True(sent >= 100, "frame ops sent: " + sent);
+                Check.Equal(0L, allocated, "bytes allocated by ReportFrame() + Poll() sending frame ops");
+                GameLoop.Run(client, 50);  // read the last replies: closing with unread data would reset the fake's socket
                 client.Dispose();
             }
         }

@@ -25,6 +25,8 @@ namespace NpcAi.Tests
             yield return new TestCase("e2e", "e2e.decide_schema", DecideSchema);
             yield return new TestCase("e2e", "e2e.cancel_mid_stream", CancelMidStream);
             yield return new TestCase("e2e", "e2e.deadline_fallback", DeadlineFallback);
+            yield return new TestCase("e2e", "e2e.budget_threads", BudgetThreads);
+            yield return new TestCase("e2e", "e2e.frame_backoff", FrameBackoff);
             yield return new TestCase("e2e", "e2e.connect_to_running_sidecar", ConnectToRunningSidecar);
             yield return new TestCase("e2e", "e2e.sidecar_killed_mid_request", SidecarKilledMidRequest);
             yield return new TestCase("e2e", "e2e.relaunch_and_hello", RelaunchAndHello);
@@ -190,6 +192,57 @@ namespace NpcAi.Tests
             Check.Equal<object>("flee", decide.Value, "decide value is the fallback");
             // The sidecar still serves afterwards.
             Check.Equal(RequestStatus.Done, Await(client.Ping()).Status, "ping after timeouts");
+        }
+
+        static IDictionary<string, object> Map(object value, string what)
+        {
+            var map = value as IDictionary<string, object>;
+            Check.True(map != null, what + " is a map: " + value);
+            return map;
+        }
+
+        static void BudgetThreads()
+        {
+            RequireReady();
+            var budget = Await(client.SetBudget(threads: 1));
+            Check.Equal(RequestStatus.Done, budget.Status, "budget status (" + budget.ErrorMessage + ")");
+            Check.Equal<object>(1L, Map(budget.Fields["effective"], "effective")["threads"], "effective threads in budget's ok");
+            var stats = Await(client.Stats());
+            var engineBudget = Map(Map(stats.Fields["engine"], "engine")["budget"], "engine.budget");
+            Check.Equal(1L, Convert.ToInt64(Map(engineBudget["effective"], "engine.budget.effective")["threads"]),
+                "stats engine.budget.effective.threads");
+            Check.Equal(1L, Convert.ToInt64(Map(engineBudget["budget"], "engine.budget.budget")["threads"]),
+                "stats engine.budget.budget.threads");
+        }
+
+        static void FrameBackoff()
+        {
+            RequireReady();
+            var budget = Await(client.SetBudget(frameMs: 16.7));
+            Check.Equal(RequestStatus.Done, budget.Status, "budget status (" + budget.ErrorMessage + ")");
+            Check.Equal(0, client.BackoffLevel, "no back-off before frames are reported");
+            long sentBefore = client.FrameReportsSent;
+            var clock = Stopwatch.StartNew();
+            // 40 ms frames against a 16.7 ms target; the sidecar escalates at most one level per 250 ms.
+            GameLoop.Until(client, () =>
+            {
+                client.ReportFrame(40);
+                return client.BackoffLevel > 0;
+            }, ReplyTimeoutMs, "BackoffLevel > 0");
+            Console.WriteLine("  back-off level {0} after {1} ms, {2} frame ops", client.BackoffLevel,
+                clock.ElapsedMilliseconds, client.FrameReportsSent - sentBefore);
+            var stats = Await(client.Stats());
+            var engineBudget = Map(Map(stats.Fields["engine"], "engine")["budget"], "engine.budget");
+            Check.True(Convert.ToInt64(engineBudget["backoff_level"]) > 0, "stats shows the back-off: " + engineBudget["backoff_level"]);
+
+            // Back to full speed for the cases after this one: no frame target, the sidecar's own threads.
+            var reset = Await(client.SetBudget(threads: 0, frameMs: 0));
+            Check.Equal(RequestStatus.Done, reset.Status, "reset status");
+            GameLoop.Until(client, () =>
+            {
+                client.ReportFrame(40);
+                return client.BackoffLevel == 0;
+            }, ReplyTimeoutMs, "BackoffLevel back to 0 without a frame target");
         }
 
         static void ConnectToRunningSidecar()

@@ -16,6 +16,7 @@ namespace NpcAi.Tests
         readonly TcpListener listener;
         readonly Thread thread;
         readonly List<Dictionary<string, object>> received = new List<Dictionary<string, object>>();
+        readonly List<byte[]> receivedBodies = new List<byte[]>();
         volatile Socket peer;
         volatile bool stopping;
         Exception failure;
@@ -37,6 +38,12 @@ namespace NpcAi.Tests
         public List<Dictionary<string, object>> Received
         {
             get { lock (received) return new List<Dictionary<string, object>>(received); }
+        }
+
+        /// <summary>The raw msgpack bodies of the requests received so far, in the same order (a copy).</summary>
+        public List<byte[]> ReceivedBodies
+        {
+            get { lock (received) return new List<byte[]>(receivedBodies); }
         }
 
         /// <summary>Sends one reply now, from the test's thread (e.g. a late or unsolicited reply).</summary>
@@ -97,7 +104,10 @@ namespace NpcAi.Tests
                         return;
                     var request = (Dictionary<string, object>)MsgPack.Decode(body);
                     lock (received)
+                    {
                         received.Add(request);
+                        receivedBodies.Add(body);
+                    }
                     var replies = Respond(request);
                     if (replies == null)
                         continue;

@@ -1,6 +1,8 @@
 #include "npcai/client.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <string>
 
 namespace npcai {
@@ -8,6 +10,12 @@ namespace npcai {
 namespace {
 
 std::chrono::milliseconds ms(int v) { return std::chrono::milliseconds(v); }
+
+// A fixstr (up to 31 bytes), as msgpack::encode writes it.
+void put_fixstr(std::vector<std::uint8_t>& out, std::string_view s) {
+  out.push_back(static_cast<std::uint8_t>(0xa0 | s.size()));
+  out.insert(out.end(), s.begin(), s.end());
+}
 
 }  // namespace
 
@@ -24,6 +32,7 @@ Client::Client(Listener& listener, ClientConfig config)
 bool Client::connect(std::string_view endpoint) {
   close();
   quiet_since_ = Clock::now();
+  backoff_level_ = 0;  // perhaps another sidecar
   return dealer_.connect(endpoint);
 }
 
@@ -147,6 +156,16 @@ Handle Client::shutdown() {
   return submit(id, m, Options{}, false);
 }
 
+Handle Client::set_budget(const Budget& budget) {
+  Handle id;
+  msgpack::Value m = begin("budget", id);
+  if (budget.threads) m.set("threads", *budget.threads);
+  if (budget.tokens_per_s) m.set("tokens_per_s", *budget.tokens_per_s);
+  if (budget.share) m.set("share", *budget.share);
+  if (budget.frame_ms) m.set("frame_ms", *budget.frame_ms);
+  return submit(id, m, Options{}, false);
+}
+
 Handle Client::request(std::string_view op, const msgpack::Value& fields, const Options& options) {
   Handle id;
   msgpack::Value m = begin(op, id);
@@ -175,6 +194,12 @@ Handle Client::submit(Handle id, msgpack::Value& message, const Options& options
     message.set(options.extra.key(i).as_str(), options.extra.val(i));
   }
 
+  encoded_.clear();
+  msgpack::encode(message, encoded_);
+  return send_encoded(id, options, internal);
+}
+
+Handle Client::send_encoded(Handle id, const Options& options, bool internal) {
   const Clock::time_point now = Clock::now();
   Slot& slot = free_slot();
   slot.id = id;
@@ -189,8 +214,6 @@ Handle Client::submit(Handle id, msgpack::Value& message, const Options& options
     if (open_ == 0) quiet_since_ = now;  // silence counts from when we start waiting
     ++open_;
   }
-  encoded_.clear();
-  msgpack::encode(message, encoded_);
   if (!dealer_.is_open()) {
     slot.fail = Fail::NotConnected;
     failing_ = true;
@@ -198,6 +221,44 @@ Handle Client::submit(Handle id, msgpack::Value& message, const Options& options
     lose(dealer_.error());
   }
   return id;
+}
+
+// --- frame reports ----------------------------------------------------------------------------
+
+void Client::report_frame(double frame_ms) {
+  if (!std::isfinite(frame_ms) || frame_ms < 0) return;
+  if (frame_count_ == kMaxFrameBatch) {  // a report is still unanswered: keep the newest
+    std::memmove(frames_, frames_ + 1, sizeof(double) * (kMaxFrameBatch - 1));
+    --frame_count_;
+  }
+  frames_[frame_count_++] = frame_ms;
+}
+
+void Client::send_frames() {
+  const int every = std::clamp(config_.frame_report_every, 1, static_cast<int>(kMaxFrameBatch));
+  if (frame_report_ != 0 || frame_count_ < every || !dealer_.is_open()) return;
+  // {v: 1, id, op: "frame", frame_ms: [float64...]} written in place (msgpack::encode's bytes):
+  // building a msgpack::Value would allocate on every report.
+  const Handle id = next_id_++;
+  encoded_.clear();
+  encoded_.push_back(0x84);
+  put_fixstr(encoded_, "v");
+  encoded_.push_back(0x01);
+  put_fixstr(encoded_, "id");
+  msgpack::encode(msgpack::Value(id), encoded_);
+  put_fixstr(encoded_, "op");
+  put_fixstr(encoded_, "frame");
+  put_fixstr(encoded_, "frame_ms");
+  if (frame_count_ < 16) {
+    encoded_.push_back(static_cast<std::uint8_t>(0x90 | frame_count_));
+  } else {
+    encoded_.insert(encoded_.end(), {0xdc, 0x00, static_cast<std::uint8_t>(frame_count_)});
+  }
+  for (int i = 0; i < frame_count_; ++i) msgpack::encode(msgpack::Value(frames_[i]), encoded_);
+  frame_count_ = 0;
+  frame_report_ = id;
+  static const Options none;
+  send_encoded(id, none, true);
 }
 
 // --- slots ----------------------------------------------------------------------------------
@@ -243,6 +304,7 @@ int Client::poll() {
         if (Clock::now() >= stop) break;
       }
     }
+    send_frames();  // after dispatch: the previous report's reply may just have come
     if (dealer_.state() == Dealer::State::Closed) {
       lose(dealer_.error());
     } else {
@@ -275,6 +337,10 @@ void Client::dispatch(const std::uint8_t* body, std::size_t size) {
   const bool internal = slot->internal;
   release(*slot);  // before the callback, which may make new requests
   if (h == heartbeat_) heartbeat_ = 0;
+  if (h == frame_report_) {
+    frame_report_ = 0;
+    if (event == "ok") backoff_level_ = static_cast<int>(reply_["backoff_level"].as_int(backoff_level_));
+  }
   if (internal) return;
   if (event == "error") {
     listener_.on_error(h, reply_["code"].as_str(), reply_["message"].as_str());
@@ -296,6 +362,7 @@ void Client::dispatch(const std::uint8_t* body, std::size_t size) {
 
 void Client::lose(std::string_view reason) {
   heartbeat_ = 0;
+  frame_report_ = 0;
   bool lost_any = false;
   for (Slot& slot : slots_) {
     if (slot.id == 0 || slot.fail != Fail::None) continue;

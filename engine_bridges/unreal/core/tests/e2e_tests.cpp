@@ -267,6 +267,62 @@ CASE(silent_sidecar_deadline_from_poll) {
   CHECK(events.ends[ping].kind == "done");
 }
 
+CASE(budget_threads_show_in_stats) {
+  REQUIRE(sidecar && sidecar->ready());
+  npcai::Budget budget;
+  budget.threads = 1;
+  const Handle h = sidecar->client().set_budget(budget);
+  REQUIRE(finish(h, 5000));
+  const Events::End& e = events.ends[h];
+  REQUIRE(e.kind == "done", e.code + " " + e.message);
+  CHECK(e.reply["budget"]["threads"].as_int() == 1);
+  CHECK(e.reply["budget"].find("frame_ms") && e.reply["budget"]["frame_ms"].as_double() == 0);  // left as it was
+  const Handle stats = sidecar->client().stats();
+  REQUIRE(finish(stats, 5000));
+  const Value& effective = events.ends[stats].reply["engine"]["budget"]["effective"];
+  CHECK(effective["threads"].as_int() == 1, events.ends[stats].kind + " threads " +
+                                                  std::to_string(effective["threads"].as_int(-1)));
+}
+
+CASE(frame_reports_over_target_back_off) {
+  // Target 16.7 ms, frames of 40 ms: the sidecar backs off, at most one level per 250 ms.
+  REQUIRE(sidecar && sidecar->ready());
+  npcai::Client& client = sidecar->client();
+  npcai::Budget budget;
+  budget.frame_ms = 16.7;
+  const Handle h = client.set_budget(budget);
+  REQUIRE(finish(h, 5000));
+  REQUIRE(events.ends[h].kind == "done", events.ends[h].code + " " + events.ends[h].message);
+  CHECK(client.backoff_level() == 0);
+  const auto start = Clock::now();  // before the first report is sent
+  Clock::time_point first_at{}, second_at{};
+  const bool backed_off = game_loop(*sidecar, [&] {
+    client.report_frame(40.0);
+    const int level = client.backoff_level();
+    if (level >= 1 && first_at == Clock::time_point{}) first_at = Clock::now();
+    if (level >= 2 && second_at == Clock::time_point{}) second_at = Clock::now();
+    return level >= 2;
+  }, 5000);
+  CHECK(first_at != Clock::time_point{}, "backoff_level never rose above 0");
+  REQUIRE(backed_off, "backoff_level " + std::to_string(client.backoff_level()));
+  CHECK(client.backoff_level() <= 3);
+  const long long to_first = ms_between(start, first_at), to_second = ms_between(start, second_at);
+  CHECK(to_second >= 250, std::to_string(to_second) + " ms to level 2");  // one level per 250 ms at most
+  std::printf("  backoff_level 1 after %lld ms, 2 after %lld ms\n", to_first, to_second);
+
+  // Back to no target and all threads: the level drops to 0 at once.
+  npcai::Budget reset;
+  reset.frame_ms = 0;
+  reset.threads = 0;
+  const Handle r = client.set_budget(reset);
+  REQUIRE(finish(r, 5000));
+  CHECK(events.ends[r].reply["effective"]["threads"].as_int() >= 1);
+  REQUIRE(game_loop(*sidecar, [&] {
+    client.report_frame(40.0);
+    return client.backoff_level() == 0;
+  }, 3000), "backoff_level " + std::to_string(client.backoff_level()));
+}
+
 CASE(killed_sidecar_ends_pending_requests) {
   REQUIRE(sidecar && sidecar->ready());
   npcai::Options options;

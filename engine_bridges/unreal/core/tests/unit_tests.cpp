@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <fstream>
 #include <functional>
@@ -747,6 +748,94 @@ CASE(client_deadline_and_silence_without_replies) {
     if (decode(frame, v) == npcai::msgpack::Error::None && v["op"].as_str() == "ping") ++pings;
   }
   CHECK(pings == 1, std::to_string(pings) + " pings");
+}
+
+CASE(client_budget_and_frame_reports) {
+  // set_budget's wire bytes; report_frame() buffers frames and poll() sends one `frame` request
+  // (an array of float64) per frame_report_every (6) frames, at most one unanswered at a time.
+  FakeSidecar fake;
+  std::atomic<bool> release{false};
+  fake.run([&](FakeSidecar& f) {
+    if (!f.accept() || !f.handshake()) return;
+    Bytes frame;
+    if (!f.read_frame(frame)) return;
+    f.record(frame);
+    f.send(encoded(map_of({{"v", 1}, {"id", 1}, {"event", "ok"}, {"budget", map_of({{"threads", 1}})},
+                           {"effective", map_of({{"threads", 1}, {"batch", 512}, {"share", 1.0}})}})));
+    for (int level = 1; level <= 2 && f.read_frame(frame); ++level) {
+      f.record(frame);
+      while (level == 1 && !release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      Value req;
+      if (decode(frame, req) != npcai::msgpack::Error::None) return;
+      f.send(encoded(map_of({{"v", 1}, {"id", req["id"].as_int()}, {"event", "ok"}, {"backoff_level", level}})));
+    }
+    while (f.read_frame(frame)) f.record(frame);
+  });
+  Recorder events;
+  npcai::Client client(events);
+  REQUIRE(client.connect(fake.endpoint()));
+  REQUIRE(poll_until(client, [&] { return client.state() == npcai::Client::State::Open; }));
+
+  npcai::Budget budget;
+  budget.threads = 1;
+  budget.frame_ms = 16.7;
+  const Handle h = client.set_budget(budget);
+  CHECK(h == 1);
+  REQUIRE(poll_until(client, [&] { return events.ends.count(h) == 1; }));
+  CHECK(events.ends[h].kind == "done" && events.ends[h].reply["effective"]["threads"].as_int() == 1);
+  CHECK(fake.received_count() == 1);
+
+  const double first[] = {16.0, 16.5, 17.25, 33.5, 40.0, 8.125};
+  for (int i = 0; i < 5; ++i) {
+    client.report_frame(first[i]);
+    client.poll();
+  }
+  client.report_frame(std::nan(""));  // ignored, as are negative times
+  client.report_frame(-1.0);
+  poll_until(client, [] { return false; }, 50);
+  CHECK(fake.received_count() == 1, "a frame report before 6 frames");
+  client.report_frame(first[5]);
+  CHECK(fake.received_count() == 1);  // never from report_frame itself
+  REQUIRE(poll_until(client, [&] { return fake.received_count() == 2; }));
+
+  // Ten more frames while the first report is unanswered: they wait for its reply.
+  for (int i = 0; i < 10; ++i) {
+    client.report_frame(20.0 + i);
+    client.poll();
+  }
+  poll_until(client, [] { return false; }, 50);
+  CHECK(fake.received_count() == 2, "a second report while the first was unanswered");
+  CHECK(client.backoff_level() == 0);
+  release = true;
+  REQUIRE(poll_until(client, [&] { return client.backoff_level() == 2; }));
+  CHECK(client.pending() == 0 && events.ends.size() == 1);  // reports are the client's own: no events
+  client.close();
+
+  std::lock_guard<std::mutex> lock(fake.mutex);
+  REQUIRE(fake.received.size() == 3);
+  const Bytes budget_bytes = {0x85, 0xa1, 'v', 0x01, 0xa2, 'i', 'd', 0x01, 0xa2, 'o', 'p', 0xa6, 'b', 'u', 'd', 'g',
+                              'e', 't', 0xa7, 't', 'h', 'r', 'e', 'a', 'd', 's', 0x01, 0xa8, 'f', 'r', 'a', 'm', 'e',
+                              '_', 'm', 's', 0xcb, 0x40, 0x30, 0xb3, 0x33, 0x33, 0x33, 0x33, 0x33};
+  CHECK(fake.received[0] == budget_bytes, hex(fake.received[0]));
+  CHECK(fake.received[0] ==
+        encoded(map_of({{"v", 1}, {"id", 1}, {"op", "budget"}, {"threads", 1}, {"frame_ms", 16.7}})));
+  // The first report, byte for byte: {v: 1, id: 2, op: "frame", frame_ms: [six float64]}.
+  Bytes frame_bytes = {0x84, 0xa1, 'v', 0x01, 0xa2, 'i', 'd', 0x02, 0xa2, 'o', 'p', 0xa5, 'f', 'r', 'a', 'm', 'e',
+                       0xa8, 'f', 'r', 'a', 'm', 'e', '_', 'm', 's', 0x96};
+  for (const Bytes& f64 : {Bytes{0xcb, 0x40, 0x30, 0, 0, 0, 0, 0, 0}, Bytes{0xcb, 0x40, 0x30, 0x80, 0, 0, 0, 0, 0},
+                           Bytes{0xcb, 0x40, 0x31, 0x40, 0, 0, 0, 0, 0}, Bytes{0xcb, 0x40, 0x40, 0xc0, 0, 0, 0, 0, 0},
+                           Bytes{0xcb, 0x40, 0x44, 0, 0, 0, 0, 0, 0}, Bytes{0xcb, 0x40, 0x20, 0x40, 0, 0, 0, 0, 0}}) {
+    frame_bytes.insert(frame_bytes.end(), f64.begin(), f64.end());
+  }
+  CHECK(fake.received[1] == frame_bytes, hex(fake.received[1]));
+  Value six = Value::array();
+  for (double f : first) six.push(f);
+  CHECK(fake.received[1] == encoded(map_of({{"v", 1}, {"id", 2}, {"op", "frame"}, {"frame_ms", six}})));
+  // The second carries all ten frames that gathered meanwhile.
+  Value ten = Value::array();
+  for (int i = 0; i < 10; ++i) ten.push(20.0 + i);
+  CHECK(fake.received[2] == encoded(map_of({{"v", 1}, {"id", 3}, {"op", "frame"}, {"frame_ms", ten}})),
+        hex(fake.received[2]));
 }
 
 // --- the launcher's failure paths (the real sidecar is in e2e_tests) ---------------------------

@@ -111,6 +111,7 @@ void UNpcAiSubsystem::StartSidecar()
 	Config.client_name = "unreal";
 	Config.client.max_messages_per_poll = FMath::Max(1, MaxMessagesPerFrame);
 	Config.client.poll_budget_us = FMath::Max(1, FrameBudgetMicroseconds);
+	Config.client.frame_report_every = FMath::Clamp(FrameReportEvery, 1, static_cast<int32>(npcai::Client::kMaxFrameBatch));
 
 	Bridge.Reset();  // stops the previous sidecar, if any
 	Bridge = MakeShared<FNpcAiBridge>(*this, std::move(Config));
@@ -224,6 +225,37 @@ int32 UNpcAiSubsystem::Forget(const FString& Npc)
 	return Bridge.IsValid() ? static_cast<int32>(Bridge->Launcher.client().forget(ToUtf8(Npc))) : 0;
 }
 
+int32 UNpcAiSubsystem::SetBudget(int32 Threads, float TokensPerSecond, float Share, float FrameMs)
+{
+	if (!Bridge.IsValid())
+	{
+		return 0;
+	}
+	npcai::Budget Budget;
+	if (Threads >= 0)
+	{
+		Budget.threads = Threads;
+	}
+	if (TokensPerSecond >= 0.f)
+	{
+		Budget.tokens_per_s = TokensPerSecond;
+	}
+	if (Share >= 0.f)
+	{
+		Budget.share = Share;
+	}
+	if (FrameMs >= 0.f)
+	{
+		Budget.frame_ms = FrameMs;
+	}
+	return static_cast<int32>(Bridge->Launcher.client().set_budget(Budget));
+}
+
+int32 UNpcAiSubsystem::GetBackoffLevel() const
+{
+	return Bridge.IsValid() ? Bridge->Launcher.client().backoff_level() : 0;
+}
+
 bool UNpcAiSubsystem::Cancel(int32 Handle)
 {
 	return Bridge.IsValid() && Bridge->Launcher.client().cancel(Handle);
@@ -232,6 +264,11 @@ bool UNpcAiSubsystem::Cancel(int32 Handle)
 void UNpcAiSubsystem::Tick(float DeltaTime)
 {
 	npcai::Launcher& Launcher = Bridge->Launcher;
+	if (bReportFrameTimes && Launcher.ready())
+	{
+		// Only buffered here; poll() sends a `frame` report every FrameReportEvery frames.
+		Launcher.client().report_frame(static_cast<double>(DeltaTime) * 1000.0);
+	}
 	Launcher.poll();  // bounded: MaxMessagesPerFrame, FrameBudgetMicroseconds
 
 	const npcai::Launcher::State State = Launcher.state();
@@ -241,6 +278,11 @@ void UNpcAiSubsystem::Tick(float DeltaTime)
 		if (State == npcai::Launcher::State::Ready)
 		{
 			UE_LOG(LogNpcAi, Log, TEXT("npcai sidecar ready at %s"), *FromUtf8(Launcher.endpoint()));
+			if (bReportFrameTimes && TargetFrameMs > 0.f)
+			{
+				// A (re)started sidecar knows no frame target; its `ok` is dispatched to OnDone.
+				SetBudget(-1, -1.f, -1.f, TargetFrameMs);
+			}
 			OnSidecarStateChanged.Broadcast(true, FromUtf8(Launcher.endpoint()));
 		}
 		else if (State == npcai::Launcher::State::Failed)

@@ -88,6 +88,19 @@ public:
 	UPROPERTY(Config, EditAnywhere, BlueprintReadWrite, Category = "NpcAi|Settings")
 	int32 FrameBudgetMicroseconds = 1000;
 
+	// Report each frame's time (Tick's DeltaTime) to the sidecar, which backs off (fewer
+	// threads, smaller batches, pauses) while frames run over TargetFrameMs. TargetFrameMs > 0
+	// is sent as the budget's frame_ms each time the sidecar becomes ready.
+	UPROPERTY(Config, EditAnywhere, BlueprintReadWrite, Category = "NpcAi|Settings")
+	bool bReportFrameTimes = false;
+
+	UPROPERTY(Config, EditAnywhere, BlueprintReadWrite, Category = "NpcAi|Settings", meta = (ClampMin = "0"))
+	float TargetFrameMs = 16.7f;
+
+	// One `frame` report per this many frames (1-64); takes effect at the next StartSidecar.
+	UPROPERTY(Config, EditAnywhere, BlueprintReadWrite, Category = "NpcAi|Settings", meta = (ClampMin = "1", ClampMax = "64"))
+	int32 FrameReportEvery = 6;
+
 	UPROPERTY(BlueprintAssignable, Category = "NpcAi")
 	FNpcAiTokenEvent OnToken;
 
@@ -141,6 +154,17 @@ public:
 
 	UFUNCTION(BlueprintCallable, Category = "NpcAi")
 	int32 Forget(const FString& Npc);
+
+	// The sidecar's compute budget. A negative argument leaves that limit as it is. Threads: most
+	// compute threads (0: the sidecar's choice); TokensPerSecond: dialogue token cap (0: none);
+	// Share: (0, 1], share of wall time it may compute; FrameMs: the target frame time (0: none).
+	// OnDone's ReplyJson holds the whole budget and the effective limits.
+	UFUNCTION(BlueprintCallable, Category = "NpcAi")
+	int32 SetBudget(int32 Threads = -1, float TokensPerSecond = -1.f, float Share = -1.f, float FrameMs = -1.f);
+
+	// How far the sidecar has backed off (0-3) after the latest frame report; 0 before any.
+	UFUNCTION(BlueprintPure, Category = "NpcAi")
+	int32 GetBackoffLevel() const;
 
 	// The request then ends with OnCancelled (or its own ending, if that was first).
 	UFUNCTION(BlueprintCallable, Category = "NpcAi")

@@ -57,6 +57,7 @@ struct ClientConfig {
   int heartbeat_ms = 1000;                    // while waiting and nothing arrives: send a ping
   int silence_timeout_ms = 3000;              // while waiting and nothing arrives: the sidecar is gone
   std::size_t expected_inflight = 64;         // request slots reserved up front
+  int frame_report_every = 6;                 // report_frame(): one `frame` request per this many frames
 };
 
 // The optional fields of say/decide (and of request()).
@@ -70,8 +71,19 @@ struct Options {
   msgpack::Value extra;                    // a map of any further fields (top_k, stop, role...)
 };
 
+// The fields of a `budget` request. Only those set are sent; the others keep their value on
+// the sidecar.
+struct Budget {
+  std::optional<int> threads;          // most compute threads; 0: the sidecar's choice
+  std::optional<double> tokens_per_s;  // cap on dialogue tokens per second; 0: none
+  std::optional<double> share;         // (0, 1]: share of wall time the sidecar may compute
+  std::optional<double> frame_ms;      // the game's target frame time; 0: no frame reports
+};
+
 class Client {
  public:
+  static constexpr int kMaxFrameBatch = 64;  // frame times buffered (the oldest go first)
+
   enum class State { Closed, Connecting, Open };
 
   explicit Client(Listener& listener, ClientConfig config = {});
@@ -103,6 +115,8 @@ class Client {
   Handle load(std::string_view name, std::string_view state);
   Handle stats();
   Handle shutdown();
+  // `budget`: its `ok` reply carries `budget` (all of it now) and `effective`.
+  Handle set_budget(const Budget& budget);
   // Any op, with its fields as a map (sent in their order after v, id, op).
   Handle request(std::string_view op, const msgpack::Value& fields, const Options& options = {});
 
@@ -114,6 +128,13 @@ class Client {
   // them within about poll_budget_us, then ends requests whose deadline passed or whose
   // connection was lost. Returns the number of replies dispatched.
   int poll();
+
+  // Records one frame's time (ms). Never sends, blocks or allocates: poll() sends the frames
+  // buffered as one `frame` request once frame_report_every have gathered and no earlier
+  // report is unanswered. Set a `frame_ms` target with set_budget() for the sidecar to act on them.
+  void report_frame(double frame_ms);
+  // backoff_level (0-3) of the latest answered `frame` report; 0 before any (or after connect()).
+  int backoff_level() const { return backoff_level_; }
 
   std::size_t pending() const { return open_; }    // the caller's requests still open
   std::uint64_t stray() const { return stray_; }   // replies for no open request (late, or id nil)
@@ -149,9 +170,15 @@ class Client {
   Handle heartbeat_ = 0;
   bool polling_ = false;
   std::uint64_t stray_ = 0;
+  double frames_[kMaxFrameBatch] = {};  // report_frame()'s times, oldest first
+  int frame_count_ = 0;
+  Handle frame_report_ = 0;  // the `frame` request awaiting its reply
+  int backoff_level_ = 0;
 
   msgpack::Value begin(std::string_view op, Handle& id);
   Handle submit(Handle id, msgpack::Value& message, const Options& options, bool internal);
+  Handle send_encoded(Handle id, const Options& options, bool internal);  // encoded_ holds the message
+  void send_frames();
   Slot& free_slot();
   Slot* find(Handle id);
   void release(Slot& slot);
