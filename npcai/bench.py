@@ -485,7 +485,8 @@ class _Bench:
         for name, d in raw.items():
             self.report.add("frame", f"{name}: frame p99", d["p99"], idle, "idle sidecar",
                             target="<= 1.10x" if "budget" in name else "")
-            self.report.add("frame", f"{name}: frames over 16.7 ms", d["missed_pct"], unit="%",
+            # A paced frame measures 16.7 ms plus timer jitter, so "missed" means over 10 % late.
+            self.report.add("frame", f"{name}: missed frames (> 18.4 ms)", d["late_10pct"], unit="%",
                             target="<= 1%" if "budget" in name else "")
             if name != "idle":
                 self.report.add("frame", f"{name}: decisions in time", d["decisions_in_time_pct"], unit="%",
