@@ -114,7 +114,8 @@ class _Bench:
 
     # --- the systems under test -----------------------------------------------------------
     def sidecar(self) -> tuple[Sidecar, Client]:
-        sc = Sidecar("--model", self.model, "--threads", str(self.threads))
+        # Same priority as the in-process baselines: politeness is judged by the frame item.
+        sc = Sidecar("--model", self.model, "--threads", str(self.threads), "--nice", "0")
         c = Client(sc.endpoint)
         c.hello("npcai bench")
         return sc, c

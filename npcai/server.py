@@ -82,6 +82,7 @@ class Server:
         ``polite`` says what CPU priority and affinity the process runs with (for ``hello``).
         """
         self.polite = polite or {"nice": 0, "cpus": None}
+        self._hello: dict[str, Any] | None = None
         self.settings = settings
         self.limits = settings.limits
         self._zctx = zmq.Context.instance()
@@ -219,17 +220,19 @@ class Server:
 
     # --- inbound ---------------------------------------------------------------------------------
     def _read_requests(self) -> None:
+        router = self._router
         for _ in range(_MAX_READS_PER_TURN):
-            try:  # not copied: an oversized frame is refused by its length alone
-                parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            if not router.get(zmq.EVENTS) & zmq.POLLIN:  # cheaper than a read that raises zmq.Again
                 return
+            # Copied: pyzmq's zero-copy frames cost more than copying a small message, and libzmq
+            # already drops a peer whose message exceeds 2 x max_frame_bytes (MAXMSGSIZE).
+            parts = router.recv_multipart(zmq.NOBLOCK)
             if len(parts) != 2:  # a DEALER sends exactly one body frame
                 self._bad_frames += 1
                 if len(parts) >= 2:
-                    self._send(parts[0].bytes, P.error(None, BadRequest("a message must be exactly one frame")))
+                    self._send(parts[0], P.error(None, BadRequest("a message must be exactly one frame")))
                 continue
-            self._handle(parts[0].bytes, parts[1].buffer)
+            self._handle(parts[0], parts[1])
 
     def _handle(self, client: bytes, frame: bytes | memoryview) -> None:
         received = time.monotonic()
@@ -284,11 +287,15 @@ class Server:
                 while len(self._authed) > _MAX_AUTHED:
                     self._authed.popitem(last=False)
             self._last_heard = req.received
-            self._send(client, P.ok(req.id, protocol=P.VERSION, server=f"npcai {__version__}",
-                                    models=self.engine.roles(), limits=self.limits.to_wire(), pid=os.getpid(),
-                                    threads=self.settings.compute_threads, lease_ms=self.settings.lease_ms,
-                                    compute={**self.polite, "threads": self.settings.compute_threads},
-                                    budget=dataclasses.asdict(self.engine.governor.budget)))
+            if self._hello is None:  # all but the budget is fixed for the process's life
+                self._hello = {"protocol": P.VERSION, "server": f"npcai {__version__}", "models": self.engine.roles(),
+                               "limits": self.limits.to_wire(), "pid": os.getpid(),
+                               "threads": self.settings.compute_threads, "lease_ms": self.settings.lease_ms,
+                               "compute": {**self.polite, "threads": self.settings.compute_threads}}
+            budget = self.engine.governor.budget
+            self._send(client, P.ok(req.id, **self._hello, budget={
+                "threads": budget.threads, "tokens_per_s": budget.tokens_per_s, "share": budget.share,
+                "frame_ms": budget.frame_ms}))
         elif req.op == "ping":
             self._send(client, P.ok(req.id))
         elif req.op == "cancel":
