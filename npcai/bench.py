@@ -286,7 +286,7 @@ class _Bench:
             c.poll(max_messages=64, budget_us=10_000)
             if first is None and h.chunks:
                 first = time.perf_counter()
-            time.sleep(0.0002)
+            c.wait_for_reply(0.005)  # block, not spin: a spinning client steals a core
         if first is None:
             first = time.perf_counter()
         return (first - t) * 1000
@@ -299,7 +299,7 @@ class _Bench:
             while seen < len(h.chunks):
                 stamps.append(time.perf_counter())
                 seen += 1
-            time.sleep(0.0002)
+            c.wait_for_reply(0.005)  # block, not spin: a spinning client steals a core
         tokens = h.reply.get("tokens", 0)
         if len(stamps) < 2:
             return 0.0
@@ -347,7 +347,7 @@ class _Bench:
                     while seen[h.id] < len(h.chunks):
                         stamps[h.id].append(now)
                         seen[h.id] += 1
-                time.sleep(0.0002)
+                c.wait_for_reply(0.005)  # block, not spin: a spinning client steals a core
             # Steady state: from the moment every stream has started until the first one ends.
             lo = max(s[0] for s in stamps.values() if s)
             hi = min(s[-1] for s in stamps.values() if s)
@@ -387,14 +387,14 @@ class _Bench:
             for t0, h in decisions:
                 if h.finished and not hasattr(h, "arrived"):
                     h.arrived = time.perf_counter()
-            time.sleep(0.0005)
+            c.wait_for_reply(max(0.0, min(0.005, next_decision - time.perf_counter())))
         end = time.perf_counter() + 2
         while time.perf_counter() < end and not all(h.finished for _, h in decisions):
             c.poll(max_messages=256, budget_us=5_000)
             for t0, h in decisions:
                 if h.finished and not hasattr(h, "arrived"):
                     h.arrived = time.perf_counter()
-            time.sleep(0.0005)
+            c.wait_for_reply(0.005)
         for h in streams.values():
             stream_tokens += len(h.chunks)
             c.request("cancel", target=h.id)

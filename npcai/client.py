@@ -179,6 +179,13 @@ class Client:
         self._heartbeat()
         return n
 
+    def wait_for_reply(self, timeout: float) -> bool:
+        """Sleep until a reply is waiting (True) or ``timeout`` seconds pass (False); then ``poll()``.
+
+        For a loop that has nothing else to do: it costs no CPU while it waits.
+        """
+        return bool(self._sock.poll(max(0, int(timeout * 1000))))
+
     def alive(self) -> bool:
         """False once the sidecar is known to be gone (until a connection to it succeeds again)."""
         return self.state in ("connecting", "ready")

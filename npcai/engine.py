@@ -36,6 +36,7 @@ EmitFn = Callable[[P.Request, dict[str, Any]], None]
 #: The role each op uses when the request (or its NPC) names none.
 DEFAULT_ROLES = {"npc": "dialogue", "say": "dialogue", "observe": "dialogue", "decide": "decision"}
 
+_CANCEL_KEEP_S = 5.0  # how long a cancellation waits for a request still in the inbox
 _ABORT_MIN_TOKENS = 16  # steps this large take long enough to be worth aborting mid-way
 
 
@@ -62,7 +63,7 @@ class Engine:
         self.scheduler = Scheduler()
         self._inbox: queue.SimpleQueue[P.Request] = queue.SimpleQueue()
         # id(request) -> (request, expired?): keyed by the request itself, since a client may reuse an id
-        self._cancels: dict[int, tuple[P.Request, bool]] = {}
+        self._cancels: dict[int, tuple[P.Request, bool, float]] = {}  # ... and when it was asked
         self._urgent = False  # a decision arrived: a step of dialogue prefill may be preempted for it
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -80,7 +81,7 @@ class Engine:
 
     def cancel(self, req: P.Request, *, expired: bool = False) -> None:
         """Stop work on a request; a client's cancel is answered with ``cancelled``, an expiry silently."""
-        self._cancels[id(req)] = (req, expired)
+        self._cancels[id(req)] = (req, expired, time.monotonic())
         self._wake.set()
 
     def stop(self) -> None:
@@ -141,7 +142,7 @@ class Engine:
             except queue.Empty:
                 return
             if id(req) in self._cancels:
-                _, expired = self._cancels.pop(id(req))
+                _, expired, _ = self._cancels.pop(id(req))
                 if not expired:
                     self.emit(req, P.cancelled(req.id))
                 continue
@@ -162,7 +163,11 @@ class Engine:
                 self.counters["expired" if expired else "cancelled"] += 1
                 job.finish(None if expired else P.cancelled(job.req.id))
                 self.scheduler.drop(job)
-        self._cancels.clear()  # the rest had already finished
+        # The rest name requests that already ended, or that are still in the inbox (kept for
+        # _take_inbox); forget them once they are old enough to be the former.
+        stale = time.monotonic() - _CANCEL_KEEP_S
+        for key in [k for k, (_, _, asked) in self._cancels.items() if asked < stale]:
+            del self._cancels[key]
 
     def _start_jobs(self) -> None:
         for job in self.scheduler.startable():

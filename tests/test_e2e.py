@@ -281,3 +281,11 @@ def test_stats_count_ops_and_report_latency_percentiles(client):
     stats = client.call("stats")
     assert stats["ops"]["ping"]["count"] >= 1 and stats["ops"]["ping"]["p50_ms"] is not None
     assert stats["engine"]["models"][0]["steps"] > 0
+
+
+def test_wait_for_reply_sleeps_until_an_answer_is_waiting(client):
+    assert client.wait_for_reply(0.05) is False  # nothing asked, nothing comes
+    handle = client.request("ping")
+    assert client.wait_for_reply(10.0) is True
+    client.poll()
+    assert handle.finished and handle.reply["event"] == "ok"
