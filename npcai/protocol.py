@@ -9,7 +9,7 @@ the executable one, and nothing else in npcai builds or parses frames.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import msgpack
@@ -133,7 +133,6 @@ class Request:
     priority: int = 0
     client: bytes = b""
     received: float = 0.0  # time.monotonic() at receipt
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def deadline(self) -> float | None:

@@ -33,7 +33,6 @@ class Lane:
     all_logits: bool = False  # every token's logits (choice scoring), else only the last one's
     kv: KvSeq | None = None  # the NPC sequence this lane extends, kept in sync as tokens land
     rows: list[int] = field(default_factory=list)  # batch rows holding the wanted logits after a step
-    fed: int = 0  # tokens of `pending` placed in the current batch
 
     @property
     def ready(self) -> bool:
@@ -84,9 +83,6 @@ class SeqPool:
                 self.evictions += 1
                 return True
         return False
-
-    def cells_used(self) -> int:
-        return sum(len(kv.tokens) for kv in self._npc.values())
 
 
 class Runtime:
@@ -175,7 +171,6 @@ class Runtime:
         b.clear()
         for lane, n in lanes:
             lane.rows = []
-            lane.fed = n
             last = n == len(lane.pending)
             for i in range(n):
                 want = lane.all_logits or (last and i == n - 1)
@@ -188,7 +183,7 @@ class Runtime:
         if rc != 0:
             for lane, _ in lanes:  # drop whatever a failed or aborted step left behind
                 self.ctx.seq_rm(lane.seq, lane.pos)
-                lane.rows, lane.fed = [], 0
+                lane.rows = []
             self.stats["aborted_steps"] += rc == 2
             return rc
         self.stats["steps"] += 1
@@ -199,7 +194,6 @@ class Runtime:
             lane.pos += n
             if lane.kv is not None:
                 lane.kv.tokens.extend(done)
-            lane.fed = 0
         return 0
 
     def logits(self, row: int) -> np.ndarray:
