@@ -95,7 +95,6 @@ class Engine:
         return out
 
     def stats(self) -> dict[str, Any]:
-        seen: dict[int, Runtime] = {id(rt): rt for rt in self.runtimes.values()}
         return {
             **self.counters,
             "budget": self.governor.stats(),
@@ -104,7 +103,7 @@ class Engine:
             "running": len(self.scheduler.running),
             "models": [{"name": rt.name, **rt.stats, "compute_ms": round(rt.stats["compute_ms"], 1),
                         "evictions": rt.pool.evictions, "free_seqs": rt.pool.free, "threads": rt.ctx.threads}
-                       for rt in seen.values()],
+                       for rt in self._models()],
         }
 
     # --- the loop -------------------------------------------------------------------------
@@ -119,7 +118,7 @@ class Engine:
                 self._wake.clear()
                 continue
             worked = False
-            for rt in {id(r): r for r in self.runtimes.values()}.values():
+            for rt in self._models():
                 worked |= self._step(rt)
             self.scheduler.sweep()
             if not worked:
@@ -131,8 +130,12 @@ class Engine:
         self.scheduler = Scheduler()
 
     def close(self) -> None:
-        for rt in {id(r): r for r in self.runtimes.values()}.values():
+        for rt in self._models():
             rt.close()
+
+    def _models(self) -> list[Runtime]:
+        """Each loaded model once (roles that share a file share its runtime)."""
+        return list({id(rt): rt for rt in self.runtimes.values()}.values())
 
     def _take_inbox(self) -> None:
         self._urgent = False
@@ -271,6 +274,19 @@ class Engine:
             raise UnknownNpc(f"no NPC {npc_id!r}; define it first with op 'npc'")
         return npc
 
+    def _check_room(self, npc_id: str) -> None:
+        if npc_id not in self.npcs and len(self.npcs) >= self.limits.max_npcs:
+            raise Overloaded(f"max_npcs={self.limits.max_npcs} NPCs are defined; forget or reuse one")
+
+    def _install(self, npc: Npc) -> Npc:
+        """Define (or redefine) an NPC; a redefined one keeps its KV sequences, and the new
+        prompt reuses whatever of them still matches."""
+        old = self.npcs.get(npc.id)
+        if old is not None:
+            npc.kv, npc.writer = old.kv, old.writer
+        self.npcs[npc.id] = npc
+        return npc
+
     def _queue(self, job: Job) -> None:
         if len(self.scheduler) >= self.limits.max_queue:
             raise Overloaded(f"queue is full ({self.limits.max_queue} requests)")
@@ -281,15 +297,10 @@ class Engine:
 
     def _on_npc(self, req: P.Request) -> None:
         f = req.fields
-        if f["npc"] not in self.npcs and len(self.npcs) >= self.limits.max_npcs:
-            raise Overloaded(f"max_npcs={self.limits.max_npcs} NPCs are defined; forget or reuse one")
+        self._check_room(f["npc"])
         rt = self._runtime("npc", f.get("role"))
         _check_prompt(rt, f["persona"], self.limits.max_prompt_tokens)
-        old = self.npcs.get(f["npc"])
-        npc = Npc(f["npc"], f["persona"], f.get("role") or "dialogue", f.get("seed"))
-        if old is not None:  # keep its KV sequences: the new persona reuses what still matches
-            npc.kv, npc.writer = old.kv, old.writer
-        self.npcs[npc.id] = npc
+        npc = self._install(Npc(f["npc"], f["persona"], f.get("role") or "dialogue", f.get("seed")))
         self._queue(DefineJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
 
     def _on_say(self, req: P.Request) -> None:
@@ -337,13 +348,8 @@ class Engine:
         f = req.fields
         if len(f["state"]) > self.limits.max_frame_bytes:
             raise TooLarge("state is larger than a frame may be")
-        if f["npc"] not in self.npcs and len(self.npcs) >= self.limits.max_npcs:
-            raise Overloaded(f"max_npcs={self.limits.max_npcs} NPCs are defined")
-        npc = Npc.load(f["npc"], f["state"])
-        old = self.npcs.get(npc.id)
-        if old is not None:
-            npc.kv, npc.writer = old.kv, old.writer
-        self.npcs[npc.id] = npc
+        self._check_room(f["npc"])
+        npc = self._install(Npc.load(f["npc"], f["state"]))
         self.emit(req, P.ok(req.id, npc=npc.id, messages=len(npc.messages)))
 
 

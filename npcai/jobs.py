@@ -146,27 +146,23 @@ class DefineJob(_NpcWriter):
         self.claim()
         target = _fit(self.npc, self.rt, None, 0, self.npc_ctx)
         lane = self.rt.attach(self.npc.kv_for(self.rt), target)
-        lane.pending and self.lanes.append(lane)
-        if not self.lanes:
-            self.finish(P.ok(self.req.id, npc=self.npc.id, cached_tokens=len(target)))
+        if lane.pending:
+            self.lanes.append(lane)
+        else:
+            self.finish(self._reply(len(target)))
 
     def advance(self) -> None:
-        self.finish(P.ok(self.req.id, npc=self.npc.id, cached_tokens=self.lanes[0].pos))
+        self.finish(self._reply(self.lanes[0].pos))
+
+    def _reply(self, cached_tokens: int) -> dict[str, Any] | None:
+        return P.ok(self.req.id, npc=self.npc.id, cached_tokens=cached_tokens)
 
 
 class ObserveJob(DefineJob):
     """``observe``: the event is already in the history; evaluate it when steps are spare."""
 
-    def start(self) -> None:
-        self.claim()
-        target = _fit(self.npc, self.rt, None, 0, self.npc_ctx)
-        lane = self.rt.attach(self.npc.kv_for(self.rt), target)
-        lane.pending and self.lanes.append(lane)
-        if not self.lanes:
-            self.finish(None)
-
-    def advance(self) -> None:
-        self.finish(None)  # the ok went out on receipt
+    def _reply(self, cached_tokens: int) -> None:
+        return None  # the ok went out on receipt
 
 
 class SayJob(_NpcWriter):
