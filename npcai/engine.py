@@ -13,6 +13,7 @@ callback. ``run()`` is the engine's busy loop:
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -38,6 +39,9 @@ DEFAULT_ROLES = {"npc": "dialogue", "say": "dialogue", "observe": "dialogue", "d
 
 _CANCEL_KEEP_S = 5.0  # how long a cancellation waits for a request still in the inbox
 _ABORT_MIN_TOKENS = 16  # steps this large take long enough to be worth aborting mid-way
+_DECISION_TOKENS = 20  # a typical decision prompt (a situation and the chat template), for estimates
+_PATIENCE_S = 0.25  # how long a decision without a deadline may wait for a dialogue step to finish
+_SHED_MARGIN = 0.8  # shed a decision when even 80 % of its estimated cost would overrun its deadline
 
 
 class Engine:
@@ -64,18 +68,22 @@ class Engine:
         self._inbox: queue.SimpleQueue[P.Request] = queue.SimpleQueue()
         # id(request) -> (request, expired?): keyed by the request itself, since a client may reuse an id
         self._cancels: dict[int, tuple[P.Request, bool, float]] = {}  # ... and when it was asked
-        self._urgent = False  # a decision arrived: a step of dialogue prefill may be preempted for it
+        self._urgent = False  # a decision arrived: a step of dialogue prefill may be preempted for it...
+        self._urgent_by = math.inf  # ...when it must start by then (the earliest such, monotonic)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._handlers = {"npc": self._on_npc, "say": self._on_say, "decide": self._on_decide,
                           "observe": self._on_observe, "forget": self._on_forget, "save": self._on_save,
                           "load": self._on_load}
-        self.counters = {"jobs_started": 0, "jobs_failed": 0, "cancelled": 0, "expired": 0, "preempted_steps": 0}
+        self.counters = {"jobs_started": 0, "jobs_failed": 0, "cancelled": 0, "expired": 0, "preempted_steps": 0,
+                         "shed": 0}
 
     # --- thread-safe entry points -----------------------------------------------------
     def submit(self, req: P.Request) -> None:
         self._inbox.put(req)
         if req.op == "decide":
+            by = req.deadline if req.deadline is not None else time.monotonic() + _PATIENCE_S
+            self._urgent_by = min(self._urgent_by, by)
             self._urgent = True
         self._wake.set()
 
@@ -139,6 +147,7 @@ class Engine:
 
     def _take_inbox(self) -> None:
         self._urgent = False
+        self._urgent_by = math.inf
         while True:
             try:
                 req = self._inbox.get_nowait()
@@ -187,6 +196,7 @@ class Engine:
             self.scheduler.started(job)
 
     def _step(self, rt: Runtime) -> bool:
+        self._shed_hopeless(rt)
         plan = self.scheduler.plan(rt, self.governor.batch_cap())
         if not plan:
             return False
@@ -194,27 +204,32 @@ class Engine:
         if rt.ctx.threads != threads:
             rt.ctx.set_threads(threads)
         keys = {id(job.req) for job, _, _ in plan}
-        big = sum(n for _, _, n in plan) >= _ABORT_MIN_TOKENS
-        # A long step is stopped mid-way when all its requests are cancelled, or when a decision
-        # arrives and the step holds none: the decision then goes first and the step is redone.
-        # Only in the first half of a step (by the running estimate of its cost): later, finishing it
-        # is cheaper than redoing it, and a long prompt preempted every time would never finish.
-        preemptible = not any(job.urgency == DECISION for job, _, _ in plan)
         n_tokens = sum(n for _, _, n in plan)
-        started = time.perf_counter()
-        cutoff = started + rt.ms_per_token * n_tokens / 2000
+        big = n_tokens >= _ABORT_MIN_TOKENS
+        # A long step is stopped mid-way when all its requests are cancelled, or when a decision
+        # arrives (and the step holds none) that would miss its deadline if it waited for the rest of
+        # the step: the decision then goes first and the step is redone. A step that leaves the
+        # decision time enough is left to finish, since redoing it wastes its compute; so is one the
+        # decision could not be saved by.
+        preemptible = not any(job.urgency == DECISION for job, _, _ in plan)
+        started = time.monotonic()
+        expected_end = started + rt.ms_per_token * n_tokens / 1000
 
         def should_abort() -> bool:
             if keys.issubset(self._cancels.keys()):
                 return True
-            return preemptible and self._urgent and time.perf_counter() < cutoff
+            if not (preemptible and self._urgent):
+                return False
+            now = time.monotonic()
+            slack = self._urgent_by - now - rt.ms_per_token * _DECISION_TOKENS / 1000
+            return 0 < slack < expected_end - now
 
         rt.ctx.set_abort(should_abort if big else None)
         rc = rt.step([(lane, n) for _, lane, n in plan])
         if rc == 0 and big:
-            rt.ms_per_token = 0.8 * rt.ms_per_token + 0.2 * (time.perf_counter() - started) * 1000 / n_tokens
+            rt.ms_per_token = 0.8 * rt.ms_per_token + 0.2 * (time.monotonic() - started) * 1000 / n_tokens
         generated = sum(1 for job, lane, _ in plan if isinstance(job, SayJob) and lane.ready)
-        self.governor.after_step(time.perf_counter() - started, generated)
+        self.governor.after_step(time.monotonic() - started, generated)
         rt.ctx.set_abort(None)
         if rc == 1 and rt.pool.evict_one():  # KV full: an idle NPC gives way, the plan runs next loop
             return True
@@ -231,6 +246,7 @@ class Engine:
             job.usage["evaluated_tokens"] += n
         for job in fed.values():
             job.usage["steps"] += 1
+            job.fed_at = now
         for job in fed.values():
             if job.finished or not any(lane.ready for lane in job.lanes):
                 continue
@@ -245,6 +261,22 @@ class Engine:
         for _, lane, _ in plan:
             lane.rows = []
         return True
+
+    def _shed_hopeless(self, rt: Runtime) -> None:
+        """Answer with the fallback now a decision that cannot finish by its deadline, by the running
+        estimate of its prompt's cost: the game gets its answer early, and the compute goes to
+        decisions that can still make theirs."""
+        now = time.monotonic()
+        for job in self.scheduler.running:
+            deadline = job.req.deadline
+            if (job.rt is not rt or job.urgency != DECISION or deadline is None or job.first_logits_at is not None
+                    or job.finished):
+                continue
+            pending = sum(len(lane.pending) for lane in job.lanes)
+            if now + _SHED_MARGIN * rt.ms_per_token * pending / 1000 > deadline:
+                self.counters["shed"] += 1
+                job.finish(P.timed_out(job.req, (now - job.req.received) * 1000))
+        self.scheduler.sweep()
 
     def _internal(self, req: P.Request, job: Job | None) -> None:
         log.error("internal error serving %s %s:\n%s", req.op, req.id, traceback.format_exc())

@@ -42,6 +42,7 @@ class Job:
         self.finished = False
         self.started_at: float | None = None
         self.first_logits_at: float | None = None
+        self.fed_at: float | None = None  # the last step that evaluated tokens of this job
         self.first_token_at: float | None = None
         self._temp_seqs: list[int] = []
         self.usage = {"prompt_tokens": 0, "cached_tokens": 0, "evaluated_tokens": 0, "steps": 0}

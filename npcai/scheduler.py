@@ -1,12 +1,20 @@
 """The scheduler: which work goes into the next model step.
 
 Order: the request's ``priority`` (higher first), then earliest deadline, then
-decisions before dialogue before background work, then arrival. Each step first gives
-every running stream its next token (decode steps, forced runs and choice branches are
-short and cheap in a batch), then fills the rest of the token budget with prompt chunks
-in the same order: only the decision's while one is pending, and small ones while NPCs
-are talking, so neither a decision nor a stream waits behind a long prompt. (The engine
-also preempts a long dialogue step when a decision arrives: see engine.py.)
+decisions before dialogue before background work, then arrival.
+
+- While a decision is pending, a step carries decisions only: eight streams' next
+  tokens would make its step about twice as long, and a decision has a deadline while a
+  stream only slows down. Dialogue that no step has fed for ``_STARVING_AFTER_S`` gets a
+  short step of its own first, when the pending decisions' slack allows it, so a flood of
+  decisions cannot stall a conversation and starving dialogue cannot make a decision late.
+- Otherwise a step gives every running stream its next token (decode steps, forced runs
+  and choice branches are short and cheap in a batch), then fills the rest with prompt
+  chunks: small ones while NPCs are talking so no stream waits behind a long prompt,
+  smaller while decisions keep arriving so the next one does not wait long.
+
+(The engine also preempts a long dialogue step for a decision that could not wait for
+it: see engine.py.)
 """
 
 from __future__ import annotations
@@ -14,13 +22,15 @@ from __future__ import annotations
 import math
 import time
 
-from .jobs import DECISION, Job
+from .jobs import DECISION, DIALOGUE, Job
 from .runtime import Lane, Runtime
 
 _SHORT = 16  # lanes this short are decode steps, forced runs or choice branches: never split
 _CHUNK_WHILE_STREAMING = 64  # most prompt tokens in a step that also carries streams' next tokens
-_STARVING_AFTER_S = 0.3  # a dialogue prompt waiting this long joins decision steps...
-_STARVING_CHUNK = 16  # ...this many tokens per step, all of them together
+_CHUNK_WHILE_DECIDING = 16  # ...in any dialogue step while decisions keep arriving (one in the last second)
+_DECIDING_WINDOW_S = 1.0
+_STARVING_AFTER_S = 0.3  # dialogue not fed for this long gets a step between decisions...
+_STARVING_CHUNK = 16  # ...with this many prompt tokens, all of them together
 
 
 def urgency_key(job: Job) -> tuple:
@@ -32,12 +42,15 @@ class Scheduler:
     def __init__(self) -> None:
         self.waiting: list[Job] = []
         self.running: list[Job] = []
+        self._last_decision = -math.inf  # when the latest decision arrived (monotonic)
 
     def __len__(self) -> int:
         return len(self.waiting) + len(self.running)
 
     def add(self, job: Job) -> None:
         self.waiting.append(job)
+        if job.urgency == DECISION:
+            self._last_decision = time.monotonic()
 
     def jobs(self) -> list[Job]:
         return self.waiting + self.running
@@ -65,35 +78,66 @@ class Scheduler:
         """(job, lane, n tokens) to evaluate on ``rt`` in its next step, at most ``max_tokens`` in all."""
         jobs = sorted((j for j in self.running if j.rt is rt and not j.finished), key=urgency_key)
         budget = min(rt.n_batch, max_tokens or rt.n_batch)
-        picked: list[tuple[Job, Lane, int]] = []
-        taken: set[int] = set()
-        for job in jobs:  # 1) every stream's next token (and forced runs, choice branches): cheap in a batch
-            for lane in job.lanes:
-                n = len(lane.pending)
-                if n and (n <= _SHORT or lane.all_logits) and n <= budget:
-                    picked.append((job, lane, n))
-                    taken.add(id(lane))
-                    budget -= n
-        # 2) prompt chunks. A pending decision's prompt goes alone: dialogue prompts wait for it.
-        deciding = [j for j in jobs if j.urgency == DECISION and any(
-            id(lane) not in taken and lane.pending for lane in j.lanes)]
-        if picked and not deciding:
-            budget = min(budget, _CHUNK_WHILE_STREAMING)  # keep steps short while NPCs are talking
         now = time.monotonic()
-        # Under a stream of decisions, a prompt that has waited too long still gets small chunks.
-        starving = [j for j in jobs if j not in deciding and j.first_logits_at is None and j.started_at
-                    and now - j.started_at > _STARVING_AFTER_S] if deciding else []
-        allowance = _STARVING_CHUNK  # for all starving prompts together, oldest first
-        for job in (deciding + starving) if deciding else jobs:
-            for lane in job.lanes:
-                if budget <= 0:
-                    return picked
-                if lane.pending and id(lane) not in taken and not lane.all_logits:
-                    n = min(len(lane.pending), budget, allowance if job in starving else budget)
-                    if n <= 0:
-                        continue
-                    picked.append((job, lane, n))
-                    budget -= n
-                    if job in starving:
-                        allowance -= n
-        return picked
+        deciding = [j for j in jobs if j.urgency == DECISION and any(lane.pending for lane in j.lanes)]
+        if deciding:
+            # Dialogue that has waited too long gets a short step of its own first, when every
+            # pending decision can still make its deadline after it; otherwise decisions go alone.
+            starving = [j for j in jobs if j.urgency == DIALOGUE and _starving(j, now)]
+            if starving:
+                step = _fill(starving, min(budget, _STARVING_CHUNK), budget)
+                if _cost_s(rt, step) < _slack_s(rt, deciding, now):
+                    return step
+            return _fill(deciding, budget, budget)
+        # Keep dialogue steps short while NPCs are talking, shorter while decisions keep coming:
+        # an arriving decision waits for the step in flight (or preempts it: see engine.py).
+        if now - self._last_decision < _DECIDING_WINDOW_S:
+            return _fill(jobs, min(budget, _CHUNK_WHILE_DECIDING), budget)
+        streaming = any(j.first_logits_at is not None for j in jobs)
+        return _fill(jobs, min(budget, _CHUNK_WHILE_STREAMING) if streaming else budget, budget)
+
+
+def _fill(jobs: list[Job], prompt_budget: int, budget: int) -> list[tuple[Job, Lane, int]]:
+    """A step for ``jobs`` in order: every short lane whole (a stream's next token, a forced run, choice
+    branches), then prompt chunks up to ``prompt_budget`` tokens, at most ``budget`` tokens in all.
+    A prompt is a chunk however short it is: eight new lines would otherwise make one long step."""
+    picked: list[tuple[Job, Lane, int]] = []
+    taken: set[int] = set()
+    for job in jobs:
+        for lane in job.lanes:
+            n = len(lane.pending)
+            short = lane.all_logits or (n <= _SHORT and job.first_logits_at is not None)
+            if n and short and n <= budget:
+                picked.append((job, lane, n))
+                taken.add(id(lane))
+                budget -= n
+    budget = min(budget, prompt_budget)
+    for job in jobs:
+        for lane in job.lanes:
+            if budget <= 0:
+                return picked
+            if lane.pending and id(lane) not in taken and not lane.all_logits:
+                n = min(len(lane.pending), budget)
+                picked.append((job, lane, n))
+                budget -= n
+    return picked
+
+
+def _cost_s(rt: Runtime, step: list[tuple[Job, Lane, int]]) -> float:
+    return rt.ms_per_token * sum(n for _, _, n in step) / 1000
+
+
+def _slack_s(rt: Runtime, deciding: list[Job], now: float) -> float:
+    """How long the pending decisions could still wait and finish by their deadlines (estimated)."""
+    slack = math.inf
+    for job in deciding:
+        if job.req.deadline is not None:
+            pending = sum(len(lane.pending) for lane in job.lanes)
+            slack = min(slack, job.req.deadline - now - rt.ms_per_token * pending / 1000)
+    return slack
+
+
+def _starving(job: Job, now: float) -> bool:
+    """Dialogue that no step has fed for a while (a stream's next token or a prompt's next chunk)."""
+    last = job.fed_at or job.started_at
+    return last is not None and now - last > _STARVING_AFTER_S

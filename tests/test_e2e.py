@@ -178,6 +178,17 @@ def test_a_deadline_that_passes_gives_the_marked_fallback_and_nothing_later(clie
     assert [m for m in client.stray if m.get("id") in (handle.id, decision.id)] == []
 
 
+def test_a_decision_that_cannot_make_its_deadline_gets_its_fallback_at_once(client):
+    """About 900 situation tokens cannot be evaluated in 500 ms: rather than compute until the
+    deadline, the sidecar answers with the fallback as soon as it starts the decision."""
+    shed_before = client.call("stats")["engine"]["shed"]
+    reply = client.decide("The goblin counts his coins. " * 130, choices=["yes", "no"], deadline_ms=500,
+                          fallback="no")
+    assert reply["timed_out"] and reply["used_fallback"] and reply["value"] == "no"
+    assert reply["timing"]["total_ms"] < 500
+    assert client.call("stats")["engine"]["shed"] == shed_before + 1
+
+
 def test_a_deadline_that_holds_gives_the_real_answer(client):
     reply = client.decide("Run?", choices=["yes", "no"], deadline_ms=20_000, fallback="no")
     assert reply["timed_out"] is False and reply["used_fallback"] is False

@@ -1,0 +1,101 @@
+"""What goes into the next model step: decisions first and alone, dialogue never starved,
+prompts chunked so that no step grows long while NPCs talk or decisions keep coming.
+
+The policy is pure bookkeeping over lanes, so these tests drive it with plain job records;
+the end-to-end tests run the same scheduler against the real model.
+"""
+
+import time
+from types import SimpleNamespace
+
+from npcai.jobs import DECISION, DIALOGUE
+from npcai.runtime import Lane
+from npcai.scheduler import Scheduler
+
+RT = SimpleNamespace(n_batch=256, ms_per_token=3.0)
+
+
+def job(urgency, *pending: int, deadline_in: float | None = None, fed_ago: float | None = None,
+        streaming: bool = False, seq: int = 0):
+    now = time.monotonic()
+    req = SimpleNamespace(priority=0, received=now, deadline=None if deadline_in is None else now + deadline_in)
+    lanes = [Lane(seq=seq + i, pos=0, pending=[1] * n) for i, n in enumerate(pending)]
+    return SimpleNamespace(req=req, rt=RT, urgency=urgency, lanes=lanes, finished=False,
+                           started_at=now - (fed_ago or 0.0), fed_at=None if fed_ago is None else now - fed_ago,
+                           first_logits_at=now if streaming else None)
+
+
+def scheduler(*jobs) -> Scheduler:
+    s = Scheduler()
+    for j in jobs:
+        s.add(j)
+        s.started(j)
+    return s
+
+
+def planned(s: Scheduler) -> list[tuple[object, int]]:
+    return [(j, n) for j, _, n in s.plan(RT)]
+
+
+def streams(n: int, fed_ago: float = 0.01):
+    return [job(DIALOGUE, 1, fed_ago=fed_ago, streaming=True, seq=10 + k) for k in range(n)]
+
+
+def test_a_pending_decision_gets_a_step_of_its_own_while_streams_wait():
+    talkers = streams(8)
+    decision = job(DECISION, 18, deadline_in=0.150)
+    assert planned(scheduler(*talkers, decision)) == [(decision, 18)]
+
+
+def test_without_a_decision_every_stream_gets_its_next_token():
+    talkers = streams(8)
+    assert planned(scheduler(*talkers)) == [(t, 1) for t in talkers]
+
+
+def test_starving_dialogue_gets_a_short_step_first_when_the_decision_can_afford_it():
+    talkers = streams(8, fed_ago=0.5)
+    relaxed = job(DECISION, 18, deadline_in=1.0)
+    assert planned(scheduler(*talkers, relaxed)) == [(t, 1) for t in talkers]
+
+
+def test_starving_dialogue_waits_when_it_would_make_the_decision_late():
+    talkers = streams(8, fed_ago=0.5)
+    tight = job(DECISION, 18, deadline_in=0.070)  # 18 tokens ~54 ms of 70: no room for 8 more (~24 ms) first
+    assert planned(scheduler(*talkers, tight)) == [(tight, 18)]
+
+
+def test_dialogue_that_is_not_starving_never_delays_a_decision_even_with_slack():
+    talkers = streams(8)
+    relaxed = job(DECISION, 18, deadline_in=10.0)
+    assert planned(scheduler(*talkers, relaxed)) == [(relaxed, 18)]
+
+
+def test_new_prompts_are_chunked_beside_streams_however_short_each_is():
+    talkers = streams(4)
+    new_lines = [job(DIALOGUE, 14, seq=30 + k) for k in range(6)]  # 84 prompt tokens, each under 16
+    plan = planned(scheduler(*talkers, *new_lines))
+    assert plan[:4] == [(t, 1) for t in talkers]
+    assert sum(n for _, n in plan[4:]) == 64  # the prompt budget while NPCs are talking
+
+
+def test_dialogue_steps_stay_shorter_while_decisions_keep_arriving():
+    talkers = streams(4)
+    new_lines = [job(DIALOGUE, 14, seq=30 + k) for k in range(6)]
+    s = scheduler(*talkers, *new_lines)
+    earlier = job(DECISION, 18, deadline_in=0.150)
+    s.add(earlier)  # a decision arrived just now (and already ended): the next one is likely soon
+    s.drop(earlier)
+    plan = planned(s)
+    assert plan[:4] == [(t, 1) for t in talkers]
+    assert sum(n for _, n in plan[4:]) == 16
+
+
+def test_a_long_prompt_alone_fills_the_batch():
+    persona = job(DIALOGUE, 600)
+    assert planned(scheduler(persona)) == [(persona, 256)]
+
+
+def test_decisions_go_earliest_deadline_first_and_share_one_step():
+    later = job(DECISION, 18, deadline_in=0.300, seq=1)
+    sooner = job(DECISION, 20, deadline_in=0.100, seq=2)
+    assert planned(scheduler(later, sooner)) == [(sooner, 20), (later, 18)]
