@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import zmq
 
 from . import __version__, catalog
@@ -495,6 +496,50 @@ class _Bench:
                 self.report.add("frame", f"{name}: sidecar tokens/s", d["tokens_s"], unit="tok/s")
         self.report.raw["frame"] = raw
 
+    def weights(self) -> None:
+        """A converted model beside its shipped file: prompt and token cost, and how close its predictions stay."""
+        entry = catalog.CATALOG.get(self.model)
+        if entry is None or entry.cpu_weights is None:
+            return
+        shipped = catalog.cached_path(self.model)
+        text = " ".join(self.personas) + " " + " ".join(SITUATIONS)
+        runs = {}
+        for label, path in (("shipped", shipped), ("run", self.path)):
+            m = Model(path)
+            ctx = Context(m, n_ctx=1024, n_batch=self.settings.n_batch, n_seq=2, threads=self.threads)
+            b = Batch(self.settings.n_batch)
+            tokens = m.tokenize(text, add_bos=True)[:200]
+            b.clear()
+            for i, t in enumerate(tokens):
+                b.add(t, i, 0, True)
+            ctx.decode(b)
+            logits = np.stack([ctx.logits(i, m.n_vocab).astype(np.float64) for i in range(len(tokens))])
+            timing = {}
+            for n in (1, 16, 64):
+                samples = []
+                for _ in range(self.reps // 2 or 4):
+                    b.clear()
+                    for i in range(n):
+                        b.add(tokens[i], 100 + i, 1, i == n - 1)
+                    t0 = time.perf_counter()
+                    ctx.decode(b)
+                    samples.append((time.perf_counter() - t0) * 1000)
+                    ctx.seq_rm(1)
+                timing[n] = pct(samples, 50)
+            shifted = logits - logits.max(axis=1, keepdims=True)
+            runs[label] = (timing, shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)))  # log-softmax
+            b.close(), ctx.close(), m.close()
+        (t_run, lp_run), (t_ship, lp_ship) = runs["run"], runs["shipped"]
+        name = f"{entry.cpu_weights} vs shipped {shipped.stem.rsplit('.', 1)[-1]}"
+        for n, what in ((16, "16-token prompt"), (64, "64-token prompt"), (1, "one token")):
+            self.report.add("weights", f"{what} ({name})", t_run[n], t_ship[n], "shipped file")
+        kl = (np.exp(lp_ship) * (lp_ship - lp_run)).sum(axis=1)
+        agree = (lp_ship.argmax(axis=1) == lp_run.argmax(axis=1)).mean() * 100
+        self.report.add("weights", "next-token KL(shipped || run), mean", float(kl.mean()), unit="nats")
+        self.report.add("weights", "same most likely next token", float(agree), unit="%")
+        self.report.raw["weights"] = {"run_ms": t_run, "shipped_ms": t_ship, "kl_mean": float(kl.mean()),
+                                      "kl_p99": float(np.percentile(kl, 99)), "top1_agree_pct": float(agree)}
+
     def run(self, only: set[str] | None) -> Report:
         items = [("transport", self.transport), ("decision", self.decisions), ("dialogue", self.dialogue),
                  ("many", self.many), ("mixed", self.mixed), ("cancel", self.cancellation), ("ahead", self.ahead)]
@@ -511,6 +556,9 @@ class _Bench:
                 c.close()
                 sc.close()
             self.close()
+        if not only or "weights" in only:
+            self.say(f"  {self.model}: weights…")
+            self.weights()
         if not only or "frame" in only:
             self.say(f"  {self.model}: frame…")
             self.frame_budget()

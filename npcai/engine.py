@@ -389,6 +389,6 @@ def _model_name(path: Path) -> str:
     from .catalog import CATALOG
 
     for name, entry in CATALOG.items():
-        if entry.filename == path.name:
+        if path.name in (entry.filename, entry.run_filename):
             return name
     return path.stem

@@ -39,6 +39,17 @@ def _init_backend() -> None:
         L.llama_log_set(_quiet_log, ctypes.c_void_p(0))
 
 
+def convert_weights(src: Path, dst: Path, weight_type: str, threads: int = 0) -> None:
+    """Write ``src``'s weights as ``weight_type`` (a llama.cpp type name such as "Q8_0") to ``dst``."""
+    _init_backend()
+    params = L.llama_model_quantize_default_params()
+    params.ftype = getattr(L, f"LLAMA_FTYPE_MOSTLY_{weight_type}")
+    params.allow_requantize = True
+    params.nthread = threads
+    if L.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) != 0:
+        raise ModelError(f"llama.cpp could not convert {src.name} to {weight_type}")
+
+
 class Model:
     """Weights and vocabulary of one GGUF file."""
 

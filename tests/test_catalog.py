@@ -1,0 +1,63 @@
+"""The default model runs from a conversion of its verified file to weights with fast CPU
+kernels, and that conversion keeps the model's predictions."""
+
+import numpy as np
+import pytest
+
+from npcai import catalog
+from npcai.native import Batch, Context, Model
+
+TEXT = ("You are Brom, the village blacksmith. You are gruff but kind, and you never haggle. "
+        "The player asks: can you fix my sword before the tournament? Brom answers:")
+
+
+@pytest.fixture(scope="module")
+def shipped_and_run(model_path):
+    return catalog.cached_path(catalog.DEFAULT_MODEL), model_path
+
+
+def test_the_default_model_runs_converted_to_q8_0_next_to_its_shipped_file(shipped_and_run):
+    shipped, run = shipped_and_run
+    assert shipped.exists() and shipped.stat().st_size == catalog.CATALOG[catalog.DEFAULT_MODEL].size
+    assert run != shipped and run.name.endswith("-as-Q8_0.gguf")
+    described = [_describe(p) for p in (shipped, run)]
+    assert "Q4_1" in described[0] and "Q8_0" in described[1]
+
+
+def test_the_conversion_keeps_the_shipped_models_predictions(shipped_and_run):
+    shipped, run = (_log_probs(p) for p in shipped_and_run)
+    kl = (np.exp(shipped) * (shipped - run)).sum(axis=1)
+    agree = (shipped.argmax(axis=1) == run.argmax(axis=1)).mean()
+    assert kl.mean() < 0.03 and agree > 0.9, (kl.mean(), agree)
+
+
+def test_resolving_again_reuses_the_conversion(shipped_and_run):
+    _, run = shipped_and_run
+    before = run.stat().st_mtime_ns
+    assert catalog.resolve(catalog.DEFAULT_MODEL) == run
+    assert run.stat().st_mtime_ns == before
+
+
+def _describe(path) -> str:
+    m = Model(path)
+    try:
+        return m.describe()
+    finally:
+        m.close()
+
+
+def _log_probs(path) -> np.ndarray:
+    """Next-token log-probabilities at every position of TEXT."""
+    m = Model(path)
+    ctx = Context(m, n_ctx=512, n_batch=256, n_seq=1, threads=2)
+    batch = Batch(256)
+    try:
+        tokens = m.tokenize(TEXT, add_bos=True)
+        for i, t in enumerate(tokens):
+            batch.add(t, i, 0, True)
+        assert ctx.decode(batch) == 0
+        logits = np.stack([ctx.logits(i, m.n_vocab).astype(np.float64) for i in range(len(tokens))])
+    finally:
+        batch.close(), ctx.close(), m.close()
+    logits -= logits.max(axis=1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
