@@ -15,7 +15,6 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,11 +178,15 @@ class _Bench:
 
     # --- items ----------------------------------------------------------------------------------
     def transport(self, c: Client) -> None:
-        """The same bare DEALER loop against the sidecar and against a bare echo: only the server differs."""
+        """The same bare DEALER loop against the sidecar and against a bare echo process: only the server
+        differs. Interleaved in rounds, so that drift in this machine's load falls on both alike."""
         n = 300 if self.quick else 2000
-        hello = _round_trips(c.endpoint, {"v": 1, "id": 1, "op": "hello", "client": "bench"}, n)
-        ping = _round_trips(c.endpoint, {"v": 1, "id": 1, "op": "ping"}, n)
-        echo = _bare_echo(n)
+        hello, ping, echo = [], [], []
+        with _BareEcho() as echo_endpoint:
+            for _ in range(10):
+                hello += _round_trips(c.endpoint, {"v": 1, "id": 1, "op": "hello", "client": "bench"}, n // 10)
+                ping += _round_trips(c.endpoint, {"v": 1, "id": 1, "op": "ping"}, n // 10)
+                echo += _round_trips(echo_endpoint, {"v": 1, "id": 1, "op": "hello"}, n // 10)
         r = self.report
         r.add("transport", "hello round trip p50", pct(hello, 50), pct(echo, 50), "pyzmq DEALER/ROUTER echo",
               target="<= 1.2x")
@@ -577,7 +580,11 @@ def _round_trips(endpoint: str, message: dict[str, Any], n: int) -> list[float]:
 
 
 def _time_round_trips(dealer: zmq.Socket, frame: bytes, n: int) -> list[float]:
-    """Milliseconds for each of ``n`` send-and-wait-for-the-answer round trips."""
+    """Milliseconds for each of ``n`` send-and-wait-for-the-answer round trips (after an untimed one that
+    completes the connection's handshake)."""
+    dealer.send(frame)
+    dealer.poll(5000)
+    dealer.recv()
     out = []
     for _ in range(n):
         t = time.perf_counter()
@@ -588,31 +595,32 @@ def _time_round_trips(dealer: zmq.Socket, frame: bytes, n: int) -> list[float]:
     return out
 
 
-def _bare_echo(n: int) -> list[float]:
-    """Round trips through a bare pyzmq ROUTER that echoes each frame from a thread."""
-    ctx = zmq.Context.instance()
-    router = ctx.socket(zmq.ROUTER)
-    router.bind("tcp://127.0.0.1:0")
-    ep = router.getsockopt(zmq.LAST_ENDPOINT).decode()
-    stop = threading.Event()
+class _BareEcho:
+    """A bare pyzmq ROUTER echo in its own process (as the sidecar is in its own); yields its endpoint."""
 
-    def echo() -> None:
-        poller = zmq.Poller()
-        poller.register(router, zmq.POLLIN)
-        while not stop.is_set():
-            if poller.poll(100):
-                router.send_multipart(router.recv_multipart())
+    def __enter__(self) -> str:
+        import subprocess
 
-    th = threading.Thread(target=echo, daemon=True)
-    th.start()
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.connect(ep)
-    out = _time_round_trips(dealer, b"\x83\xa1v\x01\xa2id\x01\xa2op\xa5hello", n)
-    stop.set()
-    th.join()
-    dealer.close(0)
-    router.close(0)
-    return out
+        self._proc = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+        self._endpoint = self._proc.stdout.readline().strip()
+        return self._endpoint
+
+    def __exit__(self, *exc: object) -> None:
+        dealer = zmq.Context.instance().socket(zmq.DEALER)
+        dealer.connect(self._endpoint)
+        dealer.send(b"stop")
+        self._proc.wait(10)
+        dealer.close(0)
+
+
+_ECHO_SERVER = """
+import zmq
+router = zmq.Context().socket(zmq.ROUTER)
+router.bind("tcp://127.0.0.1:0")
+print(router.getsockopt(zmq.LAST_ENDPOINT).decode(), flush=True)
+while (parts := router.recv_multipart())[-1] != b"stop":
+    router.send_multipart(parts)
+"""
 
 
 def machine() -> dict[str, Any]:
