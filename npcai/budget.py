@@ -92,10 +92,12 @@ class Governor:
         cap = _LEVELS[self.level][2]
         return self.n_batch if cap is None else min(cap, self.n_batch)
 
-    def wait_s(self, now: float | None = None) -> float:
-        """How long the engine must pause before its next step (0 = go)."""
+    def wait_s(self, now: float | None = None, *, deciding: bool = False) -> float:
+        """How long the engine must pause before its next step (0 = go). The token-rate cap holds back
+        dialogue only: a step for a pending decision (``deciding``) waits just for the wall-time share."""
         now = time.monotonic() if now is None else now
-        return max(0.0, max(self._ready_at, self._tokens_ready_at) - now)
+        ready = self._ready_at if deciding else max(self._ready_at, self._tokens_ready_at)
+        return max(0.0, ready - now)
 
     def after_step(self, compute_s: float, generated: int, now: float | None = None) -> None:
         """Account a step; schedule the pause that keeps compute within the share and rate cap."""

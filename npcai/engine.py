@@ -120,14 +120,16 @@ class Engine:
             self._take_inbox()
             self._apply_cancels()
             self._start_jobs()
-            pause = self.governor.wait_s()
+            deciding = self.scheduler.deciding()
+            pause = self.governor.wait_s(deciding=deciding)
             if pause > 0 and self.scheduler.running:  # the budget asks for a breather between steps
                 self._wake.wait(min(pause, 0.05))
                 self._wake.clear()
                 continue
+            dialogue = not deciding or self.governor.wait_s() == 0  # else only decisions may step now
             worked = False
             for rt in self._models():
-                worked |= self._step(rt)
+                worked |= self._step(rt, dialogue)
             self.scheduler.sweep()
             if not worked:
                 # Jobs waiting on a compile are polled; otherwise sleep until a request arrives.
@@ -195,9 +197,9 @@ class Engine:
                 self._internal(job.req, job)
             self.scheduler.started(job)
 
-    def _step(self, rt: Runtime) -> bool:
+    def _step(self, rt: Runtime, dialogue: bool = True) -> bool:
         self._shed_hopeless(rt)
-        plan = self.scheduler.plan(rt, self.governor.batch_cap())
+        plan = self.scheduler.plan(rt, self.governor.batch_cap(), dialogue=dialogue)
         if not plan:
             return False
         threads = self.governor.threads()

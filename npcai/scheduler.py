@@ -74,12 +74,20 @@ class Scheduler:
     def sweep(self) -> None:
         self.running = [j for j in self.running if not j.finished]
 
-    def plan(self, rt: Runtime, max_tokens: int | None = None) -> list[tuple[Job, Lane, int]]:
-        """(job, lane, n tokens) to evaluate on ``rt`` in its next step, at most ``max_tokens`` in all."""
+    def deciding(self) -> bool:
+        """Whether a decision has tokens waiting for a step."""
+        return any(_deciding(j) for j in self.running)
+
+    def plan(self, rt: Runtime, max_tokens: int | None = None, *,
+             dialogue: bool = True) -> list[tuple[Job, Lane, int]]:
+        """(job, lane, n tokens) to evaluate on ``rt`` in its next step, at most ``max_tokens`` in all;
+        decisions only when ``dialogue`` is false (the budget is holding dialogue back)."""
         jobs = sorted((j for j in self.running if j.rt is rt and not j.finished), key=urgency_key)
         budget = min(rt.n_batch, max_tokens or rt.n_batch)
         now = time.monotonic()
-        deciding = [j for j in jobs if j.urgency == DECISION and any(lane.pending for lane in j.lanes)]
+        deciding = [j for j in jobs if _deciding(j)]
+        if not dialogue:
+            return _fill(deciding, budget, budget)
         if deciding:
             # Dialogue that has waited too long gets a short step of its own first, when every
             # pending decision can still make its deadline after it; otherwise decisions go alone.
@@ -95,6 +103,10 @@ class Scheduler:
             return _fill(jobs, min(budget, _CHUNK_WHILE_DECIDING), budget)
         streaming = any(j.first_logits_at is not None for j in jobs)
         return _fill(jobs, min(budget, _CHUNK_WHILE_STREAMING) if streaming else budget, budget)
+
+
+def _deciding(job: Job) -> bool:
+    return job.urgency == DECISION and not job.finished and any(lane.pending for lane in job.lanes)
 
 
 def _fill(jobs: list[Job], prompt_budget: int, budget: int) -> list[tuple[Job, Lane, int]]:

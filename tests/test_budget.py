@@ -51,10 +51,11 @@ def test_backing_off_shrinks_the_share_too():
     assert g.wait_s(now=10.0) == pytest.approx(0.010 * (1 / 0.3 - 1))
 
 
-def test_a_token_rate_cap_spaces_out_dialogue_tokens():
+def test_a_token_rate_cap_spaces_out_dialogue_tokens_but_never_holds_back_a_decision():
     g = governor(tokens_per_s=100)
     g.after_step(0.001, generated=4, now=20.0)
     assert g.wait_s(now=20.0) == pytest.approx(0.04)
+    assert g.wait_s(now=20.0, deciding=True) == 0
 
 
 def test_the_game_can_lower_threads_and_clear_its_frame_target():

@@ -99,3 +99,12 @@ def test_decisions_go_earliest_deadline_first_and_share_one_step():
     later = job(DECISION, 18, deadline_in=0.300, seq=1)
     sooner = job(DECISION, 20, deadline_in=0.100, seq=2)
     assert planned(scheduler(later, sooner)) == [(sooner, 20), (later, 18)]
+
+
+def test_while_the_budget_holds_dialogue_back_only_decisions_step():
+    talkers = streams(8, fed_ago=0.5)  # starving, and the decision could afford them: still held back
+    relaxed = job(DECISION, 18, deadline_in=1.0)
+    s = scheduler(*talkers, relaxed)
+    assert s.deciding()
+    assert [(j, n) for j, _, n in s.plan(RT, dialogue=False)] == [(relaxed, 18)]
+    assert scheduler(*talkers).plan(RT, dialogue=False) == []
