@@ -1,8 +1,9 @@
 """The compute budget: how hard the sidecar may work right now, so the game keeps its frames.
 
 The game sets limits (threads, a token-rate cap, a share of wall time) and may report
-its frame times. When frames run over the game's target, the governor backs off one
-level at a time (fewer threads, smaller batches, longer pauses between model steps) and
+its frame times. When frames run over the game's target (twice within 30 frames: a lone
+spike from a garbage collection or an asset load is not the sidecar's doing), the
+governor backs off one level at a time (fewer threads, smaller batches, longer pauses between model steps) and
 recovers a level at a time once frames have been back within target for a while.
 Deadlines are unaffected: the socket thread answers late work with its fallback.
 """
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass
 # What each back-off level does: (share of the budget's wall-time share, thread divisor, batch cap).
 _LEVELS = ((1.0, 1, None), (0.6, 2, 64), (0.35, 0, 16), (0.2, 0, 8))  # divisor 0 = one thread
 _MISS = 1.10  # a frame this much over target counts as missed
+_MISSES_TO_ACT, _WINDOW_FRAMES = 2, 30  # back off on 2 misses within 30 frames: a lone spike (GC, a load) is not us
 _RECOVER_AFTER_S = 1.0  # frames within target this long before stepping a level back
 _ESCALATE_EVERY_S = 0.25  # at most one level harder per this long, so one spike is not a panic
 
@@ -47,6 +49,7 @@ class Governor:
         self.compute_s = 0.0
         self.paused_s = 0.0
         self._frames: collections.deque[float] = collections.deque(maxlen=120)
+        self._missed: collections.deque[bool] = collections.deque(maxlen=_WINDOW_FRAMES)
         self._last_escalation = float("-inf")
         self._good_since: float | None = None
         self._ready_at = 0.0
@@ -68,12 +71,15 @@ class Governor:
             if not target:
                 return
             self._frames.extend(frame_ms)
+            self._missed.extend(f > target * _MISS for f in frame_ms)
             if any(f > target * _MISS for f in frame_ms):
                 self._good_since = None
-                if self.level < len(_LEVELS) - 1 and now - self._last_escalation >= _ESCALATE_EVERY_S:
+                if (sum(self._missed) >= _MISSES_TO_ACT and self.level < len(_LEVELS) - 1
+                        and now - self._last_escalation >= _ESCALATE_EVERY_S):
                     self.level += 1
                     self.backoffs += 1
                     self._last_escalation = now
+                    self._missed.clear()  # the next level needs misses of its own
             elif self.level:
                 if self._good_since is None:
                     self._good_since = now

@@ -20,12 +20,12 @@ def test_missed_frames_back_off_one_level_at_a_time_then_recover():
     g = governor(frame_ms=16.7)
     g.report_frames([16.6, 16.7], now=0.0)
     assert g.level == 0
-    g.report_frames([25.0], now=1.0)
+    g.report_frames([25.0, 16.6, 25.0], now=1.0)
     assert (g.level, g.threads(), g.batch_cap()) == (1, 2, 64)
-    g.report_frames([25.0], now=1.1)  # within the escalation interval: one spike is not a panic
+    g.report_frames([25.0, 25.0], now=1.1)  # within the escalation interval: one bad moment is not a panic
     assert g.level == 1
-    g.report_frames([30.0], now=1.5)
-    g.report_frames([30.0], now=2.0)
+    g.report_frames([30.0, 30.0], now=1.5)
+    g.report_frames([30.0, 30.0], now=2.0)
     assert (g.level, g.threads(), g.batch_cap()) == (3, 1, 8) and g.backoffs == 3
     g.report_frames([16.0], now=3.0)
     g.report_frames([16.2], now=3.5)
@@ -37,6 +37,17 @@ def test_missed_frames_back_off_one_level_at_a_time_then_recover():
     assert (g.level, g.threads(), g.batch_cap()) == (0, 4, 256) and g.recoveries == 3
 
 
+def test_a_lone_spike_is_not_the_sidecars_doing_but_a_second_within_30_frames_is():
+    g = governor(frame_ms=16.7)
+    g.report_frames([40.0] + [16.6] * 5, now=0.0)  # a garbage collection, an asset load
+    assert g.level == 0
+    g.report_frames([16.6] * 30, now=1.0)
+    g.report_frames([40.0], now=2.0)  # the first spike has left the 30-frame window
+    assert g.level == 0
+    g.report_frames([16.6] * 10 + [35.0], now=3.0)
+    assert g.level == 1 and g.backoffs == 1
+
+
 def test_a_wall_time_share_pauses_the_engine_between_steps():
     g = governor(share=0.25)
     g.after_step(0.010, generated=0, now=50.0)
@@ -46,7 +57,7 @@ def test_a_wall_time_share_pauses_the_engine_between_steps():
 
 def test_backing_off_shrinks_the_share_too():
     g = governor(share=0.5, frame_ms=16.7)
-    g.report_frames([40.0], now=0.0)
+    g.report_frames([40.0, 40.0], now=0.0)
     g.after_step(0.010, generated=0, now=10.0)
     assert g.wait_s(now=10.0) == pytest.approx(0.010 * (1 / 0.3 - 1))
 
@@ -60,7 +71,7 @@ def test_a_token_rate_cap_spaces_out_dialogue_tokens_but_never_holds_back_a_deci
 
 def test_the_game_can_lower_threads_and_clear_its_frame_target():
     g = governor(frame_ms=16.7)
-    g.report_frames([40.0], now=0.0)
+    g.report_frames([40.0, 40.0], now=0.0)
     g.set_budget(threads=1)
     assert g.threads() == 1
     g.set_budget(frame_ms=0.0, threads=0)
@@ -69,7 +80,7 @@ def test_the_game_can_lower_threads_and_clear_its_frame_target():
 
 def test_stats_show_the_effective_budget_and_events():
     g = governor(frame_ms=16.7, share=0.8)
-    g.report_frames([30.0], now=0.0)
+    g.report_frames([30.0, 30.0], now=0.0)
     s = g.stats()
     assert s["backoff_level"] == 1 and s["backoff_events"] == 1
     assert s["effective"] == {"threads": 2, "batch": 64, "share": 0.48}
@@ -105,9 +116,10 @@ def test_budget_threads_are_applied_to_the_model_steps(model_path):
 def test_missed_frames_back_off_and_good_frames_recover_as_seen_in_stats(model_path):
     with Sidecar("--threads", "2", "--frame-ms", "16.7") as sc, Client(sc.endpoint) as c:
         assert c.call("frame", frame_ms=[16.5, 16.8])["backoff_level"] == 0
+        assert c.call("frame", frame_ms=[16.6, 34.0])["backoff_level"] == 0  # a lone spike
         assert c.call("frame", frame_ms=[16.6, 34.0])["backoff_level"] == 1
         time.sleep(0.3)
-        assert c.call("frame", frame_ms=40.0)["backoff_level"] == 2
+        assert c.call("frame", frame_ms=[40.0, 40.0])["backoff_level"] == 2
         budget = c.call("stats")["engine"]["budget"]
         assert budget["backoff_events"] == 2 and budget["effective"]["threads"] == 1
         deadline = time.monotonic() + 10
