@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 from . import protocol as P
 from .errors import BadRequest, NpcaiError, Overloaded, TooLarge, UnknownNpc
-from .jobs import DECISION, ChoiceDecideJob, DefineJob, GrammarDecideJob, Job, ObserveJob, SayJob, _check_prompt
+from .jobs import (DECISION, IDLE, ChoiceDecideJob, DefineJob, GrammarDecideJob, Job, ObserveJob, PrimeJob, SayJob,
+                   _check_prompt)
 from .npc import ANONYMOUS_PERSONA, Npc
 from .budget import Governor
 from .runtime import Runtime
@@ -70,6 +71,7 @@ class Engine:
         self._cancels: dict[int, tuple[P.Request, bool, float]] = {}  # ... and when it was asked
         self._urgent = False  # a decision arrived: a step of dialogue prefill may be preempted for it...
         self._urgent_by = math.inf  # ...when it must start by then (the earliest such, monotonic)
+        self._arrived = False  # any request arrived: a step of idle work (thinking ahead) gives way
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._handlers = {"npc": self._on_npc, "say": self._on_say, "decide": self._on_decide,
@@ -81,6 +83,7 @@ class Engine:
     # --- thread-safe entry points -----------------------------------------------------
     def submit(self, req: P.Request) -> None:
         self._inbox.put(req)
+        self._arrived = True
         if req.op == "decide":
             by = req.deadline if req.deadline is not None else time.monotonic() + _PATIENCE_S
             self._urgent_by = min(self._urgent_by, by)
@@ -148,6 +151,7 @@ class Engine:
         return list({id(rt): rt for rt in self.runtimes.values()}.values())
 
     def _take_inbox(self) -> None:
+        self._arrived = False
         self._urgent = False
         self._urgent_by = math.inf
         while True:
@@ -188,6 +192,8 @@ class Engine:
             try:
                 if not job.ready():
                     continue
+                if job.urgency < IDLE and job.rt.pool.free == 0:
+                    self._drop_idle_work(job.rt)  # thinking ahead gives way for KV sequences too
                 job.started_at = time.monotonic()
                 job.start()
                 self.counters["jobs_started"] += 1
@@ -214,11 +220,12 @@ class Engine:
         # decision time enough is left to finish, since redoing it wastes its compute; so is one the
         # decision could not be saved by.
         preemptible = not any(job.urgency == DECISION for job, _, _ in plan)
+        idle = all(job.urgency == IDLE for job, _, _ in plan)  # thinking ahead gives way to any request
         started = time.monotonic()
         expected_end = started + rt.ms_per_token * n_tokens / 1000
 
         def should_abort() -> bool:
-            if keys.issubset(self._cancels.keys()):
+            if keys.issubset(self._cancels.keys()) or (idle and self._arrived):
                 return True
             if not (preemptible and self._urgent):
                 return False
@@ -226,15 +233,17 @@ class Engine:
             slack = self._urgent_by - now - rt.ms_per_token * _DECISION_TOKENS / 1000
             return 0 < slack < expected_end - now
 
-        rt.ctx.set_abort(should_abort if big else None)
+        rt.ctx.set_abort(should_abort if big or idle else None)
         rc = rt.step([(lane, n) for _, lane, n in plan])
         if rc == 0 and big:
             rt.ms_per_token = 0.8 * rt.ms_per_token + 0.2 * (time.monotonic() - started) * 1000 / n_tokens
         generated = sum(1 for job, lane, _ in plan if isinstance(job, SayJob) and lane.ready)
         self.governor.after_step(time.monotonic() - started, generated)
         rt.ctx.set_abort(None)
-        if rc == 1 and rt.pool.evict_one():  # KV full: an idle NPC gives way, the plan runs next loop
-            return True
+        if rc == 1:  # KV full: thinking ahead and then an idle NPC give way, the plan runs next loop
+            self._drop_idle_work(rt)
+            if rt.pool.evict_one():
+                return True
         if rc == 2 and preemptible and self._urgent:
             self.counters["preempted_steps"] += 1
         if rc != 0:
@@ -260,9 +269,22 @@ class Engine:
                 job.finish(P.error(job.req.id, err))
             except Exception:
                 self._internal(job.req, job)
+            if isinstance(job, SayJob) and job.finished:
+                self._think_ahead(job)
         for _, lane, _ in plan:
             lane.rows = []
         return True
+
+    def _drop_idle_work(self, rt: Runtime) -> None:
+        for job in self.scheduler.running:
+            if job.urgency == IDLE and job.rt is rt and job.fed_at is None:
+                job.finish(None)
+        self.scheduler.sweep()
+
+    def _think_ahead(self, say: SayJob) -> None:
+        """Queue the evaluation of the reply's end of turn and the next turn's opening for spare steps."""
+        if self.npcs.get(say.npc.id) is say.npc and len(self.scheduler) < self.limits.max_queue:
+            self.scheduler.add(PrimeJob(say))
 
     def _shed_hopeless(self, rt: Runtime) -> None:
         """Answer with the fallback now a decision that cannot finish by its deadline, by the running
@@ -317,7 +339,7 @@ class Engine:
         prompt reuses whatever of them still matches."""
         old = self.npcs.get(npc.id)
         if old is not None:
-            npc.kv, npc.writer = old.kv, old.writer
+            npc.kv, npc.slot = old.kv, old.slot
         self.npcs[npc.id] = npc
         return npc
 

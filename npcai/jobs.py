@@ -27,8 +27,9 @@ Emit = Callable[[dict[str, Any]], None]
 SAY_DEFAULTS = {"max_tokens": 64, "temperature": 0.7, "top_k": 40, "top_p": 0.95}
 DECIDE_DEFAULTS = {"max_tokens": 256, "temperature": 0.0, "top_k": 0, "top_p": 1.0}
 
-# Urgency classes: decisions overtake dialogue between steps; background work goes last.
-DECISION, DIALOGUE, BACKGROUND = 0, 1, 2
+# Urgency classes: decisions overtake dialogue between steps; background work goes last, and
+# idle work (thinking ahead) only runs in steps nothing else wants.
+DECISION, DIALOGUE, BACKGROUND, IDLE = 0, 1, 2, 3
 
 
 class Job:
@@ -123,6 +124,10 @@ class _NpcWriter(Job):
         self._holding = False
 
     def ready(self) -> bool:
+        writer = self.npc.writer
+        if writer is not None and writer is not self and writer.urgency == IDLE and self.urgency < IDLE \
+                and writer.fed_at is None:
+            writer.finish(None)  # thinking ahead that has not begun: this job's own prompt covers it
         return self.npc.writer is None or self.npc.writer is self
 
     def claim(self) -> None:
@@ -162,8 +167,18 @@ class DefineJob(_NpcWriter):
 class ObserveJob(DefineJob):
     """``observe``: the event is already in the history; evaluate it when steps are spare."""
 
+    urgency = IDLE
+
     def _reply(self, cached_tokens: int) -> None:
         return None  # the ok went out on receipt
+
+
+class PrimeJob(ObserveJob):
+    """After a reply: evaluate its end of turn and the next turn's opening in spare steps, so the
+    player's next line (or a decision) pays only for its own tokens. Replies to no one."""
+
+    def __init__(self, say: "SayJob"):
+        super().__init__(say.req, say.rt, lambda reply: None, say.npc_ctx, say.npc)
 
 
 class SayJob(_NpcWriter):

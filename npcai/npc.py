@@ -35,6 +35,14 @@ class KvSeq:
 
 
 @dataclass
+class WriterSlot:
+    """Which job is extending an NPC's history right now. Shared by a redefinition with the
+    definition it replaces, since both write the same KV sequences."""
+
+    writer: object | None = None
+
+
+@dataclass
 class Npc:
     id: str
     persona: str
@@ -42,11 +50,20 @@ class Npc:
     seed: int | None = None
     messages: list[tuple[str, str]] = field(default_factory=list)  # (role, content), oldest first
     kv: dict[int, KvSeq] = field(default_factory=dict)  # keyed by id(runtime)
-    writer: object | None = None  # the job currently extending the history, if any
+    slot: WriterSlot = field(default_factory=WriterSlot)
     rng: np.random.Generator = field(init=False)
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
+
+    @property
+    def writer(self) -> object | None:
+        """The job currently extending the history, if any."""
+        return self.slot.writer
+
+    @writer.setter
+    def writer(self, job: object | None) -> None:
+        self.slot.writer = job
 
     def kv_for(self, runtime: object) -> KvSeq:
         return self.kv.setdefault(id(runtime), KvSeq())

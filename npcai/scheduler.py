@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 
-from .jobs import DECISION, DIALOGUE, Job
+from .jobs import DECISION, DIALOGUE, IDLE, Job
 from .runtime import Lane, Runtime
 
 _SHORT = 16  # lanes this short are decode steps, forced runs or choice branches: never split
@@ -83,6 +83,8 @@ class Scheduler:
         """(job, lane, n tokens) to evaluate on ``rt`` in its next step, at most ``max_tokens`` in all;
         decisions only when ``dialogue`` is false (the budget is holding dialogue back)."""
         jobs = sorted((j for j in self.running if j.rt is rt and not j.finished), key=urgency_key)
+        if any(j.urgency < IDLE and any(lane.pending for lane in j.lanes) for j in jobs):
+            jobs = [j for j in jobs if j.urgency < IDLE]  # thinking ahead takes only steps no one else wants
         budget = min(rt.n_batch, max_tokens or rt.n_batch)
         now = time.monotonic()
         deciding = [j for j in jobs if _deciding(j)]

@@ -264,6 +264,27 @@ def test_save_and_load_round_trip_restores_persona_and_history(client, brom):
         client.call("load", npc="x", state=b"not a state")
 
 
+def test_redefining_an_npc_while_it_talks_leaves_it_answering(client, village):
+    persona = village["npcs"]["brom"]["persona"]
+    client.npc("brom2", persona)
+    talking = client.request("say", npc="brom2", text="Tell me about your forge.", max_tokens=24)
+    client.npc("brom2", persona + " He has a cold today.")  # while the line above is still streaming
+    collect(client, talking)
+    assert client.say("brom2", "Are you well?", max_tokens=4, timeout=30)["event"] == "done"
+
+
+def test_after_a_reply_the_next_turns_opening_is_evaluated_in_spare_time(client, village):
+    """The reply's end of turn and the next user turn's opening are evaluated while the player
+    thinks, so the next line pays for its own tokens only, as the first line after `npc` does."""
+    client.npc("mira", village["npcs"]["mira"]["persona"], seed=3)
+    line = "Do you have any healing herbs today?"
+    first = client.say("mira", line, max_tokens=6)
+    time.sleep(1.0)  # the player reads and types
+    second = client.say("mira", line, max_tokens=6)
+    assert second["usage"]["prompt_tokens"] == first["usage"]["prompt_tokens"]
+    assert second["usage"]["cached_tokens"] > first["usage"]["cached_tokens"]
+
+
 def test_observe_joins_the_history_and_a_later_decision_still_works(client, village):
     client.npc("grik", village["npcs"]["grik"]["persona"])
     assert client.call("observe", npc="grik", text="The player drew a sword.")["event"] == "ok"

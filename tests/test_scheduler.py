@@ -8,7 +8,7 @@ the end-to-end tests run the same scheduler against the real model.
 import time
 from types import SimpleNamespace
 
-from npcai.jobs import DECISION, DIALOGUE
+from npcai.jobs import DECISION, DIALOGUE, IDLE
 from npcai.runtime import Lane
 from npcai.scheduler import Scheduler
 
@@ -108,3 +108,10 @@ def test_while_the_budget_holds_dialogue_back_only_decisions_step():
     assert s.deciding()
     assert [(j, n) for j, _, n in s.plan(RT, dialogue=False)] == [(relaxed, 18)]
     assert scheduler(*talkers).plan(RT, dialogue=False) == []
+
+
+def test_thinking_ahead_only_takes_steps_that_no_one_else_wants():
+    talkers = streams(2)
+    ahead = job(IDLE, 6, seq=40)
+    assert planned(scheduler(*talkers, ahead)) == [(t, 1) for t in talkers]
+    assert planned(scheduler(ahead)) == [(ahead, 6)]
