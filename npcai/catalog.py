@@ -164,7 +164,7 @@ def _converted(name: str, out: TextIO) -> Path:
     from .native import convert_weights
 
     print(f"converting {model.filename} to {model.cpu_weights} (llama.cpp's fast CPU kernels), once…", file=out)
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # two first runs at once each write their own
     try:
         convert_weights(cached_path(name), partial, model.cpu_weights)
         os.replace(partial, target)
