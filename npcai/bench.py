@@ -346,7 +346,11 @@ class _Bench:
     def many(self, c: Client) -> None:
         counts = [1, 2, 4, 8] if self.quick else [1, 2, 4, 8, 16]
         raw = {}
+        def ceiling(n: int) -> float:  # ~persona + line + reply in each sequence
+            return n / (self.forward_ms(100, [n] * 8, seqs=n) / 8 / 1000)
+
         for n in counts:
+            before = ceiling(n)  # and again after the streams: drift in this machine's speed falls on both
             for k in range(n):
                 c.npc(f"crowd{k}", self.personas[k % 4], seed=k)
             handles = [c.request("say", npc=f"crowd{k}", text=LINES[k % 4], max_tokens=32, temperature=0.8)
@@ -367,11 +371,11 @@ class _Bench:
             inside = sum(1 for s in stamps.values() for t in s if lo < t <= hi)
             agg = inside / (hi - lo) if hi > lo else 0.0
             gaps = [(b - a) * 1000 for s in stamps.values() for a, b in zip(s, s[1:])]
-            ceiling = n / (self.forward_ms(100, [n] * 8, seqs=n) / 8 / 1000)  # ~persona + line + reply each
-            self.report.add("many", f"{n} streams: aggregate tokens/s", agg, ceiling, f"one batch of {n} tokens",
+            top = (before + ceiling(n)) / 2
+            self.report.add("many", f"{n} streams: aggregate tokens/s", agg, top, f"one batch of {n} tokens",
                             unit="tok/s", target=">= 0.85x")
             self.report.add("many", f"{n} streams: inter-token p99", pct(gaps, 99), None, unit="ms")
-            raw[n] = {"aggregate_tok_s": agg, "ceiling_tok_s": ceiling, "gap_p99_ms": pct(gaps, 99)}
+            raw[n] = {"aggregate_tok_s": agg, "ceiling_tok_s": top, "gap_p99_ms": pct(gaps, 99)}
         self.report.raw["many"] = raw
 
     def mixed(self, c: Client) -> None:
