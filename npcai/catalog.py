@@ -151,7 +151,8 @@ def pull(name: str, *, out: TextIO | None = None) -> Path:
             raise ModelError(f"sha256 mismatch for {name}: got {digest.hexdigest()}, expected {model.sha256}")
         os.replace(partial, target)
     print(f"verified sha256 {model.sha256[:12]}… -> {target}", file=out)
-    run_path(name).unlink(missing_ok=True)  # a conversion of an earlier pull is redone from this one
+    if model.cpu_weights is not None:
+        run_path(name).unlink(missing_ok=True)  # a conversion of an earlier pull is redone from this one
     return _converted(name, out)
 
 

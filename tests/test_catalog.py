@@ -1,6 +1,8 @@
 """The default model runs from a conversion of its verified file to weights with fast CPU
 kernels, and that conversion keeps the model's predictions."""
 
+import io
+
 import numpy as np
 import pytest
 
@@ -61,3 +63,13 @@ def _log_probs(path) -> np.ndarray:
         batch.close(), ctx.close(), m.close()
     logits -= logits.max(axis=1, keepdims=True)
     return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+
+def test_pulling_keeps_a_model_that_runs_as_shipped_and_converts_one_that_does_not(tmp_path, monkeypatch):
+    """A fresh cache: every catalog model pulls to a file that exists and loads."""
+    monkeypatch.setenv("NPCAI_CACHE", str(tmp_path))
+    for name, entry in catalog.CATALOG.items():
+        path = catalog.pull(name, out=io.StringIO())
+        assert path == catalog.run_path(name) and path.exists()
+        assert catalog.cached_path(name).stat().st_size == entry.size  # the verified download stays
+        assert catalog.resolve(name, pull_missing=False) == path
