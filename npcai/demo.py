@@ -102,8 +102,9 @@ def _summary(client: Client, s: _Style) -> None:
         if o and o["count"]:
             print(f"  {op:<8} {o['count']:>5} {o['p50_ms']:>8.1f} {o['p90_ms']:>8.1f} {o['p99_ms']:>8.1f}")
     for m in stats["engine"]["models"]:
+        threads = f"{m['threads']} thread" + ("s" if m["threads"] != 1 else "")
         print(s(_DIM, f"  {m['name']}: {m['steps']} model steps, {m['tokens']} tokens evaluated, "
-                      f"{m['compute_ms'] / 1000:.1f} s computing on {m['threads']} threads"))
+                      f"{m['compute_ms'] / 1000:.1f} s computing on {threads}"))
 
 
 def run_chat(npc: str, models: list[str], scenario: str | None = None, persona: str | None = None) -> int:

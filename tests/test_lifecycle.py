@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -106,3 +107,22 @@ def test_several_models_serve_requests_by_role(model_path):
         assert c.say("grik", "Hello!", max_tokens=6)["event"] == "done"
         stats = c.call("stats")["engine"]["models"]
         assert {m["name"] for m in stats} == {"smollm2-135m", "gemma3-270m"} and all(m["steps"] > 0 for m in stats)
+
+
+def test_the_demo_plays_the_village_scene_end_to_end(model_path, village):
+    """`npcai demo`, the README's first command: NPCs talk, every decision is shown, no traceback."""
+    proc = run_cli("demo", "--no-color", timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stdout.splitlines()
+    talkers = {line.split(":")[0].strip() for line in lines if "[first token" in line}
+    assert len(talkers) >= 3 and talkers <= set(village["npcs"])
+    for d in village["decisions"]:
+        at = lines.index(f"  {d['npc']} decides: {d['situation']}")
+        if "choices" in d:
+            shown = lines[at + 1:at + 1 + len(d["choices"])]
+            picked = [" ".join(line.split()[:-3]) for line in shown if line.rstrip().endswith("◀")]  # less bar, %, ◀
+            assert len(picked) == 1 and picked[0] in d["choices"], shown
+        else:
+            assert isinstance(json.loads(lines[at + 1]), dict)
+    assert any(line.startswith("latency (ms") for line in lines)
