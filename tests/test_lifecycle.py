@@ -126,3 +126,26 @@ def test_the_demo_plays_the_village_scene_end_to_end(model_path, village):
         else:
             assert isinstance(json.loads(lines[at + 1]), dict)
     assert any(line.startswith("latency (ms") for line in lines)
+
+
+def test_chat_answers_each_line_in_the_terminal_and_leaves_at_end_of_input(model_path):
+    proc = subprocess.run([sys.executable, "-m", "npcai", "chat", "brom"], input="Hello there!\n/forget\nBye.\n",
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    answers = [part for part in proc.stdout.split("brom> ")[1:] if part.strip()]
+    assert len(answers) == 2, proc.stdout
+    assert proc.stderr.count("ms to first token") == 2 and "Traceback" not in proc.stderr
+
+
+def test_bench_runs_its_items_and_writes_a_report_of_ratios(model_path, tmp_path):
+    out = tmp_path / "report.json"
+    proc = run_cli("bench", "--quick", "--model", "smollm2-135m", "--only", "transport", "--only", "decision",
+                   "--only", "weights", "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    rows = report["models"]["smollm2-135m"]["rows"]
+    items = {r["item"] for r in rows}
+    assert {"transport", "decision", "overhead", "weights"} <= items
+    compared = [r for r in rows if r["baseline"]]
+    assert compared and all(r["npcai"] > 0 and r["baseline"] > 0 for r in compared)
+    assert "hello round trip p50" in proc.stdout and report["machine"]["cores"] >= 1
