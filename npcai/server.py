@@ -25,7 +25,6 @@ import hmac
 import itertools
 import logging
 import os
-import queue
 import sys
 import threading
 import time
@@ -97,7 +96,9 @@ class Server:
         self.curve_public_key = ""
         if settings.curve_secret_key:  # before the engine: a bad key file fails before any model loads
             self._secure()
-        self._outbox: queue.SimpleQueue[tuple[bytes, dict]] = queue.SimpleQueue()
+        # The engine's replies: appends and pops of a deque are atomic, and an empty one is checked
+        # without raising (the socket thread looks on every turn).
+        self._outbox: collections.deque[tuple[P.Request, dict]] = collections.deque()
         self._signal_addr = f"inproc://npcai-outbox-{id(self)}"
         self._signal_pull = self._zctx.socket(zmq.PULL)
         self._signal_pull.bind(self._signal_addr)
@@ -139,7 +140,7 @@ class Server:
     # --- called from the engine thread -----------------------------------------------------
     def _emit(self, req: P.Request, reply: dict[str, Any]) -> None:
         """A reply from the engine, tagged with the request it answers (ids may be reused)."""
-        self._outbox.put((req, reply))
+        self._outbox.append((req, reply))
         sock = getattr(self._signal_local, "sock", None)
         if sock is None:  # one PUSH socket per emitting thread: zmq sockets are not thread-safe
             sock = self._zctx.socket(zmq.PUSH)
@@ -333,11 +334,9 @@ class Server:
                 return
 
     def _send_replies(self) -> None:
-        while True:
-            try:
-                req, reply = self._outbox.get_nowait()
-            except queue.Empty:
-                return
+        outbox = self._outbox
+        while outbox:
+            req, reply = outbox.popleft()
             client = req.client
             key = (client, req.id)
             entry = self._inflight.get(key)
