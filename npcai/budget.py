@@ -59,6 +59,7 @@ class Governor:
     def set_budget(self, **fields: float) -> Budget:
         with self._lock:
             self.budget = Budget(**{**asdict(self.budget), **fields})
+            self._ready_at = self._tokens_ready_at = 0.0  # pauses owed under the old budget are forgiven
             if not self.budget.frame_ms:
                 self.level, self._good_since = 0, None
             return self.budget
@@ -71,8 +72,9 @@ class Governor:
             if not target:
                 return
             self._frames.extend(frame_ms)
-            self._missed.extend(f > target * _MISS for f in frame_ms)
-            if any(f > target * _MISS for f in frame_ms):
+            missed = [f > target * _MISS for f in frame_ms]
+            self._missed.extend(missed)
+            if any(missed):
                 self._good_since = None
                 if (sum(self._missed) >= _MISSES_TO_ACT and self.level < len(_LEVELS) - 1
                         and now - self._last_escalation >= _ESCALATE_EVERY_S):

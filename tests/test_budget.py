@@ -69,6 +69,14 @@ def test_a_token_rate_cap_spaces_out_dialogue_tokens_but_never_holds_back_a_deci
     assert g.wait_s(now=20.0, deciding=True) == 0
 
 
+def test_a_new_budget_applies_at_once_even_after_a_tiny_cap_ran_up_a_long_pause():
+    g = governor(tokens_per_s=0.001)
+    g.after_step(0.001, generated=4, now=30.0)
+    assert g.wait_s(now=30.0) == pytest.approx(4000)  # 4 tokens at one per 1,000 s
+    g.set_budget(tokens_per_s=50)
+    assert g.wait_s(now=30.0) == 0
+
+
 def test_the_game_can_lower_threads_and_clear_its_frame_target():
     g = governor(frame_ms=16.7)
     g.report_frames([40.0, 40.0], now=0.0)
