@@ -53,7 +53,8 @@ CATALOG: dict[str, CatalogModel] = {
     for m in (
         CatalogModel(
             name="smollm2-135m",
-            description="SmolLM2-135M-Instruct Q4_1, run as Q8_0 (Apache-2.0): instruct, chat template, 49k vocab. The default.",
+            description="SmolLM2-135M-Instruct Q4_1, run as Q8_0 (Apache-2.0): instruct, chat template, 49k vocab. "
+                        "The default.",
             filename="SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             size=98_362_432,

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from . import protocol as P
 from .errors import BadRequest, NpcaiError, Overloaded, TooLarge, UnknownNpc
 from .jobs import (DECISION, IDLE, ChoiceDecideJob, DefineJob, GrammarDecideJob, Job, ObserveJob, PrimeJob, SayJob,
-                   _check_prompt)
+                   _check_prompt, pending_tokens)
 from .npc import ANONYMOUS_PERSONA, Npc
 from .budget import Governor
 from .runtime import Runtime
@@ -222,7 +222,8 @@ class Engine:
         preemptible = not any(job.urgency == DECISION for job, _, _ in plan)
         idle = all(job.urgency == IDLE for job, _, _ in plan)  # thinking ahead gives way to any request
         started = time.monotonic()
-        expected_end = started + rt.ms_per_token * n_tokens / 1000
+        expected_end = started + rt.estimate_s(n_tokens)
+        decision_s = rt.estimate_s(_DECISION_TOKENS)
 
         def should_abort() -> bool:
             if keys.issubset(self._cancels.keys()) or (idle and self._arrived):
@@ -230,13 +231,13 @@ class Engine:
             if not (preemptible and self._urgent):
                 return False
             now = time.monotonic()
-            slack = self._urgent_by - now - rt.ms_per_token * _DECISION_TOKENS / 1000
+            slack = self._urgent_by - now - decision_s
             return 0 < slack < expected_end - now
 
         rt.ctx.set_abort(should_abort if big or idle else None)
         rc = rt.step([(lane, n) for _, lane, n in plan])
         if rc == 0 and big:
-            rt.ms_per_token = 0.8 * rt.ms_per_token + 0.2 * (time.monotonic() - started) * 1000 / n_tokens
+            rt.learn_cost(time.monotonic() - started, n_tokens)
         generated = sum(1 for job, lane, _ in plan if isinstance(job, SayJob) and lane.ready)
         self.governor.after_step(time.monotonic() - started, generated)
         rt.ctx.set_abort(None)
@@ -291,16 +292,18 @@ class Engine:
         estimate of its prompt's cost: the game gets its answer early, and the compute goes to
         decisions that can still make theirs."""
         now = time.monotonic()
+        shed = 0
         for job in self.scheduler.running:
             deadline = job.req.deadline
             if (job.rt is not rt or job.urgency != DECISION or deadline is None or job.first_logits_at is not None
                     or job.finished):
                 continue
-            pending = sum(len(lane.pending) for lane in job.lanes)
-            if now + _SHED_MARGIN * rt.ms_per_token * pending / 1000 > deadline:
-                self.counters["shed"] += 1
+            if now + _SHED_MARGIN * rt.estimate_s(pending_tokens(job)) > deadline:
+                shed += 1
                 job.finish(P.timed_out(job.req, (now - job.req.received) * 1000))
-        self.scheduler.sweep()
+        if shed:
+            self.counters["shed"] += shed
+            self.scheduler.sweep()
 
     def _internal(self, req: P.Request, job: Job | None) -> None:
         log.error("internal error serving %s %s:\n%s", req.op, req.id, traceback.format_exc())

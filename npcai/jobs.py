@@ -32,6 +32,11 @@ DECIDE_DEFAULTS = {"max_tokens": 256, "temperature": 0.0, "top_k": 0, "top_p": 1
 DECISION, DIALOGUE, BACKGROUND, IDLE = 0, 1, 2, 3
 
 
+def pending_tokens(job: "Job") -> int:
+    """Tokens the job still needs evaluated, over all its lanes."""
+    return sum(len(lane.pending) for lane in job.lanes)
+
+
 class Job:
     """Common bookkeeping: the request, its runtime, timing, and the lanes it owns."""
 

@@ -158,7 +158,8 @@ def decode_frame(frame: bytes, limits: Limits) -> dict[str, Any]:
     n = limits.max_container_len
     try:
         obj = msgpack.unpackb(
-            frame, raw=False, strict_map_key=True, max_str_len=limits.max_frame_bytes, max_bin_len=limits.max_frame_bytes,
+            frame, raw=False, strict_map_key=True,
+            max_str_len=limits.max_frame_bytes, max_bin_len=limits.max_frame_bytes,
             max_array_len=n, max_map_len=n, max_ext_len=0,
         )
     except (msgpack.exceptions.StackError, RecursionError):

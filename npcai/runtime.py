@@ -102,7 +102,15 @@ class Runtime:
         self.mask = np.zeros((self.n_vocab + 31) // 32, dtype=np.int32)
         sample_token(np.zeros(8, dtype=np.float32), NO_MASK, 0.5, 4, 0.9, 0.5)  # compile (or load) the kernels now
         self.stats = {"steps": 0, "tokens": 0, "compute_ms": 0.0, "aborted_steps": 0}
-        self.ms_per_token = 3.0  # running estimate for long steps, refined as they run
+        self._ms_per_token = 3.0  # running estimate from long steps, refined as they run
+
+    def estimate_s(self, n_tokens: int) -> float:
+        """What a step of ``n_tokens`` is expected to cost, by the steps measured so far."""
+        return self._ms_per_token * n_tokens / 1000
+
+    def learn_cost(self, seconds: float, n_tokens: int) -> None:
+        """Refine the estimate with a step that completed (long ones only: short steps are mostly overhead)."""
+        self._ms_per_token = 0.8 * self._ms_per_token + 0.2 * seconds * 1000 / n_tokens
 
     def describe(self, roles: list[str]) -> list[dict]:
         return [{"role": r, "name": self.name, "n_ctx": self.ctx.n_ctx, "n_vocab": self.n_vocab} for r in roles]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 
-from .jobs import DECISION, DIALOGUE, IDLE, Job
+from .jobs import DECISION, DIALOGUE, IDLE, Job, pending_tokens
 from .runtime import Lane, Runtime
 
 _SHORT = 16  # lanes this short are decode steps, forced runs or choice branches: never split
@@ -83,7 +83,7 @@ class Scheduler:
         """(job, lane, n tokens) to evaluate on ``rt`` in its next step, at most ``max_tokens`` in all;
         decisions only when ``dialogue`` is false (the budget is holding dialogue back)."""
         jobs = sorted((j for j in self.running if j.rt is rt and not j.finished), key=urgency_key)
-        if any(j.urgency < IDLE and any(lane.pending for lane in j.lanes) for j in jobs):
+        if any(j.urgency < IDLE and pending_tokens(j) for j in jobs):
             jobs = [j for j in jobs if j.urgency < IDLE]  # thinking ahead takes only steps no one else wants
         budget = min(rt.n_batch, max_tokens or rt.n_batch)
         now = time.monotonic()
@@ -108,7 +108,7 @@ class Scheduler:
 
 
 def _deciding(job: Job) -> bool:
-    return job.urgency == DECISION and not job.finished and any(lane.pending for lane in job.lanes)
+    return job.urgency == DECISION and not job.finished and pending_tokens(job) > 0
 
 
 def _fill(jobs: list[Job], prompt_budget: int, budget: int) -> list[tuple[Job, Lane, int]]:
@@ -138,7 +138,7 @@ def _fill(jobs: list[Job], prompt_budget: int, budget: int) -> list[tuple[Job, L
 
 
 def _cost_s(rt: Runtime, step: list[tuple[Job, Lane, int]]) -> float:
-    return rt.ms_per_token * sum(n for _, _, n in step) / 1000
+    return rt.estimate_s(sum(n for _, _, n in step))
 
 
 def _slack_s(rt: Runtime, deciding: list[Job], now: float) -> float:
@@ -146,8 +146,7 @@ def _slack_s(rt: Runtime, deciding: list[Job], now: float) -> float:
     slack = math.inf
     for job in deciding:
         if job.req.deadline is not None:
-            pending = sum(len(lane.pending) for lane in job.lanes)
-            slack = min(slack, job.req.deadline - now - rt.ms_per_token * pending / 1000)
+            slack = min(slack, job.req.deadline - now - rt.estimate_s(pending_tokens(job)))
     return slack
 
 

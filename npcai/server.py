@@ -294,10 +294,7 @@ class Server:
                                "limits": self.limits.to_wire(), "pid": os.getpid(),
                                "threads": self.settings.compute_threads, "lease_ms": self.settings.lease_ms,
                                "compute": {**self.polite, "threads": self.settings.compute_threads}}
-            budget = self.engine.governor.budget
-            self._send(client, P.ok(req.id, **self._hello, budget={
-                "threads": budget.threads, "tokens_per_s": budget.tokens_per_s, "share": budget.share,
-                "frame_ms": budget.frame_ms}))
+            self._send(client, P.ok(req.id, **self._hello, budget=dataclasses.asdict(self.engine.governor.budget)))
         elif req.op == "ping":
             self._send(client, P.ok(req.id))
         elif req.op == "cancel":
@@ -318,7 +315,7 @@ class Server:
         elif req.op == "budget":
             P.check_budget(f)
             governor = self.engine.governor
-            budget = governor.set_budget(**{k: f[k] for k in ("threads", "tokens_per_s", "share", "frame_ms") if k in f})
+            budget = governor.set_budget(**f)  # parse_request kept only the budget's own fields
             self._send(client, P.ok(req.id, budget=dataclasses.asdict(budget), effective=governor.stats()["effective"]))
         elif req.op == "frame":
             times = f["frame_ms"] if isinstance(f["frame_ms"], list) else [f["frame_ms"]]

@@ -44,7 +44,8 @@ class Settings:
         "lower the sidecar's CPU priority below the game's by this much (POSIX nice; Windows: below normal)"))
     cpus: str = field(default="", metadata=_opt("pin compute to these CPU ids, e.g. 2,3 (Linux)"))
     budget_threads: int = field(default=0, metadata=_opt("budget: most compute threads (0 = --threads)"))
-    budget_tokens_per_s: float = field(default=0.0, metadata=_opt("budget: most dialogue tokens per second (0 = no cap)"))
+    budget_tokens_per_s: float = field(default=0.0,
+                                       metadata=_opt("budget: most dialogue tokens per second (0 = no cap)"))
     budget_share: float = field(default=1.0, metadata=_opt("budget: share of wall time the sidecar may compute"))
     frame_ms: float = field(default=0.0, metadata=_opt(
         "the game's target frame time; with frame reports, the sidecar backs off when frames run over"))

@@ -121,7 +121,8 @@ def test_the_demo_plays_the_village_scene_end_to_end(model_path, village):
         at = lines.index(f"  {d['npc']} decides: {d['situation']}")
         if "choices" in d:
             shown = lines[at + 1:at + 1 + len(d["choices"])]
-            picked = [" ".join(line.split()[:-3]) for line in shown if line.rstrip().endswith("◀")]  # less bar, %, ◀
+            # an option's line: its words, the bar, the percentage, and ◀ on the pick
+            picked = [" ".join(line.split()[:-3]) for line in shown if line.rstrip().endswith("◀")]
             assert len(picked) == 1 and picked[0] in d["choices"], shown
         else:
             assert isinstance(json.loads(lines[at + 1]), dict)

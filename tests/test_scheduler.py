@@ -12,7 +12,7 @@ from npcai.jobs import DECISION, DIALOGUE, IDLE
 from npcai.runtime import Lane
 from npcai.scheduler import Scheduler
 
-RT = SimpleNamespace(n_batch=256, ms_per_token=3.0)
+RT = SimpleNamespace(n_batch=256, estimate_s=lambda n_tokens: 0.003 * n_tokens)  # 3 ms a token
 
 
 def job(urgency, *pending: int, deadline_in: float | None = None, fed_ago: float | None = None,
