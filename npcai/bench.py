@@ -136,8 +136,9 @@ class _Bench:
         """llama.cpp itself, with the sidecar's context settings: the model's own cost."""
         if self._native is None:
             m = Model(self.path)
+            entry = catalog.entry_for(self.path)
             ctx = Context(m, n_ctx=self.settings.n_ctx, n_batch=self.settings.n_batch, n_seq=self.settings.n_seq,
-                          threads=self.threads)
+                          threads=self.threads, flash_attn=entry.flash_attn if entry else None)
             self._native = (m, ctx, Batch(self.settings.n_batch))
         return self._native
 
@@ -557,6 +558,65 @@ class _Bench:
         self.report.raw["weights"] = {"run_ms": t_run, "shipped_ms": t_ship, "kl_mean": float(kl.mean()),
                                       "kl_p99": float(np.percentile(kl, 99)), "top1_agree_pct": float(agree)}
 
+    def attention(self) -> None:
+        """Why every NPC has its own KV stream, and the flash-attention choice: one NPC's step as other
+        NPCs' cells fill the cache, in one unified cache vs in streams; and a step after a long history."""
+        m = Model(self.path)
+        entry = catalog.entry_for(self.path)
+        fa = entry.flash_attn if entry else None
+        b = Batch(self.settings.n_batch)
+        raw: dict[str, Any] = {}
+
+        def feed(ctx: Context, seq: int, start: int, n: int) -> None:
+            pos = start
+            while pos < start + n:
+                k = min(self.settings.n_batch, start + n - pos)
+                b.clear()
+                for i in range(k):
+                    b.add(1, pos + i, seq, i == k - 1)
+                if ctx.decode(b) != 0:
+                    raise RuntimeError("llama_decode failed")
+                pos += k
+
+        def step_ms(ctx: Context, cached: int, n: int) -> float:
+            times = []
+            for _ in range(self.reps // 3 or 4):
+                ctx.seq_rm(0, cached)
+                start = time.perf_counter()
+                feed(ctx, 0, cached, n)
+                times.append((time.perf_counter() - start) * 1000)
+            return statistics.median(times)
+
+        try:
+            for unified in (True, False):
+                ctx = Context(m, n_ctx=self.settings.n_ctx, n_batch=self.settings.n_batch, n_seq=self.settings.n_seq,
+                              threads=self.threads, flash_attn=fa, unified=unified)
+                feed(ctx, 0, 0, 100)
+                alone = step_ms(ctx, 100, 22)
+                for seq in range(1, self.settings.n_seq):  # other NPCs with 400-token histories
+                    feed(ctx, seq, 0, 400)
+                raw["unified" if unified else "streams"] = {"alone_ms": alone, "crowded_ms": step_ms(ctx, 100, 22)}
+                ctx.close()
+            others = 400 * (self.settings.n_seq - 1)
+            self.report.add("attention", f"22-token step beside {others} cells of other NPCs (p50)",
+                            raw["streams"]["crowded_ms"], raw["unified"]["crowded_ms"], "one unified KV cache")
+            self.report.add("attention", "... the same step with no other NPC resident (p50)",
+                            raw["streams"]["alone_ms"], raw["unified"]["alone_ms"], "one unified KV cache")
+            if fa is not None:
+                for label, flag in (("configured", fa), ("other", not fa)):
+                    ctx = Context(m, n_ctx=self.settings.n_ctx, n_batch=self.settings.n_batch,
+                                  n_seq=self.settings.n_seq, threads=self.threads, flash_attn=flag)
+                    feed(ctx, 0, 0, 900)
+                    raw[f"flash_attn_{label}"] = {"flash_attn": flag, "ms": step_ms(ctx, 900, 26)}
+                    ctx.close()
+                self.report.add("attention", f"26-token step after 900 cached, flash attention {'on' if fa else 'off'}"
+                                " (p50)", raw["flash_attn_configured"]["ms"], raw["flash_attn_other"]["ms"],
+                                f"flash attention {'off' if fa else 'on'}")
+        finally:
+            b.close()
+            m.close()
+        self.report.raw["attention"] = raw
+
     def run(self, only: set[str] | None) -> Report:
         items = [("transport", self.transport), ("decision", self.decisions), ("dialogue", self.dialogue),
                  ("many", self.many), ("mixed", self.mixed), ("cancel", self.cancellation), ("ahead", self.ahead)]
@@ -576,6 +636,9 @@ class _Bench:
         if not only or "weights" in only:
             self.say(f"  {self.model}: weights…")
             self.weights()
+        if not only or "attention" in only:
+            self.say(f"  {self.model}: attention…")
+            self.attention()
         if not only or "frame" in only:
             self.say(f"  {self.model}: frame…")
             self.frame_budget()

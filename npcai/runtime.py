@@ -1,7 +1,7 @@
 """The runtime: one loaded model, its KV cache, and the batched model step.
 
-A Runtime owns a llama.cpp context whose unified KV cache holds many sequences
-(one per resident NPC plus short-lived forks for decisions). Each step evaluates
+A Runtime owns a llama.cpp context whose KV cache holds many sequences, each in its
+own stream (one per resident NPC plus short-lived forks for decisions). Each step evaluates
 one batch mixing every active request's tokens; ``Lane``s say which tokens of
 which sequence go in and where their logits come back.
 """
@@ -89,11 +89,12 @@ class Runtime:
     """One model, served by role(s); evaluates batches and hands out logits."""
 
     def __init__(self, path: Path, *, name: str, n_ctx: int, n_seq: int, n_batch: int, threads: int,
-                 grammar_dir: Path):
+                 grammar_dir: Path, flash_attn: bool | None = None):
         self.name = name
         self.model = Model(path)
         self.n_vocab = self.model.n_vocab
-        self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_seq=n_seq, threads=threads)
+        self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_seq=n_seq, threads=threads,
+                           flash_attn=flash_attn)
         self.n_batch = n_batch
         self.batch = Batch(n_batch)
         self.pool = SeqPool(self.ctx, n_seq)
@@ -154,7 +155,7 @@ class Runtime:
         if kv is not None and kv.seq is not None:
             common = min(_common_prefix(kv.tokens, target), len(target) - 1)
             if common:
-                self.ctx.seq_cp(kv.seq, seq, 0, common)
+                self.ctx.seq_fork(kv.seq, seq, common)
         return Lane(seq, common, list(target[common:]))
 
     def branch(self, lane: Lane, tokens: list[int]) -> Lane | None:
@@ -162,7 +163,7 @@ class Runtime:
         seq = self.pool.acquire()
         if seq is None:
             return None
-        self.ctx.seq_cp(lane.seq, seq, 0, lane.pos)
+        self.ctx.seq_fork(lane.seq, seq, lane.pos)
         return Lane(seq, lane.pos, list(tokens), all_logits=True)
 
     def release(self, seq: int) -> None:

@@ -33,10 +33,12 @@ class Settings:
     model: list[str] = field(default_factory=list, metadata=_opt(
         "model, as NAME or ROLE=NAME (NAME is a catalog name or a .gguf path); repeat for several roles",
         action="append"))
-    n_ctx: int = field(default=8192, metadata=_opt("KV cache cells per model, shared by all NPCs", min=64))
+    n_ctx: int = field(default=16384, metadata=_opt(
+        "KV cache cells per model, shared equally by its --n-seq sequences", min=64))
     npc_ctx: int = field(default=1024, metadata=_opt(
         "context window of one NPC: persona + history + request; oldest turns give way beyond it", min=64))
-    n_seq: int = field(default=64, metadata=_opt("KV sequences per model (resident NPCs plus forks)", min=2))
+    n_seq: int = field(default=16, metadata=_opt(
+        "KV sequences per model: resident NPCs plus decisions in flight (idle NPCs give way beyond it)", min=2))
     n_batch: int = field(default=256, metadata=_opt("most tokens evaluated in one model step", min=1))
     threads: int = field(default=0, metadata=_opt(
         "compute threads (0 = all cores but one, leaving the game a core; at least 1)", min=0))
@@ -115,8 +117,9 @@ class Settings:
             value = getattr(self, f.name)
             if low is not None and value < low:
                 raise SettingsError(f"bad --{f.name.replace('_', '-')} {value}: must be at least {low}")
-        if self.npc_ctx > self.n_ctx:
-            raise SettingsError(f"bad --npc-ctx {self.npc_ctx}: must not exceed --n-ctx {self.n_ctx}")
+        if self.npc_ctx > self.n_ctx // self.n_seq:
+            raise SettingsError(f"bad --npc-ctx {self.npc_ctx}: must not exceed --n-ctx / --n-seq "
+                                f"({self.n_ctx} / {self.n_seq} = {self.n_ctx // self.n_seq} cells per sequence)")
         if not Path(self.grammar_dir).is_dir():
             raise SettingsError(f"bad --grammar-dir {self.grammar_dir!r}: not a directory")
         for name in ("ready_file", "connection_file"):

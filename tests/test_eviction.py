@@ -27,9 +27,16 @@ def test_more_npcs_than_kv_sequences_are_all_served(model_path, village):
         assert state["messages"][-2:] == [["user", "And what do you do?"], ["assistant", again[names[-1]]]]
 
 
-def test_a_small_kv_cache_evicts_instead_of_failing(model_path, village):
-    with Sidecar("--n-ctx", "256", "--npc-ctx", "200", "--threads", "2") as sc, Client(sc.endpoint) as c:
-        for i in range(6):  # ~6 x 80 tokens of personas and lines: more than 256 cells
-            c.npc(f"brom{i}", village["npcs"]["brom"]["persona"])
-            assert c.say(f"brom{i}", "Can you fix my sword?", max_tokens=8)["event"] == "done"
-        assert c.call("stats")["engine"]["models"][0]["evictions"] > 0
+def test_a_conversation_longer_than_its_sequence_lets_old_turns_go(model_path, village):
+    # 2 sequences of 256 cells; one NPC talks well past 256 tokens of persona and history
+    with Sidecar("--n-ctx", "512", "--n-seq", "2", "--npc-ctx", "256", "--threads", "2") as sc, \
+            Client(sc.endpoint) as c:
+        c.npc("brom", village["npcs"]["brom"]["persona"])
+        lines = [f"Tell me about the sword you made in year {1000 + i} of the kingdom." for i in range(12)]
+        for line in lines:
+            reply = c.say("brom", line, max_tokens=12, temperature=0)
+            assert reply["event"] == "done" and reply["usage"]["prompt_tokens"] + reply["usage"]["cached_tokens"] <= 256
+        kept = msgpack.unpackb(c.call("save", npc="brom")["state"])["messages"]
+        assert 0 < len(kept) < 2 * len(lines)  # the oldest turns gave way...
+        assert kept[-2][1] == lines[-1]  # ...and the newest is remembered
+        assert c.decide("A wolf attacks.", npc="brom", choices=["fight", "run"])["value"] in ("fight", "run")
