@@ -158,6 +158,19 @@ class Runtime:
                 self.ctx.seq_fork(kv.seq, seq, common)
         return Lane(seq, common, list(target[common:]))
 
+    def borrow(self, kv: KvSeq, target: list[int]) -> Lane:
+        """A lane in the NPC's own sequence that does not extend its history: ``give_back`` rolls it back."""
+        lane = self.attach(kv, target)
+        lane.kv = None
+        return lane
+
+    def give_back(self, kv: KvSeq, lane: Lane, keep: list[int]) -> None:
+        """End a borrow: the sequence keeps the evaluated part of ``keep`` (a prefix of what the lane
+        evaluated) and drops the rest."""
+        upto = min(len(keep), lane.pos)
+        kv.tokens.extend(keep[len(kv.tokens):upto])
+        self.ctx.seq_rm(lane.seq, len(kv.tokens))
+
     def branch(self, lane: Lane, tokens: list[int]) -> Lane | None:
         """A copy of ``lane``'s sequence extended by ``tokens`` (all logits wanted); None if no seq is free."""
         seq = self.pool.acquire()

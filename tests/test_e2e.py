@@ -285,6 +285,29 @@ def test_after_a_reply_the_next_turns_opening_is_evaluated_in_spare_time(client,
     assert second["usage"]["cached_tokens"] > first["usage"]["cached_tokens"]
 
 
+def test_a_decision_reuses_an_idle_npcs_history_and_leaves_it_as_it_was(client, village):
+    """A decision on an idle NPC is evaluated in the NPC's own sequence and rolled back to its
+    history: the next line reuses as much, and answers the same, as if there had been no decision."""
+    line, later = "Can you fix my sword?", "And how much would that cost?"
+    seconds = {}
+    for name, decides in (("plain", False), ("decider", True)):
+        client.npc(name, village["npcs"]["brom"]["persona"], seed=5)
+        first = client.say(name, line, max_tokens=6, temperature=0)
+        time.sleep(1.0)  # the reply's end of turn and the next opening are evaluated meanwhile
+        if decides:
+            decision = client.decide("A wolf runs into the forge.", npc=name, choices=["fight", "hide"])
+            assert decision["value"] in ("fight", "hide")
+            before = first["usage"]
+            assert decision["usage"]["cached_tokens"] >= before["cached_tokens"] + before["prompt_tokens"]
+        seconds[name] = client.say(name, later, max_tokens=6, temperature=0)
+    plain, decider = seconds["plain"], seconds["decider"]
+    assert decider["usage"]["cached_tokens"] == plain["usage"]["cached_tokens"]
+    assert decider["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"]
+    assert decider["text"] == plain["text"]
+    state = msgpack.unpackb(client.call("save", npc="decider")["state"])
+    assert not any("wolf" in text for _, text in state["messages"])
+
+
 def test_observe_joins_the_history_and_a_later_decision_still_works(client, village):
     client.npc("grik", village["npcs"]["grik"]["persona"])
     assert client.call("observe", npc="grik", text="The player drew a sword.")["event"] == "ok"
