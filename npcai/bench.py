@@ -264,21 +264,30 @@ class _Bench:
         r.add("dialogue", "first token, cached persona (p50)", pct(warm, 50), pct(own, 50),
               "llama.cpp prefill of the new tokens", target="<= 1.2x")
         r.add("dialogue", "first token, cold persona (p50)", pct(cold, 50), pct(warm, 50), "cached persona")
-        # Four NPCs taking turns.
+        # Four NPCs taking turns. The baseline is sent each NPC's persona and the same history, so
+        # both sides answer identical prompts: one from its NPC's cached sequence, one from its single cache.
         for k, p in enumerate(self.personas):
             c.npc(f"turn{k}", p)
+        history: list[list[dict[str, str]]] = [[{"role": "system", "content": p}] for p in self.personas]
+        prompts: list[list[dict[str, str]]] = []
         turns, paced = [], []
-        for i in range(self.reps):
-            k = i % 4
-            turns.append(self._ttft(c, c.request("say", npc=f"turn{k}", text=LINES[i % len(LINES)], max_tokens=4)))
-        for i in range(self.reps):  # the same with the time a player takes to read and answer
-            time.sleep(_READ_S)
-            paced.append(self._ttft(c, c.request("say", npc=f"turn{i % 4}", text=LINES[i % len(LINES)], max_tokens=4)))
-        lcp, lcp_paced = self._llama_turns(), self._llama_turns(pause=_READ_S)
+        for i in range(2 * self.reps):  # the second half with the time a player takes to read and answer
+            if i >= self.reps:
+                time.sleep(_READ_S)
+            k, line = i % 4, LINES[i % len(LINES)]
+            h = c.request("say", npc=f"turn{k}", text=line, max_tokens=4)
+            (turns if i < self.reps else paced).append(self._ttft(c, h))
+            history[k].append({"role": "user", "content": line})
+            prompts.append(list(history[k]))
+            history[k].append({"role": "assistant", "content": h.reply["text"]})
+        lcp, lcp_paced = self._llama_turns(prompts[:self.reps]), self._llama_turns(prompts[self.reps:], pause=_READ_S)
         r.add("dialogue", "first token, 4 NPCs taking turns (p50)", pct(turns, 50), pct(lcp, 50),
               "llama-cpp-python stream=True", target=">= 2.5x faster")
         r.add("dialogue", f"... with {_READ_S * 1000:.0f} ms to read between lines (p50)", pct(paced, 50),
               pct(lcp_paced, 50), "llama-cpp-python stream=True", target=">= 2.5x faster")
+        forgetful = self._llama_turns([[p[0], p[-1]] for p in prompts[:self.reps]])
+        r.add("dialogue", "... baseline sent no history, only persona and line (p50)", pct(turns, 50),
+              pct(forgetful, 50), "llama-cpp-python stream=True")
         # One stream's decode rate.
         rates = []
         for i in range(3 if self.quick else 6):
@@ -290,7 +299,8 @@ class _Bench:
               unit="tok/s", target=">= 0.95x")
         self.report.raw["dialogue"] = {"ttft_warm_ms": warm, "ttft_cold_ms": cold, "own_ms": own,
                                        "turns_ms": turns, "llama_turns_ms": lcp, "paced_turns_ms": paced,
-                                       "llama_paced_turns_ms": lcp_paced, "rates": rates}
+                                       "llama_paced_turns_ms": lcp_paced,
+                                       "llama_turns_no_history_ms": forgetful, "rates": rates}
 
     def _ttft(self, c: Client, h) -> float:
         t = time.perf_counter()
@@ -318,12 +328,11 @@ class _Bench:
             return 0.0
         return (tokens - 1) / (stamps[-1] - stamps[0])
 
-    def _llama_turns(self, pause: float = 0.0) -> list[float]:
+    def _llama_turns(self, prompts: list[list[dict[str, str]]], pause: float = 0.0) -> list[float]:
         llm = self.llama()
         out = []
-        for i in range(self.reps):
+        for msgs in prompts:
             time.sleep(pause)
-            msgs = [{"role": "system", "content": self.personas[i % 4]}, {"role": "user", "content": LINES[i % 4]}]
             t = time.perf_counter()
             for chunk in llm.create_chat_completion(msgs, stream=True, max_tokens=4, temperature=0.7):
                 if chunk["choices"][0]["delta"].get("content"):
