@@ -569,7 +569,8 @@ class _Bench:
 
     def attention(self) -> None:
         """Why every NPC has its own KV stream, and the flash-attention choice: one NPC's step as other
-        NPCs' cells fill the cache, in one unified cache vs in streams; and a step after a long history."""
+        NPCs' cells fill the cache, as run (a stream per sequence) vs one unified cache with llama.cpp's
+        own attention choice (how npcai ran before); and a step after a long history, FA on vs off."""
         m = Model(self.path)
         entry = catalog.entry_for(self.path)
         fa = entry.flash_attn if entry else None
@@ -599,23 +600,26 @@ class _Bench:
         try:
             for unified in (True, False):
                 ctx = Context(m, n_ctx=self.settings.n_ctx, n_batch=self.settings.n_batch, n_seq=self.settings.n_seq,
-                              threads=self.threads, flash_attn=fa, unified=unified)
+                              threads=self.threads, flash_attn=None if unified else fa, unified=unified)
                 feed(ctx, 0, 0, 100)
+                step_ms(ctx, 100, 22)  # warm-up: the first steps of a fresh context run slower
                 alone = step_ms(ctx, 100, 22)
                 for seq in range(1, self.settings.n_seq):  # other NPCs with 400-token histories
                     feed(ctx, seq, 0, 400)
                 raw["unified" if unified else "streams"] = {"alone_ms": alone, "crowded_ms": step_ms(ctx, 100, 22)}
                 ctx.close()
             others = 400 * (self.settings.n_seq - 1)
+            before = "one unified KV cache, as before"
             self.report.add("attention", f"22-token step beside {others} cells of other NPCs (p50)",
-                            raw["streams"]["crowded_ms"], raw["unified"]["crowded_ms"], "one unified KV cache")
+                            raw["streams"]["crowded_ms"], raw["unified"]["crowded_ms"], before)
             self.report.add("attention", "... the same step with no other NPC resident (p50)",
-                            raw["streams"]["alone_ms"], raw["unified"]["alone_ms"], "one unified KV cache")
+                            raw["streams"]["alone_ms"], raw["unified"]["alone_ms"], before)
             if fa is not None:
                 for label, flag in (("configured", fa), ("other", not fa)):
                     ctx = Context(m, n_ctx=self.settings.n_ctx, n_batch=self.settings.n_batch,
                                   n_seq=self.settings.n_seq, threads=self.threads, flash_attn=flag)
                     feed(ctx, 0, 0, 900)
+                    step_ms(ctx, 900, 26)  # warm-up
                     raw[f"flash_attn_{label}"] = {"flash_attn": flag, "ms": step_ms(ctx, 900, 26)}
                     ctx.close()
                 self.report.add("attention", f"26-token step after 900 cached, flash attention {'on' if fa else 'off'}"
