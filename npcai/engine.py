@@ -60,7 +60,8 @@ class Engine:
                 entry = catalog.entry_for(path)
                 rt = Runtime(path, name=entry.name if entry else path.stem, n_ctx=settings.n_ctx,
                              n_seq=settings.n_seq, n_batch=settings.n_batch, threads=settings.compute_threads,
-                             grammar_dir=Path(settings.grammar_dir), flash_attn=entry.flash_attn if entry else None)
+                             grammar_dir=Path(settings.grammar_dir), flash_attn=entry.flash_attn if entry else None,
+                             park_bytes=settings.park_mb * 2**20)
                 by_path[path] = rt
             self.runtimes[role] = rt
         self._default = next(iter(self.runtimes.values()))
@@ -115,7 +116,8 @@ class Engine:
             "queued": len(self.scheduler.waiting),
             "running": len(self.scheduler.running),
             "models": [{"name": rt.name, **rt.stats, "compute_ms": round(rt.stats["compute_ms"], 1),
-                        "evictions": rt.pool.evictions, "free_seqs": rt.pool.free, "threads": rt.ctx.threads}
+                        "evictions": rt.pool.evictions, **rt.pool.parked, "free_seqs": rt.pool.free,
+                        "threads": rt.ctx.threads}
                        for rt in self._models()],
         }
 

@@ -252,7 +252,7 @@ class Context:
         size = L.llama_state_seq_get_size(self.handle, seq)
         buf = (ctypes.c_uint8 * size)()
         n = L.llama_state_seq_get_data(self.handle, buf, size, seq)
-        return bytes(buf[:n])
+        return ctypes.string_at(buf, n)
 
     def seq_load(self, seq: int, data: bytes) -> bool:
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)

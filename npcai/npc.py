@@ -28,6 +28,7 @@ class KvSeq:
     seq: int | None = None
     tokens: list[int] = field(default_factory=list)
     users: int = 0  # jobs reading or writing it; only an unused sequence may be evicted
+    parked: tuple[bytes, list[int]] | None = None  # its cells and tokens in host memory while it has no seq
 
     @property
     def evictable(self) -> bool:

@@ -41,17 +41,28 @@ class Lane:
 
 
 class SeqPool:
-    """Hands out KV sequence ids; idle NPC sequences are evicted least recently used first."""
+    """Hands out KV sequence ids. Idle NPC sequences give way least recently used first; their
+    cells wait in host memory (up to ``park_bytes``, oldest dropped first) and are copied back
+    when the NPC returns, instead of being evaluated again."""
 
-    def __init__(self, ctx: Context, n_seq: int):
+    def __init__(self, ctx: Context, n_seq: int, park_bytes: int = 0):
         self._ctx = ctx
         self._free = list(range(n_seq - 1, -1, -1))
         self._npc: OrderedDict[int, KvSeq] = OrderedDict()  # seq -> owner, oldest use first
+        self._parked: OrderedDict[int, KvSeq] = OrderedDict()  # id(owner) -> owner, oldest first
+        self._parked_bytes = 0
+        self.park_bytes = park_bytes
         self.evictions = 0
+        self.restores = 0
 
     @property
     def free(self) -> int:
         return len(self._free)
+
+    @property
+    def parked(self) -> dict[str, float]:
+        return {"parked": len(self._parked), "parked_mb": round(self._parked_bytes / 2**20, 1),
+                "restores": self.restores}
 
     def acquire(self) -> int | None:
         if not self._free and not self.evict_one():
@@ -59,13 +70,14 @@ class SeqPool:
         return self._free.pop()
 
     def acquire_for(self, kv: KvSeq) -> int | None:
-        """Give an NPC its sequence (re-acquiring one if it was evicted)."""
+        """Give an NPC its sequence (re-acquiring one if it was evicted, with its parked cells)."""
         if kv.seq is None:
             seq = self.acquire()
             if seq is None:
                 return None
             kv.seq, kv.tokens = seq, []
             self._npc[seq] = kv
+            self._restore(kv)
         self._npc.move_to_end(kv.seq)
         return kv.seq
 
@@ -79,17 +91,44 @@ class SeqPool:
     def evict_one(self) -> bool:
         for seq, kv in self._npc.items():
             if kv.evictable:
+                self._park(kv)
                 self.release(seq)
                 self.evictions += 1
                 return True
         return False
+
+    def _park(self, kv: KvSeq) -> None:
+        if not kv.tokens or self.park_bytes <= 0:
+            return
+        data = self._ctx.seq_save(kv.seq)
+        if len(data) > self.park_bytes:
+            return
+        while self._parked_bytes + len(data) > self.park_bytes:
+            _, oldest = self._parked.popitem(last=False)
+            self._unpark(oldest)
+        kv.parked = (data, list(kv.tokens))
+        self._parked[id(kv)] = kv
+        self._parked_bytes += len(data)
+
+    def _unpark(self, kv: KvSeq) -> tuple[bytes, list[int]] | None:
+        parked, kv.parked = kv.parked, None
+        if parked is not None:
+            self._parked.pop(id(kv), None)
+            self._parked_bytes -= len(parked[0])
+        return parked
+
+    def _restore(self, kv: KvSeq) -> None:
+        parked = self._unpark(kv)
+        if parked is not None and self._ctx.seq_load(kv.seq, parked[0]):
+            kv.tokens = parked[1]
+            self.restores += 1
 
 
 class Runtime:
     """One model, served by role(s); evaluates batches and hands out logits."""
 
     def __init__(self, path: Path, *, name: str, n_ctx: int, n_seq: int, n_batch: int, threads: int,
-                 grammar_dir: Path, flash_attn: bool | None = None):
+                 grammar_dir: Path, flash_attn: bool | None = None, park_bytes: int = 0):
         self.name = name
         self.model = Model(path)
         self.n_vocab = self.model.n_vocab
@@ -97,7 +136,7 @@ class Runtime:
                            flash_attn=flash_attn)
         self.n_batch = n_batch
         self.batch = Batch(n_batch)
-        self.pool = SeqPool(self.ctx, n_seq)
+        self.pool = SeqPool(self.ctx, n_seq, park_bytes)
         self.compiler = ConstraintCompiler(lltokenizer_from_vocab(self.model.vocab, n_vocab=self.n_vocab),
                                            grammar_dir)
         self.mask = np.zeros((self.n_vocab + 31) // 32, dtype=np.int32)

@@ -39,6 +39,9 @@ class Settings:
         "context window of one NPC: persona + history + request; oldest turns give way beyond it", min=64))
     n_seq: int = field(default=16, metadata=_opt(
         "KV sequences per model: resident NPCs plus decisions in flight (idle NPCs give way beyond it)", min=2))
+    park_mb: int = field(default=256, metadata=_opt(
+        "host memory (MiB) for the KV cells of idle NPCs that gave way their sequence: copied back when "
+        "they speak again instead of evaluated again (0 = evaluate again)", min=0))
     n_batch: int = field(default=256, metadata=_opt("most tokens evaluated in one model step", min=1))
     threads: int = field(default=0, metadata=_opt(
         "compute threads (0 = all cores but one, leaving the game a core; at least 1)", min=0))

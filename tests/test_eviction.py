@@ -1,5 +1,7 @@
 """KV memory pressure: idle NPCs give way least recently used first, transparently."""
 
+import time
+
 import msgpack
 
 from npcai import Client, Sidecar
@@ -40,3 +42,26 @@ def test_a_conversation_longer_than_its_sequence_lets_old_turns_go(model_path, v
         assert 0 < len(kept) < 2 * len(lines)  # the oldest turns gave way...
         assert kept[-2][1] == lines[-1]  # ...and the newest is remembered
         assert c.decide("A wolf attacks.", npc="brom", choices=["fight", "run"])["value"] in ("fight", "run")
+
+
+def test_an_npc_that_gave_way_comes_back_with_its_cache(model_path, village):
+    """An evicted NPC's cells wait in host memory: back, it reuses its whole prefix and answers
+    exactly as it does where it never gave way; with --park-mb 0 it evaluates everything again."""
+    persona = village["npcs"]["mira"]["persona"]
+    runs = {}
+    for label, flags in (("roomy", ["--n-seq", "16"]), ("parked", ["--n-seq", "2", "--n-ctx", "2048"]),
+                         ("dropped", ["--n-seq", "2", "--n-ctx", "2048", "--park-mb", "0"])):
+        with Sidecar(*flags, "--threads", "2") as sc, Client(sc.endpoint) as c:
+            c.npc("a", persona, seed=1)
+            c.say("a", "Hello there!", max_tokens=6, temperature=0)
+            time.sleep(1.0)  # its end of turn and the next opening are evaluated meanwhile
+            for other in ("b", "c"):  # with two sequences, the second of these takes a's
+                c.npc(other, persona)
+                c.say(other, "Hi.", max_tokens=4, temperature=0)
+            back = c.say("a", "What do you sell today?", max_tokens=8, temperature=0)
+            runs[label] = (back, c.call("stats")["engine"]["models"][0])
+    roomy, parked, dropped = (runs[k][0] for k in ("roomy", "parked", "dropped"))
+    assert runs["parked"][1]["evictions"] > 0 and runs["parked"][1]["restores"] > 0
+    assert runs["roomy"][1]["evictions"] == 0
+    assert parked["usage"] == roomy["usage"] and parked["text"] == roomy["text"]
+    assert dropped["usage"]["cached_tokens"] == 0 and runs["dropped"][1]["restores"] == 0
