@@ -10,8 +10,9 @@ decisions before dialogue before background work, then arrival.
   decisions cannot stall a conversation and starving dialogue cannot make a decision late.
 - Otherwise a step gives every running stream its next token (decode steps, forced runs
   and choice branches are short and cheap in a batch), then fills the rest with prompt
-  chunks: small ones while NPCs are talking so no stream waits behind a long prompt,
-  smaller while decisions keep arriving so the next one does not wait long.
+  chunks: small ones while NPCs are talking so no stream waits behind a long prompt.
+  While decisions keep arriving, a step carries either the streams' next tokens or one
+  small prompt chunk, whichever waited longer, so that it fits between decisions.
 
 (The engine also preempts a long dialogue step for a decision that could not wait for
 it: see engine.py.)
@@ -95,14 +96,14 @@ class Scheduler:
             # pending decision can still make its deadline after it; otherwise decisions go alone.
             starving = [j for j in jobs if j.urgency == DIALOGUE and _starving(j, now)]
             if starving:
-                step = _fill(starving, min(budget, _STARVING_CHUNK), budget)
+                step = _one_kind(starving, min(budget, _STARVING_CHUNK), budget)
                 if _cost_s(rt, step) < _slack_s(rt, deciding, now):
                     return step
             return _fill(deciding, budget, budget)
         # Keep dialogue steps short while NPCs are talking, shorter while decisions keep coming:
         # an arriving decision waits for the step in flight (or preempts it: see engine.py).
         if now - self._last_decision < _DECIDING_WINDOW_S:
-            return _fill(jobs, min(budget, _CHUNK_WHILE_DECIDING), budget)
+            return _one_kind(jobs, min(budget, _CHUNK_WHILE_DECIDING), budget)
         streaming = any(j.first_logits_at is not None for j in jobs)
         return _fill(jobs, min(budget, _CHUNK_WHILE_STREAMING) if streaming else budget, budget)
 
@@ -135,6 +136,30 @@ def _fill(jobs: list[Job], prompt_budget: int, budget: int) -> list[tuple[Job, L
                 picked.append((job, lane, n))
                 budget -= n
     return picked
+
+
+def _one_kind(jobs: list[Job], prompt_budget: int, budget: int) -> list[tuple[Job, Lane, int]]:
+    """The streams' next tokens, or one prompt chunk, whichever has waited longer.
+
+    Every KV sequence has its own stream, and llama.cpp evaluates lanes of different lengths in
+    separate sub-batches: a step mixing both costs both (on one thread, 16 prompt tokens beside
+    five streams took about 100 ms), which no longer fits between decisions arriving 10 times a
+    second; such steps were preempted again and again and dialogue stalled.
+    """
+    short = _fill(jobs, 0, budget)
+    taken = {id(lane) for _, lane, _ in short}
+    prompt = next(((j, lane) for j in jobs for lane in j.lanes
+                   if lane.pending and id(lane) not in taken and not lane.all_logits), None)
+    if prompt is None:
+        return short
+    chunk = [(prompt[0], prompt[1], min(len(prompt[1].pending), prompt_budget, budget))]
+    if not short:
+        return chunk
+    return chunk if _waiting_since([prompt[0]]) < _waiting_since([j for j, _, _ in short]) else short
+
+
+def _waiting_since(jobs: list[Job]) -> float:
+    return min((j.fed_at or j.started_at or math.inf) for j in jobs)
 
 
 def _cost_s(rt: Runtime, step: list[tuple[Job, Lane, int]]) -> float:

@@ -78,16 +78,22 @@ def test_new_prompts_are_chunked_beside_streams_however_short_each_is():
     assert sum(n for _, n in plan[4:]) == 64  # the prompt budget while NPCs are talking
 
 
-def test_dialogue_steps_stay_shorter_while_decisions_keep_arriving():
-    talkers = streams(4)
-    new_lines = [job(DIALOGUE, 14, seq=30 + k) for k in range(6)]
-    s = scheduler(*talkers, *new_lines)
+def _just_decided(s: Scheduler) -> Scheduler:
     earlier = job(DECISION, 18, deadline_in=0.150)
     s.add(earlier)  # a decision arrived just now (and already ended): the next one is likely soon
     s.drop(earlier)
-    plan = planned(s)
-    assert plan[:4] == [(t, 1) for t in talkers]
-    assert sum(n for _, n in plan[4:]) == 16
+    return s
+
+
+def test_while_decisions_keep_arriving_a_step_is_streams_or_one_short_prompt_chunk_whichever_waited_longer():
+    # Each KV sequence has its own stream: lanes of different lengths are separate sub-batches,
+    # so a step mixing both would cost both and no longer fit between decisions.
+    talkers = streams(4, fed_ago=0.05)
+    new_lines = [job(DIALOGUE, 40, seq=30 + k, fed_ago=0.2) for k in range(2)]
+    assert planned(_just_decided(scheduler(*talkers, *new_lines))) == [(new_lines[0], 16)]
+    talkers = streams(4, fed_ago=0.3)
+    new_lines = [job(DIALOGUE, 40, seq=30 + k, fed_ago=0.2) for k in range(2)]
+    assert planned(_just_decided(scheduler(*talkers, *new_lines))) == [(t, 1) for t in talkers]
 
 
 def test_a_long_prompt_alone_fills_the_batch():
