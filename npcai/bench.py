@@ -567,8 +567,9 @@ class _Bench:
         self.report.raw["weights"] = {"run_ms": t_run, "shipped_ms": t_ship, "kl_mean": float(kl.mean()),
                                       "kl_p99": float(np.percentile(kl, 99)), "top1_agree_pct": float(agree)}
 
-    def attention(self) -> None:
-        """Why every NPC has its own KV stream, and the flash-attention choice: one NPC's step as other
+    def kv(self) -> None:
+        """The KV cache's layout and what it costs. Why every NPC has its own KV stream, what parking an
+        NPC that gives way saves, and the flash-attention choice: one NPC's step as other
         NPCs' cells fill the cache, as run (a stream per sequence) vs one unified cache with llama.cpp's
         own attention choice (how npcai ran before); and a step after a long history, FA on vs off."""
         m = Model(self.path)
@@ -607,13 +608,26 @@ class _Bench:
                 for seq in range(1, self.settings.n_seq):  # other NPCs with 400-token histories
                     feed(ctx, seq, 0, 400)
                 raw["unified" if unified else "streams"] = {"alone_ms": alone, "crowded_ms": step_ms(ctx, 100, 22)}
+                if not unified:  # an NPC that gave way coming back: its parked cells vs evaluating them again
+                    start = time.perf_counter()
+                    parked = ctx.seq_save(1)
+                    ctx.seq_rm(1)
+                    ctx.seq_load(1, parked)
+                    park_ms = (time.perf_counter() - start) * 1000
+                    ctx.seq_rm(1)
+                    start = time.perf_counter()
+                    feed(ctx, 1, 0, 400)
+                    raw["park"] = {"park_and_restore_ms": park_ms, "evaluate_ms": (time.perf_counter() - start) * 1000,
+                                   "bytes": len(parked)}
                 ctx.close()
             others = 400 * (self.settings.n_seq - 1)
             before = "one unified KV cache, as before"
-            self.report.add("attention", f"22-token step beside {others} cells of other NPCs (p50)",
+            self.report.add("kv", f"22-token step beside {others} cells of other NPCs (p50)",
                             raw["streams"]["crowded_ms"], raw["unified"]["crowded_ms"], before)
-            self.report.add("attention", "... the same step with no other NPC resident (p50)",
+            self.report.add("kv", "... the same step with no other NPC resident (p50)",
                             raw["streams"]["alone_ms"], raw["unified"]["alone_ms"], before)
+            self.report.add("kv", "an NPC of 400 cells back after giving way: park + restore",
+                            raw["park"]["park_and_restore_ms"], raw["park"]["evaluate_ms"], "evaluating it again")
             if fa is not None:
                 for label, flag in (("configured", fa), ("other", not fa)):
                     ctx = Context(m, n_ctx=self.settings.n_ctx, n_batch=self.settings.n_batch,
@@ -622,13 +636,13 @@ class _Bench:
                     step_ms(ctx, 900, 26)  # warm-up
                     raw[f"flash_attn_{label}"] = {"flash_attn": flag, "ms": step_ms(ctx, 900, 26)}
                     ctx.close()
-                self.report.add("attention", f"26-token step after 900 cached, flash attention {'on' if fa else 'off'}"
+                self.report.add("kv", f"26-token step after 900 cached, flash attention {'on' if fa else 'off'}"
                                 " (p50)", raw["flash_attn_configured"]["ms"], raw["flash_attn_other"]["ms"],
                                 f"flash attention {'off' if fa else 'on'}")
         finally:
             b.close()
             m.close()
-        self.report.raw["attention"] = raw
+        self.report.raw["kv"] = raw
 
     def run(self, only: set[str] | None) -> Report:
         items = [("transport", self.transport), ("decision", self.decisions), ("dialogue", self.dialogue),
@@ -649,9 +663,9 @@ class _Bench:
         if not only or "weights" in only:
             self.say(f"  {self.model}: weights…")
             self.weights()
-        if not only or "attention" in only:
-            self.say(f"  {self.model}: attention…")
-            self.attention()
+        if not only or "kv" in only:
+            self.say(f"  {self.model}: kv…")
+            self.kv()
         if not only or "frame" in only:
             self.say(f"  {self.model}: frame…")
             self.frame_budget()
