@@ -25,7 +25,7 @@ _RECOVER_AFTER_S = 1.0  # frames within target this long before stepping a level
 _ESCALATE_EVERY_S = 0.25  # at most one level harder per this long, so one spike is not a panic
 
 
-@dataclass
+@dataclass(frozen=True)
 class Budget:
     """Limits the game sets with the `budget` op (or --budget-* flags); 0 means no limit."""
 

@@ -96,3 +96,11 @@ def test_a_timed_out_say_is_a_marked_done_with_the_fallback():
 def test_every_error_reply_has_a_code_and_message():
     reply = P.error(None, BadRequest("nope"))
     assert reply == {"v": 1, "id": None, "event": "error", "code": "bad_request", "message": "nope"}
+
+
+@pytest.mark.parametrize("rid", [None, 0, 1, 127, 128, 2**16, 2**40, -1])
+@pytest.mark.parametrize("n_fields", [1, 14, 20])
+def test_a_fixed_reply_encodes_exactly_like_the_reply_it_stands_for(rid, n_fields):
+    fields = {f"field{k}": {"nested": [k, "x" * k]} for k in range(n_fields)}
+    encoded = P.fixed_reply(P.OK, **fields)(rid)
+    assert msgpack.unpackb(encoded, raw=False) == P.ok(rid, **fields)
