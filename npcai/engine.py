@@ -240,7 +240,7 @@ class Engine:
 
         rt.ctx.set_abort(should_abort if big or idle else None)
         rc = rt.step([(lane, n) for _, lane, n in plan])
-        if rc == 0 and big:
+        if rc == 0:
             rt.learn_cost(time.monotonic() - started, n_tokens)
         generated = sum(1 for job, lane, _ in plan if isinstance(job, SayJob) and lane.ready)
         self.governor.after_step(time.monotonic() - started, generated)

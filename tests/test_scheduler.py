@@ -9,7 +9,7 @@ import time
 from types import SimpleNamespace
 
 from npcai.jobs import DECISION, DIALOGUE, IDLE
-from npcai.runtime import Lane
+from npcai.runtime import Lane, StepCost
 from npcai.scheduler import Scheduler
 
 RT = SimpleNamespace(n_batch=256, estimate_s=lambda n_tokens: 0.003 * n_tokens)  # 3 ms a token
@@ -121,3 +121,13 @@ def test_thinking_ahead_only_takes_steps_that_no_one_else_wants():
     ahead = job(IDLE, 6, seq=40)
     assert planned(scheduler(*talkers, ahead)) == [(t, 1) for t in talkers]
     assert planned(scheduler(ahead)) == [(ahead, 6)]
+
+
+def test_a_steps_cost_is_learned_as_a_fixed_part_plus_a_part_per_token():
+    # short steps are not nearly free: every step reads all the weights once
+    cost = StepCost(base_ms=1.0, token_ms=5.0)
+    for _ in range(60):
+        cost.learn(0.009 + 0.002 * 1, 1)  # a stream's next token: 11 ms
+        cost.learn(0.009 + 0.002 * 32, 32)  # a 32-token prompt chunk: 73 ms
+    assert abs(cost.estimate_s(2) - 0.013) < 0.001
+    assert abs(cost.estimate_s(32) - 0.073) < 0.002
