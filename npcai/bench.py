@@ -28,7 +28,7 @@ from .client import Client
 from .demo import load_scenario
 from .errors import NpcaiError
 from .launcher import Sidecar
-from .native import Batch, Context, Model
+from .native import Batch, Context, Model, safe_llama_defaults
 from .settings import Settings
 
 SITUATIONS = [  # about 20 tokens each with the chat template, as the scenario; different from word one
@@ -127,7 +127,7 @@ class _Bench:
         if self._llama is None:
             import llama_cpp
 
-            with contextlib.redirect_stderr(io.StringIO()):
+            with contextlib.redirect_stderr(io.StringIO()), safe_llama_defaults():
                 self._llama = llama_cpp.Llama(str(self.path), n_ctx=4096, n_batch=self.settings.n_batch,
                                               n_threads=self.threads, n_threads_batch=self.threads, verbose=False)
         return self._llama

@@ -6,6 +6,7 @@ npcai talks to these wrappers, never to ``llama_cpp`` directly.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import sys
 import threading
@@ -39,6 +40,53 @@ def _init_backend() -> None:
         L.llama_log_set(_quiet_log, ctypes.c_void_p(0))
 
 
+def _has_amx(cpuinfo: str) -> bool:
+    return any(line.startswith("flags") and "amx_int8" in line.split() for line in cpuinfo.splitlines())
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no AMX build of llama.cpp has been seen crashing there
+        return ""
+
+
+# llama.cpp moves weights into an AMX buffer on CPUs that have AMX (Xeon Sapphire Rapids and
+# later), and its AMX matmul then crashes the process on the first step of two tokens or more
+# (ggml-org/llama.cpp#20824, still open; seen here with llama-cpp-python 0.3.36 on both models).
+# Where the CPU has AMX, weights stay in plain CPU buffers: a little slower, never a crash.
+_USE_EXTRA_BUFFERS = not _has_amx(_cpuinfo())
+
+
+def model_params():
+    """llama.cpp's default model parameters, on the CPU, safe on this machine (see above)."""
+    params = L.llama_model_default_params()
+    params.n_gpu_layers = 0
+    params.use_extra_bufts = _USE_EXTRA_BUFFERS
+    return params
+
+
+@contextlib.contextmanager
+def safe_llama_defaults():
+    """Have llama-cpp-python's ``Llama`` (the bench's baselines) load with :func:`model_params` too;
+    it offers no argument for it."""
+    import llama_cpp.llama as high_level
+
+    module = high_level.llama_cpp
+    original = module.llama_model_default_params
+
+    def defaults():
+        params = original()
+        params.use_extra_bufts = _USE_EXTRA_BUFFERS
+        return params
+
+    module.llama_model_default_params = defaults
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = original
+
+
 def convert_weights(src: Path, dst: Path, weight_type: str, threads: int = 0) -> None:
     """Write ``src``'s weights as ``weight_type`` (a llama.cpp type name such as "Q8_0") to ``dst``."""
     _init_backend()
@@ -55,8 +103,7 @@ class Model:
 
     def __init__(self, path: Path):
         _init_backend()
-        params = L.llama_model_default_params()
-        params.n_gpu_layers = 0
+        params = model_params()
         handle = L.llama_model_load_from_file(str(path).encode(), params)
         if not handle:
             raise ModelError(f"llama.cpp could not load {path} (corrupt or unsupported GGUF?)")
