@@ -116,8 +116,8 @@ class Engine:
             "queued": len(self.scheduler.waiting),
             "running": len(self.scheduler.running),
             "models": [{"name": rt.name, **rt.stats, "compute_ms": round(rt.stats["compute_ms"], 1),
-                        "evictions": rt.pool.evictions, **rt.pool.parked, "free_seqs": rt.pool.free,
-                        "threads": rt.ctx.threads}
+                        "evictions": rt.pool.evictions, "moves": rt.pool.moves, **rt.pool.parked,
+                        "free_seqs": rt.pool.free, "threads": rt.ctx.threads}
                        for rt in self._models()],
         }
 
@@ -239,6 +239,7 @@ class Engine:
             return 0 < slack < expected_end - now
 
         rt.ctx.set_abort(should_abort if big or idle else None)
+        rt.gather([lane for _, lane, _ in plan])
         rc = rt.step([(lane, n) for _, lane, n in plan])
         if rc == 0:
             rt.learn_cost(time.monotonic() - started, n_tokens)

@@ -65,3 +65,21 @@ def test_an_npc_that_gave_way_comes_back_with_its_cache(model_path, village):
     assert runs["roomy"][1]["evictions"] == 0
     assert parked["usage"] == roomy["usage"] and parked["text"] == roomy["text"]
     assert dropped["usage"]["cached_tokens"] == 0 and runs["dropped"][1]["restores"] == 0
+
+
+def test_npcs_talking_together_are_moved_next_to_each_other_and_answer_as_alone(model_path, village):
+    """llama.cpp evaluates each run of consecutive sequence ids as a sub-batch of its own, so NPCs
+    that talk at once are moved into consecutive sequences (an idle one in the way gives way)."""
+    with Sidecar("--n-seq", "6", "--threads", "2") as sc, Client(sc.endpoint) as c:
+        names = ["brom", "mira", "grik", "captain", "brom2", "mira2"]
+        for name in names:  # sequences 0-5, in this order
+            c.npc(name, village["npcs"][name.rstrip("2")]["persona"])
+        talkers = names[0::2]  # sequences 0, 2 and 4, with idle NPCs between them
+        line = {n: village["npcs"][n.rstrip("2")]["lines"][0] for n in talkers}
+        solo = {n: c.say(n, line[n], temperature=0, max_tokens=12)["text"] for n in talkers}
+        for n in talkers:
+            c.npc(n, village["npcs"][n.rstrip("2")]["persona"])  # reset history, keep the cache
+        handles = {n: c.request("say", npc=n, text=line[n], temperature=0, max_tokens=12) for n in talkers}
+        together = {n: c.wait(h)["text"] for n, h in handles.items()}
+        assert together == solo
+        assert c.call("stats")["engine"]["models"][0]["moves"] >= 1
