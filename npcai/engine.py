@@ -29,6 +29,7 @@ from .jobs import (DECISION, IDLE, ChoiceDecideJob, DefineJob, GrammarDecideJob,
 from .npc import ANONYMOUS_PERSONA, Npc
 from .budget import Governor
 from .runtime import Runtime
+from .sampling import sample_tokens
 from .scheduler import Scheduler
 from .settings import Settings
 
@@ -264,6 +265,7 @@ class Engine:
         for job in fed.values():
             job.usage["steps"] += 1
             job.fed_at = now
+        self._draw_together(fed.values())
         for job in fed.values():
             if job.finished or not any(lane.ready for lane in job.lanes):
                 continue
@@ -280,6 +282,15 @@ class Engine:
         for _, lane, _ in plan:
             lane.rows = []
         return True
+
+    @staticmethod
+    def _draw_together(jobs) -> None:
+        """Sample the next token of every stream the step fed at once (see ``sample_tokens``)."""
+        streams = [job for job in jobs if isinstance(job, SayJob) and not job.finished and job.lanes
+                   and job.lanes[0].ready]
+        if len(streams) > 1:
+            for job, tok in zip(streams, sample_tokens([job.draw() for job in streams])):
+                job.drawn = tok
 
     def _drop_idle_work(self, rt: Runtime) -> None:
         for job in self.scheduler.running:

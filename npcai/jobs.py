@@ -20,7 +20,7 @@ from . import protocol as P
 from .errors import BadRequest, NpcaiError, Overloaded, TooLarge
 from .npc import Npc
 from .runtime import Lane, Runtime
-from .sampling import NO_MASK, sample_token
+from .sampling import NO_MASK, Draw, sample_token
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -209,16 +209,24 @@ class SayJob(_NpcWriter):
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._text = ""
         self._sent = 0
+        self.drawn: int | None = None  # the next token, when the engine sampled it with other streams'
 
     def start(self) -> None:
         self.claim()
         target = _fit(self.npc, self.rt, ("user", self.req.fields["text"]), self.max_tokens, self.npc_ctx)
         self.lanes = [self._count_prompt(self.rt.attach(self.npc.kv_for(self.rt), target))]
 
+    def draw(self) -> Draw:
+        """What the next token is sampled from, once a step has given the lane its logits."""
+        return (self.rt.logits(self.lanes[0].rows[-1]), self.temperature, self.top_k, self.top_p,
+                self.rng.random())
+
     def advance(self) -> None:
         lane = self.lanes[0]
-        logits = self.rt.logits(lane.rows[-1])
-        tok = int(sample_token(logits, NO_MASK, self.temperature, self.top_k, self.top_p, self.rng.random()))
+        tok, self.drawn = self.drawn, None
+        if tok is None:
+            logits, temperature, top_k, top_p, u = self.draw()
+            tok = int(sample_token(logits, NO_MASK, temperature, top_k, top_p, u))
         if self.rt.model.is_eog(tok):
             return self._end("stop")
         self.generated.append(tok)

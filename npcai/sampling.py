@@ -8,12 +8,19 @@ the numpy version it replaces.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
 NO_MASK = np.empty((0,), dtype=np.int32)
+
+#: What one unmasked draw needs: (logits, temperature, top_k, top_p, uniform draw in [0, 1)).
+Draw = tuple[np.ndarray, float, int, float, float]
+
+_TOGETHER_FROM = 4  # fewer draws than this are not worth a hand-off to the helper thread
+_helper: ThreadPoolExecutor | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,24 @@ def sample_token(logits, mask, temperature, top_k, top_p, u):
         if acc > target:
             return idx[order[r]]
     return idx[order[cutoff - 1]]
+
+
+def sample_tokens(draws: list[Draw]) -> list[int]:
+    """``sample_token`` for many streams after one step, half of them on a helper thread (the kernel
+    releases the GIL). On Gemma-270M's 262k-token vocabulary, 16 streams' draws right after a step
+    took 7.7 ms on one thread and 5.5 ms on two, against a 75 ms step."""
+    global _helper
+    if len(draws) < _TOGETHER_FROM:
+        return _sample_all(draws)
+    if _helper is None:
+        _helper = ThreadPoolExecutor(1, thread_name_prefix="npcai-sampling")
+    half = len(draws) // 2
+    theirs = _helper.submit(_sample_all, draws[half:])
+    return _sample_all(draws[:half]) + theirs.result()
+
+
+def _sample_all(draws: list[Draw]) -> list[int]:
+    return [int(sample_token(logits, NO_MASK, t, k, p, u)) for logits, t, k, p, u in draws]
 
 
 def sample_token_numpy(logits: np.ndarray, mask: np.ndarray, temperature: float, top_k: int, top_p: float,

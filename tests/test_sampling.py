@@ -1,10 +1,12 @@
-"""Sampling kernels: they agree with the plain numpy reference and never leave the mask."""
+"""Sampling kernels: they agree with the plain numpy reference, never leave the mask, and draw the same
+whether streams are sampled one by one or together."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npcai.sampling import NO_MASK, sample_token, sample_token_numpy
+from npcai.sampling import NO_MASK, sample_token, sample_token_numpy, sample_tokens
 
 
 def _mask(vocab: int, allowed) -> np.ndarray:
@@ -38,3 +40,12 @@ def test_a_draw_is_always_an_allowed_token(seed, temperature, u):
 def test_nothing_allowed_gives_minus_one():
     logits = np.zeros(64, dtype=np.float32)
     assert sample_token(logits, np.zeros(2, dtype=np.int32), 0.7, 40, 0.9, 0.5) == -1
+
+
+@pytest.mark.parametrize("streams", [1, 3, 4, 16])
+def test_many_streams_sampled_together_draw_what_each_draws_alone(streams):
+    rng = np.random.default_rng(streams)
+    draws = [(rng.normal(size=262_144).astype(np.float32) * 3, 0.8, 40, 0.95, float(rng.random()))
+             for _ in range(streams)]
+    alone = [int(sample_token(logits, NO_MASK, t, k, p, u)) for logits, t, k, p, u in draws]
+    assert sample_tokens(draws) == alone
