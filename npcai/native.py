@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import llama_cpp as L
@@ -40,22 +41,23 @@ def _init_backend() -> None:
         L.llama_log_set(_quiet_log, ctypes.c_void_p(0))
 
 
-def _has_amx(cpuinfo: str) -> bool:
-    return any(line.startswith("flags") and "amx_int8" in line.split() for line in cpuinfo.splitlines())
+def _has_amx(cpu_features: Mapping[str, bool]) -> bool:
+    return bool(cpu_features.get("amx-int8"))
 
 
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no AMX build of llama.cpp has been seen crashing there
-        return ""
+def _cpu_features() -> Mapping[str, bool]:
+    """This CPU's features as LLVM names them (numba's llvmlite asks the CPU and the OS, on every
+    platform a game runs on)."""
+    import llvmlite.binding as llvm
+
+    return llvm.get_host_cpu_features()
 
 
 # llama.cpp moves weights into an AMX buffer on CPUs that have AMX (Xeon Sapphire Rapids and
 # later), and its AMX matmul then crashes the process on the first step of two tokens or more
 # (ggml-org/llama.cpp#20824, still open; seen here with llama-cpp-python 0.3.36 on both models).
 # Where the CPU has AMX, weights stay in plain CPU buffers: a little slower, never a crash.
-_USE_EXTRA_BUFFERS = not _has_amx(_cpuinfo())
+_USE_EXTRA_BUFFERS = not _has_amx(_cpu_features())
 
 
 def model_params():
