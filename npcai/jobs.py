@@ -20,7 +20,7 @@ from . import protocol as P
 from .errors import BadRequest, NpcaiError, Overloaded, TooLarge
 from .npc import Npc
 from .runtime import Lane, Runtime
-from .sampling import NO_MASK, Draw, sample_token
+from .sampling import Draw, sample_token, sample_tokens
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -225,8 +225,7 @@ class SayJob(_NpcWriter):
         lane = self.lanes[0]
         tok, self.drawn = self.drawn, None
         if tok is None:
-            logits, temperature, top_k, top_p, u = self.draw()
-            tok = int(sample_token(logits, NO_MASK, temperature, top_k, top_p, u))
+            tok = sample_tokens([self.draw()])[0]
         if self.rt.model.is_eog(tok):
             return self._end("stop")
         self.generated.append(tok)

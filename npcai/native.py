@@ -76,13 +76,7 @@ def safe_llama_defaults():
 
     module = high_level.llama_cpp
     original = module.llama_model_default_params
-
-    def defaults():
-        params = original()
-        params.use_extra_bufts = _USE_EXTRA_BUFFERS
-        return params
-
-    module.llama_model_default_params = defaults
+    module.llama_model_default_params = model_params  # Llama sets its own n_gpu_layers afterwards
     try:
         yield
     finally:

@@ -107,11 +107,11 @@ class SeqPool:
     def can_take(self, seq: int) -> bool:
         """Whether ``seq`` is free, or held by an idle NPC that could give way."""
         owner = self._npc.get(seq)
-        return seq in self._free or (owner is not None and owner.evictable)
+        return self.is_free(seq) or (owner is not None and owner.evictable)
 
     def move(self, kv: KvSeq, dst: int) -> None:
         """Move an NPC's cells to sequence ``dst``, which ``can_take``: an idle NPC there gives way."""
-        if dst not in self._free:
+        if not self.is_free(dst):
             self._evict(dst)
         src = kv.seq
         self._free.remove(dst)
