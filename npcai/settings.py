@@ -6,6 +6,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,8 +16,18 @@ from .protocol import Limits
 if TYPE_CHECKING:
     from .budget import Budget
 
+
+def _shipped_grammar_dir() -> Path:
+    """The shipped grammars: package data npcai/grammars/ in an installed wheel (pyproject.toml maps the
+    checkout's grammars/ there), else grammars/ beside the package in a checkout or editable install."""
+    packaged = resources.files(__package__) / "grammars"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "grammars"
+
+
 #: Where grammar names in ``decide`` are looked up when no --grammar-dir is given.
-DEFAULT_GRAMMAR_DIR = Path(__file__).resolve().parent.parent / "grammars"
+DEFAULT_GRAMMAR_DIR = _shipped_grammar_dir()
 
 
 def _opt(help: str, **kw) -> dict:
