@@ -3,9 +3,10 @@
 The other tests import the checkout (``pip install -e``), which hides anything the wheel leaves
 out. This one builds the wheel the way the README says, installs it into a fresh virtual
 environment, and talks to the installed ``npcai serve``: hello, say, and a decide with a named
-grammar. The venv sees the system site-packages only so that llama-cpp-python and the other
-native dependencies need not be built again (the wheel goes in with ``--no-deps``); the test
-checks that the venv imports npcai from the wheel, not from the checkout.
+grammar. The venv also sees the site-packages of the Python running the tests, only so that
+llama-cpp-python and the other native dependencies need not be built again (the wheel goes in
+with ``--no-deps``); the test checks that the venv imports npcai from the wheel, not from the
+checkout that the test run itself imports.
 
 Slow (marked ``wheel``): building and installing take some seconds, and the sidecar loads a model.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 import threading
@@ -30,6 +32,7 @@ pytestmark = pytest.mark.wheel
 ROOT = Path(__file__).resolve().parent.parent
 EMOTE = re.compile(r"\[(happy|sad|angry|afraid|surprised|disgusted|neutral|smug):[1-5]\]")
 READY = "NPCAI READY "
+BIN = "Scripts" if os.name == "nt" else "bin"
 
 
 def _run(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: float) -> str:
@@ -63,9 +66,14 @@ def installed(tmp_path_factory):
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
          cwd=tmp, env=env, timeout=120)
-    python = venv / "bin" / "python"
-    # The system's pip, run by the venv's python, installs into the venv. --ignore-installed: the
-    # editable npcai in the system site-packages is neither reused nor touched.
+    python = venv / BIN / "python"
+    # Run from a venv (as the README says), pytest's own site-packages hold the dependencies, and a
+    # venv made from it sees only the base interpreter's: hand it those too, after its own.
+    purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                   cwd=tmp, env=env, timeout=60).strip()
+    Path(purelib, "_npcai_test_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    # The test run's pip (seen through those site-packages), run by the venv's python, installs into
+    # the venv. --ignore-installed: the npcai the test run imports (editable) is neither reused nor touched.
     _run([str(python), "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q",
           str(wheel)], cwd=tmp, env=env, timeout=300)
     return venv, env
@@ -73,7 +81,7 @@ def installed(tmp_path_factory):
 
 def test_the_venv_imports_npcai_from_the_wheel_and_finds_its_grammars(installed):
     venv, env = installed
-    out = _run([str(venv / "bin" / "python"), "-c",
+    out = _run([str(venv / BIN / "python"), "-c",
                 "import sysconfig, npcai, npcai.settings as s; "
                 "print(sysconfig.get_path('purelib')); print(npcai.__file__); print(s.DEFAULT_GRAMMAR_DIR)"],
                cwd=venv, env=env, timeout=60)
@@ -85,7 +93,7 @@ def test_the_venv_imports_npcai_from_the_wheel_and_finds_its_grammars(installed)
 
 def test_the_installed_sidecar_serves_hello_say_and_a_named_grammar(installed, model_path):
     venv, env = installed
-    proc = subprocess.Popen([str(venv / "bin" / "npcai"), "serve", "--parent-pid", str(os.getpid())],
+    proc = subprocess.Popen([str(venv / BIN / "npcai"), "serve", "--parent-pid", str(os.getpid())],
                             cwd=venv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         found: list[str] = []
