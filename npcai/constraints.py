@@ -109,7 +109,7 @@ class ConstraintCompiler:
         if "schema" in fields:
             _check_size(json.dumps(fields["schema"]), "schema")
             # Property order is generation order: keep it (no sort_keys).
-            text = json.dumps(_closed(fields["schema"]))
+            text = json.dumps(bounded(_closed(fields["schema"])))
             _check_size(text, "schema")
             return "schema", text
         grammar = fields["grammar"]
@@ -208,6 +208,55 @@ def _closed(schema: Any, depth: int = 0) -> Any:
             and "patternProperties" not in schema:
         out["additionalProperties"] = False
     return out
+
+
+#: Bounds for what a schema leaves unbounded: tiny models loop inside open strings, arrays and
+#: numbers ("A.A.A…", ["json", "json", …], 10000000…) until the token cap. A schema's own bound
+#: (maxLength, maxItems, minimum/maximum) always wins, so a request that needs more says so.
+#: docs/PROTOCOL.md lists them.
+MAX_STRING_LENGTH = 48
+MAX_ITEMS = 8
+MAX_MAGNITUDE = 10**9
+_BOUNDED_FORMATS = frozenset({"date", "time", "date-time", "duration", "uuid", "ipv4", "ipv6"})
+
+
+def bounded(schema: Any, depth: int = 0) -> Any:
+    """The schema with npcai's default bounds wherever it sets none. Every value valid under the
+    bounded schema is valid under the original."""
+    if depth > 64:
+        raise TooLarge("schema nests too deeply")
+    if isinstance(schema, list):
+        return [bounded(s, depth + 1) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bounded(v, depth + 1) if k in _SUBSCHEMAS else v for k, v in schema.items()}
+    for key in ("properties", "$defs", "definitions", "patternProperties"):
+        if isinstance(schema.get(key), dict):
+            out[key] = {name: bounded(sub, depth + 1) for name, sub in schema[key].items()}
+    kinds = schema.get("type")
+    kinds = set(kinds) if isinstance(kinds, list) else {kinds}
+    if "enum" in schema or "const" in schema:
+        return out
+    if "string" in kinds and "maxLength" not in schema and schema.get("format") not in _BOUNDED_FORMATS:
+        out["maxLength"] = max(MAX_STRING_LENGTH, _int_or(schema.get("minLength"), 0))
+    if "array" in kinds and "maxItems" not in schema:
+        out["maxItems"] = max(MAX_ITEMS, _int_or(schema.get("minItems"), 0))
+    if kinds & {"integer", "number"}:
+        low, high = schema.get("minimum", schema.get("exclusiveMinimum")), schema.get("maximum",
+                                                                                     schema.get("exclusiveMaximum"))
+        if high is None:
+            out["maximum"] = MAX_MAGNITUDE if not _number(low) or low < MAX_MAGNITUDE else low + MAX_MAGNITUDE
+        if low is None:
+            out["minimum"] = -MAX_MAGNITUDE if not _number(high) or high > -MAX_MAGNITUDE else high - MAX_MAGNITUDE
+    return out
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int_or(v: Any, default: int) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else default
 
 
 _SUBSCHEMAS = frozenset({"items", "prefixItems", "anyOf", "oneOf", "allOf", "not", "if", "then", "else",

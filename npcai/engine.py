@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from . import catalog
+from . import catalog, choices
 from . import protocol as P
 from .errors import BadRequest, NpcaiError, Overloaded, TooLarge, UnknownNpc
 from .jobs import (DECISION, IDLE, ChoiceDecideJob, DefineJob, GrammarDecideJob, Job, ObserveJob, PrimeJob, SayJob,
@@ -62,7 +62,8 @@ class Engine:
                 rt = Runtime(path, name=entry.name if entry else path.stem, n_ctx=settings.n_ctx,
                              n_seq=settings.n_seq, n_batch=settings.n_batch, threads=settings.compute_threads,
                              grammar_dir=Path(settings.grammar_dir), flash_attn=entry.flash_attn if entry else None,
-                             park_bytes=settings.park_mb * 2**20)
+                             park_bytes=settings.park_mb * 2**20,
+                             choice_temperature=entry.choice_temperature if entry else choices.DEFAULT_TEMPERATURE)
                 by_path[path] = rt
             self.runtimes[role] = rt
         self._default = next(iter(self.runtimes.values()))
@@ -316,9 +317,9 @@ class Engine:
                 continue
             if now + _SHED_MARGIN * rt.estimate_s(pending_tokens(job)) > deadline:
                 shed += 1
+                self.counters["shed"] += 1  # counted before the answer goes out: a client may ask stats next
                 job.finish(P.timed_out(job.req, (now - job.req.received) * 1000))
         if shed:
-            self.counters["shed"] += shed
             self.scheduler.sweep()
 
     def _internal(self, req: P.Request, job: Job | None) -> None:
@@ -374,8 +375,10 @@ class Engine:
         f = req.fields
         self._check_room(f["npc"])
         rt = self._runtime("npc", f.get("role"))
+        P.check_examples(f, self.limits)
         _check_prompt(rt, f["persona"], self.limits.max_prompt_tokens)
-        npc = self._install(Npc(f["npc"], f["persona"], f.get("role") or "dialogue", f.get("seed")))
+        npc = self._install(Npc(f["npc"], f["persona"], f.get("role") or "dialogue", f.get("seed"),
+                                examples=list(f.get("examples", []))))
         self._queue(DefineJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
 
     def _on_say(self, req: P.Request) -> None:

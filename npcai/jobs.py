@@ -18,13 +18,18 @@ import numpy as np
 
 from . import protocol as P
 from .errors import BadRequest, NpcaiError, Overloaded, TooLarge
-from .npc import Npc
+from . import choices, penalties
+from .lines import ends_sentence
+from .npc import DEFAULT_LEAD, Npc
 from .runtime import Lane, Runtime
 from .sampling import Draw, sample_token, sample_tokens
 
 Emit = Callable[[dict[str, Any]], None]
 
 SAY_DEFAULTS = {"max_tokens": 64, "temperature": 0.7, "top_k": 40, "top_p": 0.95}
+SOFT_SHARE = 0.75  # a line's soft limit, as a share of its max_tokens, when the request sets none
+SENTENCE_END_BIAS = 2.0  # added to sentence-end tokens' logits once a line is past its soft limit
+_RECENT_LINES = 3  # the NPC's last lines that DRY counts as already said
 DECIDE_DEFAULTS = {"max_tokens": 256, "temperature": 0.0, "top_k": 0, "top_p": 1.0}
 
 # Urgency classes: decisions overtake dialogue between steps; background work goes last, and
@@ -109,10 +114,11 @@ def _check_prompt(rt: Runtime, text: str, limit: int) -> None:
         raise TooLarge(f"text of {n} tokens exceeds max_prompt_tokens={limit}")
 
 
-def _fit(npc: Npc, rt: Runtime, extra: tuple[str, str] | None, room: int, npc_ctx: int) -> list[int]:
-    """Render the NPC's chat (plus ``extra``), letting old turns go until it fits its window."""
+def _fit(npc: Npc, rt: Runtime, extra: tuple[str, str] | None, room: int, npc_ctx: int, lead: str = "") -> list[int]:
+    """Render the NPC's chat (plus ``extra`` and the answer's ``lead``), letting old turns go until it
+    fits its window."""
     while True:
-        tokens = rt.prompt_tokens(npc.chat(extra), add_generation_prompt=True) if extra else \
+        tokens = rt.prompt_tokens(npc.chat(extra), add_generation_prompt=True, lead=lead) if extra else \
             rt.prefix_tokens(npc.chat())
         if len(tokens) + room <= npc_ctx or not npc.drop_oldest_turn():
             if len(tokens) + room > npc_ctx:
@@ -198,6 +204,9 @@ class SayJob(_NpcWriter):
         super().__init__(req, rt, emit, npc_ctx, npc)
         f = req.fields
         self.max_tokens = self.param("max_tokens", SAY_DEFAULTS)
+        # Past the soft limit the line ends at its next sentence end (and sentence ends are favoured);
+        # max_tokens stays the hard cap.
+        self.soft_tokens = min(f.get("soft_max_tokens", max(1, round(self.max_tokens * SOFT_SHARE))), self.max_tokens)
         self.temperature = float(self.param("temperature", SAY_DEFAULTS))
         self.top_k = self.param("top_k", SAY_DEFAULTS)
         self.top_p = float(self.param("top_p", SAY_DEFAULTS))
@@ -209,17 +218,25 @@ class SayJob(_NpcWriter):
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._text = ""
         self._sent = 0
+        self._said: list[int] = []  # tokens of the NPC's last lines (see start)
         self.drawn: int | None = None  # the next token, when the engine sampled it with other streams'
 
     def start(self) -> None:
         self.claim()
         target = _fit(self.npc, self.rt, ("user", self.req.fields["text"]), self.max_tokens, self.npc_ctx)
         self.lanes = [self._count_prompt(self.rt.attach(self.npc.kv_for(self.rt), target))]
+        # The NPC's last lines count as already said: DRY keeps it from saying them again.
+        recent = [text for role, text in self.npc.messages if role == "assistant"][-_RECENT_LINES:]
+        self._said = [t for text in recent for t in self.rt.text_tokens(text)]
 
     def draw(self) -> Draw:
-        """What the next token is sampled from, once a step has given the lane its logits."""
-        return (self.rt.logits(self.lanes[0].rows[-1]), self.temperature, self.top_k, self.top_p,
-                self.rng.random())
+        """What the next token is sampled from, once a step has given the lane its logits: repetition
+        is penalised, and past the soft limit sentence ends are favoured."""
+        logits = self.rt.logits(self.lanes[0].rows[-1])
+        penalties.dry(logits, self._said + self.generated)
+        if len(self.generated) >= self.soft_tokens:
+            logits[self.rt.sentence_end_tokens] += SENTENCE_END_BIAS
+        return (logits, self.temperature, self.top_k, self.top_p, self.rng.random())
 
     def advance(self) -> None:
         lane = self.lanes[0]
@@ -238,6 +255,8 @@ class SayJob(_NpcWriter):
                 self._text = self._text[:at]
                 return self._end("stop")
         self._flush(self._safe_end())
+        if len(self.generated) >= self.soft_tokens and ends_sentence(self._text):
+            return self._end("sentence")
         if len(self.generated) >= self.max_tokens:
             return self._end("length")
         lane.pending = [tok]
@@ -302,11 +321,11 @@ class _Decision(Job):
             self._holding = False
             self._kv.users -= 1
 
-    def _start_fork(self) -> None:
+    def _start_fork(self, lead: str = "", room: int = 8) -> None:
         """Evaluate the situation after the NPC's cached prefix: in the NPC's own sequence, rolled
         back to its history afterwards, when nothing else is writing it (a fork copies a whole KV
         stream: about 8 ms for SmolLM2), else in a fork. A cold NPC's prefix stays cached."""
-        target = _fit(self.npc, self.rt, ("user", _decide_prompt(self.req.fields)), 8, self.npc_ctx)
+        target = _fit(self.npc, self.rt, ("user", _decide_prompt(self.req.fields)), room, self.npc_ctx, lead)
         _take_over_idle_writer(self.npc)
         if self.npc.writer is None:
             lane = self.rt.borrow(self._kv, target)
@@ -354,6 +373,9 @@ class GrammarDecideJob(_Decision):
             raise BadRequest(f"constraint does not compile: {exc}") from None
         self._start_fork()
         forced = self.state.forced()  # e.g. '{"action": "': evaluated with the prompt, never sampled
+        if len(forced) > self.max_tokens:  # forced tokens count towards max_tokens too
+            self.generated = forced[:self.max_tokens]
+            return self._done(None, self._text(), len(self.generated), "length")
         for t in forced:
             if not self.state.consume(t):
                 raise BadRequest("constraint rejected its own forced start")
@@ -365,8 +387,9 @@ class GrammarDecideJob(_Decision):
         lane = self.lanes[0]
         st = self.state
         st.fill_mask(self.rt.mask)
-        tok = int(sample_token(self.rt.logits(lane.rows[-1]), self.rt.mask, self.temperature, self.top_k,
-                               self.top_p, self.rng.random()))
+        logits = self.rt.logits(lane.rows[-1])
+        penalties.dry(logits, self.generated)  # loops inside open values end before the cap
+        tok = int(sample_token(logits, self.rt.mask, self.temperature, self.top_k, self.top_p, self.rng.random()))
         if tok < 0 or not st.consume(tok):
             return self._done(None, self._text(), len(self.generated), "error")
         if self.first_token_at is None:
@@ -375,6 +398,10 @@ class GrammarDecideJob(_Decision):
             return self._finish_text()
         self.generated.append(tok)
         forced = st.forced() if not st.stopped else []
+        room = self.max_tokens - len(self.generated)
+        if len(forced) > room:  # forced tokens count towards max_tokens too
+            self.generated.extend(forced[:room])
+            return self._done(None, self._text(), len(self.generated), "length")
         for t in forced:
             if not st.consume(t):
                 return self._done(None, self._text(), len(self.generated), "error")
@@ -399,76 +426,89 @@ class GrammarDecideJob(_Decision):
 
 
 class ChoiceDecideJob(_Decision):
-    """``decide`` with choices: the probability that constrained decoding picks each option.
+    """``decide`` with choices: every option's whole text scored by the model, then calibrated.
 
-    The options' tokens (each ending with the end of the turn) form a trie. Where only one
-    token can follow, it is forced and costs nothing; only nodes where options diverge need
-    logits, and all nodes of one depth are evaluated in one batch. Options with distinct
-    first tokens, the usual case, are answered from the prompt's own step.
+    The answer starts with a lead ("I decide to" unless the request gives one) that each option
+    completes. The step that evaluates the situation gives every option's first token; one more
+    step evaluates all options' other tokens together, each in a branch of the decision's sequence
+    (the longest option in that sequence itself), padded to one length so that llama.cpp takes them
+    in a single sub-batch. So every token of an option counts, not only the first one where the
+    options differ. Scoring and calibration are ``choices.py``'s.
     """
 
     def __init__(self, req, rt, emit, npc_ctx, npc: Npc):
         super().__init__(req, rt, emit, npc_ctx, npc)
-        self.choices: list[str] = req.fields["choices"]
-        end = rt.model.eot
-        self.options = [rt.text_tokens(c) + [end] for c in self.choices]
-        self.logp = [0.0] * len(self.choices)
-        self.branches: list[tuple[Lane, list[int], int]] = []  # (lane, option indices, depth) awaiting logits
+        f = req.fields
+        self.choices: list[str] = f["choices"]
+        self.lead = f.get("lead", DEFAULT_LEAD).strip()
+        words = f.get("descriptions", {})
+        self.options = choices.option_tokens(rt, self.lead, [words.get(c, c) for c in self.choices])
+        self.loglik = np.zeros(len(self.choices))
+        self.prior_key = choices.prior_key(npc, self.lead, self.options)
+        self.prior: np.ndarray | None = rt.choice_priors.get(self.prior_key)
+        self._waiting: dict[int, tuple[np.ndarray, int | None]] = {}  # id(lane) -> (its scores, option or None)
+        self._branches: set[int] = set()
 
     def start(self) -> None:
-        self._start_fork()
+        self._start_fork(self.lead, room=max(len(o) for o in self.options) + 1)
+        self._waiting[id(self.lanes[0])] = (self.loglik, None)
+        if self.prior is None:  # the options' prior under a content-free situation, once per option set
+            self.prior = np.zeros(len(self.choices))
+            lane = self._fork(self.rt.fork(self._kv, choices.prior_prompt(self.rt, self.npc, self.lead)))
+            self.lanes.append(self._count_prompt(lane))
+            self._waiting[id(lane)] = (self.prior, None)
+            self._new_prior = True
+
+    _new_prior = False
 
     def advance(self) -> None:
-        base = self.lanes[0]
-        ready: list[tuple[np.ndarray, list[int], int]] = []
-        if base.ready:  # the situation is evaluated: its logits choose among first tokens
-            ready.append((self.rt.logits(base.rows[-1]), list(range(len(self.options))), 0))
-        for lane, group, depth in [b for b in self.branches if b[0].ready]:
-            ready.append((self.rt.logits(lane.rows[-1]), group, depth))
-            self.branches.remove((lane, group, depth))
-            self.rt.release(lane.seq)
-            self._temp_seqs.remove(lane.seq)
-        for logits, group, depth in ready:
-            self._split(logits, group, depth)
-        self.lanes = [base, *(lane for lane, _, _ in self.branches)]
-        if not self.branches:
+        for lane in [lane for lane in self.lanes if lane.ready]:
+            scores, option = self._waiting.pop(id(lane))
+            if option is None:
+                self._branch(lane, scores)
+                continue
+            scores[option] += choices.later_tokens(self.rt, lane.rows, self.options[option])
+            if id(lane) in self._branches:
+                self._branches.discard(id(lane))
+                self._temp_seqs.remove(lane.seq)
+                self.rt.release(lane.seq)
+        self.lanes = [lane for lane in self.lanes if id(lane) in self._waiting]
+        if not self._waiting:
             self._pick()
 
-    def _split(self, logits: np.ndarray, group: list[int], depth: int) -> None:
-        """Score the tokens that options in ``group`` may take at ``depth``; branch where they diverge again."""
-        by_token: dict[int, list[int]] = {}
-        for i in group:
-            by_token.setdefault(self.options[i][depth], []).append(i)
-        tokens = list(by_token)
-        if len(tokens) > 1:
-            chosen = logits[tokens].astype(np.float64)
-            lse = chosen.max() + math.log(float(np.exp(chosen - chosen.max()).sum()))
-            for t, lp in zip(tokens, chosen - lse):
-                for i in by_token[t]:
-                    self.logp[i] += float(lp)
-        for t, members in by_token.items():
-            if len(members) == 1:
-                continue  # the rest of this option is forced
-            d = depth + 1  # follow the run of tokens every member shares; no logits needed there
-            while d < min(len(self.options[i]) for i in members) and len({self.options[i][d] for i in members}) == 1:
-                d += 1
-            lane = self.rt.branch(self.lanes[0], self.options[members[0]][:d])
-            if lane is None:
-                raise Overloaded("no KV sequence free to score these choices")
-            lane.all_logits = False
-            self.branches.append((self._fork(lane), members, d))
+    def _branch(self, lane: Lane, scores: np.ndarray) -> None:
+        """Score every option's first token from ``lane``'s logits, and queue the rest of each option
+        in a branch (the longest one in ``lane`` itself), all padded to one length."""
+        scores += choices.first_tokens(self.rt.logits(lane.rows[-1]), self.options)
+        longest = max(range(len(self.options)), key=lambda i: len(self.options[i]))
+        width = len(self.options[longest]) - 1
+        for i, tokens in enumerate(self.options):
+            if len(tokens) == 1:
+                continue
+            feed = choices.padded(tokens[:-1], width)
+            if i == longest:
+                lane.pending, lane.all_logits = feed, True
+                branch = lane
+            else:
+                branch = self.rt.branch(lane, feed)
+                if branch is None:
+                    raise Overloaded("no KV sequence free to score these choices")
+                self._fork(branch)
+                self._branches.add(id(branch))
+                self.lanes.append(branch)
+            self._waiting[id(branch)] = (scores, i)
 
     def _pick(self) -> None:
-        top = max(self.logp)
-        weights = [math.exp(lp - top) for lp in self.logp]
-        total = sum(weights)
-        probs = {c: w / total for c, w in zip(self.choices, weights)}
+        if self._new_prior:
+            self.rt.choice_priors.put(self.prior_key, self.prior)
+        probs = choices.probabilities(self.loglik, self.prior, self.rt.choice_temperature)
         if self.temperature <= 0:
-            pick = max(range(len(self.choices)), key=lambda i: self.logp[i])
+            pick = int(np.argmax(probs))
         else:
-            tempered = np.array([(lp - top) / self.temperature for lp in self.logp])
-            p = np.exp(tempered) / np.exp(tempered).sum()
-            pick = int(np.searchsorted(np.cumsum(p), self.rng.random() * p.sum(), side="right").clip(0, len(p) - 1))
+            tempered = probs ** (1.0 / self.temperature)
+            pick = int(np.searchsorted(np.cumsum(tempered / tempered.sum()), self.rng.random(), side="right")
+                       .clip(0, len(probs) - 1))
         self.first_token_at = time.monotonic()
         choice = self.choices[pick]
-        self._done(choice, choice, len(self.options[pick]) - 1, "stop", probs=probs)
+        self._done(choice, choice, len(self.options[pick]), "stop",
+                   probs={c: float(p) for c, p in zip(self.choices, probs)})

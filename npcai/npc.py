@@ -18,6 +18,10 @@ from .errors import BadRequest
 #: Persona of decisions made without a named NPC.
 ANONYMOUS_PERSONA = "You decide what a character in a video game does. Answer only with the requested format."
 
+#: The words a choice completes when a decision names none: options are scored as the NPC saying
+#: "I decide to <option>.", a natural sentence that tiny models judge far better than a bare option.
+DEFAULT_LEAD = "I decide to"
+
 STATE_VERSION = 1
 
 
@@ -50,6 +54,7 @@ class Npc:
     role: str = "dialogue"
     seed: int | None = None
     messages: list[tuple[str, str]] = field(default_factory=list)  # (role, content), oldest first
+    examples: list[dict[str, str]] = field(default_factory=list)  # worked decisions: {situation, choice}
     kv: dict[int, KvSeq] = field(default_factory=dict)  # keyed by id(runtime)
     slot: WriterSlot = field(default_factory=WriterSlot)
     rng: np.random.Generator = field(init=False)
@@ -70,7 +75,14 @@ class Npc:
         return self.kv.setdefault(id(runtime), KvSeq())
 
     def chat(self, *extra: tuple[str, str]) -> list[tuple[str, str]]:
-        return [("system", self.persona), *self.messages, *extra]
+        """Persona, worked examples, history, then ``extra``: the examples sit in the cached prefix."""
+        return self.persona_chat(*self.messages, *extra)
+
+    def persona_chat(self, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+        """Persona and worked examples (each a situation and the sentence that answers it), then ``extra``."""
+        shots = [turn for e in self.examples
+                 for turn in (("user", e["situation"]), ("assistant", f"{DEFAULT_LEAD} {e['choice']}."))]
+        return [("system", self.persona), *shots, *extra]
 
     def drop_oldest_turn(self) -> bool:
         """Let the oldest exchange give way; False when only the persona is left."""
@@ -87,7 +99,8 @@ class Npc:
     def save(self) -> bytes:
         """Portable state for a game save: persona and history, not model internals."""
         return msgpack.packb({"v": STATE_VERSION, "persona": self.persona, "role": self.role, "seed": self.seed,
-                              "messages": [list(m) for m in self.messages]}, use_bin_type=True)
+                              "messages": [list(m) for m in self.messages], "examples": self.examples},
+                             use_bin_type=True)
 
     @classmethod
     def load(cls, npc_id: str, state: bytes) -> "Npc":
@@ -99,7 +112,9 @@ class Npc:
             if any(r not in ("user", "assistant") for r, _ in messages):
                 raise ValueError("unknown message role")
             seed = data.get("seed")
+            examples = [{"situation": str(e["situation"]), "choice": str(e["choice"])}
+                        for e in data.get("examples") or []]
             return cls(npc_id, str(data["persona"]), str(data.get("role") or "dialogue"),
-                       seed if isinstance(seed, int) else None, messages)
+                       seed if isinstance(seed, int) else None, messages, examples)
         except (ValueError, KeyError, TypeError, msgpack.exceptions.UnpackException) as exc:
             raise BadRequest(f"state is not a saved NPC: {exc}") from None

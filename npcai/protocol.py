@@ -36,6 +36,7 @@ class Limits:
     max_prompt_tokens: int = 1024
     max_tokens: int = 512
     max_choices: int = 64
+    max_examples: int = 16
 
     def to_wire(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -57,6 +58,16 @@ def _str_list(v: Any) -> bool:
 
 def _any(v: Any) -> bool:
     return True
+
+
+def _examples(v: Any) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(e, dict) and isinstance(e.get("situation"), str) and isinstance(e.get("choice"), str)
+        and set(e) <= {"situation", "choice"} for e in v)
+
+
+def _str_map(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
 
 
 @dataclass(frozen=True)
@@ -88,12 +99,14 @@ _SAMPLING = {
 OPS: dict[str, dict[str, _Field]] = {
     "hello": {"client": _STR, "token": _STR},
     "ping": {},
-    "npc": {"npc": _req(_STR), "persona": _req(_STR), "role": _STR, "seed": _SEED},
+    "npc": {"npc": _req(_STR), "persona": _req(_STR), "role": _STR, "seed": _SEED,
+            "examples": _Field(_examples, "a list of {situation, choice} maps of strings")},
     "say": {
         "npc": _req(_STR),
         "text": _req(_STR),
         "stream": _Field(lambda v: isinstance(v, bool), "a boolean"),
         "stop": _Field(lambda v: isinstance(v, str) or _str_list(v), "a string or a list of strings"),
+        "soft_max_tokens": _INT,
         "fallback": _Field(_any, "any value"),
         **_SAMPLING,
     },
@@ -101,6 +114,8 @@ OPS: dict[str, dict[str, _Field]] = {
         "npc": _STR,
         "situation": _req(_STR),
         "choices": _Field(_str_list, "a list of strings"),
+        "lead": _STR,
+        "descriptions": _Field(_str_map, "a map from choice to the words scored for it"),
         "schema": _Field(lambda v: isinstance(v, dict), "a map (JSON schema)"),
         "grammar": _STR,
         "fallback": _Field(_any, "any value"),
@@ -260,11 +275,18 @@ def _check_decide(fields: dict[str, Any]) -> None:
             raise BadRequest("field 'choices' must be a non-empty list of non-empty strings")
         if len(set(choices)) != len(choices):
             raise BadRequest("field 'choices' must not repeat an option")
+        unknown = sorted(set(fields.get("descriptions", {})) - set(choices))
+        if unknown:
+            raise BadRequest(f"field 'descriptions' names {unknown[0]!r}, which is not one of the choices")
+        if any(not d.strip() for d in fields.get("descriptions", {}).values()):
+            raise BadRequest("field 'descriptions' must not hold an empty description")
+    elif "lead" in fields or "descriptions" in fields:
+        raise BadRequest("fields 'lead' and 'descriptions' go with 'choices'")
 
 
 #: No vocabulary we know has a token longer than this (SmolLM2: 81 bytes, Gemma 3: 48).
 MAX_TOKEN_BYTES = 256
-_PROMPT_FIELDS = ("persona", "text", "situation")
+_PROMPT_FIELDS = ("persona", "text", "situation", "lead")
 
 
 def check_prompt_size(req: Request, limits: Limits) -> None:
@@ -293,11 +315,23 @@ def check_budget(fields: dict[str, Any]) -> None:
         raise BadRequest("field 'frame_ms' must be between 0 (no frame target) and 1000")
 
 
+def check_examples(fields: dict[str, Any], limits: Limits) -> None:
+    """An NPC's worked examples stay in its cached prefix: a handful, each a situation and a choice."""
+    examples = fields.get("examples", [])
+    if len(examples) > limits.max_examples:
+        raise TooLarge(f"{len(examples)} examples exceed max_examples={limits.max_examples}")
+    if any(not e["situation"].strip() or not e["choice"].strip() for e in examples):
+        raise BadRequest("each of 'examples' needs a non-empty situation and choice")
+
+
 def check_sampling(fields: dict[str, Any], limits: Limits) -> None:
     """Range checks shared by say and decide."""
     mt = fields.get("max_tokens")
     if mt is not None and not 1 <= mt <= limits.max_tokens:
         raise BadRequest(f"field 'max_tokens' must be between 1 and {limits.max_tokens}")
+    soft = fields.get("soft_max_tokens")
+    if soft is not None and not 1 <= soft <= limits.max_tokens:
+        raise BadRequest(f"field 'soft_max_tokens' must be between 1 and {limits.max_tokens}")
     t = fields.get("temperature")
     if t is not None and not 0 <= t <= 10:
         raise BadRequest("field 'temperature' must be between 0 and 10")

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 from llguidance.llamacpp import lltokenizer_from_vocab
 
+from . import choices
 from .constraints import ConstraintCompiler
 from .errors import Overloaded
+from .lines import SENTENCE_ENDS
 from .native import Batch, Context, Model
 from .npc import KvSeq
 from .sampling import NO_MASK, sample_token
@@ -180,7 +182,8 @@ class Runtime:
     """One model, served by role(s); evaluates batches and hands out logits."""
 
     def __init__(self, path: Path, *, name: str, n_ctx: int, n_seq: int, n_batch: int, threads: int,
-                 grammar_dir: Path, flash_attn: bool | None = None, park_bytes: int = 0):
+                 grammar_dir: Path, flash_attn: bool | None = None, park_bytes: int = 0,
+                 choice_temperature: float = choices.DEFAULT_TEMPERATURE):
         self.name = name
         self.model = Model(path)
         self.n_vocab = self.model.n_vocab
@@ -195,6 +198,10 @@ class Runtime:
         sample_token(np.zeros(8, dtype=np.float32), NO_MASK, 0.5, 4, 0.9, 0.5)  # compile (or load) the kernels now
         self.stats = {"steps": 0, "tokens": 0, "compute_ms": 0.0, "aborted_steps": 0}
         self.cost = StepCost()
+        self.sentence_end_tokens = sorted({toks[0] for text in SENTENCE_ENDS
+                                           if len(toks := self.text_tokens(text)) == 1})
+        self.choice_priors = choices.PriorCache()  # options' priors for decisions, by option set
+        self.choice_temperature = choice_temperature  # probs' temperature, fitted per model
 
     def estimate_s(self, n_tokens: int) -> float:
         """What a step of ``n_tokens`` is expected to cost, by the steps measured so far."""
@@ -205,11 +212,13 @@ class Runtime:
         self.cost.learn(seconds, n_tokens)
 
     def describe(self, roles: list[str]) -> list[dict]:
-        return [{"role": r, "name": self.name, "n_ctx": self.ctx.n_ctx, "n_vocab": self.n_vocab} for r in roles]
+        return [{"role": r, "name": self.name, "n_ctx": self.ctx.n_ctx, "n_vocab": self.n_vocab,
+                 "choice_temperature": self.choice_temperature} for r in roles]
 
     # --- prompts ---------------------------------------------------------------
-    def prompt_tokens(self, messages: list[tuple[str, str]], add_generation_prompt: bool) -> list[int]:
-        text = self.model.apply_chat_template(messages, add_generation_prompt)
+    def prompt_tokens(self, messages: list[tuple[str, str]], add_generation_prompt: bool, lead: str = "") -> list[int]:
+        """The chat rendered with the model's template, then ``lead``: the words the answer starts with."""
+        text = self.model.apply_chat_template(messages, add_generation_prompt) + lead
         return self.model.tokenize(text, add_bos=True, special=True)
 
     def prefix_tokens(self, messages: list[tuple[str, str]]) -> list[int]:

@@ -125,7 +125,7 @@ class Suite:
 		)
 		_check(
 			"say: finish_reason",
-			reply.get("finish_reason") in ["stop", "length"],
+			reply.get("finish_reason") in ["stop", "sentence", "length"],
 			reply.get("finish_reason")
 		)
 		_check("say: timing map", reply.get("timing", {}).has("total_ms"), reply.get("timing"))

@@ -22,9 +22,9 @@ namespace NpcAi
             EventError = Ascii("error"), EventCancelled = Ascii("cancelled");
 
         // finish_reason values the sidecar sends, kept as constants so matching them allocates nothing.
-        static readonly string[] FinishReasons = { "stop", "length", "deadline", "error" };
+        static readonly string[] FinishReasons = { "stop", "sentence", "length", "deadline", "error" };
         static readonly byte[][] FinishReasonBytes =
-            { Ascii("stop"), Ascii("length"), Ascii("deadline"), Ascii("error") };
+            { Ascii("stop"), Ascii("sentence"), Ascii("length"), Ascii("deadline"), Ascii("error") };
 
         /// <summary>False when the reply carries a nil id (an error about a frame the sidecar could not read).</summary>
         public bool HasId;

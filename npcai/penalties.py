@@ -1,0 +1,41 @@
+"""Repetition control: tiny models fall into loops ("A.A.A.A…", the same sentence again), and a
+loop runs to the token cap.
+
+``dry`` is DRY ("don't repeat yourself", as in llama.cpp's sampler of that name): a token that
+would extend a run of tokens already seen earlier is penalised, more the longer the run. Short
+runs (up to ``allowed`` tokens) are free, so ordinary words and JSON punctuation that recur are
+not touched. It only lowers logits: under a constraint the mask still decides what is legal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: llama.cpp's DRY defaults (common/common.h): multiplier, base and allowed length.
+MULTIPLIER = 0.8
+BASE = 1.75
+ALLOWED = 2
+_MAX_RUN = 50  # runs longer than this are penalised as this long (the penalty is already huge)
+
+
+def dry(logits: np.ndarray, history: list[int], *, multiplier: float = MULTIPLIER, base: float = BASE,
+        allowed: int = ALLOWED, window: int = 512) -> None:
+    """Lower, in place, the logits of tokens that would repeat a run of ``history`` (oldest first)."""
+    h = history[-window:]
+    n = len(h)
+    if n < 2:
+        return
+    last = h[-1]
+    runs: dict[int, int] = {}
+    for i in range(n - 1):
+        if h[i] != last:
+            continue
+        k = 1  # h[i] matches the last token; how far back does the match go?
+        while k < i + 1 and k < _MAX_RUN and h[i - k] == h[n - 1 - k]:
+            k += 1
+        nxt = h[i + 1]
+        if k > runs.get(nxt, 0):
+            runs[nxt] = k
+    for token, k in runs.items():
+        if k >= allowed:
+            logits[token] -= multiplier * base ** (k - allowed)

@@ -1,0 +1,353 @@
+"""`npcai bench --only quality`: are the answers worth waiting for?
+
+Decisions are scored on public multiple-choice sets with published small-model figures (COPA,
+PIQA, ARC-Easy, read from a data folder that is never copied into the project) and on npcai's own
+game-decision set, each beside its anchor: the same GGUF file scored as lm-evaluation-harness
+scores multiple choice (``anchor.py``). Structured answers are scored on real-world JSON schemas
+(JSONSchemaBench), and dialogue on its lines: do they end at a sentence end, do they repeat, does
+the NPC keep its name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .anchor import Anchor
+from .client import Client
+from .lines import ends_sentence
+
+DATA_ENV = "NPCAI_DATA"
+_SEED = 20261205
+
+
+@dataclass(frozen=True)
+class Question:
+    """One multiple-choice item, as the anchor scores it and as a game would ask ``decide``."""
+
+    id: str
+    context: str  # the anchor's context; each continuation is " " + option
+    options: tuple[str, ...]
+    label: int
+    situation: str  # decide's situation and lead (the words the answer starts with)
+    lead: str
+    persona: str | None = None  # the deciding NPC, or None for an anonymous decision
+    role: str = ""
+
+
+def data_dir(given: str | None = None) -> Path:
+    """Where the public data is looked for: the path given, $NPCAI_DATA, or ``shared/data`` beside the checkout."""
+    if given:
+        return Path(given)
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open() as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def copa(folder: Path) -> list[Question]:
+    """COPA dev and test, as lm-evaluation-harness words it: "<premise without its period> because"."""
+    out = []
+    for name in ("copa_dev.jsonl", "copa_test.jsonl"):
+        for d in _jsonl(folder / name):
+            cause = d["question"] == "cause"
+            premise = d["premise"].strip()
+            options = tuple(_lower_first(d[k].strip()) for k in ("choice1", "choice2"))
+            out.append(Question(f"copa-{d['id']}", premise[:-1] + (" because" if cause else " therefore"), options,
+                                d["label"], premise + (" What was the cause?" if cause else " What happened next?"),
+                                "It happened because" if cause else "As a result,"))
+    return out
+
+
+def piqa(folder: Path) -> list[Question]:
+    out = []
+    for d in _jsonl(folder / "piqa_valid.jsonl"):
+        options = (d["sol1"].strip(), d["sol2"].strip())
+        out.append(Question(f"piqa-{d['id']}", f"Question: {d['goal'].strip()}\nAnswer:", options, d["label"],
+                            d["goal"].strip(), "Here is how:"))
+    return out
+
+
+def arc_easy(folder: Path) -> list[Question]:
+    out = []
+    for d in _jsonl(folder / "arc_easy_test.jsonl"):
+        options = tuple(c.strip() for c in d["choices"])
+        out.append(Question(f"arc-{d['id']}", f"Question: {d['question'].strip()}\nAnswer:", options, d["label"],
+                            d["question"].strip(), "The answer is"))
+    return out
+
+
+def game(split: str = "test") -> list[Question]:
+    """npcai's own game decisions: a role, a persona, a situation, 2-6 options, one common-sense answer."""
+    text = resources.files("npcai").joinpath("data/game_decisions.jsonl").read_text()
+    out = []
+    for line in text.splitlines():
+        d = json.loads(line)
+        if d["split"] == split:
+            out.append(Question(f"game-{d['id']}", f"{d['persona']} {d['situation']} I decide to",
+                                tuple(d["options"]), d["label"], d["situation"], "I decide to", d["persona"],
+                                d["role"]))
+    return out
+
+
+def game_examples() -> dict[str, list[dict[str, str]]]:
+    """Worked examples by role, from the set's example split (never scored)."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for q in game("example"):
+        out.setdefault(q.role, []).append({"situation": q.situation, "choice": q.options[q.label]})
+    return out
+
+
+PUBLIC_SETS: dict[str, tuple[Callable[[Path], list[Question]], tuple[str, ...]]] = {
+    "copa": (copa, ("copa_dev.jsonl", "copa_test.jsonl")),
+    "piqa": (piqa, ("piqa_valid.jsonl",)),
+    "arc_easy": (arc_easy, ("arc_easy_test.jsonl",)),
+}
+
+
+def sample(items: list[Question], n: int) -> list[Question]:
+    """A seeded sample of ``n`` items (all of them when there are fewer), the same on every run."""
+    if n <= 0 or len(items) <= n:
+        return items
+    return sorted(random.Random(_SEED).sample(items, n), key=lambda q: items.index(q))
+
+
+def expected_calibration_error(confidence: list[float], correct: list[bool], bins: int = 10) -> float:
+    """The gap between how sure the picks were and how often they were right, over equal-width bins."""
+    conf, right = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
+    total = 0.0
+    for lo in np.linspace(0.0, 1.0, bins, endpoint=False):
+        inside = (conf > lo) & (conf <= lo + 1.0 / bins)
+        if inside.any():
+            total += inside.mean() * abs(conf[inside].mean() - right[inside].mean())
+    return float(total)
+
+
+@dataclass
+class ChoiceScore:
+    """decide's picks on one set, beside the anchor's."""
+
+    name: str
+    n: int
+    acc: float
+    mean_p_right: float
+    ece: float
+    anchor_acc: float
+    anchor_acc_norm: float
+    p50_ms: float
+
+
+def score_anchor(anchor: Anchor, items: list[Question]) -> tuple[float, float]:
+    """(acc, acc_norm) of the anchor over ``items``."""
+    acc = norm = 0
+    for q in items:
+        s = anchor.score(q.context, [" " + o for o in q.options])
+        acc += s.pick == q.label
+        norm += s.pick_norm == q.label
+    return acc / len(items), norm / len(items)
+
+
+def score_decide(client: Client, items: list[Question], examples: dict[str, list[dict[str, str]]] | None = None,
+                 ) -> tuple[float, float, float, float]:
+    """(acc, mean probability of the right option, calibration error, p50 latency) of ``decide``."""
+    right, p_right, conf, lat = [], [], [], []
+    defined: set[tuple[str, str]] = set()
+    for q in items:
+        npc = None
+        if q.persona is not None:
+            npc = f"q-{abs(hash((q.persona, q.role))) % 10**8}"
+            if (npc, q.persona) not in defined:
+                extra = {"examples": examples.get(q.role, [])} if examples else {}
+                client.npc(npc, q.persona, **extra)
+                defined.add((npc, q.persona))
+        t = time.perf_counter()
+        reply = client.decide(q.situation, npc=npc, choices=list(q.options), lead=q.lead, temperature=0.0)
+        lat.append((time.perf_counter() - t) * 1000)
+        probs = reply["probs"]
+        right.append(reply["value"] == q.options[q.label])
+        p_right.append(probs[q.options[q.label]])
+        conf.append(max(probs.values()))
+    return (float(np.mean(right)), float(np.mean(p_right)), expected_calibration_error(conf, right),
+            statistics.median(lat))
+
+
+def usable(items: list[Question]) -> list[Question]:
+    """Items decide can take: distinct, non-empty options."""
+    return [q for q in items if all(q.options) and len(set(q.options)) == len(q.options)]
+
+
+# --- structured answers -------------------------------------------------------------------------
+def schemas(folder: Path) -> list[dict[str, Any]]:
+    return json.loads((folder / "jsonschemabench_sample.json").read_text())["schemas"]
+
+
+def score_schemas(client: Client, entries: list[dict[str, Any]], max_tokens: int = 512) -> dict[str, Any]:
+    """Share of schemas answered with a valid value before the cap, and latency, through decide."""
+    import jsonschema
+
+    valid, capped, refused, lat, tokens = 0, 0, 0, [], []
+    for e in entries:
+        t = time.perf_counter()
+        try:
+            reply = client.decide("Fill in an example record for this game's data.", schema=e["schema"],
+                                  max_tokens=max_tokens, temperature=0.0, timeout=120)
+        except Exception:  # a refused schema (bad_request): counted, never a crash of the benchmark
+            refused += 1
+            continue
+        lat.append((time.perf_counter() - t) * 1000)
+        tokens.append(reply["tokens"])
+        capped += reply["finish_reason"] == "length"
+        if reply["finish_reason"] == "stop" and not reply["used_fallback"]:
+            try:
+                jsonschema.validate(reply["value"], e["schema"])
+                valid += 1
+            except jsonschema.ValidationError:
+                pass
+            except jsonschema.SchemaError:
+                valid += 1  # the schema itself is beyond jsonschema's checker; llguidance held to it
+    return {"n": len(entries), "valid": valid, "capped": capped, "refused": refused,
+            "p50_ms": statistics.median(lat) if lat else None, "p90_ms": _pct(lat, 90),
+            "p50_tokens": statistics.median(tokens) if tokens else None}
+
+
+def _pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+
+
+# --- dialogue ---------------------------------------------------------------------------------------
+_WORD = re.compile(r"[\w']+")
+
+
+def trigrams(text: str) -> list[tuple[str, ...]]:
+    words = _WORD.findall(text.lower())
+    return [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+
+
+def repeated_share(grams: list[tuple[str, ...]], seen: set[tuple[str, ...]] | None = None) -> float:
+    """Share of 3-grams that already occurred earlier in the line (or in ``seen``)."""
+    if not grams:
+        return 0.0
+    earlier = set(seen or ())
+    repeats = 0
+    for g in grams:
+        repeats += g in earlier
+        earlier.add(g)
+    return repeats / len(grams)
+
+
+def persona_name(persona: str) -> str | None:
+    m = re.match(r"\s*You are ([A-Z][\w'-]+)", persona)
+    return m.group(1) if m else None
+
+
+def score_dialogue(client: Client, npcs: dict[str, dict[str, Any]], rounds: int = 2,
+                   max_tokens: int = 48) -> dict[str, Any]:
+    """Say every scenario line ``rounds`` times to each NPC, then ask its name."""
+    ended, within, across, lines, names, named = 0, [], [], 0, 0, 0
+    reasons: dict[str, int] = {}
+    for npc_id, spec in npcs.items():
+        client.npc(npc_id, spec["persona"], seed=7)
+        history: list[str] = []
+        for _ in range(rounds):
+            for text in spec["lines"]:
+                reply = client.say(npc_id, text, max_tokens=max_tokens)
+                line = reply["text"]
+                lines += 1
+                ended += ends_sentence(line)
+                reasons[reply["finish_reason"]] = reasons.get(reply["finish_reason"], 0) + 1
+                grams = trigrams(line)
+                within.append(repeated_share(grams))
+                earlier = {g for h in history[-5:] for g in trigrams(h)}
+                across.append(sum(g in earlier for g in grams) / len(grams) if grams else 0.0)
+                history.append(line)
+        name = persona_name(spec["persona"])
+        if name:
+            names += 1
+            reply = client.say(npc_id, "What is your name?", max_tokens=max_tokens)
+            named += name.lower() in reply["text"].lower()
+    return {"lines": lines, "sentence_end": ended / lines, "repeat_within": float(np.mean(within)),
+            "repeat_across_5": float(np.mean(across)), "name_kept": named / names if names else None,
+            "finish_reasons": reasons}
+
+
+# --- the bench item ---------------------------------------------------------------------------------
+Row = tuple[str, float | None, float | None, str, str, str]  # metric, npcai, baseline, baseline name, unit, target
+
+
+def run(client: Client, model_path: Path, threads: int, n_items: int, data: Path,
+        say: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
+    """Every quality measure for one model, as bench rows (and the raw figures)."""
+    rows: list[Row] = []
+    raw: dict[str, Any] = {"data": str(data), "items_per_public_set": n_items}
+    anchor = Anchor(model_path, threads)
+    try:
+        sets: list[tuple[str, list[Question]]] = [("game", game())]
+        quality_dir = data / "quality"
+        for name, (load, files) in PUBLIC_SETS.items():
+            missing = [f for f in files if not (quality_dir / f).is_file()]
+            if missing:
+                say(f"    {name}: skipped, no {quality_dir / missing[0]} (pass --data DIR or set {DATA_ENV})")
+                raw.setdefault("skipped", []).append(name)
+                continue
+            sets.append((name, sample(usable(load(quality_dir)), n_items)))
+        for name, items in sets:
+            say(f"    {name}: {len(items)} items, anchor…")
+            acc, acc_norm = score_anchor(anchor, items)
+            say(f"    {name}: decide…")
+            d_acc, p_right, ece, p50 = score_decide(client, items)
+            raw[name] = {"n": len(items), "anchor_acc": acc, "anchor_acc_norm": acc_norm, "acc": d_acc,
+                         "mean_p_right": p_right, "ece": ece, "p50_ms": p50}
+            rows += [(f"{name}: decide acc vs anchor acc_norm", d_acc * 100, acc_norm * 100,
+                      "lm-eval acc_norm, same GGUF", "%", ">= 1.0x"),
+                     (f"{name}: anchor acc (lm-eval)", acc * 100, None, "", "%", ""),
+                     (f"{name}: mean p(right option)", p_right, None, "", "p", ""),
+                     (f"{name}: calibration error (ECE)", ece, None, "", "ece", "<= 0.1")]
+            if name == "game":
+                g_acc, g_p, g_ece, g_p50 = score_decide(client, items, game_examples())
+                raw["game_examples"] = {"acc": g_acc, "mean_p_right": g_p, "ece": g_ece, "p50_ms": g_p50}
+                rows += [("game + worked examples: decide acc", g_acc * 100, acc_norm * 100,
+                          "lm-eval acc_norm, same GGUF", "%", ">= anchor + 10"),
+                         ("game + worked examples: ECE", g_ece, None, "", "ece", "<= 0.1")]
+    finally:
+        anchor.close()
+    schema_dir = data / "schemas"
+    if (schema_dir / "jsonschemabench_sample.json").is_file():
+        say("    schemas…")
+        s = score_schemas(client, schemas(schema_dir))
+        raw["schemas"] = s
+        rows += [("schemas: valid before the cap", 100 * s["valid"] / s["n"], None, "", "%", ">= 90"),
+                 ("schemas: decision p50", s["p50_ms"], None, "", "ms", "<= 1000 (SmolLM2)")]
+    else:
+        say(f"    schemas: skipped, no {schema_dir / 'jsonschemabench_sample.json'}")
+    say("    dialogue…")
+    scene = json.loads(resources.files("npcai").joinpath("scenarios/village.json").read_text())
+    d = score_dialogue(client, scene["npcs"])
+    raw["dialogue"] = d
+    rows += [("dialogue: lines ending a sentence", 100 * d["sentence_end"], None, "", "%", ">= 95"),
+             ("dialogue: repeated 3-grams within a line", 100 * d["repeat_within"], None, "", "%", "< 5"),
+             ("dialogue: 3-grams from the NPC's last 5 lines", 100 * d["repeat_across_5"], None, "", "%", ""),
+             ("dialogue: keeps its persona's name", 100 * (d["name_kept"] or 0), None, "", "%", "")]
+    return rows, raw

@@ -1,0 +1,120 @@
+"""Choice decisions: whole options scored after a natural lead, calibrated, and steered by examples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from npcai import choices
+from npcai.anchor import Anchor
+from npcai.catalog import DEFAULT_MODEL
+from npcai.native import Model
+from npcai.npc import DEFAULT_LEAD
+
+GUARD = "You are Hilda, a stern town guard of Oakvale."
+
+
+def test_an_option_that_starts_another_keeps_a_real_share(client):
+    """The shorter of "stay" / "stay inside" used to get under 1 %: only the first diverging token counted."""
+    reply = client.decide("A storm breaks over the village.", choices=["stay", "stay inside"])
+    assert min(reply["probs"].values()) > 0.05, reply["probs"]
+
+
+def test_what_follows_the_first_word_decides(client):
+    """Options that share their first words are told apart by the rest of their text."""
+    client.npc("hilda", GUARD)
+    reply = client.decide("A thief snatches a purse in the market and runs past you.", npc="hilda",
+                          choices=["run after the thief", "run to the bakery for bread"])
+    assert reply["value"] == "run after the thief", reply["probs"]
+
+
+def test_obvious_game_decisions_are_made_with_common_sense(client):
+    client.npc("hilda", GUARD)
+    reply = client.decide("A thief snatches a purse in the market and runs past you.", npc="hilda",
+                          choices=["buy bread", "go to sleep", "chase the thief", "sing a song"])
+    assert reply["value"] == "chase the thief" and reply["probs"]["chase the thief"] > 0.5, reply["probs"]
+
+
+def test_descriptions_are_scored_in_place_of_their_choices(client):
+    """Game ids stay the values; the words the model judges are the descriptions."""
+    client.npc("hilda", GUARD)
+    reply = client.decide("A thief snatches a purse in the market and runs past you.", npc="hilda",
+                          choices=["act_a", "act_b"],
+                          descriptions={"act_a": "take a nap on a bench", "act_b": "chase the thief"})
+    assert reply["value"] == "act_b" and set(reply["probs"]) == {"act_a", "act_b"}
+
+
+def test_a_lead_phrases_the_answer(client):
+    """The options complete the lead: what fits after it is what wins."""
+    situation, options = "A dragon lands in the square and breathes fire.", ["red", "run away"]
+    assert client.decide(situation, choices=options)["value"] == "run away"
+    assert client.decide(situation, choices=options, lead="The colour of its scales is")["value"] == "red"
+
+
+def test_worked_examples_sit_in_the_npcs_cached_prefix_and_survive_a_save(client):
+    examples = [{"situation": "A pickpocket sprints past your post.", "choice": "chase the pickpocket"}]
+    client.npc("ex", GUARD, examples=examples)
+    first = client.decide("A thief runs past you.", npc="ex", choices=["chase the thief", "buy bread"])
+    assert first["value"] == "chase the thief"
+    assert first["usage"]["cached_tokens"] > 40  # persona and example were evaluated at definition
+    state = client.call("save", npc="ex")["state"]
+    client.call("load", npc="ex2", state=state)
+    again = client.decide("A thief runs past you.", npc="ex2", choices=["chase the thief", "buy bread"])
+    assert again["probs"] == pytest.approx(first["probs"], abs=1e-6)
+
+
+@pytest.mark.parametrize("fields, code", [
+    ({"choices": ["a", "b"], "descriptions": {"c": "sea"}}, "bad_request"),
+    ({"choices": ["a", "b"], "descriptions": {"a": " "}}, "bad_request"),
+    ({"schema": {"type": "string"}, "lead": "I decide to"}, "bad_request"),
+])
+def test_bad_choice_fields_are_refused(client, fields, code):
+    reply = client.call("decide", situation="Rain.", **fields)
+    assert reply["event"] == "error" and reply["code"] == code
+
+
+def test_too_many_or_empty_examples_are_refused_at_definition(client):
+    one = {"situation": "s", "choice": "c"}
+    too_many = client.call("npc", npc="x", persona=GUARD, examples=[one] * 17)
+    assert too_many["event"] == "error" and too_many["code"] == "too_large"
+    empty = client.call("npc", npc="x", persona=GUARD, examples=[{"situation": "s", "choice": ""}])
+    assert empty["event"] == "error" and empty["code"] == "bad_request"
+    odd = client.call("npc", npc="x", persona=GUARD, examples=[{"situation": "s"}])
+    assert odd["event"] == "error" and odd["code"] == "bad_request"
+
+
+def test_probs_are_a_calibrated_softmax_of_whole_option_scores():
+    loglik, prior = np.array([-2.0, -6.0, -3.0]), np.array([-1.0, -1.0, -4.0])
+    p = choices.probabilities(loglik, prior, temperature=2.0)
+    score = (loglik - choices.PRIOR_WEIGHT * prior) / 2.0
+    assert p == pytest.approx(np.exp(score) / np.exp(score).sum())
+    assert choices.probabilities(loglik, None, 1.0).argmax() == 0
+
+
+def test_padding_makes_branches_one_length_and_keeps_the_tokens():
+    assert choices.padded([5, 6], 4) == [5, 6, 6, 6] and choices.padded([5], 1) == [5]
+
+
+def test_decide_scores_each_option_as_its_own_model_does(client, model_path):
+    """Without a prior (the same options' prior cancels out of the comparison only when equal), the
+    ranking of decide's scores is the ranking of each option's own log-likelihood after the same
+    prompt, as llama-cpp-python computes it."""
+    opts = ["chase the thief", "buy bread", "sing a song"]
+    reply = client.decide("A thief snatches a purse in the market and runs past you.", npc=None, choices=opts,
+                          temperature=0.0)
+    m = Model(model_path)
+    from npcai.npc import ANONYMOUS_PERSONA
+
+    prompt = m.apply_chat_template([("system", ANONYMOUS_PERSONA),
+                                    ("user", "A thief snatches a purse in the market and runs past you.")], True)
+    prior_prompt = m.apply_chat_template([("system", ANONYMOUS_PERSONA), ("user", choices.CONTENT_FREE)], True)
+    m.close()
+    anchor = Anchor(model_path, threads=1)
+    try:
+        ll = np.array(anchor.score(prompt + DEFAULT_LEAD, [" " + o for o in opts]).loglik)
+        prior = np.array(anchor.score(prior_prompt + DEFAULT_LEAD, [" " + o for o in opts]).loglik)
+    finally:
+        anchor.close()
+    expected = choices.probabilities(ll, prior, client.hello()["models"][0]["choice_temperature"])
+    got = np.array([reply["probs"][o] for o in opts])
+    assert got == pytest.approx(expected, abs=0.02)
