@@ -251,6 +251,20 @@ def test_bad_frames_get_errors_while_another_client_keeps_being_served(sidecar, 
         assert attacker.call("ping")["event"] == "ok"
 
 
+def test_a_zero_length_ext_fallback_is_refused_never_echoed(sidecar):
+    """PROTOCOL.md: the sidecar never sends ext. A fallback it let through would come back in the
+    timed-out done of a decide with deadline_ms 0, and every bridge would reject that reply."""
+    request = msgpack.packb({"v": 1, "id": 11, "op": "decide", "situation": "?", "choices": ["a"], "deadline_ms": 0})
+    with Client(sidecar.endpoint) as c:
+        c.send_raw(b"\x87" + request[1:] + msgpack.packb("fallback") + bytes.fromhex("c70006"))  # ext8, 0 bytes
+        deadline = time.monotonic() + 10
+        while not c.stray and time.monotonic() < deadline:
+            c.poll()
+            time.sleep(0.01)
+        assert c.stray == [{"v": 1, "id": 11, "event": "error", "code": "bad_request",
+                            "message": "ext types are not supported"}]
+
+
 def test_save_and_load_round_trip_restores_persona_and_history(client, brom):
     client.say(brom, "I am the baker's son.", max_tokens=6)
     saved = client.call("save", npc=brom)["state"]

@@ -52,6 +52,23 @@ def test_oversized_frames_and_containers_are_too_large():
         P.decode_frame(frame({"a": list(range(LIMITS.max_container_len + 1))}), LIMITS)
 
 
+EXT_VALUES = {  # every ext and timestamp encoding, as in the public msgpack-test-suite (40.ext, 50.timestamp)
+    "ext8 empty": "c70006", "ext16 empty": "c8000006", "ext32 empty": "c90000000006",
+    "fixext1": "d40610", "fixext2": "d5061020", "fixext4": "d60610203040", "fixext8": "d706" + "11" * 8,
+    "fixext16": "d806" + "11" * 16, "ext8": "c70306010203", "ext16": "c8000306010203",
+    "ext32": "c90000000306010203", "timestamp32": "d6ff00000000",
+    "timestamp64": "d7ff" + "00" * 8, "timestamp96": "c70cff" + "00" * 12, "timestamp empty": "c700ff",
+}
+
+
+@pytest.mark.parametrize("encoded", EXT_VALUES.values(), ids=EXT_VALUES.keys())
+def test_any_ext_or_timestamp_is_a_bad_request_saying_ext_types_are_not_supported(encoded):
+    request = frame({"v": 1, "id": 3, "op": "decide", "situation": "?", "choices": ["a"]})  # a fixmap of 5
+    with_fallback = b"\x86" + frame("fallback") + bytes.fromhex(encoded) + request[1:]
+    with pytest.raises(BadRequest, match="^ext types are not supported$"):
+        P.decode_frame(with_fallback, LIMITS)
+
+
 @pytest.mark.parametrize("msg, match", [
     ({"id": 1, "op": "ping"}, "'v'"),
     ({"v": 2, "id": 1, "op": "ping"}, "'v'"),
