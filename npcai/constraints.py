@@ -107,9 +107,9 @@ class ConstraintCompiler:
         Raises BadRequest/TooLarge; the costly conversion happens in ``submit``'s worker.
         """
         if "schema" in fields:
-            _check_size(json.dumps(fields["schema"]), "schema")
+            _check_size(_json(fields["schema"]), "schema")
             # Property order is generation order: keep it (no sort_keys).
-            text = json.dumps(_closed(fields["schema"]))
+            text = _json(_closed(fields["schema"]))
             _check_size(text, "schema")
             return "schema", text
         grammar = fields["grammar"]
@@ -212,6 +212,15 @@ def _closed(schema: Any, depth: int = 0) -> Any:
 
 _SUBSCHEMAS = frozenset({"items", "prefixItems", "anyOf", "oneOf", "allOf", "not", "if", "then", "else",
                          "additionalProperties", "contains"})
+
+
+def _json(schema: Any) -> str:
+    """The schema as JSON text. msgpack carries what JSON cannot (bin values or keys): the sender's mistake."""
+    try:
+        return json.dumps(schema, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"schema must hold only JSON values (maps with string keys, arrays, strings, numbers, "
+                         f"booleans, nil): {exc}") from None
 
 
 def _check_size(text: str, what: str) -> None:

@@ -163,6 +163,15 @@ def test_a_grammar_that_does_not_exist_or_parse_is_a_bad_request(client):
             client.decide("x", grammar=grammar)
 
 
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {"a": {"const": b"x"}}},  # a bin value
+    {"type": "object", "properties": {b"a": {"type": "string"}}},  # a bin key
+], ids=["bin value", "bin key"])
+def test_a_schema_holding_binary_is_a_bad_request_not_an_internal_error(client, schema):
+    with pytest.raises(RequestFailed, match="^bad_request: schema must hold only JSON values"):
+        client.decide("The guard waits.", schema=schema)
+
+
 def test_a_deadline_that_passes_gives_the_marked_fallback_and_nothing_later(client, brom):
     handle = client.request("say", npc=brom, text="Tell me about the forge.", max_tokens=64, deadline_ms=30,
                             fallback="*grunts*")
