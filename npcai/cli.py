@@ -85,7 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 info["curve_server_key"] = server.curve_public_key
             written.append(_write_atomically(Path(settings.connection_file), json.dumps(info) + "\n", mode=0o600))
         print(f"{READY_PREFIX}{endpoint}", flush=True)
-        server.serve_forever()
+        code = server.serve_forever()
     finally:
         for path in written:  # a file left behind means the sidecar did not exit cleanly
             path.unlink(missing_ok=True)
@@ -93,7 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # a second with numba and llama.cpp loaded), which a game waiting on our exit would feel.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 def _cpu_list(text: str) -> list[int] | None:

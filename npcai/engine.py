@@ -86,6 +86,7 @@ class Engine:
                           "load": self._on_load}
         self.counters = {"jobs_started": 0, "jobs_failed": 0, "cancelled": 0, "expired": 0, "preempted_steps": 0,
                          "shed": 0}
+        self.failed = False  # the loop ended on a bug: nothing will be answered any more
 
     # --- thread-safe entry points -----------------------------------------------------
     def submit(self, req: P.Request) -> None:
@@ -127,6 +128,17 @@ class Engine:
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> None:
+        """The loop, guarded: a bug that escapes it is logged once, with its traceback, and ends it with
+        ``failed`` set; the server then answers every open request and exits non-zero (a sidecar whose
+        engine is gone must not leave requests waiting forever)."""
+        try:
+            self._loop()
+        except Exception:
+            self.failed = True
+            log.critical("the engine failed; the sidecar answers its open requests and exits:\n%s",
+                         traceback.format_exc())
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             self._take_cancels()
             self._take_inbox()

@@ -12,7 +12,8 @@
     └── SettingsError          (CLI only)      a flag value that cannot work
 
 Anything else raised while serving is a bug: it is answered with code "internal",
-logged once with its traceback, and the server keeps running.
+logged once with its traceback, and the server keeps running; a bug that stops the
+engine's loop itself ends the sidecar with exit code 1, after answering what is open.
 """
 
 from __future__ import annotations

@@ -365,6 +365,14 @@ def error(rid: int | None, err: NpcaiError) -> dict[str, Any]:
     return reply(rid, ERROR, code=err.code, message=err.message)
 
 
+def engine_failed(req: Request, elapsed_ms: float) -> dict[str, Any]:
+    """The reply to a request that will never be served because the engine failed: its fallback when it
+    has one (shaped as at a deadline, with finish_reason "error"), else ``internal``."""
+    if "fallback" not in req.fields:
+        return error(req.id, NpcaiError("the sidecar's engine failed; the sidecar exits (restart it)"))
+    return {**timed_out(req, elapsed_ms), "timed_out": False, "finish_reason": "error"}
+
+
 def timed_out(req: Request, elapsed_ms: float) -> dict[str, Any]:
     """The reply sent at a request's deadline instead of a late answer."""
     fields: dict[str, Any] = {
