@@ -67,6 +67,7 @@ class SettingsError(NpcaiError):
 
 ERROR_CODES = ("bad_request", "unknown_op", "unknown_npc", "too_large", "overloaded", "unauthorized", "internal")
 
-#: Codes a client makes up itself, never sent by the sidecar: the sidecar is gone ("unavailable"),
-#: or a Curve handshake was refused ("unauthorized").
-LOCAL_ERROR_CODES = ("unavailable", "unauthorized")
+#: Codes this Python client makes up itself (docs/PROTOCOL.md, "Local codes"): the sidecar is gone
+#: ("unavailable", the same code in every bridge), a Curve handshake was refused ("unauthorized"), a frame
+#: from the sidecar did not decode ("bad_reply").
+LOCAL_ERROR_CODES = ("unavailable", "unauthorized", "bad_reply")

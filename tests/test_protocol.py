@@ -1,7 +1,10 @@
 """Protocol v1 decoding and validation, without a model."""
 
+import importlib.util
+
 import msgpack
 import pytest
+from support import ROOT
 
 from npcai import protocol as P
 from npcai.errors import BadRequest, TooLarge, UnknownOp
@@ -121,3 +124,12 @@ def test_a_fixed_reply_encodes_exactly_like_the_reply_it_stands_for(rid, n_field
     fields = {f"field{k}": {"nested": [k, "x" * k]} for k in range(n_fields)}
     encoded = P.fixed_reply(P.OK, **fields)(rid)
     assert msgpack.unpackb(encoded, raw=False) == P.ok(rid, **fields)
+
+
+def test_the_conformance_vectors_are_what_their_generator_writes():
+    generator = ROOT / "engine_bridges" / "conformance" / "generate.py"
+    spec = importlib.util.spec_from_file_location("npcai_conformance_generate", generator)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (generator.parent / "vectors.tsv").read_text(encoding="utf-8") == module.render(), \
+        "run python engine_bridges/conformance/generate.py"

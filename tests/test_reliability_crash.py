@@ -14,6 +14,8 @@ import time
 
 import msgpack
 import pytest
+import zmq
+from support import ROOT
 
 from npcai import Client, RequestFailed, Sidecar
 
@@ -177,3 +179,28 @@ def test_a_bug_in_the_engine_loop_answers_every_request_logs_once_and_exits_non_
             == ("done", fallback, True, "error", None)
     assert code == 1, stderr
     assert stderr.count("Traceback") == 1 and "a fault injected into the model step" in stderr, stderr
+
+
+def _vector(name: str) -> dict:
+    """A message of engine_bridges/conformance/vectors.tsv, decoded."""
+    for line in (ROOT / "engine_bridges" / "conformance" / "vectors.tsv").read_text().splitlines():
+        if line.startswith(name + "\t"):
+            return msgpack.unpackb(bytes.fromhex(line.split("\t")[1]))
+    raise AssertionError(f"no vector {name}")
+
+
+def test_when_the_sidecar_is_gone_requests_end_locally_as_the_conformance_vectors_say():
+    """One code for "the sidecar is gone" in every client: `unavailable` (docs/PROTOCOL.md, "Local codes")."""
+    router = zmq.Context.instance().socket(zmq.ROUTER)  # a stand-in sidecar that reads, then goes away
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    with Client(f"tcp://127.0.0.1:{port}") as c:
+        plain = c.request("forget", npc="brom")
+        with_deadline = c.request("decide", situation="Run?", choices=["flee", "fight"], fallback="flee",
+                                  deadline_ms=60_000)
+        assert router.poll(5000) and router.recv_multipart() and router.recv_multipart()
+        router.close(linger=0)
+        replies = [c.wait(plain, 10), c.wait(with_deadline, 10)]
+    error, done = _vector("message.reply.local.unavailable"), _vector("message.reply.local.fallback")
+    assert {k: replies[0][k] for k in ("event", "code", "local")} == {k: error[k] for k in ("event", "code", "local")}
+    keys = ("event", "value", "timed_out", "used_fallback", "finish_reason", "local")
+    assert {k: replies[1][k] for k in keys} == {k: done[k] for k in keys}

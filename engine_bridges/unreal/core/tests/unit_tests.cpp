@@ -146,6 +146,11 @@ std::map<std::string, Value> expected_values() {
   e["message.reply.error"] = map_of({{"v", 1}, {"id", nullptr}, {"event", "error"}, {"code", "bad_request"},
                                      {"message", "frame is not msgpack"}});
   e["message.reply.cancelled"] = map_of({{"v", 1}, {"id", 4}, {"event", "cancelled"}});
+  e["message.reply.local.unavailable"] = map_of({{"v", 1}, {"id", 4}, {"event", "error"}, {"code", "unavailable"},
+                                                 {"message", "the sidecar is gone"}, {"local", true}});
+  e["message.reply.local.fallback"] =
+      map_of({{"v", 1}, {"id", 5}, {"event", "done"}, {"value", "flee"}, {"text", ""}, {"timed_out", false},
+              {"used_fallback", true}, {"finish_reason", "unavailable"}, {"local", true}});
   return e;
 }
 
@@ -639,8 +644,8 @@ CASE(client_wire_bytes_and_replies) {
   const Handle a = client.ping();
   const Handle b = client.say("brom", "Hi", say);
   REQUIRE(poll_until(client, [&] { return events.ends.count(a) && events.ends.count(b); }));
-  CHECK(events.ends[a].kind == "error" && events.ends[a].code == "disconnected");
-  CHECK(events.ends[b].kind == "error" && events.ends[b].code == "disconnected");
+  CHECK(events.ends[a].kind == "error" && events.ends[a].code == "unavailable");
+  CHECK(events.ends[b].kind == "error" && events.ends[b].code == "unavailable");
   CHECK(events.ends[b].message == "the sidecar closed the connection", events.ends[b].message);
   CHECK(client.state() == npcai::Client::State::Closed && client.pending() == 0);
 }
@@ -651,7 +656,8 @@ CASE(client_not_connected_ends_at_next_poll) {
   const Handle h = client.say("brom", "Hi");
   CHECK(events.ends.empty());  // never from inside the call
   client.poll();
-  CHECK(events.ends[h].kind == "error" && events.ends[h].code == "not_connected");
+  CHECK(events.ends[h].kind == "error" && events.ends[h].code == "unavailable");
+  CHECK(events.ends[h].message == "no connection to the sidecar is open", events.ends[h].message);
   CHECK(!client.cancel(h));
   CHECK(!client.connect("udp://1.2.3.4:5") && !client.error().empty());
   CHECK(!client.connect("tcp://127.0.0.1:99999"));
@@ -675,7 +681,7 @@ CASE(client_close_ends_open_requests) {
   client.close();
   CHECK(events.ends.empty() && client.state() == npcai::Client::State::Closed);
   client.poll();
-  CHECK(events.ends[h].kind == "error" && events.ends[h].code == "disconnected");
+  CHECK(events.ends[h].kind == "error" && events.ends[h].code == "unavailable");
   CHECK(events.ends[h].message == "the connection was closed", events.ends[h].message);
 }
 
@@ -737,7 +743,7 @@ CASE(client_deadline_and_silence_without_replies) {
   REQUIRE(poll_until(client, [&] { return events.ends.count(plain) == 1; }));
   const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(events.ends[plain].at - sent).count();
   CHECK(silent >= 400 && silent < 600, std::to_string(silent) + " ms");
-  CHECK(events.ends[plain].code == "disconnected", events.ends[plain].code);
+  CHECK(events.ends[plain].code == "unavailable", events.ends[plain].code);
   CHECK(events.ends[plain].message.find("no answer") != std::string::npos, events.ends[plain].message);
   done = true;
   // Meanwhile the client sent heartbeat pings after 100 ms of silence (one at a time).

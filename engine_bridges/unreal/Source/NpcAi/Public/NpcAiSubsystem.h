@@ -108,7 +108,7 @@ public:
 	FNpcAiDoneEvent OnDone;
 
 	// Code: the sidecar's (bad_request, unknown_npc, overloaded, ...) or the bridge's own:
-	// not_connected (made before the sidecar was ready), disconnected (it died or went silent).
+	// unavailable (made before the sidecar was ready, or it died or went silent).
 	UPROPERTY(BlueprintAssignable, Category = "NpcAi")
 	FNpcAiErrorEvent OnError;
 

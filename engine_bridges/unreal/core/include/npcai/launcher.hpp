@@ -44,7 +44,7 @@ class Launcher final : private Listener {
   int poll();
   // For quitting: sends shutdown to a child we started, waits up to stop_timeout_ms for it to
   // exit (terminating, then killing it if it does not), and drops the connection. Open
-  // requests end with `disconnected` at the next poll(), if there is one. Blocks for at most
+  // requests end with `unavailable` at the next poll(), if there is one. Blocks for at most
   // stop_timeout_ms.
   void stop();
 
