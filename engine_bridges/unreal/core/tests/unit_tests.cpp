@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -26,6 +27,7 @@
 #include "npcai/client.hpp"
 #include "npcai/launcher.hpp"
 #include "npcai/msgpack.hpp"
+#include "npcai/process.hpp"
 #include "npcai/zmtp.hpp"
 
 using npcai::Handle;
@@ -940,6 +942,50 @@ CASE(launcher_reads_ready_line_and_stops) {
   CHECK(events.ends.empty());  // the shutdown request is the launcher's own too
   for (int i = 0; i < 100 && !got_shutdown; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   CHECK(got_shutdown);
+}
+
+CASE(launcher_starts_a_program_whose_path_has_spaces) {
+  // A Python under "C:\Program Files" must be nameable: the program and each argument are passed
+  // whole. The stand-in program lives in a folder with a space and prints its first argument,
+  // which holds spaces too, as its READY line.
+  FakeSidecar fake;
+  fake.run([](FakeSidecar& f) {
+    if (!f.accept() || !f.handshake()) return;
+    Bytes frame;
+    while (f.read_frame(frame)) {
+      Value req;
+      if (decode(frame, req) != npcai::msgpack::Error::None) break;
+      f.send(encoded(map_of({{"v", 1}, {"id", req["id"].as_int()}, {"event", "ok"}, {"protocol", 1}})));
+    }
+  });
+  const std::string folder = "launcher test folder";
+  const std::string program = folder + "/fake sidecar";
+  ::mkdir(folder.c_str(), 0755);
+  {
+    std::ofstream script(program);
+    script << "#!/bin/sh\necho \"$1\"\nexec sleep 30\n";
+  }
+  REQUIRE(::chmod(program.c_str(), 0755) == 0);
+  Recorder events;
+  npcai::LauncherConfig config;
+  config.command = {"./" + program, "NPCAI READY " + fake.endpoint()};
+  config.stop_timeout_ms = 200;
+  npcai::Launcher launcher(events, config);
+  REQUIRE(launcher.launch(), launcher.error());
+  REQUIRE(poll_launcher(launcher, [&] { return launcher.ready() || launcher.state() == npcai::Launcher::State::Failed; }),
+          npcai::to_string(launcher.state()));
+  CHECK(launcher.ready() && launcher.endpoint() == fake.endpoint(), launcher.error());
+  launcher.stop();
+  std::remove(program.c_str());
+  ::rmdir(folder.c_str());
+}
+
+CASE(windows_command_line_keeps_each_argument_whole) {
+  // What CreateProcess gets on Windows: the MSVC runtime splits this string back into the same argv.
+  std::string line = npcai::windows_command_line({R"(C:\Program Files\Python311\python.exe)", "-m", "npcai", "serve"});
+  CHECK(line == R"("C:\Program Files\Python311\python.exe" -m npcai serve)", line);
+  line = npcai::windows_command_line({"a b", "", R"(say "hi")", R"(C:\dir with space\)", R"(C:\no\space)", "tab\tthere"});
+  CHECK(line == R"("a b" "" "say \"hi\"" "C:\dir with space\\" C:\no\space )" "\"tab\tthere\"", line);
 }
 
 int main(int argc, char** argv) {

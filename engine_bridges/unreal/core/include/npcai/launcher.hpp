@@ -14,7 +14,8 @@
 namespace npcai {
 
 struct LauncherConfig {
-  std::vector<std::string> command{"npcai"};   // program and leading arguments; "serve ..." follows
+  // The program, then its own arguments, each passed whole (a path may hold spaces); "serve ..." follows.
+  std::vector<std::string> command{"npcai"};
   std::vector<std::string> extra_args;         // after serve's own flags, e.g. {"--model", "NAME"}
   std::string endpoint = "tcp://127.0.0.1:0";  // where the sidecar binds (port 0: any free port)
   std::string ready_file;  // set: learn the endpoint from this file (--ready-file), not from stdout
