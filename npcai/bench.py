@@ -43,6 +43,8 @@ CHOICES = ["attack", "flee", "beg for mercy", "offer a bribe", "call for help", 
 SCHEMA = {"type": "object", "properties": {"action": {"enum": ["arrest", "follow", "raise_alarm", "ignore"]},
                                            "target": {"enum": ["stranger", "player", "none"]}},
           "required": ["action", "target"], "additionalProperties": False}
+#: Every item `npcai bench --only` can name, in the order they run; the CLI offers exactly these.
+ITEMS = ("transport", "decision", "dialogue", "many", "mixed", "cancel", "ahead", "weights", "kv", "frame", "quality")
 _READ_S = 0.3  # a player reading a line and answering, in the paced turn-taking measure
 _BUDGETED = "load, budget (40 dialogue tokens/s, 16.7 ms frames) + frame reports"  # the case with targets
 GBNF = {  # what a developer would hand llama-cpp-python for the same decisions (same output text)
@@ -658,6 +660,9 @@ class _Bench:
         self.report.raw["quality"] = raw
 
     def run(self, only: set[str] | None) -> Report:
+        unknown = sorted(set(only or ()) - set(ITEMS))
+        if unknown:
+            raise NpcaiError(f"no bench item {', '.join(unknown)}; items: {', '.join(ITEMS)}")
         items = [("transport", self.transport), ("decision", self.decisions), ("dialogue", self.dialogue),
                  ("many", self.many), ("mixed", self.mixed), ("cancel", self.cancellation), ("ahead", self.ahead),
                  ("quality", self.quality)]

@@ -94,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 info["curve_server_key"] = server.curve_public_key
             written.append(_write_atomically(Path(settings.connection_file), json.dumps(info) + "\n", mode=0o600))
         print(f"{READY_PREFIX}{endpoint}", flush=True)
-        server.serve_forever()
+        code = server.serve_forever()
     finally:
         for path in written:  # a file left behind means the sidecar did not exit cleanly
             path.unlink(missing_ok=True)
@@ -102,7 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # a second with numba and llama.cpp loaded), which a game waiting on our exit would feel.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 def _cpu_list(text: str) -> list[int] | None:
@@ -181,6 +181,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench import ITEMS as bench_items
+
     parser = argparse.ArgumentParser(prog="npcai", description="Local AI for game characters: a low-latency sidecar.")
     _one_line_errors(parser)  # unknown flags of any command are reported here
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,9 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-color", action="store_true", help="plain output")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("bench", help="run the latency benchmarks and write a JSON report")
+    p = _one_line_errors(sub.add_parser("bench", help="run the latency benchmarks and write a JSON report"))
     p.add_argument("--model", action="append", metavar="NAME", help="models to bench (default: smollm2-135m)")
-    p.add_argument("--only", action="append", help="run only these benchmark items (by name)")
+    p.add_argument("--only", action="append", choices=bench_items, metavar="ITEM",
+                   help=f"run only this item (repeatable); items: {', '.join(bench_items)}")
     p.add_argument("--out", default="bench-report.json", help="where to write the JSON report")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (for smoke runs)")
     p.add_argument("--plots", action="store_true", help="draw PNG latency plots (needs the [bench] extra)")

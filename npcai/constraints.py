@@ -107,9 +107,9 @@ class ConstraintCompiler:
         Raises BadRequest/TooLarge; the costly conversion happens in ``submit``'s worker.
         """
         if "schema" in fields:
-            _check_size(json.dumps(fields["schema"]), "schema")
+            _check_size(_json(fields["schema"]), "schema")
             # Property order is generation order: keep it (no sort_keys).
-            text = json.dumps(bounded(_closed(fields["schema"])))
+            text = _json(bounded(_closed(fields["schema"])))
             _check_size(text, "schema")
             return "schema", text
         grammar = fields["grammar"]
@@ -188,25 +188,45 @@ class ConstraintCompiler:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _closed(schema: Any, depth: int = 0) -> Any:
-    """The schema with objects closed to unlisted keys unless it says otherwise.
+def _closed(schema: Any) -> Any:
+    """The schema with objects closed to unlisted keys where that cannot clash with composition.
 
-    A decision wants the listed fields, not invented ones; every value generated this way
-    still validates against the original schema.
+    A decision wants the listed fields, not invented ones: an object whose keys all come from its
+    own ``properties`` gets ``additionalProperties: false``. An object described together with
+    other schemas (``$ref``, ``allOf``, ``anyOf``/``oneOf`` beside keys of its own, ``if``/``then``/
+    ``else``, ``dependentSchemas``, ``required`` keys it does not list) is left open, and so are
+    its parts and the targets of such a ``$ref``: closing one part would forbid the keys another
+    requires. Every value generated either way still validates against the original schema.
     """
-    if depth > 64:
-        raise TooLarge("schema nests too deeply")
-    if isinstance(schema, list):
-        return [_closed(s, depth + 1) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: _closed(v, depth + 1) if k in _SUBSCHEMAS else v for k, v in schema.items()}
-    for key in ("properties", "$defs", "definitions", "patternProperties"):
-        if isinstance(schema.get(key), dict):
-            out[key] = {name: _closed(sub, depth + 1) for name, sub in schema[key].items()}
-    if (schema.get("type") == "object" or "properties" in schema) and "additionalProperties" not in schema \
-            and "patternProperties" not in schema:
-        out["additionalProperties"] = False
+    closable: dict[str, dict] = {}  # JSON pointer -> object to close, unless a composed $ref names it
+    composed_refs: set[str] = set()
+
+    def walk(node: Any, pointer: str, part: bool, depth: int) -> Any:
+        if depth > 64:
+            raise TooLarge("schema nests too deeply")
+        if isinstance(node, list):
+            return [walk(s, f"{pointer}/{i}", part, depth + 1) for i, s in enumerate(node)]
+        if not isinstance(node, dict):
+            return node
+        all_of = node.get("allOf")
+        shapers = len(_SHAPING.intersection(node)) + (len(all_of) - 1 if isinstance(all_of, list) and all_of else 0)
+        composed = part or shapers > 1  # more than one schema describes this object
+        if composed and isinstance(node.get("$ref"), str):
+            composed_refs.add(node["$ref"])
+        out = {k: walk(v, f"{pointer}/{_escaped(k)}", composed and k in _PARTS, depth + 1)
+               if k in _SUBSCHEMAS else v for k, v in node.items()}
+        for key in ("properties", "$defs", "definitions", "patternProperties"):
+            if isinstance(node.get(key), dict):
+                out[key] = {name: walk(sub, f"{pointer}/{key}/{_escaped(name)}", False, depth + 1)
+                            for name, sub in node[key].items()}
+        if not part and _keys_all_listed(node):
+            closable[pointer] = out
+        return out
+
+    out = walk(schema, "#", False, 0)
+    for pointer, node in closable.items():
+        if pointer not in composed_refs:
+            node["additionalProperties"] = False
     return out
 
 
@@ -259,8 +279,35 @@ def _int_or(v: Any, default: int) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) else default
 
 
+# Keywords that say which keys an object has; an object described by more than one is composed.
+_SHAPING = frozenset({"properties", "required", "patternProperties", "additionalProperties", "$ref", "allOf",
+                      "anyOf", "oneOf", "if", "then", "else", "dependentSchemas", "dependencies"})
+_PARTS = frozenset({"allOf", "anyOf", "oneOf", "then", "else"})  # subschemas of the same object
+
+
+def _keys_all_listed(node: dict) -> bool:
+    """An object whose keys can only be those of its own ``properties``, and that says nothing else about keys."""
+    props, required = node.get("properties", {}), node.get("required", [])
+    return ((node.get("type") == "object" or "properties" in node) and isinstance(props, dict)
+            and isinstance(required, list) and all(isinstance(k, str) and k in props for k in required)
+            and not (_SHAPING - {"properties", "required"}).intersection(node))
+
+
+def _escaped(name: str) -> str:
+    return str(name).replace("~", "~0").replace("/", "~1")
+
+
 _SUBSCHEMAS = frozenset({"items", "prefixItems", "anyOf", "oneOf", "allOf", "not", "if", "then", "else",
                          "additionalProperties", "contains"})
+
+
+def _json(schema: Any) -> str:
+    """The schema as JSON text. msgpack carries what JSON cannot (bin values or keys): the sender's mistake."""
+    try:
+        return json.dumps(schema, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"schema must hold only JSON values (maps with string keys, arrays, strings, numbers, "
+                         f"booleans, nil): {exc}") from None
 
 
 def _check_size(text: str, what: str) -> None:

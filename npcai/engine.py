@@ -72,8 +72,11 @@ class Engine:
         self._anonymous = Npc("", ANONYMOUS_PERSONA)
         self.scheduler = Scheduler()
         self._inbox: queue.SimpleQueue[P.Request] = queue.SimpleQueue()
-        # id(request) -> (request, expired?): keyed by the request itself, since a client may reuse an id
-        self._cancels: dict[int, tuple[P.Request, bool, float]] = {}  # ... and when it was asked
+        # Cancellations arrive through a queue, and only the engine thread touches the table it fills:
+        # id(request) -> (request, expired?, when it was asked), keyed by the request itself, since a
+        # client may reuse an id.
+        self._cancel_inbox: queue.SimpleQueue[tuple[P.Request, bool, float]] = queue.SimpleQueue()
+        self._cancels: dict[int, tuple[P.Request, bool, float]] = {}
         self._urgent = False  # a decision arrived: a step of dialogue prefill may be preempted for it...
         self._urgent_by = math.inf  # ...when it must start by then (the earliest such, monotonic)
         self._arrived = False  # any request arrived: a step of idle work (thinking ahead) gives way
@@ -84,6 +87,7 @@ class Engine:
                           "load": self._on_load}
         self.counters = {"jobs_started": 0, "jobs_failed": 0, "cancelled": 0, "expired": 0, "preempted_steps": 0,
                          "shed": 0}
+        self.failed = False  # the loop ended on a bug: nothing will be answered any more
 
     # --- thread-safe entry points -----------------------------------------------------
     def submit(self, req: P.Request) -> None:
@@ -97,7 +101,7 @@ class Engine:
 
     def cancel(self, req: P.Request, *, expired: bool = False) -> None:
         """Stop work on a request; a client's cancel is answered with ``cancelled``, an expiry silently."""
-        self._cancels[id(req)] = (req, expired, time.monotonic())
+        self._cancel_inbox.put((req, expired, time.monotonic()))
         self._wake.set()
 
     def stop(self) -> None:
@@ -125,7 +129,19 @@ class Engine:
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> None:
+        """The loop, guarded: a bug that escapes it is logged once, with its traceback, and ends it with
+        ``failed`` set; the server then answers every open request and exits non-zero (a sidecar whose
+        engine is gone must not leave requests waiting forever)."""
+        try:
+            self._loop()
+        except Exception:
+            self.failed = True
+            log.critical("the engine failed; the sidecar answers its open requests and exits:\n%s",
+                         traceback.format_exc())
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
+            self._take_cancels()
             self._take_inbox()
             self._apply_cancels()
             self._start_jobs()
@@ -176,6 +192,12 @@ class Engine:
                 self.emit(req, P.error(req.id, err))
             except Exception:
                 self._internal(req, None)
+
+    def _take_cancels(self) -> None:
+        """Move the cancellations the socket thread queued into the engine's own table."""
+        while not self._cancel_inbox.empty():
+            req, expired, asked = self._cancel_inbox.get_nowait()
+            self._cancels[id(req)] = (req, expired, asked)
 
     def _apply_cancels(self) -> None:
         if not self._cancels:
@@ -231,7 +253,8 @@ class Engine:
         expected_end = started + rt.estimate_s(n_tokens)
         decision_s = rt.estimate_s(_DECISION_TOKENS)
 
-        def should_abort() -> bool:
+        def should_abort() -> bool:  # called by llama.cpp on this thread, mid-step
+            self._take_cancels()
             if keys.issubset(self._cancels.keys()) or (idle and self._arrived):
                 return True
             if not (preemptible and self._urgent):

@@ -12,7 +12,8 @@
     └── SettingsError          (CLI only)      a flag value that cannot work
 
 Anything else raised while serving is a bug: it is answered with code "internal",
-logged once with its traceback, and the server keeps running.
+logged once with its traceback, and the server keeps running; a bug that stops the
+engine's loop itself ends the sidecar with exit code 1, after answering what is open.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class SettingsError(NpcaiError):
 
 ERROR_CODES = ("bad_request", "unknown_op", "unknown_npc", "too_large", "overloaded", "unauthorized", "internal")
 
-#: Codes a client makes up itself, never sent by the sidecar: the sidecar is gone ("unavailable"),
-#: or a Curve handshake was refused ("unauthorized").
-LOCAL_ERROR_CODES = ("unavailable", "unauthorized")
+#: Codes this Python client makes up itself (docs/PROTOCOL.md, "Local codes"): the sidecar is gone
+#: ("unavailable", the same code in every bridge), a Curve handshake was refused ("unauthorized"), a frame
+#: from the sidecar did not decode ("bad_reply").
+LOCAL_ERROR_CODES = ("unavailable", "unauthorized", "bad_reply")

@@ -175,11 +175,16 @@ def decode_frame(frame: bytes, limits: Limits) -> dict[str, Any]:
         obj = msgpack.unpackb(
             frame, raw=False, strict_map_key=True,
             max_str_len=limits.max_frame_bytes, max_bin_len=limits.max_frame_bytes,
-            max_array_len=n, max_map_len=n, max_ext_len=0,
+            max_array_len=n, max_map_len=n, max_ext_len=0, ext_hook=_refuse_ext,
         )
+    except NpcaiError:
+        raise
     except (msgpack.exceptions.StackError, RecursionError):
         raise TooLarge("frame nests too deeply") from None
     except ValueError as exc:  # covers ExtraData, FormatError, and length limits
+        # max_ext_len=0 refuses every ext (timestamps too) with data; _refuse_ext the empty ones.
+        if "max_ext_len" in str(exc) or "timestamp" in str(exc).lower():
+            raise BadRequest(_NO_EXT) from None
         if "exceeds max" in str(exc):
             raise TooLarge(f"frame holds a container or string over the limits: {exc}") from None
         raise BadRequest(f"frame is not one msgpack value: {exc or type(exc).__name__}") from None
@@ -191,6 +196,14 @@ def decode_frame(frame: bytes, limits: Limits) -> dict[str, Any]:
     if nested and _depth(obj, limits.max_depth) > limits.max_depth:
         raise TooLarge(f"message nests deeper than max_depth={limits.max_depth}")
     return obj
+
+
+_NO_EXT = "ext types are not supported"
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    """msgpack's hook for an ext value; only zero-length ones reach it (max_ext_len=0 stops the rest)."""
+    raise BadRequest(_NO_EXT)
 
 
 def _depth(obj: Any, limit: int, level: int = 1) -> int:
@@ -384,6 +397,14 @@ def cancelled(rid: int) -> dict[str, Any]:
 
 def error(rid: int | None, err: NpcaiError) -> dict[str, Any]:
     return reply(rid, ERROR, code=err.code, message=err.message)
+
+
+def engine_failed(req: Request, elapsed_ms: float) -> dict[str, Any]:
+    """The reply to a request that will never be served because the engine failed: its fallback when it
+    has one (shaped as at a deadline, with finish_reason "error"), else ``internal``."""
+    if "fallback" not in req.fields:
+        return error(req.id, NpcaiError("the sidecar's engine failed; the sidecar exits (restart it)"))
+    return {**timed_out(req, elapsed_ms), "timed_out": False, "finish_reason": "error"}
 
 
 def timed_out(req: Request, elapsed_ms: float) -> dict[str, Any]:

@@ -11,7 +11,8 @@ Loop: 1) wait on the socket, the engine's outbox signal (while the engine has re
 answer) and the next deadline;
 2) read frames and admit requests; 3) send the engine's replies; 4) expire deadlines;
 5) forget clients that went away (their open requests are dropped); 6) check the parent
-process and the lease.
+process, the lease, and that the engine still runs (if it failed, every open request is
+answered and the sidecar exits with code 1).
 
 Hygiene (docs/RELIABILITY.md): every table here is bounded or emptied when a request
 ends or its client goes away; libzmq's own queues are capped in messages and bytes.
@@ -53,6 +54,7 @@ _RCVHWM = 128
 _SNDHWM = 1000
 _MAX_AUTHED = 4096  # clients remembered as having sent the token (least recently heard from go first)
 _WARN_EVERY_S = 5.0
+_FAILED_LINGER_S = 0.5  # after the engine fails, requests already on their way still get an answer
 
 
 @dataclass
@@ -120,6 +122,8 @@ class Server:
         self._started = time.monotonic()
         self._last_heard: float | None = None  # the lease starts at the first hello
         self.exit_reason = ""
+        self.exit_code = 0  # 1 once the engine has failed
+        self._exit_at = 0.0  # when a server whose engine failed stops answering and exits
         self._running = True  # set before READY is printed: a signal may arrive before the loop starts
         self.endpoint = ""
 
@@ -143,6 +147,10 @@ class Server:
     def _emit(self, req: P.Request, reply: dict[str, Any]) -> None:
         """A reply from the engine, tagged with the request it answers (ids may be reused)."""
         self._outbox.append((req, reply))
+        self._signal()
+
+    def _signal(self) -> None:
+        """Wake the socket thread (from any other thread)."""
         sock = getattr(self._signal_local, "sock", None)
         if sock is None:  # one PUSH socket per emitting thread: zmq sockets are not thread-safe
             sock = self._zctx.socket(zmq.PUSH)
@@ -168,9 +176,10 @@ class Server:
         self.exit_reason = self.exit_reason or reason
         self._running = False
 
-    def serve_forever(self) -> None:
-        """Run until shutdown; the engine runs on its own thread meanwhile."""
-        engine_thread = threading.Thread(target=self.engine.run, name="npcai-engine", daemon=True)
+    def serve_forever(self) -> int:
+        """Run until shutdown; the engine runs on its own thread meanwhile. Returns the exit code: 0, or 1
+        when the engine failed."""
+        engine_thread = threading.Thread(target=self._run_engine, name="npcai-engine", daemon=True)
         engine_thread.start()
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
@@ -202,10 +211,33 @@ class Server:
                         self.stop(f"parent process {self.settings.parent_pid} is gone")
                 if lease and self._last_heard is not None and now - self._last_heard > lease:
                     self.stop(f"no client heard from for {self.settings.lease_ms} ms (--lease-ms)")
+                if self.engine.failed or not engine_thread.is_alive():
+                    self._engine_gone(now)
         finally:
             if self.exit_reason:
                 log.warning("%s; shutting down", self.exit_reason)
             self._shutdown(engine_thread)
+        return self.exit_code
+
+    def _run_engine(self) -> None:
+        try:
+            self.engine.run()
+        finally:  # wake the socket thread, which sees that the engine has ended
+            self._signal()
+
+    def _engine_gone(self, now: float) -> None:
+        """The engine ended without being asked to (a bug, logged there): answer every open request and,
+        for a moment, every new one, then exit with code 1 so that a launcher restarts the sidecar."""
+        if not self.exit_code:
+            self.exit_code = 1
+            self._exit_at = now + _FAILED_LINGER_S
+            self._send_replies()  # what the engine said before it failed
+        for key, entry in list(self._inflight.items()):
+            reply = self._with_streamed(entry, P.engine_failed(entry.req, (now - entry.req.received) * 1e3))
+            self._finish(key, entry, reply["event"])
+            self._send(key[0], reply)
+        if now >= self._exit_at:
+            self.stop("the engine failed")
 
     def _shutdown(self, engine_thread: threading.Thread) -> None:
         self.engine.stop()
@@ -227,6 +259,8 @@ class Server:
             timeout = min(timeout, max(0.0, (self._deadlines[0][0] - now) * 1000))
         if self.settings.lease_ms and self._last_heard is not None:
             timeout = min(timeout, max(0.0, self._last_heard * 1000 + self.settings.lease_ms - now * 1000))
+        if self.exit_code:
+            timeout = min(timeout, max(0.0, (self._exit_at - now) * 1000))
         return int(timeout) + (0 if timeout == 0 else 1)
 
     # --- inbound ---------------------------------------------------------------------------------
@@ -395,12 +429,17 @@ class Server:
             client = key[0]
             self._stats[entry.req.op].timeouts += 1
             self.engine.cancel(entry.req, expired=True)
-            reply = P.timed_out(entry.req, (now - entry.req.received) * 1e3)
-            if entry.req.op == "say":
-                reply["text"] = "".join(entry.streamed)
-                reply["tokens"] = len(entry.streamed)  # chunks streamed: one token each, or more
+            reply = self._with_streamed(entry, P.timed_out(entry.req, (now - entry.req.received) * 1e3))
             self._finish(key, entry, P.DONE)
             self._send(client, reply)
+
+    @staticmethod
+    def _with_streamed(entry: _Inflight, reply: dict[str, Any]) -> dict[str, Any]:
+        """A ``done`` made up for a say carries the chunks already streamed."""
+        if entry.req.op == "say" and reply["event"] == P.DONE:
+            reply["text"] = "".join(entry.streamed)
+            reply["tokens"] = len(entry.streamed)  # chunks streamed: one token each, or more
+        return reply
 
     def _forget_gone_clients(self) -> None:
         """A client that left gets nothing more: drop its open requests and its state."""

@@ -43,6 +43,8 @@ UNIT_CASES = [
     "launcher_child_exits_before_ready",
     "launcher_ready_timeout_kills_child",
     "launcher_reads_ready_line_and_stops",
+    "launcher_starts_a_program_whose_path_has_spaces",
+    "windows_command_line_keeps_each_argument_whole",
 ]
 
 E2E_CASES = [

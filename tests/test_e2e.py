@@ -163,6 +163,15 @@ def test_a_grammar_that_does_not_exist_or_parse_is_a_bad_request(client):
             client.decide("x", grammar=grammar)
 
 
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {"a": {"const": b"x"}}},  # a bin value
+    {"type": "object", "properties": {b"a": {"type": "string"}}},  # a bin key
+], ids=["bin value", "bin key"])
+def test_a_schema_holding_binary_is_a_bad_request_not_an_internal_error(client, schema):
+    with pytest.raises(RequestFailed, match="^bad_request: schema must hold only JSON values"):
+        client.decide("The guard waits.", schema=schema)
+
+
 def test_a_deadline_that_passes_gives_the_marked_fallback_and_nothing_later(client, brom):
     handle = client.request("say", npc=brom, text="Tell me about the forge.", max_tokens=64, deadline_ms=30,
                             fallback="*grunts*")
@@ -249,6 +258,20 @@ def test_bad_frames_get_errors_while_another_client_keeps_being_served(sidecar, 
         _, reply = collect(talker, stream)
         assert reply["event"] == "done" and reply["text"]
         assert attacker.call("ping")["event"] == "ok"
+
+
+def test_a_zero_length_ext_fallback_is_refused_never_echoed(sidecar):
+    """PROTOCOL.md: the sidecar never sends ext. A fallback it let through would come back in the
+    timed-out done of a decide with deadline_ms 0, and every bridge would reject that reply."""
+    request = msgpack.packb({"v": 1, "id": 11, "op": "decide", "situation": "?", "choices": ["a"], "deadline_ms": 0})
+    with Client(sidecar.endpoint) as c:
+        c.send_raw(b"\x87" + request[1:] + msgpack.packb("fallback") + bytes.fromhex("c70006"))  # ext8, 0 bytes
+        deadline = time.monotonic() + 10
+        while not c.stray and time.monotonic() < deadline:
+            c.poll()
+            time.sleep(0.01)
+        assert c.stray == [{"v": 1, "id": 11, "event": "error", "code": "bad_request",
+                            "message": "ext types are not supported"}]
 
 
 def test_save_and_load_round_trip_restores_persona_and_history(client, brom):

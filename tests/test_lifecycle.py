@@ -138,6 +138,21 @@ def test_chat_answers_each_line_in_the_terminal_and_leaves_at_end_of_input(model
     assert proc.stderr.count("ms to first token") == 2 and "Traceback" not in proc.stderr
 
 
+def test_bench_refuses_an_unknown_item_in_one_line_that_names_every_item():
+    from npcai.bench import ITEMS
+
+    proc = run_cli("bench", "--only", "transport", "--only", "nope")
+    assert_one_line_failure(proc, "invalid choice: 'nope'")
+    assert all(f"'{name}'" in proc.stderr for name in ITEMS), proc.stderr
+
+
+def test_bench_help_lists_every_item():
+    from npcai.bench import ITEMS
+
+    proc = run_cli("bench", "--help")
+    assert proc.returncode == 0 and "items: " + ", ".join(ITEMS) in " ".join(proc.stdout.split()), proc.stdout
+
+
 def test_bench_runs_its_items_and_writes_a_report_of_ratios(model_path, tmp_path):
     out = tmp_path / "report.json"
     proc = run_cli("bench", "--quick", "--model", "smollm2-135m", "--only", "transport", "--only", "decision",

@@ -1,7 +1,10 @@
 """Protocol v1 decoding and validation, without a model."""
 
+import importlib.util
+
 import msgpack
 import pytest
+from support import ROOT
 
 from npcai import protocol as P
 from npcai.errors import BadRequest, TooLarge, UnknownOp
@@ -50,6 +53,23 @@ def test_oversized_frames_and_containers_are_too_large():
         P.decode_frame(b"\x00" * (LIMITS.max_frame_bytes + 1), LIMITS)
     with pytest.raises(TooLarge):
         P.decode_frame(frame({"a": list(range(LIMITS.max_container_len + 1))}), LIMITS)
+
+
+EXT_VALUES = {  # every ext and timestamp encoding, as in the public msgpack-test-suite (40.ext, 50.timestamp)
+    "ext8 empty": "c70006", "ext16 empty": "c8000006", "ext32 empty": "c90000000006",
+    "fixext1": "d40610", "fixext2": "d5061020", "fixext4": "d60610203040", "fixext8": "d706" + "11" * 8,
+    "fixext16": "d806" + "11" * 16, "ext8": "c70306010203", "ext16": "c8000306010203",
+    "ext32": "c90000000306010203", "timestamp32": "d6ff00000000",
+    "timestamp64": "d7ff" + "00" * 8, "timestamp96": "c70cff" + "00" * 12, "timestamp empty": "c700ff",
+}
+
+
+@pytest.mark.parametrize("encoded", EXT_VALUES.values(), ids=EXT_VALUES.keys())
+def test_any_ext_or_timestamp_is_a_bad_request_saying_ext_types_are_not_supported(encoded):
+    request = frame({"v": 1, "id": 3, "op": "decide", "situation": "?", "choices": ["a"]})  # a fixmap of 5
+    with_fallback = b"\x86" + frame("fallback") + bytes.fromhex(encoded) + request[1:]
+    with pytest.raises(BadRequest, match="^ext types are not supported$"):
+        P.decode_frame(with_fallback, LIMITS)
 
 
 @pytest.mark.parametrize("msg, match", [
@@ -104,3 +124,12 @@ def test_a_fixed_reply_encodes_exactly_like_the_reply_it_stands_for(rid, n_field
     fields = {f"field{k}": {"nested": [k, "x" * k]} for k in range(n_fields)}
     encoded = P.fixed_reply(P.OK, **fields)(rid)
     assert msgpack.unpackb(encoded, raw=False) == P.ok(rid, **fields)
+
+
+def test_the_conformance_vectors_are_what_their_generator_writes():
+    generator = ROOT / "engine_bridges" / "conformance" / "generate.py"
+    spec = importlib.util.spec_from_file_location("npcai_conformance_generate", generator)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (generator.parent / "vectors.tsv").read_text(encoding="utf-8") == module.render(), \
+        "run python engine_bridges/conformance/generate.py"

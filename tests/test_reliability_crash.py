@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import msgpack
 import pytest
+import zmq
+from support import ROOT
 
 from npcai import Client, RequestFailed, Sidecar
 
@@ -131,3 +135,72 @@ def test_a_relaunched_sidecar_gets_npcs_back_from_saved_state(model_path):
             assert c.say("brom", "What is my name?", max_tokens=12)["event"] == "done"
     finally:
         sc.close()
+
+
+# `npcai serve` with a bug injected into the engine's loop: every model step raises.
+_FAULTY_SERVE = """
+import sys
+from npcai import runtime
+
+def broken_step(self, lanes):
+    raise RuntimeError("a fault injected into the model step")
+
+runtime.Runtime.step = broken_step
+from npcai.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_bug_in_the_engine_loop_answers_every_request_logs_once_and_exits_non_zero(model_path):
+    """No request may wait forever on an engine that died: open ones and those that arrive meanwhile are
+    answered (internal, or the fallback), the traceback is logged once, and the exit code tells a
+    launcher to restart the sidecar."""
+    proc = subprocess.Popen([sys.executable, "-c", _FAULTY_SERVE, "serve", "--model", str(model_path),
+                             "--parent-pid", str(os.getpid())],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        endpoint = proc.stdout.readline().strip().removeprefix("NPCAI READY ")
+        with Client(endpoint) as c:
+            c.hello()
+            npc = c.request("npc", npc="brom", persona=PERSONA)  # its prompt is the first model step
+            decide = c.request("decide", situation="Pay the toll?", choices=["pay", "refuse"], fallback="refuse")
+            pending = [c.wait(h, 10) for h in (npc, decide)]
+            later = [c.request("say", npc="brom", text="Hello?", fallback="..."), c.request("forget", npc="brom")]
+            answered_later = [c.wait(h, 10) for h in later]
+        code = proc.wait(10)
+        stderr = proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [(r["event"], r.get("code"), r.get("local")) for r in (pending[0], answered_later[1])] == \
+        [("error", "internal", None)] * 2
+    for reply, fallback in ((pending[1], "refuse"), (answered_later[0], "...")):
+        assert (reply["event"], reply["value"], reply["used_fallback"], reply["finish_reason"], reply.get("local")) \
+            == ("done", fallback, True, "error", None)
+    assert code == 1, stderr
+    assert stderr.count("Traceback") == 1 and "a fault injected into the model step" in stderr, stderr
+
+
+def _vector(name: str) -> dict:
+    """A message of engine_bridges/conformance/vectors.tsv, decoded."""
+    for line in (ROOT / "engine_bridges" / "conformance" / "vectors.tsv").read_text().splitlines():
+        if line.startswith(name + "\t"):
+            return msgpack.unpackb(bytes.fromhex(line.split("\t")[1]))
+    raise AssertionError(f"no vector {name}")
+
+
+def test_when_the_sidecar_is_gone_requests_end_locally_as_the_conformance_vectors_say():
+    """One code for "the sidecar is gone" in every client: `unavailable` (docs/PROTOCOL.md, "Local codes")."""
+    router = zmq.Context.instance().socket(zmq.ROUTER)  # a stand-in sidecar that reads, then goes away
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    with Client(f"tcp://127.0.0.1:{port}") as c:
+        plain = c.request("forget", npc="brom")
+        with_deadline = c.request("decide", situation="Run?", choices=["flee", "fight"], fallback="flee",
+                                  deadline_ms=60_000)
+        assert router.poll(5000) and router.recv_multipart() and router.recv_multipart()
+        router.close(linger=0)
+        replies = [c.wait(plain, 10), c.wait(with_deadline, 10)]
+    error, done = _vector("message.reply.local.unavailable"), _vector("message.reply.local.fallback")
+    assert {k: replies[0][k] for k in ("event", "code", "local")} == {k: error[k] for k in ("event", "code", "local")}
+    keys = ("event", "value", "timed_out", "used_fallback", "finish_reason", "local")
+    assert {k: replies[1][k] for k in keys} == {k: done[k] for k in keys}

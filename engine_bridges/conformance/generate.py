@@ -80,6 +80,11 @@ def message_cases() -> list[tuple[str, bytes, str]]:
                                  "used_fallback": True, "finish_reason": "deadline"},
         "reply.error": {"v": 1, "id": None, "event": "error", "code": "bad_request", "message": "frame is not msgpack"},
         "reply.cancelled": {"v": 1, "id": 4, "event": "cancelled"},
+        # Endings a client makes up itself (docs/PROTOCOL.md, "Local codes"): the sidecar is gone.
+        "reply.local.unavailable": {"v": 1, "id": 4, "event": "error", "code": "unavailable",
+                                    "message": "the sidecar is gone", "local": True},
+        "reply.local.fallback": {"v": 1, "id": 5, "event": "done", "value": "flee", "text": "", "timed_out": False,
+                                 "used_fallback": True, "finish_reason": "unavailable", "local": True},
     }
     return [(f"message.{k}", _pack(v), repr(v)) for k, v in msgs.items()]
 

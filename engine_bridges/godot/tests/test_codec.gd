@@ -513,6 +513,25 @@ class Expected:
 			"message": "frame is not msgpack"
 		}
 		m["message.reply.cancelled"] = {"v": 1, "id": 4, "event": "cancelled"}
+		m["message.reply.local.unavailable"] = {
+			"v": 1,
+			"id": 4,
+			"event": "error",
+			"code": "unavailable",
+			"message": "the sidecar is gone",
+			"local": true,
+		}
+		m["message.reply.local.fallback"] = {
+			"v": 1,
+			"id": 5,
+			"event": "done",
+			"value": "flee",
+			"text": "",
+			"timed_out": false,
+			"used_fallback": true,
+			"finish_reason": "unavailable",
+			"local": true,
+		}
 		return m
 
 

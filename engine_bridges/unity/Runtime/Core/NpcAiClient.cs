@@ -162,7 +162,7 @@ namespace NpcAi
 
         /// <summary>
         /// Starts over the way the last Launch() or Connect() did. A live connection is dropped
-        /// first: its open requests end at once (fallback or "disconnected" error), without a
+        /// first: its open requests end at once (fallback or "unavailable" error), without a
         /// Disconnected event. NPCs must be defined again on the new sidecar.
         /// </summary>
         public void Relaunch()

@@ -8,7 +8,7 @@ namespace NpcAi
 {
     public enum RequestStatus { Pending, Done, Error, Cancelled }
 
-    /// <summary>A request that ended with an error; <see cref="Code"/> is the protocol's error code or "disconnected".</summary>
+    /// <summary>A request that ended with an error; <see cref="Code"/> is the protocol's error code or "unavailable" (the sidecar is gone).</summary>
     public sealed class NpcAiException : Exception
     {
         public NpcAiException(string code, string message, NpcRequest request)
@@ -59,7 +59,7 @@ namespace NpcAi
         /// <summary>The raw generated text (for say, the concatenation of the token chunks).</summary>
         public string Text { get; private set; }
         public int Tokens { get; private set; }
-        /// <summary>stop, length, deadline, error; or "disconnected" when the bridge ended it because the sidecar went away.</summary>
+        /// <summary>stop, length, deadline, error; or "unavailable" when the bridge ended it because the sidecar went away.</summary>
         public string FinishReason { get; private set; }
         public bool TimedOut { get; private set; }
         public bool UsedFallback { get; private set; }
@@ -158,12 +158,12 @@ namespace NpcAi
             }
             if (!HasFallback)
             {
-                Fail("disconnected", reason);
+                Fail("unavailable", reason);
                 return;
             }
-            ErrorCode = "disconnected";
+            ErrorCode = "unavailable";
             ErrorMessage = reason;
-            FinishReason = "disconnected";
+            FinishReason = "unavailable";
             UseFallback();
         }
 

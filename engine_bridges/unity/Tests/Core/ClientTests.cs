@@ -32,7 +32,7 @@ namespace NpcAi.Tests
             Check.True(plain.IsPending && withFallback.IsPending, "nothing happens before Poll()");
             client.Poll();
             Check.Equal(RequestStatus.Error, plain.Status, "without a fallback: error");
-            Check.Equal("disconnected", plain.ErrorCode, "error code");
+            Check.Equal("unavailable", plain.ErrorCode, "error code");
             Check.Equal(RequestStatus.Done, withFallback.Status, "with a fallback: done");
             Check.True(withFallback.UsedFallback && (string)withFallback.Value == "...", "the fallback is the value");
         }
@@ -233,9 +233,9 @@ namespace NpcAi.Tests
                 GameLoop.Until(client, () => client.State == ClientState.Disconnected, 3000, "disconnect");
                 Check.True(lostReason != null, "Disconnected fired");
                 Check.Equal(RequestStatus.Error, noFallback.Status, "open request without fallback");
-                Check.Equal("disconnected", noFallback.ErrorCode, "its code");
+                Check.Equal("unavailable", noFallback.ErrorCode, "its code");
                 Check.True(withFallback.UsedFallback && (string)withFallback.Value == "*silence*", "open request with fallback");
-                Check.Equal("disconnected", withFallback.FinishReason, "its finish_reason");
+                Check.Equal("unavailable", withFallback.FinishReason, "its finish_reason");
                 client.Dispose();
             }
         }

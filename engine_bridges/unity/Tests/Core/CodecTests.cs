@@ -336,6 +336,12 @@ namespace NpcAi.Tests
                     return Map("v", 1L, "id", null, "event", "error", "code", "bad_request",
                         "message", "frame is not msgpack");
                 case "reply.cancelled": return Map("v", 1L, "id", 4L, "event", "cancelled");
+                case "reply.local.unavailable":
+                    return Map("v", 1L, "id", 4L, "event", "error", "code", "unavailable",
+                        "message", "the sidecar is gone", "local", true);
+                case "reply.local.fallback":
+                    return Map("v", 1L, "id", 5L, "event", "done", "value", "flee", "text", "", "timed_out", false,
+                        "used_fallback", true, "finish_reason", "unavailable", "local", true);
             }
             throw new TestFailure("no expected value for vector " + name + ": add it to CodecTests");
         }

@@ -64,7 +64,7 @@ namespace NpcAi.Tests
             var say = failing.Say("brom", "Hi");
             GameLoop.Until(failing, () => reason != null, ReplyTimeoutMs, "the launch to fail");
             Check.True(reason.Contains("exit code 2") && reason.Contains("model missing"), "reason: " + reason);
-            Check.Equal("disconnected", say.ErrorCode, "the request made meanwhile ends with an error");
+            Check.Equal("unavailable", say.ErrorCode, "the request made meanwhile ends with an error");
             failing.Dispose();
         }
 
@@ -283,10 +283,10 @@ namespace NpcAi.Tests
             Console.WriteLine("  requests ended {0} ms after the kill: {1}", killedAt.ElapsedMilliseconds, lost);
             Check.True(killedAt.ElapsedMilliseconds < 8000, "ended within the deadline");
             Check.Equal(RequestStatus.Done, story.Status, "the request with a fallback ends done");
-            Check.True(story.UsedFallback && (string)story.Value == "..." && story.FinishReason == "disconnected",
-                "with its fallback, finish_reason disconnected");
+            Check.True(story.UsedFallback && (string)story.Value == "..." && story.FinishReason == "unavailable",
+                "with its fallback, finish_reason unavailable");
             Check.Equal(RequestStatus.Error, other.Status, "the request without a fallback ends with an error");
-            Check.Equal("disconnected", other.ErrorCode, "error code");
+            Check.Equal("unavailable", other.ErrorCode, "error code");
             Check.Equal(ClientState.Disconnected, client.State, "client state");
             Check.True(lost != null, "Disconnected fired");
         }

@@ -405,11 +405,9 @@ void Client::end_failed() {
     const Handle h = slots_[i].id;
     const bool lost = slots_[i].fail == Fail::Disconnected;
     release(slots_[i]);
-    if (lost) {
-      listener_.on_error(h, "disconnected", lost_reason_);
-    } else {
-      listener_.on_error(h, "not_connected", "no connection to the sidecar is open");
-    }
+    // "unavailable": the one local code every client uses for "the sidecar is gone" (docs/PROTOCOL.md).
+    const std::string_view why = lost ? std::string_view(lost_reason_) : "no connection to the sidecar is open";
+    listener_.on_error(h, "unavailable", why);
   }
 }
 

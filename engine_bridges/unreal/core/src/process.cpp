@@ -33,11 +33,7 @@ bool Process::wait(int timeout_ms) {
   return true;
 }
 
-#ifdef _WIN32
-
 namespace {
-
-HANDLE as_handle(std::intptr_t h) { return reinterpret_cast<HANDLE>(h); }
 
 // One argument as the MSVC runtime splits command lines: quotes, with backslashes doubled
 // only where they precede a quote.
@@ -57,6 +53,20 @@ std::string quote_arg(const std::string& arg) {
   out.append(2 * slashes, '\\');
   return out + "\"";
 }
+
+}  // namespace
+
+std::string windows_command_line(const std::vector<std::string>& argv) {
+  std::string line;
+  for (const std::string& arg : argv) line += (line.empty() ? "" : " ") + quote_arg(arg);
+  return line;
+}
+
+#ifdef _WIN32
+
+namespace {
+
+HANDLE as_handle(std::intptr_t h) { return reinterpret_cast<HANDLE>(h); }
 
 }  // namespace
 
@@ -86,8 +96,7 @@ bool Process::start(const Spec& spec, std::string& error) {
   startup.hStdInput = GetStdHandle(STD_INPUT_HANDLE);
   startup.hStdOutput = write_end;
   startup.hStdError = err != INVALID_HANDLE_VALUE ? err : GetStdHandle(STD_ERROR_HANDLE);
-  std::string command_line;
-  for (const std::string& arg : spec.argv) command_line += (command_line.empty() ? "" : " ") + quote_arg(arg);
+  std::string command_line = windows_command_line(spec.argv);
   PROCESS_INFORMATION info{};
   const BOOL ok = CreateProcessA(nullptr, command_line.data(), nullptr, nullptr, TRUE, CREATE_NO_WINDOW, nullptr,
                                  nullptr, &startup, &info);

@@ -337,7 +337,7 @@ CASE(killed_sidecar_ends_pending_requests) {
   REQUIRE(finish(h, 8000));
   const Events::End& e = events.ends[h];
   const long long took = ms_between(killed, e.at);
-  CHECK(e.kind == "error" && e.code == "disconnected", e.kind + " " + e.code);
+  CHECK(e.kind == "error" && e.code == "unavailable", e.kind + " " + e.code);
   CHECK(took < 1000, std::to_string(took) + " ms");
   REQUIRE(game_loop(*sidecar, [] { return sidecar->state() == npcai::Launcher::State::Failed; }, 3000));
   std::printf("  error '%s: %s' %lld ms after kill -9; launcher: %s\n", e.code.c_str(), e.message.c_str(), took,

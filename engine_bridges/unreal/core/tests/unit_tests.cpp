@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -26,6 +27,7 @@
 #include "npcai/client.hpp"
 #include "npcai/launcher.hpp"
 #include "npcai/msgpack.hpp"
+#include "npcai/process.hpp"
 #include "npcai/zmtp.hpp"
 
 using npcai::Handle;
@@ -146,6 +148,11 @@ std::map<std::string, Value> expected_values() {
   e["message.reply.error"] = map_of({{"v", 1}, {"id", nullptr}, {"event", "error"}, {"code", "bad_request"},
                                      {"message", "frame is not msgpack"}});
   e["message.reply.cancelled"] = map_of({{"v", 1}, {"id", 4}, {"event", "cancelled"}});
+  e["message.reply.local.unavailable"] = map_of({{"v", 1}, {"id", 4}, {"event", "error"}, {"code", "unavailable"},
+                                                 {"message", "the sidecar is gone"}, {"local", true}});
+  e["message.reply.local.fallback"] =
+      map_of({{"v", 1}, {"id", 5}, {"event", "done"}, {"value", "flee"}, {"text", ""}, {"timed_out", false},
+              {"used_fallback", true}, {"finish_reason", "unavailable"}, {"local", true}});
   return e;
 }
 
@@ -639,8 +646,8 @@ CASE(client_wire_bytes_and_replies) {
   const Handle a = client.ping();
   const Handle b = client.say("brom", "Hi", say);
   REQUIRE(poll_until(client, [&] { return events.ends.count(a) && events.ends.count(b); }));
-  CHECK(events.ends[a].kind == "error" && events.ends[a].code == "disconnected");
-  CHECK(events.ends[b].kind == "error" && events.ends[b].code == "disconnected");
+  CHECK(events.ends[a].kind == "error" && events.ends[a].code == "unavailable");
+  CHECK(events.ends[b].kind == "error" && events.ends[b].code == "unavailable");
   CHECK(events.ends[b].message == "the sidecar closed the connection", events.ends[b].message);
   CHECK(client.state() == npcai::Client::State::Closed && client.pending() == 0);
 }
@@ -651,7 +658,8 @@ CASE(client_not_connected_ends_at_next_poll) {
   const Handle h = client.say("brom", "Hi");
   CHECK(events.ends.empty());  // never from inside the call
   client.poll();
-  CHECK(events.ends[h].kind == "error" && events.ends[h].code == "not_connected");
+  CHECK(events.ends[h].kind == "error" && events.ends[h].code == "unavailable");
+  CHECK(events.ends[h].message == "no connection to the sidecar is open", events.ends[h].message);
   CHECK(!client.cancel(h));
   CHECK(!client.connect("udp://1.2.3.4:5") && !client.error().empty());
   CHECK(!client.connect("tcp://127.0.0.1:99999"));
@@ -675,7 +683,7 @@ CASE(client_close_ends_open_requests) {
   client.close();
   CHECK(events.ends.empty() && client.state() == npcai::Client::State::Closed);
   client.poll();
-  CHECK(events.ends[h].kind == "error" && events.ends[h].code == "disconnected");
+  CHECK(events.ends[h].kind == "error" && events.ends[h].code == "unavailable");
   CHECK(events.ends[h].message == "the connection was closed", events.ends[h].message);
 }
 
@@ -737,7 +745,7 @@ CASE(client_deadline_and_silence_without_replies) {
   REQUIRE(poll_until(client, [&] { return events.ends.count(plain) == 1; }));
   const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(events.ends[plain].at - sent).count();
   CHECK(silent >= 400 && silent < 600, std::to_string(silent) + " ms");
-  CHECK(events.ends[plain].code == "disconnected", events.ends[plain].code);
+  CHECK(events.ends[plain].code == "unavailable", events.ends[plain].code);
   CHECK(events.ends[plain].message.find("no answer") != std::string::npos, events.ends[plain].message);
   done = true;
   // Meanwhile the client sent heartbeat pings after 100 ms of silence (one at a time).
@@ -934,6 +942,50 @@ CASE(launcher_reads_ready_line_and_stops) {
   CHECK(events.ends.empty());  // the shutdown request is the launcher's own too
   for (int i = 0; i < 100 && !got_shutdown; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   CHECK(got_shutdown);
+}
+
+CASE(launcher_starts_a_program_whose_path_has_spaces) {
+  // A Python under "C:\Program Files" must be nameable: the program and each argument are passed
+  // whole. The stand-in program lives in a folder with a space and prints its first argument,
+  // which holds spaces too, as its READY line.
+  FakeSidecar fake;
+  fake.run([](FakeSidecar& f) {
+    if (!f.accept() || !f.handshake()) return;
+    Bytes frame;
+    while (f.read_frame(frame)) {
+      Value req;
+      if (decode(frame, req) != npcai::msgpack::Error::None) break;
+      f.send(encoded(map_of({{"v", 1}, {"id", req["id"].as_int()}, {"event", "ok"}, {"protocol", 1}})));
+    }
+  });
+  const std::string folder = "launcher test folder";
+  const std::string program = folder + "/fake sidecar";
+  ::mkdir(folder.c_str(), 0755);
+  {
+    std::ofstream script(program);
+    script << "#!/bin/sh\necho \"$1\"\nexec sleep 30\n";
+  }
+  REQUIRE(::chmod(program.c_str(), 0755) == 0);
+  Recorder events;
+  npcai::LauncherConfig config;
+  config.command = {"./" + program, "NPCAI READY " + fake.endpoint()};
+  config.stop_timeout_ms = 200;
+  npcai::Launcher launcher(events, config);
+  REQUIRE(launcher.launch(), launcher.error());
+  REQUIRE(poll_launcher(launcher, [&] { return launcher.ready() || launcher.state() == npcai::Launcher::State::Failed; }),
+          npcai::to_string(launcher.state()));
+  CHECK(launcher.ready() && launcher.endpoint() == fake.endpoint(), launcher.error());
+  launcher.stop();
+  std::remove(program.c_str());
+  ::rmdir(folder.c_str());
+}
+
+CASE(windows_command_line_keeps_each_argument_whole) {
+  // What CreateProcess gets on Windows: the MSVC runtime splits this string back into the same argv.
+  std::string line = npcai::windows_command_line({R"(C:\Program Files\Python311\python.exe)", "-m", "npcai", "serve"});
+  CHECK(line == R"("C:\Program Files\Python311\python.exe" -m npcai serve)", line);
+  line = npcai::windows_command_line({"a b", "", R"(say "hi")", R"(C:\dir with space\)", R"(C:\no\space)", "tab\tthere"});
+  CHECK(line == R"("a b" "" "say \"hi\"" "C:\dir with space\\" C:\no\space )" "\"tab\tthere\"", line);
 }
 
 int main(int argc, char** argv) {

@@ -96,12 +96,10 @@ void UNpcAiSubsystem::Deinitialize()
 void UNpcAiSubsystem::StartSidecar()
 {
 	npcai::LauncherConfig Config;
-	TArray<FString> Command;
-	SidecarCommand.ParseIntoArrayWS(Command);
-	Config.command.clear();
-	for (const FString& Part : Command)
+	Config.command = {ToUtf8(SidecarProgram)};  // each argument whole: never split on spaces
+	for (const FString& Arg : SidecarProgramArgs)
 	{
-		Config.command.push_back(ToUtf8(Part));
+		Config.command.push_back(ToUtf8(Arg));
 	}
 	for (const FString& Arg : SidecarArgs)
 	{

@@ -62,9 +62,13 @@ class NPCAI_API UNpcAiSubsystem : public UGameInstanceSubsystem, public FTickabl
 	GENERATED_BODY()
 
 public:
-	// The program to start, split on spaces; "serve ..." is appended.
+	// The program to start, taken whole: its path may hold spaces (C:\Program Files\...).
 	UPROPERTY(Config, EditAnywhere, BlueprintReadWrite, Category = "NpcAi|Settings")
-	FString SidecarCommand = TEXT("npcai");
+	FString SidecarProgram = TEXT("npcai");
+
+	// The program's own arguments, one per entry, before "serve ..." (e.g. "-m", "npcai" after a Python).
+	UPROPERTY(Config, EditAnywhere, BlueprintReadWrite, Category = "NpcAi|Settings")
+	TArray<FString> SidecarProgramArgs;
 
 	// Extra `npcai serve` flags, e.g. "--model" "gemma-3-270m".
 	UPROPERTY(Config, EditAnywhere, BlueprintReadWrite, Category = "NpcAi|Settings")
@@ -108,7 +112,7 @@ public:
 	FNpcAiDoneEvent OnDone;
 
 	// Code: the sidecar's (bad_request, unknown_npc, overloaded, ...) or the bridge's own:
-	// not_connected (made before the sidecar was ready), disconnected (it died or went silent).
+	// unavailable (made before the sidecar was ready, or it died or went silent).
 	UPROPERTY(BlueprintAssignable, Category = "NpcAi")
 	FNpcAiErrorEvent OnError;
 

@@ -44,7 +44,7 @@ class Listener {
   virtual void on_token(Handle, std::string_view /*text*/) {}
   virtual void on_done(Handle, const Result&) {}
   // code: the sidecar's (bad_request, unknown_npc, overloaded, ...), or this client's own:
-  // not_connected (sent while no connection was open), disconnected (the connection was lost).
+  // unavailable (the connection was lost, or none was open when the request was made).
   virtual void on_error(Handle, std::string_view /*code*/, std::string_view /*message*/) {}
   virtual void on_cancelled(Handle) {}
 };
@@ -89,15 +89,15 @@ class Client {
   explicit Client(Listener& listener, ClientConfig config = {});
 
   // Starts connecting to "tcp://HOST:PORT" (never blocks); requests still open on an earlier
-  // connection end with `disconnected`. False, with error(), if it cannot even start.
+  // connection end with `unavailable`. False, with error(), if it cannot even start.
   bool connect(std::string_view endpoint);
-  // Drops the connection; open requests end with `disconnected` at the next poll() (if any).
+  // Drops the connection; open requests end with `unavailable` at the next poll() (if any).
   void close();
   State state() const;
   const std::string& error() const { return dealer_.error(); }
 
   // Requests. Each returns its handle at once; its events come from poll(). A request made
-  // while the connection is not open ends with not_connected at the next poll().
+  // while the connection is not open ends with `unavailable` at the next poll().
   Handle hello(std::string_view client_name, std::string_view token = {});
   Handle ping();
   Handle npc(std::string_view name, std::string_view persona, std::optional<long long> seed = {});

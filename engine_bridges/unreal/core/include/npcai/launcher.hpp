@@ -14,7 +14,8 @@
 namespace npcai {
 
 struct LauncherConfig {
-  std::vector<std::string> command{"npcai"};   // program and leading arguments; "serve ..." follows
+  // The program, then its own arguments, each passed whole (a path may hold spaces); "serve ..." follows.
+  std::vector<std::string> command{"npcai"};
   std::vector<std::string> extra_args;         // after serve's own flags, e.g. {"--model", "NAME"}
   std::string endpoint = "tcp://127.0.0.1:0";  // where the sidecar binds (port 0: any free port)
   std::string ready_file;  // set: learn the endpoint from this file (--ready-file), not from stdout
@@ -44,7 +45,7 @@ class Launcher final : private Listener {
   int poll();
   // For quitting: sends shutdown to a child we started, waits up to stop_timeout_ms for it to
   // exit (terminating, then killing it if it does not), and drops the connection. Open
-  // requests end with `disconnected` at the next poll(), if there is one. Blocks for at most
+  // requests end with `unavailable` at the next poll(), if there is one. Blocks for at most
   // stop_timeout_ms.
   void stop();
 

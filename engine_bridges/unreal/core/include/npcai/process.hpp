@@ -12,7 +12,7 @@ namespace npcai {
 class Process {
  public:
   struct Spec {
-    std::vector<std::string> argv;  // argv[0] is looked up in PATH
+    std::vector<std::string> argv;  // argv[0] is looked up in PATH; each argument is passed whole
     std::string stderr_file;        // the child's stderr goes here (truncated); empty: inherited
   };
 
@@ -45,5 +45,9 @@ class Process {
 };
 
 long long current_process_id();
+
+// argv as one Windows command line, each argument quoted so that the MSVC runtime splits it back
+// whole (CreateProcess takes a single string). Used on Windows; defined everywhere so it is tested.
+std::string windows_command_line(const std::vector<std::string>& argv);
 
 }  // namespace npcai

@@ -1,0 +1,90 @@
+"""Schema compilation on the default model's vocabulary: objects are closed to unlisted keys only where
+that cannot clash with composition, and whatever plain llguidance compiles, npcai compiles too."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from llguidance import LLMatcher
+from llguidance.llamacpp import lltokenizer_from_vocab
+from support import ROOT, shared_data
+
+from npcai.constraints import MAX_SOURCE_BYTES, ConstraintCompiler
+from npcai.errors import NpcaiError
+from npcai.native import Model
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
+
+
+@pytest.fixture(scope="module")
+def compiler(model_path):
+    model = Model(model_path)
+    c = ConstraintCompiler(lltokenizer_from_vocab(model.vocab, n_vocab=model.n_vocab), ROOT / "grammars")
+    yield c
+    c.close()
+    model.close()
+
+
+def _takes(compiler: ConstraintCompiler, schema: dict, text: str) -> bool:
+    """Whether constrained decoding can produce ``text`` (and stop there) under ``schema``."""
+    state = compiler.compile({"schema": schema}).start()
+    tokens = compiler.tokenizer.tokenize_str(text)
+    return all(state.consume(t) for t in tokens) and state.accepting
+
+
+def test_an_object_that_lists_its_keys_is_closed_to_others(compiler):
+    schema = {"type": "object", "properties": {"mood": {"enum": ["calm", "angry"]}}}
+    assert _takes(compiler, schema, '{"mood": "calm"}')
+    assert not _takes(compiler, schema, '{"mood": "calm", "gold": 5}')
+
+
+COMPOSED = {
+    "$ref beside type object": (
+        {"$ref": "#/$defs/Guard", "type": "object",
+         "$defs": {"Guard": {"properties": {"name": {"type": "string"}}, "required": ["name"]}}},
+        '{"name": "Brom"}'),
+    "allOf of object parts": (
+        {"allOf": [{"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+                   {"type": "object", "properties": {"gold": {"type": "integer"}}, "required": ["gold"]}]},
+        '{"name": "Brom", "gold": 5}'),
+    "required keys not in properties": (
+        {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name", "gold"]},
+        '{"name": "Brom", "gold": 5}'),
+    "allOf of $refs": (
+        {"type": "object", "required": ["kind", "name"],
+         "allOf": [{"$ref": "#/$defs/Named"}, {"oneOf": [{"$ref": "#/$defs/Smith"}, {"$ref": "#/$defs/Guard"}]}],
+         "$defs": {"Named": {"type": "object", "properties": {"name": {"type": "string"}}},
+                   "Smith": {"type": "object", "properties": {"kind": {"const": "smith"}}},
+                   "Guard": {"type": "object", "properties": {"kind": {"const": "guard"}}}}},
+        '{"name": "Brom", "kind": "smith"}'),
+}
+
+
+@pytest.mark.parametrize("schema, instance", COMPOSED.values(), ids=COMPOSED.keys())
+def test_objects_composed_with_other_schemas_are_left_open_and_compile(compiler, schema, instance):
+    assert _takes(compiler, schema, instance)
+
+
+def test_what_plain_llguidance_compiles_npcai_compiles_too_on_120_real_world_schemas(compiler):
+    """JSONSchemaBench (github.com/guidance-ai/jsonschemabench): 12 schemas from each of 10 collections,
+    read in place from the shared data folder. npcai refuses a schema over MAX_SOURCE_BYTES by design."""
+    sample = json.loads((shared_data("schemas") / "jsonschemabench_sample.json").read_text())["schemas"]
+    assert len(sample) == 120
+    refused, compared = [], 0
+    for entry in sample:
+        text = json.dumps(entry["schema"])
+        try:
+            plain = LLMatcher(compiler.tokenizer, LLMatcher.grammar_from_json_schema(text), log_level=0)
+        except ValueError:
+            continue
+        if plain.is_error():
+            continue
+        compared += 1
+        try:
+            compiler.compile({"schema": entry["schema"]})
+        except NpcaiError as err:
+            if not (err.code == "too_large" and len(text.encode()) > MAX_SOURCE_BYTES):
+                refused.append(f"{entry['id']}: {err.code}: {err.message}")
+    assert compared >= 90, compared
+    assert not refused, "\n".join(refused)
