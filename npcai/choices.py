@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 #: gives them whatever happens.
 CONTENT_FREE = "Nothing happens."
 #: How much of the prior comes off an option's score (1 would be full PMI).
-PRIOR_WEIGHT = 0.5
+PRIOR_WEIGHT = 0.25
 #: The temperature of ``probs`` when the catalog has none fitted for a model.
 DEFAULT_TEMPERATURE = 1.0
 
@@ -69,9 +69,9 @@ def prior_key(npc: "Npc", lead: str, options: list[list[int]]) -> Hashable:
             tuple(tuple(o) for o in options))
 
 
-def prior_prompt(rt: "Runtime", npc: "Npc", lead: str) -> list[int]:
-    """The decision's prompt with a content-free situation and no history."""
-    return rt.prompt_tokens(npc.persona_chat(("user", CONTENT_FREE)), add_generation_prompt=True, lead=lead)
+def prior_prompt(rt: "Runtime", npc: "Npc", content_free: str, lead: str) -> list[int]:
+    """The decision's prompt with a content-free situation (as the user turn) and no history."""
+    return rt.prompt_tokens(npc.persona_chat(("user", content_free)), add_generation_prompt=True, lead=lead)
 
 
 def probabilities(loglik: np.ndarray, prior: np.ndarray | None, temperature: float) -> np.ndarray:

@@ -20,7 +20,7 @@ from . import protocol as P
 from .errors import BadRequest, NpcaiError, Overloaded, TooLarge
 from . import choices, penalties
 from .lines import ends_sentence
-from .npc import DEFAULT_LEAD, Npc
+from .npc import DEFAULT_LEAD, Npc, as_question
 from .runtime import Lane, Runtime
 from .sampling import Draw, sample_token, sample_tokens
 
@@ -288,14 +288,19 @@ class SayJob(_NpcWriter):
                            timed_out=False, used_fallback=False, timing=self.timing(), usage=self.usage))
 
 
-def _decide_prompt(fields: dict[str, Any]) -> str:
+def _decide_prompt(fields: dict[str, Any], situation: str | None = None) -> str:
     """The user turn of a decision: the situation, and nothing the constraint already enforces.
 
-    Choices are not listed: they are scored directly, and measured on the village scenario,
-    listing them doubled the prompt (46-67 vs 19-32 tokens) and made the picks worse.
+    Choices are not listed: they are scored directly, and listing them made the picks worse
+    (SmolLM2 on the game set: 39 % against 65 %, docs/QUALITY.md). With the default lead the
+    situation is asked as a question, which the lead then answers.
     """
-    situation = fields["situation"].strip()
-    return f"{situation}\n\nAnswer in JSON." if "schema" in fields else situation
+    situation = (situation if situation is not None else fields["situation"]).strip()
+    if "schema" in fields:
+        return f"{situation}\n\nAnswer in JSON."
+    if "choices" in fields and "lead" not in fields:
+        return as_question(situation)
+    return situation
 
 
 class _Decision(Job):
@@ -454,7 +459,8 @@ class ChoiceDecideJob(_Decision):
         self._waiting[id(self.lanes[0])] = (self.loglik, None)
         if self.prior is None:  # the options' prior under a content-free situation, once per option set
             self.prior = np.zeros(len(self.choices))
-            lane = self._fork(self.rt.fork(self._kv, choices.prior_prompt(self.rt, self.npc, self.lead)))
+            content_free = _decide_prompt(self.req.fields, choices.CONTENT_FREE)
+            lane = self._fork(self.rt.fork(self._kv, choices.prior_prompt(self.rt, self.npc, content_free, self.lead)))
             self.lanes.append(self._count_prompt(lane))
             self._waiting[id(lane)] = (self.prior, None)
             self._new_prior = True

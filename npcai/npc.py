@@ -18,9 +18,18 @@ from .errors import BadRequest
 #: Persona of decisions made without a named NPC.
 ANONYMOUS_PERSONA = "You decide what a character in a video game does. Answer only with the requested format."
 
-#: The words a choice completes when a decision names none: options are scored as the NPC saying
-#: "I decide to <option>.", a natural sentence that tiny models judge far better than a bare option.
-DEFAULT_LEAD = "I decide to"
+#: How a choice is asked when the decision names no lead of its own: the situation, then this
+#: question, and the answer starts with DEFAULT_LEAD, which each option completes. Measured on the
+#: game set (docs/QUALITY.md), this common-sense framing beat "I decide to" (SmolLM2: 65 % against
+#: 58 %) and the bare option after the chat's answer turn (45 %).
+DECISION_QUESTION = "What should you do?"
+DEFAULT_LEAD = "The sensible thing to do is to"
+
+
+def as_question(situation: str) -> str:
+    """The situation asked as a decision (left as it is when it already asks something)."""
+    situation = situation.strip()
+    return situation if situation.endswith("?") else f"{situation} {DECISION_QUESTION}"
 
 STATE_VERSION = 1
 
@@ -81,7 +90,7 @@ class Npc:
     def persona_chat(self, *extra: tuple[str, str]) -> list[tuple[str, str]]:
         """Persona and worked examples (each a situation and the sentence that answers it), then ``extra``."""
         shots = [turn for e in self.examples
-                 for turn in (("user", e["situation"]), ("assistant", f"{DEFAULT_LEAD} {e['choice']}."))]
+                 for turn in (("user", as_question(e["situation"])), ("assistant", f"{DEFAULT_LEAD} {e['choice']}."))]
         return [("system", self.persona), *shots, *extra]
 
     def drop_oldest_turn(self) -> bool:

@@ -125,6 +125,19 @@ PUBLIC_SETS: dict[str, tuple[Callable[[Path], list[Question]], tuple[str, ...]]]
 }
 
 
+def public_sets(data: Path, n_items: int, say: Callable[[str], None]) -> list[tuple[str, list[Question]]]:
+    """The public sets found under ``data``/quality, ``n_items`` of each; a missing one is named and skipped."""
+    folder = data / "quality"
+    out = []
+    for name, (load, files) in PUBLIC_SETS.items():
+        missing = [f for f in files if not (folder / f).is_file()]
+        if missing:
+            say(f"    {name}: skipped, no {folder / missing[0]} (pass --data DIR or set {DATA_ENV})")
+            continue
+        out.append((name, sample(usable(load(folder)), n_items)))
+    return out
+
+
 def sample(items: list[Question], n: int) -> list[Question]:
     """A seeded sample of ``n`` items (all of them when there are fewer), the same on every run."""
     if n <= 0 or len(items) <= n:
@@ -168,8 +181,9 @@ def score_anchor(anchor: Anchor, items: list[Question]) -> tuple[float, float]:
 
 
 def score_decide(client: Client, items: list[Question], examples: dict[str, list[dict[str, str]]] | None = None,
-                 ) -> tuple[float, float, float, float]:
-    """(acc, mean probability of the right option, calibration error, p50 latency) of ``decide``."""
+                 record: list[dict[str, Any]] | None = None) -> tuple[float, float, float, float]:
+    """(acc, mean probability of the right option, calibration error, p50 latency) of ``decide``;
+    each item's probs go to ``record`` (for fitting a model's choice temperature)."""
     right, p_right, conf, lat = [], [], [], []
     defined: set[tuple[str, str]] = set()
     for q in items:
@@ -184,6 +198,8 @@ def score_decide(client: Client, items: list[Question], examples: dict[str, list
         reply = client.decide(q.situation, npc=npc, choices=list(q.options), lead=q.lead, temperature=0.0)
         lat.append((time.perf_counter() - t) * 1000)
         probs = reply["probs"]
+        if record is not None:
+            record.append({"id": q.id, "label": q.label, "probs": [probs[o] for o in q.options]})
         right.append(reply["value"] == q.options[q.label])
         p_right.append(probs[q.options[q.label]])
         conf.append(max(probs.values()))
@@ -304,28 +320,25 @@ def run(client: Client, model_path: Path, threads: int, n_items: int, data: Path
     raw: dict[str, Any] = {"data": str(data), "items_per_public_set": n_items}
     anchor = Anchor(model_path, threads)
     try:
-        sets: list[tuple[str, list[Question]]] = [("game", game())]
-        quality_dir = data / "quality"
-        for name, (load, files) in PUBLIC_SETS.items():
-            missing = [f for f in files if not (quality_dir / f).is_file()]
-            if missing:
-                say(f"    {name}: skipped, no {quality_dir / missing[0]} (pass --data DIR or set {DATA_ENV})")
-                raw.setdefault("skipped", []).append(name)
-                continue
-            sets.append((name, sample(usable(load(quality_dir)), n_items)))
+        sets = [("game", game()), *public_sets(data, n_items, say)]
+        raw["skipped"] = [name for name in PUBLIC_SETS if name not in dict(sets)]
         for name, items in sets:
             say(f"    {name}: {len(items)} items, anchor…")
             acc, acc_norm = score_anchor(anchor, items)
             say(f"    {name}: decide…")
-            d_acc, p_right, ece, p50 = score_decide(client, items)
+            record: list[dict[str, Any]] = []
+            d_acc, p_right, ece, p50 = score_decide(client, items, record=record)
             raw[name] = {"n": len(items), "anchor_acc": acc, "anchor_acc_norm": acc_norm, "acc": d_acc,
-                         "mean_p_right": p_right, "ece": ece, "p50_ms": p50}
+                         "mean_p_right": p_right, "ece": ece, "p50_ms": p50, "items": record}
             rows += [(f"{name}: decide acc vs anchor acc_norm", d_acc * 100, acc_norm * 100,
                       "lm-eval acc_norm, same GGUF", "%", ">= 1.0x"),
                      (f"{name}: anchor acc (lm-eval)", acc * 100, None, "", "%", ""),
                      (f"{name}: mean p(right option)", p_right, None, "", "p", ""),
                      (f"{name}: calibration error (ECE)", ece, None, "", "ece", "<= 0.1")]
             if name == "game":
+                dev: list[dict[str, Any]] = []  # the worked examples, scored as a calibration split
+                score_decide(client, game("example"), record=dev)
+                raw["game_dev"] = {"items": dev}
                 g_acc, g_p, g_ece, g_p50 = score_decide(client, items, game_examples())
                 raw["game_examples"] = {"acc": g_acc, "mean_p_right": g_p, "ece": g_ece, "p50_ms": g_p50}
                 rows += [("game + worked examples: decide acc", g_acc * 100, acc_norm * 100,
@@ -351,3 +364,19 @@ def run(client: Client, model_path: Path, threads: int, n_items: int, data: Path
              ("dialogue: 3-grams from the NPC's last 5 lines", 100 * d["repeat_across_5"], None, "", "%", ""),
              ("dialogue: keeps its persona's name", 100 * (d["name_kept"] or 0), None, "", "%", "")]
     return rows, raw
+
+
+def fit_temperature(records: list[dict[str, Any]], current: float) -> float:
+    """The temperature that makes ``probs`` (recorded at ``current``) most likely to name the right
+    option: the one that minimises their negative log-likelihood, by a grid search."""
+    logs = [np.log(np.clip(np.asarray(r["probs"]), 1e-300, None)) * current for r in records]
+    labels = [r["label"] for r in records]
+
+    def nll(t: float) -> float:
+        total = 0.0
+        for z, y in zip(logs, labels):
+            z = z / t
+            total -= z[y] - (z.max() + np.log(np.exp(z - z.max()).sum()))
+        return total
+
+    return float(min(np.exp(np.linspace(np.log(0.05), np.log(20), 200)), key=nll))

@@ -7,9 +7,10 @@ import pytest
 
 from npcai import choices
 from npcai.anchor import Anchor
+from npcai.client import RequestFailed
 from npcai.catalog import DEFAULT_MODEL
 from npcai.native import Model
-from npcai.npc import DEFAULT_LEAD
+from npcai.npc import DEFAULT_LEAD, as_question
 
 GUARD = "You are Hilda, a stern town guard of Oakvale."
 
@@ -46,9 +47,9 @@ def test_descriptions_are_scored_in_place_of_their_choices(client):
 
 def test_a_lead_phrases_the_answer(client):
     """The options complete the lead: what fits after it is what wins."""
-    situation, options = "A dragon lands in the square and breathes fire.", ["red", "run away"]
-    assert client.decide(situation, choices=options)["value"] == "run away"
-    assert client.decide(situation, choices=options, lead="The colour of its scales is")["value"] == "red"
+    situation, options = "A thief snatches a purse in the market and runs past you.", ["blue", "chase the thief"]
+    assert client.decide(situation, choices=options)["value"] == "chase the thief"
+    assert client.decide(situation, choices=options, lead="My favourite colour is")["value"] == "blue"
 
 
 def test_worked_examples_sit_in_the_npcs_cached_prefix_and_survive_a_save(client):
@@ -69,18 +70,18 @@ def test_worked_examples_sit_in_the_npcs_cached_prefix_and_survive_a_save(client
     ({"schema": {"type": "string"}, "lead": "I decide to"}, "bad_request"),
 ])
 def test_bad_choice_fields_are_refused(client, fields, code):
-    reply = client.call("decide", situation="Rain.", **fields)
-    assert reply["event"] == "error" and reply["code"] == code
+    with pytest.raises(RequestFailed) as failed:
+        client.call("decide", situation="Rain.", **fields)
+    assert failed.value.code == code
 
 
 def test_too_many_or_empty_examples_are_refused_at_definition(client):
     one = {"situation": "s", "choice": "c"}
-    too_many = client.call("npc", npc="x", persona=GUARD, examples=[one] * 17)
-    assert too_many["event"] == "error" and too_many["code"] == "too_large"
-    empty = client.call("npc", npc="x", persona=GUARD, examples=[{"situation": "s", "choice": ""}])
-    assert empty["event"] == "error" and empty["code"] == "bad_request"
-    odd = client.call("npc", npc="x", persona=GUARD, examples=[{"situation": "s"}])
-    assert odd["event"] == "error" and odd["code"] == "bad_request"
+    for examples, code in (([one] * 17, "too_large"), ([{"situation": "s", "choice": ""}], "bad_request"),
+                           ([{"situation": "s"}], "bad_request")):
+        with pytest.raises(RequestFailed) as failed:
+            client.call("npc", npc="x", persona=GUARD, examples=examples)
+        assert failed.value.code == code
 
 
 def test_probs_are_a_calibrated_softmax_of_whole_option_scores():
@@ -96,18 +97,18 @@ def test_padding_makes_branches_one_length_and_keeps_the_tokens():
 
 
 def test_decide_scores_each_option_as_its_own_model_does(client, model_path):
-    """Without a prior (the same options' prior cancels out of the comparison only when equal), the
-    ranking of decide's scores is the ranking of each option's own log-likelihood after the same
-    prompt, as llama-cpp-python computes it."""
+    """decide's probs are the calibrated softmax of each option's whole log-likelihood after the
+    prompt, less part of its prior, as llama-cpp-python computes them for the same text."""
     opts = ["chase the thief", "buy bread", "sing a song"]
     reply = client.decide("A thief snatches a purse in the market and runs past you.", npc=None, choices=opts,
                           temperature=0.0)
     m = Model(model_path)
     from npcai.npc import ANONYMOUS_PERSONA
 
-    prompt = m.apply_chat_template([("system", ANONYMOUS_PERSONA),
-                                    ("user", "A thief snatches a purse in the market and runs past you.")], True)
-    prior_prompt = m.apply_chat_template([("system", ANONYMOUS_PERSONA), ("user", choices.CONTENT_FREE)], True)
+    prompt = m.apply_chat_template([("system", ANONYMOUS_PERSONA), ("user", as_question(
+        "A thief snatches a purse in the market and runs past you."))], True)
+    prior_prompt = m.apply_chat_template([("system", ANONYMOUS_PERSONA), ("user", as_question(choices.CONTENT_FREE))],
+                                         True)
     m.close()
     anchor = Anchor(model_path, threads=1)
     try:

@@ -1,0 +1,51 @@
+"""The quality benchmark's parts: its data, its measures, and how it skips what is not there."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from npcai import quality
+from support import shared_data
+
+
+def test_the_game_set_spans_roles_with_varied_options_and_one_answer_each():
+    test, examples = quality.game("test"), quality.game("example")
+    assert len(test) >= 150 and len(examples) >= 16
+    roles = collections.Counter(q.role for q in test)
+    assert len(roles) >= 12 and min(roles.values()) >= 8
+    assert {len(q.options) for q in test} >= {2, 3, 4, 5}
+    for q in test + examples:
+        assert 0 <= q.label < len(q.options) and len(set(q.options)) == len(q.options) and q.persona
+    assert not {q.situation for q in test} & {q.situation for q in examples}  # examples are never scored
+    longest_right = sum(max(q.options, key=len) == q.options[q.label] for q in test)
+    assert longest_right < len(test) / 2  # picking the longest option is no way to score well
+
+
+def test_public_sets_load_as_lm_evaluation_harness_words_them():
+    sets = dict(quality.public_sets(shared_data("quality").parent, 0, print))
+    copa = sets["copa"]
+    assert len(copa) == 1000 and len(sets["piqa"]) == 1838 and len(sets["arc_easy"]) >= 2300
+    first = copa[0]  # "My body cast a shadow over the grass." (cause)
+    assert first.context == "My body cast a shadow over the grass because"
+    assert first.options == ("the sun was rising.", "the grass was cut.") and first.label == 0
+    assert quality.sample(copa, 10) == quality.sample(copa, 10) and len(quality.sample(copa, 10)) == 10
+
+
+def test_a_missing_data_folder_is_named_and_skipped(tmp_path):
+    said = []
+    assert quality.public_sets(tmp_path, 10, said.append) == []
+    assert len(said) == 3 and all(str(tmp_path / "quality") in line and "skipped" in line for line in said)
+
+
+def test_calibration_error_is_zero_when_confidence_matches_accuracy_and_grows_with_overconfidence():
+    assert quality.expected_calibration_error([0.75] * 4, [True, True, True, False]) == pytest.approx(0.0)
+    assert quality.expected_calibration_error([0.95] * 4, [True, False, True, False]) == pytest.approx(0.45)
+
+
+def test_repetition_is_the_share_of_3_grams_seen_before():
+    line = "the smith hits the iron the smith hits the iron"
+    assert quality.repeated_share(quality.trigrams(line)) == pytest.approx(3 / 8)
+    assert quality.repeated_share(quality.trigrams("a fine new day")) == 0.0
+    assert quality.persona_name("You are Brom, the gruff blacksmith.") == "Brom"
