@@ -27,6 +27,9 @@ from .sampling import Draw, sample_token, sample_tokens
 Emit = Callable[[dict[str, Any]], None]
 
 SAY_DEFAULTS = {"max_tokens": 64, "temperature": 0.7, "top_k": 40, "top_p": 0.95}
+#: Digits in a row after which a constrained value's number must end: tiny models write digits
+#: until the token cap where a schema leaves a number's fraction open (JSONSchemaBench: 8 of 120).
+MAX_NUMBER_DIGITS = 12
 SOFT_SHARE = 0.75  # a line's soft limit, as a share of its max_tokens, when the request sets none
 SENTENCE_END_BIAS = 2.0  # added to sentence-end tokens' logits once a line is past its soft limit
 _RECENT_LINES = 3  # the NPC's last lines that DRY counts as already said
@@ -360,6 +363,7 @@ class GrammarDecideJob(_Decision):
         self.state = None
         self.generated: list[int] = []
         self.forced = 0
+        self._digits = 0  # digits sampled in a row: the number being written
 
     def ready(self) -> bool:
         if not self.compiled.done():
@@ -392,6 +396,8 @@ class GrammarDecideJob(_Decision):
         lane = self.lanes[0]
         st = self.state
         st.fill_mask(self.rt.mask)
+        if self._digits >= MAX_NUMBER_DIGITS:  # a number this long ends now (wherever the grammar lets it)
+            penalties.forbid(self.rt.mask, self.rt.digit_mask)
         logits = self.rt.logits(lane.rows[-1])
         penalties.dry(logits, self.generated)  # loops inside open values end before the cap
         tok = int(sample_token(logits, self.rt.mask, self.temperature, self.top_k, self.top_p, self.rng.random()))
@@ -402,6 +408,8 @@ class GrammarDecideJob(_Decision):
         if self.rt.model.is_eog(tok) or tok == self.rt.model.eos:
             return self._finish_text()
         self.generated.append(tok)
+        piece = self.rt.model.piece(tok)
+        self._digits = self._digits + len(piece) if piece.isdigit() else 0
         forced = st.forced() if not st.stopped else []
         room = self.max_tokens - len(self.generated)
         if len(forced) > room:  # forced tokens count towards max_tokens too

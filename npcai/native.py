@@ -149,6 +149,15 @@ class Model:
             self._pieces[token] = got
         return got
 
+    def all_pieces(self) -> list[bytes]:
+        """Every token's bytes, with a buffer of its own: safe beside ``piece`` on another thread."""
+        buf = ctypes.create_string_buffer(256)
+        out = []
+        for t in range(self.n_vocab):
+            n = L.llama_token_to_piece(self.vocab, t, buf, 256, 0, False)
+            out.append(buf.raw[:n] if n > 0 else b"")
+        return out
+
     def is_eog(self, token: int) -> bool:
         return bool(L.llama_vocab_is_eog(self.vocab, token))
 

@@ -7,6 +7,7 @@ in the NPC's KV sequence, so a new line only pays for its own tokens.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,15 @@ ANONYMOUS_PERSONA = "You decide what a character in a video game does. Answer on
 #: 58 %) and the bare option after the chat's answer turn (45 %).
 DECISION_QUESTION = "What should you do?"
 DEFAULT_LEAD = "The sensible thing to do is to"
+
+
+def persona_name(persona: str) -> str | None:
+    """The name a persona gives its NPC ("You are Brom, the blacksmith" -> "Brom"), if it starts so."""
+    m = _NAMED.match(persona)
+    return m.group(1) if m else None
+
+
+_NAMED = re.compile(r"\s*You are (?:called |named )?([A-Z][\w'-]*(?: [A-Z][\w'-]*)?)(?=[,.;:!\s])")
 
 
 def as_question(situation: str) -> str:
@@ -88,10 +98,17 @@ class Npc:
         return self.persona_chat(*self.messages, *extra)
 
     def persona_chat(self, *extra: tuple[str, str]) -> list[tuple[str, str]]:
-        """Persona and worked examples (each a situation and the sentence that answers it), then ``extra``."""
+        """Persona, who the NPC is, worked examples (each a situation and the sentence that answers
+        it), then ``extra``."""
         shots = [turn for e in self.examples
                  for turn in (("user", as_question(e["situation"])), ("assistant", f"{DEFAULT_LEAD} {e['choice']}."))]
-        return [("system", self.persona), *shots, *extra]
+        return [("system", self.persona), *self._identity(), *shots, *extra]
+
+    def _identity(self) -> tuple[tuple[str, str], ...]:
+        """A first exchange in which the NPC says its name: tiny models keep a name they have said
+        far better than one they were only told (SmolLM2's Brom called himself Grimbold without it)."""
+        name = persona_name(self.persona)
+        return (("user", "Who are you?"), ("assistant", f"I am {name}.")) if name else ()
 
     def drop_oldest_turn(self) -> bool:
         """Let the oldest exchange give way; False when only the persona is left."""

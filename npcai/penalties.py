@@ -39,3 +39,19 @@ def dry(logits: np.ndarray, history: list[int], *, multiplier: float = MULTIPLIE
     for token, k in runs.items():
         if k >= allowed:
             logits[token] -= multiplier * base ** (k - allowed)
+
+
+def forbid(mask: np.ndarray, tokens: np.ndarray) -> None:
+    """Take ``tokens`` (a packed bitmask like ``mask``) out of ``mask`` in place, unless nothing else is
+    allowed: a guard never leaves the grammar without a way on."""
+    rest = mask & ~tokens
+    if rest.any():
+        mask[:] = rest
+
+
+def token_mask(n_vocab: int, tokens: list[int]) -> np.ndarray:
+    """``tokens`` as a packed bitmask: 32 tokens per int32 word, lowest bit first (llguidance's layout)."""
+    bits = np.zeros((n_vocab + 31) // 32 * 32, dtype=np.uint64)
+    bits[tokens] = 1
+    words = (bits.reshape(-1, 32) << np.arange(32, dtype=np.uint64)).sum(axis=1)
+    return words.astype(np.uint32).view(np.int32)

@@ -49,3 +49,4 @@ def test_repetition_is_the_share_of_3_grams_seen_before():
     assert quality.repeated_share(quality.trigrams(line)) == pytest.approx(3 / 8)
     assert quality.repeated_share(quality.trigrams("a fine new day")) == 0.0
     assert quality.persona_name("You are Brom, the gruff blacksmith.") == "Brom"
+    assert set(quality.self_names("Oh, I'm Grimbold Ironfist. My name is Brom, they say.")) == {"Grimbold", "Brom"}
