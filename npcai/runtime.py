@@ -72,6 +72,25 @@ class SeqPool:
             return None
         return self._free.pop()
 
+    def acquire_run(self, k: int) -> list[int] | None:
+        """``k`` sequences, consecutive ids where the free ones allow: llama.cpp evaluates each run of
+        consecutive ids as a sub-batch of its own (see ``Runtime.gather``)."""
+        free = set(self._free)
+        start = next((s for s in sorted(free) if all(s + i in free for i in range(k))), None)
+        if start is None:
+            seqs = []
+            for _ in range(k):
+                seq = self.acquire()
+                if seq is None:
+                    for s in seqs:
+                        self.release(s)
+                    return None
+                seqs.append(seq)
+            return seqs
+        for s in range(start, start + k):
+            self._free.remove(s)
+        return list(range(start, start + k))
+
     def acquire_for(self, kv: KvSeq) -> int | None:
         """Give an NPC its sequence (re-acquiring one if it was evicted, with its parked cells)."""
         if kv.seq is None:
@@ -279,13 +298,15 @@ class Runtime:
         kv.tokens.extend(keep[len(kv.tokens):upto])
         self.ctx.seq_rm(lane.seq, len(kv.tokens))
 
-    def branch(self, lane: Lane, tokens: list[int]) -> Lane | None:
-        """A copy of ``lane``'s sequence extended by ``tokens`` (all logits wanted); None if no seq is free."""
-        seq = self.pool.acquire()
-        if seq is None:
+    def branches(self, lane: Lane, feeds: list[list[int]]) -> list[Lane] | None:
+        """Copies of ``lane``'s sequence, one extended by each of ``feeds`` (all logits wanted), in
+        consecutive sequence ids so that one step takes them as one sub-batch; None if too few are free."""
+        seqs = self.pool.acquire_run(len(feeds))
+        if seqs is None:
             return None
-        self.ctx.seq_fork(lane.seq, seq, lane.pos)
-        return Lane(seq, lane.pos, list(tokens), all_logits=True)
+        for seq in seqs:
+            self.ctx.seq_fork(lane.seq, seq, lane.pos)
+        return [Lane(seq, lane.pos, list(tokens), all_logits=True) for seq, tokens in zip(seqs, feeds)]
 
     def release(self, seq: int) -> None:
         self.pool.release(seq)
@@ -360,6 +381,8 @@ class Runtime:
         return self.ctx.logits(row, self.n_vocab)
 
     def close(self) -> None:
+        if not self._digit_mask.cancel():
+            self._digit_mask.exception()  # a scan under way reads the vocabulary: let it end before the model goes
         self.compiler.close()
         self.batch.close()
         self.ctx.close()

@@ -146,7 +146,8 @@ def test_a_reused_request_id_keeps_its_own_deadline(small, c):
         send(op="forget", npc="a", deadline_ms=300)  # ends at once, long before its deadline
         assert next_reply()["event"] == "ok"
         started = time.monotonic()  # the same id again: a decision that needs 150 model steps, no deadline
-        send(op="decide", situation="Speak.", schema={"type": "string", "minLength": 150}, max_tokens=150)
+        send(op="decide", situation="Speak.", schema={"type": "string", "minLength": 1000, "maxLength": 2000},
+             max_tokens=150)
         reply = next_reply()
         assert time.monotonic() - started > 0.3  # the old deadline passed while it ran
         assert reply["event"] == "done" and reply["timed_out"] is False and reply["tokens"] >= 150
