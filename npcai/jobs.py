@@ -467,9 +467,14 @@ class ChoiceDecideJob(_Decision):
         self._start_fork(self.lead, room=max(len(o) for o in self.options) + 1)
         self._waiting[id(self.lanes[0])] = (self.loglik, None)
         if self._new_prior:  # the options' prior under a content-free situation, once per option set
-            self.prior = np.zeros(len(self.choices))
             content_free = _decide_prompt(self.req.fields, choices.CONTENT_FREE)
-            lane = self._fork(self.rt.fork(self._kv, choices.prior_prompt(self.rt, self.npc, content_free, self.lead)))
+            try:
+                lane = self._fork(self.rt.fork(self._kv, choices.prior_prompt(self.rt, self.npc, content_free,
+                                                                              self.lead)))
+            except Overloaded:  # every KV sequence is busy: this decision goes without its prior
+                self._new_prior = False
+                return
+            self.prior = np.zeros(len(self.choices))
             self.lanes.append(self._count_prompt(lane))
             self._waiting[id(lane)] = (self.prior, None)
 
