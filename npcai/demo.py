@@ -76,7 +76,7 @@ def run_demo(models: list[str], scenario: str | None = None, color: bool = True)
             if npc and npc not in names:
                 client.npc(npc, scene["npcs"][npc]["persona"], seed=7)
             print(s(_BOLD, f"  {npc or 'someone'} decides: ") + d["situation"])
-            kind = {k: d[k] for k in ("choices", "schema", "grammar") if k in d}
+            kind = {k: d[k] for k in ("choices", "descriptions", "schema", "grammar") if k in d}
             reply = client.decide(d["situation"], npc=npc, temperature=0.0, **kind)
             if "probs" in reply:
                 for choice, p in sorted(reply["probs"].items(), key=lambda kv: -kv[1]):
