@@ -55,7 +55,8 @@ def first_tokens(logits: np.ndarray, options: list[list[int]]) -> np.ndarray:
 
 def later_tokens(rt: "Runtime", rows: list[int], tokens: list[int]) -> float:
     """Log-likelihood of ``tokens[1:]``, from the logits of the rows that evaluated ``tokens[:-1]``."""
-    return float(sum(_log_softmax_at(rt.logits(row), [tokens[j + 1]])[0] for j, row in enumerate(rows[:len(tokens) - 1])))
+    return float(sum(_log_softmax_at(rt.logits(row), [tokens[j + 1]])[0]
+                     for j, row in enumerate(rows[:len(tokens) - 1])))
 
 
 def padded(tokens: list[int], width: int) -> list[int]:

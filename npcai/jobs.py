@@ -442,8 +442,9 @@ class ChoiceDecideJob(_Decision):
     """``decide`` with choices: every option's whole text scored by the model, then calibrated.
 
     The situation is asked as a question and the answer starts with a lead ("The sensible thing to
-    do is to", unless the request gives its own) that each option completes. The step that evaluates the situation gives every option's first token; one more
-    step evaluates all options' other tokens together, each in a branch of the decision's sequence,
+    do is to", unless the request gives its own) that each option completes. The step that
+    evaluates the situation gives every option's first token; one more step evaluates all
+    options' other tokens together, each in a branch of the decision's sequence,
     padded to one length in consecutive sequence ids so that llama.cpp takes them in a single
     sub-batch. So every token of an option counts, not only the first one where the
     options differ. Scoring and calibration are ``choices.py``'s.
@@ -461,7 +462,6 @@ class ChoiceDecideJob(_Decision):
         self.prior: np.ndarray | None = rt.choice_priors.get(self.prior_key)
         self._new_prior = self.prior is None  # computed by this job, then cached
         self._waiting: dict[int, tuple[np.ndarray, int | None]] = {}  # id(lane) -> (its scores, option or None)
-        self._branches: set[int] = set()
 
     def start(self) -> None:
         self._start_fork(self.lead, room=max(len(o) for o in self.options) + 1)
@@ -485,10 +485,8 @@ class ChoiceDecideJob(_Decision):
                 self._branch(lane, scores)
                 continue
             scores[option] += choices.later_tokens(self.rt, lane.rows, self.options[option])
-            if id(lane) in self._branches:
-                self._branches.discard(id(lane))
-                self._temp_seqs.remove(lane.seq)
-                self.rt.release(lane.seq)
+            self._temp_seqs.remove(lane.seq)  # every option lane is a branch: done with it
+            self.rt.release(lane.seq)
         self.lanes = [lane for lane in self.lanes if id(lane) in self._waiting]
         if not self._waiting:
             self._pick()
@@ -507,9 +505,7 @@ class ChoiceDecideJob(_Decision):
         if branches is None:
             raise Overloaded("no KV sequence free to score these choices")
         for i, branch in zip(longer, branches):
-            self._fork(branch)
-            self._branches.add(id(branch))
-            self.lanes.append(branch)
+            self.lanes.append(self._fork(branch))
             self._waiting[id(branch)] = (scores, i)
 
     def _pick(self) -> None:

@@ -279,13 +279,12 @@ def repeated_share(grams: list[tuple[str, ...]], seen: set[tuple[str, ...]] | No
     return repeats / len(grams)
 
 
-_SELF_NAMED = re.compile(r"\b(?:my name is|my name's|i am|i'm|call me|they call me)\s+([A-Z][\w'-]+)")
+_SELF_NAMED = re.compile(r"\b(?i:my name is|my name's|i am|i'm|call me|they call me)\s+([A-Z][\w'-]+)")
 
 
 def self_names(line: str) -> list[str]:
     """Names a line gives its speaker ("I'm Grimbold", "My name is Brom"): capitalised words only."""
-    return _SELF_NAMED.findall(line) + [m.group(1) for m in re.finditer(
-        r"\b(?:My name is|My name's|I am|I'm|Call me|They call me)\s+([A-Z][\w'-]+)", line)]
+    return _SELF_NAMED.findall(line)
 
 
 def score_dialogue(client: Client, npcs: dict[str, dict[str, Any]], rounds: int = 2,

@@ -221,7 +221,8 @@ class Runtime:
                                            if len(toks := self.text_tokens(text)) == 1})
         # Which tokens are digits: a scan of the vocabulary (0.3 s on Gemma's 262k), off the start-up path.
         self._digit_mask = self.compiler.run_in_background(
-            lambda: penalties.token_mask(self.n_vocab, [t for t, p in enumerate(self.model.all_pieces()) if p.isdigit()]))
+            lambda: penalties.token_mask(self.n_vocab,
+                                         [t for t, p in enumerate(self.model.all_pieces()) if p.isdigit()]))
         self.choice_priors = choices.PriorCache()  # options' priors for decisions, by option set
         self.choice_temperature = choice_temperature  # probs' temperature, fitted per model
 
