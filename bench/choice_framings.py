@@ -1,7 +1,7 @@
 """How should a choice be asked? The framings measured before picking decide's default.
 
 Each framing renders npcai's game decisions (test split) and scores every option's whole
-continuation with llama.cpp directly (npcai.native): summed log-likelihood, per byte or per
+continuation with llama.cpp directly (npcai.model.native): summed log-likelihood, per byte or per
 token, with and without a part of the option's prior under a content-free situation taken off.
 The results are in docs/QUALITY.md ("How a choice is asked"). Run:
 
@@ -14,8 +14,9 @@ import sys
 
 import numpy as np
 
-from npcai import catalog, quality
-from npcai.native import Batch, Context, Model
+from npcai.bench import quality
+from npcai.model import catalog
+from npcai.model.native import Batch, Context, Model
 
 CONTENT_FREE = "Nothing happens."
 QUESTION = " What should you do?"

@@ -5,8 +5,8 @@ Without --benchmark-enable (the project default) each runs once, as a correctnes
 
 import pytest
 
-from npcai.catalog import resolve
-from npcai.native import Model
+from npcai.model.catalog import resolve
+from npcai.model.native import Model
 
 
 @pytest.fixture(scope="session", params=["smollm2-135m", "gemma3-270m"])

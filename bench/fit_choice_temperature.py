@@ -15,7 +15,8 @@ import sys
 
 import numpy as np
 
-from npcai import catalog, quality
+from npcai.bench import quality
+from npcai.model import catalog
 
 
 def _rescaled(probs: list[float], current: float, t: float) -> np.ndarray:

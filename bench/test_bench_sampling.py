@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from npcai.sampling import NO_MASK, sample_token, sample_token_numpy
+from npcai.model.sampling import NO_MASK, sample_token, sample_token_numpy
 
 VOCABS = {"smollm2": 49_152, "gemma3": 262_144}
 

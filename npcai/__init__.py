@@ -2,9 +2,9 @@
 
 __version__ = "0.1.0"
 
-from .client import Client, Handle, RequestFailed  # noqa: E402
-from .errors import NpcaiError  # noqa: E402
-from .launcher import Sidecar  # noqa: E402
-from .settings import Settings  # noqa: E402
+from npcai.client import Client, Handle, RequestFailed  # noqa: E402
+from npcai.errors import NpcaiError  # noqa: E402
+from npcai.launcher import Sidecar  # noqa: E402
+from npcai.sidecar.settings import Settings  # noqa: E402
 
 __all__ = ["Client", "Handle", "NpcaiError", "RequestFailed", "Settings", "Sidecar", "__version__"]

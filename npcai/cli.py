@@ -14,10 +14,10 @@ import signal
 import sys
 from pathlib import Path
 
-from . import catalog
-from .budget import be_polite
-from .errors import NpcaiError
-from .settings import Settings
+from npcai.errors import NpcaiError
+from npcai.model import catalog
+from npcai.sidecar.budget import be_polite
+from npcai.sidecar.settings import Settings
 
 
 def _add_settings(p: argparse.ArgumentParser) -> None:
@@ -69,8 +69,9 @@ def model_roles(specs: list[str], *, out=None) -> dict[str, Path]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .engine import Engine
-    from .server import READY_PREFIX, Server
+    from npcai.protocol import READY_PREFIX
+    from npcai.sidecar.engine import Engine
+    from npcai.sidecar.server import Server
 
     settings = settings_from(args)
     settings.validate()
@@ -159,13 +160,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from npcai.demo import run_demo
 
     return run_demo(args.model or [], scenario=args.scenario, color=not args.no_color)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from .demo import run_chat
+    from npcai.demo import run_chat
 
     roles = model_roles(args.model or [])
     dialogue = catalog.entry_for(roles.get("dialogue") or next(iter(roles.values())))
@@ -175,13 +176,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from npcai.bench.runner import run_bench
 
     return run_bench(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .bench import ITEMS as bench_items
+    from npcai.bench.runner import ITEMS as bench_items
 
     parser = argparse.ArgumentParser(prog="npcai", description="Local AI for game characters: a low-latency sidecar.")
     _one_line_errors(parser)  # unknown flags of any command are reported here

@@ -28,10 +28,10 @@ import msgpack
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from .errors import NpcaiError
+from npcai.errors import NpcaiError
 
 if TYPE_CHECKING:
-    from .launcher import Sidecar
+    from npcai.launcher import Sidecar
 
 TERMINAL = frozenset({"ok", "done", "error", "cancelled"})
 

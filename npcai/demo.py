@@ -9,9 +9,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .client import Client
-from .errors import NpcaiError
-from .launcher import Sidecar
+from npcai.client import Client
+from npcai.errors import NpcaiError
+from npcai.launcher import Sidecar
 
 _COLORS = ["\033[38;5;208m", "\033[38;5;120m", "\033[38;5;81m", "\033[38;5;219m"]
 _DIM, _BOLD, _RESET = "\033[2m", "\033[1m", "\033[0m"

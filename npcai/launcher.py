@@ -15,8 +15,8 @@ import threading
 from collections import deque
 from typing import Any
 
-from .errors import ModelError
-from .server import READY_PREFIX
+from npcai.errors import ModelError
+from npcai.protocol import READY_PREFIX
 
 
 class Sidecar:
@@ -83,7 +83,7 @@ class Sidecar:
 
     def client(self, **kw: Any):
         """A Client for this sidecar that knows its token and notices at once when its process dies."""
-        from .client import Client
+        from npcai.client import Client
 
         return Client(self.endpoint, token=self.token, sidecar=self, **kw)
 

@@ -14,9 +14,11 @@ from typing import Any, Callable
 
 import msgpack
 
-from .errors import BadRequest, NpcaiError, TooLarge, UnknownOp
+from npcai.errors import BadRequest, NpcaiError, TooLarge, UnknownOp
 
 VERSION = 1
+#: What `npcai serve` prints on stdout, followed by its endpoint, once it answers requests.
+READY_PREFIX = "NPCAI READY "
 
 # Events a reply can carry. "done", "error" and "cancelled" end a request.
 OK, TOKEN, DONE, ERROR, CANCELLED = "ok", "token", "done", "error", "cancelled"

@@ -8,7 +8,7 @@ from importlib import resources
 import pytest
 
 from npcai import Client, Sidecar
-from npcai.catalog import DEFAULT_MODEL, resolve
+from npcai.model.catalog import DEFAULT_MODEL, resolve
 
 
 @pytest.fixture(scope="session")

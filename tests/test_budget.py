@@ -2,7 +2,7 @@
 
 import pytest
 
-from npcai.budget import Budget, Governor
+from npcai.sidecar.budget import Budget, Governor
 
 
 def governor(**budget) -> Governor:

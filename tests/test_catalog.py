@@ -6,8 +6,8 @@ import io
 import numpy as np
 import pytest
 
-from npcai import catalog
-from npcai.native import Batch, Context, Model
+from npcai.model import catalog
+from npcai.model.native import Batch, Context, Model
 
 TEXT = ("You are Brom, the village blacksmith. You are gruff but kind, and you never haggle. "
         "The player asks: can you fix my sword before the tournament? Brom answers:")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from npcai import choices
-from npcai.anchor import Anchor
+from npcai.bench.anchor import Anchor
 from npcai.client import RequestFailed
-from npcai.catalog import DEFAULT_MODEL
-from npcai.native import Model
-from npcai.npc import DEFAULT_LEAD, as_question
+from npcai.model import choices
+from npcai.model.native import Model
+from npcai.sidecar.npc import DEFAULT_LEAD, as_question
 
 GUARD = "You are Hilda, a stern town guard of Oakvale."
 
@@ -103,7 +102,7 @@ def test_decide_scores_each_option_as_its_own_model_does(client, model_path):
     reply = client.decide("A thief snatches a purse in the market and runs past you.", npc=None, choices=opts,
                           temperature=0.0)
     m = Model(model_path)
-    from npcai.npc import ANONYMOUS_PERSONA
+    from npcai.sidecar.npc import ANONYMOUS_PERSONA
 
     prompt = m.apply_chat_template([("system", ANONYMOUS_PERSONA), ("user", as_question(
         "A thief snatches a purse in the market and runs past you."))], True)

@@ -10,9 +10,9 @@ from llguidance import LLMatcher
 from llguidance.llamacpp import lltokenizer_from_vocab
 from support import ROOT, shared_data
 
-from npcai.constraints import MAX_SOURCE_BYTES, ConstraintCompiler
 from npcai.errors import NpcaiError
-from npcai.native import Model
+from npcai.model.constraints import MAX_SOURCE_BYTES, ConstraintCompiler
+from npcai.model.native import Model
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
 

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from npcai import protocol as P
-from npcai.engine import Engine
-from npcai.settings import Settings
+from npcai.sidecar.engine import Engine
+from npcai.sidecar.settings import Settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
 

@@ -15,10 +15,6 @@ from support import assert_one_line_failure, run_cli
 from npcai import Client, Sidecar
 
 
-
-
-
-
 def test_a_missing_model_file_fails_in_one_line(tmp_path):
     assert_one_line_failure(run_cli("serve", "--model", str(tmp_path / "nope.gguf")), "not found")
 
@@ -139,7 +135,7 @@ def test_chat_answers_each_line_in_the_terminal_and_leaves_at_end_of_input(model
 
 
 def test_bench_refuses_an_unknown_item_in_one_line_that_names_every_item():
-    from npcai.bench import ITEMS
+    from npcai.bench.runner import ITEMS
 
     proc = run_cli("bench", "--only", "transport", "--only", "nope")
     assert_one_line_failure(proc, "invalid choice: 'nope'")
@@ -147,7 +143,7 @@ def test_bench_refuses_an_unknown_item_in_one_line_that_names_every_item():
 
 
 def test_bench_help_lists_every_item():
-    from npcai.bench import ITEMS
+    from npcai.bench.runner import ITEMS
 
     proc = run_cli("bench", "--help")
     assert proc.returncode == 0 and "items: " + ", ".join(ITEMS) in " ".join(proc.stdout.split()), proc.stdout

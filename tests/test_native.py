@@ -4,7 +4,7 @@ import subprocess
 import sys
 import textwrap
 
-from npcai import native
+from npcai.model import native
 
 XEON = {"avx2": True, "avx512f": True, "avx512vnni": True, "amx-bf16": True, "amx-tile": True, "amx-int8": True}
 EPYC = {"avx2": True, "avx512f": True, "avx512vnni": True, "amx-int8": False}
@@ -13,7 +13,7 @@ EPYC = {"avx2": True, "avx512f": True, "avx512vnni": True, "amx-int8": False}
 def test_a_batched_step_runs_on_this_machines_cpu(model_path):
     # In a child process, so that a crash inside llama.cpp fails this test instead of the run.
     script = textwrap.dedent(f"""
-        from npcai.native import Batch, Context, Model
+        from npcai.model.native import Batch, Context, Model
         m = Model({str(model_path)!r})
         ctx = Context(m, n_ctx=1024, n_batch=64, n_seq=2, threads=2)
         b = Batch(64)

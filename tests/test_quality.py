@@ -5,9 +5,9 @@ from __future__ import annotations
 import collections
 
 import pytest
-
-from npcai import quality
 from support import shared_data
+
+from npcai.bench import quality
 
 
 def test_the_game_set_spans_roles_with_varied_options_and_one_answer_each():

@@ -140,7 +140,7 @@ def test_a_relaunched_sidecar_gets_npcs_back_from_saved_state(model_path):
 # `npcai serve` with a bug injected into the engine's loop: every model step raises.
 _FAULTY_SERVE = """
 import sys
-from npcai import runtime
+from npcai.model import runtime
 
 def broken_step(self, lanes):
     raise RuntimeError("a fault injected into the model step")

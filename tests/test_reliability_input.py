@@ -14,10 +14,10 @@ import time
 
 import msgpack
 import pytest
-from support import rss_mb
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import rss_mb
 
 from npcai import Client, Sidecar
 from npcai import protocol as P

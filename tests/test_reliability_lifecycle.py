@@ -11,11 +11,6 @@ from support import assert_one_line_failure, run_cli
 
 from npcai import Client, Sidecar
 
-
-
-
-
-
 # --- clear failures at start -------------------------------------------------------------------
 
 @pytest.mark.parametrize("flags, needle", [
@@ -117,9 +112,9 @@ def test_a_stopped_server_leaves_no_threads_and_no_open_socket_behind(model_path
     import threading
 
     from npcai.cli import model_roles
-    from npcai.engine import Engine
-    from npcai.server import Server
-    from npcai.settings import Settings
+    from npcai.sidecar.engine import Engine
+    from npcai.sidecar.server import Server
+    from npcai.sidecar.settings import Settings
 
     before = set(threading.enumerate())
     settings = Settings()

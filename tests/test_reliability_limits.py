@@ -6,8 +6,8 @@ import time
 
 import msgpack
 import pytest
-from support import rss_mb
 import zmq
+from support import rss_mb
 
 from npcai import Client, RequestFailed, Sidecar
 

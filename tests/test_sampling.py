@@ -6,7 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npcai.sampling import NO_MASK, sample_token, sample_token_numpy, sample_tokens
+from npcai.model.sampling import (
+    NO_MASK,
+    sample_token,
+    sample_token_numpy,
+    sample_tokens,
+)
 
 
 def _mask(vocab: int, allowed) -> np.ndarray:

@@ -8,9 +8,9 @@ the end-to-end tests run the same scheduler against the real model.
 import time
 from types import SimpleNamespace
 
-from npcai.jobs import DECISION, DIALOGUE, IDLE
-from npcai.runtime import Lane, StepCost
-from npcai.scheduler import Scheduler
+from npcai.model.runtime import Lane, StepCost
+from npcai.sidecar.jobs import DECISION, DIALOGUE, IDLE
+from npcai.sidecar.scheduler import Scheduler
 
 RT = SimpleNamespace(n_batch=256, estimate_s=lambda n_tokens: 0.003 * n_tokens)  # 3 ms a token
 

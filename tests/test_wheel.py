@@ -82,7 +82,7 @@ def installed(tmp_path_factory):
 def test_the_venv_imports_npcai_from_the_wheel_and_finds_its_grammars(installed):
     venv, env = installed
     out = _run([str(venv / BIN / "python"), "-c",
-                "import sysconfig, npcai, npcai.settings as s; "
+                "import sysconfig, npcai, npcai.sidecar.settings as s; "
                 "print(sysconfig.get_path('purelib')); print(npcai.__file__); print(s.DEFAULT_GRAMMAR_DIR)"],
                cwd=venv, env=env, timeout=60)
     purelib, module, grammar_dir = (Path(line) for line in out.splitlines())

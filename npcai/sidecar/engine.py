@@ -21,17 +21,28 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from . import catalog, choices
-from . import protocol as P
-from .errors import BadRequest, NpcaiError, Overloaded, TooLarge, UnknownNpc
-from .jobs import (DECISION, IDLE, ChoiceDecideJob, DefineJob, GrammarDecideJob, Job, ObserveJob, PrimeJob, SayJob,
-                   _check_prompt, pending_tokens)
-from .npc import ANONYMOUS_PERSONA, Npc
-from .budget import Governor
-from .runtime import Runtime
-from .sampling import sample_tokens
-from .scheduler import Scheduler
-from .settings import Settings
+from npcai import protocol as P
+from npcai.errors import BadRequest, NpcaiError, Overloaded, TooLarge, UnknownNpc
+from npcai.model import catalog, choices
+from npcai.model.runtime import Runtime
+from npcai.model.sampling import sample_tokens
+from npcai.sidecar.budget import Governor
+from npcai.sidecar.jobs import (
+    DECISION,
+    IDLE,
+    ChoiceDecideJob,
+    DefineJob,
+    GrammarDecideJob,
+    Job,
+    ObserveJob,
+    PrimeJob,
+    SayJob,
+    _check_prompt,
+    pending_tokens,
+)
+from npcai.sidecar.npc import ANONYMOUS_PERSONA, Npc
+from npcai.sidecar.scheduler import Scheduler
+from npcai.sidecar.settings import Settings
 
 log = logging.getLogger("npcai")
 

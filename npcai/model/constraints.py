@@ -24,7 +24,7 @@ import numpy as np
 from llguidance import LLMatcher, LLParserLimits, LLTokenizer
 from llguidance.gbnf_to_lark import any_to_lark
 
-from .errors import BadRequest, NpcaiError, TooLarge
+from npcai.errors import BadRequest, NpcaiError, TooLarge
 
 MAX_SOURCE_BYTES = 64 * 1024
 # GBNF-to-Lark conversion (pure Python) grows with the square of a chain of rules: 128

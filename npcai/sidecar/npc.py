@@ -14,7 +14,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .errors import BadRequest
+from npcai.errors import BadRequest
+from npcai.model.kv import KvSeq
 
 #: Persona of decisions made without a named NPC.
 ANONYMOUS_PERSONA = "You decide what a character in a video game does. Answer only with the requested format."
@@ -42,20 +43,6 @@ def as_question(situation: str) -> str:
     return situation if situation.endswith("?") else f"{situation} {DECISION_QUESTION}"
 
 STATE_VERSION = 1
-
-
-@dataclass
-class KvSeq:
-    """An NPC's sequence in one model's KV cache: which tokens are evaluated there."""
-
-    seq: int | None = None
-    tokens: list[int] = field(default_factory=list)
-    users: int = 0  # jobs reading or writing it; only an unused sequence may be evicted
-    parked: tuple[bytes, list[int]] | None = None  # its cells and tokens in host memory while it has no seq
-
-    @property
-    def evictable(self) -> bool:
-        return self.users == 0
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .native import safe_llama_defaults
+from npcai.model.native import safe_llama_defaults
 
 
 @dataclass(frozen=True)

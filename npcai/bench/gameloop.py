@@ -1,6 +1,6 @@
 """A synthetic game for the frame-budget benchmark: 60 frames a second, fixed CPU work per frame.
 
-Run as its own process (`python -m npcai.gameloop ENDPOINT ...`) so it competes for the
+Run as its own process (`python -m npcai.bench.gameloop ENDPOINT ...`) so it competes for the
 CPU with the sidecar like a real game. Each frame it does a fixed amount of work, polls
 the client within a budget, keeps 8 NPCs talking and asks for a decision 10 times a
 second (150 ms deadline), optionally reports its frame times, then sleeps to the next
@@ -13,7 +13,7 @@ import argparse
 import json
 import time
 
-from .client import Client
+from npcai.client import Client
 
 FRAME_S = 1 / 60
 LINES = ["Tell me about the village.", "What do you sell?", "Any news from the road?", "Who rules these lands?"]

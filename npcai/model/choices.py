@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Hashable
 import numpy as np
 
 if TYPE_CHECKING:
-    from .npc import Npc
-    from .runtime import Runtime
+    from npcai.model.runtime import Runtime
+    from npcai.sidecar.npc import Npc
 
 #: The situation of the prior: says nothing, so the options' scores under it are what the model
 #: gives them whatever happens.

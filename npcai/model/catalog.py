@@ -26,7 +26,7 @@ from typing import TextIO
 
 import platformdirs
 
-from .errors import ModelError
+from npcai.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def _converted(name: str, out: TextIO) -> Path:
     target = run_path(name)
     if model.cpu_weights is None or target.exists():
         return target
-    from .native import convert_weights
+    from npcai.model.native import convert_weights
 
     print(f"converting {model.filename} to {model.cpu_weights} (llama.cpp's fast CPU kernels), once…", file=out)
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # two first runs at once each write their own

@@ -36,15 +36,14 @@ from typing import Any, Callable
 
 import zmq
 
-from . import __version__
-from . import protocol as P
-from .engine import Engine
-from .errors import BadRequest, NpcaiError, Overloaded, SettingsError, Unauthorized
-from .settings import Settings
+from npcai import __version__
+from npcai import protocol as P
+from npcai.errors import BadRequest, NpcaiError, Overloaded, SettingsError, Unauthorized
+from npcai.sidecar.engine import Engine
+from npcai.sidecar.settings import Settings
 
 log = logging.getLogger("npcai")
 
-READY_PREFIX = "NPCAI READY "
 _MAX_READS_PER_TURN = 256
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: pyzmq's enum flags cost microseconds a test
 _LATENCY_WINDOW = 2048

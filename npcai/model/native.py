@@ -16,7 +16,7 @@ from pathlib import Path
 import llama_cpp as L
 import numpy as np
 
-from .errors import ModelError
+from npcai.errors import ModelError
 
 _backend_lock = threading.Lock()
 _backend_ready = False

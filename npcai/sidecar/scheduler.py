@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 import time
 
-from .jobs import DECISION, DIALOGUE, IDLE, Job, pending_tokens
-from .runtime import Lane, Runtime
+from npcai.model.runtime import Lane, Runtime
+from npcai.sidecar.jobs import DECISION, DIALOGUE, IDLE, Job, pending_tokens
 
 _SHORT = 16  # lanes this short are decode steps, forced runs or choice branches: never split
 _CHUNK_WHILE_STREAMING = 64  # most prompt tokens in a step that also carries streams' next tokens

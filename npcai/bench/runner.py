@@ -23,13 +23,14 @@ from typing import Any, Callable
 import numpy as np
 import zmq
 
-from . import __version__, catalog
-from .client import Client
-from .demo import load_scenario
-from .errors import NpcaiError
-from .launcher import Sidecar
-from .native import Batch, Context, Model, safe_llama_defaults
-from .settings import Settings
+from npcai import __version__
+from npcai.client import Client
+from npcai.demo import load_scenario
+from npcai.errors import NpcaiError
+from npcai.launcher import Sidecar
+from npcai.model import catalog
+from npcai.model.native import Batch, Context, Model, safe_llama_defaults
+from npcai.sidecar.settings import Settings
 
 SITUATIONS = [  # about 20 tokens each with the chat template, as the issue's scenario; different from word one
     "The player walks toward you with a drawn sword.",
@@ -496,7 +497,7 @@ class _Bench:
         raw = {}
         for name, serve_args, game_args in cases:
             with Sidecar("--model", self.model, *serve_args) as sc:
-                cmd = [sys.executable, "-m", "npcai.gameloop", sc.endpoint, "--seconds", str(seconds),
+                cmd = [sys.executable, "-m", "npcai.bench.gameloop", sc.endpoint, "--seconds", str(seconds),
                        "--work", str(work), *game_args]
                 import subprocess
 
@@ -651,7 +652,7 @@ class _Bench:
 
     def quality(self, c: Client) -> None:
         """Answers worth waiting for: decide beside its anchor, structured answers, dialogue lines."""
-        from . import quality
+        from npcai.bench import quality
 
         rows, raw = quality.run(c, self.path, self.threads, self.quality_items, quality.data_dir(self.data),
                                 self.say)

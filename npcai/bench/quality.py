@@ -23,10 +23,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .anchor import Anchor
-from .client import Client
-from .lines import ends_sentence
-from .npc import persona_name
+from npcai.bench.anchor import Anchor
+from npcai.client import Client
+from npcai.model.lines import ends_sentence
+from npcai.sidecar.npc import persona_name
 
 DATA_ENV = "NPCAI_DATA"
 _SEED = 20261205
@@ -52,7 +52,7 @@ def data_dir(given: str | None = None) -> Path:
         return Path(given)
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV])
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:

@@ -9,20 +9,19 @@ they call ``emit(reply)``.
 from __future__ import annotations
 
 import codecs
-import math
 import time
 from concurrent.futures import Future
 from typing import Any, Callable
 
 import numpy as np
 
-from . import protocol as P
-from .errors import BadRequest, NpcaiError, Overloaded, TooLarge
-from . import choices, penalties
-from .lines import ends_sentence
-from .npc import DEFAULT_LEAD, Npc, as_question
-from .runtime import Lane, Runtime
-from .sampling import Draw, sample_token, sample_tokens
+from npcai import protocol as P
+from npcai.errors import BadRequest, NpcaiError, Overloaded, TooLarge
+from npcai.model import choices, penalties
+from npcai.model.lines import ends_sentence
+from npcai.model.runtime import Lane, Runtime
+from npcai.model.sampling import Draw, sample_token, sample_tokens
+from npcai.sidecar.npc import DEFAULT_LEAD, Npc, as_question
 
 Emit = Callable[[dict[str, Any]], None]
 

@@ -10,20 +10,20 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import SettingsError
-from .protocol import Limits
+from npcai.errors import SettingsError
+from npcai.protocol import Limits
 
 if TYPE_CHECKING:
-    from .budget import Budget
+    from npcai.sidecar.budget import Budget
 
 
 def _shipped_grammar_dir() -> Path:
     """The shipped grammars: package data npcai/grammars/ in an installed wheel (pyproject.toml maps the
     checkout's grammars/ there), else grammars/ beside the package in a checkout or editable install."""
-    packaged = resources.files(__package__) / "grammars"
+    packaged = resources.files("npcai") / "grammars"
     if packaged.is_dir():
         return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "grammars"
+    return Path(__file__).resolve().parents[2] / "grammars"
 
 
 #: Where grammar names in ``decide`` are looked up when no --grammar-dir is given.
@@ -108,7 +108,7 @@ class Settings:
 
     @property
     def budget(self) -> "Budget":
-        from .budget import Budget
+        from npcai.sidecar.budget import Budget
 
         return Budget(threads=self.budget_threads, tokens_per_s=self.budget_tokens_per_s, share=self.budget_share,
                       frame_ms=self.frame_ms)

@@ -1,0 +1,1 @@
+"""The sidecar process: socket, requests, scheduling, NPC state and jobs."""
