@@ -37,10 +37,10 @@ def test_cancellations_from_another_thread_while_the_loop_runs_never_break_it(en
     n = 0
     while time.monotonic() < deadline and loop.is_alive():
         for _ in range(1000):  # of requests that already ended: the engine keeps each a while
-            eng.cancel(P.Request(n, "say", {}), expired=True)
+            eng.cancel(P.SayRequest(id=n, npc="nobody", text="hi"), expired=True)
             n += 1
     assert loop.is_alive(), "the engine loop died"
-    probe = P.Request(1, "forget", {"npc": "nobody"})
+    probe = P.ForgetRequest(id=1, npc="nobody")
     eng.submit(probe)
     until = time.monotonic() + 5
     while not any(req is probe for req, _ in eng.replies) and time.monotonic() < until:

@@ -9,6 +9,7 @@ which sequence go in and where their logits come back.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,26 @@ from npcai.model.kv import KvSeq, Lane, SeqPool
 from npcai.model.lines import SENTENCE_ENDS
 from npcai.model.native import Batch, Context, Model
 from npcai.model.sampling import NO_MASK, sample_token
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one batched step did, in words rather than llama_decode's codes.
+
+    ``ok``: every lane advanced; ``kv_full``: no room in the KV cache (llama_decode 1); ``aborted``: the
+    abort callback stopped it mid-way (2); ``failed``: any other code. Only ``ok`` changes the lanes.
+    """
+
+    status: str
+    code: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+STEP_OK = StepResult("ok")
+_KV_FULL, _ABORTED = StepResult("kv_full", 1), StepResult("aborted", 2)
 
 
 class Runtime:
@@ -170,11 +191,11 @@ class Runtime:
             lane.seq = dst
 
     # --- the step ---------------------------------------------------------------
-    def step(self, lanes: list[tuple[Lane, int]]) -> int:
+    def step(self, lanes: list[tuple[Lane, int]]) -> StepResult:
         """Evaluate the first ``n`` pending tokens of each (lane, n) in one batch.
 
-        Returns llama_decode's code; on success the lanes advance and their rows point
-        at the logits they asked for.
+        On success the lanes advance and their rows point at the logits they asked for; otherwise
+        the lanes are as they were.
         """
         b = self.batch
         b.clear()
@@ -194,7 +215,7 @@ class Runtime:
                 self.ctx.seq_rm(lane.seq, lane.pos)
                 lane.rows = []
             self.stats["aborted_steps"] += rc == 2
-            return rc
+            return _KV_FULL if rc == 1 else _ABORTED if rc == 2 else StepResult("failed", rc)
         self.stats["steps"] += 1
         self.stats["tokens"] += b.n
         for lane, n in lanes:
@@ -203,7 +224,7 @@ class Runtime:
             lane.pos += n
             if lane.kv is not None:
                 lane.kv.tokens.extend(done)
-        return 0
+        return STEP_OK
 
     def logits(self, row: int) -> np.ndarray:
         return self.ctx.logits(row, self.n_vocab)
