@@ -7,9 +7,17 @@ the executable one, and nothing else in npcai builds or parses frames:
 
 - ``frames``: the version, the limits, bounded decoding of one frame;
 - ``requests``: one frozen dataclass per op, and ``parse_request`` (every check that needs no model);
+- ``checks``: the range and size rules those checks use;
 - ``replies``: every event the sidecar sends.
 """
 
+from npcai.protocol.checks import (
+    MAX_TOKEN_BYTES,
+    check_budget,
+    check_examples,
+    check_prompt_size,
+    check_sampling,
+)
 from npcai.protocol.frames import (
     READY_PREFIX,
     VERSION,
@@ -39,7 +47,6 @@ from npcai.protocol.replies import (
 )
 from npcai.protocol.requests import (
     IMMEDIATE_OPS,
-    MAX_TOKEN_BYTES,
     OPS,
     REQUEST_TYPES,
     BudgetRequest,
@@ -57,10 +64,6 @@ from npcai.protocol.requests import (
     SayRequest,
     ShutdownRequest,
     StatsRequest,
-    check_budget,
-    check_examples,
-    check_prompt_size,
-    check_sampling,
     parse_request,
     typed_request,
 )

@@ -9,13 +9,34 @@ constraint is one it can compile. The engine asks here before it queues any work
 from __future__ import annotations
 
 from concurrent.futures import Future
+from pathlib import Path
 
 from npcai import protocol as P
 from npcai.errors import BadRequest, TooLarge
+from npcai.model import catalog, choices
 from npcai.model.runtime import Runtime
+from npcai.sidecar.settings import Settings
 
 #: The role each op uses when the request (or its NPC) names none.
 DEFAULT_ROLES = {"npc": "dialogue", "say": "dialogue", "observe": "dialogue", "decide": "decision"}
+
+
+def load_runtimes(settings: Settings, models: dict[str, Path]) -> dict[str, Runtime]:
+    """Load each model once; ``models`` maps role -> GGUF path, and roles sharing a file share its runtime."""
+    runtimes: dict[str, Runtime] = {}
+    by_path: dict[Path, Runtime] = {}
+    for role, path in models.items():
+        rt = by_path.get(path)
+        if rt is None:
+            entry = catalog.entry_for(path)
+            rt = Runtime(path, name=entry.name if entry else path.stem, n_ctx=settings.n_ctx,
+                         n_seq=settings.n_seq, n_batch=settings.n_batch, threads=settings.compute_threads,
+                         grammar_dir=Path(settings.grammar_dir), flash_attn=entry.flash_attn if entry else None,
+                         park_bytes=settings.park_mb * 2**20,
+                         choice_temperature=entry.choice_temperature if entry else choices.DEFAULT_TEMPERATURE)
+            by_path[path] = rt
+        runtimes[role] = rt
+    return runtimes
 
 
 class Admission:

@@ -25,9 +25,8 @@ from typing import Any, Callable
 
 from npcai import protocol as P
 from npcai.errors import NpcaiError, Overloaded, UnknownNpc
-from npcai.model import catalog, choices
 from npcai.model.runtime import Runtime
-from npcai.sidecar.admission import DEFAULT_ROLES, Admission  # noqa: F401  (DEFAULT_ROLES: its old home)
+from npcai.sidecar.admission import DEFAULT_ROLES, Admission, load_runtimes  # noqa: F401  (DEFAULT_ROLES: its old home)
 from npcai.sidecar.budget import Governor
 from npcai.sidecar.jobs import (
     DECISION,
@@ -40,7 +39,6 @@ from npcai.sidecar.jobs import (
     PrimeJob,
     SayJob,
     draw_together,
-    pending_tokens,
 )
 from npcai.sidecar.npc import ANONYMOUS_PERSONA, Npc
 from npcai.sidecar.preemption import Preemption
@@ -52,7 +50,6 @@ log = logging.getLogger("npcai")
 EmitFn = Callable[[P.Request, dict[str, Any]], None]
 
 _CANCEL_KEEP_S = 5.0  # how long a cancellation waits for a request still in the inbox
-_SHED_MARGIN = 0.8  # shed a decision when even 80 % of its estimated cost would overrun its deadline
 
 
 class Engine:
@@ -61,19 +58,7 @@ class Engine:
         self.settings = settings
         self.limits = settings.limits
         self.emit = emit
-        self.runtimes: dict[str, Runtime] = {}
-        by_path: dict[Path, Runtime] = {}
-        for role, path in models.items():
-            rt = by_path.get(path)
-            if rt is None:
-                entry = catalog.entry_for(path)
-                rt = Runtime(path, name=entry.name if entry else path.stem, n_ctx=settings.n_ctx,
-                             n_seq=settings.n_seq, n_batch=settings.n_batch, threads=settings.compute_threads,
-                             grammar_dir=Path(settings.grammar_dir), flash_attn=entry.flash_attn if entry else None,
-                             park_bytes=settings.park_mb * 2**20,
-                             choice_temperature=entry.choice_temperature if entry else choices.DEFAULT_TEMPERATURE)
-                by_path[path] = rt
-            self.runtimes[role] = rt
+        self.runtimes: dict[str, Runtime] = load_runtimes(settings, models)
         self.admission = Admission(self.runtimes, self.limits)
         self.governor = Governor(settings.budget, settings.compute_threads, settings.n_batch)
         self.npcs: dict[str, Npc] = {}
@@ -330,7 +315,7 @@ class Engine:
             if (job.rt is not rt or job.urgency != DECISION or deadline is None or job.first_logits_at is not None
                     or job.finished):
                 continue
-            if now + _SHED_MARGIN * rt.estimate_s(pending_tokens(job)) > deadline:
+            if self.preemption.hopeless(job, rt, now):
                 shed += 1
                 self.counters["shed"] += 1  # counted before the answer goes out: a client may ask stats next
                 job.finish(P.timed_out(job.req, (now - job.req.received) * 1000))

@@ -9,6 +9,10 @@ A long step is stopped mid-way (llama.cpp's abort callback, polled on the engine
   decision time enough is left to finish, since redoing it wastes its compute; so is one the
   decision could not be saved by.
 
+Between steps, a decision whose prompt cannot be evaluated by its deadline (by the running estimate
+of its cost) is shed: answered with its fallback at once, so that the game has its answer early and
+the compute goes to decisions that can still make theirs.
+
 ``arrived`` is called from the socket thread; everything else runs on the engine thread.
 """
 
@@ -21,11 +25,12 @@ from typing import Callable
 from npcai import protocol as P
 from npcai.model.kv import Lane
 from npcai.model.runtime import Runtime
-from npcai.sidecar.jobs import DECISION, IDLE, Job
+from npcai.sidecar.jobs import DECISION, IDLE, Job, pending_tokens
 
 ABORT_MIN_TOKENS = 16  # steps this large take long enough to be worth aborting mid-way
 DECISION_TOKENS = 20  # a typical decision prompt (a situation and the chat template), for estimates
 PATIENCE_S = 0.25  # how long a decision without a deadline may wait for a dialogue step to finish
+SHED_MARGIN = 0.8  # shed a decision when even 80 % of its estimated cost would overrun its deadline
 
 Plan = list[tuple[Job, Lane, int]]
 
@@ -82,3 +87,9 @@ class Preemption:
     def gave_way(self, plan: Plan) -> bool:
         """Whether an aborted step of ``plan`` was stopped for a decision (counted as preempted)."""
         return self.preemptible(plan) and self.urgent
+
+    @staticmethod
+    def hopeless(job: Job, rt: Runtime, now: float) -> bool:
+        """Whether ``job`` (already checked to be a decision on ``rt`` with a deadline, no logits yet) cannot
+        finish in time and goes now, with its fallback."""
+        return now + SHED_MARGIN * rt.estimate_s(pending_tokens(job)) > job.req.deadline

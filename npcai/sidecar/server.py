@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import heapq
-import hmac
 import itertools
 import logging
 import os
@@ -36,11 +35,13 @@ import zmq
 
 from npcai import __version__
 from npcai import protocol as P
-from npcai.errors import BadRequest, NpcaiError, Overloaded, Unauthorized
+from npcai.errors import BadRequest, NpcaiError, Overloaded
 from npcai.sidecar import curve, parent
+from npcai.sidecar.auth import TokenAuth
 from npcai.sidecar.curve import load_curve_allowed, load_curve_secret  # noqa: F401  (their old home)
 from npcai.sidecar.engine import Engine
 from npcai.sidecar.opstats import OpStats
+from npcai.sidecar.outbox import Outbox
 from npcai.sidecar.settings import Settings
 
 log = logging.getLogger("npcai")
@@ -51,7 +52,6 @@ _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: pyzmq's enum 
 # client can make the sidecar hold at most RCVHWM such frames (then TCP pushes back).
 _RCVHWM = 128
 _SNDHWM = 1000
-_MAX_AUTHED = 4096  # clients remembered as having sent the token (least recently heard from go first)
 _WARN_EVERY_S = 5.0
 _FAILED_LINGER_S = 0.5  # after the engine fails, requests already on their way still get an answer
 
@@ -84,20 +84,14 @@ class Server:
         self.curve_public_key = ""
         if settings.curve_secret_key:  # before the engine: a bad key file fails before any model loads
             self._auth, self.curve_public_key = curve.secure(self._zctx, self._router, settings)
-        # The engine's replies: appends and pops of a deque are atomic, and an empty one is checked
-        # without raising (the socket thread looks on every turn).
-        self._outbox: collections.deque[tuple[P.Request, dict]] = collections.deque()
-        self._signal_addr = f"inproc://npcai-outbox-{id(self)}"
-        self._signal_pull = self._zctx.socket(zmq.PULL)
-        self._signal_pull.bind(self._signal_addr)
-        self._signal_local = threading.local()
-        self.engine: Engine = engine_factory(self._emit)
+        self._outbox = Outbox(self._zctx)  # the engine's replies
+        self.engine: Engine = engine_factory(self._outbox.emit)
         self._inflight: dict[tuple[bytes, int], _Inflight] = {}
         self._per_client: collections.Counter[bytes] = collections.Counter()
         # heap of (deadline, tie-break, key, entry): an entry that ended early stays until compacted
         self._deadlines: list[tuple[float, int, tuple[bytes, int], _Inflight]] = []
         self._tiebreak = itertools.count()
-        self._authed: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._token = TokenAuth(settings.token)
         self._gone: set[bytes] = set()
         self._stats: dict[str, OpStats] = collections.defaultdict(OpStats)
         self._bad_frames = 0
@@ -114,25 +108,6 @@ class Server:
             P.HelloRequest: self._on_hello, P.PingRequest: self._on_ping, P.CancelRequest: self._on_cancel,
             P.StatsRequest: self._on_stats, P.ShutdownRequest: self._on_shutdown, P.BudgetRequest: self._on_budget,
             P.FrameRequest: self._on_frame}
-
-    # --- called from the engine thread -----------------------------------------------------
-    def _emit(self, req: P.Request, reply: dict[str, Any]) -> None:
-        """A reply from the engine, tagged with the request it answers (ids may be reused)."""
-        self._outbox.append((req, reply))
-        self._signal()
-
-    def _signal(self) -> None:
-        """Wake the socket thread (from any other thread)."""
-        sock = getattr(self._signal_local, "sock", None)
-        if sock is None:  # one PUSH socket per emitting thread: zmq sockets are not thread-safe
-            sock = self._zctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self._signal_addr)
-            self._signal_local.sock = sock
-        try:
-            sock.send(b"", zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # the socket thread is already behind on signals; it will drain the outbox anyway
 
     # --- lifecycle -----------------------------------------------------------------------------
     def bind(self) -> str:
@@ -155,7 +130,7 @@ class Server:
         engine_thread.start()
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
-        poller.register(self._signal_pull, zmq.POLLIN)
+        poller.register(self._outbox.pull, zmq.POLLIN)
         next_parent_check = 0.0
         lease = self.settings.lease_ms / 1000.0
         try:
@@ -163,15 +138,15 @@ class Server:
                 timeout = self._poll_timeout()
                 if self._inflight:
                     events = dict(poller.poll(timeout))
-                    if self._signal_pull in events:
-                        self._drain_signals()
+                    if self._outbox.pull in events:
+                        self._outbox.drain_signals()
                     self._send_replies()
                     if self._router in events:
                         self._read_requests()
                 else:
                     # Nothing for the engine to answer: wait on the socket alone. A blocking read
                     # answers a lone hello or ping 10-15 µs sooner than a poll of two sockets.
-                    self._outbox.clear()  # replies to requests already answered at their deadlines
+                    self._outbox.replies.clear()  # replies to requests already answered at their deadlines
                     if self._read_one(timeout):
                         self._read_requests()
                 self._expire_deadlines()
@@ -195,7 +170,7 @@ class Server:
         try:
             self.engine.run()
         finally:  # wake the socket thread, which sees that the engine has ended
-            self._signal()
+            self._outbox.signal()
 
     def _engine_gone(self, now: float) -> None:
         """The engine ended without being asked to (a bug, logged there): answer every open request and,
@@ -220,7 +195,7 @@ class Server:
         self._inflight.clear()
         self.engine.close()
         self._router.close(linger=100)
-        self._signal_pull.close(linger=0)
+        self._outbox.close()
         if self._auth is not None:
             self._auth.stop()
 
@@ -279,10 +254,8 @@ class Server:
         stats = self._stats[req.op]
         stats.count += 1
         try:
-            if self.settings.token and req.op != "hello":
-                if client not in self._authed:
-                    raise Unauthorized("send hello with the sidecar's token first")
-                self._authed.move_to_end(client)
+            if req.op != "hello":
+                self._token.check(client)
             if self._last_heard is not None and req.op != "hello":
                 self._last_heard = received  # an authorized client renews the lease with any request
             req.check(self.limits)  # parse_request's second half: every rule that needs no model
@@ -310,13 +283,7 @@ class Server:
     # --- immediate ops: one handler per request type (see __init__'s table) ----------------------
     def _on_hello(self, req: P.HelloRequest) -> None:
         client = req.client
-        if self.settings.token:
-            if not hmac.compare_digest((req.token or "").encode(), self.settings.token.encode()):
-                raise Unauthorized("hello needs the sidecar's token")
-            self._authed[client] = None
-            self._authed.move_to_end(client)
-            while len(self._authed) > _MAX_AUTHED:
-                self._authed.popitem(last=False)
+        self._token.hello(client, req.token)
         self._last_heard = req.received
         budget = self.engine.governor.budget
         if self._hello is None or self._hello[0] is not budget:  # all but the budget is fixed for life
@@ -359,15 +326,8 @@ class Server:
         self._send(req.client, P.ok(req.id, backoff_level=self.engine.governor.level))
 
     # --- outbound --------------------------------------------------------------------------------
-    def _drain_signals(self) -> None:
-        while True:
-            try:
-                self._signal_pull.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-
     def _send_replies(self) -> None:
-        outbox = self._outbox
+        outbox = self._outbox.replies
         while outbox:
             req, reply = outbox.popleft()
             client = req.client
@@ -427,7 +387,7 @@ class Server:
             self.engine.cancel(self._inflight[key].req, expired=True)
             self._finish(key, self._inflight[key], P.CANCELLED)
         for client in gone:
-            self._authed.pop(client, None)
+            self._token.forget(client)
 
     def _send(self, client: bytes, reply: dict[str, Any]) -> None:
         self._send_frame(client, P.encode(reply))
