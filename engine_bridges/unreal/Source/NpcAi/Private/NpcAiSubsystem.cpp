@@ -125,6 +125,10 @@ void UNpcAiSubsystem::StartSidecar()
 	{
 		UE_LOG(LogNpcAi, Warning, TEXT("npcai sidecar: %s"), *FromUtf8(Bridge->Launcher.error()));
 	}
+	else if (AttachEndpoint.IsEmpty())
+	{
+		UE_LOG(LogNpcAi, Log, TEXT("npcai sidecar: started %s"), *FromUtf8(Bridge->Launcher.program()));
+	}
 	LastState = static_cast<uint8>(npcai::Launcher::State::Idle);
 }
 
