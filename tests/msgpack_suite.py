@@ -127,15 +127,8 @@ def forms(groups: dict[str, list[dict[str, Any]]]) -> list[Form]:
                 refused = "timestamp" in entry or "ext" in entry
                 value = None if refused else _expected(entry, data[0])
                 out.append(Form(f"{stem}.{i}.{data[0]:02x}", data, value, refused))
-    names = [f.name for f in out]
-    # A value listed twice in one form family (none in 1.0.0) would share a name: make it unique.
-    seen: dict[str, int] = {}
-    unique = []
-    for form, name in zip(out, names):
-        seen[name] = seen.get(name, 0) + 1
-        unique.append(form if seen[name] == 1 else Form(f"{name}.{seen[name]}", form.data, form.value, form.refused))
-    assert len(unique) == FORMS, len(unique)
-    return unique
+    assert len(out) == FORMS and len({f.name for f in out}) == FORMS, len(out)
+    return out
 
 
 def python_value(value: Any) -> Any:
