@@ -9,10 +9,10 @@ import math
 
 import msgpack
 import pytest
-from msgpack_suite import Float, Form, forms, load_groups
+from msgpack_suite import Float, Form, canonical, forms, load_groups, python_value
 
 from npcai.errors import NpcaiError
-from npcai.protocol import Limits, decode_frame
+from npcai.protocol import Limits, decode_frame, encode
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,20 @@ def test_decode_frame_refuses_every_ext_and_timestamp(suite):
             with pytest.raises(NpcaiError) as err:
                 decode_frame(frame, limits)
             assert (err.value.code, err.value.message) == ("bad_request", "ext types are not supported"), form.name
+
+
+def test_the_sidecar_encodes_each_value_canonically(suite):
+    """What decode_frame read, the sidecar's encoder writes back in the smallest form (floats as
+    float64): the canonical form of every value, byte for byte."""
+    wrong = []
+    for form in suite:
+        if form.refused:
+            continue
+        got = encode({"x": python_value(form.value)})
+        want = b"\x81\xa1x" + canonical(form.value, keep_float32=False)
+        if got != want:
+            wrong.append(f"{form.name}: {got.hex()}, expected {want.hex()}")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_the_check_fails_on_a_wrong_decoding(suite):
