@@ -54,10 +54,12 @@ def platform_tag() -> dict[str, str]:
 
 def write(root: Path, *, models: dict[str, dict], versions: dict[str, object]) -> Path:
     """Describe every file under ``root`` (except the manifest itself) in ``root/bundle.json``."""
-    files = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+    files: dict[str, dict] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
         rel = path.relative_to(root).as_posix()
-        if rel != NAME:
+        if path.is_symlink():  # PyInstaller links some libraries to the copy it keeps (not on Windows)
+            files[rel] = {"symlink": Path(os.readlink(path)).as_posix()}
+        elif rel != NAME:
             files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
     data = {"format": FORMAT, **versions, "platform": platform_tag(), "models": models, "files": files}
     target = root / NAME
@@ -85,6 +87,10 @@ def verify(manifest: Manifest, *, cache: Path | None = None) -> None:
     seen: dict[str, list] = {}
     for rel, entry in manifest.data["files"].items():
         path = manifest.root / rel
+        if "symlink" in entry:
+            if not path.is_symlink() or Path(os.readlink(path)).as_posix() != entry["symlink"]:
+                raise BundleError(f"bundled link {rel} is missing or changed: reinstall the game's npcai folder")
+            continue
         try:
             st = path.stat()
         except OSError:
