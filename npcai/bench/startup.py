@@ -15,14 +15,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
-
+from npcai.bench.harness import Bench
 from npcai.client import Client
 from npcai.protocol import READY_PREFIX
 
 
-def run(report, model: str, threads: int, quick: bool, say: Callable[[str], None]) -> None:
-    """Add the startup rows to ``report`` (a runner.Report) and its raw figures to ``report.raw``."""
+def run(b: Bench) -> None:
+    """Add the startup rows and raw figures to ``b.report``."""
+    report, model, threads, quick, say = b.report, b.model, b.threads, b.quick, b.say
     from npcai.bundle.builder import build_bundle, check_can_build, executable_name
     from npcai.model import catalog
 
