@@ -160,4 +160,4 @@ def _add_models(folder: Path, roles: dict[str, Path], log: TextIO) -> dict[str, 
 
 
 def _size_mb(path: Path) -> float:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) / 1e6

@@ -3,6 +3,7 @@ carries neither numba nor LLVM (llvmlite alone is 174 MB) and compiles nothing w
 
 from __future__ import annotations
 
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 from npcai.errors import NpcaiError
@@ -25,7 +26,7 @@ def compile_sampling(out_dir: Path) -> Path:
     except Exception as exc:  # distutils/setuptools raise their own kinds when no C compiler is found
         raise NpcaiError(f"could not compile the sampling kernel ahead of time ({exc}): npcai bundle needs the "
                          "C compiler numba uses (gcc or clang; MSVC Build Tools on Windows)") from None
-    built = sorted(out_dir.glob(f"{MODULE}.*"))
+    built = [p for suffix in EXTENSION_SUFFIXES if (p := out_dir / f"{MODULE}{suffix}").is_file()]
     if not built:
         raise NpcaiError(f"numba built no {MODULE} module in {out_dir}")
     return built[0]
