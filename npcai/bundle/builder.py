@@ -95,7 +95,7 @@ def _freeze(work: Path, kernel: Path, log: TextIO) -> Path:
            "--name", EXECUTABLE, "--distpath", str(work / "dist"), "--workpath", str(work / "build"),
            "--specpath", str(work), "--paths", str(checkout),
            "--add-binary", f"{kernel}{sep}npcai/model",
-           "--add-data", f"{settings_grammar_dir()}{sep}npcai/grammars",
+           "--add-data", f"{_grammar_dir()}{sep}npcai/grammars",
            "--collect-binaries", "llguidance", "--copy-metadata", "llguidance",
            *(arg for lib in _llama_libraries(llama_lib) for arg in ("--add-binary", f"{lib}{sep}llama_cpp/lib")),
            *(arg for name in EXCLUDED for arg in ("--exclude-module", name)),
@@ -108,7 +108,7 @@ def _freeze(work: Path, kernel: Path, log: TextIO) -> Path:
     return work / "dist" / EXECUTABLE
 
 
-def settings_grammar_dir() -> Path:
+def _grammar_dir() -> Path:
     from npcai.sidecar.settings import DEFAULT_GRAMMAR_DIR
 
     return DEFAULT_GRAMMAR_DIR
