@@ -4,7 +4,6 @@ checks itself against its manifest at start, and writes nothing beside its execu
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys

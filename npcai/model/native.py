@@ -11,7 +11,6 @@ import ctypes
 import struct
 import sys
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 
 import llama_cpp as L
