@@ -40,6 +40,8 @@ class Limits:
     max_tokens: int = 512
     max_choices: int = 64
     max_examples: int = 16
+    max_actions: int = 16
+    max_chain_steps: int = 8
 
     def to_wire(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -69,6 +71,20 @@ def _examples(v: Any) -> bool:
         and set(e) <= {"situation", "choice"} for e in v)
 
 
+def _actions(v: Any) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(a, dict) and isinstance(a.get("name"), str) and isinstance(a.get("description", ""), str)
+        and isinstance(a.get("args", {}), dict) and set(a) <= {"name", "description", "args"} for a in v)
+
+
+def _action_pick(v: Any) -> bool:
+    return isinstance(v, bool) or _str_list(v)
+
+
+def _steps(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(s, dict) and all(isinstance(k, str) for k in s) for s in v)
+
+
 def _str_map(v: Any) -> bool:
     return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
 
@@ -82,6 +98,7 @@ class _Field:
 
 _STR, _INT, _NUM = (_Field(lambda v: isinstance(v, str), "a string"), _Field(_int, "an integer"),
                     _Field(_number, "a number"))
+_PICK = _Field(_action_pick, "true, false or a list of action names")
 _SEED = _Field(lambda v: _int(v) and 0 <= v < 1 << 64, "an integer from 0 to 2**64-1")
 
 
@@ -100,10 +117,12 @@ _SAMPLING = {
 
 #: The fields each op takes, besides the envelope (v, id, op, deadline_ms, priority).
 OPS: dict[str, dict[str, _Field]] = {
-    "hello": {"client": _STR, "token": _STR},
+    "hello": {"client": _STR, "token": _STR,
+              "role_info": _Field(_str_map, "a map from role to a one-line description")},
     "ping": {},
     "npc": {"npc": _req(_STR), "persona": _req(_STR), "role": _STR, "seed": _SEED,
-            "examples": _Field(_examples, "a list of {situation, choice} maps of strings")},
+            "examples": _Field(_examples, "a list of {situation, choice} maps of strings"),
+            "actions": _Field(_actions, "a list of {name, description, args} maps (args: a JSON schema map)")},
     "say": {
         "npc": _req(_STR),
         "text": _req(_STR),
@@ -111,6 +130,7 @@ OPS: dict[str, dict[str, _Field]] = {
         "stop": _Field(lambda v: isinstance(v, str) or _str_list(v), "a string or a list of strings"),
         "soft_max_tokens": _INT,
         "fallback": _Field(_any, "any value"),
+        "actions": _PICK,
         **_SAMPLING,
     },
     "decide": {
@@ -121,10 +141,13 @@ OPS: dict[str, dict[str, _Field]] = {
         "descriptions": _Field(_str_map, "a map from choice to the words scored for it"),
         "schema": _Field(lambda v: isinstance(v, dict), "a map (JSON schema)"),
         "grammar": _STR,
+        "actions": _PICK,
         "fallback": _Field(_any, "any value"),
         **_SAMPLING,
     },
     "observe": {"npc": _req(_STR), "text": _req(_STR)},
+    "act_result": {"npc": _req(_STR), "name": _req(_STR), "result": _req(_STR)},
+    "chain": {"steps": _req(_Field(_steps, "a list of step maps")), "fallback": _Field(_any, "any value")},
     "cancel": {"target": _req(_INT)},
     "forget": {"npc": _req(_STR)},
     "save": {"npc": _req(_STR)},
@@ -282,9 +305,17 @@ def parse_request(message: dict[str, Any], client: bytes = b"", received: float 
 
 
 def _check_decide(fields: dict[str, Any]) -> None:
-    given = [k for k in ("choices", "schema", "grammar") if k in fields]
+    if fields.get("actions") is False:
+        del fields["actions"]
+    given = [k for k in ("choices", "schema", "grammar", "actions") if k in fields]
     if len(given) != 1:
-        raise BadRequest("op 'decide' needs exactly one of 'choices', 'schema' or 'grammar'")
+        raise BadRequest("op 'decide' needs exactly one of 'choices', 'schema', 'grammar' or 'actions'")
+    if "actions" in fields:
+        if "npc" not in fields:
+            raise BadRequest("op 'decide' with 'actions' needs 'npc': actions are declared with the NPC")
+        if "descriptions" in fields:
+            raise BadRequest("field 'descriptions' goes with 'choices' (an action's description is declared)")
+        return
     choices = fields.get("choices")
     if choices is not None:
         if not choices or any(not c for c in choices):
@@ -302,7 +333,7 @@ def _check_decide(fields: dict[str, Any]) -> None:
 
 #: No vocabulary we know has a token longer than this (SmolLM2: 81 bytes, Gemma 3: 48).
 MAX_TOKEN_BYTES = 256
-_PROMPT_FIELDS = ("persona", "text", "situation", "lead")
+_PROMPT_FIELDS = ("persona", "text", "situation", "lead", "result")
 
 
 def check_prompt_size(req: Request, limits: Limits) -> None:

@@ -26,6 +26,7 @@ from npcai.errors import BadRequest, NpcaiError, Overloaded, TooLarge, UnknownNp
 from npcai.model import catalog, choices
 from npcai.model.runtime import Runtime
 from npcai.model.sampling import sample_tokens
+from npcai.sidecar import actions
 from npcai.sidecar.budget import Governor
 from npcai.sidecar.jobs import (
     DECISION,
@@ -41,6 +42,7 @@ from npcai.sidecar.jobs import (
     pending_tokens,
 )
 from npcai.sidecar.npc import ANONYMOUS_PERSONA, Npc
+from npcai.sidecar.relay import Relay
 from npcai.sidecar.scheduler import Scheduler
 from npcai.sidecar.settings import Settings
 
@@ -95,7 +97,8 @@ class Engine:
         self._stop = threading.Event()
         self._handlers = {"npc": self._on_npc, "say": self._on_say, "decide": self._on_decide,
                           "observe": self._on_observe, "forget": self._on_forget, "save": self._on_save,
-                          "load": self._on_load}
+                          "load": self._on_load, "act_result": self._on_act_result}
+        self._relays: dict[int, Callable[[dict[str, Any]], None]] = {}  # id(request) -> where its replies go
         self.counters = {"jobs_started": 0, "jobs_failed": 0, "cancelled": 0, "expired": 0, "preempted_steps": 0,
                          "shed": 0}
         self.failed = False  # the loop ended on a bug: nothing will be answered any more
@@ -109,6 +112,16 @@ class Engine:
             self._urgent_by = min(self._urgent_by, by)
             self._urgent = True
         self._wake.set()
+
+    def dispatch(self, req: P.Request, emit: Callable[[dict[str, Any]], None]) -> None:
+        """Serve a request made inside the sidecar (a relay's: see relay.py); its replies go to ``emit``.
+        Engine thread only."""
+        self._relays[id(req)] = emit
+        try:
+            self._handlers[req.op](req)
+        except NpcaiError as err:
+            self._relays.pop(id(req), None)
+            emit(P.error(req.id, err))
 
     def cancel(self, req: P.Request, *, expired: bool = False) -> None:
         """Stop work on a request; a client's cancel is answered with ``cancelled``, an expiry silently."""
@@ -156,6 +169,7 @@ class Engine:
             self._take_inbox()
             self._apply_cancels()
             self._start_jobs()
+            self._tick_relays()
             deciding = self.scheduler.deciding()
             pause = self.governor.wait_s(deciding=deciding)
             if pause > 0 and self.scheduler.running:  # the budget asks for a breather between steps
@@ -174,6 +188,13 @@ class Engine:
         for job in self.scheduler.jobs():
             job.finish(P.cancelled(job.req.id))
         self.scheduler = Scheduler()
+
+    def _tick_relays(self) -> None:
+        if self._relays or any(isinstance(job, Relay) for job in self.scheduler.running):
+            now = time.monotonic()
+            for job in [j for j in self.scheduler.running if isinstance(j, Relay) and not j.finished]:
+                job.tick(now)
+            self.scheduler.sweep()
 
     def close(self) -> None:
         for rt in self._models():
@@ -403,7 +424,7 @@ class Engine:
         self.scheduler.add(job)
 
     def _emitter(self, req: P.Request) -> Callable[[dict[str, Any]], None]:
-        return lambda reply: self.emit(req, reply)
+        return self._relays.pop(id(req), None) or (lambda reply: self.emit(req, reply))
 
     def _on_npc(self, req: P.Request) -> None:
         f = req.fields
@@ -411,8 +432,9 @@ class Engine:
         rt = self._runtime("npc", f.get("role"))
         P.check_examples(f, self.limits)
         _check_prompt(rt, f["persona"], self.limits.max_prompt_tokens)
+        declared = actions.check_actions(f.get("actions"), self._runtime("decide", None), self.limits)
         npc = self._install(Npc(f["npc"], f["persona"], f.get("role") or "dialogue", f.get("seed"),
-                                examples=list(f.get("examples", []))))
+                                examples=list(f.get("examples", [])), actions=declared))
         self._queue(DefineJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
 
     def _on_say(self, req: P.Request) -> None:
@@ -420,6 +442,9 @@ class Engine:
         P.check_sampling(req.fields, self.limits)
         rt = self._runtime("say", req.fields.get("role") or npc.role)
         _check_prompt(rt, req.fields["text"], self.limits.max_prompt_tokens)
+        if req.fields.get("actions"):
+            names = actions.allowed(npc, req.fields["actions"])
+            return self._queue(actions.ActionLine(req, rt, self._emitter(req), self.settings.npc_ctx, self, npc, names))
         self._queue(SayJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
 
     def _on_decide(self, req: P.Request) -> None:
@@ -427,6 +452,10 @@ class Engine:
         P.check_sampling(req.fields, self.limits)
         rt = self._runtime("decide", req.fields.get("role"))
         _check_prompt(rt, req.fields["situation"], self.limits.max_prompt_tokens)
+        if "actions" in req.fields:
+            names = actions.allowed(npc, req.fields["actions"])
+            return self._queue(actions.ActionDecision(req, rt, self._emitter(req), self.settings.npc_ctx, self, npc,
+                                                      names))
         emit = self._emitter(req)
         if "choices" in req.fields:
             job: Job = ChoiceDecideJob(req, rt, emit, self.settings.npc_ctx, npc)
@@ -444,9 +473,21 @@ class Engine:
         rt = self._runtime("observe", npc.role)
         _check_prompt(rt, req.fields["text"], self.limits.max_prompt_tokens)
         npc.messages.append(("user", f"(You notice: {req.fields['text'].strip()})"))
-        self.emit(req, P.ok(req.id, npc=npc.id))
+        self._evaluate_later(req, rt, npc)
+
+    def _evaluate_later(self, req: P.Request, rt: Runtime, npc: Npc) -> None:
+        """Answer ok now; the NPC's history, grown by ``req``, is evaluated in spare steps."""
+        emit = self._emitter(req)
+        emit(P.ok(req.id, npc=npc.id))
         if len(self.scheduler) < self.limits.max_queue:
-            self.scheduler.add(ObserveJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
+            self.scheduler.add(ObserveJob(req, rt, emit, self.settings.npc_ctx, npc))
+
+    def _on_act_result(self, req: P.Request) -> None:
+        npc = self._npc(req)
+        rt = self._runtime("observe", npc.role)
+        _check_prompt(rt, req.fields["result"], self.limits.max_prompt_tokens)
+        actions.record_result(npc, req.fields["name"], req.fields["result"])
+        self._evaluate_later(req, rt, npc)
 
     def _on_forget(self, req: P.Request) -> None:
         self._npc(req).forget()

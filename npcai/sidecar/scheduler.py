@@ -94,7 +94,7 @@ class Scheduler:
         if deciding:
             # Dialogue that has waited too long gets a short step of its own first, when every
             # pending decision can still make its deadline after it; otherwise decisions go alone.
-            starving = [j for j in jobs if j.urgency == DIALOGUE and _starving(j, now)]
+            starving = [j for j in jobs if j.urgency == DIALOGUE and pending_tokens(j) and _starving(j, now)]
             if starving:
                 step = _one_kind(starving, min(budget, _STARVING_CHUNK), budget)
                 if _cost_s(rt, step) < _slack_s(rt, deciding, now):
