@@ -364,6 +364,21 @@ class Client:
     def decide(self, situation: str, timeout: float = 60.0, **kw: Any) -> dict[str, Any]:
         return self.call("decide", timeout=timeout, situation=situation, **kw)
 
+    def act_result(self, npc: str, name: str, result: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Tell an NPC what came of one of its actions; it joins the NPC's history."""
+        return self.call("act_result", timeout=timeout, npc=npc, name=name, result=result)
+
+    def chain(self, steps: list[dict[str, Any]], timeout: float = 60.0,
+              on_step: Callable[[dict[str, Any]], None] | None = None, **kw: Any) -> dict[str, Any]:
+        """Run steps (decide/say/observe/route maps with ``op`` and ``as``) in one request; ``done['results']``
+        maps each ``as`` to its value. ``on_step`` hears each step as it finishes."""
+        handle = self.request("chain", steps=steps, **kw)
+        handle.on_step = on_step
+        reply = self.wait(handle, timeout)
+        if reply["event"] == "error":
+            raise RequestFailed(reply.get("code", "?"), reply.get("message", ""))
+        return reply
+
     def close(self) -> None:
         if self._sock.closed:
             return

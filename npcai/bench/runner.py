@@ -45,7 +45,8 @@ SCHEMA = {"type": "object", "properties": {"action": {"enum": ["arrest", "follow
                                            "target": {"enum": ["stranger", "player", "none"]}},
           "required": ["action", "target"], "additionalProperties": False}
 #: Every item `npcai bench --only` can name, in the order they run; the CLI offers exactly these.
-ITEMS = ("transport", "decision", "dialogue", "many", "mixed", "cancel", "ahead", "weights", "kv", "frame", "quality")
+ITEMS = ("transport", "decision", "dialogue", "many", "mixed", "cancel", "ahead", "weights", "kv", "frame", "quality",
+         "actions", "chain")
 _READ_S = 0.3  # a player reading a line and answering, in the paced turn-taking measure
 _BUDGETED = "load, budget (40 dialogue tokens/s, 16.7 ms frames) + frame reports"  # the case with targets
 GBNF = {  # what a developer would hand llama-cpp-python for the same decisions (same output text)
@@ -660,13 +661,27 @@ class _Bench:
             self.report.add("quality", metric, value, baseline, baseline_name, unit=unit, target=target)
         self.report.raw["quality"] = raw
 
+    def _actions(self, c: Client) -> None:
+        from npcai.bench import actions
+
+        rows, self.report.raw["actions"] = actions.run(c, self.quick, self.say)
+        for metric, value, baseline, baseline_name, unit, target in rows:
+            self.report.add("actions", metric, value, baseline, baseline_name, unit=unit, target=target)
+
+    def _chain(self, c: Client) -> None:
+        from npcai.bench import chain
+
+        rows, self.report.raw["chain"] = chain.run(c, self.path, self.quick, self.say)
+        for metric, value, baseline, baseline_name, unit, target in rows:
+            self.report.add("chain", metric, value, baseline, baseline_name, unit=unit, target=target)
+
     def run(self, only: set[str] | None) -> Report:
         unknown = sorted(set(only or ()) - set(ITEMS))
         if unknown:
             raise NpcaiError(f"no bench item {', '.join(unknown)}; items: {', '.join(ITEMS)}")
         items = [("transport", self.transport), ("decision", self.decisions), ("dialogue", self.dialogue),
                  ("many", self.many), ("mixed", self.mixed), ("cancel", self.cancellation), ("ahead", self.ahead),
-                 ("quality", self.quality)]
+                 ("quality", self.quality), ("actions", self._actions), ("chain", self._chain)]
         items = [(name, fn) for name, fn in items if not only or name in only]
         sc, c = self.sidecar() if items else (None, None)
         try:

@@ -26,7 +26,7 @@ from npcai.errors import BadRequest, NpcaiError, Overloaded, TooLarge, UnknownNp
 from npcai.model import catalog, choices
 from npcai.model.runtime import Runtime
 from npcai.model.sampling import sample_tokens
-from npcai.sidecar import actions
+from npcai.sidecar import actions, chain
 from npcai.sidecar.budget import Governor
 from npcai.sidecar.jobs import (
     DECISION,
@@ -97,7 +97,9 @@ class Engine:
         self._stop = threading.Event()
         self._handlers = {"npc": self._on_npc, "say": self._on_say, "decide": self._on_decide,
                           "observe": self._on_observe, "forget": self._on_forget, "save": self._on_save,
-                          "load": self._on_load, "act_result": self._on_act_result}
+                          "load": self._on_load, "act_result": self._on_act_result, "chain": self._on_chain}
+        self.step_cache = chain.StepCache()
+        self.role_info: dict[str, str] = settings.roles_described()  # hello's role_info adds to it
         self._relays: dict[int, Callable[[dict[str, Any]], None]] = {}  # id(request) -> where its replies go
         self.counters = {"jobs_started": 0, "jobs_failed": 0, "cancelled": 0, "expired": 0, "preempted_steps": 0,
                          "shed": 0}
@@ -193,7 +195,12 @@ class Engine:
         if self._relays or any(isinstance(job, Relay) for job in self.scheduler.running):
             now = time.monotonic()
             for job in [j for j in self.scheduler.running if isinstance(j, Relay) and not j.finished]:
-                job.tick(now)
+                try:
+                    job.tick(now)
+                except NpcaiError as err:
+                    job.finish(P.error(job.req.id, err))
+                except Exception:
+                    self._internal(job.req, job)
             self.scheduler.sweep()
 
     def close(self) -> None:
@@ -481,6 +488,10 @@ class Engine:
         emit(P.ok(req.id, npc=npc.id))
         if len(self.scheduler) < self.limits.max_queue:
             self.scheduler.add(ObserveJob(req, rt, emit, self.settings.npc_ctx, npc))
+
+    def _on_chain(self, req: P.Request) -> None:
+        chain.check_chain(req.fields["steps"], self.limits, self.role_info, set(self.runtimes))
+        self._queue(chain.Chain(req, self._default, self._emitter(req), self.settings.npc_ctx, self))
 
     def _on_act_result(self, req: P.Request) -> None:
         npc = self._npc(req)

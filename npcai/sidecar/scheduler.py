@@ -108,6 +108,14 @@ class Scheduler:
         return _fill(jobs, min(budget, _CHUNK_WHILE_STREAMING) if streaming else budget, budget)
 
 
+def deadline_share(deadline: float, now: float, costs_s: list[float]) -> float:
+    """When the first of several steps that share ``deadline`` must end: the time left, shared out in
+    proportion to the steps' estimated costs (``costs_s``, the first step's first)."""
+    total = sum(costs_s)
+    left = max(0.0, deadline - now)
+    return now + (left * costs_s[0] / total if total > 0 else left / len(costs_s))
+
+
 def _deciding(job: Job) -> bool:
     return job.urgency == DECISION and not job.finished and pending_tokens(job) > 0
 

@@ -345,6 +345,7 @@ class Server:
                 while len(self._authed) > _MAX_AUTHED:
                     self._authed.popitem(last=False)
             self._last_heard = req.received
+            self.engine.role_info.update(f.get("role_info", {}))  # read by chains' route steps
             budget = self.engine.governor.budget
             if self._hello is None or self._hello[0] is not budget:  # all but the budget is fixed for life
                 self._hello = (budget, P.fixed_reply(
