@@ -41,8 +41,10 @@ def test_a_repeated_decision_step_is_answered_from_the_cache(client):
               "choices": ["cheerful", "grumpy"]},
              {"op": "decide", "as": "greeting", "situation": "You feel {mood}. A stranger walks by.",
               "choices": ["wave", "ignore"]}]
-    first, second = client.request("chain", steps=steps), client.request("chain", steps=steps)
-    one, two = client.wait(first), client.wait(second)
+    first = client.request("chain", steps=steps)
+    one = client.wait(first)
+    second = client.request("chain", steps=steps)  # after the first has answered: its steps are cached
+    two = client.wait(second)
     assert one["results"] == two["results"]
     assert [s["cached"] for s in first.steps] == [False, False]
     assert [s["cached"] for s in second.steps] == [True, True]

@@ -90,10 +90,11 @@ def _routing(model_path: Path, reps: int) -> tuple[list[tuple], dict[str, Any]]:
         c.hello("bench")
         c.npc("bench-brom", _PERSONA, seed=1)
         steps = [c.chain([{**route, "text": f"{route['text']} ({i})"}])["usage"]["steps"] for i in range(reps)]
+        # (each routed request below has a text of its own: a repeated one would come from the step cache)
         routed, direct = [], []
         for i in range(reps):
             c.call("forget", npc="bench-brom")
-            routed.append(_timed(lambda: c.chain([{**route, "text": f"How much is that sword? ({i})"},
+            routed.append(_timed(lambda: c.chain([{**route, "text": f"How much is that sword, friend? ({i})"},
                                                   {**line, "role": "{who}"}])))
             c.call("forget", npc="bench-brom")
             direct.append(_timed(lambda: c.chain([{**line, "role": "merchant"}])))
