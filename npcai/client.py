@@ -60,9 +60,13 @@ class Handle:
     id: int
     op: str
     chunks: list[str] = field(default_factory=list)
+    sentences: list[str] = field(default_factory=list)  # a say's sentence events, in order
+    steps: list[dict[str, Any]] = field(default_factory=list)  # a chain's step events, in order
     reply: dict[str, Any] | None = None
     on_token: Callable[[str], None] | None = None
     on_done: Callable[[dict[str, Any]], None] | None = None
+    on_sentence: Callable[[str], None] | None = None
+    on_step: Callable[[dict[str, Any]], None] | None = None
     deadline: float | None = None  # time.monotonic() by which it ends, when sent with deadline_ms
     fallback: Any = None
     sent_at: float = 0.0
@@ -81,6 +85,18 @@ class Handle:
             if self.on_token:
                 self.on_token(msg["text"])
             return
+        if msg.get("event") == "sentence":
+            self.sentences.append(msg["text"])
+            if self.on_sentence:
+                self.on_sentence(msg["text"])
+            return
+        if msg.get("event") == "step":
+            self.steps.append(msg)
+            if self.on_step:
+                self.on_step(msg)
+            return
+        if msg.get("event") not in TERMINAL:
+            return  # an event this client does not know yet: a newer sidecar's, never an ending
         self.reply = msg
         if self.on_done:
             self.on_done(msg)
@@ -336,9 +352,10 @@ class Client:
         return self.call("npc", npc=npc, persona=persona, **kw)
 
     def say(self, npc: str, text: str, on_token: Callable[[str], None] | None = None, timeout: float = 60.0,
-            **kw: Any) -> dict[str, Any]:
+            on_sentence: Callable[[str], None] | None = None, **kw: Any) -> dict[str, Any]:
+        """A line; ``actions=True`` (or a list of action names) lets the NPC act after it (``done['action']``)."""
         handle = self.request("say", npc=npc, text=text, **kw)
-        handle.on_token = on_token
+        handle.on_token, handle.on_sentence = on_token, on_sentence
         reply = self.wait(handle, timeout)
         if reply["event"] == "error":
             raise RequestFailed(reply.get("code", "?"), reply.get("message", ""))
@@ -346,6 +363,21 @@ class Client:
 
     def decide(self, situation: str, timeout: float = 60.0, **kw: Any) -> dict[str, Any]:
         return self.call("decide", timeout=timeout, situation=situation, **kw)
+
+    def act_result(self, npc: str, name: str, result: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Tell an NPC what came of one of its actions; it joins the NPC's history."""
+        return self.call("act_result", timeout=timeout, npc=npc, name=name, result=result)
+
+    def chain(self, steps: list[dict[str, Any]], timeout: float = 60.0,
+              on_step: Callable[[dict[str, Any]], None] | None = None, **kw: Any) -> dict[str, Any]:
+        """Run steps (decide/say/observe/route maps with ``op`` and ``as``) in one request; ``done['results']``
+        maps each ``as`` to its value. ``on_step`` hears each step as it finishes."""
+        handle = self.request("chain", steps=steps, **kw)
+        handle.on_step = on_step
+        reply = self.wait(handle, timeout)
+        if reply["event"] == "error":
+            raise RequestFailed(reply.get("code", "?"), reply.get("message", ""))
+        return reply
 
     def close(self) -> None:
         if self._sock.closed:

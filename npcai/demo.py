@@ -86,11 +86,35 @@ def run_demo(models: list[str], scenario: str | None = None, color: bool = True)
                 print("    " + s(colors.get(npc, ""), json.dumps(reply["value"])))
             forced = f", {reply['forced_tokens']} forced" if "forced_tokens" in reply else ""
             print(s(_DIM, f"    [{reply['timing']['total_ms']:.0f} ms, {reply['tokens']} tokens{forced}]\n"))
+        if "trade" in scene:
+            _trade(client, {"persona": scene["npcs"][scene["trade"]["npc"]]["persona"], **scene["trade"]}, s, colors)
         _summary(client, s)
     finally:
         client.close()
         sidecar.close()
     return 0
+
+
+def _trade(client: Client, trade: dict[str, Any], s: _Style, colors: dict[str, str]) -> None:
+    """A trade that ends in an action: the NPC answers, picks one of its declared actions (or none), and
+    hears what came of it."""
+    npc = trade["npc"]
+    client.npc(npc, trade["persona"], seed=7, actions=trade["actions"])
+    print(s(_BOLD, f"  a trade with {npc}") + s(_DIM, f" (actions: {', '.join(a['name'] for a in trade['actions'])})"))
+    print(s(_DIM, f"  player → {npc}: ") + trade["line"])
+    sys.stdout.write("  " + s(colors.get(npc, ""), f"{npc}: "))
+    reply = client.say(npc, trade["line"], actions=True, max_tokens=48, stop=["\n"],
+                       on_token=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+    print()
+    action = reply.get("action")
+    if action is None:
+        print(s(_DIM, "    [no action]\n"))
+        return
+    print("    " + s(colors.get(npc, ""), f"→ {action['name']}({json.dumps(action['args'])})"))
+    result = trade.get("result", {}).get(action["name"], "It is done.")
+    result = result.format(**{k: v for k, v in action["args"].items()}) if "{" in result else result
+    client.act_result(npc, action["name"], result)
+    print(s(_DIM, f"    [the game: {result}]\n"))
 
 
 def _summary(client: Client, s: _Style) -> None:

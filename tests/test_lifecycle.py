@@ -122,6 +122,15 @@ def test_the_demo_plays_the_village_scene_end_to_end(model_path, village):
             assert len(picked) == 1 and picked[0] in d["choices"], shown
         else:
             assert isinstance(json.loads(lines[at + 1]), dict)
+    # the trade ends in one of the NPC's declared actions (or none), and the game tells it what came of it
+    trade = village["trade"]
+    at = next(i for i, line in enumerate(lines) if line.startswith(f"  a trade with {trade['npc']}"))
+    acted = [line.strip() for line in lines[at:] if line.strip().startswith("→ ") or "[no action]" in line]
+    assert acted, lines[at:]
+    if acted[0].startswith("→ "):
+        name = acted[0][2:].split("(")[0]
+        assert name in {a["name"] for a in trade["actions"]}
+        assert any("[the game: " in line for line in lines[at:])
     assert any(line.startswith("latency (ms") for line in lines)
 
 

@@ -33,6 +33,8 @@ MINIMAL = {
     "say": ({"npc": "a", "text": "hi"}, P.SayRequest), "observe": ({"npc": "a", "text": "rain"}, P.ObserveRequest),
     "decide": ({"situation": "s", "choices": ["x", "y"]}, P.DecideRequest), "forget": ({"npc": "a"}, P.ForgetRequest),
     "save": ({"npc": "a"}, P.SaveRequest), "load": ({"npc": "a", "state": b"\x00"}, P.LoadRequest),
+    "act_result": ({"npc": "a", "name": "give", "result": "done"}, P.ActResultRequest),
+    "chain": ({"steps": [{"op": "observe", "as": "o", "npc": "a", "text": "rain"}]}, P.ChainRequest),
 }
 
 
@@ -182,3 +184,23 @@ def test_the_conformance_vectors_are_what_their_generator_writes():
     spec.loader.exec_module(module)
     assert (generator.parent / "vectors.tsv").read_text(encoding="utf-8") == module.render(), \
         "run python engine_bridges/conformance/generate.py"
+
+
+@pytest.mark.parametrize("fields, needle", [
+    ({"npc": "a", "situation": "s", "choices": ["x"], "actions": True}, "exactly one of"),
+    ({"situation": "s", "actions": ["give"]}, "needs 'npc'"),
+    ({"npc": "a", "situation": "s", "actions": True, "descriptions": {"give": "g"}}, "goes with 'choices'"),
+    ({"npc": "a", "situation": "s", "actions": "give"}, "true, false or a list"),
+])
+def test_decide_with_actions_is_checked_before_any_model(fields, needle):
+    with pytest.raises(BadRequest) as err:
+        P.parse_request({"v": 1, "id": 1, "op": "decide", **fields})
+    assert needle in err.value.message
+
+
+def test_actions_of_an_npc_must_be_name_description_args_maps():
+    ok = P.parse_request({"v": 1, "id": 1, "op": "npc", "npc": "a", "persona": "p",
+                          "actions": [{"name": "give", "description": "give it", "args": {"type": "object"}}]})
+    assert ok.actions[0]["name"] == "give"
+    with pytest.raises(BadRequest):
+        P.parse_request({"v": 1, "id": 1, "op": "npc", "npc": "a", "persona": "p", "actions": [{"nom": "give"}]})

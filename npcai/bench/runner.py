@@ -37,7 +37,23 @@ from npcai.client import Client
 from npcai.errors import NpcaiError
 
 ITEMS = ("transport", "decision", "dialogue", "many", "mixed", "cancel", "ahead", "weights", "kv", "frame", "quality",
-         "startup")
+         "startup", "actions", "chain")
+
+
+def _actions(b: Bench, c: Client) -> None:
+    from npcai.bench import actions
+
+    rows, b.report.raw["actions"] = actions.run(c, b.quick, b.say)
+    for metric, value, baseline, baseline_name, unit, target in rows:
+        b.report.add("actions", metric, value, baseline, baseline_name, unit=unit, target=target)
+
+
+def _chain(b: Bench, c: Client) -> None:
+    from npcai.bench import chain
+
+    rows, b.report.raw["chain"] = chain.run(c, b.path, b.quick, b.say)
+    for metric, value, baseline, baseline_name, unit, target in rows:
+        b.report.add("chain", metric, value, baseline, baseline_name, unit=unit, target=target)
 
 
 def _quality(b: Bench, c: Client) -> None:
@@ -57,7 +73,7 @@ def run_items(b: Bench, only: set[str] | None) -> Report:
         raise NpcaiError(f"no bench item {', '.join(unknown)}; items: {', '.join(ITEMS)}")
     items = [("transport", run_transport), ("decision", run_decisions), ("dialogue", run_dialogue),
              ("many", run_many), ("mixed", run_mixed), ("cancel", run_cancel), ("ahead", run_ahead),
-             ("quality", _quality)]
+             ("quality", _quality), ("actions", _actions), ("chain", _chain)]
     items = [(name, fn) for name, fn in items if not only or name in only]
     sc, c = b.sidecar() if items else (None, None)
     try:

@@ -14,7 +14,7 @@ _SAMPLING_FIELDS = ("max_tokens", "soft_max_tokens", "temperature", "top_p", "to
 
 #: No vocabulary we know has a token longer than this (SmolLM2: 81 bytes, Gemma 3: 48).
 MAX_TOKEN_BYTES = 256
-_PROMPT_FIELDS = ("persona", "text", "situation", "lead")
+_PROMPT_FIELDS = ("persona", "text", "situation", "lead", "result")
 
 
 def check_prompt_size(req: Request, limits: Limits) -> None:

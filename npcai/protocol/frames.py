@@ -28,6 +28,8 @@ class Limits:
     max_tokens: int = 512
     max_choices: int = 64
     max_examples: int = 16
+    max_actions: int = 16
+    max_chain_steps: int = 8
 
     def to_wire(self) -> dict[str, int]:
         return dataclasses.asdict(self)

@@ -11,6 +11,7 @@ from npcai.protocol.requests import Request
 # Events a reply can carry. "done", "error" and "cancelled" end a request.
 OK, TOKEN, DONE, ERROR, CANCELLED = "ok", "token", "done", "error", "cancelled"
 TERMINAL_EVENTS = frozenset({OK, DONE, ERROR, CANCELLED})
+SENTENCE, STEP = "sentence", "step"  # a say's finished sentence; a chain's finished step
 
 
 def reply(rid: int | None, event: str, **fields: Any) -> dict[str, Any]:
@@ -37,6 +38,10 @@ def fixed_reply(event: str, **fields: Any) -> Callable[[int | None], bytes]:
 
 def token(rid: int, text: str) -> dict[str, Any]:
     return reply(rid, TOKEN, text=text)
+
+
+def sentence(rid: int, text: str) -> dict[str, Any]:
+    return reply(rid, SENTENCE, text=text)
 
 
 def done(rid: int, **fields: Any) -> dict[str, Any]:

@@ -48,6 +48,16 @@ def _examples(v: Any) -> bool:
         and set(e) <= {"situation", "choice"} for e in v)
 
 
+def _actions(v: Any) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(a, dict) and isinstance(a.get("name"), str) and isinstance(a.get("description", ""), str)
+        and isinstance(a.get("args", {}), dict) and set(a) <= {"name", "description", "args"} for a in v)
+
+
+def _steps(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(s, dict) and all(isinstance(k, str) for k in s) for s in v)
+
+
 def _str_map(v: Any) -> bool:
     return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
 
@@ -57,6 +67,7 @@ _STR, _INT, _NUM = _Field(lambda v: isinstance(v, str), "a string"), _Field(is_i
 _SEED = _Field(lambda v: is_int(v) and 0 <= v < 1 << 64, "an integer from 0 to 2**64-1")
 _ANY = _Field(lambda v: True, "any value")
 _BOOL = _Field(lambda v: isinstance(v, bool), "a boolean")
+_PICK = _Field(lambda v: isinstance(v, bool) or _str_list(v), "true, false or a list of action names")
 
 
 def _wire(rule: _Field, *, required: bool = False, name: str | None = None, default: Any = None) -> Any:
@@ -156,6 +167,7 @@ class _Sampled(_WithFallback):
 class HelloRequest(Request):
     client_name: str | None = _wire(_STR, name="client")
     token: str | None = _wire(_STR)
+    role_info: dict[str, str] | None = _wire(_Field(_str_map, "a map from role to a one-line description"))
 
 
 @_op("ping", immediate=True)
@@ -172,6 +184,8 @@ class NpcRequest(Request):
     role: str | None = _wire(_STR)
     seed: int | None = _wire(_SEED)
     examples: list[dict[str, str]] | None = _wire(_Field(_examples, "a list of {situation, choice} maps of strings"))
+    actions: list[dict[str, Any]] | None = _wire(_Field(_actions, "a list of {name, description, args} maps "
+                                                                  "(args: a JSON schema map)"))
 
     def check(self, limits: Limits) -> None:
         check_prompt_size(self, limits)
@@ -187,6 +201,7 @@ class SayRequest(_Sampled):
     stop: str | list[str] | None = _wire(_Field(lambda v: isinstance(v, str) or _str_list(v),
                                                 "a string or a list of strings"))
     soft_max_tokens: int | None = _wire(_INT)
+    actions: bool | list[str] | None = _wire(_PICK)
 
     def check(self, limits: Limits) -> None:
         check_prompt_size(self, limits)
@@ -203,6 +218,7 @@ class DecideRequest(_Sampled):
     descriptions: dict[str, str] | None = _wire(_Field(_str_map, "a map from choice to the words scored for it"))
     schema: dict | None = _wire(_Field(lambda v: isinstance(v, dict), "a map (JSON schema)"))
     grammar: str | None = _wire(_STR)
+    actions: bool | list[str] | None = _wire(_PICK)
 
     def check(self, limits: Limits) -> None:
         _check_decide(self)
@@ -218,6 +234,23 @@ class ObserveRequest(Request):
 
     def check(self, limits: Limits) -> None:
         check_prompt_size(self, limits)
+
+
+@_op("act_result")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActResultRequest(Request):
+    npc: str = _wire(_STR, required=True, default="")
+    name: str = _wire(_STR, required=True, default="")
+    result: str = _wire(_STR, required=True, default="")
+
+    def check(self, limits: Limits) -> None:
+        check_prompt_size(self, limits)
+
+
+@_op("chain")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChainRequest(_WithFallback):
+    steps: list[dict[str, Any]] = _wire(_Field(_steps, "a list of step maps"), required=True, default=None)
 
 
 @_op("cancel", immediate=True)
@@ -342,9 +375,15 @@ def typed_request(message: dict[str, Any], client: bytes = b"", received: float 
 
 
 def _check_decide(req: DecideRequest) -> None:
-    given = [k for k in ("choices", "schema", "grammar") if getattr(req, k) is not None]
+    given = [k for k in ("choices", "schema", "grammar", "actions") if getattr(req, k) not in (None, False)]
     if len(given) != 1:
-        raise BadRequest("op 'decide' needs exactly one of 'choices', 'schema' or 'grammar'")
+        raise BadRequest("op 'decide' needs exactly one of 'choices', 'schema', 'grammar' or 'actions'")
+    if given == ["actions"]:
+        if req.npc is None:
+            raise BadRequest("op 'decide' with 'actions' needs 'npc': actions are declared with the NPC")
+        if req.descriptions is not None:
+            raise BadRequest("field 'descriptions' goes with 'choices' (an action's description is declared)")
+        return
     choices = req.choices
     if choices is not None:
         if not choices or any(not c for c in choices):

@@ -26,6 +26,7 @@ from typing import Any, Callable
 from npcai import protocol as P
 from npcai.errors import NpcaiError, Overloaded, UnknownNpc
 from npcai.model.runtime import Runtime
+from npcai.sidecar import actions, chain
 from npcai.sidecar.admission import DEFAULT_ROLES, Admission, load_runtimes  # noqa: F401  (DEFAULT_ROLES: its old home)
 from npcai.sidecar.budget import Governor
 from npcai.sidecar.jobs import (
@@ -42,6 +43,7 @@ from npcai.sidecar.jobs import (
 )
 from npcai.sidecar.npc import ANONYMOUS_PERSONA, Npc
 from npcai.sidecar.preemption import Preemption
+from npcai.sidecar.relay import Relay
 from npcai.sidecar.scheduler import Scheduler
 from npcai.sidecar.settings import Settings
 
@@ -77,7 +79,10 @@ class Engine:
         self._handlers: dict[type[P.Request], Callable[[Any], None]] = {
             P.NpcRequest: self._on_npc, P.SayRequest: self._on_say, P.DecideRequest: self._on_decide,
             P.ObserveRequest: self._on_observe, P.ForgetRequest: self._on_forget, P.SaveRequest: self._on_save,
-            P.LoadRequest: self._on_load}
+            P.LoadRequest: self._on_load, P.ActResultRequest: self._on_act_result, P.ChainRequest: self._on_chain}
+        self.step_cache = chain.StepCache()
+        self.role_info: dict[str, str] = settings.roles_described()  # hello's role_info adds to it
+        self._relays: dict[int, Callable[[dict[str, Any]], None]] = {}  # id(request) -> where its replies go
         self.counters = {"jobs_started": 0, "jobs_failed": 0, "cancelled": 0, "expired": 0, "preempted_steps": 0,
                          "shed": 0}
         self.failed = False  # the loop ended on a bug: nothing will be answered any more
@@ -87,6 +92,16 @@ class Engine:
         self._inbox.put(req)
         self.preemption.arrived(req)
         self._wake.set()
+
+    def dispatch(self, req: P.Request, emit: Callable[[dict[str, Any]], None]) -> None:
+        """Serve a request made inside the sidecar (a relay's: see relay.py); its replies go to ``emit``.
+        Engine thread only."""
+        self._relays[id(req)] = emit
+        try:
+            self._handlers[type(req)](req)
+        except NpcaiError as err:
+            self._relays.pop(id(req), None)
+            emit(P.error(req.id, err))
 
     def cancel(self, req: P.Request, *, expired: bool = False) -> None:
         """Stop work on a request; a client's cancel is answered with ``cancelled``, an expiry silently."""
@@ -134,6 +149,7 @@ class Engine:
             self._take_inbox()
             self._apply_cancels()
             self._start_jobs()
+            self._tick_relays()
             deciding = self.scheduler.deciding()
             pause = self.governor.wait_s(deciding=deciding)
             if pause > 0 and self.scheduler.running:  # the budget asks for a breather between steps
@@ -152,6 +168,18 @@ class Engine:
         for job in self.scheduler.jobs():
             job.finish(P.cancelled(job.req.id))
         self.scheduler = Scheduler()
+
+    def _tick_relays(self) -> None:
+        if self._relays or any(isinstance(job, Relay) for job in self.scheduler.running):
+            now = time.monotonic()
+            for job in [j for j in self.scheduler.running if isinstance(j, Relay) and not j.finished]:
+                try:
+                    job.tick(now)
+                except NpcaiError as err:
+                    job.finish(P.error(job.req.id, err))
+                except Exception:
+                    self._internal(job.req, job)
+            self.scheduler.sweep()
 
     def close(self) -> None:
         for rt in self._models():
@@ -359,26 +387,34 @@ class Engine:
         self.scheduler.add(job)
 
     def _emitter(self, req: P.Request) -> Callable[[dict[str, Any]], None]:
-        return lambda reply: self.emit(req, reply)
+        return self._relays.pop(id(req), None) or (lambda reply: self.emit(req, reply))
 
     def _on_npc(self, req: P.NpcRequest) -> None:
         self._check_room(req.npc)
         rt = self.admission.runtime("npc", req.role)
         self.admission.prompt(rt, req.persona)
+        declared = actions.check_actions(req.actions, self.admission.runtime("decide", None), self.limits)
         npc = self._install(Npc(req.npc, req.persona, req.role or "dialogue", req.seed,
-                                examples=list(req.examples or [])))
+                                examples=list(req.examples or []), actions=declared))
         self._queue(DefineJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
 
     def _on_say(self, req: P.SayRequest) -> None:
         npc = self._npc(req.npc)
         rt = self.admission.runtime("say", req.role or npc.role)
         self.admission.prompt(rt, req.text)
+        if req.actions:
+            names = actions.allowed(npc, req.actions)
+            return self._queue(actions.ActionLine(req, rt, self._emitter(req), self.settings.npc_ctx, self, npc, names))
         self._queue(SayJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
 
     def _on_decide(self, req: P.DecideRequest) -> None:
         npc = self._npc(req.npc, required=False)
         rt = self.admission.runtime("decide", req.role)
         self.admission.prompt(rt, req.situation)
+        if req.actions not in (None, False):
+            names = actions.allowed(npc, req.actions)
+            return self._queue(actions.ActionDecision(req, rt, self._emitter(req), self.settings.npc_ctx, self, npc,
+                                                      names))
         emit = self._emitter(req)
         if req.choices is not None:
             job: Job = ChoiceDecideJob(req, rt, emit, self.settings.npc_ctx, npc)
@@ -395,9 +431,26 @@ class Engine:
         rt = self.admission.runtime("observe", npc.role)
         self.admission.prompt(rt, req.text)
         npc.messages.append(("user", f"(You notice: {req.text.strip()})"))
-        self.emit(req, P.ok(req.id, npc=npc.id))
+        self._evaluate_later(req, rt, npc)
+
+    def _evaluate_later(self, req: P.Request, rt: Runtime, npc: Npc) -> None:
+        """Answer ok now; the NPC's history, grown by ``req``, is evaluated in spare steps."""
+        emit = self._emitter(req)
+        emit(P.ok(req.id, npc=npc.id))
         if len(self.scheduler) < self.limits.max_queue:
-            self.scheduler.add(ObserveJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
+            self.scheduler.add(ObserveJob(req, rt, emit, self.settings.npc_ctx, npc))
+
+    def _on_chain(self, req: P.ChainRequest) -> None:
+        chain.check_chain(req.steps, self.limits, self.role_info, set(self.runtimes))
+        self._queue(chain.Chain(req, self.admission.runtime("decide", None), self._emitter(req),
+                                self.settings.npc_ctx, self))
+
+    def _on_act_result(self, req: P.ActResultRequest) -> None:
+        npc = self._npc(req.npc)
+        rt = self.admission.runtime("observe", npc.role)
+        self.admission.prompt(rt, req.result)
+        actions.record_result(npc, req.name, req.result)
+        self._evaluate_later(req, rt, npc)
 
     def _on_forget(self, req: P.ForgetRequest) -> None:
         self._npc(req.npc).forget()

@@ -61,6 +61,7 @@ class Npc:
     seed: int | None = None
     messages: list[tuple[str, str]] = field(default_factory=list)  # (role, content), oldest first
     examples: list[dict[str, str]] = field(default_factory=list)  # worked decisions: {situation, choice}
+    actions: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {name, description, args}
     kv: dict[int, KvSeq] = field(default_factory=dict)  # keyed by id(runtime)
     slot: WriterSlot = field(default_factory=WriterSlot)
     rng: np.random.Generator = field(init=False)
@@ -112,7 +113,8 @@ class Npc:
     def save(self) -> bytes:
         """Portable state for a game save: persona and history, not model internals."""
         return msgpack.packb({"v": STATE_VERSION, "persona": self.persona, "role": self.role, "seed": self.seed,
-                              "messages": [list(m) for m in self.messages], "examples": self.examples},
+                              "messages": [list(m) for m in self.messages], "examples": self.examples,
+                              "actions": list(self.actions.values())},
                              use_bin_type=True)
 
     @classmethod
@@ -127,7 +129,9 @@ class Npc:
             seed = data.get("seed")
             examples = [{"situation": str(e["situation"]), "choice": str(e["choice"])}
                         for e in data.get("examples") or []]
+            actions = {str(a["name"]): {"name": str(a["name"]), "description": str(a.get("description", "")),
+                                        "args": dict(a["args"])} for a in data.get("actions") or []}
             return cls(npc_id, str(data["persona"]), str(data.get("role") or "dialogue"),
-                       seed if isinstance(seed, int) else None, messages, examples)
+                       seed if isinstance(seed, int) else None, messages, examples, actions)
         except (ValueError, KeyError, TypeError, msgpack.exceptions.UnpackException) as exc:
             raise BadRequest(f"state is not a saved NPC: {exc}") from None

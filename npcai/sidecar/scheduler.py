@@ -94,7 +94,7 @@ class Scheduler:
         if deciding:
             # Dialogue that has waited too long gets a short step of its own first, when every
             # pending decision can still make its deadline after it; otherwise decisions go alone.
-            starving = [j for j in jobs if j.urgency == DIALOGUE and _starving(j, now)]
+            starving = [j for j in jobs if j.urgency == DIALOGUE and pending_tokens(j) and _starving(j, now)]
             if starving:
                 step = _one_kind(starving, min(budget, _STARVING_CHUNK), budget)
                 if _cost_s(rt, step) < _slack_s(rt, deciding, now):
@@ -106,6 +106,14 @@ class Scheduler:
             return _one_kind(jobs, min(budget, _CHUNK_WHILE_DECIDING), budget)
         streaming = any(j.first_logits_at is not None for j in jobs)
         return _fill(jobs, min(budget, _CHUNK_WHILE_STREAMING) if streaming else budget, budget)
+
+
+def deadline_share(deadline: float, now: float, costs_s: list[float]) -> float:
+    """When the first of several steps that share ``deadline`` must end: the time left, shared out in
+    proportion to the steps' estimated costs (``costs_s``, the first step's first)."""
+    total = sum(costs_s)
+    left = max(0.0, deadline - now)
+    return now + (left * costs_s[0] / total if total > 0 else left / len(costs_s))
 
 
 def _deciding(job: Job) -> bool:

@@ -285,6 +285,7 @@ class Server:
         client = req.client
         self._token.hello(client, req.token)
         self._last_heard = req.received
+        self.engine.role_info.update(req.role_info or {})  # read by chains' route steps
         budget = self.engine.governor.budget
         if self._hello is None or self._hello[0] is not budget:  # all but the budget is fixed for life
             self._hello = (budget, P.fixed_reply(

@@ -44,6 +44,9 @@ class Settings:
     model: list[str] = field(default_factory=list, metadata=_opt(
         "model, as NAME or ROLE=NAME (NAME is a catalog name or a .gguf path); repeat for several roles",
         action="append"))
+    role_info: list[str] = field(default_factory=list, metadata=_opt(
+        "a role's one-line description, as ROLE=\"what it is for\", for chain steps of kind route; repeat per role",
+        action="append"))
     n_ctx: int = field(default=16384, metadata=_opt(
         "KV cache cells per model, shared equally by its --n-seq sequences", min=64))
     npc_ctx: int = field(default=1024, metadata=_opt(
@@ -124,6 +127,16 @@ class Settings:
             cores = os.cpu_count() or 1
         return max(1, cores - 1)
 
+    def roles_described(self) -> dict[str, str]:
+        """--role-info as role -> description."""
+        out = {}
+        for spec in self.role_info:
+            role, sep, text = spec.partition("=")
+            if not sep or not role.strip().isidentifier() or not text.strip():
+                raise SettingsError(f"bad --role-info {spec!r}: give ROLE=\"a one-line description\"")
+            out[role.strip()] = text.strip()
+        return out
+
     def validate(self) -> None:
         """Refuse values that cannot work, each in one line, before any model is loaded."""
         for f in fields(self):
@@ -134,6 +147,7 @@ class Settings:
         if self.npc_ctx > self.n_ctx // self.n_seq:
             raise SettingsError(f"bad --npc-ctx {self.npc_ctx}: must not exceed --n-ctx / --n-seq "
                                 f"({self.n_ctx} / {self.n_seq} = {self.n_ctx // self.n_seq} cells per sequence)")
+        self.roles_described()
         if not Path(self.grammar_dir).is_dir():
             raise SettingsError(f"bad --grammar-dir {self.grammar_dir!r}: not a directory")
         for name in ("ready_file", "connection_file"):

@@ -472,8 +472,52 @@ class Expected:
 			"v": 1, "id": 6, "op": "decide", "situation": "Night.", "schema": schema
 		}
 		m["message.request.cancel"] = {"v": 1, "id": 7, "op": "cancel", "target": 4}
+		var give_args := {"type": "object", "properties": {"item": {"enum": ["sword", "shield"]}}}
+		m["message.request.npc.actions"] = {
+			"v": 1,
+			"id": 8,
+			"op": "npc",
+			"npc": "brom",
+			"persona": "You are Brom.",
+			"actions": [{"name": "give", "args": give_args}],
+		}
+		m["message.request.say.actions"] = {
+			"v": 1, "id": 9, "op": "say", "npc": "brom", "text": "A shield!", "actions": true
+		}
+		var steps := [
+			{"op": "decide", "as": "mood", "situation": "Rain.", "choices": ["calm", "angry"]},
+			{"op": "say", "as": "line", "npc": "brom", "text": "({mood})"},
+		]
+		m["message.request.chain"] = {
+			"v": 1, "id": 10, "op": "chain", "steps": steps, "deadline_ms": 1500
+		}
 		m["message.reply.ok"] = {"v": 1, "id": 2, "event": "ok"}
 		m["message.reply.token"] = {"v": 1, "id": 4, "event": "token", "text": " Aye"}
+		m["message.reply.sentence"] = {"v": 1, "id": 9, "event": "sentence", "text": " Aye."}
+		m["message.reply.step"] = {
+			"v": 1,
+			"id": 10,
+			"event": "step",
+			"step": 0,
+			"as": "mood",
+			"value": "calm",
+			"used_fallback": false,
+		}
+		m["message.reply.done.action"] = {
+			"v": 1,
+			"id": 9,
+			"event": "done",
+			"text": "Aye.",
+			"value": "Aye.",
+			"action": {"name": "give", "args": {"item": "shield"}},
+		}
+		m["message.reply.done.chain"] = {
+			"v": 1,
+			"id": 10,
+			"event": "done",
+			"value": {"mood": "calm", "line": "Aye."},
+			"results": {"mood": "calm", "line": "Aye."},
+		}
 		var timing := {"queue_ms": 0.5, "prefill_ms": 40.25, "ttft_ms": 41.0, "total_ms": 60.5}
 		m["message.reply.done.say"] = {
 			"v": 1,

@@ -9,7 +9,7 @@ import numpy as np
 
 from npcai import protocol as P
 from npcai.model import penalties
-from npcai.model.lines import ends_sentence
+from npcai.model.lines import Sentences, ends_sentence
 from npcai.model.sampling import Draw, sample_tokens
 from npcai.sidecar.jobs.base import NpcWriter, fit
 from npcai.sidecar.npc import Npc
@@ -40,6 +40,7 @@ class SayJob(NpcWriter):
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._text = ""
         self._sent = 0
+        self._sentences = Sentences()
         self._said: list[int] = []  # tokens of the NPC's last lines (see start)
         self.drawn: int | None = None  # the next token, when the engine sampled it with other streams'
 
@@ -97,6 +98,8 @@ class SayJob(NpcWriter):
         if upto > self._sent:
             if self.stream:
                 self.emit(P.token(self.req.id, self._text[self._sent:upto]))
+                for sentence in self._sentences.feed(self._text[:upto]):
+                    self.emit(P.sentence(self.req.id, sentence))
             self._sent = upto
 
     def _end(self, reason: str) -> None:
@@ -104,6 +107,9 @@ class SayJob(NpcWriter):
             self._text += self._decoder.decode(b"", final=True)
         self._flush(len(self._text))
         text = self._text
+        last = self._sentences.rest(text)
+        if self.stream and last:
+            self.emit(P.sentence(self.req.id, last))
         self.npc.messages.append(("user", self.req.text))
         self.npc.messages.append(("assistant", text))
         self.finish(P.done(self.req.id, text=text, value=text, tokens=len(self.generated), finish_reason=reason,

@@ -320,6 +320,26 @@ namespace NpcAi.Tests
                 case "request.decide.schema":
                     return Map("v", 1L, "id", 6L, "op", "decide", "situation", "Night.", "schema", Schema());
                 case "request.cancel": return Map("v", 1L, "id", 7L, "op", "cancel", "target", 4L);
+                case "request.npc.actions":
+                    return Map("v", 1L, "id", 8L, "op", "npc", "npc", "brom", "persona", "You are Brom.",
+                        "actions", new object[] { Map("name", "give", "args", Map("type", "object", "properties",
+                            Map("item", Map("enum", new object[] { "sword", "shield" })))) });
+                case "request.say.actions":
+                    return Map("v", 1L, "id", 9L, "op", "say", "npc", "brom", "text", "A shield!", "actions", true);
+                case "request.chain":
+                    return Map("v", 1L, "id", 10L, "op", "chain", "steps", new object[] {
+                        Map("op", "decide", "as", "mood", "situation", "Rain.", "choices", new object[] { "calm", "angry" }),
+                        Map("op", "say", "as", "line", "npc", "brom", "text", "({mood})") }, "deadline_ms", 1500L);
+                case "reply.sentence": return Map("v", 1L, "id", 9L, "event", "sentence", "text", " Aye.");
+                case "reply.step":
+                    return Map("v", 1L, "id", 10L, "event", "step", "step", 0L, "as", "mood", "value", "calm",
+                        "used_fallback", false);
+                case "reply.done.action":
+                    return Map("v", 1L, "id", 9L, "event", "done", "text", "Aye.", "value", "Aye.",
+                        "action", Map("name", "give", "args", Map("item", "shield")));
+                case "reply.done.chain":
+                    return Map("v", 1L, "id", 10L, "event", "done", "value", Map("mood", "calm", "line", "Aye."),
+                        "results", Map("mood", "calm", "line", "Aye."));
                 case "reply.ok": return Map("v", 1L, "id", 2L, "event", "ok");
                 case "reply.token": return Map("v", 1L, "id", 4L, "event", "token", "text", " Aye");
                 case "reply.done.say":

@@ -119,6 +119,29 @@ std::map<std::string, Value> expected_values() {
   e["msgpack.nested"] = map_of({{"a", Value::array({1, map_of({{"b", Value::array({nullptr, 2.5})}})})}});
 
   e["message.request.hello"] = map_of({{"v", 1}, {"id", 1}, {"op", "hello"}, {"client", "godot"}});
+  e["message.request.npc.actions"] = map_of(
+      {{"v", 1}, {"id", 8}, {"op", "npc"}, {"npc", "brom"}, {"persona", "You are Brom."},
+       {"actions", Value::array({map_of({{"name", "give"},
+                                         {"args", map_of({{"type", "object"},
+                                                          {"properties", map_of({{"item", map_of({{"enum",
+                                                              Value::array({"sword", "shield"})}})}})}})}})})}});
+  e["message.request.say.actions"] =
+      map_of({{"v", 1}, {"id", 9}, {"op", "say"}, {"npc", "brom"}, {"text", "A shield!"}, {"actions", true}});
+  e["message.request.chain"] = map_of(
+      {{"v", 1}, {"id", 10}, {"op", "chain"},
+       {"steps", Value::array({map_of({{"op", "decide"}, {"as", "mood"}, {"situation", "Rain."},
+                                       {"choices", Value::array({"calm", "angry"})}}),
+                               map_of({{"op", "say"}, {"as", "line"}, {"npc", "brom"}, {"text", "({mood})"}})})},
+       {"deadline_ms", 1500}});
+  e["message.reply.sentence"] = map_of({{"v", 1}, {"id", 9}, {"event", "sentence"}, {"text", " Aye."}});
+  e["message.reply.step"] = map_of({{"v", 1}, {"id", 10}, {"event", "step"}, {"step", 0}, {"as", "mood"},
+                                    {"value", "calm"}, {"used_fallback", false}});
+  e["message.reply.done.action"] =
+      map_of({{"v", 1}, {"id", 9}, {"event", "done"}, {"text", "Aye."}, {"value", "Aye."},
+              {"action", map_of({{"name", "give"}, {"args", map_of({{"item", "shield"}})}})}});
+  e["message.reply.done.chain"] =
+      map_of({{"v", 1}, {"id", 10}, {"event", "done"}, {"value", map_of({{"mood", "calm"}, {"line", "Aye."}})},
+              {"results", map_of({{"mood", "calm"}, {"line", "Aye."}})}});
   e["message.request.ping"] = map_of({{"v", 1}, {"id", 2}, {"op", "ping"}});
   e["message.request.npc"] =
       map_of({{"v", 1}, {"id", 3}, {"op", "npc"}, {"npc", "brom"}, {"persona", "You are Brom."}, {"seed", 7}});

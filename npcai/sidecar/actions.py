@@ -1,0 +1,207 @@
+"""Actions: what an NPC may do, declared with it, and chosen valid by construction.
+
+An NPC declares its actions (``npc`` with ``actions``: name, description, and a JSON schema for the
+arguments, typically enums of in-game ids). Every schema is compiled when the NPC is defined, so a bad
+one is refused then, naming its action. An action is chosen in two decisions that exist already:
+
+1. which action: a choice decision over the allowed names, each scored by its description (the words
+   that complete "The sensible thing to do is to ..."), so it gets calibrated ``probs`` like any choice;
+2. its arguments: a schema decision (constrained decoding, llguidance) over that action's ``args``,
+   skipped when the action takes none.
+
+Neither step can produce a name that is not allowed or arguments its schema refuses. After a line
+(``say`` with ``actions``) the first decision also weighs doing nothing (``NO_ACTION``). ``act_result``
+tells the NPC what came of it, as a turn of its history.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING, Any
+
+from npcai import protocol as P
+from npcai.errors import BadRequest, NpcaiError, TooLarge
+from npcai.sidecar.relay import Relay, ended_badly
+
+if TYPE_CHECKING:
+    from npcai.model.runtime import Runtime
+    from npcai.sidecar.npc import Npc
+
+#: What an action's name may be: an identifier a game can map to a function (dots and dashes allowed).
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
+#: The option "do nothing" after a line; no action name can be this.
+NO_ACTION = "(none)"
+NO_ACTION_WORDS = "just keep talking"
+#: The question asked after a line, in the NPC's own chat, before the action is scored.
+AFTER_LINE = "You have answered. What should you do now?"
+_NO_ARGS = {"type": "object", "properties": {}}
+
+
+def words(action: dict[str, Any]) -> str:
+    """The words scored for an action: its description, else its name as words."""
+    return (action.get("description") or "").strip() or action["name"].replace("_", " ").replace("-", " ")
+
+
+def takes_args(action: dict[str, Any]) -> bool:
+    return bool(action["args"].get("properties")) or action["args"].get("type") not in (None, "object")
+
+
+def check_actions(raw: list[dict[str, Any]] | None, rt: "Runtime", limits: P.Limits) -> dict[str, dict[str, Any]]:
+    """An NPC's actions by name, each with its ``args`` schema compiled; BadRequest or TooLarge names the
+    action at fault. Compiling blocks the engine for at most the compiler's timeout; action schemas are
+    small enums and compile in milliseconds, and each is cached by its text."""
+    if not raw:
+        return {}
+    if len(raw) > limits.max_actions:
+        raise BadRequest(f"action {raw[limits.max_actions]['name']!r} is one too many: an NPC declares at most "
+                         f"max_actions={limits.max_actions}")
+    out: dict[str, dict[str, Any]] = {}
+    for action in raw:
+        name = action["name"]
+        if not NAME.match(name):
+            raise BadRequest(f"action name {name!r} must be a letter or _ then letters, digits, _ . - (64 at most)")
+        if name in out:
+            raise BadRequest(f"action {name!r} is declared twice")
+        args = action.get("args") or _NO_ARGS
+        if args.get("type", "object") != "object":
+            raise BadRequest(f"action {name!r}: args must be an object schema (type object), not {args.get('type')!r}")
+        try:
+            kind, source = rt.compiler.source_for({"schema": args})
+            rt.compiler.submit(kind, source).result(timeout=rt.compiler.compile_timeout)
+        except NpcaiError as err:
+            raise type(err)(f"action {name!r}: {err.message}") from None
+        except FutureTimeout:
+            raise TooLarge(f"action {name!r}: args schema took over {rt.compiler.compile_timeout:.1f} s "
+                           f"to compile") from None
+        out[name] = {"name": name, "description": action.get("description", ""), "args": args}
+    return out
+
+
+def allowed(npc: "Npc", pick: bool | list[str]) -> list[str]:
+    """The action names a request allows: all of the NPC's (``true``) or those listed."""
+    if pick is True:
+        names = list(npc.actions)
+    elif pick is False:
+        return []
+    else:
+        names = list(dict.fromkeys(pick))
+        unknown = [n for n in names if n not in npc.actions]
+        if unknown:
+            raise BadRequest(f"action {unknown[0]!r} is not one of NPC {npc.id!r}'s actions "
+                             f"({', '.join(npc.actions) or 'it declares none'})")
+    if not names:
+        raise BadRequest(f"NPC {npc.id!r} declares no actions (give 'actions' in op 'npc')")
+    return names
+
+
+def record_result(npc: "Npc", name: str, result: str) -> None:
+    """``act_result``: what came of an action joins the NPC's history, so its next line can refer to it."""
+    if name not in npc.actions:
+        raise BadRequest(f"action {name!r} is not one of NPC {npc.id!r}'s actions")
+    npc.messages.append(("user", f"(You {words(npc.actions[name])}: {result.strip()})"))
+
+
+class _ActionRelay(Relay):
+    """Which action (a choice decision), then its arguments (a schema decision)."""
+
+    def __init__(self, req, rt, emit, npc_ctx, engine, npc: "Npc", names: list[str]):
+        super().__init__(req, rt, emit, npc_ctx, engine)
+        self.npc, self.names = npc, names
+        self.probs: dict[str, float] = {}
+        self._name: str | None = None
+
+    def _common(self) -> dict[str, Any]:
+        f = self.req.fields
+        return {"npc": self.npc.id, **{k: f[k] for k in ("seed", "role") if k in f}}
+
+    def _choose(self, situation: str, names: list[str], extra_words: dict[str, str]) -> None:
+        f = self.req.fields
+        descriptions = {n: words(self.npc.actions[n]) for n in names if n in self.npc.actions} | extra_words
+        fields = {**self._common(), "situation": situation, "choices": names, "descriptions": descriptions,
+                  **{k: f[k] for k in ("lead", "temperature") if k in f and self.req.op == "decide"}}
+        self.spawn("decide", fields, self._chosen)
+
+    def _chosen(self, reply: dict[str, Any]) -> None:
+        if ended_badly(reply) or reply["used_fallback"]:
+            return self._fail(reply)
+        self.probs = reply["probs"]
+        name = reply["value"]
+        if name == NO_ACTION:
+            return self._acted(None)
+        self._name = name
+        action = self.npc.actions[name]
+        if not takes_args(action):
+            return self._acted({"name": name, "args": {}})
+        fields = {**self._common(), "situation": self._args_situation(action), "schema": action["args"]}
+        if "max_tokens" in self.req.fields and self.req.op == "decide":
+            fields["max_tokens"] = self.req.fields["max_tokens"]
+        self.spawn("decide", fields, self._argued)
+
+    def _argued(self, reply: dict[str, Any]) -> None:
+        if ended_badly(reply) or reply["used_fallback"]:
+            return self._fail(reply)
+        self._acted({"name": self._name, "args": reply["value"]})
+
+    def _args_situation(self, action: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def _acted(self, action: dict[str, Any] | None) -> None:
+        raise NotImplementedError
+
+    def _fail(self, reply: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class ActionDecision(_ActionRelay):
+    """``decide`` with ``actions``: ``value`` is ``{name, args}``, ``probs`` each allowed action's."""
+
+    def start(self) -> None:
+        self._choose(self.req.fields["situation"], self.names, {})
+
+    def _args_situation(self, action: dict[str, Any]) -> str:
+        return f"{self.req.fields['situation'].strip()}\n\nYou are going to {words(action)} ({action['name']})."
+
+    def _acted(self, action: dict[str, Any] | None) -> None:
+        self.finish(P.done(self.req.id, value=action, text=json.dumps(action), tokens=0, finish_reason="stop",
+                           timed_out=False, used_fallback=False, probs=self.probs, timing=self.timing(),
+                           usage=self.usage))
+
+    def _fail(self, reply: dict[str, Any]) -> None:
+        if ended_badly(reply):
+            return self.finish({**reply, "id": self.req.id})
+        self.finish({**reply, "value": self.req.fallback, "probs": self.probs, "timing": self.timing(),
+                     "usage": self.usage})
+
+
+class ActionLine(_ActionRelay):
+    """``say`` with ``actions``: the line streams as any line does; then the NPC may act, and ``done``
+    carries ``action`` (nil, or ``{name, args}``)."""
+
+    def __init__(self, req, rt, emit, npc_ctx, engine, npc, names):
+        super().__init__(req, rt, emit, npc_ctx, engine, npc, names)
+        self._line: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        fields = {k: v for k, v in self.req.fields.items() if k != "actions"}
+        self.spawn("say", fields, self._said)
+
+    def _said(self, reply: dict[str, Any]) -> None:
+        if reply["event"] != P.DONE:
+            return self.emit(reply) if reply["event"] in (P.TOKEN, P.SENTENCE) else self.finish(reply)
+        self._line = reply
+        if reply["used_fallback"]:
+            return self._acted(None)
+        self._choose(AFTER_LINE, [NO_ACTION, *self.names], {NO_ACTION: NO_ACTION_WORDS})
+
+    def _args_situation(self, action: dict[str, Any]) -> str:
+        return f"You are going to {words(action)} ({action['name']})."
+
+    def _acted(self, action: dict[str, Any] | None) -> None:
+        line = self._line
+        self.finish({**line, "action": action, "action_probs": self.probs,
+                     "timing": {**line["timing"], "total_ms": self.timing()["total_ms"]}, "usage": self.usage})
+
+    def _fail(self, reply: dict[str, Any]) -> None:
+        self._acted(None)  # the line stands; the NPC just does not act

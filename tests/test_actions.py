@@ -1,0 +1,112 @@
+"""Actions: an NPC declares what it may do; decide and say pick one of them, with arguments valid
+against its schema, by construction. Against the real sidecar and model."""
+
+from __future__ import annotations
+
+import jsonschema
+import msgpack
+import pytest
+
+from npcai.client import RequestFailed
+
+ITEMS = ["sword", "shield", "bread"]
+ACTIONS = [
+    {"name": "give_item", "description": "give the customer what they paid for",
+     "args": {"type": "object", "properties": {"item": {"enum": ITEMS}, "count": {"type": "integer", "minimum": 1,
+                                                                                    "maximum": 3}},
+              "required": ["item", "count"]}},
+    {"name": "refuse", "description": "refuse the deal"},
+    {"name": "call_guard", "description": "call the guard",
+     "args": {"type": "object", "properties": {"urgent": {"type": "boolean"}}, "required": ["urgent"]}},
+]
+SCHEMAS = {a["name"]: a.get("args", {"type": "object", "properties": {}, "additionalProperties": False})
+           for a in ACTIONS}
+
+
+@pytest.fixture
+def smith(client, village):
+    client.npc("smith", village["npcs"]["brom"]["persona"], seed=5, actions=ACTIONS)
+    return "smith"
+
+
+def assert_valid(action, allowed):
+    assert action["name"] in allowed
+    jsonschema.validate(action["args"], SCHEMAS[action["name"]])
+
+
+def test_defining_an_npc_with_actions_compiles_them_and_caches_its_persona(client, village):
+    reply = client.npc("smith2", village["npcs"]["brom"]["persona"], actions=ACTIONS)
+    assert reply["event"] == "ok" and reply["cached_tokens"] > 0
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_decide_with_actions_gives_an_allowed_action_with_valid_args_and_probs(client, smith, temperature):
+    for seed in range(3):
+        reply = client.decide("A customer hands you 20 gold for a shield.", npc=smith, actions=True,
+                              temperature=temperature, seed=seed)
+        assert reply["used_fallback"] is False
+        assert_valid(reply["value"], SCHEMAS)
+        assert set(reply["probs"]) == set(SCHEMAS) and sum(reply["probs"].values()) == pytest.approx(1.0)
+
+
+def test_decide_with_a_list_of_actions_chooses_among_those_only(client, smith):
+    for seed in range(3):
+        reply = client.decide("A customer hands you 20 gold.", npc=smith, actions=["give_item"], temperature=1.0,
+                              seed=seed)
+        assert reply["value"]["name"] == "give_item" and set(reply["probs"]) == {"give_item"}
+        assert_valid(reply["value"], ["give_item"])
+        assert reply["usage"]["steps"] >= 2  # the choice, then the arguments
+
+
+def test_say_with_actions_streams_its_line_then_done_carries_an_allowed_action_or_none(client, smith):
+    handle = client.request("say", npc=smith, text="Here are 20 gold. The shield, please.", actions=True, seed=4,
+                            max_tokens=40)
+    reply = client.wait(handle)
+    assert reply["event"] == "done" and reply["used_fallback"] is False
+    assert reply["text"] == handle.text == "".join(handle.sentences) and handle.chunks
+    assert "action" in reply
+    if reply["action"] is not None:
+        assert_valid(reply["action"], SCHEMAS)
+    assert set(reply["action_probs"]) == {"(none)", *SCHEMAS}
+
+
+def test_say_with_a_list_of_actions_acts_among_those_only(client, smith):
+    for seed in range(3):
+        reply = client.say(smith, "Take my gold.", actions=["call_guard"], seed=seed, max_tokens=16)
+        assert reply["action"] is None or reply["action"]["name"] == "call_guard"
+        if reply["action"]:
+            assert_valid(reply["action"], ["call_guard"])
+
+
+def test_act_result_joins_the_history_and_survives_save_and_load(client, smith):
+    client.say(smith, "A shield, please.", max_tokens=12, seed=1)
+    assert client.call("act_result", npc=smith, name="give_item", result="The customer walks off with a shield.")[
+        "event"] == "ok"
+    state = client.call("save", npc=smith)["state"]
+    saved = msgpack.unpackb(state, raw=False)
+    assert saved["messages"][-1][1].endswith("The customer walks off with a shield.)")
+    assert [a["name"] for a in saved["actions"]] == [a["name"] for a in ACTIONS]
+    client.call("load", npc="smith-copy", state=state)
+    assert client.decide("A thief runs off.", npc="smith-copy", actions=["call_guard"])["value"]["name"] == "call_guard"
+
+
+@pytest.mark.parametrize("actions, needle", [
+    ([{"name": "2fast"}], "'2fast'"),
+    ([{"name": "wave"}, {"name": "wave"}], "'wave' is declared twice"),
+    ([{"name": "trade", "args": {"type": "object", "properties": {"item": {"type": "no-such-type"}}}}], "'trade'"),
+    ([{"name": "trade", "args": {"type": "string"}}], "'trade'"),
+    ([{"name": f"act{i}"} for i in range(17)], "'act16'"),
+])
+def test_bad_actions_are_refused_at_npc_time_naming_the_action(client, actions, needle):
+    with pytest.raises(RequestFailed) as err:
+        client.npc("bad", "You are Bad.", actions=actions)
+    assert err.value.code == "bad_request" and needle in err.value.message
+
+
+def test_an_action_the_npc_does_not_declare_is_a_bad_request(client, smith):
+    for op, fields in [("decide", {"situation": "Hm.", "actions": ["fly"]}), ("say", {"text": "Hm.", "actions": ["fly"]}),
+                       ("act_result", {"name": "fly", "result": "It flew."})]:
+        reply = client.wait(client.request(op, npc=smith, **fields))
+        assert reply["event"] == "error" and reply["code"] == "bad_request" and "'fly'" in reply["message"]
+    reply = client.wait(client.request("decide", situation="Hm.", actions=True))
+    assert reply["code"] == "bad_request" and "needs 'npc'" in reply["message"]

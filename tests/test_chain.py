@@ -1,0 +1,117 @@
+"""Chains: several steps in one request, each fed by the ones before, one deadline shared out, decision
+steps cached by their inputs, and a router in front of models by role. Against the real sidecar and model."""
+
+from __future__ import annotations
+
+import pytest
+
+from npcai import Client, Sidecar
+from npcai.client import RequestFailed
+
+
+def turn(npc: str) -> list[dict]:
+    """The typical chain: decide an intent, say a line given it, decide an emotion for the animation."""
+    return [
+        {"op": "decide", "as": "intent", "npc": npc, "situation": "A customer asks for a discount on a shield.",
+         "choices": ["haggle", "refuse", "agree"], "fallback": "refuse"},
+        {"op": "say", "as": "line", "npc": npc, "text": "Can I have the shield for less? (You {intent}.)",
+         "max_tokens": 24, "seed": 1, "fallback": "Hm."},
+        {"op": "decide", "as": "emotion", "situation": "The blacksmith said: {line}",
+         "choices": ["happy", "angry", "calm"], "fallback": "calm"},
+    ]
+
+
+def test_a_chain_runs_its_steps_in_order_feeding_each_the_values_before(client, brom):
+    handle = client.request("chain", steps=turn(brom))
+    reply = client.wait(handle)
+    assert reply["event"] == "done" and reply["used_fallback"] is False
+    results = reply["results"]
+    assert results["intent"] in ("haggle", "refuse", "agree") and results["emotion"] in ("happy", "angry", "calm")
+    assert results["line"] == handle.text  # the say step's tokens streamed, tagged with its index
+    assert [s["as"] for s in handle.steps] == ["intent", "line", "emotion"]
+    assert [s["step"] for s in handle.steps] == [0, 1, 2]
+    assert set(reply["probs"]) == {"intent", "emotion"}
+    # the line was said: it is in the NPC's history, after the intent it was given
+    history = client.call("save", npc=brom)["state"]
+    assert f"(You {results['intent']}.)".encode() in history and results["line"].encode() in history
+
+
+def test_a_repeated_decision_step_is_answered_from_the_cache(client):
+    steps = [{"op": "decide", "as": "mood", "situation": "The sun is shining on the market.",
+              "choices": ["cheerful", "grumpy"]},
+             {"op": "decide", "as": "greeting", "situation": "You feel {mood}. A stranger walks by.",
+              "choices": ["wave", "ignore"]}]
+    first = client.request("chain", steps=steps)
+    one = client.wait(first)
+    second = client.request("chain", steps=steps)  # after the first has answered: its steps are cached
+    two = client.wait(second)
+    assert one["results"] == two["results"]
+    assert [s["cached"] for s in first.steps] == [False, False]
+    assert [s["cached"] for s in second.steps] == [True, True]
+    assert two["usage"]["evaluated_tokens"] == 0
+
+
+def test_a_step_that_misses_its_share_of_the_deadline_feeds_its_fallback_on(client, brom):
+    steps = turn(brom)
+    steps[1]["max_tokens"] = 400  # far more than its share of the deadline allows
+    steps[1]["soft_max_tokens"] = 400
+    steps[1]["stop"] = ["\n\n\n"]
+    handle = client.request("chain", steps=steps, deadline_ms=1500)
+    reply = client.wait(handle)
+    assert reply["event"] == "done" and reply["timed_out"] is False  # the chain itself made its deadline
+    line = next(s for s in handle.steps if s["as"] == "line")
+    if line["used_fallback"]:
+        assert line["value"] == "Hm." and line["finish_reason"] == "deadline"
+        assert reply["used_fallback"] is True
+    assert [s["as"] for s in handle.steps] == ["intent", "line", "emotion"]
+    assert reply["results"]["emotion"] in ("happy", "angry", "calm")
+
+
+@pytest.mark.parametrize("steps, needle", [
+    ([{"op": "say", "as": "a", "npc": "brom", "text": "{b}"},
+      {"op": "decide", "as": "b", "situation": "x", "choices": ["y"]}], "not an earlier step"),
+    ([{"op": "say", "as": "a", "npc": "brom", "text": "{a}"}], "not an earlier step"),
+    ([{"op": "say", "as": "a", "npc": "brom", "text": "{nobody}"}], "{nobody}"),
+    ([{"op": "decide", "as": f"s{i}", "situation": "x", "choices": ["y"]} for i in range(9)], "max_chain_steps"),
+    ([{"op": "dance", "as": "a"}], "'op'"),
+    ([{"op": "decide", "as": "a", "situation": "x", "choices": ["y"]},
+      {"op": "decide", "as": "a", "situation": "x", "choices": ["y"]}], "'a' is already"),
+    ([{"op": "decide", "as": "a", "situation": "x"}], "step 0 ('a')"),
+    ([{"op": "route", "as": "r", "text": "x", "choices": ["dialogue"]}], "no description"),
+])
+def test_a_chain_that_cannot_run_is_refused_before_any_step_runs(client, brom, steps, needle):
+    before = client.call("save", npc=brom)["state"]
+    with pytest.raises(RequestFailed) as err:
+        client.call("chain", steps=steps)
+    assert err.value.code == "bad_request" and needle in err.value.message
+    assert client.call("save", npc=brom)["state"] == before  # nothing ran
+
+
+@pytest.fixture(scope="module")
+def roles(model_path):
+    """A sidecar with three roles on one model, two of them described at start and one by hello."""
+    with Sidecar("--model", f"dialogue={model_path}", "--model", f"merchant={model_path}",
+                 "--model", f"guard={model_path}",
+                 "--role-info", "merchant=sells weapons and armour and talks about prices") as sc:
+        yield sc
+
+
+def test_a_route_step_picks_a_described_role_and_a_later_step_speaks_in_it(roles):
+    with Client(roles.endpoint) as c:
+        c.call("hello", client="pytest", role_info={"guard": "keeps the peace and deals with thieves"})
+        c.npc("brom", "You are Brom, the blacksmith of Oakvale.", seed=3)
+        steps = [{"op": "route", "as": "who", "text": "How much is that sword?", "choices": ["merchant", "guard"]},
+                 {"op": "say", "as": "line", "npc": "brom", "role": "{who}", "text": "How much is that sword?",
+                  "max_tokens": 12}]
+        handle = c.request("chain", steps=steps)
+        reply = c.wait(handle)
+        assert reply["event"] == "done", reply
+        assert reply["results"]["who"] in ("merchant", "guard")
+        probs = reply["probs"]["who"]
+        assert set(probs) == {"merchant", "guard"} and sum(probs.values()) == pytest.approx(1.0)
+        assert handle.steps[0]["value"] == reply["results"]["who"] and handle.steps[0]["probs"] == probs
+        assert reply["results"]["line"]
+        unserved = [{"op": "route", "as": "who", "text": "x", "choices": ["merchant", "wizard"]}]
+        with pytest.raises(RequestFailed) as err:
+            c.call("chain", steps=unserved)
+        assert err.value.code == "bad_request" and "'wizard'" in err.value.message
