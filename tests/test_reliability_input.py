@@ -57,6 +57,17 @@ GOOD = {  # a value of the right type for each field, often out of range
     "top_k": INTS, "seed": INTS, "deadline_ms": st.integers(-5, 300), "priority": INTS, "target": INTS,
     "threads": st.integers(-2, 64), "tokens_per_s": st.floats(-10, 1e4), "share": st.floats(-0.5, 1.5),
     "frame_ms": st.one_of(st.floats(-5, 2000), st.lists(st.floats(-5, 100), max_size=8)),
+    "name": st.sampled_from(["trade", "give_item", "", "x" * 300]), "result": st.text(max_size=30),
+    "actions": st.one_of(st.booleans(), st.lists(st.sampled_from(["trade", "flee", ""]), max_size=3),
+                         st.lists(st.fixed_dictionaries({"name": st.sampled_from(["trade", "bad name", ""]),
+                                                         "description": st.text(max_size=10),
+                                                         "args": st.sampled_from([{"type": "object"}, {"type": "string"},
+                                                                                  {"enum": []}])}), max_size=3)),
+    "steps": st.lists(st.fixed_dictionaries({"op": st.sampled_from(["decide", "say", "observe", "route", "ping"]),
+                                             "as": st.sampled_from(["a", "b", "a"]),
+                                             "situation": st.sampled_from(["{a} happens", "{zz}", "x"])}),
+                      max_size=10),
+    "role_info": st.dictionaries(st.sampled_from(["dialogue", "decision"]), st.text(max_size=8), max_size=2),
 }
 MOSTLY_GOOD = {name: st.one_of(GOOD[name], GOOD[name], GOOD[name], SCALARS) for name in GOOD}
 ENVELOPE = {"deadline_ms": MOSTLY_GOOD["deadline_ms"], "priority": MOSTLY_GOOD["priority"]}
