@@ -19,12 +19,13 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from npcai import protocol as P
 from npcai.errors import BadRequest, NpcaiError, Overloaded, TooLarge, UnknownNpc
 from npcai.model import catalog, choices
 from npcai.model.runtime import Runtime
+from npcai.remote.spec import Remote
 from npcai.model.sampling import sample_tokens
 from npcai.sidecar.budget import Governor
 from npcai.sidecar.jobs import (
@@ -48,6 +49,9 @@ log = logging.getLogger("npcai")
 
 EmitFn = Callable[[P.Request, dict[str, Any]], None]
 
+if TYPE_CHECKING:
+    from npcai.remote.role import Hub, RemoteRole
+
 #: The role each op uses when the request (or its NPC) names none.
 DEFAULT_ROLES = {"npc": "dialogue", "say": "dialogue", "observe": "dialogue", "decide": "decision"}
 
@@ -59,14 +63,25 @@ _SHED_MARGIN = 0.8  # shed a decision when even 80 % of its estimated cost would
 
 
 class Engine:
-    def __init__(self, settings: Settings, models: dict[str, Path], emit: EmitFn):
-        """``models`` maps role -> GGUF path; roles sharing a file share one runtime."""
+    def __init__(self, settings: Settings, models: dict[str, Path | Remote], emit: EmitFn):
+        """``models`` maps role -> GGUF path (roles sharing a file share one runtime) or -> ``Remote``, an
+        engine that serves the role (npcai/remote/)."""
         self.settings = settings
         self.limits = settings.limits
         self.emit = emit
-        self.runtimes: dict[str, Runtime] = {}
+        self.runtimes: dict[str, Runtime | RemoteRole] = {}
+        remotes = {role: m for role, m in models.items() if isinstance(m, Remote)}
+        self.hub: Hub | None = None
+        if remotes:
+            from npcai.remote.role import Hub  # httpx only where a role is remote
+
+            self.hub = Hub(remotes, Path(settings.grammar_dir), connections=settings.remote_connections,
+                           client_tokens_per_s=settings.client_tokens_per_s)
         by_path: dict[Path, Runtime] = {}
         for role, path in models.items():
+            if isinstance(path, Remote):
+                self.runtimes[role] = self.hub.roles[role]
+                continue
             rt = by_path.get(path)
             if rt is None:
                 entry = catalog.entry_for(path)
@@ -113,6 +128,8 @@ class Engine:
     def cancel(self, req: P.Request, *, expired: bool = False) -> None:
         """Stop work on a request; a client's cancel is answered with ``cancelled``, an expiry silently."""
         self._cancel_inbox.put((req, expired, time.monotonic()))
+        if self.hub is not None:
+            self.hub.cancel(req, expired)
         self._wake.set()
 
     def stop(self) -> None:
@@ -136,6 +153,7 @@ class Engine:
                         "evictions": rt.pool.evictions, "moves": rt.pool.moves, **rt.pool.parked,
                         "free_seqs": rt.pool.free, "threads": rt.ctx.threads}
                        for rt in self._models()],
+            **({"remote": self.hub.stats()} if self.hub is not None else {}),
         }
 
     # --- the loop -------------------------------------------------------------------------
@@ -176,12 +194,14 @@ class Engine:
         self.scheduler = Scheduler()
 
     def close(self) -> None:
+        if self.hub is not None:
+            self.hub.close()
         for rt in self._models():
             rt.close()
 
     def _models(self) -> list[Runtime]:
-        """Each loaded model once (roles that share a file share its runtime)."""
-        return list({id(rt): rt for rt in self.runtimes.values()}.values())
+        """Each loaded model once (roles that share a file share its runtime); remote roles are not here."""
+        return list({id(rt): rt for rt in self.runtimes.values() if not _remote(rt)}.values())
 
     def _take_inbox(self) -> None:
         self._arrived = False
@@ -366,7 +386,7 @@ class Engine:
             self.emit(req, P.error(req.id, err))
 
     # --- ops ----------------------------------------------------------------------------
-    def _runtime(self, op: str, role: str | None) -> Runtime:
+    def _runtime(self, op: str, role: str | None) -> Runtime | RemoteRole:
         role = role or DEFAULT_ROLES[op]
         rt = self.runtimes.get(role)
         if rt is None:
@@ -410,6 +430,10 @@ class Engine:
         self._check_room(f["npc"])
         rt = self._runtime("npc", f.get("role"))
         P.check_examples(f, self.limits)
+        if _remote(rt):  # nothing to evaluate here: the engine caches the prefix on first use
+            npc = self._install(Npc(f["npc"], f["persona"], f.get("role") or "dialogue", f.get("seed"),
+                                    examples=list(f.get("examples", []))))
+            return self.emit(req, P.ok(req.id, npc=npc.id, cached_tokens=0))
         _check_prompt(rt, f["persona"], self.limits.max_prompt_tokens)
         npc = self._install(Npc(f["npc"], f["persona"], f.get("role") or "dialogue", f.get("seed"),
                                 examples=list(f.get("examples", []))))
@@ -419,6 +443,8 @@ class Engine:
         npc = self._npc(req)
         P.check_sampling(req.fields, self.limits)
         rt = self._runtime("say", req.fields.get("role") or npc.role)
+        if _remote(rt):
+            return self.hub.submit(rt, req, npc, self._emitter(req))
         _check_prompt(rt, req.fields["text"], self.limits.max_prompt_tokens)
         self._queue(SayJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
 
@@ -426,6 +452,8 @@ class Engine:
         npc = self._npc(req, required=False)
         P.check_sampling(req.fields, self.limits)
         rt = self._runtime("decide", req.fields.get("role"))
+        if _remote(rt):
+            return self.hub.submit(rt, req, npc, self._emitter(req))
         _check_prompt(rt, req.fields["situation"], self.limits.max_prompt_tokens)
         emit = self._emitter(req)
         if "choices" in req.fields:
@@ -442,10 +470,11 @@ class Engine:
     def _on_observe(self, req: P.Request) -> None:
         npc = self._npc(req)
         rt = self._runtime("observe", npc.role)
-        _check_prompt(rt, req.fields["text"], self.limits.max_prompt_tokens)
+        if not _remote(rt):
+            _check_prompt(rt, req.fields["text"], self.limits.max_prompt_tokens)
         npc.messages.append(("user", f"(You notice: {req.fields['text'].strip()})"))
         self.emit(req, P.ok(req.id, npc=npc.id))
-        if len(self.scheduler) < self.limits.max_queue:
+        if not _remote(rt) and len(self.scheduler) < self.limits.max_queue:
             self.scheduler.add(ObserveJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
 
     def _on_forget(self, req: P.Request) -> None:
@@ -464,3 +493,7 @@ class Engine:
         npc = self._install(Npc.load(f["npc"], f["state"]))
         self.emit(req, P.ok(req.id, npc=npc.id, messages=len(npc.messages)))
 
+
+def _remote(rt: "Runtime | RemoteRole") -> bool:
+    """Whether an engine serves the role (npcai/remote/) rather than a model loaded here."""
+    return not isinstance(rt, Runtime)
