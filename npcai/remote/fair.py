@@ -15,6 +15,9 @@ import collections
 import time
 
 
+_MAX_CLIENTS = 4096
+
+
 class FairGate:
     def __init__(self, slots: int, tokens_per_s: float = 0.0):
         self.slots = slots
@@ -63,14 +66,19 @@ class FairGate:
 
     async def spend(self, client: bytes, tokens: int) -> None:
         """Take ``tokens`` from the client's rate, waiting while it is over it."""
-        if self.tokens_per_s <= 0:
-            return
-        now = time.monotonic()
-        tat = max(self._tat.get(client, now), now) + tokens / self.tokens_per_s
-        self._tat[client] = tat
-        wait = tat - now - 1.0  # one second of tokens may go out at once
+        wait = self.delay(client, tokens, time.monotonic())
         if wait > 0:
             await asyncio.sleep(wait)
+
+    def delay(self, client: bytes, tokens: int, now: float) -> float:
+        """How long ``tokens`` more must wait at ``now`` (GCRA: a bucket one second deep), and take them."""
+        if self.tokens_per_s <= 0:
+            return 0.0
+        if len(self._tat) > _MAX_CLIENTS:  # forget clients whose bucket is full again
+            self._tat = {c: t for c, t in self._tat.items() if t > now}
+        tat = max(self._tat.get(client, now), now) + tokens / self.tokens_per_s
+        self._tat[client] = tat
+        return max(0.0, tat - now - 1.0)
 
     def forget(self, client: bytes) -> None:
         self._tat.pop(client, None)

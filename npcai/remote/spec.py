@@ -67,7 +67,8 @@ def parse(role: str, url: str) -> RemoteSpec:
     if parts.username or parts.password:
         raise SettingsError(f"bad --model {role}=...: no credentials in the URL; use --remote-key-file or "
                             "$NPCAI_REMOTE_KEY")
-    query = parse_qs(parts.query, keep_blank_values=True)
+    model, _, tail = parts.fragment.partition("?")  # "#model?engine=vllm" reads as well as "?engine=vllm#model"
+    query = parse_qs("&".join(q for q in (parts.query, tail) if q), keep_blank_values=True)
     unknown = sorted(set(query) - {"engine"})
     if unknown:
         raise SettingsError(f"bad --model {role}={url}: unknown URL option {unknown[0]!r} (known: engine)")
@@ -78,4 +79,4 @@ def parse(role: str, url: str) -> RemoteSpec:
     if ":" in parts.hostname:  # an IPv6 literal
         netloc = f"[{parts.hostname}]" + ("" if port is None else f":{port}")
     base = f"{parts.scheme}://{netloc}{parts.path.rstrip('/') or '/v1'}"
-    return RemoteSpec(role, base, parts.fragment, engine)
+    return RemoteSpec(role, base, model, engine)
