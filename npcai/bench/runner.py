@@ -45,7 +45,8 @@ SCHEMA = {"type": "object", "properties": {"action": {"enum": ["arrest", "follow
                                            "target": {"enum": ["stranger", "player", "none"]}},
           "required": ["action", "target"], "additionalProperties": False}
 #: Every item `npcai bench --only` can name, in the order they run; the CLI offers exactly these.
-ITEMS = ("transport", "decision", "dialogue", "many", "mixed", "cancel", "ahead", "weights", "kv", "frame", "quality")
+ITEMS = ("transport", "decision", "dialogue", "many", "mixed", "cancel", "ahead", "weights", "kv", "frame", "quality",
+         "remote")
 _READ_S = 0.3  # a player reading a line and answering, in the paced turn-taking measure
 _BUDGETED = "load, budget (40 dialogue tokens/s, 16.7 ms frames) + frame reports"  # the case with targets
 GBNF = {  # what a developer would hand llama-cpp-python for the same decisions (same output text)
@@ -689,6 +690,12 @@ class _Bench:
         if not only or "frame" in only:
             self.say(f"  {self.model}: frame…")
             self.frame_budget()
+        if only and "remote" in only:  # needs the [remote-test] extra: only when named
+            from npcai.bench import remote
+
+            self.say(f"  {self.model}: remote…")
+            self.report.raw["remote"] = remote.run(self.path, self.threads, self.reps, self.persona, self.report.add,
+                                                   self.say)
         return self.report
 
 
