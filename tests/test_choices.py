@@ -91,9 +91,6 @@ def test_probs_are_a_calibrated_softmax_of_whole_option_scores():
     assert choices.probabilities(loglik, None, 1.0).argmax() == 0
 
 
-def test_padding_makes_branches_one_length_and_keeps_the_tokens():
-    assert choices.padded([5, 6], 4) == [5, 6, 6, 6] and choices.padded([5], 1) == [5]
-
 
 def test_decide_scores_each_option_as_its_own_model_does(client, model_path):
     """decide's probs are the calibrated softmax of each option's whole log-likelihood after the

@@ -41,7 +41,7 @@ def option_tokens(rt: "Runtime", lead: str, words: list[str]) -> list[list[int]]
     return [rt.text_tokens(sep + w.strip()) or [rt.model.eot] for w in words]
 
 
-def _log_softmax_at(logits: np.ndarray, tokens: list[int]) -> np.ndarray:
+def log_softmax_at(logits: np.ndarray, tokens: list[int]) -> np.ndarray:
     """Log-probabilities of ``tokens`` under the full vocabulary (float32 exp, about 0.2 ms on 262k logits)."""
     top = float(logits.max())
     lse = top + float(np.log(np.exp(logits - np.float32(top)).sum(dtype=np.float64)))
@@ -50,20 +50,7 @@ def _log_softmax_at(logits: np.ndarray, tokens: list[int]) -> np.ndarray:
 
 def first_tokens(logits: np.ndarray, options: list[list[int]]) -> np.ndarray:
     """Log-probability of each option's first token after the prompt."""
-    return _log_softmax_at(logits, [o[0] for o in options])
-
-
-def later_tokens(rt: "Runtime", rows: list[int], tokens: list[int]) -> float:
-    """Log-likelihood of ``tokens[1:]``, from the logits of the rows that evaluated ``tokens[:-1]``."""
-    return float(sum(_log_softmax_at(rt.logits(row), [tokens[j + 1]])[0]
-                     for j, row in enumerate(rows[:len(tokens) - 1])))
-
-
-def padded(tokens: list[int], width: int) -> list[int]:
-    """``tokens`` filled to ``width`` by repeating the last one. The filler's logits are never read;
-    it makes every branch of a step the same length, which llama.cpp evaluates as one sub-batch
-    (branches of different lengths cost a pass over the weights per length)."""
-    return tokens + [tokens[-1]] * (width - len(tokens))
+    return log_softmax_at(logits, [o[0] for o in options])
 
 
 def prior_key(npc: "Npc", lead: str, options: list[list[int]]) -> Hashable:

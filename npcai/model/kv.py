@@ -75,25 +75,6 @@ class SeqPool:
             return None
         return self._free.pop()
 
-    def acquire_run(self, k: int) -> list[int] | None:
-        """``k`` sequences, consecutive ids where the free ones allow: llama.cpp evaluates each run of
-        consecutive ids as a sub-batch of its own (see ``Runtime.gather``)."""
-        free = set(self._free)
-        start = next((s for s in sorted(free) if all(s + i in free for i in range(k))), None)
-        if start is None:
-            seqs = []
-            for _ in range(k):
-                seq = self.acquire()
-                if seq is None:
-                    for s in seqs:
-                        self.release(s)
-                    return None
-                seqs.append(seq)
-            return seqs
-        for s in range(start, start + k):
-            self._free.remove(s)
-        return list(range(start, start + k))
-
     def acquire_for(self, kv: KvSeq) -> int | None:
         """Give an NPC its sequence (re-acquiring one if it was evicted, with its parked cells)."""
         if kv.seq is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import struct
 import sys
 import threading
 from collections.abc import Mapping
@@ -185,9 +186,11 @@ class Model:
 class Batch:
     """A reusable llama_batch with numpy views over its token/pos/logits arrays."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, n_seq_max: int = 1):
+        """``n_seq_max``: the most sequences one token may belong to (see ``add_shared``)."""
         self.capacity = capacity
-        self._b = L.llama_batch_init(capacity, 0, 1)
+        self.n_seq_max = n_seq_max
+        self._b = L.llama_batch_init(capacity, 0, n_seq_max)
         self.tokens = np.ctypeslib.as_array(self._b.token, shape=(capacity,))
         self.pos = np.ctypeslib.as_array(self._b.pos, shape=(capacity,))
         self.n_seq = np.ctypeslib.as_array(self._b.n_seq_id, shape=(capacity,))
@@ -207,6 +210,24 @@ class Batch:
         self.pos[i] = pos
         self.n_seq[i] = 1
         self._seq_ids[i][0] = seq
+        self.logits[i] = logits
+        self.n = i + 1
+        return i
+
+    def add_shared(self, token: int, pos: int, seqs: list[int], logits: bool) -> int:
+        """Append one token that belongs to every sequence in ``seqs`` (a unified cache only: there
+        it is stored and evaluated once, and each of those sequences attends to it)."""
+        i = self.n
+        if i >= self.capacity:
+            raise OverflowError("batch is full")
+        if not 0 < len(seqs) <= self.n_seq_max:
+            raise ValueError(f"a token belongs to 1 to {self.n_seq_max} sequences, not {len(seqs)}")
+        self.tokens[i] = token
+        self.pos[i] = pos
+        self.n_seq[i] = len(seqs)
+        ids = self._seq_ids[i]
+        for k, seq in enumerate(seqs):
+            ids[k] = seq
         self.logits[i] = logits
         self.n = i + 1
         return i
@@ -233,14 +254,15 @@ class Context:
     """
 
     def __init__(self, model: Model, *, n_ctx: int, n_batch: int, n_seq: int, threads: int,
-                 flash_attn: bool | None = None, unified: bool = False):
-        """``unified`` puts all sequences in one cache instead (the bench's comparison only)."""
+                 flash_attn: bool | None = None, unified: bool = False, n_ubatch: int | None = None):
+        """``unified`` puts all sequences in one cache instead: the option scorer's small cache,
+        where a copy of a sequence costs nothing, and the bench's comparison."""
         params = L.llama_context_default_params()
         if flash_attn is not None:
             params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.n_ctx = n_ctx
         params.n_batch = n_batch
-        params.n_ubatch = n_batch
+        params.n_ubatch = n_ubatch or n_batch
         params.n_seq_max = n_seq
         params.kv_unified = unified
         params.swa_full = True
@@ -306,6 +328,10 @@ class Context:
         n = L.llama_state_seq_get_data(self.handle, buf, size, seq)
         return ctypes.string_at(buf, n)
 
+    def seq_copy(self, src: int, dst: int, n: int) -> None:
+        """In a unified cache: ``dst`` shares the first ``n`` cells of ``src`` (no data moves)."""
+        L.llama_memory_seq_cp(self._mem, src, dst, 0, n)
+
     def seq_load(self, seq: int, data: bytes) -> bool:
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         return L.llama_state_seq_set_data(self.handle, buf, len(data), seq) > 0
@@ -314,3 +340,29 @@ class Context:
         if self._handle is not None:
             L.llama_free(self._handle)
             self._handle = None
+
+
+_STATE_HEADER = 8  # llama_state_seq_get_data: a magic and a version (uint32 each), then the KV cache's state
+
+
+def single_stream_state(state: bytes) -> bytes:
+    """A sequence's saved state from a cache with a stream per sequence, rewritten for a unified one.
+
+    llama.cpp writes a sequence's cells as ``n_stream`` (uint32), then per stream a cell count (uint32)
+    followed, where it is not zero, by those cells; it refuses to read a state whose stream count
+    differs from its own cache's ("n_stream mismatch"). A sequence's cells are all in one stream, so
+    the rewrite keeps that stream's count and cells and says there is one stream. The layout is
+    llama.cpp's (pinned with llama-cpp-python); ``tests/test_scoring.py`` checks that a moved
+    sequence gives the same logits.
+    """
+    (n_stream,) = struct.unpack_from("<I", state, _STATE_HEADER)
+    off = _STATE_HEADER + 4
+    for s in range(n_stream):
+        (count,) = struct.unpack_from("<I", state, off)
+        if count:
+            tail = 4 * (n_stream - s - 1)  # the later streams' zero counts
+            if state[len(state) - tail:] != bytes(tail):
+                raise ModelError("a saved sequence spans several KV streams")
+            return state[:_STATE_HEADER] + struct.pack("<I", 1) + state[off:len(state) - tail]
+        off += 4
+    return state[:_STATE_HEADER] + struct.pack("<II", 1, 0)

@@ -3,7 +3,8 @@
 A Runtime owns a llama.cpp context whose KV cache holds many sequences, each in its
 own stream (one per resident NPC plus short-lived forks for decisions). Each step evaluates
 one batch mixing every active request's tokens; ``Lane``s say which tokens of
-which sequence go in and where their logits come back.
+which sequence go in and where their logits come back. Choice decisions' option trees go to
+the option scorer's small unified cache instead (``scoring.py``), in the same step.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from npcai.model.kv import KvSeq, Lane, SeqPool
 from npcai.model.lines import SENTENCE_ENDS
 from npcai.model.native import Batch, Context, Model
 from npcai.model.sampling import NO_MASK, sample_token
+from npcai.model.scoring import OptionScorer, OptionTree
 
 
 class Runtime:
@@ -52,6 +54,20 @@ class Runtime:
                                          [t for t, p in enumerate(self.model.all_pieces()) if p.isdigit()]))
         self.choice_priors = choices.PriorCache()  # options' priors for decisions, by option set
         self.choice_temperature = choice_temperature  # probs' temperature, fitted per model
+        self._flash_attn = flash_attn
+        self._scorer: OptionScorer | None = None
+
+    #: Sequences the option scorer holds: an option set of up to 64, under the situation and under its prior.
+    SCORER_SEQS = 128
+
+    @property
+    def scorer(self) -> OptionScorer:
+        """The option scorer, made at the first choice decision (its cache is about a quarter of the main one)."""
+        if self._scorer is None:
+            self._scorer = OptionScorer(self.model, prefix_cells=self.ctx.n_ctx // self.ctx.n_seq,
+                                        max_seqs=self.SCORER_SEQS, threads=self.ctx.threads,
+                                        flash_attn=self._flash_attn, main=self.ctx)
+        return self._scorer
 
     @property
     def digit_mask(self) -> np.ndarray:
@@ -126,16 +142,6 @@ class Runtime:
         kv.tokens.extend(keep[len(kv.tokens):upto])
         self.ctx.seq_rm(lane.seq, len(kv.tokens))
 
-    def branches(self, lane: Lane, feeds: list[list[int]]) -> list[Lane] | None:
-        """Copies of ``lane``'s sequence, one extended by each of ``feeds`` (all logits wanted), in
-        consecutive sequence ids so that one step takes them as one sub-batch; None if too few are free."""
-        seqs = self.pool.acquire_run(len(feeds))
-        if seqs is None:
-            return None
-        for seq in seqs:
-            self.ctx.seq_fork(lane.seq, seq, lane.pos)
-        return [Lane(seq, lane.pos, list(tokens), all_logits=True) for seq, tokens in zip(seqs, feeds)]
-
     def release(self, seq: int) -> None:
         self.pool.release(seq)
 
@@ -149,10 +155,11 @@ class Runtime:
         even ones. A move costs about 3 ms, once; LRU eviction had left the NPCs of one
         conversation scattered over the cache.
         """
-        seqs = {lane.seq for lane in lanes}
+        seqs = {lane.seq for lane in lanes if not isinstance(lane, OptionTree)}
         if len(seqs) < 2 or max(seqs) - min(seqs) == len(seqs) - 1:
             return
-        movable = {lane.seq: lane for lane in lanes if lane.kv is not None and lane.kv.seq == lane.seq}
+        movable = {lane.seq: lane for lane in lanes if lane.kv is not None and lane.kv.seq == lane.seq
+                   and not isinstance(lane, OptionTree)}
         k, best = len(seqs), None
         for start in range(self.ctx.n_seq - k + 1):
             window = range(start, start + k)
@@ -174,8 +181,23 @@ class Runtime:
         """Evaluate the first ``n`` pending tokens of each (lane, n) in one batch.
 
         Returns llama_decode's code; on success the lanes advance and their rows point
-        at the logits they asked for.
+        at the logits they asked for. Option trees are scored whole, by the option scorer.
         """
+        trees = [lane for lane, _ in lanes if isinstance(lane, OptionTree)]
+        lanes = [(lane, n) for lane, n in lanes if not isinstance(lane, OptionTree)]
+        rc = self._step_main(lanes) if lanes else 0
+        for tree in trees:
+            if rc != 0:
+                break
+            t0 = time.perf_counter()
+            rc = self.scorer.evaluate(tree)
+            self.stats["compute_ms"] += (time.perf_counter() - t0) * 1e3
+            if rc == 0:
+                self.stats["tokens"] += self.scorer.batch.n
+                self.stats["steps"] += not lanes
+        return rc
+
+    def _step_main(self, lanes: list[tuple[Lane, int]]) -> int:
         b = self.batch
         b.clear()
         for lane, n in sorted(lanes, key=lambda item: item[0].seq):  # ids in order: see gather()
@@ -213,6 +235,8 @@ class Runtime:
             self._digit_mask.exception()  # a scan under way reads the vocabulary: let it end before the model goes
         self.compiler.close()
         self.batch.close()
+        if self._scorer is not None:
+            self._scorer.close()
         self.ctx.close()
         self.model.close()
 

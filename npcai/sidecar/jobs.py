@@ -16,11 +16,12 @@ from typing import Any, Callable
 import numpy as np
 
 from npcai import protocol as P
-from npcai.errors import BadRequest, NpcaiError, Overloaded, TooLarge
+from npcai.errors import BadRequest, NpcaiError, TooLarge
 from npcai.model import choices, penalties
 from npcai.model.lines import ends_sentence
 from npcai.model.runtime import Lane, Runtime
 from npcai.model.sampling import Draw, sample_token, sample_tokens
+from npcai.model.scoring import TREE_ROOM, OptionTree, common_prefix
 from npcai.sidecar.npc import DEFAULT_LEAD, Npc, as_question
 
 Emit = Callable[[dict[str, Any]], None]
@@ -441,12 +442,11 @@ class ChoiceDecideJob(_Decision):
     """``decide`` with choices: every option's whole text scored by the model, then calibrated.
 
     The situation is asked as a question and the answer starts with a lead ("The sensible thing to
-    do is to", unless the request gives its own) that each option completes. The step that
-    evaluates the situation gives every option's first token; one more step evaluates all
-    options' other tokens together, each in a branch of the decision's sequence,
-    padded to one length in consecutive sequence ids so that llama.cpp takes them in a single
-    sub-batch. So every token of an option counts, not only the first one where the
-    options differ. Scoring and calibration are ``choices.py``'s.
+    do is to", unless the request gives its own) that each option completes. One step scores every
+    token of every option, not only the first one where the options differ: an option tree in the
+    option scorer's cache, which starts from the NPC's evaluated persona and history (``scoring.py``).
+    The first decision over an option set also scores the options under a content-free situation,
+    in the same step: their prior. Scoring and calibration are ``choices.py``'s.
     """
 
     def __init__(self, req, rt, emit, npc_ctx, npc: Npc):
@@ -460,52 +460,37 @@ class ChoiceDecideJob(_Decision):
         self.prior_key = choices.prior_key(npc, self.lead, self.options)
         self.prior: np.ndarray | None = rt.choice_priors.get(self.prior_key)
         self._new_prior = self.prior is None  # computed by this job, then cached
-        self._waiting: dict[int, tuple[np.ndarray, int | None]] = {}  # id(lane) -> (its scores, option or None)
 
     def start(self) -> None:
-        self._start_fork(self.lead, room=max(len(o) for o in self.options) + 1)
-        self._waiting[id(self.lanes[0])] = (self.loglik, None)
+        target = _fit(self.npc, self.rt, ("user", _decide_prompt(self.req.fields)), 1, self.npc_ctx, self.lead)
+        stems = [target]
         if self._new_prior:  # the options' prior under a content-free situation, once per option set
             content_free = _decide_prompt(self.req.fields, choices.CONTENT_FREE)
-            try:
-                lane = self._fork(self.rt.fork(self._kv, choices.prior_prompt(self.rt, self.npc, content_free,
-                                                                              self.lead)))
-            except Overloaded:  # every KV sequence is busy: this decision goes without its prior
-                self._new_prior = False
-                return
-            self.prior = np.zeros(len(self.choices))
-            self.lanes.append(self._count_prompt(lane))
-            self._waiting[id(lane)] = (self.prior, None)
+            prior = choices.prior_prompt(self.rt, self.npc, content_free, self.lead)
+            if prior != target:
+                stems.append(prior)
+        scorer = self.rt.scorer
+        if len(stems) > 1 and not scorer.fits(stems, self.options):
+            stems, self._new_prior = stems[:1], False  # too big to score with its prior: goes without it
+        if not scorer.fits(stems, self.options):
+            raise TooLarge("these options are too many or too long to score together "
+                           f"(at most {scorer.max_seqs // 2} options and {TREE_ROOM} tokens of situation and options)")
+        keep = self.rt.prefix_tokens(self.npc.chat())  # the NPC's persona and history: kept cached for its next decision
+        cached = min(common_prefix(self._kv.tokens, target), len(target) - 1)
+        pending = len(target) - cached + sum(len(s) - common_prefix(s, target) for s in stems[1:])
+        pending += len(stems) * sum(len(o) - 1 for o in self.options)
+        tree = OptionTree(seq=-1, pos=cached, pending=[0] * pending, all_logits=True, stems=stems,
+                          options=self.options, source=self._kv,
+                          keep=len(keep) if target[:len(keep)] == keep else 0)
+        self.lanes = [self._count_prompt(tree)]
 
     def advance(self) -> None:
-        for lane in [lane for lane in self.lanes if lane.ready]:
-            scores, option = self._waiting.pop(id(lane))
-            if option is None:
-                self._branch(lane, scores)
-                continue
-            scores[option] += choices.later_tokens(self.rt, lane.rows, self.options[option])
-            self._temp_seqs.remove(lane.seq)  # every option lane is a branch: done with it
-            self.rt.release(lane.seq)
-        self.lanes = [lane for lane in self.lanes if id(lane) in self._waiting]
-        if not self._waiting:
-            self._pick()
-
-    def _branch(self, lane: Lane, scores: np.ndarray) -> None:
-        """Score every option's first token from ``lane``'s logits, and queue the rest of each option
-        in a branch of ``lane``: consecutive sequence ids, all padded to one length, so that the
-        next step evaluates them as one sub-batch (on SmolLM2, a 6-way choice's option step took
-        about twice as long when its branches sat in scattered ids)."""
-        scores += choices.first_tokens(self.rt.logits(lane.rows[-1]), self.options)
-        longer = [i for i, tokens in enumerate(self.options) if len(tokens) > 1]
-        if not longer:
-            return
-        width = max(len(self.options[i]) for i in longer) - 1
-        branches = self.rt.branches(lane, [choices.padded(self.options[i][:-1], width) for i in longer])
-        if branches is None:
-            raise Overloaded("no KV sequence free to score these choices")
-        for i, branch in zip(longer, branches):
-            self.lanes.append(self._fork(branch))
-            self._waiting[id(branch)] = (scores, i)
+        tree = self.lanes[0]
+        self.loglik = tree.scores[0]
+        if self._new_prior:
+            self.prior = tree.scores[1] if len(tree.scores) > 1 else tree.scores[0]
+        self.lanes = []
+        self._pick()
 
     def _pick(self) -> None:
         if self._new_prior:

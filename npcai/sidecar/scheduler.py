@@ -9,7 +9,7 @@ decisions before dialogue before background work, then arrival.
   short step of its own first, when the pending decisions' slack allows it, so a flood of
   decisions cannot stall a conversation and starving dialogue cannot make a decision late.
 - Otherwise a step gives every running stream its next token (decode steps, forced runs
-  and choice branches are short and cheap in a batch), then fills the rest with prompt
+  and option trees are short and cheap in a batch), then fills the rest with prompt
   chunks: small ones while NPCs are talking so no stream waits behind a long prompt.
   While decisions keep arriving, a step carries either the streams' next tokens or one
   small prompt chunk, whichever waited longer, so that it fits between decisions.
@@ -26,7 +26,7 @@ import time
 from npcai.model.runtime import Lane, Runtime
 from npcai.sidecar.jobs import DECISION, DIALOGUE, IDLE, Job, pending_tokens
 
-_SHORT = 16  # lanes this short are decode steps, forced runs or choice branches: never split
+_SHORT = 16  # lanes this short are decode steps or forced runs: never split
 _CHUNK_WHILE_STREAMING = 64  # most prompt tokens in a step that also carries streams' next tokens
 _CHUNK_WHILE_DECIDING = 16  # ...in any dialogue step while decisions keep arriving (one in the last second)
 _DECIDING_WINDOW_S = 1.0
@@ -113,8 +113,8 @@ def _deciding(job: Job) -> bool:
 
 
 def _fill(jobs: list[Job], prompt_budget: int, budget: int) -> list[tuple[Job, Lane, int]]:
-    """A step for ``jobs`` in order: every short lane whole (a stream's next token, a forced run, choice
-    branches), then prompt chunks up to ``prompt_budget`` tokens, at most ``budget`` tokens in all.
+    """A step for ``jobs`` in order: every short lane whole (a stream's next token, a forced run, an
+    option tree), then prompt chunks up to ``prompt_budget`` tokens, at most ``budget`` tokens in all.
     A prompt is a chunk however short it is: eight new lines would otherwise make one long step."""
     picked: list[tuple[Job, Lane, int]] = []
     taken: set[int] = set()
@@ -122,7 +122,8 @@ def _fill(jobs: list[Job], prompt_budget: int, budget: int) -> list[tuple[Job, L
         for lane in job.lanes:
             n = len(lane.pending)
             short = lane.all_logits or (n <= _SHORT and job.first_logits_at is not None)
-            if n and short and n <= budget:
+            whole = lane.all_logits and not picked  # an option tree is never split: over the budget, it goes alone
+            if n and short and (n <= budget or whole):
                 picked.append((job, lane, n))
                 taken.add(id(lane))
                 budget -= n

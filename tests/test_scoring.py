@@ -1,0 +1,98 @@
+"""The option scorer: a decision's options scored in one step, as the main cache would score them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from npcai.model.choices import first_tokens, log_softmax_at
+from npcai.model.kv import KvSeq
+from npcai.model.native import Batch, Context, Model
+from npcai.model.scoring import OptionScorer, OptionTree
+
+#: Scores may differ by this much (nats) from a sequence of its own: llama.cpp's CPU flash attention
+#: accumulates in half precision, and cells of other sequences change its rounding. A mask that let one
+#: stem see another's tokens would move them by whole nats.
+NUMERIC = 0.3
+PERSONA = "You are Grik, a cowardly goblin scout who serves the goblin king."
+OPTIONS = ["attack", "flee", "beg for mercy", "pretend to be dead"]
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+    m = Model(model_path)
+    yield m
+    m.close()
+
+
+def _stem(model: Model, situation: str) -> list[int]:
+    text = model.apply_chat_template([("system", PERSONA), ("user", situation)], True)
+    return model.tokenize(text + "The sensible thing to do is to")
+
+
+def _one_by_one(model: Model, stem: list[int], options: list[list[int]]) -> np.ndarray:
+    """Each option scored alone: the stem and the option in one plain sequence, as lm-evaluation-harness does."""
+    ctx = Context(model, n_ctx=1024, n_batch=512, n_seq=1, threads=2)
+    b = Batch(512)
+    out = []
+    try:
+        for opt in options:
+            ctx.seq_rm(0)
+            b.clear()
+            rows = [b.add(t, i, 0, True) for i, t in enumerate(stem + opt[:-1])]
+            assert ctx.decode(b) == 0
+            score = first_tokens(ctx.logits(rows[len(stem) - 1], model.n_vocab), [opt])[0]
+            for j, tok in enumerate(opt[1:]):
+                score += log_softmax_at(ctx.logits(rows[len(stem) + j], model.n_vocab), [tok])[0]
+            out.append(score)
+    finally:
+        b.close()
+        ctx.close()
+    return np.array(out)
+
+
+def test_a_tree_scores_every_option_as_scoring_each_alone_does(model):
+    main = Context(model, n_ctx=2048, n_batch=512, n_seq=4, threads=2)
+    scorer = OptionScorer(model, prefix_cells=512, max_seqs=16, threads=2, flash_attn=None, main=main)
+    try:
+        stem = _stem(model, "A knight with a drawn sword corners you in the forest.")
+        prior = _stem(model, "Nothing happens.")
+        options = [model.tokenize(" " + o) for o in OPTIONS]
+        tree = OptionTree(seq=-1, pos=0, pending=[0], all_logits=True, stems=[stem, prior], options=options)
+        assert scorer.evaluate(tree) == 0
+        assert np.allclose(tree.scores[0], _one_by_one(model, stem, options), atol=NUMERIC)
+        assert np.allclose(tree.scores[1], _one_by_one(model, prior, options), atol=NUMERIC)
+        assert np.abs(tree.scores[0] - tree.scores[1]).max() > 1.0, "each stem's options see only their own stem"
+    finally:
+        scorer.close()
+        main.close()
+
+
+def test_the_npcs_evaluated_prefix_is_moved_over_not_evaluated_again(model):
+    """The persona's cells come from the main cache (a stream per sequence) into the scorer's unified one."""
+    main = Context(model, n_ctx=2048, n_batch=512, n_seq=4, threads=2)
+    scorer = OptionScorer(model, prefix_cells=512, max_seqs=16, threads=2, flash_attn=None, main=main)
+    b = Batch(512)
+    try:
+        stem = _stem(model, "A troll blocks the bridge you must cross.")
+        options = [model.tokenize(" " + o) for o in OPTIONS]
+        persona = stem[:len(stem) - 12]
+        kv = KvSeq(seq=2, tokens=list(persona))
+        for i, t in enumerate(persona):
+            b.add(t, i, 2, False)
+        assert main.decode(b) == 0
+        tree = OptionTree(seq=-1, pos=0, pending=[0], all_logits=True, stems=[stem], options=options, source=kv,
+                          keep=len(persona))
+        assert scorer.evaluate(tree) == 0
+        assert scorer.stats["prefix_loads"] == 1 and scorer.stats["loaded_cells"] == len(persona)
+        assert scorer.batch.n == 12 + sum(len(o) - 1 for o in options)  # only the situation's end and the options
+        assert np.allclose(tree.scores[0], _one_by_one(model, stem, options), atol=NUMERIC)
+        again = OptionTree(seq=-1, pos=0, pending=[0], all_logits=True, stems=[stem], options=options, source=kv,
+                           keep=len(persona))
+        assert scorer.evaluate(again) == 0
+        assert scorer.stats["prefix_loads"] == 1, "the persona stayed cached in the scorer"
+        assert np.allclose(again.scores[0], tree.scores[0], atol=1e-3)
+    finally:
+        b.close()
+        scorer.close()
+        main.close()
