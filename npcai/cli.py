@@ -187,8 +187,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from npcai.demo import run_chat
 
-    roles = model_roles(args.model or [])
-    dialogue = catalog.entry_for(roles.get("dialogue") or next(iter(roles.values())))
+    roles = model_roles(args.model or [], remote_key=os.environ.get("NPCAI_REMOTE_KEY", "").strip())
+    served = roles.get("dialogue") or next(iter(roles.values()))
+    dialogue = catalog.entry_for(served) if isinstance(served, Path) else None  # a remote model is the engine's
     if dialogue is not None and not dialogue.chat:
         raise NpcaiError(f"{dialogue.name} is a base model, not tuned for chat: talk to {catalog.DEFAULT_MODEL}")
     return run_chat(args.npc, args.model or [], scenario=args.scenario, persona=args.persona)
