@@ -15,19 +15,24 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import httpx
 from httpx_sse import aconnect_sse
 
-from npcai.bench.runner import SITUATIONS, pct
+from npcai.bench.report import pct
+from npcai.bench.workload import SITUATIONS
 from npcai.client import Client
 from npcai.launcher import Sidecar
 from npcai.remote.engines import llamacpp
 from npcai.remote.llama_server import LlamaServer
 from npcai.remote.template import renderer
-from npcai.sidecar.jobs import _decide_prompt
+from npcai import protocol as P
+from npcai.sidecar.jobs import decide_prompt
 from npcai.sidecar.npc import DEFAULT_LEAD, Npc
+
+if TYPE_CHECKING:
+    from npcai.bench.harness import Bench
 
 LINES = ["Can you fix my sword?", "What is the news in the village?", "Do you sell shields?",
          "Who was here before me?", "Is the road north safe?", "What do you make today?"]
@@ -36,8 +41,13 @@ STREAMS = 8
 CHOICES = ["draw your sword", "run away"]
 
 
-def run(path: Path, threads: int, reps: int, persona: str, add: Callable[..., None], say: Callable[[str], None]
-        ) -> dict[str, Any]:
+def run(b: "Bench") -> None:
+    """The item, for one model: its rows go to ``b.report`` and its samples to ``b.report.raw["remote"]``."""
+    b.report.raw["remote"] = _run(b.path, b.threads, b.reps, b.persona, b.report.add, b.say)
+
+
+def _run(path: Path, threads: int, reps: int, persona: str, add: Callable[..., None], say: Callable[[str], None]
+         ) -> dict[str, Any]:
     raw: dict[str, Any] = {"engine": "llama-cpp-python server 0.3.36", "threads": threads}
     raw["engine_threads"] = max(1, threads - 1)
     with LlamaServer(path, threads=raw["engine_threads"]) as server, \
@@ -83,8 +93,8 @@ def run(path: Path, threads: int, reps: int, persona: str, add: Callable[..., No
 
         def decide_direct(situation: str) -> float:
             body = {"model": model, "messages": [{"role": r, "content": t} for r, t in
-                                                 npc.chat(("user", _decide_prompt({"situation": situation,
-                                                                                   "grammar": "action"})))],
+                                                 npc.chat(("user", decide_prompt(P.DecideRequest(
+                                                     id=0, situation=situation, grammar="action"))))],
                     "stream": False, "max_tokens": 8, "temperature": 0.0, "grammar": gbnf}
             return direct_http.post("/chat/completions", body)[1]
 
@@ -105,8 +115,8 @@ def run(path: Path, threads: int, reps: int, persona: str, add: Callable[..., No
 
         def choose_direct(situation: str) -> float:
             # the scoring requests npcai sends once the options' prior is cached: one per option
-            fields = {"situation": situation, "choices": CHOICES}
-            prompt = render([{"role": r, "content": t} for r, t in npc.chat(("user", _decide_prompt(fields)))])
+            req = P.DecideRequest(id=0, situation=situation, choices=CHOICES)
+            prompt = render([{"role": r, "content": t} for r, t in npc.chat(("user", decide_prompt(req)))])
             took = 0.0
             for option in CHOICES:  # npcai sends them at once, but the server takes one at a time
                 _, body, _ = adapter.score(model, [], prompt + DEFAULT_LEAD, " " + option)

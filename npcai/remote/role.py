@@ -29,7 +29,7 @@ from npcai.remote.engines import llamacpp, sglang, vllm
 from npcai.remote.fair import FairGate
 from npcai.remote.http import Upstream
 from npcai.remote.spec import Remote
-from npcai.sidecar.jobs import DECIDE_DEFAULTS, SAY_DEFAULTS, _decide_prompt
+from npcai.sidecar.jobs import DECIDE_DEFAULTS, SAY_DEFAULTS, decide_prompt
 from npcai.sidecar.npc import DEFAULT_LEAD, Npc
 
 Emit = Callable[[dict[str, Any]], None]
@@ -103,7 +103,7 @@ class RemoteRole:
             return await self._choose(req, npc, emit, clock)
         f = req.fields
         kind, source = ConstraintCompiler.source_for(self._grammars, f)  # type: ignore[arg-type]
-        messages = _wire(npc.chat(("user", _decide_prompt(f))))
+        messages = _wire(npc.chat(("user", decide_prompt(req))))
         params = {"max_tokens": f.get("max_tokens", DECIDE_DEFAULTS["max_tokens"]),
                   "temperature": f.get("temperature", DECIDE_DEFAULTS["temperature"]),
                   "top_p": f.get("top_p"), "top_k": f.get("top_k"), "seed": f.get("seed"), "priority": req.priority}
@@ -140,10 +140,10 @@ class RemoteRole:
         key = ("remote", npc.persona, tuple((e["situation"], e["choice"]) for e in npc.examples), lead,
                tuple(options))
         prior = self.priors.get(key)
-        chat = npc.chat(("user", _decide_prompt(f)))
+        chat = npc.chat(("user", decide_prompt(req)))
         jobs = [self._score(chat, lead, o) for o in options]
         if prior is None:
-            blank = npc.persona_chat(("user", _decide_prompt(f, choices.CONTENT_FREE)))
+            blank = npc.persona_chat(("user", decide_prompt(req, choices.CONTENT_FREE)))
             jobs += [self._score(blank, lead, o) for o in options]
         scores = await asyncio.gather(*jobs)
         loglik = np.array(scores[:len(options)])
