@@ -44,17 +44,25 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return s
 
 
-def model_roles(specs: list[str], *, out=None) -> dict[str, Path]:
-    """Parse --model specs (NAME or ROLE=NAME) into role -> GGUF path, pulling catalog models."""
+def model_roles(specs: list[str], *, out=None, remote_key: str = "") -> dict:
+    """Parse --model specs (NAME or ROLE=NAME) into role -> GGUF path, pulling catalog models, or role ->
+    ``Remote`` for an engine's URL (asked at once what it serves: npcai/remote/)."""
     if not specs:
         specs = [catalog.DEFAULT_MODEL]
-    roles: dict[str, Path] = {}
+    roles: dict = {}
     for spec in specs:
         role, sep, name = spec.partition("=")
         if not sep or "/" in role or "\\" in role or role.endswith(".gguf"):
             role, name = ("dialogue" if "dialogue" not in roles else "decision"), spec
         if not role.isidentifier():
             raise NpcaiError(f"bad --model {spec!r}: the role must be a plain name like dialogue or decision")
+        if "://" in name:
+            from npcai.remote import spec as remote_spec
+            from npcai.remote.detect import connect  # needs httpx: the [remote] extra
+
+            where = remote_spec.parse(role, name)
+            roles[role] = remote_spec.Remote(where, connect(where, remote_key), remote_key)
+            continue
         entry = catalog.CATALOG.get(name)
         if entry is not None and not entry.chat and role == "dialogue":
             if sep:
@@ -80,7 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if settings.verbose else logging.WARNING,
                         format="npcai: %(message)s", stream=sys.stderr)
     polite = be_polite(settings.nice, _cpu_list(settings.cpus))  # before any compute thread exists
-    roles = model_roles(settings.model, out=sys.stderr)
+    roles = model_roles(settings.model, out=sys.stderr, remote_key=_remote_key(settings))
     server = Server(settings, lambda emit: Engine(settings, roles, emit), polite)
     endpoint = server.bind()
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
@@ -104,6 +112,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _remote_key(settings: Settings) -> str:
+    """The remote engines' API key: from --remote-key-file, else $NPCAI_REMOTE_KEY (never a flag's value,
+    which any user of the machine can read in the process list)."""
+    if settings.remote_key_file:
+        try:
+            return Path(settings.remote_key_file).read_text().strip()
+        except OSError as exc:
+            raise NpcaiError(f"bad --remote-key-file {settings.remote_key_file!r}: {exc.strerror}") from None
+    return os.environ.get("NPCAI_REMOTE_KEY", "").strip()
 
 
 def _cpu_list(text: str) -> list[int] | None:
@@ -168,8 +187,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from npcai.demo import run_chat
 
-    roles = model_roles(args.model or [])
-    dialogue = catalog.entry_for(roles.get("dialogue") or next(iter(roles.values())))
+    roles = model_roles(args.model or [], remote_key=os.environ.get("NPCAI_REMOTE_KEY", "").strip())
+    served = roles.get("dialogue") or next(iter(roles.values()))
+    dialogue = catalog.entry_for(served) if isinstance(served, Path) else None  # a remote model is the engine's
     if dialogue is not None and not dialogue.chat:
         raise NpcaiError(f"{dialogue.name} is a base model, not tuned for chat: talk to {catalog.DEFAULT_MODEL}")
     return run_chat(args.npc, args.model or [], scenario=args.scenario, persona=args.persona)

@@ -7,7 +7,7 @@
     ├── TooLarge               "too_large"     a frame, prompt or constraint over a limit
     ├── Overloaded             "overloaded"    queue or in-flight limits reached
     ├── Unauthorized           "unauthorized"  no valid token in hello
-    ├── Unavailable            "unavailable"   (client only) the sidecar is gone or unreachable
+    ├── Unavailable            "unavailable"   the sidecar is gone (client), or a remote role's engine failed
     ├── ModelError             (CLI only)      a model cannot be found, fetched or loaded
     └── SettingsError          (CLI only)      a flag value that cannot work
 
@@ -65,7 +65,8 @@ class SettingsError(NpcaiError):
     code = "bad_settings"
 
 
-ERROR_CODES = ("bad_request", "unknown_op", "unknown_npc", "too_large", "overloaded", "unauthorized", "internal")
+ERROR_CODES = ("bad_request", "unknown_op", "unknown_npc", "too_large", "overloaded", "unauthorized", "unavailable",
+               "internal")
 
 #: Codes this Python client makes up itself (docs/PROTOCOL.md, "Local codes"): the sidecar is gone
 #: ("unavailable", the same code in every bridge), a Curve handshake was refused ("unauthorized"), a frame

@@ -1,7 +1,7 @@
 """`npcai bench`: macro-benchmarks, each side by side with what a developer would otherwise use.
 
 One module per item (transport, decisions, dialogue, many, mixed, cancel, ahead, weights, kv, frame,
-quality, startup); ``harness.Bench`` holds what they share, ``report`` the table. This module runs the items.
+quality, startup, remote); ``harness.Bench`` holds what they share, ``report`` the table. This module runs the items.
 
 Every comparison runs in the same process run on the same machine: the sidecar (a
 child process, as a game would run it) against llama-cpp-python's high-level API or
@@ -37,7 +37,7 @@ from npcai.client import Client
 from npcai.errors import NpcaiError
 
 ITEMS = ("transport", "decision", "dialogue", "many", "mixed", "cancel", "ahead", "weights", "kv", "frame", "quality",
-         "startup", "actions", "chain")
+         "startup", "actions", "chain", "remote")
 
 
 def _actions(b: Bench, c: Client) -> None:
@@ -101,6 +101,11 @@ def run_items(b: Bench, only: set[str] | None) -> Report:
 
         b.say(f"  {b.model}: startup…")
         run_startup(b)
+    if only and "remote" in only:  # needs the [remote-test] extra: only when named
+        from npcai.bench.remote import run as run_remote
+
+        b.say(f"  {b.model}: remote…")
+        run_remote(b)
     return b.report
 
 

@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from npcai import protocol as P
 from npcai.errors import NpcaiError, Overloaded, UnknownNpc
@@ -46,6 +46,10 @@ from npcai.sidecar.preemption import Preemption
 from npcai.sidecar.relay import Relay
 from npcai.sidecar.scheduler import Scheduler
 from npcai.sidecar.settings import Settings
+from npcai.remote.spec import Remote
+
+if TYPE_CHECKING:
+    from npcai.remote.role import Hub, RemoteRole
 
 log = logging.getLogger("npcai")
 
@@ -55,12 +59,22 @@ _CANCEL_KEEP_S = 5.0  # how long a cancellation waits for a request still in the
 
 
 class Engine:
-    def __init__(self, settings: Settings, models: dict[str, Path], emit: EmitFn):
-        """``models`` maps role -> GGUF path; roles sharing a file share one runtime."""
+    def __init__(self, settings: Settings, models: dict[str, Path | Remote], emit: EmitFn):
+        """``models`` maps role -> GGUF path (roles sharing a file share one runtime) or -> ``Remote``, an
+        engine that serves the role (npcai/remote/)."""
         self.settings = settings
         self.limits = settings.limits
         self.emit = emit
-        self.runtimes: dict[str, Runtime] = load_runtimes(settings, models)
+        remotes = {role: m for role, m in models.items() if isinstance(m, Remote)}
+        self.hub: Hub | None = None
+        if remotes:
+            from npcai.remote.role import Hub  # httpx only where a role is remote
+
+            self.hub = Hub(remotes, Path(settings.grammar_dir), connections=settings.remote_connections,
+                           client_tokens_per_s=settings.client_tokens_per_s)
+        local = load_runtimes(settings, {role: m for role, m in models.items() if not isinstance(m, Remote)})
+        self.runtimes: dict[str, Runtime | RemoteRole] = {
+            role: self.hub.roles[role] if isinstance(m, Remote) else local[role] for role, m in models.items()}
         self.admission = Admission(self.runtimes, self.limits)
         self.governor = Governor(settings.budget, settings.compute_threads, settings.n_batch)
         self.npcs: dict[str, Npc] = {}
@@ -106,6 +120,8 @@ class Engine:
     def cancel(self, req: P.Request, *, expired: bool = False) -> None:
         """Stop work on a request; a client's cancel is answered with ``cancelled``, an expiry silently."""
         self._cancel_inbox.put((req, expired, time.monotonic()))
+        if self.hub is not None:
+            self.hub.cancel(req, expired)
         self._wake.set()
 
     def stop(self) -> None:
@@ -129,6 +145,7 @@ class Engine:
                         "evictions": rt.pool.evictions, "moves": rt.pool.moves, **rt.pool.parked,
                         "free_seqs": rt.pool.free, "threads": rt.ctx.threads}
                        for rt in self._models()],
+            **({"remote": self.hub.stats()} if self.hub is not None else {}),
         }
 
     # --- the loop -------------------------------------------------------------------------
@@ -182,12 +199,14 @@ class Engine:
             self.scheduler.sweep()
 
     def close(self) -> None:
+        if self.hub is not None:
+            self.hub.close()
         for rt in self._models():
             rt.close()
 
     def _models(self) -> list[Runtime]:
-        """Each loaded model once (roles that share a file share its runtime)."""
-        return list({id(rt): rt for rt in self.runtimes.values()}.values())
+        """Each loaded model once (roles that share a file share its runtime); remote roles are not here."""
+        return list({id(rt): rt for rt in self.runtimes.values() if not _remote(rt)}.values())
 
     def _take_inbox(self) -> None:
         self.preemption.taken()
@@ -392,6 +411,10 @@ class Engine:
     def _on_npc(self, req: P.NpcRequest) -> None:
         self._check_room(req.npc)
         rt = self.admission.runtime("npc", req.role)
+        if _remote(rt):  # nothing to evaluate here: the engine caches the prefix on first use
+            npc = self._install(Npc(req.npc, req.persona, req.role or "dialogue", req.seed,
+                                    examples=list(req.examples or [])))
+            return self.emit(req, P.ok(req.id, npc=npc.id, cached_tokens=0))
         self.admission.prompt(rt, req.persona)
         declared = actions.check_actions(req.actions, self.admission.runtime("decide", None), self.limits)
         npc = self._install(Npc(req.npc, req.persona, req.role or "dialogue", req.seed,
@@ -401,6 +424,8 @@ class Engine:
     def _on_say(self, req: P.SayRequest) -> None:
         npc = self._npc(req.npc)
         rt = self.admission.runtime("say", req.role or npc.role)
+        if _remote(rt):
+            return self.hub.submit(rt, req, npc, self._emitter(req))
         self.admission.prompt(rt, req.text)
         if req.actions:
             names = actions.allowed(npc, req.actions)
@@ -410,6 +435,8 @@ class Engine:
     def _on_decide(self, req: P.DecideRequest) -> None:
         npc = self._npc(req.npc, required=False)
         rt = self.admission.runtime("decide", req.role)
+        if _remote(rt):
+            return self.hub.submit(rt, req, npc, self._emitter(req))
         self.admission.prompt(rt, req.situation)
         if req.actions not in (None, False):
             names = actions.allowed(npc, req.actions)
@@ -429,7 +456,8 @@ class Engine:
     def _on_observe(self, req: P.ObserveRequest) -> None:
         npc = self._npc(req.npc)
         rt = self.admission.runtime("observe", npc.role)
-        self.admission.prompt(rt, req.text)
+        if not _remote(rt):
+            self.admission.prompt(rt, req.text)
         npc.messages.append(("user", f"(You notice: {req.text.strip()})"))
         self._evaluate_later(req, rt, npc)
 
@@ -437,7 +465,7 @@ class Engine:
         """Answer ok now; the NPC's history, grown by ``req``, is evaluated in spare steps."""
         emit = self._emitter(req)
         emit(P.ok(req.id, npc=npc.id))
-        if len(self.scheduler) < self.limits.max_queue:
+        if not _remote(rt) and len(self.scheduler) < self.limits.max_queue:
             self.scheduler.add(ObserveJob(req, rt, emit, self.settings.npc_ctx, npc))
 
     def _on_chain(self, req: P.ChainRequest) -> None:
@@ -448,7 +476,8 @@ class Engine:
     def _on_act_result(self, req: P.ActResultRequest) -> None:
         npc = self._npc(req.npc)
         rt = self.admission.runtime("observe", npc.role)
-        self.admission.prompt(rt, req.result)
+        if not _remote(rt):
+            self.admission.prompt(rt, req.result)
         actions.record_result(npc, req.name, req.result)
         self._evaluate_later(req, rt, npc)
 
@@ -464,3 +493,8 @@ class Engine:
         self._check_room(req.npc)
         npc = self._install(Npc.load(req.npc, req.state))
         self.emit(req, P.ok(req.id, npc=npc.id, messages=len(npc.messages)))
+
+
+def _remote(rt: "Runtime | RemoteRole") -> bool:
+    """Whether an engine serves the role (npcai/remote/) rather than a model loaded here."""
+    return not isinstance(rt, Runtime)

@@ -42,11 +42,18 @@ class Settings:
     endpoint: str = field(default="tcp://127.0.0.1:0", metadata=_opt(
         "ZeroMQ endpoint to bind (port 0 picks a free port; the bound endpoint is printed)"))
     model: list[str] = field(default_factory=list, metadata=_opt(
-        "model, as NAME or ROLE=NAME (NAME is a catalog name or a .gguf path); repeat for several roles",
+        "model, as NAME or ROLE=NAME (NAME is a catalog name, a .gguf path, or an OpenAI-compatible engine's "
+        "URL like http://gpu-box:8000/v1[#MODEL][?engine=vllm|sglang|llamacpp]); repeat for several roles",
         action="append"))
     role_info: list[str] = field(default_factory=list, metadata=_opt(
         "a role's one-line description, as ROLE=\"what it is for\", for chain steps of kind route; repeat per role",
         action="append"))
+    remote_key_file: str = field(default="", metadata=_opt(
+        "a file holding the API key for remote engines (else $NPCAI_REMOTE_KEY; never on the command line)"))
+    remote_connections: int = field(default=64, metadata=_opt(
+        "requests in flight to each remote engine server at once; beyond it clients take turns", min=1))
+    client_tokens_per_s: float = field(default=0.0, metadata=_opt(
+        "most streamed tokens per second for one client from remote roles (0 = no cap)"))
     n_ctx: int = field(default=16384, metadata=_opt(
         "KV cache cells per model, shared equally by its --n-seq sequences", min=64))
     npc_ctx: int = field(default=1024, metadata=_opt(
@@ -157,6 +164,8 @@ class Settings:
         curve = bool(self.curve_secret_key or self.curve_allow)
         if curve and not (self.curve_secret_key and self.curve_allow):
             raise SettingsError("--curve-secret-key and --curve-allow go together")
+        if self.remote_key_file and not Path(self.remote_key_file).is_file():
+            raise SettingsError(f"bad --remote-key-file {self.remote_key_file!r}: no such file")
         for name in ("curve_secret_key", "curve_allow"):
             path = getattr(self, name)
             if path and not Path(path).exists():

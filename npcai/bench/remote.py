@@ -1,0 +1,229 @@
+"""`npcai bench --only remote`: a role served by an engine, npcai in front of it against a client
+that calls the same engine directly.
+
+Both sides talk to one llama-cpp-python server (``python -m llama_cpp.server``, started here with
+the bench's model and one core less than the bench's threads: on a GPU node the engine does not
+share the game server's cores, and here npcai, the direct client and the bench need one) and send
+the same messages, built by the same ``Npc.chat``; the two take turns request by request (ABBA).
+Measured: time to the first token of a line, a grammar decision and a choice decision (p50), and
+the aggregate tokens/s of 8 NPCs talking at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import httpx
+from httpx_sse import aconnect_sse
+
+from npcai.bench.report import pct
+from npcai.bench.workload import SITUATIONS
+from npcai.client import Client
+from npcai.launcher import Sidecar
+from npcai.remote.engines import llamacpp
+from npcai.remote.llama_server import LlamaServer
+from npcai.remote.template import renderer
+from npcai import protocol as P
+from npcai.sidecar.jobs import decide_prompt
+from npcai.sidecar.npc import DEFAULT_LEAD, Npc
+
+if TYPE_CHECKING:
+    from npcai.bench.harness import Bench
+
+LINES = ["Can you fix my sword?", "What is the news in the village?", "Do you sell shields?",
+         "Who was here before me?", "Is the road north safe?", "What do you make today?"]
+MAX_TOKENS = 16
+STREAMS = 8
+CHOICES = ["draw your sword", "run away"]
+
+
+def run(b: "Bench") -> None:
+    """The item, for one model: its rows go to ``b.report`` and its samples to ``b.report.raw["remote"]``."""
+    b.report.raw["remote"] = _run(b.path, b.threads, b.reps, b.persona, b.report.add, b.say)
+
+
+def _run(path: Path, threads: int, reps: int, persona: str, add: Callable[..., None], say: Callable[[str], None]
+         ) -> dict[str, Any]:
+    raw: dict[str, Any] = {"engine": "llama-cpp-python server 0.3.36", "threads": threads}
+    raw["engine_threads"] = max(1, threads - 1)
+    with LlamaServer(path, threads=raw["engine_threads"]) as server, \
+            Sidecar("--model", f"dialogue={server.url}", "--model", f"decision={server.url}", "--nice", "0") as sc, \
+            Client(sc.endpoint) as c, _Direct(server.url) as direct_http:
+        c.hello("npcai bench")
+        model = c.hello("npcai bench")["models"][0]["name"]
+        npc = Npc("smith", persona)
+        c.npc("smith", persona)
+
+        def line_messages(text: str) -> list[dict[str, str]]:
+            return [{"role": r, "content": t} for r, t in npc.chat(("user", text))]
+
+        def via_npcai(text: str) -> float:
+            c.call("forget", npc="smith")  # the same messages as the direct client: persona and this line
+            t0 = time.perf_counter()
+            h = c.request("say", npc="smith", text=text, max_tokens=MAX_TOKENS, temperature=0.0)
+            while not h.chunks and not h.finished:
+                c.poll()
+                c.wait_for_reply(1.0)
+            first = time.perf_counter() - t0
+            c.wait(h, 120)
+            return first
+
+        def direct(text: str) -> float:
+            body = {"model": model, "messages": line_messages(text), "stream": True, "max_tokens": MAX_TOKENS,
+                    "temperature": 0.0, "top_p": 0.95, "top_k": 40}
+            return direct_http.first_token(body)
+
+        ttft = _abba(reps, LINES, via_npcai, direct)
+        raw["first_token_ms"] = ttft
+        add("remote", "say: first token, npcai -> engine vs direct client (p50)", pct(ttft["npcai"], 50),
+            pct(ttft["direct"], 50), "direct httpx client", target="<= 1.1x")
+
+        grammar = (Path(__file__).resolve().parents[2] / "grammars" / "action.gbnf")
+        gbnf = grammar.read_text() if grammar.is_file() else None
+
+        def decide_npcai(situation: str) -> float:
+            c.call("forget", npc="smith")  # no history: the direct client's messages
+            t0 = time.perf_counter()
+            c.call("decide", npc="smith", situation=situation, grammar="action", max_tokens=8, timeout=120)
+            return time.perf_counter() - t0
+
+        def decide_direct(situation: str) -> float:
+            body = {"model": model, "messages": [{"role": r, "content": t} for r, t in
+                                                 npc.chat(("user", decide_prompt(P.DecideRequest(
+                                                     id=0, situation=situation, grammar="action"))))],
+                    "stream": False, "max_tokens": 8, "temperature": 0.0, "grammar": gbnf}
+            return direct_http.post("/chat/completions", body)[1]
+
+        if gbnf is not None:
+            dec = _abba(reps, SITUATIONS, decide_npcai, decide_direct)
+            raw["grammar_decision_ms"] = dec
+            add("remote", "decide (grammar): latency, npcai -> engine vs direct client (p50)", pct(dec["npcai"], 50),
+                pct(dec["direct"], 50), "direct httpx client", target="<= 1.1x")
+
+        render = renderer("", "", "", model)
+        adapter = llamacpp.Adapter()
+
+        def choose_npcai(situation: str) -> float:
+            c.call("forget", npc="smith")
+            t0 = time.perf_counter()
+            c.call("decide", npc="smith", situation=situation, choices=CHOICES, timeout=300)
+            return time.perf_counter() - t0
+
+        def choose_direct(situation: str) -> float:
+            # the scoring requests npcai sends once the options' prior is cached: one per option
+            req = P.DecideRequest(id=0, situation=situation, choices=CHOICES)
+            prompt = render([{"role": r, "content": t} for r, t in npc.chat(("user", decide_prompt(req)))])
+            took = 0.0
+            for option in CHOICES:  # npcai sends them at once, but the server takes one at a time
+                _, body, _ = adapter.score(model, [], prompt + DEFAULT_LEAD, " " + option)
+                resp, seconds = direct_http.post("/completions", body)
+                adapter.option_logprob(resp, " " + option)
+                took += seconds
+            return took
+
+        if render is not None:
+            choose_npcai(SITUATIONS[0])  # the prior, once per option set, off the clock
+            n = max(2, reps // 3)
+            ch = _abba(n, SITUATIONS, choose_npcai, choose_direct)
+            raw["choice_decision_ms"] = ch
+            add("remote", "decide (2 choices): latency, npcai -> engine vs direct client (p50)", pct(ch["npcai"], 50),
+                pct(ch["direct"], 50), "direct httpx client", target="<= 1.1x")
+
+        say(f"    remote: {STREAMS} streams at once…")
+        for i in range(STREAMS):
+            c.npc(f"n{i}", persona)
+        agg_npcai = _streams_npcai(c, [f"n{i}" for i in range(STREAMS)])
+        messages = [line_messages(LINES[i % len(LINES)]) for i in range(STREAMS)]
+        agg_direct = asyncio.run(_streams_direct(server.url, model, messages))
+        raw["streams_tokens_per_s"] = {"npcai": agg_npcai, "direct": agg_direct}
+        add("remote", f"{STREAMS} NPC streams at once: aggregate tokens/s, npcai -> engine vs direct",
+            round(agg_npcai, 1), round(agg_direct, 1), "direct httpx client (asyncio)", unit="tok/s",
+            target=">= 0.9x")
+    return raw
+
+
+class _Direct:
+    """A client calling the engine directly, on the same stack as npcai's (httpx's async client, pooled)."""
+
+    def __init__(self, url: str):
+        self.loop = asyncio.new_event_loop()
+        self.http = httpx.AsyncClient(base_url=url, timeout=300)
+
+    def first_token(self, body: dict) -> float:
+        async def go() -> float:
+            t0 = time.perf_counter()
+            first = None
+            async with aconnect_sse(self.http, "POST", "/chat/completions", json=body) as source:
+                async for event in source.aiter_sse():
+                    if first is None and _content(event.data):
+                        first = time.perf_counter() - t0
+            return first if first is not None else time.perf_counter() - t0
+
+        return self.loop.run_until_complete(go())
+
+    def post(self, path: str, body: dict) -> tuple[dict, float]:
+        async def go() -> tuple[dict, float]:
+            t0 = time.perf_counter()
+            resp = await self.http.post(path, json=body)
+            resp.raise_for_status()
+            return resp.json(), time.perf_counter() - t0
+
+        return self.loop.run_until_complete(go())
+
+    def __enter__(self) -> "_Direct":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.loop.run_until_complete(self.http.aclose())
+        self.loop.close()
+
+
+def _abba(reps: int, inputs: list[str], a: Callable[[str], float], b: Callable[[str], float]) -> dict[str, list]:
+    """Time ``a`` and ``b`` taking turns A B B A ..., milliseconds. The second of each pair gets the next
+    input, not the first's: neither finds its whole prompt cached by the other, both the persona."""
+    a(inputs[-1]), b(inputs[-1])  # warm-up: connections, the persona in the engine's cache
+    out: dict[str, list] = {"npcai": [], "direct": []}
+    for i in range(reps):
+        first, second = inputs[i % len(inputs)], inputs[(i + 1) % len(inputs)]
+        order = ((a, "npcai"), (b, "direct")) if i % 2 == 0 else ((b, "direct"), (a, "npcai"))
+        for (fn, name), x in zip(order, (first, second)):
+            out[name].append(round(fn(x) * 1e3, 3))
+    return out
+
+
+def _streams_npcai(c: Client, npcs: list[str]) -> float:
+    for n in npcs:
+        c.call("forget", npc=n)
+    t0 = time.perf_counter()
+    handles = [c.request("say", npc=n, text=LINES[i % len(LINES)], max_tokens=MAX_TOKENS, temperature=0.0)
+               for i, n in enumerate(npcs)]
+    tokens = sum(c.wait(h, 300).get("tokens", 0) for h in handles)
+    return tokens / (time.perf_counter() - t0)
+
+
+async def _streams_direct(url: str, model: str, messages: list[list[dict[str, str]]]) -> float:
+    async with httpx.AsyncClient(base_url=url, timeout=300) as http:
+        async def one(msgs: list[dict[str, str]]) -> int:
+            body = {"model": model, "messages": msgs, "stream": True, "max_tokens": MAX_TOKENS, "temperature": 0.0,
+                    "top_p": 0.95, "top_k": 40}
+            n = 0
+            async with aconnect_sse(http, "POST", "/chat/completions", json=body) as source:
+                async for event in source.aiter_sse():
+                    n += bool(_content(event.data))
+            return n
+
+        t0 = time.perf_counter()
+        tokens = sum(await asyncio.gather(*(one(m) for m in messages)))
+        return tokens / (time.perf_counter() - t0)
+
+
+def _content(data: str) -> str:
+    """The text a chat stream's event adds (none for the role, the finish and ``[DONE]``)."""
+    if data.strip() == "[DONE]":
+        return ""
+    choice = (json.loads(data).get("choices") or [{}])[0]
+    return (choice.get("delta") or {}).get("content") or ""

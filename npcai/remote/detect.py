@@ -1,0 +1,75 @@
+"""Which engine serves a URL, and which model: asked of the server once, at start-up.
+
+Each engine answers at an endpoint of its own: llama.cpp's ``llama-server`` at ``/props``, vLLM at
+``/version``, SGLang at ``/get_model_info``, and llama-cpp-python's server names itself in its
+OpenAPI title ("llama.cpp Python API"). ``?engine=`` on the URL skips the guessing.
+"""
+
+from __future__ import annotations
+
+from npcai.errors import SettingsError
+from npcai.remote.http import probe
+from npcai.remote.spec import RemoteSpec, Served
+
+
+def connect(spec: RemoteSpec, key: str) -> Served:
+    """Ask the server for its models (and, unless given, its engine); SettingsError in one line if it
+    cannot be reached or is not an OpenAI-compatible server."""
+    where = f"--model {spec.role}={spec.base_url}"
+    resp = probe(spec.base_url + "/models", key)
+    if resp is None:
+        raise SettingsError(f"{where}: cannot reach the server (is it running?)")
+    if resp.status_code in (401, 403):
+        raise SettingsError(f"{where}: the server refused the API key ({resp.status_code}); "
+                            "see --remote-key-file / $NPCAI_REMOTE_KEY")
+    try:
+        models = [m["id"] for m in resp.json()["data"]] if resp.status_code == 200 else []
+    except (ValueError, KeyError, TypeError):
+        models = []
+    if not models:
+        raise SettingsError(f"{where}: not an OpenAI-compatible server (GET /models answered "
+                            f"{resp.status_code} without a model list)")
+    if spec.model and spec.model not in models:
+        raise SettingsError(f"{where}: the server has no model {spec.model!r} (it serves: {', '.join(models[:5])})")
+    model = spec.model or models[0]
+    engine = spec.engine or _guess(spec, key)
+    if not engine:
+        raise SettingsError(f"{where}: cannot tell which engine this is; add ?engine=vllm, ?engine=sglang or "
+                            "?engine=llamacpp to the URL")
+    props = probe(spec.root + "/props", key) if engine == "llamacpp" else None
+    if props is not None and props.status_code == 200:
+        try:
+            p = props.json()
+            return Served(engine, model, str(p.get("chat_template") or ""), str(p.get("bos_token") or ""),
+                          str(p.get("eos_token") or ""))
+        except ValueError:
+            pass
+    return Served(engine, model)
+
+
+def _guess(spec: RemoteSpec, key: str) -> str:
+    resp = probe(spec.root + "/props", key)
+    if resp is not None and resp.status_code == 200 and _json_has(resp, "default_generation_settings"):
+        return "llamacpp"
+    resp = probe(spec.root + "/version", key)
+    if resp is not None and resp.status_code == 200 and _json_has(resp, "version"):
+        return "vllm"
+    resp = probe(spec.root + "/get_model_info", key)
+    if resp is not None and resp.status_code == 200 and _json_has(resp, "model_path"):
+        return "sglang"
+    resp = probe(spec.root + "/openapi.json", key)
+    if resp is not None and resp.status_code == 200:
+        try:
+            if "llama.cpp" in str(resp.json().get("info", {}).get("title", "")):
+                return "llamacpp"
+        except (ValueError, AttributeError):
+            pass
+    return ""
+
+
+def _json_has(resp, key: str) -> bool:
+    try:
+        data = resp.json()
+    except ValueError:
+        return False
+    return isinstance(data, dict) and key in data

@@ -1,0 +1,56 @@
+"""vLLM's OpenAI-compatible server.
+
+Followed: vLLM docs v0.12 (docs/serving/openai_compatible_server.md, "Extra parameters";
+docs/features/structured_outputs.md): ``structured_outputs`` {"json" | "grammar"} (``guided_json`` /
+``guided_grammar`` were removed in v0.12.0), ``top_k``, ``priority`` (lower is served first; needs
+``vllm serve --scheduling-policy priority``), and for chat ``add_generation_prompt``,
+``continue_final_message`` and ``prompt_logprobs``.
+
+Choices: a chat whose last message is the assistant's answer so far (lead + option), continued
+rather than closed (``continue_final_message``), with ``prompt_logprobs: 0``: vLLM returns each
+prompt token's log-probability (a map of token id to {logprob, rank, decoded_token}), and renders
+the prompt with the model's own template, so npcai needs none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from npcai.remote.engines import from_the_end, sampling
+
+NAME = "vllm"
+
+
+class Adapter:
+    name = NAME
+    needs_template = False
+
+    def chat(self, model: str, messages: list[dict[str, str]], params: dict[str, Any], stream: bool) -> dict:
+        body = {"model": model, "messages": messages, "stream": stream, **sampling(params)}
+        if params.get("top_k"):
+            body["top_k"] = params["top_k"]
+        if params.get("priority"):
+            body["priority"] = -params["priority"]  # npcai: higher first; vLLM: lower first
+        return body
+
+    def guide(self, body: dict, kind: str, source: Any) -> dict:
+        return {**body, "structured_outputs": {"json" if kind == "schema" else "grammar": source}}
+
+    def score(self, model: str, messages: list[dict[str, str]], prompt: str, option: str) -> tuple[str, dict, bool]:
+        *head, last = messages
+        answer = {"role": "assistant", "content": last["content"] + option} if last["role"] == "assistant" else None
+        msgs = [*head, answer] if answer else [*messages, {"role": "assistant", "content": option.lstrip()}]
+        return "/chat/completions", {"model": model, "messages": msgs, "max_tokens": 1, "temperature": 0.0,
+                                     "add_generation_prompt": False, "continue_final_message": True,
+                                     "prompt_logprobs": 0}, False
+
+    def option_logprob(self, response: dict, option: str) -> float:
+        pieces: list[tuple[str, float | None]] = []
+        for entry in response.get("prompt_logprobs") or []:
+            if not entry:
+                pieces.append(("", None))
+                continue
+            # prompt_logprobs=0: the map holds the prompt's own token only
+            best = min(entry.values(), key=lambda v: v.get("rank", 0) if isinstance(v, dict) else 0)
+            pieces.append((str(best.get("decoded_token") or ""), best.get("logprob")))
+        return from_the_end(pieces, option, NAME)

@@ -1,0 +1,305 @@
+"""Remote roles at work: each request to a remote role runs as a task on one asyncio loop (its own
+thread), talking to the engine through pooled connections; the engine's loop never waits on HTTP.
+
+A task is bounded by its request's deadline (the server thread answers with the fallback at that
+moment and cancels the task, which closes its HTTP request), or by ``MAX_REQUEST_S`` when the
+request has none: no request hangs. When the engine fails (down, refused, 5xx, a broken stream), a
+request with a fallback ends with it (``finish_reason`` "unavailable", the cause in ``message``);
+one without gets the error ``unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import numpy as np
+
+from npcai import protocol as P
+from npcai.errors import NpcaiError, Unavailable
+from npcai.model import choices
+from npcai.model.constraints import ConstraintCompiler
+from npcai.remote import template
+from npcai.remote.engines import llamacpp, sglang, vllm
+from npcai.remote.fair import FairGate
+from npcai.remote.http import Upstream
+from npcai.remote.spec import Remote
+from npcai.sidecar.jobs import DECIDE_DEFAULTS, SAY_DEFAULTS, decide_prompt
+from npcai.sidecar.npc import DEFAULT_LEAD, Npc
+
+Emit = Callable[[dict[str, Any]], None]
+
+ADAPTERS = {m.NAME: m.Adapter for m in (llamacpp, vllm, sglang)}
+MAX_REQUEST_S = 120.0  # the longest a request without a deadline may take
+_LATE, _EXPIRED, _CANCELLED = "late", "expired", "cancelled"  # why a task was cancelled
+
+
+def _wire(messages: list[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"role": r, "content": c} for r, c in messages]
+
+
+class RemoteRole:
+    """The "runtime" of a role served by an engine: same ops, same replies, the model work elsewhere."""
+
+    def __init__(self, remote: Remote, upstream: Upstream, grammar_dir: Path):
+        self.spec, self.served = remote.spec, remote.served
+        self.name = self.served.model
+        self.adapter = ADAPTERS[self.served.engine]()
+        self.upstream = upstream
+        self._grammars = SimpleNamespace(grammar_dir=grammar_dir)  # what ConstraintCompiler.source_for reads
+        self._render = (template.renderer(self.served.chat_template, self.served.bos_token, self.served.eos_token,
+                                          self.served.model) if self.adapter.needs_template else None)
+        self.choice_temperature = choices.DEFAULT_TEMPERATURE  # no fitted temperature for a remote model
+        self.priors = choices.PriorCache()
+        self._writing: dict[str, asyncio.Lock] = {}  # one say at a time per NPC, in arrival order
+
+    def describe(self, roles: list[str]) -> list[dict]:
+        return [{"role": r, "name": self.name, "remote": True, "url": self.spec.base_url,
+                 "engine": self.served.engine, "choice_temperature": self.choice_temperature} for r in roles]
+
+    # --- say ------------------------------------------------------------------------------------
+    async def say(self, req: P.Request, npc: Npc, emit: Emit, clock: "_Clock", gate: FairGate) -> None:
+        f = req.fields
+        lock = self._writing.setdefault(npc.id, asyncio.Lock())
+        async with lock:
+            messages = _wire(npc.chat(("user", f["text"])))  # the persona and history: the same bytes each time
+            stop = f.get("stop", [])
+            params = {"max_tokens": f.get("max_tokens", SAY_DEFAULTS["max_tokens"]),
+                      "temperature": f.get("temperature", SAY_DEFAULTS["temperature"]),
+                      "top_p": f.get("top_p", SAY_DEFAULTS["top_p"]), "top_k": f.get("top_k", SAY_DEFAULTS["top_k"]),
+                      "seed": f.get("seed"), "stop": ([stop] if isinstance(stop, str) else stop) or None,
+                      "priority": req.priority}
+            body = self.adapter.chat(self.name, messages, params, stream=True)
+            pieces: list[str] = []
+            reason, usage = None, {}
+            async for chunk in self.upstream.stream("/chat/completions", body):
+                usage = chunk.get("usage") or usage
+                choice = (chunk.get("choices") or [{}])[0]
+                piece = (choice.get("delta") or {}).get("content") or ""
+                if piece:
+                    clock.first()
+                    await gate.spend(req.client, 1)
+                    pieces.append(piece)
+                    if f.get("stream", True):
+                        emit(P.token(req.id, piece))
+                reason = choice.get("finish_reason") or reason
+            if reason is None:
+                raise Unavailable(f"the engine at {self.spec.base_url} ended the stream without a finish reason")
+            text = "".join(pieces)
+            npc.messages.append(("user", f["text"]))
+            npc.messages.append(("assistant", text))
+        emit(P.done(req.id, text=text, value=text, tokens=int(usage.get("completion_tokens") or len(pieces)),
+                    finish_reason="length" if reason == "length" else "stop", timed_out=False, used_fallback=False,
+                    timing=clock.timing(), usage=_usage(usage)))
+
+    # --- decide -----------------------------------------------------------------------------------
+    async def decide(self, req: P.Request, npc: Npc, emit: Emit, clock: "_Clock", gate: FairGate) -> None:
+        if "choices" in req.fields:
+            return await self._choose(req, npc, emit, clock)
+        f = req.fields
+        kind, source = ConstraintCompiler.source_for(self._grammars, f)  # type: ignore[arg-type]
+        messages = _wire(npc.chat(("user", decide_prompt(req))))
+        params = {"max_tokens": f.get("max_tokens", DECIDE_DEFAULTS["max_tokens"]),
+                  "temperature": f.get("temperature", DECIDE_DEFAULTS["temperature"]),
+                  "top_p": f.get("top_p"), "top_k": f.get("top_k"), "seed": f.get("seed"), "priority": req.priority}
+        body = self.adapter.guide(self.adapter.chat(self.name, messages, params, stream=False), kind,
+                                  json.loads(source) if kind == "schema" else source)
+        resp = await self.upstream.post("/chat/completions", body)
+        clock.first()
+        choice = (resp.get("choices") or [{}])[0]
+        text = str((choice.get("message") or {}).get("content") or "")
+        reason = choice.get("finish_reason")
+        value, ok = text, reason == "stop"
+        if ok and kind == "schema":
+            try:
+                value = json.loads(text)
+            except ValueError:
+                ok = False
+        usage = resp.get("usage") or {}
+        emit(P.done(req.id, value=value if ok else req.fallback, text=text,
+                    tokens=int(usage.get("completion_tokens") or 0), finish_reason="stop" if ok else
+                    ("length" if reason == "length" else "error"), timed_out=False, used_fallback=not ok,
+                    timing=clock.timing(), usage=_usage(usage)))
+
+    async def _choose(self, req: P.Request, npc: Npc, emit: Emit, clock: "_Clock") -> None:
+        """Every option's words scored by the engine's log-probabilities of them after the lead, the
+        prior of a content-free situation taken off, then softmax: ``choices.py``'s meaning."""
+        f = req.fields
+        if self.adapter.needs_template and self._render is None:
+            raise template.missing(self.served.engine)
+        names: list[str] = f["choices"]
+        lead = f.get("lead", DEFAULT_LEAD).strip()
+        words = f.get("descriptions", {})
+        sep = " " if lead else ""
+        options = [sep + words.get(c, c).strip() for c in names]
+        key = ("remote", npc.persona, tuple((e["situation"], e["choice"]) for e in npc.examples), lead,
+               tuple(options))
+        prior = self.priors.get(key)
+        chat = npc.chat(("user", decide_prompt(req)))
+        jobs = [self._score(chat, lead, o) for o in options]
+        if prior is None:
+            blank = npc.persona_chat(("user", decide_prompt(req, choices.CONTENT_FREE)))
+            jobs += [self._score(blank, lead, o) for o in options]
+        scores = await asyncio.gather(*jobs)
+        loglik = np.array(scores[:len(options)])
+        if prior is None:
+            prior = np.array(scores[len(options):])
+            self.priors.put(key, prior)
+        probs = choices.probabilities(loglik, prior, self.choice_temperature)
+        temperature = float(f.get("temperature", DECIDE_DEFAULTS["temperature"]))
+        if temperature <= 0:
+            pick = int(np.argmax(probs))
+        else:
+            rng = np.random.default_rng(f["seed"]) if "seed" in f else npc.rng
+            tempered = probs ** (1.0 / temperature)
+            pick = int(np.searchsorted(np.cumsum(tempered / tempered.sum()), rng.random(), side="right")
+                       .clip(0, len(probs) - 1))
+        clock.first()
+        emit(P.done(req.id, value=names[pick], text=names[pick], tokens=0, finish_reason="stop", timed_out=False,
+                    used_fallback=False, timing=clock.timing(), usage={"requests": len(jobs)},
+                    probs={c: float(p) for c, p in zip(names, probs)}))
+
+    async def _score(self, chat: list[tuple[str, str]], lead: str, option: str) -> float:
+        messages = _wire(chat)
+        prompt = self._render(messages) + lead if self._render is not None else ""
+        scoring = [*messages, {"role": "assistant", "content": lead}] if lead else messages
+        path, body, rooted = self.adapter.score(self.name, scoring, prompt, option)
+        resp = await (self.upstream.post_root(path, body) if rooted else self.upstream.post(path, body))
+        return self.adapter.option_logprob(resp, option)
+
+
+def _usage(usage: dict) -> dict[str, int]:
+    return {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "completion_tokens": int(usage.get("completion_tokens") or 0)}
+
+
+class _Clock:
+    """A request's timing, shaped as local jobs report it."""
+
+    def __init__(self, req: P.Request):
+        self.received = req.received
+        self.started: float | None = None
+        self.first_at: float | None = None
+
+    def first(self) -> None:
+        if self.first_at is None:
+            self.first_at = time.monotonic()
+
+    def timing(self) -> dict[str, float]:
+        now = time.monotonic()
+
+        def ms(t: float | None) -> float:
+            return round(((t if t is not None else now) - self.received) * 1e3, 3)
+
+        return {"queue_ms": ms(self.started), "prefill_ms": round(((self.first_at or now) - (self.started or now))
+                                                                  * 1e3, 3),
+                "ttft_ms": ms(self.first_at), "total_ms": ms(now)}
+
+
+class Hub:
+    """The remote roles of one sidecar, their loop thread, connections and fair share."""
+
+    def __init__(self, remotes: dict[str, Remote], grammar_dir: Path, *, connections: int,
+                 client_tokens_per_s: float):
+        self.loop = asyncio.new_event_loop()
+        self.gate = FairGate(connections, client_tokens_per_s)
+        upstreams: dict[tuple[str, str], Upstream] = {}
+        self.roles: dict[str, RemoteRole] = {}
+        for role, remote in remotes.items():
+            key = (remote.spec.base_url, remote.key)
+            if key not in upstreams:
+                upstreams[key] = Upstream(remote.spec.base_url, remote.key, root=remote.spec.root,
+                                          max_connections=connections)
+            self.roles[role] = RemoteRole(remote, upstreams[key], grammar_dir)
+        self._upstreams = list(upstreams.values())
+        self._tasks: dict[int, tuple[P.Request, asyncio.Task]] = {}
+        self.counters = {"requests": 0, "failed": 0, "cancelled": 0}
+        self._thread = threading.Thread(target=self.loop.run_forever, name="npcai-remote", daemon=True)
+        self._thread.start()
+
+    def submit(self, rt: RemoteRole, req: P.Request, npc: Npc, emit: Emit) -> None:
+        """Start serving ``req`` (say or decide) on the loop; thread-safe."""
+        self.loop.call_soon_threadsafe(self._start, rt, req, npc, emit)
+
+    def cancel(self, req: P.Request, expired: bool) -> None:
+        """Stop a request: its HTTP request is closed; a client's cancel is answered ``cancelled``."""
+        self.loop.call_soon_threadsafe(self._cancel, req, expired)
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.counters, "in_flight": len(self._tasks), "waiting": self.gate.waiting}
+
+    def close(self) -> None:
+        async def shut() -> None:
+            for _, task in list(self._tasks.values()):
+                task.cancel()
+            for up in self._upstreams:
+                await up.close()
+
+        if self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(shut(), self.loop).result(timeout=5)
+            except Exception:  # closing: whatever is left goes with the process
+                pass
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)
+
+    # --- on the loop ------------------------------------------------------------------------------
+    def _start(self, rt: RemoteRole, req: P.Request, npc: Npc, emit: Emit) -> None:
+        self.counters["requests"] += 1
+        task = self.loop.create_task(self._serve(rt, req, npc, emit))
+        deadline = req.deadline
+        budget = MAX_REQUEST_S if deadline is None else deadline - time.monotonic()
+        timer = self.loop.call_later(max(0.0, budget), task.cancel, _LATE)
+        self._tasks[id(req)] = (req, task)
+
+        def ended(_: asyncio.Task) -> None:
+            timer.cancel()
+            if self._tasks.get(id(req), (None,))[0] is req:
+                del self._tasks[id(req)]
+
+        task.add_done_callback(ended)
+
+    def _cancel(self, req: P.Request, expired: bool) -> None:
+        hit = self._tasks.get(id(req))
+        if hit is not None and hit[0] is req:
+            hit[1].cancel(_EXPIRED if expired else _CANCELLED)
+
+    async def _serve(self, rt: RemoteRole, req: P.Request, npc: Npc, emit: Emit) -> None:
+        clock = _Clock(req)
+        op = rt.say if req.op == "say" else rt.decide
+        try:
+            await self.gate.acquire(req.client)
+            try:
+                clock.started = time.monotonic()
+                await op(req, npc, emit, clock, self.gate)
+            finally:
+                self.gate.release()
+        except asyncio.CancelledError as exc:  # a client's cancel, an expiry, or too late (_LATE)
+            why = exc.args[0] if exc.args else ""
+            if why == _LATE and req.deadline is not None:
+                emit(P.timed_out(req, (time.monotonic() - req.received) * 1e3))
+            elif why == _LATE:
+                self.counters["failed"] += 1
+                emit(_failed(req, Unavailable(f"the engine at {rt.spec.base_url} gave no answer within "
+                                              f"{MAX_REQUEST_S:.0f} s")))
+            else:
+                self.counters["cancelled"] += 1
+                if why == _CANCELLED:
+                    emit(P.cancelled(req.id))
+        except NpcaiError as err:
+            self.counters["failed"] += 1
+            emit(_failed(req, err))
+
+
+def _failed(req: P.Request, err: NpcaiError) -> dict[str, Any]:
+    """An engine failure ends a request with a fallback with it, and marks why; others get the error."""
+    if isinstance(err, Unavailable) and "fallback" in req.fields:
+        elapsed = (time.monotonic() - req.received) * 1e3
+        return {**P.timed_out(req, elapsed), "timed_out": False, "finish_reason": "unavailable",
+                "message": err.message}
+    return P.error(req.id, err)
