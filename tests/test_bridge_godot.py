@@ -10,7 +10,7 @@
   WebSocket-to-TCP relay. Without them that test is skipped (set NPCAI_REQUIRE_GODOT_WEB=1
   to make it fail instead).
 
-No desktop Godot 4 runs here: tcp_transport.gd (StreamPeerTCP), sidecar_launcher.gd
+No desktop Godot 4 runs here: npc_ai_tcp_transport.gd (StreamPeerTCP), npc_ai_sidecar_launcher.gd
 (OS.create_process) and plugin.gd (EditorPlugin) are parsed, linted and (but for the plugin)
 compiled by the engine, not executed.
 """
@@ -25,6 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgpack_suite
 import pytest
 
 pytestmark = pytest.mark.bridge
@@ -61,12 +62,36 @@ def _run(module: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
 
 def test_the_bridge_has_its_files():
     addon = GODOT / "addons" / "npcai"
-    for name in ("plugin.cfg", "plugin.gd", "npcai.gd", "npcai_client.gd", "npcai_request.gd", "msgpack.gd",
-                 "zmtp.gd", "transport.gd", "tcp_transport.gd", "sidecar_launcher.gd"):
+    for name in ("plugin.cfg", "plugin.gd", "npc_ai_node.gd", "npc_ai_client.gd", "npc_ai_request.gd",
+                 "npc_ai_msg_pack.gd", "npc_ai_zmtp.gd", "npc_ai_transport.gd", "npc_ai_tcp_transport.gd",
+                 "npc_ai_sidecar_launcher.gd"):
         assert (addon / name).is_file(), name
     for path in ("example/village.gd", "example/village.tscn", "tests/test_codec.gd", "README.md"):
         assert (GODOT / path).is_file(), path
     assert 'script="plugin.gd"' in (addon / "plugin.cfg").read_text()
+
+
+def _snake_case(name: str) -> str:
+    """Godot's String.to_snake_case for PascalCase names: NpcAiMsgPack -> npc_ai_msg_pack."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+def test_every_class_name_is_its_file_name():
+    """Godot's convention, one rule for every script: a file declaring ``class_name X`` is named
+    X.to_snake_case() + ".gd" (NpcAiClient -> npc_ai_client.gd); every preload names a file that exists."""
+    named = 0
+    for path in gd_files():
+        source = path.read_text(encoding="utf-8")
+        match = re.search(r"^class_name\s+(\w+)", source, re.M)
+        if match:
+            named += 1
+            assert path.stem == _snake_case(match.group(1)), f"{path.name} declares class_name {match.group(1)}"
+        for target in re.findall(r'(?:preload\(|extends )"([^"]+\.gd)"', source):
+            resolved = GODOT / target.removeprefix("res://") if target.startswith("res://") else path.parent / target
+            assert resolved.is_file(), f"{path.name} refers to {target}, which does not exist"
+    assert named == 8
+    autoload = re.search(r'NpcAi="\*res://([^"]+)"', (GODOT / "project.godot").read_text()).group(1)
+    assert (GODOT / autoload).is_file(), autoload
 
 
 def test_gdscript_parses():
@@ -114,20 +139,29 @@ def _web_unavailable(runner) -> str | None:
     return None
 
 
-def test_gdscript_suites_run_in_godot(request):
-    """test_codec.gd, test_client.gd, the example scene and test_sidecar.gd, in Godot 4 (web)."""
+def test_gdscript_suites_run_in_godot(request, tmp_path):
+    """test_codec.gd, test_client.gd, the example scene, test_sidecar.gd, the launcher's bundle
+    search, and the public msgpack vectors (test_msgpack_suite.gd), in Godot 4 (web)."""
     runner = _web_runner()
     reason = _web_unavailable(runner)
     if reason:
         if os.environ.get("NPCAI_REQUIRE_GODOT_WEB"):
             pytest.fail(reason)
         pytest.skip(reason)
+    forms = msgpack_suite.forms(msgpack_suite.load_groups())
+    # GDScript holds every float as a double: a float32 form's value is written back as float64.
+    suite = msgpack_suite.write_tsv(tmp_path / "suite.tsv", forms, keep_float32=False)
+    spoiled, spoiled_names = msgpack_suite.corrupt(suite, tmp_path / "spoiled.tsv")
+    extra = {"conformance/msgpack_suite.tsv": suite.read_bytes(),
+             "conformance/msgpack_spoiled.tsv": spoiled.read_bytes()}
     sidecar = request.getfixturevalue("sidecar")  # only once the engine can run
     host, _, port = sidecar.endpoint.removeprefix("tcp://").rpartition(":")
     relay = runner.WsRelay(host, int(port))
     try:
-        args = ["--headless", "--", "--vectors", "res://conformance/vectors.tsv", "--sidecar", relay.url]
-        code, lines = runner.run(args, timeout=240, echo=False)
+        args = ["--headless", "--", "--vectors", "res://conformance/vectors.tsv", "--sidecar", relay.url,
+                "--msgpack-suite", "res://conformance/msgpack_suite.tsv",
+                "--msgpack-suite-spoiled", "res://conformance/msgpack_spoiled.tsv"]
+        code, lines = runner.run(args, timeout=240, echo=False, extra_files=extra)
     finally:
         relay.close()
     output = "\n".join(lines)
@@ -139,3 +173,10 @@ def test_gdscript_suites_run_in_godot(request):
     assert len(counts) == 4 and min(counts) > 5, counts  # codec, client, sidecar, scripts/example
     covered = {line[len("ok   covered "):] for line in lines if line.startswith("ok   covered ")}
     assert covered == set(vector_names())
+    ok_lines = [line for line in lines if line.startswith("ok suite ")]
+    msgpack_suite.assert_report("\n".join(ok_lines + [line for line in lines if line.startswith("FAIL suite ")]),
+                                forms, "GDScript codec")
+    caught = {line.split()[2].rstrip(":") for line in lines if line.startswith("caught suite ")}
+    assert caught == set(spoiled_names), caught
+    bundle = [line for line in lines if line.startswith("ok   bundle: ")]
+    assert len(bundle) == 8, bundle

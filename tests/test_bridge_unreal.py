@@ -6,11 +6,13 @@ started by its own launcher, and a short run of the per-frame benchmark (allocat
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import msgpack_suite
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +28,7 @@ UNIT_CASES = [
     "msgpack_decode_matches_vectors",
     "msgpack_accessors",
     "msgpack_reused_value_has_no_stale_items",
+    "msgpack_test_suite",
     "msgpack_rejects_truncated_input",
     "msgpack_rejects_bad_bytes",
     "msgpack_depth_limit",
@@ -44,6 +47,7 @@ UNIT_CASES = [
     "launcher_ready_timeout_kills_child",
     "launcher_reads_ready_line_and_stops",
     "launcher_starts_a_program_whose_path_has_spaces",
+    "launcher_finds_the_bundle_in_its_folders_then_on_path",
     "windows_command_line_keeps_each_argument_whole",
 ]
 
@@ -64,6 +68,7 @@ E2E_CASES = [
     "relaunch_after_crash",
     "stop_shuts_the_sidecar_down",
     "launch_with_ready_file",
+    "launch_finds_the_bundle_before_path",
 ]
 
 
@@ -101,6 +106,41 @@ def build() -> Path:
 
 def test_unit(build: Path) -> None:
     _assert_cases(_run([build / "npcai_unit_tests", "--vectors", VECTORS], timeout=60), UNIT_CASES)
+
+
+def test_msgpack_test_suite(build: Path, tmp_path: Path) -> None:
+    """The public msgpack vectors (tests/msgpack_suite.py) through the C++ codec: every form decodes
+    to its value (checked by re-encoding it canonically, byte for byte), every ext form is refused.
+    A copy with a few wrong expectations must fail, so a decoding bug cannot pass unseen."""
+    forms = msgpack_suite.forms(msgpack_suite.load_groups())
+    suite = msgpack_suite.write_tsv(tmp_path / "suite.tsv", forms, keep_float32=True)
+    result = _run([build / "npcai_unit_tests", "msgpack_test_suite"], timeout=60,
+                  env={"NPCAI_MSGPACK_SUITE": str(suite)})
+    msgpack_suite.assert_report(result.stdout, forms, "C++ codec")
+    _assert_cases(result, ["msgpack_test_suite"])
+    spoiled, names = msgpack_suite.corrupt(suite, tmp_path / "spoiled.tsv")
+    result = _run([build / "npcai_unit_tests", "msgpack_test_suite"], timeout=60,
+                  env={"NPCAI_MSGPACK_SUITE": str(spoiled)})
+    assert result.returncode != 0 and "FAIL msgpack_test_suite" in result.stdout, result.stdout[-2000:]
+    assert {line.split()[2].rstrip(":") for line in result.stdout.splitlines()
+            if line.startswith("FAIL suite ")} == set(names), result.stdout[-2000:]
+
+
+def test_the_module_compiles_its_core_as_sources(build: Path) -> None:
+    """The core is part of the UE module (Public/npcai headers, Private/npcai sources), never pulled
+    in with #include "*.cpp", and the CMake build compiles exactly the module's core sources."""
+    unreal = CORE.parent
+    for path in unreal.rglob("*"):
+        if path.suffix in (".cpp", ".h", ".hpp") and "build" not in path.relative_to(unreal).parts:
+            assert not re.search(r'#include\s+[<"][^>"]+\.cpp[>"]', path.read_text()), path
+    module = unreal / "Source" / "NpcAi"
+    sources = {p.name for p in (module / "Private" / "npcai").glob("*.cpp")}
+    listed = set(re.findall(r"Private/npcai/(\w+\.cpp)", (CORE / "CMakeLists.txt").read_text()))
+    assert sources and listed == sources, (sources, listed)
+    headers = {p.name for p in (module / "Public" / "npcai").glob("*.hpp")}
+    assert {"client.hpp", "launcher.hpp", "msgpack.hpp"} <= headers
+    assert not (CORE / "src").exists() and not (CORE / "include").exists()
+    assert "RuntimeDependencies.Add(\"$(ProjectDir)/npcai/...\"" in (module / "NpcAi.Build.cs").read_text()
 
 
 def test_end_to_end_against_real_sidecar(build: Path) -> None:

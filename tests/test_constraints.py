@@ -66,14 +66,30 @@ def test_objects_composed_with_other_schemas_are_left_open_and_compile(compiler,
     assert _takes(compiler, schema, instance)
 
 
+# The sample's schemas that plain llguidance compiles but npcai refuses, by design: over
+# MAX_SOURCE_BYTES (64 KiB of JSON), the size limit on a request's schema (docs/PROTOCOL.md).
+TOO_LARGE_BY_DESIGN = {"Kubernetes/kb_236_Normalized", "Kubernetes/kb_684_Normalized",
+                       "Kubernetes/kb_742_Normalized", "Kubernetes/kb_806_Normalized"}
+# Measured on the sample: npcai compiles 104 of the 120 (plain llguidance 97). Fewer is a regression.
+COMPILED_AT_LEAST = 104
+
+
 def test_what_plain_llguidance_compiles_npcai_compiles_too_on_120_real_world_schemas(compiler):
     """JSONSchemaBench (github.com/guidance-ai/jsonschemabench): 12 schemas from each of 10 collections,
-    read in place from the shared data folder. npcai refuses a schema over MAX_SOURCE_BYTES by design."""
+    read in place from the shared data folder (never copied). Compiling needs only the default model's
+    vocabulary (no decoding): about a second for all 120. npcai refuses a schema over MAX_SOURCE_BYTES
+    by design; every other schema plain llguidance compiles, npcai compiles too."""
     sample = json.loads((shared_data("schemas") / "jsonschemabench_sample.json").read_text())["schemas"]
     assert len(sample) == 120
-    refused, compared = [], 0
+    refused, too_large, compared, compiled = [], set(), 0, 0
     for entry in sample:
         text = json.dumps(entry["schema"])
+        try:
+            compiler.compile({"schema": entry["schema"]})
+            compiled += 1
+            npcai_error = None
+        except NpcaiError as err:
+            npcai_error = err
         try:
             plain = LLMatcher(compiler.tokenizer, LLMatcher.grammar_from_json_schema(text), log_level=0)
         except ValueError:
@@ -81,10 +97,13 @@ def test_what_plain_llguidance_compiles_npcai_compiles_too_on_120_real_world_sch
         if plain.is_error():
             continue
         compared += 1
-        try:
-            compiler.compile({"schema": entry["schema"]})
-        except NpcaiError as err:
-            if not (err.code == "too_large" and len(text.encode()) > MAX_SOURCE_BYTES):
-                refused.append(f"{entry['id']}: {err.code}: {err.message}")
-    assert compared >= 90, compared
+        if npcai_error is None:
+            continue
+        if npcai_error.code == "too_large" and len(text.encode()) > MAX_SOURCE_BYTES:
+            too_large.add(entry["id"])
+        else:
+            refused.append(f"{entry['id']}: {npcai_error.code}: {npcai_error.message}")
     assert not refused, "\n".join(refused)
+    assert too_large == TOO_LARGE_BY_DESIGN, sorted(too_large)
+    assert compiled >= COMPILED_AT_LEAST, f"npcai compiles {compiled} of 120 schemas, was {COMPILED_AT_LEAST}"
+    assert compared >= 97, compared

@@ -37,12 +37,35 @@ def test_cancellations_from_another_thread_while_the_loop_runs_never_break_it(en
     n = 0
     while time.monotonic() < deadline and loop.is_alive():
         for _ in range(1000):  # of requests that already ended: the engine keeps each a while
-            eng.cancel(P.Request(n, "say", {}), expired=True)
+            eng.cancel(P.SayRequest(id=n, npc="nobody", text="hi"), expired=True)
             n += 1
     assert loop.is_alive(), "the engine loop died"
-    probe = P.Request(1, "forget", {"npc": "nobody"})
+    probe = P.ForgetRequest(id=1, npc="nobody")
     eng.submit(probe)
     until = time.monotonic() + 5
     while not any(req is probe for req, _ in eng.replies) and time.monotonic() < until:
         time.sleep(0.01)
     assert [reply["code"] for req, reply in eng.replies if req is probe] == ["unknown_npc"]
+
+
+def test_a_model_step_says_what_it_did_in_words_and_an_unfinished_one_changes_nothing(model_path):
+    """runtime.step returns a result value (not llama_decode's 1 and 2): a step stopped mid-way leaves its lane
+    as it was, to be run again; a step that ran advances it."""
+    from pathlib import Path
+
+    from npcai.model.runtime import Runtime
+
+    rt = Runtime(model_path, name="under-test", n_ctx=512, n_seq=2, n_batch=64, threads=1,
+                 grammar_dir=Path(Settings().grammar_dir))
+    try:
+        lane = rt.fork(None, rt.text_tokens("The blacksmith looks up from the anvil and says"))
+        pending = list(lane.pending)
+        rt.ctx.set_abort(lambda: True)
+        result = rt.step([(lane, len(pending))])
+        assert (result.status, result.ok, lane.pending, lane.pos) == ("aborted", False, pending, 0)
+        rt.ctx.set_abort(None)
+        result = rt.step([(lane, len(pending))])
+        assert (result.status, result.ok, lane.pending, lane.pos) == ("ok", True, [], len(pending))
+        assert len(lane.rows) == 1
+    finally:
+        rt.close()

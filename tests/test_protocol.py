@@ -25,6 +25,55 @@ def test_a_valid_request_parses_with_its_envelope():
     assert req.deadline == pytest.approx(10.15)
 
 
+#: The least each op needs, and the class it parses to.
+MINIMAL = {
+    "hello": ({}, P.HelloRequest), "ping": ({}, P.PingRequest), "stats": ({}, P.StatsRequest),
+    "shutdown": ({}, P.ShutdownRequest), "budget": ({}, P.BudgetRequest), "frame": ({"frame_ms": 16.7}, P.FrameRequest),
+    "cancel": ({"target": 3}, P.CancelRequest), "npc": ({"npc": "a", "persona": "p"}, P.NpcRequest),
+    "say": ({"npc": "a", "text": "hi"}, P.SayRequest), "observe": ({"npc": "a", "text": "rain"}, P.ObserveRequest),
+    "decide": ({"situation": "s", "choices": ["x", "y"]}, P.DecideRequest), "forget": ({"npc": "a"}, P.ForgetRequest),
+    "save": ({"npc": "a"}, P.SaveRequest), "load": ({"npc": "a", "state": b"\x00"}, P.LoadRequest),
+}
+
+
+def test_every_op_parses_to_a_frozen_request_of_its_own_type():
+    assert set(MINIMAL) == set(P.OPS) == set(P.REQUEST_TYPES)
+    for op, (fields, cls) in MINIMAL.items():
+        req = P.parse_request({"v": 1, "id": 1, "op": op, **fields})
+        assert type(req) is cls and req.op == op and req.fields == fields
+        with pytest.raises(AttributeError):  # frozen (dataclasses.FrozenInstanceError is an AttributeError)
+            req.id = 2
+    assert P.IMMEDIATE_OPS == {"hello", "ping", "cancel", "stats", "shutdown", "budget", "frame"}
+
+
+def test_a_request_names_its_fields_as_typed_attributes():
+    req = P.parse_request({"v": 1, "id": 1, "op": "decide", "situation": "s", "choices": ["x", "y"], "lead": "I",
+                           "temperature": 0.5, "fallback": None})
+    assert (req.situation, req.choices, req.lead, req.temperature, req.schema) == ("s", ["x", "y"], "I", 0.5, None)
+    assert req.has_fallback and req.fallback is None  # a nil fallback is a value too
+    assert not P.parse_request({"v": 1, "id": 1, "op": "say", "npc": "a", "text": "x"}).has_fallback
+    hello = P.parse_request({"v": 1, "id": 1, "op": "hello", "client": "godot"}, client=b"peer")
+    assert (hello.client_name, hello.client) == ("godot", b"peer")  # the wire's 'client' is not the connection
+
+
+@pytest.mark.parametrize(("fields", "error"), [
+    ({"op": "say", "npc": "a", "text": "x", "temperature": 20}, BadRequest),
+    ({"op": "say", "npc": "a", "text": "x" * (LIMITS.max_prompt_tokens * P.MAX_TOKEN_BYTES + 1)}, TooLarge),
+    ({"op": "decide", "situation": "s", "choices": [str(i) for i in range(LIMITS.max_choices + 1)]}, TooLarge),
+    ({"op": "npc", "npc": "a", "persona": "p", "examples": [{"situation": "s", "choice": "c"}] * 17}, TooLarge),
+    ({"op": "budget", "share": 2}, BadRequest),
+])
+def test_parse_request_makes_every_check_that_needs_no_model(fields, error):
+    """Ranges and sizes are refused before any model sees the request; typed_request, its first half,
+    checks the types alone and leaves the rest to the request's own check."""
+    message = {"v": 1, "id": 1, **fields}
+    with pytest.raises(error):
+        P.parse_request(message, limits=LIMITS)
+    req = P.typed_request(message)
+    with pytest.raises(error):
+        req.check(LIMITS)
+
+
 @pytest.mark.parametrize("raw", [b"\xc1", b"", b"\x81\xa1", frame({"a": 1}) + b"\x00"])
 def test_bytes_that_are_not_one_msgpack_value_are_bad_requests(raw):
     with pytest.raises(BadRequest):

@@ -10,6 +10,7 @@ the option scorer's small unified cache instead (``scoring.py``), in the same st
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,26 @@ from npcai.model.lines import SENTENCE_ENDS
 from npcai.model.native import Batch, Context, Model
 from npcai.model.sampling import NO_MASK, sample_token
 from npcai.model.scoring import OptionScorer, OptionTree
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one batched step did, in words rather than llama_decode's codes.
+
+    ``ok``: every lane advanced; ``kv_full``: no room in the KV cache (llama_decode 1); ``aborted``: the
+    abort callback stopped it mid-way (2); ``failed``: any other code. Only ``ok`` changes the lanes.
+    """
+
+    status: str
+    code: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+STEP_OK = StepResult("ok")
+_KV_FULL, _ABORTED = StepResult("kv_full", 1), StepResult("aborted", 2)
 
 
 class Runtime:
@@ -177,11 +198,11 @@ class Runtime:
             lane.seq = dst
 
     # --- the step ---------------------------------------------------------------
-    def step(self, lanes: list[tuple[Lane, int]]) -> int:
+    def step(self, lanes: list[tuple[Lane, int]]) -> StepResult:
         """Evaluate the first ``n`` pending tokens of each (lane, n) in one batch.
 
-        Returns llama_decode's code; on success the lanes advance and their rows point
-        at the logits they asked for. Option trees are scored whole, by the option scorer.
+        On success the lanes advance and their rows point at the logits they asked for; otherwise
+        the lanes are as they were. Option trees are scored whole, by the option scorer.
         """
         trees = [lane for lane, _ in lanes if isinstance(lane, OptionTree)]
         lanes = [(lane, n) for lane, n in lanes if not isinstance(lane, OptionTree)]
@@ -195,7 +216,7 @@ class Runtime:
             if rc == 0:
                 self.stats["tokens"] += self.scorer.batch.n
                 self.stats["steps"] += not lanes
-        return rc
+        return STEP_OK if rc == 0 else _KV_FULL if rc == 1 else _ABORTED if rc == 2 else StepResult("failed", rc)
 
     def _step_main(self, lanes: list[tuple[Lane, int]]) -> int:
         b = self.batch

@@ -1,19 +1,21 @@
 """The engine: NPCs, models by role, and the loop that steps them. No sockets here.
 
 Requests come in through ``submit`` and cancellations through ``cancel`` (both safe
-to call from another thread); replies go out through the ``emit(client, reply)``
-callback. ``run()`` is the engine's busy loop:
+to call from another thread, both through a queue); replies go out through the
+``emit(req, reply)`` callback. ``run()`` is the engine's busy loop:
 
-1. take new requests and cancellations,
-2. start the jobs that can start (most urgent first),
-3. run one batched model step per model that has work, and let each job consume its logits,
+1. take new cancellations and requests: each request goes to its type's handler, which
+   admits it (``admission.py``: the checks that need a model) and queues its job;
+2. start the jobs that can start (most urgent first);
+3. ``step`` each model that has work: plan (the scheduler), ``runtime.step`` (a result value;
+   the preemption policy may stop it mid-way), sample (every stream's next token at once),
+   then update the jobs;
 4. sleep only when there is nothing to do.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 import time
@@ -22,10 +24,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from npcai import protocol as P
-from npcai.errors import BadRequest, NpcaiError, Overloaded, TooLarge, UnknownNpc
-from npcai.model import catalog, choices
+from npcai.errors import NpcaiError, Overloaded, UnknownNpc
 from npcai.model.runtime import Runtime
-from npcai.model.sampling import sample_tokens
+from npcai.sidecar.admission import DEFAULT_ROLES, Admission, load_runtimes  # noqa: F401  (DEFAULT_ROLES: its old home)
 from npcai.sidecar.budget import Governor
 from npcai.sidecar.jobs import (
     DECISION,
@@ -37,10 +38,10 @@ from npcai.sidecar.jobs import (
     ObserveJob,
     PrimeJob,
     SayJob,
-    _check_prompt,
-    pending_tokens,
+    draw_together,
 )
 from npcai.sidecar.npc import ANONYMOUS_PERSONA, Npc
+from npcai.sidecar.preemption import Preemption
 from npcai.sidecar.scheduler import Scheduler
 from npcai.sidecar.settings import Settings
 
@@ -48,14 +49,7 @@ log = logging.getLogger("npcai")
 
 EmitFn = Callable[[P.Request, dict[str, Any]], None]
 
-#: The role each op uses when the request (or its NPC) names none.
-DEFAULT_ROLES = {"npc": "dialogue", "say": "dialogue", "observe": "dialogue", "decide": "decision"}
-
 _CANCEL_KEEP_S = 5.0  # how long a cancellation waits for a request still in the inbox
-_ABORT_MIN_TOKENS = 16  # steps this large take long enough to be worth aborting mid-way
-_DECISION_TOKENS = 20  # a typical decision prompt (a situation and the chat template), for estimates
-_PATIENCE_S = 0.25  # how long a decision without a deadline may wait for a dialogue step to finish
-_SHED_MARGIN = 0.8  # shed a decision when even 80 % of its estimated cost would overrun its deadline
 
 
 class Engine:
@@ -64,20 +58,8 @@ class Engine:
         self.settings = settings
         self.limits = settings.limits
         self.emit = emit
-        self.runtimes: dict[str, Runtime] = {}
-        by_path: dict[Path, Runtime] = {}
-        for role, path in models.items():
-            rt = by_path.get(path)
-            if rt is None:
-                entry = catalog.entry_for(path)
-                rt = Runtime(path, name=entry.name if entry else path.stem, n_ctx=settings.n_ctx,
-                             n_seq=settings.n_seq, n_batch=settings.n_batch, threads=settings.compute_threads,
-                             grammar_dir=Path(settings.grammar_dir), flash_attn=entry.flash_attn if entry else None,
-                             park_bytes=settings.park_mb * 2**20,
-                             choice_temperature=entry.choice_temperature if entry else choices.DEFAULT_TEMPERATURE)
-                by_path[path] = rt
-            self.runtimes[role] = rt
-        self._default = next(iter(self.runtimes.values()))
+        self.runtimes: dict[str, Runtime] = load_runtimes(settings, models)
+        self.admission = Admission(self.runtimes, self.limits)
         self.governor = Governor(settings.budget, settings.compute_threads, settings.n_batch)
         self.npcs: dict[str, Npc] = {}
         self._anonymous = Npc("", ANONYMOUS_PERSONA)
@@ -88,14 +70,14 @@ class Engine:
         # client may reuse an id.
         self._cancel_inbox: queue.SimpleQueue[tuple[P.Request, bool, float]] = queue.SimpleQueue()
         self._cancels: dict[int, tuple[P.Request, bool, float]] = {}
-        self._urgent = False  # a decision arrived: a step of dialogue prefill may be preempted for it...
-        self._urgent_by = math.inf  # ...when it must start by then (the earliest such, monotonic)
-        self._arrived = False  # any request arrived: a step of idle work (thinking ahead) gives way
+        self.preemption = Preemption()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._handlers = {"npc": self._on_npc, "say": self._on_say, "decide": self._on_decide,
-                          "observe": self._on_observe, "forget": self._on_forget, "save": self._on_save,
-                          "load": self._on_load}
+        # One handler per request type (the server answers the immediate ones itself).
+        self._handlers: dict[type[P.Request], Callable[[Any], None]] = {
+            P.NpcRequest: self._on_npc, P.SayRequest: self._on_say, P.DecideRequest: self._on_decide,
+            P.ObserveRequest: self._on_observe, P.ForgetRequest: self._on_forget, P.SaveRequest: self._on_save,
+            P.LoadRequest: self._on_load}
         self.counters = {"jobs_started": 0, "jobs_failed": 0, "cancelled": 0, "expired": 0, "preempted_steps": 0,
                          "shed": 0}
         self.failed = False  # the loop ended on a bug: nothing will be answered any more
@@ -103,11 +85,7 @@ class Engine:
     # --- thread-safe entry points -----------------------------------------------------
     def submit(self, req: P.Request) -> None:
         self._inbox.put(req)
-        self._arrived = True
-        if req.op == "decide":
-            by = req.deadline if req.deadline is not None else time.monotonic() + _PATIENCE_S
-            self._urgent_by = min(self._urgent_by, by)
-            self._urgent = True
+        self.preemption.arrived(req)
         self._wake.set()
 
     def cancel(self, req: P.Request, *, expired: bool = False) -> None:
@@ -184,9 +162,7 @@ class Engine:
         return list({id(rt): rt for rt in self.runtimes.values()}.values())
 
     def _take_inbox(self) -> None:
-        self._arrived = False
-        self._urgent = False
-        self._urgent_by = math.inf
+        self.preemption.taken()
         while True:
             try:
                 req = self._inbox.get_nowait()
@@ -198,7 +174,7 @@ class Engine:
                     self.emit(req, P.cancelled(req.id))
                 continue
             try:
-                self._handlers[req.op](req)
+                self._handlers[type(req)](req)
             except NpcaiError as err:
                 self.emit(req, P.error(req.id, err))
             except Exception:
@@ -243,6 +219,7 @@ class Engine:
             self.scheduler.started(job)
 
     def _step(self, rt: Runtime, dialogue: bool = True) -> bool:
+        """One step of one model: plan, run, sample, update. False when it had nothing to do."""
         self._shed_hopeless(rt)
         plan = self.scheduler.plan(rt, self.governor.batch_cap(), dialogue=dialogue)
         if not plan:
@@ -250,58 +227,59 @@ class Engine:
         threads = self.governor.threads()
         if rt.ctx.threads != threads:
             rt.ctx.set_threads(threads)
-        keys = {id(job.req) for job, _, _ in plan}
         n_tokens = sum(n for _, _, n in plan)
-        big = n_tokens >= _ABORT_MIN_TOKENS
-        # A long step is stopped mid-way when all its requests are cancelled, or when a decision
-        # arrives (and the step holds none) that would miss its deadline if it waited for the rest of
-        # the step: the decision then goes first and the step is redone. A step that leaves the
-        # decision time enough is left to finish, since redoing it wastes its compute; so is one the
-        # decision could not be saved by.
-        preemptible = not any(job.urgency == DECISION for job, _, _ in plan)
-        idle = all(job.urgency == IDLE for job, _, _ in plan)  # thinking ahead gives way to any request
         started = time.monotonic()
-        expected_end = started + rt.estimate_s(n_tokens)
-        decision_s = rt.estimate_s(_DECISION_TOKENS)
-
-        def should_abort() -> bool:  # called by llama.cpp on this thread, mid-step
-            self._take_cancels()
-            if keys.issubset(self._cancels.keys()) or (idle and self._arrived):
-                return True
-            if not (preemptible and self._urgent):
-                return False
-            now = time.monotonic()
-            slack = self._urgent_by - now - decision_s
-            return 0 < slack < expected_end - now
-
-        rt.ctx.set_abort(should_abort if big or idle else None)
+        rt.ctx.set_abort(self.preemption.abort_check(rt, plan, self._all_cancelled))
         rt.gather([lane for _, lane, _ in plan])
-        rc = rt.step([(lane, n) for _, lane, n in plan])
-        if rc == 0:
+        result = rt.step([(lane, n) for _, lane, n in plan])
+        if result.ok:
             rt.learn_cost(time.monotonic() - started, n_tokens)
         generated = sum(1 for job, lane, _ in plan if isinstance(job, SayJob) and lane.ready)
         self.governor.after_step(time.monotonic() - started, generated)
         rt.ctx.set_abort(None)
-        if rc == 1:  # KV full: thinking ahead and then an idle NPC give way, the plan runs next loop
+        if not result.ok:
+            self._after_failed_step(rt, plan, result.status, result.code)
+            return True
+        fed = list({id(j): j for j, _, _ in plan}.values())
+        self._account(plan, fed)
+        draw_together(fed)  # the sampling stage: every stream's next token at once
+        self._update(fed)
+        for _, lane, _ in plan:
+            lane.rows = []
+        return True
+
+    def _all_cancelled(self, keys: set[int]) -> bool:
+        """Whether every request of a step in flight (by ``id``) has been cancelled (engine thread)."""
+        self._take_cancels()
+        return keys.issubset(self._cancels.keys())
+
+    def _after_failed_step(self, rt: Runtime, plan, status: str, code: int) -> None:
+        """A step that did not run to its end changed nothing: make room or count it, and the plan runs
+        again next loop (a step that failed outright ends its jobs)."""
+        if status == "kv_full":  # thinking ahead and then an idle NPC give way
             self._drop_idle_work(rt)
             if rt.pool.evict_one():
-                return True
-        if rc == 2 and preemptible and self._urgent:
-            self.counters["preempted_steps"] += 1
-        if rc != 0:
-            if rc != 2:
-                for job in {id(j): j for j, _, _ in plan}.values():
-                    job.finish(P.error(job.req.id, Overloaded(f"model step failed (llama_decode {rc})")))
-            return True
+                return
+        elif status == "aborted":
+            if self.preemption.gave_way(plan):
+                self.counters["preempted_steps"] += 1
+            return
+        for job in {id(j): j for j, _, _ in plan}.values():
+            job.finish(P.error(job.req.id, Overloaded(f"model step failed (llama_decode {code})")))
+
+    @staticmethod
+    def _account(plan, fed: list[Job]) -> None:
         now = time.monotonic()
-        fed = {id(j): j for j, lane, _ in plan}
         for job, _, n in plan:
             job.usage["evaluated_tokens"] += n
-        for job in fed.values():
+        for job in fed:
             job.usage["steps"] += 1
             job.fed_at = now
-        self._draw_together(fed.values())
-        for job in fed.values():
+
+    def _update(self, fed: list[Job]) -> None:
+        """Each job whose lanes have logits takes its turn: samples, emits, queues its next tokens or ends."""
+        now = time.monotonic()
+        for job in fed:
             if job.finished or not any(lane.ready for lane in job.lanes):
                 continue
             if job.first_logits_at is None:
@@ -314,18 +292,6 @@ class Engine:
                 self._internal(job.req, job)
             if isinstance(job, SayJob) and job.finished:
                 self._think_ahead(job)
-        for _, lane, _ in plan:
-            lane.rows = []
-        return True
-
-    @staticmethod
-    def _draw_together(jobs) -> None:
-        """Sample the next token of every stream the step fed at once (see ``sample_tokens``)."""
-        streams = [job for job in jobs if isinstance(job, SayJob) and not job.finished and job.lanes
-                   and job.lanes[0].ready]
-        if len(streams) > 1:
-            for job, tok in zip(streams, sample_tokens([job.draw() for job in streams])):
-                job.drawn = tok
 
     def _drop_idle_work(self, rt: Runtime) -> None:
         for job in self.scheduler.running:
@@ -349,7 +315,7 @@ class Engine:
             if (job.rt is not rt or job.urgency != DECISION or deadline is None or job.first_logits_at is not None
                     or job.finished):
                 continue
-            if now + _SHED_MARGIN * rt.estimate_s(pending_tokens(job)) > deadline:
+            if self.preemption.hopeless(job, rt, now):
                 shed += 1
                 self.counters["shed"] += 1  # counted before the answer goes out: a client may ask stats next
                 job.finish(P.timed_out(job.req, (now - job.req.received) * 1000))
@@ -365,18 +331,8 @@ class Engine:
         else:
             self.emit(req, P.error(req.id, err))
 
-    # --- ops ----------------------------------------------------------------------------
-    def _runtime(self, op: str, role: str | None) -> Runtime:
-        role = role or DEFAULT_ROLES[op]
-        rt = self.runtimes.get(role)
-        if rt is None:
-            if role in DEFAULT_ROLES.values():
-                return self._default
-            raise BadRequest(f"no model serves role {role!r}; roles: {', '.join(self.runtimes)}")
-        return rt
-
-    def _npc(self, req: P.Request, required: bool = True) -> Npc:
-        npc_id = req.fields.get("npc")
+    # --- one handler per request type ------------------------------------------------------
+    def _npc(self, npc_id: str | None, required: bool = True) -> Npc:
         if npc_id is None and not required:
             return self._anonymous
         npc = self.npcs.get(npc_id)
@@ -405,62 +361,53 @@ class Engine:
     def _emitter(self, req: P.Request) -> Callable[[dict[str, Any]], None]:
         return lambda reply: self.emit(req, reply)
 
-    def _on_npc(self, req: P.Request) -> None:
-        f = req.fields
-        self._check_room(f["npc"])
-        rt = self._runtime("npc", f.get("role"))
-        P.check_examples(f, self.limits)
-        _check_prompt(rt, f["persona"], self.limits.max_prompt_tokens)
-        npc = self._install(Npc(f["npc"], f["persona"], f.get("role") or "dialogue", f.get("seed"),
-                                examples=list(f.get("examples", []))))
+    def _on_npc(self, req: P.NpcRequest) -> None:
+        self._check_room(req.npc)
+        rt = self.admission.runtime("npc", req.role)
+        self.admission.prompt(rt, req.persona)
+        npc = self._install(Npc(req.npc, req.persona, req.role or "dialogue", req.seed,
+                                examples=list(req.examples or [])))
         self._queue(DefineJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
 
-    def _on_say(self, req: P.Request) -> None:
-        npc = self._npc(req)
-        P.check_sampling(req.fields, self.limits)
-        rt = self._runtime("say", req.fields.get("role") or npc.role)
-        _check_prompt(rt, req.fields["text"], self.limits.max_prompt_tokens)
+    def _on_say(self, req: P.SayRequest) -> None:
+        npc = self._npc(req.npc)
+        rt = self.admission.runtime("say", req.role or npc.role)
+        self.admission.prompt(rt, req.text)
         self._queue(SayJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
 
-    def _on_decide(self, req: P.Request) -> None:
-        npc = self._npc(req, required=False)
-        P.check_sampling(req.fields, self.limits)
-        rt = self._runtime("decide", req.fields.get("role"))
-        _check_prompt(rt, req.fields["situation"], self.limits.max_prompt_tokens)
+    def _on_decide(self, req: P.DecideRequest) -> None:
+        npc = self._npc(req.npc, required=False)
+        rt = self.admission.runtime("decide", req.role)
+        self.admission.prompt(rt, req.situation)
         emit = self._emitter(req)
-        if "choices" in req.fields:
+        if req.choices is not None:
             job: Job = ChoiceDecideJob(req, rt, emit, self.settings.npc_ctx, npc)
         else:
-            kind, grammar = rt.compiler.source_for(req.fields)
-            job = GrammarDecideJob(req, rt, emit, self.settings.npc_ctx, npc, rt.compiler.submit(kind, grammar))
+            job = GrammarDecideJob(req, rt, emit, self.settings.npc_ctx, npc, self.admission.constraint(rt, req))
         try:
             self._queue(job)
         except NpcaiError:
             job.finish(None)
             raise
 
-    def _on_observe(self, req: P.Request) -> None:
-        npc = self._npc(req)
-        rt = self._runtime("observe", npc.role)
-        _check_prompt(rt, req.fields["text"], self.limits.max_prompt_tokens)
-        npc.messages.append(("user", f"(You notice: {req.fields['text'].strip()})"))
+    def _on_observe(self, req: P.ObserveRequest) -> None:
+        npc = self._npc(req.npc)
+        rt = self.admission.runtime("observe", npc.role)
+        self.admission.prompt(rt, req.text)
+        npc.messages.append(("user", f"(You notice: {req.text.strip()})"))
         self.emit(req, P.ok(req.id, npc=npc.id))
         if len(self.scheduler) < self.limits.max_queue:
             self.scheduler.add(ObserveJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
 
-    def _on_forget(self, req: P.Request) -> None:
-        self._npc(req).forget()
-        self.emit(req, P.ok(req.id, npc=req.fields["npc"]))
+    def _on_forget(self, req: P.ForgetRequest) -> None:
+        self._npc(req.npc).forget()
+        self.emit(req, P.ok(req.id, npc=req.npc))
 
-    def _on_save(self, req: P.Request) -> None:
-        npc = self._npc(req)
+    def _on_save(self, req: P.SaveRequest) -> None:
+        npc = self._npc(req.npc)
         self.emit(req, P.ok(req.id, npc=npc.id, state=npc.save()))
 
-    def _on_load(self, req: P.Request) -> None:
-        f = req.fields
-        if len(f["state"]) > self.limits.max_frame_bytes:
-            raise TooLarge("state is larger than a frame may be")
-        self._check_room(f["npc"])
-        npc = self._install(Npc.load(f["npc"], f["state"]))
+    def _on_load(self, req: P.LoadRequest) -> None:
+        self._check_room(req.npc)
+        npc = self._install(Npc.load(req.npc, req.state))
         self.emit(req, P.ok(req.id, npc=npc.id, messages=len(npc.messages)))
-

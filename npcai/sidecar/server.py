@@ -23,35 +23,35 @@ from __future__ import annotations
 import collections
 import dataclasses
 import heapq
-import hmac
 import itertools
 import logging
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import zmq
 
 from npcai import __version__
 from npcai import protocol as P
-from npcai.errors import BadRequest, NpcaiError, Overloaded, SettingsError, Unauthorized
+from npcai.errors import BadRequest, NpcaiError, Overloaded
+from npcai.sidecar import curve, parent
+from npcai.sidecar.auth import TokenAuth
+from npcai.sidecar.curve import load_curve_allowed, load_curve_secret  # noqa: F401  (their old home)
 from npcai.sidecar.engine import Engine
+from npcai.sidecar.opstats import OpStats
+from npcai.sidecar.outbox import Outbox
 from npcai.sidecar.settings import Settings
 
 log = logging.getLogger("npcai")
 
 _MAX_READS_PER_TURN = 256
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: pyzmq's enum flags cost microseconds a test
-_LATENCY_WINDOW = 2048
 # libzmq's per-client queues, in messages: with frames capped at 2 x max_frame_bytes, one
 # client can make the sidecar hold at most RCVHWM such frames (then TCP pushes back).
 _RCVHWM = 128
 _SNDHWM = 1000
-_MAX_AUTHED = 4096  # clients remembered as having sent the token (least recently heard from go first)
 _WARN_EVERY_S = 5.0
 _FAILED_LINGER_S = 0.5  # after the engine fails, requests already on their way still get an answer
 
@@ -60,21 +60,6 @@ _FAILED_LINGER_S = 0.5  # after the engine fails, requests already on their way 
 class _Inflight:
     req: P.Request
     streamed: list[str] = field(default_factory=list)
-
-
-class _OpStats:
-    def __init__(self) -> None:
-        self.count = self.errors = self.timeouts = self.cancelled = 0
-        self.latency_ms: collections.deque[float] = collections.deque(maxlen=_LATENCY_WINDOW)
-
-    def to_wire(self) -> dict[str, Any]:
-        lat = sorted(self.latency_ms)
-
-        def pct(p: float) -> float | None:
-            return round(lat[min(len(lat) - 1, int(p * len(lat)))], 3) if lat else None
-
-        return {"count": self.count, "errors": self.errors, "timeouts": self.timeouts, "cancelled": self.cancelled,
-                "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": lat[-1] if lat else None}
 
 
 class Server:
@@ -98,23 +83,17 @@ class Server:
         self._auth = None
         self.curve_public_key = ""
         if settings.curve_secret_key:  # before the engine: a bad key file fails before any model loads
-            self._secure()
-        # The engine's replies: appends and pops of a deque are atomic, and an empty one is checked
-        # without raising (the socket thread looks on every turn).
-        self._outbox: collections.deque[tuple[P.Request, dict]] = collections.deque()
-        self._signal_addr = f"inproc://npcai-outbox-{id(self)}"
-        self._signal_pull = self._zctx.socket(zmq.PULL)
-        self._signal_pull.bind(self._signal_addr)
-        self._signal_local = threading.local()
-        self.engine: Engine = engine_factory(self._emit)
+            self._auth, self.curve_public_key = curve.secure(self._zctx, self._router, settings)
+        self._outbox = Outbox(self._zctx)  # the engine's replies
+        self.engine: Engine = engine_factory(self._outbox.emit)
         self._inflight: dict[tuple[bytes, int], _Inflight] = {}
         self._per_client: collections.Counter[bytes] = collections.Counter()
         # heap of (deadline, tie-break, key, entry): an entry that ended early stays until compacted
         self._deadlines: list[tuple[float, int, tuple[bytes, int], _Inflight]] = []
         self._tiebreak = itertools.count()
-        self._authed: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._token = TokenAuth(settings.token)
         self._gone: set[bytes] = set()
-        self._stats: dict[str, _OpStats] = collections.defaultdict(_OpStats)
+        self._stats: dict[str, OpStats] = collections.defaultdict(OpStats)
         self._bad_frames = 0
         self._dropped_replies = 0
         self._next_drop_warning = 0.0
@@ -125,41 +104,10 @@ class Server:
         self._exit_at = 0.0  # when a server whose engine failed stops answering and exits
         self._running = True  # set before READY is printed: a signal may arrive before the loop starts
         self.endpoint = ""
-
-    def _secure(self) -> None:
-        """CurveZMQ: encrypt, and let in only clients whose public key is allowed (ZAP)."""
-        from zmq.auth.thread import ThreadAuthenticator
-
-        if not zmq.has("curve"):
-            raise SettingsError("this libzmq was built without CurveZMQ; --curve-secret-key cannot work")
-        public, secret = load_curve_secret(self.settings.curve_secret_key)
-        allowed = load_curve_allowed(self.settings.curve_allow)
-        self._auth = ThreadAuthenticator(self._zctx)
-        self._auth.start()
-        self._auth.configure_curve_callback("*", _AllowList(allowed))
-        self._router.curve_secretkey = secret
-        self._router.curve_publickey = public
-        self._router.curve_server = True
-        self.curve_public_key = public.decode()
-
-    # --- called from the engine thread -----------------------------------------------------
-    def _emit(self, req: P.Request, reply: dict[str, Any]) -> None:
-        """A reply from the engine, tagged with the request it answers (ids may be reused)."""
-        self._outbox.append((req, reply))
-        self._signal()
-
-    def _signal(self) -> None:
-        """Wake the socket thread (from any other thread)."""
-        sock = getattr(self._signal_local, "sock", None)
-        if sock is None:  # one PUSH socket per emitting thread: zmq sockets are not thread-safe
-            sock = self._zctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self._signal_addr)
-            self._signal_local.sock = sock
-        try:
-            sock.send(b"", zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # the socket thread is already behind on signals; it will drain the outbox anyway
+        self._immediate: dict[type[P.Request], Callable[[Any], None]] = {
+            P.HelloRequest: self._on_hello, P.PingRequest: self._on_ping, P.CancelRequest: self._on_cancel,
+            P.StatsRequest: self._on_stats, P.ShutdownRequest: self._on_shutdown, P.BudgetRequest: self._on_budget,
+            P.FrameRequest: self._on_frame}
 
     # --- lifecycle -----------------------------------------------------------------------------
     def bind(self) -> str:
@@ -182,7 +130,7 @@ class Server:
         engine_thread.start()
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
-        poller.register(self._signal_pull, zmq.POLLIN)
+        poller.register(self._outbox.pull, zmq.POLLIN)
         next_parent_check = 0.0
         lease = self.settings.lease_ms / 1000.0
         try:
@@ -190,15 +138,15 @@ class Server:
                 timeout = self._poll_timeout()
                 if self._inflight:
                     events = dict(poller.poll(timeout))
-                    if self._signal_pull in events:
-                        self._drain_signals()
+                    if self._outbox.pull in events:
+                        self._outbox.drain_signals()
                     self._send_replies()
                     if self._router in events:
                         self._read_requests()
                 else:
                     # Nothing for the engine to answer: wait on the socket alone. A blocking read
                     # answers a lone hello or ping 10-15 µs sooner than a poll of two sockets.
-                    self._outbox.clear()  # replies to requests already answered at their deadlines
+                    self._outbox.replies.clear()  # replies to requests already answered at their deadlines
                     if self._read_one(timeout):
                         self._read_requests()
                 self._expire_deadlines()
@@ -206,7 +154,7 @@ class Server:
                 now = time.monotonic()
                 if self.settings.parent_pid and now >= next_parent_check:
                     next_parent_check = now + 0.5
-                    if not _alive(self.settings.parent_pid):
+                    if not parent.alive(self.settings.parent_pid):
                         self.stop(f"parent process {self.settings.parent_pid} is gone")
                 if lease and self._last_heard is not None and now - self._last_heard > lease:
                     self.stop(f"no client heard from for {self.settings.lease_ms} ms (--lease-ms)")
@@ -222,7 +170,7 @@ class Server:
         try:
             self.engine.run()
         finally:  # wake the socket thread, which sees that the engine has ended
-            self._signal()
+            self._outbox.signal()
 
     def _engine_gone(self, now: float) -> None:
         """The engine ended without being asked to (a bug, logged there): answer every open request and,
@@ -247,7 +195,7 @@ class Server:
         self._inflight.clear()
         self.engine.close()
         self._router.close(linger=100)
-        self._signal_pull.close(linger=0)
+        self._outbox.close()
         if self._auth is not None:
             self._auth.stop()
 
@@ -298,7 +246,7 @@ class Server:
         try:
             message = P.decode_frame(frame, self.limits)
             rid = P.request_id(message)
-            req = P.parse_request(message, client, received)
+            req = P.typed_request(message, client, received)
         except NpcaiError as err:
             self._bad_frames += 1
             self._send(client, P.error(rid if rid is not None else P.salvage_id(frame), err))
@@ -306,15 +254,13 @@ class Server:
         stats = self._stats[req.op]
         stats.count += 1
         try:
-            if self.settings.token and req.op != "hello":
-                if client not in self._authed:
-                    raise Unauthorized("send hello with the sidecar's token first")
-                self._authed.move_to_end(client)
+            if req.op != "hello":
+                self._token.check(client)
             if self._last_heard is not None and req.op != "hello":
                 self._last_heard = received  # an authorized client renews the lease with any request
-            P.check_prompt_size(req, self.limits)
-            if req.op in P.IMMEDIATE_OPS:
-                self._immediate(req)
+            req.check(self.limits)  # parse_request's second half: every rule that needs no model
+            if req.immediate:
+                self._immediate[type(req)](req)
                 stats.latency_ms.append((time.monotonic() - received) * 1e3)
                 return
             key = (client, req.id)
@@ -334,62 +280,54 @@ class Server:
             heapq.heappush(self._deadlines, (req.deadline, next(self._tiebreak), key, entry))
         self.engine.submit(req)
 
-    def _immediate(self, req: P.Request) -> None:
-        client, f = req.client, req.fields
-        if req.op == "hello":
-            if self.settings.token:
-                if not hmac.compare_digest(str(f.get("token", "")).encode(), self.settings.token.encode()):
-                    raise Unauthorized("hello needs the sidecar's token")
-                self._authed[client] = None
-                self._authed.move_to_end(client)
-                while len(self._authed) > _MAX_AUTHED:
-                    self._authed.popitem(last=False)
-            self._last_heard = req.received
-            budget = self.engine.governor.budget
-            if self._hello is None or self._hello[0] is not budget:  # all but the budget is fixed for life
-                self._hello = (budget, P.fixed_reply(
-                    P.OK, protocol=P.VERSION, server=f"npcai {__version__}", models=self.engine.roles(),
-                    limits=self.limits.to_wire(), pid=os.getpid(), threads=self.settings.compute_threads,
-                    lease_ms=self.settings.lease_ms, compute={**self.polite, "threads": self.settings.compute_threads},
-                    budget=dataclasses.asdict(budget)))
-            self._send_frame(client, self._hello[1](req.id))
-        elif req.op == "ping":
-            self._send(client, P.ok(req.id))
-        elif req.op == "cancel":
-            key = (client, f["target"])
-            found = key in self._inflight
-            if found:
-                self.engine.cancel(self._inflight[key].req)
-            self._send(client, P.ok(req.id, target=f["target"], found=found))
-        elif req.op == "stats":
-            self._send(client, P.ok(req.id, uptime_s=round(time.monotonic() - self._started, 3),
+    # --- immediate ops: one handler per request type (see __init__'s table) ----------------------
+    def _on_hello(self, req: P.HelloRequest) -> None:
+        client = req.client
+        self._token.hello(client, req.token)
+        self._last_heard = req.received
+        budget = self.engine.governor.budget
+        if self._hello is None or self._hello[0] is not budget:  # all but the budget is fixed for life
+            self._hello = (budget, P.fixed_reply(
+                P.OK, protocol=P.VERSION, server=f"npcai {__version__}", models=self.engine.roles(),
+                limits=self.limits.to_wire(), pid=os.getpid(), threads=self.settings.compute_threads,
+                lease_ms=self.settings.lease_ms, compute={**self.polite, "threads": self.settings.compute_threads},
+                budget=dataclasses.asdict(budget)))
+        self._send_frame(client, self._hello[1](req.id))
+
+    def _on_ping(self, req: P.PingRequest) -> None:
+        self._send(req.client, P.ok(req.id))
+
+    def _on_cancel(self, req: P.CancelRequest) -> None:
+        key = (req.client, req.target)
+        found = key in self._inflight
+        if found:
+            self.engine.cancel(self._inflight[key].req)
+        self._send(req.client, P.ok(req.id, target=req.target, found=found))
+
+    def _on_stats(self, req: P.StatsRequest) -> None:
+        self._send(req.client, P.ok(req.id, uptime_s=round(time.monotonic() - self._started, 3),
                                     in_flight=len(self._inflight), clients=len(self._per_client),
                                     bad_frames=self._bad_frames, dropped_replies=self._dropped_replies,
                                     ops={op: s.to_wire() for op, s in self._stats.items()},
                                     engine=self.engine.stats()))
-        elif req.op == "shutdown":
-            self._send(client, P.ok(req.id))
-            self.stop()
-        elif req.op == "budget":
-            P.check_budget(f)
-            governor = self.engine.governor
-            budget = governor.set_budget(**f)  # parse_request kept only the budget's own fields
-            self._send(client, P.ok(req.id, budget=dataclasses.asdict(budget), effective=governor.stats()["effective"]))
-        elif req.op == "frame":
-            times = f["frame_ms"] if isinstance(f["frame_ms"], list) else [f["frame_ms"]]
-            self.engine.governor.report_frames([float(t) for t in times[-120:]])
-            self._send(client, P.ok(req.id, backoff_level=self.engine.governor.level))
+
+    def _on_shutdown(self, req: P.ShutdownRequest) -> None:
+        self._send(req.client, P.ok(req.id))
+        self.stop()
+
+    def _on_budget(self, req: P.BudgetRequest) -> None:
+        governor = self.engine.governor
+        budget = governor.set_budget(**req.fields)  # only the budget's own fields, those given
+        self._send(req.client, P.ok(req.id, budget=dataclasses.asdict(budget),
+                                    effective=governor.stats()["effective"]))
+
+    def _on_frame(self, req: P.FrameRequest) -> None:
+        self.engine.governor.report_frames(req.times)
+        self._send(req.client, P.ok(req.id, backoff_level=self.engine.governor.level))
 
     # --- outbound --------------------------------------------------------------------------------
-    def _drain_signals(self) -> None:
-        while True:
-            try:
-                self._signal_pull.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-
     def _send_replies(self) -> None:
-        outbox = self._outbox
+        outbox = self._outbox.replies
         while outbox:
             req, reply = outbox.popleft()
             client = req.client
@@ -449,7 +387,7 @@ class Server:
             self.engine.cancel(self._inflight[key].req, expired=True)
             self._finish(key, self._inflight[key], P.CANCELLED)
         for client in gone:
-            self._authed.pop(client, None)
+            self._token.forget(client)
 
     def _send(self, client: bytes, reply: dict[str, Any]) -> None:
         self._send_frame(client, P.encode(reply))
@@ -468,63 +406,3 @@ class Server:
                 self._gone.add(client)
             else:
                 log.warning("could not send a reply: %s", exc)
-
-
-def _alive(pid: int) -> bool:
-    if sys.platform == "win32":  # pragma: no cover - exercised by the Windows build only
-        import ctypes
-
-        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)
-        if not handle:
-            return False
-        code = ctypes.c_ulong()
-        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-        ctypes.windll.kernel32.CloseHandle(handle)
-        return code.value == 259  # STILL_ACTIVE
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class _AllowList:
-    """zmq.auth credentials provider: a fixed set of Z85 client public keys."""
-
-    def __init__(self, keys: set[bytes]):
-        self.keys = keys
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        return key in self.keys
-
-
-def load_curve_secret(path: str) -> tuple[bytes, bytes]:
-    """The (public, secret) Z85 keys of a zmq.auth secret certificate file."""
-    import zmq.auth
-
-    try:
-        public, secret = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise SettingsError(f"bad --curve-secret-key {path!r}: {exc}") from None
-    if not secret:
-        raise SettingsError(f"bad --curve-secret-key {path!r}: a public certificate; give the .key_secret file")
-    return public, secret
-
-
-def load_curve_allowed(path: str) -> set[bytes]:
-    """Z85 public keys from one certificate file or every ``*.key`` file of a directory."""
-    import zmq.auth
-
-    p = Path(path)
-    files = sorted(p.glob("*.key")) if p.is_dir() else [p]
-    keys: set[bytes] = set()
-    for f in files:
-        try:
-            keys.add(zmq.auth.load_certificate(f)[0])
-        except (OSError, ValueError) as exc:
-            raise SettingsError(f"bad --curve-allow {path!r}: {f.name}: {exc}") from None
-    if not keys:
-        raise SettingsError(f"bad --curve-allow {path!r}: no public certificates (*.key) there")
-    return keys

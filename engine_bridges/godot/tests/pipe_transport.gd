@@ -1,4 +1,4 @@
-extends "res://addons/npcai/transport.gd"
+extends "res://addons/npcai/npc_ai_transport.gd"
 ## An in-memory [NpcAiTransport] for tests: the test plays the sidecar by appending bytes to
 ## [member inbox] and reading what the client wrote from [member outbox].
 

@@ -5,23 +5,26 @@ extends Node
 ## script of the addon and plays the example scene with no sidecar (the project it runs in
 ## registers the NpcAi autoload with npcai/autostart false), where every request must end
 ## with its fallback at its deadline. With [code]-- --sidecar ENDPOINT[/code] it also runs
-## tests/test_sidecar.gd against that sidecar, and drives the NpcAi node with it.
+## tests/test_sidecar.gd against that sidecar, and drives the NpcAi node with it. With
+## [code]--msgpack-suite PATH[/code] (and [code]--msgpack-suite-spoiled PATH[/code]) it runs
+## tests/test_msgpack_suite.gd.
 
 const Codec := preload("res://tests/test_codec.gd")
 const ClientTests := preload("res://tests/test_client.gd")
 const SidecarTests := preload("res://tests/test_sidecar.gd")
-const Launcher := preload("res://addons/npcai/sidecar_launcher.gd")
-const Request := preload("res://addons/npcai/npcai_request.gd")
+const MsgPackSuite := preload("res://tests/test_msgpack_suite.gd")
+const Launcher := preload("res://addons/npcai/npc_ai_sidecar_launcher.gd")
+const Request := preload("res://addons/npcai/npc_ai_request.gd")
 const Ws := preload("res://tests/ws_transport.gd")
 const SCRIPTS := [
-	"res://addons/npcai/msgpack.gd",
-	"res://addons/npcai/zmtp.gd",
-	"res://addons/npcai/transport.gd",
-	"res://addons/npcai/tcp_transport.gd",
-	"res://addons/npcai/npcai_request.gd",
-	"res://addons/npcai/npcai_client.gd",
-	"res://addons/npcai/sidecar_launcher.gd",
-	"res://addons/npcai/npcai.gd",
+	"res://addons/npcai/npc_ai_msg_pack.gd",
+	"res://addons/npcai/npc_ai_zmtp.gd",
+	"res://addons/npcai/npc_ai_transport.gd",
+	"res://addons/npcai/npc_ai_tcp_transport.gd",
+	"res://addons/npcai/npc_ai_request.gd",
+	"res://addons/npcai/npc_ai_client.gd",
+	"res://addons/npcai/npc_ai_sidecar_launcher.gd",
+	"res://addons/npcai/npc_ai_node.gd",
 	"res://example/village.gd",
 ]
 
@@ -36,7 +39,17 @@ func _ready() -> void:
 	var sidecar := SidecarTests.endpoint_arg()
 	if sidecar != "":
 		failures += await SidecarTests.Suite.new().run(get_tree(), sidecar)
+	var suite := MsgPackSuite.arg("--msgpack-suite")
+	if suite != "":
+		failures += MsgPackSuite.run(suite)
+	var spoiled := MsgPackSuite.arg("--msgpack-suite-spoiled")
+	if spoiled != "":
+		_check(
+			"msgpack-test-suite: a spoiled copy fails",
+			MsgPackSuite.run(spoiled, "caught suite ") > 0
+		)
 	_compile_scripts()
+	_test_bundle_search()
 	await _test_launcher_gives_up()
 	await _play_example()
 	if sidecar != "":
@@ -84,6 +97,45 @@ func _wait(cond: Callable, timeout_ms: int) -> void:
 	var end := Time.get_ticks_msec() + timeout_ms
 	while not cond.call() and Time.get_ticks_msec() < end:
 		await get_tree().process_frame
+
+
+## Where the launcher looks for a shipped sidecar (npcai-sidecar): each folder in order, then
+## PATH; only without one, its command. The search runs here, on files in user://; starting
+## the found program does not (the web has no OS.create_process).
+func _test_bundle_search() -> void:
+	var root := ProjectSettings.globalize_path("user://bundle_search")
+	var game := root.path_join("game")
+	var sub := game.path_join("npcai")
+	var on_path := root.path_join("bin")
+	for dir: String in [sub, on_path]:
+		DirAccess.make_dir_recursive_absolute(dir)
+	var exe := Launcher.bundle_executable()
+	var dirs := PackedStringArray([game, sub])
+	var path_list := root.path_join("nowhere") + ":" + on_path
+	var made: Array[String] = []
+	_check("bundle: none found", Launcher.find_bundle(dirs, path_list) == "")
+	for where: String in [on_path, sub, game]:
+		made.append(where.path_join(exe))
+		FileAccess.open(made[-1], FileAccess.WRITE).store_string("#!/bin/sh\n")
+		var found := Launcher.find_bundle(dirs, path_list)
+		_check("bundle: found in %s" % where.get_file(), found == where.path_join(exe), found)
+	var launcher: Launcher = Launcher.new()
+	launcher.bundle_dirs = PackedStringArray([sub, game])
+	_check("bundle: resolve_bundle", launcher.resolve_bundle() == sub.path_join(exe))
+	var args := launcher.build_arguments("/tmp/ready.txt", true)
+	_check("bundle: serve's flags only", args[0] == "--parent-pid" and not args.has("serve"), args)
+	launcher.use_bundle = false
+	_check("bundle: use_bundle off", launcher.resolve_bundle() == "")
+	var defaults := Launcher.default_bundle_dirs()
+	_check(
+		"bundle: default folders beside the executable",
+		defaults.size() == 2 and defaults[1] == defaults[0].path_join("npcai"),
+		defaults
+	)
+	for path in made:
+		DirAccess.remove_absolute(path)
+	for dir: String in [sub, game, on_path, root]:
+		DirAccess.remove_absolute(dir)
 
 
 ## A command that cannot start: the launcher fails, retries after its backoff, gives up.

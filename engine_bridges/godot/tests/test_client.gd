@@ -9,10 +9,10 @@ extends SceneTree
 ## godot --headless --path engine_bridges/godot --script res://tests/test_client.gd
 ## [/codeblock]
 
-const MsgPack := preload("res://addons/npcai/msgpack.gd")
-const Zmtp := preload("res://addons/npcai/zmtp.gd")
-const Client := preload("res://addons/npcai/npcai_client.gd")
-const Request := preload("res://addons/npcai/npcai_request.gd")
+const MsgPack := preload("res://addons/npcai/npc_ai_msg_pack.gd")
+const Zmtp := preload("res://addons/npcai/npc_ai_zmtp.gd")
+const Client := preload("res://addons/npcai/npc_ai_client.gd")
+const Request := preload("res://addons/npcai/npc_ai_request.gd")
 const Pipe := preload("res://tests/pipe_transport.gd")
 
 

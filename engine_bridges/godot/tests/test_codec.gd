@@ -11,9 +11,9 @@ extends SceneTree
 ## A vector in the file that no check here covers is itself a failure, and
 ## tests/test_bridge_godot.py checks that every vector name appears in this file.
 
-const MsgPack := preload("res://addons/npcai/msgpack.gd")
-const Zmtp := preload("res://addons/npcai/zmtp.gd")
-const Client := preload("res://addons/npcai/npcai_client.gd")
+const MsgPack := preload("res://addons/npcai/npc_ai_msg_pack.gd")
+const Zmtp := preload("res://addons/npcai/npc_ai_zmtp.gd")
+const Client := preload("res://addons/npcai/npc_ai_client.gd")
 const Pipe := preload("res://tests/pipe_transport.gd")
 
 

@@ -9,8 +9,8 @@ extends SceneTree
 ##     -- --sidecar tcp://127.0.0.1:PORT
 ## [/codeblock]
 
-const Client := preload("res://addons/npcai/npcai_client.gd")
-const Request := preload("res://addons/npcai/npcai_request.gd")
+const Client := preload("res://addons/npcai/npc_ai_client.gd")
+const Request := preload("res://addons/npcai/npc_ai_request.gd")
 const Ws := preload("res://tests/ws_transport.gd")
 
 

@@ -12,8 +12,8 @@ NpcAi node) against that running sidecar: the browser has no raw TCP, so the cli
 travel in WebSocket messages (``tests/ws_transport.gd``) to a relay here that puts them on TCP.
 
 What this does not cover: the web platform has no ``StreamPeerTCP`` and no ``OS.create_process``,
-so ``tcp_transport.gd`` is compiled but not run, and ``sidecar_launcher.gd`` runs only its
-failure path (a process that cannot start).
+so ``npc_ai_tcp_transport.gd`` is compiled but not run, and ``npc_ai_sidecar_launcher.gd`` runs only its
+failure path (a process that cannot start) and its search for a shipped bundle (files in user://).
 
     python engine_bridges/godot/tests/web_runner.py --fetch   # once: npm pack into the cache
     python engine_bridges/godot/tests/web_runner.py [--sidecar tcp://127.0.0.1:PORT]
@@ -66,7 +66,7 @@ run/main_scene="res://tests/web_main.tscn"
 
 [autoload]
 
-NpcAi="*res://addons/npcai/npcai.gd"
+NpcAi="*res://addons/npcai/npc_ai_node.gd"
 
 [npcai]
 
@@ -289,14 +289,16 @@ class WsRelay:
         return head + data
 
 
-def run(args: list[str], timeout: float = 120.0, echo: bool = True) -> tuple[int | None, list[str]]:
-    """Runs the pack in headless Chromium; returns (exit code or None on timeout, output lines)."""
+def run(args: list[str], timeout: float = 120.0, echo: bool = True,
+        extra_files: dict[str, bytes] | None = None) -> tuple[int | None, list[str]]:
+    """Runs the pack in headless Chromium; returns (exit code or None on timeout, output lines).
+    ``extra_files`` (res:// paths without the prefix, to contents) join the pack."""
     runtime = runtime_dir()
     browser = chromium()
     if runtime is None or browser is None:
         raise RuntimeError("no Godot web runtime (run with --fetch) or no headless Chromium")
     verify(runtime)
-    pck = write_pck(project_files())
+    pck = write_pck({**project_files(), **(extra_files or {})})
     lines: list[str] = []
     result: dict[str, int] = {}
     page = PAGE.replace("%ARGS%", json.dumps(args)).encode()

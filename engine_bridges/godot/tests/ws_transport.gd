@@ -1,4 +1,4 @@
-extends "res://addons/npcai/transport.gd"
+extends "res://addons/npcai/npc_ai_transport.gd"
 ## A test transport: the ZMTP byte stream tunnelled through a WebSocket (binary messages
 ## hold arbitrary chunks of the stream). Used where StreamPeerTCP does not exist, i.e. the
 ## web export template that tests/web_runner.py drives, to reach a real sidecar through its

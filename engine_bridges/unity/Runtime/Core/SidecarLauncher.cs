@@ -19,7 +19,18 @@ namespace NpcAi
             Endpoint = "tcp://127.0.0.1:0";
             ReadyTimeoutMs = 300000;
             ShutdownTimeoutMs = 3000;
+            UseBundle = true;
+            BundleSearchFolders = new string[0];
         }
+
+        /// <summary>
+        /// Look for the self-contained sidecar (`npcai-sidecar`, `npcai-sidecar.exe` on Windows, from
+        /// `npcai bundle`) before using <see cref="Command"/>: in each of <see cref="BundleSearchFolders"/>
+        /// in order, then on PATH. Found, it is started with serve's flags and Command is not used.
+        /// </summary>
+        public bool UseBundle { get; set; }
+        /// <summary>Folders that may hold a shipped sidecar bundle (NpcAiBehaviour passes StreamingAssets/npcai).</summary>
+        public string[] BundleSearchFolders { get; set; }
 
         /// <summary>The program to run: "npcai", or an interpreter such as "python3" with CommandArgs { "-m", "npcai" }.</summary>
         public string Command { get; set; }
@@ -70,6 +81,45 @@ namespace NpcAi
         }
 
         public Process Process { get; private set; }
+        /// <summary>The program the last Start() ran: a found bundle's path, or Command.</summary>
+        public string Program { get; private set; }
+
+        /// <summary>The bundle's executable name on this platform.</summary>
+        public static string BundleExecutable
+        {
+            get { return Environment.OSVersion.Platform == PlatformID.Win32NT ? "npcai-sidecar.exe" : "npcai-sidecar"; }
+        }
+
+        /// <summary>
+        /// The first <see cref="BundleExecutable"/> in <paramref name="folders"/> (in order), then, if
+        /// <paramref name="searchPath"/>, in the folders of PATH; null if there is none.
+        /// </summary>
+        public static string FindBundle(IEnumerable<string> folders, bool searchPath = true)
+        {
+            var all = new List<string>();
+            if (folders != null)
+                all.AddRange(folders);
+            string path = searchPath ? Environment.GetEnvironmentVariable("PATH") : null;
+            if (!string.IsNullOrEmpty(path))
+                all.AddRange(path.Split(Path.PathSeparator));
+            foreach (var folder in all)
+            {
+                if (string.IsNullOrEmpty(folder))
+                    continue;
+                string candidate;
+                try
+                {
+                    candidate = Path.Combine(folder.Trim('"'), BundleExecutable);
+                }
+                catch (ArgumentException)
+                {
+                    continue;  // a PATH entry with characters a path cannot hold
+                }
+                if (File.Exists(candidate))
+                    return candidate;
+            }
+            return null;
+        }
         /// <summary>
         /// True once the child has exited and its stderr has been read to the end (or 500 ms have
         /// passed), so that <see cref="Describe"/> holds its last words: the exit event and the
@@ -95,8 +145,15 @@ namespace NpcAi
         {
             if (readyFile != null && File.Exists(readyFile))
                 File.Delete(readyFile);  // a stale file would announce a dead sidecar
-            var args = new List<string>(options.CommandArgs);
-            args.Add("serve");
+            string bundle = options.UseBundle ? FindBundle(options.BundleSearchFolders) : null;
+            var args = new List<string>();
+            if (bundle == null)
+            {
+                args.AddRange(options.CommandArgs);
+                args.Add("serve");
+            }
+            // else the bundle's executable is `npcai serve` itself: its flags follow directly.
+            Program = bundle ?? options.Command;
             args.Add("--endpoint");
             args.Add(options.Endpoint);
             args.Add("--parent-pid");
@@ -113,7 +170,7 @@ namespace NpcAi
             }
             args.AddRange(options.ServeArgs);
 
-            var info = new ProcessStartInfo(options.Command, JoinArguments(args))
+            var info = new ProcessStartInfo(Program, JoinArguments(args))
             {
                 UseShellExecute = false,
                 CreateNoWindow = true,

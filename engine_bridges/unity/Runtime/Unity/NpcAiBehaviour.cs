@@ -1,5 +1,6 @@
 using System;
 using System.ComponentModel;
+using System.IO;
 using UnityEngine;
 
 namespace NpcAi.Unity
@@ -16,7 +17,9 @@ namespace NpcAi.Unity
         [Header("Sidecar")]
         [Tooltip("Empty: launch a sidecar. Set (tcp://127.0.0.1:PORT): connect to one that is already running.")]
         [SerializeField] string connectEndpoint = "";
-        [Tooltip("Program that runs `npcai serve`: npcai, or python with command args -m npcai.")]
+        [Tooltip("Start the shipped sidecar (npcai-sidecar from `npcai bundle`) when StreamingAssets/npcai/ or PATH has one, before Command.")]
+        [SerializeField] bool useSidecarBundle = true;
+        [Tooltip("Program that runs `npcai serve` when no bundle is found: npcai, or python with command args -m npcai.")]
         [SerializeField] string command = "npcai";
         [SerializeField] string[] commandArgs = new string[0];
         [Tooltip("Extra flags for `npcai serve`, e.g. --model smollm2-135m.")]
@@ -103,6 +106,8 @@ namespace NpcAi.Unity
                 else if (string.IsNullOrEmpty(connectEndpoint))
                     Client.Launch(new SidecarOptions
                     {
+                        UseBundle = useSidecarBundle,
+                        BundleSearchFolders = new[] { Path.Combine(Application.streamingAssetsPath, "npcai") },
                         Command = command,
                         CommandArgs = commandArgs,
                         ServeArgs = serveArgs,
@@ -113,8 +118,10 @@ namespace NpcAi.Unity
             }
             catch (Win32Exception e)
             {
-                Debug.LogError("npcai: cannot run '" + command + "' (" + e.Message + "). Install npcai (pip install npcai) "
-                               + "or set the command to your Python with args -m npcai.");
+                string program = Client.Launcher != null && Client.Launcher.Program != null ? Client.Launcher.Program : command;
+                Debug.LogError("npcai: cannot run '" + program + "' (" + e.Message + "). Put the sidecar bundle (npcai bundle --out "
+                               + "Assets/StreamingAssets/npcai) in the project, or install npcai and set the command to it "
+                               + "(or to your Python with args -m npcai).");
             }
         }
 

@@ -1,4 +1,5 @@
 using System;
+using System.IO;
 using System.Collections.Generic;
 using System.Diagnostics;
 using System.Threading;
@@ -22,6 +23,7 @@ namespace NpcAi.Tests
             yield return new TestCase("unit", "client.frame_reports", FrameReports);
             yield return new TestCase("unit", "client.report_frame_allocates_nothing", ReportFrameAllocatesNothing);
             yield return new TestCase("unit", "launcher.join_arguments", JoinArguments);
+            yield return new TestCase("unit", "launcher.find_bundle_order", FindBundleOrder);
         }
 
         static void UnconnectedRequestsEndOnPoll()
@@ -386,6 +388,38 @@ namespace NpcAi.Tests
                 Check.Equal(0L, allocated, "bytes allocated by ReportFrame() + Poll() sending frame ops");
                 GameLoop.Run(client, 50);  // read the last replies: closing with unread data would reset the fake's socket
                 client.Dispose();
+            }
+        }
+
+        static void FindBundleOrder()
+        {
+            // Each folder in order, then PATH; a folder named like the executable is passed over.
+            string root = Path.Combine(Path.GetTempPath(), "npcai bundle unit " + Guid.NewGuid().ToString("N"));
+            string first = Path.Combine(root, "game"), second = Path.Combine(first, "npcai"), onPath = Path.Combine(root, "bin");
+            foreach (var d in new[] { first, second, onPath })
+                Directory.CreateDirectory(d);
+            string name = SidecarLauncher.BundleExecutable;
+            string savedPath = Environment.GetEnvironmentVariable("PATH");
+            try
+            {
+                Environment.SetEnvironmentVariable("PATH", onPath + Path.PathSeparator + savedPath);
+                var folders = new[] { first, second };
+                Check.Equal<string>(null, SidecarLauncher.FindBundle(folders, false), "nothing in empty folders");
+                File.WriteAllText(Path.Combine(onPath, name), "");
+                Check.Equal(Path.Combine(onPath, name), SidecarLauncher.FindBundle(folders), "on PATH");
+                Check.Equal<string>(null, SidecarLauncher.FindBundle(folders, false), "PATH not searched when told not to");
+                File.WriteAllText(Path.Combine(second, name), "");
+                Check.Equal(Path.Combine(second, name), SidecarLauncher.FindBundle(folders), "a game folder before PATH");
+                Directory.CreateDirectory(Path.Combine(first, name));
+                Check.Equal(Path.Combine(second, name), SidecarLauncher.FindBundle(folders), "a folder of that name is passed over");
+                File.WriteAllText(Path.Combine(root, name), "");
+                Check.Equal(Path.Combine(root, name), SidecarLauncher.FindBundle(new[] { root, second }), "the first folder wins");
+                Check.Equal(Path.Combine(onPath, name), SidecarLauncher.FindBundle(null), "no folders: PATH");
+            }
+            finally
+            {
+                Environment.SetEnvironmentVariable("PATH", savedPath);
+                Directory.Delete(root, true);
             }
         }
 

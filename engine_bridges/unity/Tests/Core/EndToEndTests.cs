@@ -1,6 +1,7 @@
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
+using System.IO;
 using System.Threading;
 
 namespace NpcAi.Tests
@@ -32,6 +33,7 @@ namespace NpcAi.Tests
             yield return new TestCase("e2e", "e2e.relaunch_and_hello", RelaunchAndHello);
             yield return new TestCase("e2e", "e2e.dispose_shuts_sidecar_down", DisposeShutsSidecarDown);
             yield return new TestCase("e2e", "e2e.ready_file_launch", ReadyFileLaunch);
+            yield return new TestCase("e2e", "e2e.bundle_before_path", BundleBeforePath);
         }
 
         public static SidecarOptions Sidecar(bool readyFile = false)
@@ -325,6 +327,60 @@ namespace NpcAi.Tests
             var launcher = viaFile.Launcher;
             viaFile.Dispose();
             Check.Equal<int?>(0, launcher.ExitCode, "clean exit");
+        }
+
+        /// <summary>
+        /// What `npcai bundle` ships: an executable npcai-sidecar taking serve's flags; here a script
+        /// that runs this Python's `-m npcai serve "$@"`. One lies in the game's folder (what
+        /// NpcAiBehaviour passes: StreamingAssets/npcai), one on PATH; the configured command does
+        /// not exist, so a wrong choice fails. The game's folder wins, then PATH.
+        /// </summary>
+        static void BundleBeforePath()
+        {
+            if (Environment.OSVersion.Platform == PlatformID.Win32NT)
+                throw new SkipException("the stand-in sidecar is a shell script");
+            string python = Environment.GetEnvironmentVariable("NPCAI_PYTHON");
+            if (string.IsNullOrEmpty(python))
+                python = "python3";
+            string root = Path.Combine(Path.GetTempPath(), "npcai bundle e2e " + Guid.NewGuid().ToString("N"));
+            string game = Path.Combine(root, "StreamingAssets", "npcai"), bin = Path.Combine(root, "bin");
+            string inGame = Path.Combine(game, "npcai-sidecar"), onPath = Path.Combine(bin, "npcai-sidecar");
+            string savedPath = Environment.GetEnvironmentVariable("PATH");
+            try
+            {
+                foreach (var script in new[] { inGame, onPath })
+                {
+                    Directory.CreateDirectory(Path.GetDirectoryName(script));
+                    File.WriteAllText(script, "#!/bin/sh\nexec '" + python + "' -m npcai serve \"$@\"\n");
+                    using (var chmod = Process.Start(new ProcessStartInfo("chmod", "755 \"" + script + "\"") { UseShellExecute = false }))
+                        chmod.WaitForExit();
+                }
+                Environment.SetEnvironmentVariable("PATH", bin + Path.PathSeparator + savedPath);
+                foreach (var expected in new[] { inGame, onPath })
+                {
+                    var options = Sidecar();
+                    options.Command = Path.Combine(root, "no such npcai");
+                    options.CommandArgs = new string[0];
+                    options.BundleSearchFolders = new[] { Path.Combine(root, "StreamingAssets"), game };
+                    var shipped = new NpcAiClient();
+                    shipped.Launch(options);
+                    Check.Equal(expected, shipped.Launcher.Program, "the program started");
+                    WaitReady(shipped);
+                    var npc = shipped.DefineNpc("brom", "You are Brom, the village blacksmith.");
+                    GameLoop.Until(shipped, () => !npc.IsPending, ReplyTimeoutMs, "npc");
+                    Check.Equal(RequestStatus.Done, npc.Status, "npc via " + expected);
+                    var launcher = shipped.Launcher;
+                    shipped.Dispose();
+                    Check.Equal<int?>(0, launcher.ExitCode, "clean exit");
+                    Console.WriteLine("  started {0}", expected);
+                    File.Delete(inGame);  // next round: only the one on PATH is left
+                }
+            }
+            finally
+            {
+                Environment.SetEnvironmentVariable("PATH", savedPath);
+                Directory.Delete(root, true);
+            }
         }
 
         static void RequireReady()

@@ -2,7 +2,7 @@ using System.Collections.Generic;
 
 namespace NpcAi.Tests
 {
-    /// <summary>Every case, by group: "unit" (no sidecar), "e2e" (a real sidecar), "bench" (per-frame cost).</summary>
+    /// <summary>Every case, by group: "unit" (no sidecar), "suite" (msgpack-test-suite), "e2e" (a real sidecar), "bench" (per-frame cost).</summary>
     public static class TestSuite
     {
         public static IEnumerable<TestCase> All()
@@ -10,6 +10,7 @@ namespace NpcAi.Tests
             foreach (var c in CodecTests.Cases()) yield return c;
             foreach (var c in ZmtpTests.Cases()) yield return c;
             foreach (var c in ClientTests.Cases()) yield return c;
+            foreach (var c in MsgPackSuiteTests.Cases()) yield return c;
             foreach (var c in EndToEndTests.Cases()) yield return c;
             foreach (var c in PollBenchmark.Cases()) yield return c;
         }

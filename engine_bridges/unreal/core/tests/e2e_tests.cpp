@@ -5,11 +5,13 @@
 //   npcai_e2e_tests [CASE...]
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -377,6 +379,45 @@ CASE(launch_with_ready_file) {
   CHECK(events.ends[ping].kind == "done");
   launcher.stop();
   std::remove(config.ready_file.c_str());
+}
+
+CASE(launch_finds_the_bundle_before_path) {
+  // What `npcai bundle` ships: an executable npcai-sidecar taking serve's flags. Here one is a
+  // script that runs this Python's `-m npcai serve "$@"`. The game's folder wins over PATH, PATH
+  // over the configured command (which does not exist, so a wrong choice fails the case).
+  const char* python = std::getenv("NPCAI_PYTHON");
+  const std::string interpreter = python && *python ? python : "python3";
+  char cwd[4096];
+  REQUIRE(::getcwd(cwd, sizeof cwd) != nullptr);
+  const std::string root = std::string(cwd) + "/bundle e2e", game = root + "/game dir", bin = root + "/bin";
+  for (const std::string& d : {root, game, game + "/npcai", bin}) ::mkdir(d.c_str(), 0755);
+  const std::string in_game = game + "/npcai/npcai-sidecar", on_path = bin + "/npcai-sidecar";
+  for (const std::string& path : {in_game, on_path}) {
+    std::ofstream(path) << "#!/bin/sh\nexec '" << interpreter << "' -m npcai serve \"$@\"\n";
+    REQUIRE(::chmod(path.c_str(), 0755) == 0);
+  }
+  const char* old_path = std::getenv("PATH");
+  const std::string saved = old_path ? old_path : "";
+  ::setenv("PATH", (bin + ":" + saved).c_str(), 1);
+  npcai::LauncherConfig config = sidecar_config();
+  config.command = {root + "/no such npcai"};
+  config.bundle_dirs = {game, game + "/npcai"};
+  for (const std::string& expected : {in_game, on_path}) {
+    npcai::Launcher launcher(events, config);
+    REQUIRE(launcher.launch(), launcher.error());
+    CHECK(launcher.program() == expected, launcher.program());
+    REQUIRE(wait_ready(launcher), launcher.error());
+    CHECK(launcher.hello_reply()["pid"].as_int() == launcher.sidecar_pid());
+    const Handle h = launcher.client().npc("brom", "You are Brom, the village blacksmith.");
+    REQUIRE(game_loop(launcher, [h] { return events.ended(h); }, 30000));
+    CHECK(events.ends[h].kind == "done", events.ends[h].kind + " " + events.ends[h].code);
+    launcher.stop();
+    std::printf("  started %s\n", launcher.program().c_str());
+    std::remove(in_game.c_str());  // next round: only the one on PATH is left
+  }
+  ::setenv("PATH", saved.c_str(), 1);
+  std::remove(on_path.c_str());
+  for (const std::string& d : {game + "/npcai", game, bin, root}) ::rmdir(d.c_str());
 }
 
 int main(int argc, char** argv) {

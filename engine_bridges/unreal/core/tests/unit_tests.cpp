@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -207,6 +208,49 @@ CASE(msgpack_decode_matches_vectors) {
     CHECK(err == npcai::msgpack::Error::None, name + ": " + npcai::msgpack::to_string(err));
     CHECK(got == value, name);
   }
+}
+
+CASE(msgpack_test_suite) {
+  // The public vectors of msgpack-test-suite, converted by tests/msgpack_suite.py into
+  // "name <TAB> form <TAB> canonical encoding of its value, or refuse" and named by
+  // $NPCAI_MSGPACK_SUITE (tests/test_bridge_unreal.py sets it; without it this case has nothing to do).
+  const char* path = std::getenv("NPCAI_MSGPACK_SUITE");
+  if (path == nullptr || *path == '\0') return;
+  std::ifstream in(path);
+  REQUIRE(in.good(), std::string("cannot read ") + path);
+  const auto unhex = [](const std::string& text) {
+    Bytes out;
+    for (std::size_t i = 0; i + 1 < text.size(); i += 2)
+      out.push_back(static_cast<std::uint8_t>(std::stoul(text.substr(i, 2), nullptr, 16)));
+    return out;
+  };
+  std::string line;
+  int forms = 0, failed = 0;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const std::size_t a = line.find('\t'), b = line.find('\t', a + 1);
+    const std::string name = line.substr(0, a), want = line.substr(b + 1);
+    const Bytes form = unhex(line.substr(a + 1, b - a - 1));
+    Value got;
+    const auto err = decode(form, got);
+    std::string why;
+    if (want == "refuse") {
+      if (err == npcai::msgpack::Error::None) why = "decoded an ext form instead of refusing it";
+    } else if (err != npcai::msgpack::Error::None) {
+      why = std::string("refused: ") + npcai::msgpack::to_string(err);
+    } else if (encoded(got) != unhex(want)) {
+      why = "decoded to a value that encodes as " + hex(encoded(got)) + ", expected " + want;
+    }
+    ++forms;
+    if (why.empty()) {
+      std::printf("ok suite %s\n", name.c_str());
+    } else {
+      ++failed;
+      std::printf("FAIL suite %s: %s\n", name.c_str(), why.c_str());
+    }
+  }
+  CHECK(failed == 0, std::to_string(failed) + " of " + std::to_string(forms) + " forms failed");
+  CHECK(forms > 0, "no forms read");
 }
 
 CASE(msgpack_accessors) {
@@ -978,6 +1022,42 @@ CASE(launcher_starts_a_program_whose_path_has_spaces) {
   launcher.stop();
   std::remove(program.c_str());
   ::rmdir(folder.c_str());
+}
+
+CASE(launcher_finds_the_bundle_in_its_folders_then_on_path) {
+  // find_sidecar_bundle: each folder in order, then PATH; a file without execute permission and a
+  // folder named npcai-sidecar are passed over.
+  const std::string root = "bundle search test";
+  const std::string first = root + "/game", second = root + "/game/npcai", on_path = root + "/bin";
+  for (const std::string& d : {root, first, second, on_path}) ::mkdir(d.c_str(), 0755);
+  const auto put = [](const std::string& path, mode_t mode) {
+    std::ofstream(path) << "#!/bin/sh\nexit 0\n";
+    return ::chmod(path.c_str(), mode) == 0;
+  };
+  const std::string name = npcai::kSidecarExecutable;
+  const char* old_path = std::getenv("PATH");
+  const std::string saved = old_path ? old_path : "";
+  char cwd[4096];
+  REQUIRE(::getcwd(cwd, sizeof cwd) != nullptr);
+  const std::string abs_path_dir = std::string(cwd) + "/" + on_path;
+  ::setenv("PATH", (abs_path_dir + ":" + saved).c_str(), 1);
+  const std::vector<std::string> dirs{first, second};
+  CHECK(npcai::find_sidecar_bundle(dirs, false).empty(), "found something in empty folders");
+  REQUIRE(put(on_path + "/" + name, 0755));
+  CHECK(npcai::find_sidecar_bundle(dirs) == abs_path_dir + "/" + name, npcai::find_sidecar_bundle(dirs));
+  CHECK(npcai::find_sidecar_bundle(dirs, false).empty(), "searched PATH when told not to");
+  REQUIRE(put(second + "/" + name, 0644));  // not executable: passed over
+  CHECK(npcai::find_sidecar_bundle(dirs) == abs_path_dir + "/" + name, npcai::find_sidecar_bundle(dirs));
+  REQUIRE(::chmod((second + "/" + name).c_str(), 0755) == 0);
+  CHECK(npcai::find_sidecar_bundle(dirs) == second + "/" + name, npcai::find_sidecar_bundle(dirs));
+  CHECK(npcai::find_sidecar_bundle({first + "/", second}) == second + "/" + name);
+  ::mkdir((first + "/" + name).c_str(), 0755);  // a folder of that name: passed over
+  CHECK(npcai::find_sidecar_bundle(dirs) == second + "/" + name, npcai::find_sidecar_bundle(dirs));
+  REQUIRE(put(root + "/" + name, 0755));
+  CHECK(npcai::find_sidecar_bundle({root, second}) == root + "/" + name, "the first folder wins");
+  ::setenv("PATH", saved.c_str(), 1);
+  for (const std::string& f : {on_path + "/" + name, second + "/" + name, root + "/" + name}) std::remove(f.c_str());
+  for (const std::string& d : {first + "/" + name, second, first, on_path, root}) ::rmdir(d.c_str());
 }
 
 CASE(windows_command_line_keeps_each_argument_whole) {

@@ -1,5 +1,6 @@
 #include "NpcAiSubsystem.h"
 
+#include "HAL/PlatformProcess.h"
 #include "HAL/PlatformTime.h"
 #include "Misc/Paths.h"
 #include "NpcAiConvert.h"
@@ -96,6 +97,12 @@ void UNpcAiSubsystem::Deinitialize()
 void UNpcAiSubsystem::StartSidecar()
 {
 	npcai::LauncherConfig Config;
+	Config.use_bundle = bUseSidecarBundle;
+	Config.bundle_dirs = {
+		ToUtf8(FPaths::ConvertRelativePathToFull(FPaths::ProjectDir() / TEXT("npcai"))),  // staged by Build.cs
+		ToUtf8(FPaths::ConvertRelativePathToFull(FPlatformProcess::BaseDir())),             // beside the executable
+		ToUtf8(FPaths::ConvertRelativePathToFull(FString(FPlatformProcess::BaseDir()) / TEXT("npcai"))),
+	};
 	Config.command = {ToUtf8(SidecarProgram)};  // each argument whole: never split on spaces
 	for (const FString& Arg : SidecarProgramArgs)
 	{
@@ -117,6 +124,10 @@ void UNpcAiSubsystem::StartSidecar()
 	if (!bStarted)
 	{
 		UE_LOG(LogNpcAi, Warning, TEXT("npcai sidecar: %s"), *FromUtf8(Bridge->Launcher.error()));
+	}
+	else if (AttachEndpoint.IsEmpty())
+	{
+		UE_LOG(LogNpcAi, Log, TEXT("npcai sidecar: started %s"), *FromUtf8(Bridge->Launcher.program()));
 	}
 	LastState = static_cast<uint8>(npcai::Launcher::State::Idle);
 }

@@ -62,7 +62,13 @@ class NPCAI_API UNpcAiSubsystem : public UGameInstanceSubsystem, public FTickabl
 	GENERATED_BODY()
 
 public:
-	// The program to start, taken whole: its path may hold spaces (C:\Program Files\...).
+	// Look for the shipped sidecar (npcai-sidecar from `npcai bundle`) before using SidecarProgram:
+	// in <Project>/npcai/ (staged with the packaged game by NpcAi.Build.cs), then next to the game's
+	// executable (and its npcai/ subfolder), then on PATH. Off: always run SidecarProgram.
+	UPROPERTY(Config, EditAnywhere, BlueprintReadWrite, Category = "NpcAi|Settings")
+	bool bUseSidecarBundle = true;
+
+	// The program to start when no bundle is found, taken whole: its path may hold spaces (C:\Program Files\...).
 	UPROPERTY(Config, EditAnywhere, BlueprintReadWrite, Category = "NpcAi|Settings")
 	FString SidecarProgram = TEXT("npcai");
 

@@ -46,6 +46,10 @@ class Process {
 
 long long current_process_id();
 
+// True if `path` names a file this process may run (POSIX: a regular file with execute
+// permission; Windows: an existing file that is not a folder).
+bool is_executable_file(const std::string& path);
+
 // argv as one Windows command line, each argument quoted so that the MSVC runtime splits it back
 // whole (CreateProcess takes a single string). Used on Windows; defined everywhere so it is tested.
 std::string windows_command_line(const std::vector<std::string>& argv);

@@ -36,11 +36,11 @@ signal stray_reply(reply: Dictionary)
 signal backoff_changed(level: int)
 
 const PROTOCOL_VERSION := 1
-const MsgPack := preload("msgpack.gd")
-const Zmtp := preload("zmtp.gd")
-const Request := preload("npcai_request.gd")
-const Transport := preload("transport.gd")
-const TcpTransport := preload("tcp_transport.gd")
+const MsgPack := preload("npc_ai_msg_pack.gd")
+const Zmtp := preload("npc_ai_zmtp.gd")
+const Request := preload("npc_ai_request.gd")
+const Transport := preload("npc_ai_transport.gd")
+const TcpTransport := preload("npc_ai_tcp_transport.gd")
 const _TERMINAL := {"ok": true, "done": true, "error": true, "cancelled": true}
 const _BUDGET_INT_KEYS: Array[String] = ["threads"]
 const _BUDGET_FLOAT_KEYS: Array[String] = ["tokens_per_s", "share", "frame_ms"]

@@ -29,16 +29,25 @@ signal sidecar_lost(reason: String)
 ## [method start] is called again.
 signal sidecar_failed(reason: String)
 
-const Client := preload("npcai_client.gd")
-const Launcher := preload("sidecar_launcher.gd")
-const Request := preload("npcai_request.gd")
+const Client := preload("npc_ai_client.gd")
+const Launcher := preload("npc_ai_sidecar_launcher.gd")
+## The properties that [code]npcai/<name>[/code] project settings override.
+const SETTINGS := [
+	"endpoint", "use_bundle", "command", "command_args", "serve_args", "token", "autostart"
+]
+const Request := preload("npc_ai_request.gd")
 
 ## Connect to a sidecar already running here ([code]tcp://127.0.0.1:PORT[/code]) instead of
 ## starting one; reconnects (every 1 to 10 s) when it is lost.
 @export var endpoint: String = ""
 ## Start (or connect) in [method Node._ready].
 @export var autostart: bool = true
-## The program that runs the sidecar (see [member NpcAiSidecarLauncher.command]).
+## Start the shipped sidecar ([code]npcai-sidecar[/code] from [code]npcai bundle[/code]) when
+## one lies beside the exported game, in the project's [code]npcai/[/code] folder (editor) or on
+## PATH, before [member command] (see [member NpcAiSidecarLauncher.use_bundle]).
+@export var use_bundle: bool = true
+## The program that runs the sidecar when no bundle is found
+## (see [member NpcAiSidecarLauncher.command]).
 @export var command: String = "npcai"
 ## Arguments before [code]serve[/code].
 @export var command_args: PackedStringArray = PackedStringArray()
@@ -79,7 +88,7 @@ var _stopping: bool = false
 
 func _ready() -> void:
 	process_mode = Node.PROCESS_MODE_ALWAYS
-	for key in ["endpoint", "command", "command_args", "serve_args", "token", "autostart"]:
+	for key: String in SETTINGS:
 		if ProjectSettings.has_setting("npcai/" + key):
 			set(key, ProjectSettings.get_setting("npcai/" + key))
 	client.frame_report_every = frame_report_every
@@ -101,6 +110,7 @@ func start() -> void:
 		_reconnect_delay_ms = 1000
 		_connect(endpoint)
 		return
+	launcher.use_bundle = use_bundle
 	launcher.command = command
 	launcher.command_args = command_args
 	launcher.serve_args = serve_args

@@ -10,13 +10,21 @@
 #ifndef WIN32_LEAN_AND_MEAN
 #define WIN32_LEAN_AND_MEAN
 #endif
+#if defined(NPCAI_UNREAL)
+// Inside Unreal the Windows headers go through UE's wrappers, which keep its own types apart.
+#include "Windows/AllowWindowsPlatformTypes.h"
+#endif
 #include <windows.h>
+#if defined(NPCAI_UNREAL)
+#include "Windows/HideWindowsPlatformTypes.h"
+#endif
 #else
 #include <cerrno>
 #include <csignal>
 #include <cstring>
 #include <fcntl.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 extern char** environ;
@@ -157,6 +165,11 @@ void Process::close_stdout() {
 
 long long current_process_id() { return static_cast<long long>(GetCurrentProcessId()); }
 
+bool is_executable_file(const std::string& path) {
+  const DWORD attributes = GetFileAttributesA(path.c_str());
+  return attributes != INVALID_FILE_ATTRIBUTES && !(attributes & FILE_ATTRIBUTE_DIRECTORY);
+}
+
 #else
 
 bool Process::start(const Spec& spec, std::string& error) {
@@ -256,6 +269,11 @@ void Process::close_stdout() {
 }
 
 long long current_process_id() { return static_cast<long long>(getpid()); }
+
+bool is_executable_file(const std::string& path) {
+  struct stat info {};
+  return !path.empty() && stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode) && access(path.c_str(), X_OK) == 0;
+}
 
 #endif
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 
 namespace npcai {
 
@@ -19,6 +20,29 @@ std::string_view trim(std::string_view s) {
 
 }  // namespace
 
+std::string find_sidecar_bundle(const std::vector<std::string>& dirs, bool search_path) {
+#ifdef _WIN32
+  constexpr char kListSeparator = ';';
+#else
+  constexpr char kListSeparator = ':';
+#endif
+  std::vector<std::string> folders = dirs;
+  const char* path = search_path ? std::getenv("PATH") : nullptr;
+  for (std::string_view rest = path ? path : ""; !rest.empty();) {
+    const std::size_t end = std::min(rest.find(kListSeparator), rest.size());
+    if (end > 0) folders.emplace_back(rest.substr(0, end));
+    rest.remove_prefix(std::min(end + 1, rest.size()));
+  }
+  for (const std::string& folder : folders) {
+    if (folder.empty()) continue;
+    std::string candidate = folder;
+    if (candidate.back() != '/' && candidate.back() != '\\') candidate += '/';
+    candidate += kSidecarExecutable;
+    if (is_executable_file(candidate)) return candidate;
+  }
+  return {};
+}
+
 Launcher::Launcher(Listener& events, LauncherConfig config)
     : events_(events), config_(std::move(config)), client_(*this, config_.client) {}
 
@@ -28,8 +52,15 @@ bool Launcher::launch() {
   line_.clear();
   hello_reply_ = msgpack::Value();
   Process::Spec spec;
-  spec.argv = config_.command;
-  for (const char* arg : {"serve", "--endpoint"}) spec.argv.emplace_back(arg);
+  const std::string bundle = config_.use_bundle ? find_sidecar_bundle(config_.bundle_dirs) : std::string();
+  if (!bundle.empty()) {
+    spec.argv = {bundle};  // the bundle's executable is `npcai serve` itself: no "serve"
+  } else {
+    spec.argv = config_.command;
+    spec.argv.emplace_back("serve");
+  }
+  program_ = spec.argv.empty() ? std::string() : spec.argv.front();
+  spec.argv.emplace_back("--endpoint");
   spec.argv.push_back(config_.endpoint);
   spec.argv.emplace_back("--parent-pid");  // the sidecar exits by itself if the game dies
   spec.argv.push_back(std::to_string(current_process_id()));

@@ -18,7 +18,7 @@ const FLAG_COMMAND := 4
 ## Default for [member max_frame_bytes] (16 MiB).
 const DEFAULT_MAX_FRAME_BYTES := 16777216
 const _GREETING_SIZE := 64
-const Transport := preload("transport.gd")
+const Transport := preload("npc_ai_transport.gd")
 
 ## The state; [constant State.READY] once both sides have exchanged READY.
 var state: State = State.IDLE

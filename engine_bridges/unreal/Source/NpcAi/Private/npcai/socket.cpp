@@ -10,8 +10,15 @@
 #ifndef WIN32_LEAN_AND_MEAN
 #define WIN32_LEAN_AND_MEAN
 #endif
+#if defined(NPCAI_UNREAL)
+// Inside Unreal the Windows headers go through UE's wrappers, which keep its own types apart.
+#include "Windows/AllowWindowsPlatformTypes.h"
+#endif
 #include <winsock2.h>
 #include <ws2tcpip.h>
+#if defined(NPCAI_UNREAL)
+#include "Windows/HideWindowsPlatformTypes.h"
+#endif
 #pragma comment(lib, "ws2_32.lib")
 #else
 #include <arpa/inet.h>

@@ -13,7 +13,24 @@
 
 namespace npcai {
 
+// The self-contained sidecar that `npcai bundle --out DIR` writes: DIR/npcai-sidecar(.exe),
+// which takes exactly `npcai serve`'s flags.
+#ifdef _WIN32
+inline constexpr const char* kSidecarExecutable = "npcai-sidecar.exe";
+#else
+inline constexpr const char* kSidecarExecutable = "npcai-sidecar";
+#endif
+
+// The first `kSidecarExecutable` found: in each of `dirs` in order, then (if `search_path`) in
+// each folder of the PATH environment variable. Empty if there is none.
+std::string find_sidecar_bundle(const std::vector<std::string>& dirs, bool search_path = true);
+
 struct LauncherConfig {
+  // Where a shipped sidecar bundle may lie, searched in order before PATH (the UE layer passes
+  // <Project>/npcai and the executable's folder). Where `npcai-sidecar` is found (here or on
+  // PATH) it is started with serve's flags and `command` is not used.
+  std::vector<std::string> bundle_dirs;
+  bool use_bundle = true;  // false: skip that search and always run `command`
   // The program, then its own arguments, each passed whole (a path may hold spaces); "serve ..." follows.
   std::vector<std::string> command{"npcai"};
   std::vector<std::string> extra_args;         // after serve's own flags, e.g. {"--model", "NAME"}
@@ -55,6 +72,8 @@ class Launcher final : private Listener {
   const std::string& endpoint() const { return endpoint_; }
   const msgpack::Value& hello_reply() const { return hello_reply_; }  // server, models, limits, pid
   long long sidecar_pid() const { return process_.pid(); }             // 0 when attached or exited
+  // The program the last launch() ran: a found npcai-sidecar's path, or command[0].
+  const std::string& program() const { return program_; }
   Client& client() { return client_; }
 
  private:
@@ -68,6 +87,7 @@ class Launcher final : private Listener {
   bool own_child_ = false;
   std::string endpoint_;
   std::string error_;
+  std::string program_;
   std::string line_;  // the stdout line being read
   Handle hello_ = 0;         // the hello of the current connection
   std::vector<Handle> own_;  // our own open requests (hello, shutdown): the game never sees them

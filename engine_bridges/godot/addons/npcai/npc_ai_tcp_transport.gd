@@ -1,5 +1,5 @@
 class_name NpcAiTcpTransport
-extends "transport.gd"
+extends "npc_ai_transport.gd"
 ## [NpcAiTransport] over [StreamPeerTCP]: connects without blocking, reads and writes only
 ## what the socket can take now ([method StreamPeerTCP.get_partial_data] and
 ## [method StreamPeerTCP.put_partial_data]; never the blocking get_data/put_data).

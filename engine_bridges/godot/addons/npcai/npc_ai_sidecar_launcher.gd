@@ -13,7 +13,13 @@ extends RefCounted
 ## [member start_timeout_ms]) or a sidecar that dies later is restarted after
 ## [member restart_backoff_ms] (doubling up to 30 s), at most [member max_restarts] times in
 ## a row (a sidecar up for a minute starts a new series); then [signal gave_up] fires.
-## The [code]NpcAi[/code] node drives all of this.
+## The [code]NpcAi[/code] node drives all of this.[br]
+## A shipped sidecar comes first: with [member use_bundle] on, [method start] looks for
+## [code]npcai-sidecar[/code] ([code]npcai-sidecar.exe[/code] on Windows, written by
+## [code]npcai bundle --out DIR[/code]) in [member bundle_dirs] (by default
+## [method default_bundle_dirs]: beside the exported executable and in its [code]npcai/[/code]
+## folder, or the project's [code]npcai/[/code] folder in the editor), then on [code]PATH[/code],
+## and runs it with serve's flags; only without one does it run [member command].
 
 ## The sidecar is ready at [param endpoint].
 signal started(endpoint: String)
@@ -25,8 +31,12 @@ signal gave_up(reason: String)
 ## What the launcher is doing.
 enum State { IDLE, STARTING, RUNNING, WAITING_RESTART, GAVE_UP }
 
-## Program to run: [code]npcai[/code] on the PATH, or an absolute path (a shipped game
-## should give one, e.g. next to [method OS.get_executable_path]).
+## Look for a shipped sidecar bundle (see the class description) before [member command].
+var use_bundle: bool = true
+## Folders that may hold the bundle's executable, searched in order before [code]PATH[/code];
+## empty: [method default_bundle_dirs].
+var bundle_dirs: PackedStringArray = PackedStringArray()
+## Program to run when no bundle is found: [code]npcai[/code] on the PATH, or an absolute path.
 var command: String = "npcai"
 ## Arguments before [code]serve[/code] (e.g. [code]["-m", "npcai"][/code] with python).
 var command_args: PackedStringArray = PackedStringArray()
@@ -51,6 +61,8 @@ var pid: int = -1
 var endpoint: String = ""
 ## Why the last start failed.
 var last_error: String = ""
+## The program the last start ran: a found bundle's path, or [member command].
+var program: String = ""
 
 var _failures: int = 0
 var _started_msec: int = 0
@@ -59,10 +71,51 @@ var _next_check_msec: int = 0
 var _restart_at_msec: int = 0
 
 
-## The full argument list [method start] passes to [member command].
-func build_arguments(ready_path: String) -> PackedStringArray:
-	var args := command_args.duplicate()
-	args.append("serve")
+## The bundle's executable name on this platform.
+static func bundle_executable() -> String:
+	return "npcai-sidecar.exe" if OS.get_name() == "Windows" else "npcai-sidecar"
+
+
+## Where a shipped game keeps the bundle: beside the exported executable, then in its
+## [code]npcai/[/code] folder; in the editor (where the executable is Godot's), the project's
+## [code]npcai/[/code] folder ([code]res://npcai[/code], globalized).
+static func default_bundle_dirs() -> PackedStringArray:
+	if OS.has_feature("editor"):
+		return PackedStringArray([ProjectSettings.globalize_path("res://npcai")])
+	var here := OS.get_executable_path().get_base_dir()
+	return PackedStringArray([here, here.path_join("npcai")])
+
+
+## The first [method bundle_executable] in [param dirs] (in order), then in the folders of
+## [param path_list] (a [code]PATH[/code] value); [code]""[/code] if there is none.
+static func find_bundle(dirs: PackedStringArray, path_list: String) -> String:
+	var name := bundle_executable()
+	var folders := dirs.duplicate()
+	folders.append_array(path_list.split(";" if OS.get_name() == "Windows" else ":", false))
+	for folder in folders:
+		if folder != "" and FileAccess.file_exists(folder.path_join(name)):
+			return folder.path_join(name)
+	return ""
+
+
+## The bundle [method start] runs (with [member use_bundle]): the first found in
+## [member bundle_dirs] (or [method default_bundle_dirs]), then on [code]PATH[/code]; or
+## [code]""[/code], and [member command] runs instead.
+func resolve_bundle() -> String:
+	if not use_bundle:
+		return ""
+	var dirs := bundle_dirs if not bundle_dirs.is_empty() else default_bundle_dirs()
+	return find_bundle(dirs, OS.get_environment("PATH"))
+
+
+## The full argument list [method start] passes: for a bundle ([param for_bundle]) serve's
+## flags only (its executable is [code]npcai serve[/code] itself); for [member command],
+## [member command_args] and [code]serve[/code] first.
+func build_arguments(ready_path: String, for_bundle: bool = false) -> PackedStringArray:
+	var args := PackedStringArray()
+	if not for_bundle:
+		args = command_args.duplicate()
+		args.append("serve")
 	args.append_array(["--parent-pid", str(OS.get_process_id())])
 	args.append_array(["--endpoint", "tcp://127.0.0.1:0", "--ready-file", ready_path])
 	args.append_array(serve_args)
@@ -129,10 +182,12 @@ func _launch() -> Error:
 	if FileAccess.file_exists(path):
 		DirAccess.remove_absolute(path)
 	endpoint = ""
-	pid = OS.create_process(command, build_arguments(path))
+	var bundle := resolve_bundle()
+	program = bundle if bundle != "" else command
+	pid = OS.create_process(program, build_arguments(path, bundle != ""))
 	if pid <= 0:
 		pid = -1
-		_on_failure("cannot run %s (is npcai installed and on the PATH?)" % command)
+		_on_failure("cannot run %s (no sidecar bundle; is npcai installed, on the PATH?)" % program)
 		return ERR_CANT_CREATE
 	state = State.STARTING
 	_started_msec = Time.get_ticks_msec()

@@ -1,0 +1,78 @@
+"""Range and size rules of request fields that need no model (the request classes' ``check``s)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from npcai.errors import BadRequest, TooLarge
+from npcai.protocol.frames import Limits
+
+if TYPE_CHECKING:
+    from npcai.protocol.requests import Request
+
+_SAMPLING_FIELDS = ("max_tokens", "soft_max_tokens", "temperature", "top_p", "top_k", "choices")
+
+#: No vocabulary we know has a token longer than this (SmolLM2: 81 bytes, Gemma 3: 48).
+MAX_TOKEN_BYTES = 256
+_PROMPT_FIELDS = ("persona", "text", "situation", "lead")
+
+
+def check_prompt_size(req: Request, limits: Limits) -> None:
+    """Refuse a prompt text that cannot fit ``max_prompt_tokens`` before anyone tokenizes it.
+
+    A text of more than MAX_TOKEN_BYTES x max_prompt_tokens characters needs more tokens than
+    that; checking its length costs nothing, tokenizing a megabyte stalls the model for 0.3 s.
+    (The exact count, which needs the model's tokenizer, is the admission step's.)
+    """
+    most = limits.max_prompt_tokens * MAX_TOKEN_BYTES
+    for name in _PROMPT_FIELDS:
+        value = getattr(req, name, None)
+        if isinstance(value, str) and len(value) > most:
+            raise TooLarge(f"field {name!r} of {len(value)} characters cannot fit "
+                           f"max_prompt_tokens={limits.max_prompt_tokens}")
+
+
+def check_budget(fields: dict[str, Any]) -> None:
+    """Range checks for the budget op (0 means no limit, as on the command line)."""
+    if fields.get("threads", 0) < 0:
+        raise BadRequest("field 'threads' must be >= 0 (0 = the sidecar's own choice)")
+    if fields.get("tokens_per_s", 0) < 0:
+        raise BadRequest("field 'tokens_per_s' must be >= 0 (0 = no cap)")
+    if not 0 < fields.get("share", 1.0) <= 1:
+        raise BadRequest("field 'share' must be in (0, 1]")
+    if not 0 <= fields.get("frame_ms", 0) <= 1000:
+        raise BadRequest("field 'frame_ms' must be between 0 (no frame target) and 1000")
+
+
+def check_examples(fields: dict[str, Any], limits: Limits) -> None:
+    """An NPC's worked examples stay in its cached prefix: a handful, each a situation and a choice."""
+    examples = fields.get("examples", [])
+    if len(examples) > limits.max_examples:
+        raise TooLarge(f"{len(examples)} examples exceed max_examples={limits.max_examples}")
+    if any(not e["situation"].strip() or not e["choice"].strip() for e in examples):
+        raise BadRequest("each of 'examples' needs a non-empty situation and choice")
+
+
+def check_sampling(fields: dict[str, Any] | Request, limits: Limits) -> None:
+    """Range checks shared by say and decide (of a request, or of its fields)."""
+    if not isinstance(fields, dict):
+        req = fields
+        fields = {name: v for name in _SAMPLING_FIELDS if (v := getattr(req, name, None)) is not None}
+    mt = fields.get("max_tokens")
+    if mt is not None and not 1 <= mt <= limits.max_tokens:
+        raise BadRequest(f"field 'max_tokens' must be between 1 and {limits.max_tokens}")
+    soft = fields.get("soft_max_tokens")
+    if soft is not None and not 1 <= soft <= limits.max_tokens:
+        raise BadRequest(f"field 'soft_max_tokens' must be between 1 and {limits.max_tokens}")
+    t = fields.get("temperature")
+    if t is not None and not 0 <= t <= 10:
+        raise BadRequest("field 'temperature' must be between 0 and 10")
+    p = fields.get("top_p")
+    if p is not None and not 0 < p <= 1:
+        raise BadRequest("field 'top_p' must be in (0, 1]")
+    k = fields.get("top_k")
+    if k is not None and not 0 <= k <= 1 << 31:
+        raise BadRequest("field 'top_k' must be between 0 (no limit) and 2**31")
+    choices = fields.get("choices")
+    if choices is not None and len(choices) > limits.max_choices:
+        raise TooLarge(f"{len(choices)} choices exceed max_choices={limits.max_choices}")

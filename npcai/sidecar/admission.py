@@ -1,0 +1,69 @@
+"""Admission: the checks a request needs a model for, in one place.
+
+``protocol.parse_request`` has already checked everything that needs no model (types, ranges, a
+prompt's length in characters). What is left needs the model that will serve the request: which
+model that is (by role), how many of its tokens a prompt text is, and whether a decision's
+constraint is one it can compile. The engine asks here before it queues any work.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from pathlib import Path
+
+from npcai import protocol as P
+from npcai.errors import BadRequest, TooLarge
+from npcai.model import catalog, choices
+from npcai.model.runtime import Runtime
+from npcai.sidecar.settings import Settings
+
+#: The role each op uses when the request (or its NPC) names none.
+DEFAULT_ROLES = {"npc": "dialogue", "say": "dialogue", "observe": "dialogue", "decide": "decision"}
+
+
+def load_runtimes(settings: Settings, models: dict[str, Path]) -> dict[str, Runtime]:
+    """Load each model once; ``models`` maps role -> GGUF path, and roles sharing a file share its runtime."""
+    runtimes: dict[str, Runtime] = {}
+    by_path: dict[Path, Runtime] = {}
+    for role, path in models.items():
+        rt = by_path.get(path)
+        if rt is None:
+            entry = catalog.entry_for(path)
+            rt = Runtime(path, name=entry.name if entry else path.stem, n_ctx=settings.n_ctx,
+                         n_seq=settings.n_seq, n_batch=settings.n_batch, threads=settings.compute_threads,
+                         grammar_dir=Path(settings.grammar_dir), flash_attn=entry.flash_attn if entry else None,
+                         park_bytes=settings.park_mb * 2**20,
+                         choice_temperature=entry.choice_temperature if entry else choices.DEFAULT_TEMPERATURE)
+            by_path[path] = rt
+        runtimes[role] = rt
+    return runtimes
+
+
+class Admission:
+    def __init__(self, runtimes: dict[str, Runtime], limits: P.Limits):
+        """``runtimes`` maps role -> runtime; the first serves the default roles that no model was named for."""
+        self.runtimes = runtimes
+        self.limits = limits
+        self._default = next(iter(runtimes.values()))
+
+    def runtime(self, op: str, role: str | None) -> Runtime:
+        """The model that serves ``role`` (or the op's default role)."""
+        role = role or DEFAULT_ROLES[op]
+        rt = self.runtimes.get(role)
+        if rt is None:
+            if role in DEFAULT_ROLES.values():
+                return self._default
+            raise BadRequest(f"no model serves role {role!r}; roles: {', '.join(self.runtimes)}")
+        return rt
+
+    def prompt(self, rt: Runtime, text: str) -> None:
+        """Refuse a prompt text of more than ``max_prompt_tokens`` of this model's tokens."""
+        n = len(rt.text_tokens(text))
+        if n > self.limits.max_prompt_tokens:
+            raise TooLarge(f"text of {n} tokens exceeds max_prompt_tokens={self.limits.max_prompt_tokens}")
+
+    def constraint(self, rt: Runtime, req: P.DecideRequest) -> Future:
+        """Start compiling a decision's schema or grammar: its cheap checks raise here, and the future
+        holds the compiled constraint or the compiler's refusal."""
+        kind, source = rt.compiler.source_for(req.fields)
+        return rt.compiler.submit(kind, source)

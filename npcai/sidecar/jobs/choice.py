@@ -1,0 +1,83 @@
+"""``decide`` with choices: every option's whole text scored by the model, then calibrated."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from npcai.errors import TooLarge
+from npcai.model import choices
+from npcai.model.scoring import TREE_ROOM, OptionTree, common_prefix
+from npcai.sidecar.jobs.base import fit
+from npcai.sidecar.jobs.decision import Decision, decide_prompt
+from npcai.sidecar.npc import DEFAULT_LEAD, Npc
+
+
+class ChoiceDecideJob(Decision):
+    """``decide`` with choices: every option's whole text scored by the model, then calibrated.
+
+    The situation is asked as a question and the answer starts with a lead ("The sensible thing to
+    do is to", unless the request gives its own) that each option completes. One step scores every
+    token of every option, not only the first one where the options differ: an option tree in the
+    option scorer's cache, which starts from the NPC's evaluated persona and history (``scoring.py``).
+    The first decision over an option set also scores the options under a content-free situation,
+    in the same step: their prior. Scoring and calibration are ``choices.py``'s.
+    """
+
+    def __init__(self, req, rt, emit, npc_ctx, npc: Npc):
+        super().__init__(req, rt, emit, npc_ctx, npc)
+        self.choices: list[str] = req.choices
+        self.lead = (req.lead if req.lead is not None else DEFAULT_LEAD).strip()
+        words = req.descriptions or {}
+        self.options = choices.option_tokens(rt, self.lead, [words.get(c, c) for c in self.choices])
+        self.loglik = np.zeros(len(self.choices))
+        self.prior_key = choices.prior_key(npc, self.lead, self.options)
+        self.prior: np.ndarray | None = rt.choice_priors.get(self.prior_key)
+        self._new_prior = self.prior is None  # computed by this job, then cached
+
+    def start(self) -> None:
+        target = fit(self.npc, self.rt, ("user", decide_prompt(self.req)), 1, self.npc_ctx, self.lead)
+        stems = [target]
+        if self._new_prior:  # the options' prior under a content-free situation, once per option set
+            content_free = decide_prompt(self.req, choices.CONTENT_FREE)
+            prior = choices.prior_prompt(self.rt, self.npc, content_free, self.lead)
+            if prior != target:
+                stems.append(prior)
+        scorer = self.rt.scorer
+        if len(stems) > 1 and not scorer.fits(stems, self.options):
+            stems, self._new_prior = stems[:1], False  # too big to score with its prior: goes without it
+        if not scorer.fits(stems, self.options):
+            raise TooLarge("these options are too many or too long to score together "
+                           f"(at most {scorer.max_seqs // 2} options and {TREE_ROOM} tokens of situation and options)")
+        keep = self.rt.prefix_tokens(self.npc.chat())  # the NPC's persona and history: kept cached for its next decision
+        cached = min(common_prefix(self._kv.tokens, target), len(target) - 1)
+        pending = len(target) - cached + sum(len(s) - common_prefix(s, target) for s in stems[1:])
+        pending += len(stems) * sum(len(o) - 1 for o in self.options)
+        tree = OptionTree(seq=-1, pos=cached, pending=[0] * pending, all_logits=True, stems=stems,
+                          options=self.options, source=self._kv,
+                          keep=len(keep) if target[:len(keep)] == keep else 0)
+        self.lanes = [self._count_prompt(tree)]
+
+    def advance(self) -> None:
+        tree = self.lanes[0]
+        self.loglik = tree.scores[0]
+        if self._new_prior:
+            self.prior = tree.scores[1] if len(tree.scores) > 1 else tree.scores[0]
+        self.lanes = []
+        self._pick()
+
+    def _pick(self) -> None:
+        if self._new_prior:
+            self.rt.choice_priors.put(self.prior_key, self.prior)
+        probs = choices.probabilities(self.loglik, self.prior, self.rt.choice_temperature)
+        if self.temperature <= 0:
+            pick = int(np.argmax(probs))
+        else:
+            tempered = probs ** (1.0 / self.temperature)
+            pick = int(np.searchsorted(np.cumsum(tempered / tempered.sum()), self.rng.random(), side="right")
+                       .clip(0, len(probs) - 1))
+        self.first_token_at = time.monotonic()
+        choice = self.choices[pick]
+        self._done(choice, choice, len(self.options[pick]), "stop",
+                   probs={c: float(p) for c, p in zip(self.choices, probs)})

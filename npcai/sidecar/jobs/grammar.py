@@ -1,0 +1,103 @@
+"""``decide`` with a schema or grammar: constrained sampling with jump-forward."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+
+from npcai.errors import BadRequest, NpcaiError, TooLarge
+from npcai.model import penalties
+from npcai.model.sampling import sample_token
+from npcai.sidecar.jobs.decision import DECIDE_DEFAULTS, Decision
+from npcai.sidecar.npc import Npc
+
+#: Digits in a row after which a constrained value's number must end: tiny models write digits
+#: until the token cap where a schema leaves a number's fraction open (JSONSchemaBench: 8 of 120).
+MAX_NUMBER_DIGITS = 12
+
+
+class GrammarDecideJob(Decision):
+    """``decide`` with a schema or grammar: constrained sampling with jump-forward."""
+
+    def __init__(self, req, rt, emit, npc_ctx, npc: Npc, compiled: Future):
+        super().__init__(req, rt, emit, npc_ctx, npc)
+        self.compiled = compiled
+        self.max_tokens = self.param("max_tokens", DECIDE_DEFAULTS)
+        self.top_k = self.param("top_k", DECIDE_DEFAULTS)
+        self.top_p = float(self.param("top_p", DECIDE_DEFAULTS))
+        self.state = None
+        self.generated: list[int] = []
+        self.forced = 0
+        self._digits = 0  # digits sampled in a row: the number being written
+
+    def ready(self) -> bool:
+        if not self.compiled.done():
+            if time.monotonic() - self.req.received > self.rt.compiler.compile_timeout:
+                self.compiled.cancel()
+                raise TooLarge(f"constraint took over {self.rt.compiler.compile_timeout:.1f} s to compile")
+            return False
+        return True
+
+    def start(self) -> None:
+        try:
+            self.state = self.compiled.result().start()
+        except NpcaiError:
+            raise
+        except Exception as exc:  # the compiler's own failures are the caller's grammar's fault
+            raise BadRequest(f"constraint does not compile: {exc}") from None
+        self._start_fork()
+        forced = self.state.forced()  # e.g. '{"action": "': evaluated with the prompt, never sampled
+        if len(forced) > self.max_tokens:  # forced tokens count towards max_tokens too
+            self.generated = forced[:self.max_tokens]
+            return self._done(None, self._text(), len(self.generated), "length")
+        for t in forced:
+            if not self.state.consume(t):
+                raise BadRequest("constraint rejected its own forced start")
+        self.generated.extend(forced)
+        self.forced += len(forced)
+        self.lanes[0].pending.extend(forced)
+
+    def advance(self) -> None:
+        lane = self.lanes[0]
+        st = self.state
+        st.fill_mask(self.rt.mask)
+        if self._digits >= MAX_NUMBER_DIGITS:  # a number this long ends now (wherever the grammar lets it)
+            penalties.forbid(self.rt.mask, self.rt.digit_mask)
+        logits = self.rt.logits(lane.rows[-1])
+        penalties.dry(logits, self.generated)  # loops inside open values end before the cap
+        tok = int(sample_token(logits, self.rt.mask, self.temperature, self.top_k, self.top_p, self.rng.random()))
+        if tok < 0 or not st.consume(tok):
+            return self._done(None, self._text(), len(self.generated), "error")
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        if self.rt.model.is_eog(tok) or tok == self.rt.model.eos:
+            return self._finish_text()
+        self.generated.append(tok)
+        piece = self.rt.model.piece(tok)
+        self._digits = self._digits + len(piece) if piece.isdigit() else 0
+        forced = st.forced() if not st.stopped else []
+        room = self.max_tokens - len(self.generated)
+        if len(forced) > room:  # forced tokens count towards max_tokens too
+            self.generated.extend(forced[:room])
+            return self._done(None, self._text(), len(self.generated), "length")
+        for t in forced:
+            if not st.consume(t):
+                return self._done(None, self._text(), len(self.generated), "error")
+        self.generated.extend(forced)
+        self.forced += len(forced)
+        if st.stopped:  # a trailing forced suffix is never evaluated
+            return self._finish_text()
+        if len(self.generated) >= self.max_tokens:
+            return self._done(None, self._text(), len(self.generated), "length")
+        lane.pending = [tok, *forced]
+
+    def _text(self) -> str:
+        return self.rt.detokenize(self.generated)
+
+    def _finish_text(self) -> None:
+        text = self._text()
+        try:
+            value = self.state.value(text)
+        except ValueError:
+            return self._done(None, text, len(self.generated), "error")
+        self._done(value, text, len(self.generated), "stop", forced_tokens=self.forced)
