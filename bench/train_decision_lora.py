@@ -34,6 +34,7 @@ import ctypes
 import json
 import math
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -78,6 +79,31 @@ def _item(model: Model, q: quality.Question) -> Item:
                 options, q.label)
 
 
+def _words3(text: str) -> set[tuple[str, ...]]:
+    w = re.findall(r"[a-z']+", text.lower())
+    return {tuple(w[i:i + 3]) for i in range(len(w) - 2)}
+
+
+def check_overlap() -> float:
+    """The training decisions must not be near copies of the test items: no situation shares a
+    quarter of the shorter one's word 3-grams with a test situation, and no item has a test item's
+    role and right answer. Returns the largest overlap found."""
+    test = quality.game("test")
+    worst = 0.0
+    answers = {(q.role, q.options[q.label]) for q in test}
+    for line in TRAIN_FILE.read_text().splitlines():
+        d = json.loads(line)
+        mine = _words3(d["situation"])
+        for q in test:
+            theirs = _words3(q.situation)
+            worst = max(worst, len(mine & theirs) / max(1, min(len(mine), len(theirs))))
+        if (d["role"], d["options"][d["label"]]) in answers:
+            raise SystemExit(f"training item {d['id']} has a test item's role and answer")
+    if worst >= 0.25:
+        raise SystemExit(f"a training situation shares {worst:.0%} of its word 3-grams with a test item")
+    return worst
+
+
 def _train_questions(data: Path, n_copa: int) -> list[quality.Question]:
     out = list(quality.game("example"))
     for line in TRAIN_FILE.read_text().splitlines():
@@ -116,7 +142,8 @@ def train(args: argparse.Namespace) -> None:
     path = catalog.resolve(MODEL)
     model = Model(path)
     items = [_item(model, q) for q in _train_questions(Path(args.data), args.copa)]
-    print(f"{len(items)} training items", flush=True)
+    print(f"{len(items)} training items; largest 3-gram overlap with a test situation {check_overlap():.0%}",
+          flush=True)
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj"] + (["gate_proj", "up_proj", "down_proj"] if args.mlp else [])
     config = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules=targets)
@@ -270,22 +297,37 @@ class Scorer:
             if not handle:
                 raise SystemExit(f"llama.cpp could not load the adapter {adapter}")
             self._adapter = (L.llama_adapter_lora_p_ctypes * 1)(handle)
-            rc = L.llama_set_adapters_lora(self.ctx.handle, self._adapter, 1, (ctypes.c_float * 1)(1.0))
-            if rc != 0:
-                raise SystemExit(f"llama.cpp could not apply the adapter {adapter} ({rc})")
+            self.use_adapter(True)
+
+    def use_adapter(self, on: bool) -> None:
+        import llama_cpp as L
+
+        rc = L.llama_set_adapters_lora(self.ctx.handle, self._adapter if on else None, 1 if on else 0,
+                                       (ctypes.c_float * 1)(1.0))
+        if rc != 0:
+            raise SystemExit(f"llama.cpp could not set the adapter ({rc})")
 
     def _lsm(self, row: int) -> np.ndarray:
         logits = self.ctx.logits(row, self.m.n_vocab).astype(np.float64)
         top = logits.max()
         return logits - (top + math.log(np.exp(logits - top).sum()))
 
-    def score(self, stem: list[int], options: list[list[int]]) -> np.ndarray:
+    def score(self, stem: list[int], options: list[list[int]], plain_prefix: int = 0) -> np.ndarray:
+        """``plain_prefix``: evaluate the stem's first tokens without the adapter (as the NPC's cached
+        persona and history would be when only the option scorer applies it), the rest with it."""
         c, b = self.ctx, self.b
         for s in range(len(options) + 1):
             c.seq_rm(s)
+        if plain_prefix:
+            self.use_adapter(False)
+            b.clear()
+            for i, t in enumerate(stem[:plain_prefix]):
+                b.add(t, i, 0, False)
+            assert c.decode(b) == 0
+            self.use_adapter(True)
         b.clear()
-        for i, t in enumerate(stem):
-            b.add(t, i, 0, i == len(stem) - 1)
+        for i in range(plain_prefix, len(stem)):
+            b.add(stem[i], i, 0, i == len(stem) - 1)
         assert c.decode(b) == 0
         first = self._lsm(b.n - 1)
         for k in range(len(options)):
@@ -305,29 +347,59 @@ def score(args: argparse.Namespace) -> None:
         sets = {k: v for k, v in sets.items() if k in args.only}
     temperature = catalog.entry_for(catalog.resolve(MODEL)).choice_temperature
     report: dict[str, dict[str, float]] = {}
-    for label, adapter in (("base", None), ("adapter", Path(args.adapter) if args.adapter else None)):
-        if label == "adapter" and adapter is None:
+    picks: dict[str, list[bool]] = {}
+    runs = [("base", None), ("adapter", Path(args.adapter) if args.adapter else None)]
+    if args.plain_prefix:  # the NPC's persona and history without the adapter, the decision with it
+        runs.append(("mixed", Path(args.adapter)))
+    for label, adapter in runs:
+        if label != "base" and adapter is None:
             continue
         s = Scorer(model, adapter, args.threads)
         for name, items in sets.items():
             t0 = time.time()
             right, p_right = [], []
             for it in items:
-                loglik = s.score(it.stem, it.options)
-                prior = s.score(it.prior_stem, it.options)
+                cut = _common(it.stem, it.prior_stem) if label == "mixed" else 0
+                loglik = s.score(it.stem, it.options, cut)
+                prior = s.score(it.prior_stem, it.options, cut)
                 z = (loglik - PRIOR_WEIGHT * prior) / temperature
                 p = np.exp(z - z.max())
                 p /= p.sum()
                 right.append(int(p.argmax()) == it.label)
                 p_right.append(float(p[it.label]))
             n = len(items)
+            picks[f"{label}/{name}"] = right
             acc = 100 * float(np.mean(right))
             report[f"{label}/{name}"] = {"n": n, "acc": acc, "margin": 100 / math.sqrt(n),
                                          "mean_p_right": float(np.mean(p_right))}
             print(f"{label:8s} {name:10s} n={n:4d} acc {acc:5.1f} ±{100 / math.sqrt(n):.1f}  "
                   f"mean p(right) {np.mean(p_right):.3f}  ({time.time() - t0:.0f}s)", flush=True)
+    for name in sets:
+        if f"adapter/{name}" in picks:  # paired: the items only one of the two got right
+            gained = sum(a and not b for a, b in zip(picks[f"adapter/{name}"], picks[f"base/{name}"]))
+            lost = sum(b and not a for a, b in zip(picks[f"adapter/{name}"], picks[f"base/{name}"]))
+            report[f"paired/{name}"] = {"gained": gained, "lost": lost, "sign_test_p": _sign_test(gained, lost)}
+            print(f"{name}: the adapter gets {gained} items right that the model alone got wrong, and {lost} "
+                  f"the other way (two-sided sign test p = {_sign_test(gained, lost):.3f})")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """The stem and its prior's common start: the persona and its first exchange, up to the user turn."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _sign_test(gained: int, lost: int) -> float:
+    """Two-sided exact sign test (McNemar's, exact) on the discordant items."""
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(0, min(gained, lost) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
 
 
 def main() -> None:
@@ -352,6 +424,8 @@ def main() -> None:
     s.add_argument("--data", default=str(quality.data_dir()))
     s.add_argument("--only", nargs="*")
     s.add_argument("--json")
+    s.add_argument("--plain-prefix", action="store_true",
+                   help="also score with the persona and first exchange evaluated without the adapter")
     s.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     {"train": train, "check": check, "score": score}[args.cmd](args)
