@@ -21,7 +21,7 @@ Scored on data it never saw: the 170 game test items, COPA's test split (500), a
 
 Needs ``pip install torch==2.13.0 transformers peft gguf`` (not npcai's own dependencies). Run:
 
-    python bench/train_decision_lora.py train --out /tmp/lora      # ~10 min on 2 cores
+    python bench/train_decision_lora.py train --out /tmp/lora --items 999    # ~12 min on 2 cores
     python bench/train_decision_lora.py score --adapter /tmp/lora/decision-lora.gguf
 
 The figures are in docs/QUALITY.md ("A decision adapter").
@@ -110,6 +110,9 @@ def _train_questions(data: Path, n_copa: int) -> list[quality.Question]:
         d = json.loads(line)
         out.append(quality.Question(f"train-{d['id']}", "", tuple(d["options"]), d["label"], d["situation"], "",
                                     d["persona"], d["role"]))
+    if not (data / "quality" / "copa_dev.jsonl").is_file():
+        print(f"COPA skipped: no {data / 'quality' / 'copa_dev.jsonl'} (pass --data DIR)", flush=True)
+        return out
     return out + _copa(data)[0][:n_copa]
 
 
@@ -124,10 +127,15 @@ def _copa(data: Path) -> tuple[list[quality.Question], list[quality.Question]]:
 def eval_sets(data: Path, model: Model) -> dict[str, list[Item]]:
     """The held-out sets: game test, COPA test, and the bench's seeded 300-item PIQA and ARC-Easy samples."""
     folder = data / "quality"
-    sets = {"game": quality.game("test"),
-            "copa_test": quality.usable(_copa(data)[1]),
-            "piqa": quality.sample(quality.usable(quality.piqa(folder)), 300),
-            "arc_easy": quality.sample(quality.usable(quality.arc_easy(folder)), 300)}
+    sets = {"game": quality.game("test")}
+    missing = [f for f in ("copa_dev.jsonl", "copa_test.jsonl", "piqa_valid.jsonl", "arc_easy_test.jsonl")
+               if not (folder / f).is_file()]
+    if missing:
+        print(f"public sets skipped: no {folder / missing[0]} (pass --data DIR)", flush=True)
+    else:
+        sets.update({"copa_test": quality.usable(_copa(data)[1]),
+                     "piqa": quality.sample(quality.usable(quality.piqa(folder)), 300),
+                     "arc_easy": quality.sample(quality.usable(quality.arc_easy(folder)), 300)})
     return {k: [_item(model, q) for q in v] for k, v in sets.items()}
 
 
@@ -150,7 +158,8 @@ def train(args: argparse.Namespace) -> None:
     net = get_peft_model(hf, config)
     net.print_trainable_parameters()
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
-    plan = {"steps": args.epochs * len(items)}  # cut to what --minutes allows once the speed is known
+    # cut to what --minutes allows once the speed is known, unless --items fixes it (reproducible)
+    plan = {"steps": args.items or args.epochs * len(items)}
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / plan["steps"]))
     rng = random.Random(0)
@@ -161,7 +170,7 @@ def train(args: argparse.Namespace) -> None:
         rng.shuffle(order)
         total = right = 0.0
         for n, i in enumerate(order):
-            if step == 30:
+            if step == 30 and not args.items:
                 per_item = (time.time() - t0) / step
                 plan["steps"] = min(plan["steps"], int(args.minutes * 60 / per_item))
                 print(f"{per_item:.2f} s per item: training {plan['steps']} items", flush=True)
@@ -398,7 +407,7 @@ def _sign_test(gained: int, lost: int) -> float:
     n = gained + lost
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, k) for k in range(0, min(gained, lost) + 1)) / 2 ** n
+    tail = sum(math.comb(n, k) for k in range(min(gained, lost) + 1)) / 2 ** n
     return min(1.0, 2 * tail)
 
 
@@ -417,6 +426,8 @@ def main() -> None:
     t.add_argument("--mlp", action="store_true", help="adapt the MLP projections too")
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--minutes", type=float, default=12, help="training time budget")
+    t.add_argument("--items", type=int, default=0, help="items to train on (0: as many as --minutes allow); "
+                   "docs/QUALITY.md's adapter: 999")
     c = sub.add_parser("check")
     c.add_argument("--out", required=True)
     s = sub.add_parser("score")
