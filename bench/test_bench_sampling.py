@@ -1,9 +1,34 @@
-"""Each numba sampling kernel against the numpy version it replaces, on real vocabulary sizes."""
+"""Each numba sampling kernel against the numpy version it replaces, on real vocabulary sizes, and the same
+kernel compiled ahead of time as `npcai bundle` ships it (numba.pycc: no numba or LLVM at run time)."""
+
+import importlib.util
+import sys
 
 import numpy as np
 import pytest
 
+from npcai.bundle.kernels import MODULE, compile_sampling
 from npcai.model.sampling import NO_MASK, sample_token, sample_token_numpy
+
+
+def _ahead_of_time():
+    """The bundle's kernel, compiled once per session into a temporary folder."""
+    import tempfile
+    from pathlib import Path
+
+    built = compile_sampling(Path(tempfile.mkdtemp(prefix="npcai-aot-")))
+    spec = importlib.util.spec_from_file_location(MODULE, built)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules.setdefault(MODULE, module)
+    return module.sample_token
+
+
+def sample_token_aot(*args):
+    global _aot
+    if "_aot" not in globals():
+        _aot = _ahead_of_time()
+    return _aot(*args)
 
 VOCABS = {"smollm2": 49_152, "gemma3": 262_144}
 
@@ -21,7 +46,7 @@ def _case(vocab: int, masked: bool):
 
 @pytest.mark.parametrize("vocab", VOCABS.values(), ids=VOCABS.keys())
 @pytest.mark.parametrize("masked", [False, True], ids=["free", "masked"])
-@pytest.mark.parametrize("impl", [sample_token, sample_token_numpy], ids=["numba", "numpy"])
+@pytest.mark.parametrize("impl", [sample_token, sample_token_aot, sample_token_numpy], ids=["numba", "aot", "numpy"])
 def test_sample_top_k_top_p(benchmark, impl, vocab, masked):
     logits, mask = _case(vocab, masked)
     tok = benchmark(impl, logits, mask, 0.7, 40, 0.95, 0.37)
@@ -29,7 +54,7 @@ def test_sample_top_k_top_p(benchmark, impl, vocab, masked):
 
 
 @pytest.mark.parametrize("vocab", VOCABS.values(), ids=VOCABS.keys())
-@pytest.mark.parametrize("impl", [sample_token, sample_token_numpy], ids=["numba", "numpy"])
+@pytest.mark.parametrize("impl", [sample_token, sample_token_aot, sample_token_numpy], ids=["numba", "aot", "numpy"])
 def test_greedy_masked(benchmark, impl, vocab):
     logits, mask = _case(vocab, True)
     tok = benchmark(impl, logits, mask, 0.0, 0, 1.0, 0.0)

@@ -1,4 +1,4 @@
-"""The `npcai` command: serve, demo, chat, models, bench.
+"""The `npcai` command: serve, demo, chat, models, bench, bundle.
 
 User mistakes end with one clear line on stderr and a non-zero exit code, never a traceback.
 """
@@ -223,11 +223,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0,
                    help="compute threads for the sidecar and every baseline (default: all cores)")
     p.set_defaults(func=cmd_bench)
+
+    p = _one_line_errors(sub.add_parser("bundle", help="build a self-contained sidecar folder to ship with a game"))
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to create (npcai-sidecar inside)")
+    p.add_argument("--model", action="append", metavar="SPEC",
+                   help=f"NAME|PATH or ROLE=NAME|PATH to ship (repeatable; default: {catalog.DEFAULT_MODEL})")
+    p.add_argument("--force", action="store_true", help="replace DIR if it already holds a bundle")
+    p.set_defaults(func=cmd_bundle)
     return parser
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from npcai.bundle.builder import build_bundle
+
+    build_bundle(Path(args.out), args.model or [], force=args.force)
+    return 0
+
+
+def serve_main(argv: list[str], prog: str = "npcai serve") -> int:
+    """`npcai serve` alone, without the other commands and what they import (the bundled sidecar's entry)."""
+    p = _one_line_errors(argparse.ArgumentParser(prog=prog, description="run the npcai sidecar"))
+    _add_settings(p)
+    p.set_defaults(func=cmd_serve)
+    return _run(p.parse_args(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return _run(build_parser().parse_args(argv))
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args) or 0
     except NpcaiError as err:

@@ -22,22 +22,25 @@ from npcai.protocol import READY_PREFIX
 class Sidecar:
     """A running ``npcai serve`` child, stopped on ``close()`` (or when this process dies).
 
-    ``args`` are ``npcai serve`` flags. With ``--token`` or ``--connection-file`` among them,
+    ``args`` are ``npcai serve`` flags. ``program`` is the command standing for ``npcai serve``: a bundled
+    sidecar's executable (``npcai bundle``), for instance; by default this Python's ``-m npcai serve``. ``env``
+    adds to this process's environment, or with ``inherit_env=False`` is the child's whole environment. With ``--token`` or ``--connection-file`` among them,
     ``token`` holds the secret clients must send (read back from the connection file).
     After a crash, ``restart()`` starts a fresh sidecar with the same flags.
     """
 
-    def __init__(self, *args: str, timeout: float = 300.0, env: dict[str, str] | None = None):
+    def __init__(self, *args: str, timeout: float = 300.0, env: dict[str, str] | None = None,
+                 program: list[str] | None = None, inherit_env: bool = True):
         self.args = args
         self._timeout = timeout
-        self._env = env
+        self._env = {**(os.environ if inherit_env else {}), **(env or {})}
+        self._program = program or [sys.executable, "-m", "npcai", "serve"]
         self.token: str | None = _flag(args, "--token")
         self._start()
 
     def _start(self) -> None:
-        cmd = [sys.executable, "-m", "npcai", "serve", "--parent-pid", str(os.getpid()), *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(self._env or {})})
+        cmd = [*self._program, "--parent-pid", str(os.getpid()), *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self._env)
         self.stderr_tail: deque[str] = deque(maxlen=50)
         threading.Thread(target=self._drain_stderr, args=(self.proc, self.stderr_tail), daemon=True).start()
         self.endpoint = self._wait_ready(self._timeout)

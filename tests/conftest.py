@@ -40,3 +40,11 @@ def brom(client, village):
     """A freshly (re)defined blacksmith NPC; returns its id."""
     client.npc("brom", village["npcs"]["brom"]["persona"], seed=11)
     return "brom"
+
+
+@pytest.fixture(scope="session")
+def bundle(model_path):
+    """The default model's self-contained sidecar folder (npcai bundle), built once and cached across runs."""
+    from bundled import built_bundle
+
+    return built_bundle(model_path)

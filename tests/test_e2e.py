@@ -10,6 +10,7 @@ import msgpack
 import pytest
 
 from npcai import Client, RequestFailed
+from npcai.sidecar.jobs.grammar import MAX_STRING_TOKENS
 
 
 def collect(client: Client, handle, timeout: float = 60.0):
@@ -144,6 +145,16 @@ ACTION = re.compile(r"(attack|flee|follow|guard|trade|talk|give (gold|potion|swo
                     r"( (player|stranger|guard|merchant|nobody))?")
 EMOTE = re.compile(r"\[(happy|sad|angry|afraid|surprised|disgusted|neutral|smug):[1-5]\]")
 
+
+def test_an_open_ended_json_string_ends_once_it_runs_long(client):
+    """A string its schema leaves open (maxLength 1024, as in a JSONSchemaBench schema) ends where it
+    may after MAX_STRING_TOKENS tokens: SmolLM2 otherwise writes ".2052.2053.2054..." up to the cap."""
+    schema = {"anyOf": [{"type": "string", "maxLength": 1024}, {"type": "boolean"}, {"type": "number"},
+                        {"type": "null"}]}
+    reply = client.decide("Fill in an example record for this game's data.", schema=schema, max_tokens=512,
+                          temperature=0.0)
+    assert reply["finish_reason"] == "stop" and not reply["used_fallback"], reply
+    assert isinstance(reply["value"], str) and reply["tokens"] <= MAX_STRING_TOKENS + 2, reply
 
 @pytest.mark.parametrize("grammar, pattern", [("action", ACTION), ("emote.gbnf", EMOTE)])
 def test_decide_with_a_shipped_grammar_matches_it_under_sampling(client, grammar, pattern):

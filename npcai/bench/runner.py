@@ -1,7 +1,7 @@
 """`npcai bench`: macro-benchmarks, each side by side with what a developer would otherwise use.
 
 One module per item (transport, decisions, dialogue, many, mixed, cancel, ahead, weights, kv, frame,
-quality); ``harness.Bench`` holds what they share, ``report`` the table. This module runs the items.
+quality, startup); ``harness.Bench`` holds what they share, ``report`` the table. This module runs the items.
 
 Every comparison runs in the same process run on the same machine: the sidecar (a
 child process, as a game would run it) against llama-cpp-python's high-level API or
@@ -36,7 +36,8 @@ from npcai.bench.weights import run as run_weights
 from npcai.client import Client
 from npcai.errors import NpcaiError
 
-ITEMS = ("transport", "decision", "dialogue", "many", "mixed", "cancel", "ahead", "weights", "kv", "frame", "quality")
+ITEMS = ("transport", "decision", "dialogue", "many", "mixed", "cancel", "ahead", "weights", "kv", "frame", "quality",
+         "startup")
 
 
 def _quality(b: Bench, c: Client) -> None:
@@ -79,6 +80,11 @@ def run_items(b: Bench, only: set[str] | None) -> Report:
     if not only or "frame" in only:
         b.say(f"  {b.model}: frame…")
         run_frame(b)
+    if only and "startup" in only:  # builds a bundle (the bundle extra): runs only when named
+        from npcai.bench.startup import run as run_startup
+
+        b.say(f"  {b.model}: startup…")
+        run_startup(b)
     return b.report
 
 

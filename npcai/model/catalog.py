@@ -87,6 +87,16 @@ CATALOG: dict[str, CatalogModel] = {
 
 DEFAULT_MODEL = "smollm2-135m"
 
+#: Set in a bundled sidecar (npcai bundle): catalog names resolve to the files shipped in this folder,
+#: and nothing is ever pulled or converted on the player's machine.
+_bundled_dir: Path | None = None
+
+
+def use_bundled(models_dir: Path) -> None:
+    """Resolve catalog names to the models shipped in ``models_dir`` only."""
+    global _bundled_dir
+    _bundled_dir = models_dir
+
 
 def entry_for(path: Path) -> CatalogModel | None:
     """The catalog entry a model file came from, if any."""
@@ -120,6 +130,12 @@ def is_pulled(name: str) -> bool:
 
 def resolve(spec: str, *, pull_missing: bool = True, out: TextIO | None = None) -> Path:
     """Turn a catalog name or a local path into the path of a GGUF file to run."""
+    if spec in CATALOG and _bundled_dir is not None:
+        shipped = _bundled_dir / CATALOG[spec].run_filename
+        if not shipped.is_file():
+            raise ModelError(f"model {spec!r} is not in this bundle: {shipped} is missing "
+                             f"(bundle it with: npcai bundle --model {spec})")
+        return shipped
     if spec in CATALOG:
         if not is_pulled(spec):
             if not pull_missing:
@@ -139,6 +155,8 @@ def pull(name: str, *, out: TextIO | None = None) -> Path:
     """Fetch, assemble and verify a catalog model (and convert it where it runs converted);
     return the path of the file that runs."""
     model = _entry(name)
+    if _bundled_dir is not None or getattr(sys, "frozen", False):  # sys.executable is the sidecar, not Python
+        raise ModelError(f"model {name!r} cannot be pulled by a bundled sidecar: bundle it with npcai bundle")
     out = out if out is not None else sys.stderr
     target = cached_path(name)
     target.parent.mkdir(parents=True, exist_ok=True)

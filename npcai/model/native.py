@@ -11,7 +11,6 @@ import ctypes
 import struct
 import sys
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 
 import llama_cpp as L
@@ -42,23 +41,18 @@ def _init_backend() -> None:
         L.llama_log_set(_quiet_log, ctypes.c_void_p(0))
 
 
-def _has_amx(cpu_features: Mapping[str, bool]) -> bool:
-    return bool(cpu_features.get("amx-int8"))
+def _has_amx(system_info: bytes) -> bool:
+    """Whether llama.cpp was built with its AMX kernels (``llama_print_system_info`` lists AMX_INT8): only
+    such a build has the AMX weight buffer. Asked of llama.cpp itself, on every platform, without loading
+    LLVM (the bundled sidecar ships none)."""
+    return b"AMX_INT8 = 1" in system_info
 
 
-def _cpu_features() -> Mapping[str, bool]:
-    """This CPU's features as LLVM names them (numba's llvmlite asks the CPU and the OS, on every
-    platform a game runs on)."""
-    import llvmlite.binding as llvm
-
-    return llvm.get_host_cpu_features()
-
-
-# llama.cpp moves weights into an AMX buffer on CPUs that have AMX (Xeon Sapphire Rapids and
-# later), and its AMX matmul then crashes the process on the first step of two tokens or more
-# (ggml-org/llama.cpp#20824, still open; seen here with llama-cpp-python 0.3.36 on both models).
-# Where the CPU has AMX, weights stay in plain CPU buffers: a little slower, never a crash.
-_USE_EXTRA_BUFFERS = not _has_amx(_cpu_features())
+# llama.cpp moves weights into an AMX buffer where it was built for a CPU with AMX (Xeon Sapphire
+# Rapids and later), and its AMX matmul then crashes the process on the first step of two tokens or
+# more (ggml-org/llama.cpp#20824, still open; seen here with llama-cpp-python 0.3.36 on both models).
+# Where that buffer exists, weights stay in plain CPU buffers: a little slower, never a crash.
+_USE_EXTRA_BUFFERS = not _has_amx(L.llama_print_system_info())
 
 
 def model_params():

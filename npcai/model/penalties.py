@@ -49,6 +49,14 @@ def forbid(mask: np.ndarray, tokens: np.ndarray) -> None:
         mask[:] = rest
 
 
+def prefer(mask: np.ndarray, tokens: np.ndarray) -> None:
+    """Keep only ``tokens`` (a packed bitmask like ``mask``) in ``mask``, in place, where the grammar
+    allows any of them; else leave it as it is."""
+    only = mask & tokens
+    if only.any():
+        mask[:] = only
+
+
 def token_mask(n_vocab: int, tokens: list[int]) -> np.ndarray:
     """``tokens`` as a packed bitmask: 32 tokens per int32 word, lowest bit first (llguidance's layout)."""
     bits = np.zeros((n_vocab + 31) // 32 * 32, dtype=np.uint64)

@@ -69,10 +69,9 @@ class Runtime:
         self.cost = StepCost()
         self.sentence_end_tokens = sorted({toks[0] for text in SENTENCE_ENDS
                                            if len(toks := self.text_tokens(text)) == 1})
-        # Which tokens are digits: a scan of the vocabulary (0.3 s on Gemma's 262k), off the start-up path.
-        self._digit_mask = self.compiler.run_in_background(
-            lambda: penalties.token_mask(self.n_vocab,
-                                         [t for t, p in enumerate(self.model.all_pieces()) if p.isdigit()]))
+        # Which tokens are digits, and which hold a double quote: a scan of the vocabulary (0.3 s on
+        # Gemma's 262k), off the start-up path.
+        self._vocab_masks = self.compiler.run_in_background(self._scan_vocabulary)
         self.choice_priors = choices.PriorCache()  # options' priors for decisions, by option set
         self.choice_temperature = choice_temperature  # probs' temperature, fitted per model
         self._flash_attn = flash_attn
@@ -90,10 +89,20 @@ class Runtime:
                                         flash_attn=self._flash_attn, main=self.ctx)
         return self._scorer
 
+    def _scan_vocabulary(self) -> dict[str, np.ndarray]:
+        pieces = self.model.all_pieces()
+        return {"digits": penalties.token_mask(self.n_vocab, [t for t, p in enumerate(pieces) if p.isdigit()]),
+                "quotes": penalties.token_mask(self.n_vocab, [t for t, p in enumerate(pieces) if b'"' in p])}
+
     @property
     def digit_mask(self) -> np.ndarray:
         """The tokens that are all digits, as a packed bitmask (see ``penalties.forbid``)."""
-        return self._digit_mask.result()
+        return self._vocab_masks.result()["digits"]
+
+    @property
+    def quote_mask(self) -> np.ndarray:
+        """The tokens that hold a double quote, which in JSON ends a string (see ``penalties.prefer``)."""
+        return self._vocab_masks.result()["quotes"]
 
     def estimate_s(self, n_tokens: int) -> float:
         """What a step of ``n_tokens`` is expected to cost, by the steps measured so far."""
@@ -252,8 +261,8 @@ class Runtime:
         return self.ctx.logits(row, self.n_vocab)
 
     def close(self) -> None:
-        if not self._digit_mask.cancel():
-            self._digit_mask.exception()  # a scan under way reads the vocabulary: let it end before the model goes
+        if not self._vocab_masks.cancel():
+            self._vocab_masks.exception()  # a scan under way reads the vocabulary: let it end before the model goes
         self.compiler.close()
         self.batch.close()
         if self._scorer is not None:

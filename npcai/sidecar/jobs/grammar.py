@@ -14,6 +14,11 @@ from npcai.sidecar.npc import Npc
 #: Digits in a row after which a constrained value's number must end: tiny models write digits
 #: until the token cap where a schema leaves a number's fraction open (JSONSchemaBench: 8 of 120).
 MAX_NUMBER_DIGITS = 12
+#: Tokens after which a JSON string ends at the first place its schema lets it: tiny models fill a
+#: string up to the token cap where its pattern is open-ended ("^test|prod$", an unanchored "^[a-z]+:")
+#: or its maxLength is large (JSONSchemaBench: 6 of 120). About 250 characters: past any
+#: default bound (32), and past most text a game asks for.
+MAX_STRING_TOKENS = 64
 
 
 class GrammarDecideJob(Decision):
@@ -29,6 +34,8 @@ class GrammarDecideJob(Decision):
         self.generated: list[int] = []
         self.forced = 0
         self._digits = 0  # digits sampled in a row: the number being written
+        self._json = "schema" in req.fields  # a double quote ends a string only in JSON
+        self._unquoted = 0  # tokens since the last one holding a double quote: the string being written
 
     def ready(self) -> bool:
         if not self.compiled.done():
@@ -63,6 +70,8 @@ class GrammarDecideJob(Decision):
         st.fill_mask(self.rt.mask)
         if self._digits >= MAX_NUMBER_DIGITS:  # a number this long ends now (wherever the grammar lets it)
             penalties.forbid(self.rt.mask, self.rt.digit_mask)
+        if self._json and self._unquoted >= MAX_STRING_TOKENS:  # a string this long ends now (where it may)
+            penalties.prefer(self.rt.mask, self.rt.quote_mask)
         logits = self.rt.logits(lane.rows[-1])
         penalties.dry(logits, self.generated)  # loops inside open values end before the cap
         tok = int(sample_token(logits, self.rt.mask, self.temperature, self.top_k, self.top_p, self.rng.random()))
@@ -75,6 +84,7 @@ class GrammarDecideJob(Decision):
         self.generated.append(tok)
         piece = self.rt.model.piece(tok)
         self._digits = self._digits + len(piece) if piece.isdigit() else 0
+        self._unquoted = self._after_quote([tok])
         forced = st.forced() if not st.stopped else []
         room = self.max_tokens - len(self.generated)
         if len(forced) > room:  # forced tokens count towards max_tokens too
@@ -85,11 +95,19 @@ class GrammarDecideJob(Decision):
                 return self._done(None, self._text(), len(self.generated), "error")
         self.generated.extend(forced)
         self.forced += len(forced)
+        self._unquoted = self._after_quote(forced)
         if st.stopped:  # a trailing forced suffix is never evaluated
             return self._finish_text()
         if len(self.generated) >= self.max_tokens:
             return self._done(None, self._text(), len(self.generated), "length")
         lane.pending = [tok, *forced]
+
+    def _after_quote(self, tokens: list[int]) -> int:
+        """``_unquoted`` after ``tokens``: reset by a token that holds a double quote."""
+        n = self._unquoted
+        for tok in tokens:
+            n = 0 if b'"' in self.rt.model.piece(tok) else n + 1
+        return n
 
     def _text(self) -> str:
         return self.rt.detokenize(self.generated)

@@ -8,7 +8,7 @@ namespace NpcAi.Tests
 {
     /// <summary>
     /// Against a real `npcai serve` started by the bridge's launcher (interpreter from NPCAI_PYTHON,
-    /// default python3, run as `-m npcai` from the repository root). The cases share one client
+    /// default python3, run as `-m npcai` from the repository root; or NPCAI_SIDECAR, a bundled npcai-sidecar). The cases share one client
     /// and run in order, like a play session; every wait is bounded.
     /// </summary>
     public static class EndToEndTests
@@ -39,10 +39,11 @@ namespace NpcAi.Tests
         public static SidecarOptions Sidecar(bool readyFile = false)
         {
             string python = Environment.GetEnvironmentVariable("NPCAI_PYTHON");
+            string bundled = Environment.GetEnvironmentVariable("NPCAI_SIDECAR");  // a bundled npcai-sidecar
             return new SidecarOptions
             {
-                Command = string.IsNullOrEmpty(python) ? "python3" : python,
-                CommandArgs = new[] { "-m", "npcai" },
+                Command = !string.IsNullOrEmpty(bundled) ? bundled : string.IsNullOrEmpty(python) ? "python3" : python,
+                CommandArgs = !string.IsNullOrEmpty(bundled) ? new string[0] : new[] { "-m", "npcai" },
                 WorkingDirectory = Vectors.RepoRoot(),
                 UseReadyFile = readyFile,
                 ReadyTimeoutMs = 120000,
@@ -58,7 +59,10 @@ namespace NpcAi.Tests
         static void LaunchFailureReportsStderr()
         {
             var options = Sidecar();
-            options.CommandArgs = new[] { "-c", "import sys; sys.stderr.write('npcai: model missing\\n'); sys.exit(2)" };
+            if (options.CommandArgs.Length == 0)  // the bundled sidecar, given a model file that is not there
+                options.ServeArgs = new[] { "--model", "model missing.gguf" };
+            else
+                options.CommandArgs = new[] { "-c", "import sys; sys.stderr.write('npcai: model missing\\n'); sys.exit(2)" };
             var failing = new NpcAiClient();
             string reason = null;
             failing.Disconnected += (c, r) => reason = r;
@@ -351,8 +355,12 @@ namespace NpcAi.Tests
                 foreach (var script in new[] { inGame, onPath })
                 {
                     Directory.CreateDirectory(Path.GetDirectoryName(script));
-                    File.WriteAllText(script, "#!/bin/sh\nexec '" + python + "' -m npcai serve \"$@\"\n");
-                    using (var chmod = Process.Start(new ProcessStartInfo("chmod", "755 \"" + script + "\"") { UseShellExecute = false }))
+                    string bundled = Environment.GetEnvironmentVariable("NPCAI_SIDECAR");  // set: start the real bundle
+                    File.WriteAllText(script, string.IsNullOrEmpty(bundled)
+                        ? "#!/bin/sh\nexec '" + python + "' -m npcai serve \"$@\"\n"
+                        : "#!/bin/sh\nexec '" + bundled + "' \"$@\"\n");
+                    string chmodProgram = File.Exists("/bin/chmod") ? "/bin/chmod" : "chmod";  // PATH may be bare
+                    using (var chmod = Process.Start(new ProcessStartInfo(chmodProgram, "755 \"" + script + "\"") { UseShellExecute = false }))
                         chmod.WaitForExit();
                 }
                 Environment.SetEnvironmentVariable("PATH", bin + Path.PathSeparator + savedPath);

@@ -1,5 +1,5 @@
 // End to end against a real sidecar (libzmq ROUTER, real model), started by the Launcher with
-// `$NPCAI_PYTHON -m npcai serve` (default python3) and driven like a game loop: poll(), then a
+// `$NPCAI_PYTHON -m npcai serve` (default python3; `$NPCAI_SIDECAR serve` when set: a bundled sidecar) and driven like a game loop: poll(), then a
 // short sleep. The cases share one sidecar and run in order; a watchdog ends a hung run.
 //
 //   npcai_e2e_tests [CASE...]
@@ -74,8 +74,13 @@ struct Events : npcai::Listener {
 
 npcai::LauncherConfig sidecar_config() {
   npcai::LauncherConfig config;
+  const char* bundled = std::getenv("NPCAI_SIDECAR");  // a bundled npcai-sidecar: no interpreter
   const char* python = std::getenv("NPCAI_PYTHON");
-  config.command = {python && *python ? python : "python3", "-m", "npcai"};
+  if (bundled && *bundled) {
+    config.command = {bundled};
+  } else {
+    config.command = {python && *python ? python : "python3", "-m", "npcai"};
+  }
   config.client_name = "npcai-unreal-e2e";
   config.ready_timeout_ms = 90000;
   return config;
@@ -393,7 +398,12 @@ CASE(launch_finds_the_bundle_before_path) {
   for (const std::string& d : {root, game, game + "/npcai", bin}) ::mkdir(d.c_str(), 0755);
   const std::string in_game = game + "/npcai/npcai-sidecar", on_path = bin + "/npcai-sidecar";
   for (const std::string& path : {in_game, on_path}) {
-    std::ofstream(path) << "#!/bin/sh\nexec '" << interpreter << "' -m npcai serve \"$@\"\n";
+    const char* bundled = std::getenv("NPCAI_SIDECAR");  // set: the stand-ins start the real bundle
+    if (bundled && *bundled) {
+      std::ofstream(path) << "#!/bin/sh\nexec '" << bundled << "' \"$@\"\n";
+    } else {
+      std::ofstream(path) << "#!/bin/sh\nexec '" << interpreter << "' -m npcai serve \"$@\"\n";
+    }
     REQUIRE(::chmod(path.c_str(), 0755) == 0);
   }
   const char* old_path = std::getenv("PATH");

@@ -1,0 +1,180 @@
+"""`npcai bundle`: a sidecar folder that runs on a player's machine with no Python, compiler or network,
+checks itself against its manifest at start, and writes nothing beside its executable."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bundled import linked_copy, own_copy, player_env
+from npcai import Client, Sidecar
+from npcai.bundle import builder, manifest
+from npcai.errors import NpcaiError
+from support import assert_one_line_failure
+
+pytestmark = pytest.mark.bundle
+
+SYSTEM_LIB_DIRS = ("/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/", "/usr/local/lib/")
+
+
+def _exe(folder: Path) -> str:
+    return str(folder / builder.executable_name())
+
+
+def _start(folder: Path, home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Start the bundled sidecar expecting it to fail before it is ready."""
+    return subprocess.run([_exe(folder), *args], env=player_env(home), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _files(folder: Path) -> dict[str, int]:
+    """Every file and link under ``folder``, with its size (a link: -1)."""
+    return {p.relative_to(folder).as_posix(): -1 if p.is_symlink() else p.stat().st_size
+            for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def test_the_manifest_lists_every_file_the_models_and_the_versions(bundle):
+    data = json.loads((bundle / manifest.NAME).read_text())
+    on_disk = _files(bundle)
+    del on_disk[manifest.NAME]
+    assert {rel: e.get("size", -1) for rel, e in data["files"].items()} == on_disk
+    assert all(len(e["sha256"]) == 64 for e in data["files"].values() if "symlink" not in e)
+    for rel, e in data["files"].items():
+        if "symlink" in e:
+            assert (bundle / rel).resolve().is_relative_to(bundle.resolve()), f"{rel} links out of the bundle"
+    assert data["protocol"] == 1 and data["npcai"] and data["executable"] == builder.executable_name()
+    assert data["platform"]["system"] == platform.system() and data["platform"]["machine"] == platform.machine()
+    dialogue = data["models"]["dialogue"]
+    assert dialogue == {"name": "smollm2-135m", "path": "models/SmolLM2-135M-Instruct.Q4_1-as-Q8_0.gguf",
+                        "license": "Apache-2.0"}
+
+
+def test_the_bundle_carries_the_licences_and_leaves_out_what_the_sidecar_never_imports(bundle):
+    licences = {p.relative_to(bundle / "licenses").as_posix() for p in (bundle / "licenses").rglob("*")}
+    assert {"llama.cpp-MIT.txt", "Apache-2.0.txt", "SmolLM2-NOTICE.txt", "Python-LICENSE.txt"} <= licences
+    for dist in ("numpy", "pyzmq", "llguidance", "msgpack", "llama_cpp_python"):
+        assert any(name.startswith(dist + "/") for name in licences), f"no licence of {dist}"
+    files = set(_files(bundle))
+    for absent in ("numba/", "llvmlite/", "matplotlib/", "/tests/", "/include/"):
+        assert not [f for f in files if absent in "/" + f], f"the bundle holds {absent}"
+    assert not [f for f in files if f.endswith((".h", ".pyi"))]
+    assert [f for f in files if f.startswith("_internal/npcai/model/_sampling_aot")], "no compiled kernel"
+    shipped = Path(__file__).resolve().parent.parent / "grammars"
+    assert sorted(p.name for p in (bundle / "_internal" / "npcai" / "grammars").iterdir()) == \
+        sorted(p.name for p in shipped.glob("*.gbnf"))
+
+
+def test_a_scrubbed_environment_serves_the_python_clients_exchange(bundle, tmp_path):
+    before = _files(bundle)
+    home = tmp_path / "home"
+    with Sidecar("--threads", "1", program=[_exe(bundle)], env=player_env(home), inherit_env=False,
+                 timeout=120) as sidecar, Client(sidecar.endpoint) as npc:
+        hello = npc.hello("bundle-test")
+        assert hello["protocol"] == 1 and hello["pid"] == sidecar.pid
+        assert [(m["role"], m["name"]) for m in hello["models"]] == [("dialogue", "smollm2-135m")], hello["models"]
+        npc.npc("brom", "You are Brom, the gruff village blacksmith.", seed=3)
+        chunks: list[str] = []
+        line = npc.say("brom", "Can you fix my sword?", max_tokens=12, on_token=chunks.append)
+        assert line["text"] and "".join(chunks) == line["text"]
+        decided = npc.decide("A thief runs past the forge.", npc="brom", choices=["chase", "shout", "ignore"])
+        assert decided["value"] in ("chase", "shout", "ignore") and decided["used_fallback"] is False
+        by_grammar = npc.decide("The player insults your mother.", grammar="emote", seed=5)
+        assert by_grammar["value"] and by_grammar["used_fallback"] is False
+        loaded = _mapped_libraries(sidecar.pid)
+    foreign = [lib for lib in loaded if not lib.startswith(str(bundle) + "/") and not lib.startswith(SYSTEM_LIB_DIRS)]
+    assert not foreign, f"libraries loaded from outside the bundle and the system: {foreign}"
+    assert not [lib for lib in loaded if "site-packages" in lib or "/python3" in lib.split("/_internal/")[0]]
+    assert any(lib.endswith("/libllama.so") and lib.startswith(str(bundle)) for lib in loaded)
+    assert _files(bundle) == before, "the sidecar wrote beside its executable"
+    assert list((home / ".cache" / "npcai" / "bundles").glob("*.json")), "no verification record in the user cache"
+
+
+def _mapped_libraries(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/maps") as f:
+        return sorted({line.split()[-1] for line in f if ".so" in line.split()[-1]})
+
+
+def test_a_truncated_model_fails_at_start_in_one_line(bundle, tmp_path):
+    copy = linked_copy(bundle, tmp_path / "game" / "npcai")
+    model = copy / "models" / "SmolLM2-135M-Instruct.Q4_1-as-Q8_0.gguf"
+    data = model.read_bytes()
+    model.unlink()
+    model.write_bytes(data[: len(data) // 2])
+    failed = _start(copy, tmp_path / "home")
+    assert_one_line_failure(failed, "models/SmolLM2-135M-Instruct.Q4_1-as-Q8_0.gguf")
+    assert "truncated" in failed.stderr
+
+
+def test_a_corrupted_library_is_caught_even_after_a_verified_start(bundle, tmp_path):
+    copy = linked_copy(bundle, tmp_path / "game" / "npcai")
+    home = tmp_path / "home"
+    assert _start(copy, home, "--endpoint", "bad").returncode == 2  # verified, then stopped by the bad flag
+    library = copy / "_internal" / "llama_cpp" / "lib" / "libllama.so"
+    own_copy(library)
+    raw = bytearray(library.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # same size, one byte off
+    library.write_bytes(bytes(raw))
+    failed = _start(copy, home)
+    assert_one_line_failure(failed, "_internal/llama_cpp/lib/libllama.so is corrupted")
+
+
+def test_a_bundle_without_its_model_names_the_missing_file(bundle, tmp_path):
+    copy = linked_copy(bundle, tmp_path / "game" / "npcai")
+    (copy / "models" / "SmolLM2-135M-Instruct.Q4_1-as-Q8_0.gguf").unlink()
+    failed = _start(copy, tmp_path / "home")
+    assert_one_line_failure(failed, "models/SmolLM2-135M-Instruct.Q4_1-as-Q8_0.gguf is missing")
+
+
+def test_a_catalog_model_that_was_not_bundled_is_named_and_never_pulled(bundle, tmp_path):
+    failed = _start(bundle, tmp_path / "home", "--model", "decision=gemma3-270m")
+    assert_one_line_failure(failed, "is not in this bundle")
+    assert "gemma-3-270m-q4_k_m.gguf" in failed.stderr and "pulling" not in failed.stderr
+
+
+def test_the_executable_takes_serves_flags_with_or_without_the_word_serve(bundle, tmp_path):
+    shown = subprocess.run([_exe(bundle), "--help"], env=player_env(tmp_path), capture_output=True, text=True,
+                           timeout=60)
+    assert shown.returncode == 0 and "--parent-pid" in shown.stdout and "--n-ctx" in shown.stdout
+    assert_one_line_failure(_start(bundle, tmp_path, "serve", "--no-such-flag"), "--no-such-flag")
+
+
+def test_verified_files_are_remembered_by_size_and_mtime(tmp_path, monkeypatch):
+    root = tmp_path / "bundle"
+    (root / "models").mkdir(parents=True)
+    (root / "models" / "m.gguf").write_bytes(b"GGUF" + bytes(4096))
+    (root / "npcai-sidecar").write_bytes(b"\x7fELF")
+    manifest.write(root, models={"dialogue": {"name": None, "path": "models/m.gguf", "license": "?"}},
+                   versions={"npcai": "0", "protocol": 1})
+    cache = tmp_path / "cache.json"
+    hashed: list[Path] = []
+    real_sha = manifest._sha256
+    monkeypatch.setattr(manifest, "_sha256", lambda p: hashed.append(p) or real_sha(p))
+    manifest.verify(manifest.read(root), cache=cache)
+    assert len(hashed) == 2
+    hashed.clear()
+    manifest.verify(manifest.read(root), cache=cache)
+    assert hashed == [], "an unchanged file was hashed again"
+    (root / "models" / "m.gguf").write_bytes(b"GGUF" + bytes(4095) + b"\x01")  # same size, new mtime
+    with pytest.raises(manifest.BundleError, match="models/m.gguf is corrupted"):
+        manifest.verify(manifest.read(root), cache=cache)
+
+
+def test_bundle_without_pyinstaller_says_how_to_get_it(tmp_path):
+    hide = ("import sys\n"
+            "sys.modules['PyInstaller'] = None  # as if it were not installed\n"
+            "from npcai.cli import main\n"
+            f"sys.exit(main(['bundle', '--out', {str(tmp_path / 'out')!r}]))\n")
+    failed = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=60)
+    assert_one_line_failure(failed, 'needs PyInstaller: pip install "npcai[bundle]"')
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unsupported_platform_is_refused_with_the_same_hint(monkeypatch):
+    monkeypatch.setattr(platform, "machine", lambda: "sparc64")
+    with pytest.raises(NpcaiError, match=r'does not support .* on sparc64.*pip install "npcai\[bundle\]"'):
+        builder.check_can_build()
