@@ -147,6 +147,22 @@ def test_local_and_remote_roles_mix(engine):
         assert said["event"] == "done" and said["text"]
 
 
+def test_a_remote_catalog_model_scores_choices_as_the_same_model_does_locally_at_its_fitted_temperature(engine):
+    """The server serves the catalog model's file: the remote role takes its fitted temperature, and
+    its probs are the local role's (the same prompt, options and prior, scored by another process)."""
+    with Sidecar("--model", "decision=smollm2-135m", "--model", f"dialogue={engine.url}") as sc, \
+            Client(sc.endpoint) as c:
+        models = {m["role"]: m for m in c.hello("pytest")["models"]}
+        assert models["dialogue"]["choice_temperature"] == models["decision"]["choice_temperature"] > 1
+        c.npc("brom", PERSONA)
+        for situation, options in (("A thief grabs a sword from your forge.", ["chase the thief", "go to sleep"]),
+                                   ("A dragon lands in the square.", ["fight", "flee", "hide in the forge"])):
+            here = c.call("decide", npc="brom", situation=situation, choices=options, timeout=120)["probs"]
+            there = c.call("decide", npc="brom", role="dialogue", situation=situation, choices=options,
+                           timeout=300)["probs"]
+            assert there == pytest.approx(here, abs=0.02), (there, here)
+
+
 def test_choices_need_the_served_models_template_else_bad_request_naming_it(model_path):
     with LlamaServer(model_path, extra=("--model_alias", "smol")) as server, \
             Sidecar("--model", f"decision={server.url}") as sc, Client(sc.endpoint) as c:

@@ -23,7 +23,7 @@ import numpy as np
 
 from npcai import protocol as P
 from npcai.errors import NpcaiError, Unavailable
-from npcai.model import choices
+from npcai.model import catalog, choices
 from npcai.model.constraints import ConstraintCompiler
 from npcai.remote import template
 from npcai.remote.engines import llamacpp, sglang, vllm
@@ -57,7 +57,7 @@ class RemoteRole:
         self._grammars = SimpleNamespace(grammar_dir=grammar_dir)  # what ConstraintCompiler.source_for reads
         self._render = (template.renderer(self.served.chat_template, self.served.bos_token, self.served.eos_token,
                                           self.served.model) if self.adapter.needs_template else None)
-        self.choice_temperature = choices.DEFAULT_TEMPERATURE  # no fitted temperature for a remote model
+        self.choice_temperature = fitted_temperature(self.served.model)
         self.priors = choices.PriorCache()
         self._writing: dict[str, asyncio.Lock] = {}  # one say at a time per NPC, in arrival order
 
@@ -188,6 +188,18 @@ class RemoteRole:
         path, body, rooted = self.adapter.score(self.name, scoring, prompt, option)
         resp = await (self.upstream.post_root(path, body) if rooted else self.upstream.post(path, body))
         return self.adapter.option_logprob(resp, option)
+
+
+def fitted_temperature(model: str) -> float:
+    """The catalog's fitted choice temperature when the server serves a catalog model: its GGUF file
+    (llama.cpp's servers name a model by its path) or its catalog name (an alias such as
+    ``--model_alias smollm2-135m``). A choice scored remotely is the same quantity as locally (the
+    same prompt, the options' summed log-probabilities, the same content-free prior), so the
+    temperature fitted for the model applies. Any other name (vLLM's Hugging Face ids, other
+    weights) gets the default: its scores were never fitted, and a name alone cannot say which
+    weights are behind it."""
+    entry = catalog.CATALOG.get(model) or catalog.entry_for(Path(model))
+    return entry.choice_temperature if entry is not None else choices.DEFAULT_TEMPERATURE
 
 
 def _usage(usage: dict) -> dict[str, int]:
