@@ -27,7 +27,9 @@ LONG = "Tell me a long story about your forge."
 
 @pytest.fixture(scope="module")
 def engine(model_path):
-    with LlamaServer(model_path) as server:
+    # By default llama-cpp-python's server ends the stream in flight early when another request
+    # arrives (``interrupt_requests``); a server for many players queues them instead.
+    with LlamaServer(model_path, extra=("--interrupt_requests", "false")) as server:
         yield server
 
 
