@@ -3,8 +3,11 @@ OpenAI-compatible server (``python -m llama_cpp.server``) on loopback, with the 
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
 import time
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -17,6 +20,7 @@ from npcai.remote.llama_server import LlamaServer, free_port  # noqa: E402
 from support import assert_one_line_failure, run_cli  # noqa: E402
 
 PERSONA = "You are Brom, the blacksmith. You answer in one short sentence."
+GRAMMARS = Path(__file__).resolve().parents[1] / "grammars"
 SCHEMA = {"type": "object", "properties": {"price": {"type": "integer"}}, "required": ["price"]}
 
 
@@ -143,6 +147,22 @@ def test_local_and_remote_roles_mix(engine):
         assert said["event"] == "done" and said["text"]
 
 
+def test_a_remote_catalog_model_scores_choices_as_the_same_model_does_locally_at_its_fitted_temperature(engine):
+    """The server serves the catalog model's file: the remote role takes its fitted temperature, and
+    its probs are the local role's (the same prompt, options and prior, scored by another process)."""
+    with Sidecar("--model", "decision=smollm2-135m", "--model", f"dialogue={engine.url}") as sc, \
+            Client(sc.endpoint) as c:
+        models = {m["role"]: m for m in c.hello("pytest")["models"]}
+        assert models["dialogue"]["choice_temperature"] == models["decision"]["choice_temperature"] > 1
+        c.npc("brom", PERSONA)
+        for situation, options in (("A thief grabs a sword from your forge.", ["chase the thief", "go to sleep"]),
+                                   ("A dragon lands in the square.", ["fight", "flee", "hide in the forge"])):
+            here = c.call("decide", npc="brom", situation=situation, choices=options, timeout=120)["probs"]
+            there = c.call("decide", npc="brom", role="dialogue", situation=situation, choices=options,
+                           timeout=300)["probs"]
+            assert there == pytest.approx(here, abs=0.02), (there, here)
+
+
 def test_choices_need_the_served_models_template_else_bad_request_naming_it(model_path):
     with LlamaServer(model_path, extra=("--model_alias", "smol")) as server, \
             Sidecar("--model", f"decision={server.url}") as sc, Client(sc.endpoint) as c:
@@ -164,3 +184,64 @@ def test_a_malformed_url_or_unknown_engine_fails_at_start_in_one_line(url, needl
 def test_an_unreachable_engine_fails_at_start_in_one_line():
     url = f"http://127.0.0.1:{free_port()}/v1"
     assert_one_line_failure(run_cli("serve", "--model", f"dialogue={url}"), "cannot reach the server")
+
+
+class _Watched(list):
+    """An NPC's history that notes which thread changes it, and how."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changes: list[tuple[str, str, int]] = []
+
+    def append(self, item) -> None:
+        self.changes.append((threading.current_thread().name, "append", 1))
+        super().append(item)
+
+    def extend(self, items) -> None:
+        items = list(items)
+        self.changes.append((threading.current_thread().name, "extend", len(items)))
+        super().extend(items)
+
+
+def test_a_remote_say_adds_its_exchange_on_the_engine_thread_in_one_step(engine):
+    """NPC state belongs to the engine thread (observe, forget, save and local jobs run there): the
+    remote loop hands the exchange over rather than changing the history itself."""
+    from npcai import protocol as P
+    from npcai.cli import model_roles
+    from npcai.remote.role import Hub
+    from npcai.sidecar.npc import Npc
+
+    calls: queue.SimpleQueue = queue.SimpleQueue()
+
+    def engine_thread() -> None:
+        while (fn := calls.get()) is not None:
+            fn()
+
+    worker = threading.Thread(target=engine_thread, name="engine", daemon=True)
+    worker.start()
+    hub = Hub(model_roles([f"dialogue={engine.url}"]), GRAMMARS, connections=2, client_tokens_per_s=0,
+              on_engine=calls.put)
+    try:
+        npc = Npc("brom", PERSONA, messages=_Watched())
+        replies: queue.SimpleQueue = queue.SimpleQueue()
+        for rid, text in enumerate(["Can you fix my sword?", "How much?"], 1):
+            req = P.parse_request({"v": 1, "id": rid, "op": "say", "npc": "brom", "text": text, "max_tokens": 6},
+                                  b"c", time.monotonic())
+            hub.submit(hub.roles["dialogue"], req, npc, replies.put)
+        done = _until_done(replies, 2)
+    finally:
+        hub.close()
+        calls.put(None)
+    assert [d["id"] for d in done] == [1, 2] and all(d["used_fallback"] is False for d in done)
+    assert npc.messages.changes == [("engine", "extend", 2), ("engine", "extend", 2)]
+    assert npc.messages == [("user", "Can you fix my sword?"), ("assistant", done[0]["text"]),
+                            ("user", "How much?"), ("assistant", done[1]["text"])]
+
+
+def _until_done(replies: "queue.SimpleQueue", n: int) -> list[dict]:
+    done: list[dict] = []
+    while len(done) < n:
+        reply = replies.get(timeout=120)
+        if reply["event"] != "token":
+            done.append(reply)
+    return done

@@ -189,3 +189,19 @@ def test_a_clients_token_rate_holds_its_stream_back_once_its_second_of_burst_is_
 
 def test_no_token_rate_means_no_wait():
     assert FairGate(slots=1).delay(b"a", 10_000, now=0.0) == 0
+
+
+# --- the fitted choice temperature ------------------------------------------------------------------
+@pytest.mark.parametrize("served, fitted", [
+    ("/srv/models/SmolLM2-135M-Instruct.Q4_1-as-Q8_0.gguf", True),  # llama.cpp servers name the file
+    ("/srv/models/SmolLM2-135M-Instruct.Q4_1.gguf", True),
+    ("smollm2-135m", True),  # served under the catalog name as its alias
+    ("HuggingFaceTB/SmolLM2-135M-Instruct", False),  # vLLM's id: which weights is not known
+    ("smol", False),
+])
+def test_a_served_catalog_model_gets_its_fitted_choice_temperature_any_other_the_default(served, fitted):
+    from npcai.model import catalog, choices
+    from npcai.remote.role import fitted_temperature
+
+    expected = catalog.CATALOG["smollm2-135m"].choice_temperature if fitted else choices.DEFAULT_TEMPERATURE
+    assert fitted_temperature(served) == expected

@@ -26,8 +26,11 @@ class LlamaServer:
     """``python -m llama_cpp.server --model PATH --host 127.0.0.1 --port P``, stopped on ``stop()``."""
 
     def __init__(self, model: Path, *, port: int = 0, threads: int = 0, extra: tuple[str, ...] = (),
-                 timeout: float = 120.0):
-        self.model, self.port, self.extra, self.timeout = model, port or free_port(), extra, timeout
+                 timeout: float = 120.0, log: Path | None = None):
+        """``threads`` bounds both its generation and its prompt threads (llama-cpp-python's server
+        would take every core for prompts); ``log``: a file for its verbose output, which reports
+        the prefix it reused for each prompt ("Llama.generate: N prefix-match hit")."""
+        self.model, self.port, self.extra, self.timeout, self.log = model, port or free_port(), extra, timeout, log
         self.threads = threads or max(1, (os.cpu_count() or 2) - 1)
         self.proc: subprocess.Popen | None = None
 
@@ -36,10 +39,15 @@ class LlamaServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> "LlamaServer":
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--host", "127.0.0.1",
-             "--port", str(self.port), "--n_threads", str(self.threads), *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out = open(self.log, "ab") if self.log is not None else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--host", "127.0.0.1",
+                 "--port", str(self.port), "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads),
+                 *self.extra], stdout=out, stderr=subprocess.STDOUT if self.log is not None else subprocess.DEVNULL)
+        finally:
+            if self.log is not None:
+                out.close()  # the child holds its own copy
         end = time.monotonic() + self.timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:

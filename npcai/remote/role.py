@@ -11,6 +11,7 @@ one without gets the error ``unavailable``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import threading
 import time
@@ -22,7 +23,7 @@ import numpy as np
 
 from npcai import protocol as P
 from npcai.errors import NpcaiError, Unavailable
-from npcai.model import choices
+from npcai.model import catalog, choices
 from npcai.model.constraints import ConstraintCompiler
 from npcai.remote import template
 from npcai.remote.engines import llamacpp, sglang, vllm
@@ -33,6 +34,7 @@ from npcai.sidecar.jobs import DECIDE_DEFAULTS, SAY_DEFAULTS, decide_prompt
 from npcai.sidecar.npc import DEFAULT_LEAD, Npc
 
 Emit = Callable[[dict[str, Any]], None]
+OnEngine = Callable[[Callable[[], None]], None]  # runs a function on the engine thread (Engine.call_soon)
 
 ADAPTERS = {m.NAME: m.Adapter for m in (llamacpp, vllm, sglang)}
 MAX_REQUEST_S = 120.0  # the longest a request without a deadline may take
@@ -46,15 +48,16 @@ def _wire(messages: list[tuple[str, str]]) -> list[dict[str, str]]:
 class RemoteRole:
     """The "runtime" of a role served by an engine: same ops, same replies, the model work elsewhere."""
 
-    def __init__(self, remote: Remote, upstream: Upstream, grammar_dir: Path):
+    def __init__(self, remote: Remote, upstream: Upstream, grammar_dir: Path, on_engine: OnEngine):
         self.spec, self.served = remote.spec, remote.served
+        self._on_engine = on_engine
         self.name = self.served.model
         self.adapter = ADAPTERS[self.served.engine]()
         self.upstream = upstream
         self._grammars = SimpleNamespace(grammar_dir=grammar_dir)  # what ConstraintCompiler.source_for reads
         self._render = (template.renderer(self.served.chat_template, self.served.bos_token, self.served.eos_token,
                                           self.served.model) if self.adapter.needs_template else None)
-        self.choice_temperature = choices.DEFAULT_TEMPERATURE  # no fitted temperature for a remote model
+        self.choice_temperature = fitted_temperature(self.served.model)
         self.priors = choices.PriorCache()
         self._writing: dict[str, asyncio.Lock] = {}  # one say at a time per NPC, in arrival order
 
@@ -91,11 +94,25 @@ class RemoteRole:
             if reason is None:
                 raise Unavailable(f"the engine at {self.spec.base_url} ended the stream without a finish reason")
             text = "".join(pieces)
-            npc.messages.append(("user", f["text"]))
-            npc.messages.append(("assistant", text))
-        emit(P.done(req.id, text=text, value=text, tokens=int(usage.get("completion_tokens") or len(pieces)),
-                    finish_reason="length" if reason == "length" else "stop", timed_out=False, used_fallback=False,
-                    timing=clock.timing(), usage=_usage(usage)))
+            recorded = self._record(npc, [("user", f["text"]), ("assistant", text)])
+            emit(P.done(req.id, text=text, value=text, tokens=int(usage.get("completion_tokens") or len(pieces)),
+                        finish_reason="length" if reason == "length" else "stop", timed_out=False,
+                        used_fallback=False, timing=clock.timing(), usage=_usage(usage)))
+            await asyncio.wrap_future(recorded)  # the NPC's next say reads the history with this turn in it
+
+    def _record(self, npc: Npc, turn: list[tuple[str, str]]) -> concurrent.futures.Future:
+        """Add an exchange to the NPC's history on the engine thread, the only one that changes NPC
+        state (observe, forget, load and local jobs run there), as one step: nothing lands between
+        its two messages. Queued before ``done`` goes out, so whatever the game sends after seeing
+        ``done`` finds the exchange in place. This thread only reads the history, by copying it."""
+        recorded: concurrent.futures.Future = concurrent.futures.Future()
+
+        def add() -> None:
+            npc.messages.extend(turn)
+            recorded.set_result(None)
+
+        self._on_engine(add)
+        return recorded
 
     # --- decide -----------------------------------------------------------------------------------
     async def decide(self, req: P.Request, npc: Npc, emit: Emit, clock: "_Clock", gate: FairGate) -> None:
@@ -173,6 +190,18 @@ class RemoteRole:
         return self.adapter.option_logprob(resp, option)
 
 
+def fitted_temperature(model: str) -> float:
+    """The catalog's fitted choice temperature when the server serves a catalog model: its GGUF file
+    (llama.cpp's servers name a model by its path) or its catalog name (an alias such as
+    ``--model_alias smollm2-135m``). A choice scored remotely is the same quantity as locally (the
+    same prompt, the options' summed log-probabilities, the same content-free prior), so the
+    temperature fitted for the model applies. Any other name (vLLM's Hugging Face ids, other
+    weights) gets the default: its scores were never fitted, and a name alone cannot say which
+    weights are behind it."""
+    entry = catalog.CATALOG.get(model) or catalog.entry_for(Path(model))
+    return entry.choice_temperature if entry is not None else choices.DEFAULT_TEMPERATURE
+
+
 def _usage(usage: dict) -> dict[str, int]:
     return {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
             "completion_tokens": int(usage.get("completion_tokens") or 0)}
@@ -205,7 +234,7 @@ class Hub:
     """The remote roles of one sidecar, their loop thread, connections and fair share."""
 
     def __init__(self, remotes: dict[str, Remote], grammar_dir: Path, *, connections: int,
-                 client_tokens_per_s: float):
+                 client_tokens_per_s: float, on_engine: OnEngine):
         self.loop = asyncio.new_event_loop()
         self.gate = FairGate(connections, client_tokens_per_s)
         upstreams: dict[tuple[str, str], Upstream] = {}
@@ -215,7 +244,7 @@ class Hub:
             if key not in upstreams:
                 upstreams[key] = Upstream(remote.spec.base_url, remote.key, root=remote.spec.root,
                                           max_connections=connections)
-            self.roles[role] = RemoteRole(remote, upstreams[key], grammar_dir)
+            self.roles[role] = RemoteRole(remote, upstreams[key], grammar_dir, on_engine)
         self._upstreams = list(upstreams.values())
         self._tasks: dict[int, tuple[P.Request, asyncio.Task]] = {}
         self.counters = {"requests": 0, "failed": 0, "cancelled": 0}

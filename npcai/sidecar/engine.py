@@ -71,7 +71,7 @@ class Engine:
             from npcai.remote.role import Hub  # httpx only where a role is remote
 
             self.hub = Hub(remotes, Path(settings.grammar_dir), connections=settings.remote_connections,
-                           client_tokens_per_s=settings.client_tokens_per_s)
+                           client_tokens_per_s=settings.client_tokens_per_s, on_engine=self.call_soon)
         local = load_runtimes(settings, {role: m for role, m in models.items() if not isinstance(m, Remote)})
         self.runtimes: dict[str, Runtime | RemoteRole] = {
             role: self.hub.roles[role] if isinstance(m, Remote) else local[role] for role, m in models.items()}
@@ -81,6 +81,7 @@ class Engine:
         self._anonymous = Npc("", ANONYMOUS_PERSONA)
         self.scheduler = Scheduler()
         self._inbox: queue.SimpleQueue[P.Request] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # see call_soon
         # Cancellations arrive through a queue, and only the engine thread touches the table it fills:
         # id(request) -> (request, expired?, when it was asked), keyed by the request itself, since a
         # client may reuse an id.
@@ -105,6 +106,12 @@ class Engine:
     def submit(self, req: P.Request) -> None:
         self._inbox.put(req)
         self.preemption.arrived(req)
+        self._wake.set()
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the engine thread, before any request that arrives after this call: how
+        another thread (a remote role's loop) changes NPC state, which only the engine thread touches."""
+        self._calls.put(fn)
         self._wake.set()
 
     def dispatch(self, req: P.Request, emit: Callable[[dict[str, Any]], None]) -> None:
@@ -211,6 +218,7 @@ class Engine:
     def _take_inbox(self) -> None:
         self.preemption.taken()
         while True:
+            self._run_calls()  # each time: a call queued before a request is made before it is served
             try:
                 req = self._inbox.get_nowait()
             except queue.Empty:
@@ -226,6 +234,14 @@ class Engine:
                 self.emit(req, P.error(req.id, err))
             except Exception:
                 self._internal(req, None)
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                fn = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            fn()
 
     def _take_cancels(self) -> None:
         """Move the cancellations the socket thread queued into the engine's own table."""
