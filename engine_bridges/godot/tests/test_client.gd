@@ -151,13 +151,15 @@ class Suite:
 		_reply(pipe, {"v": 1, "id": say.id, "event": "token", "text": " Here."})
 		_reply(pipe, {"v": 1, "id": say.id, "event": "sentence", "text": " Here."})
 		_reply(
-			pipe,
-			{"v": 1, "id": say.id, "event": "done", "text": " Aye. Here.", "action": shield}
+			pipe, {"v": 1, "id": say.id, "event": "done", "text": " Aye. Here.", "action": shield}
 		)
 		_drain(client)
 		_check(
 			"say with actions: sentences, then done",
-			heard == [" Aye.", " Here.", "<done>"] and say.sentences == PackedStringArray(heard.slice(0, 2)),
+			(
+				heard == [" Aye.", " Here.", "<done>"]
+				and say.sentences == PackedStringArray(heard.slice(0, 2))
+			),
 			heard
 		)
 		_check(
@@ -170,13 +172,11 @@ class Suite:
 		_reply(pipe, {"v": 1, "id": quiet.id, "event": "done", "text": "Hm.", "action": null})
 		var pick := client.decide_action("brom", "20 gold.", true, {"fallback": shield})
 		_reply(
-			pipe,
-			{"v": 1, "id": pick.id, "event": "done", "value": shield, "probs": {"give": 1.0}}
+			pipe, {"v": 1, "id": pick.id, "event": "done", "value": shield, "probs": {"give": 1.0}}
 		)
 		var fell := client.decide_action("brom", "20 gold.", true, {"fallback": shield})
 		_reply(
-			pipe,
-			{"v": 1, "id": fell.id, "event": "done", "value": shield, "used_fallback": true}
+			pipe, {"v": 1, "id": fell.id, "event": "done", "value": shield, "used_fallback": true}
 		)
 		var plain := client.decide("brom", "Which?", [], {"schema": {"type": "object"}})
 		_reply(pipe, {"v": 1, "id": plain.id, "event": "done", "value": shield})
@@ -195,16 +195,18 @@ class Suite:
 		var seen: Array = []
 		run.step.connect(func(_id: int, e: Dictionary) -> void: seen.append(e.get("as")))
 		var flee := {"name": "flee", "args": {}}
-		_reply(
-			pipe,
-			{"v": 1, "id": run.id, "event": "step", "step": 0, "as": "act", "value": flee}
-		)
+		_reply(pipe, {"v": 1, "id": run.id, "event": "step", "step": 0, "as": "act", "value": flee})
 		_reply(pipe, {"v": 1, "id": run.id, "event": "token", "text": "Go.", "step": 1})
 		_reply(pipe, {"v": 1, "id": run.id, "event": "sentence", "text": "Go.", "step": 1})
 		_reply(
 			pipe,
 			{
-				"v": 1, "id": run.id, "event": "step", "step": 1, "as": "line", "value": "Go.",
+				"v": 1,
+				"id": run.id,
+				"event": "step",
+				"step": 1,
+				"as": "line",
+				"value": "Go.",
 				"action": shield
 			}
 		)

@@ -183,9 +183,7 @@ class Suite:
 		client.chain(m["message.request.chain"]["steps"], {"deadline_ms": 1500})
 		sent.append(pipe.take())
 		var wait := {"name": "wait", "args": {}}
-		client.decide_action(
-			"brom", "20 gold.", ["give"], {"deadline_ms": 500, "fallback": wait}
-		)
+		client.decide_action("brom", "20 gold.", ["give"], {"deadline_ms": 500, "fallback": wait})
 		sent.append(pipe.take())
 		client.act_result("brom", "give", "The customer has the shield.")
 		sent.append(pipe.take())

@@ -159,8 +159,11 @@ class Suite:
 			"required": ["item"],
 		}
 		var actions := [
-			{"name": "give_item", "description": "give the customer what they paid for",
-				"args": give_args},
+			{
+				"name": "give_item",
+				"description": "give the customer what they paid for",
+				"args": give_args
+			},
 			{"name": "refuse", "description": "refuse the deal"},
 		]
 		var persona := "You are Brom, the village blacksmith. You sell swords and shields."
@@ -193,8 +196,11 @@ class Suite:
 		_check("decide with actions: action_requested with a valid name and args", valid, acts)
 		_check(
 			"decide with actions: the value is the action",
-			pick.action() == reply.get("value") and acts.size() == 1
-			and reply.get("value", {}).get("name") == acts[0][1],
+			(
+				pick.action() == reply.get("value")
+				and acts.size() == 1
+				and reply.get("value", {}).get("name") == acts[0][1]
+			),
 			reply
 		)
 		client.action_requested.disconnect(on_act)
@@ -205,18 +211,28 @@ class Suite:
 			_check("act_result: ok", told.get("event") == "ok", told)
 		var steps := [
 			{
-				"op": "decide", "as": "intent", "npc": "godot-smith",
+				"op": "decide",
+				"as": "intent",
+				"npc": "godot-smith",
 				"situation": "A customer asks for a discount on a shield.",
-				"choices": ["haggle", "refuse", "agree"], "fallback": "refuse",
+				"choices": ["haggle", "refuse", "agree"],
+				"fallback": "refuse",
 			},
 			{
-				"op": "say", "as": "line", "npc": "godot-smith",
+				"op": "say",
+				"as": "line",
+				"npc": "godot-smith",
 				"text": "Can I have the shield for less? (You {intent}.)",
-				"max_tokens": 16, "seed": 1, "fallback": "Hm.",
+				"max_tokens": 16,
+				"seed": 1,
+				"fallback": "Hm.",
 			},
 			{
-				"op": "decide", "as": "emotion", "situation": "The blacksmith said: {line}",
-				"choices": ["happy", "angry", "calm"], "fallback": "calm",
+				"op": "decide",
+				"as": "emotion",
+				"situation": "The blacksmith said: {line}",
+				"choices": ["happy", "angry", "calm"],
+				"fallback": "calm",
 			},
 		]
 		var run := client.chain(steps)
@@ -227,8 +243,10 @@ class Suite:
 		_check("chain: done", reply.get("event") == "done", reply)
 		_check(
 			"chain: a step event per step, in order",
-			seen == ["intent", "line", "emotion"]
-			and run.steps.map(func(e: Dictionary) -> Variant: return e.get("step")) == [0, 1, 2],
+			(
+				seen == ["intent", "line", "emotion"]
+				and run.steps.map(func(e: Dictionary) -> Variant: return e.get("step")) == [0, 1, 2]
+			),
 			seen
 		)
 		_check(

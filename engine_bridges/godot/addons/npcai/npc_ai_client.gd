@@ -471,7 +471,12 @@ func _dispatch(parts: Array) -> void:
 
 func _step_asked(req: Request, index: Variant) -> Dictionary:
 	var steps: Variant = req._message.get("steps")
-	if typeof(steps) != TYPE_ARRAY or typeof(index) != TYPE_INT or index < 0 or index >= steps.size():
+	if (
+		typeof(steps) != TYPE_ARRAY
+		or typeof(index) != TYPE_INT
+		or index < 0
+		or index >= steps.size()
+	):
 		return {}
 	return steps[index] if typeof(steps[index]) == TYPE_DICTIONARY else {}
 
