@@ -85,13 +85,13 @@ func _on_player_said(text: String) -> void:
 	await _talk(text, true)
 
 
-func _on_action(npc: String, name: String, args: Dictionary) -> void:
-	var what := "hands over the %s" % args.get("item", "goods") if name == "give_item" else name
+func _on_action(npc: String, action: String, args: Dictionary) -> void:
+	var what := "hands over the %s" % args.get("item", "goods") if action == "give_item" else action
 	_log.append_text("[color=yellow](%s %s)[/color]\n" % [npc.capitalize(), what])
 	var result := "The customer walks away."
-	if name == "give_item":
+	if action == "give_item":
 		result = "The customer takes the %s and leaves happy." % args.get("item")
-	NpcAi.act_result(npc, name, result)
+	NpcAi.act_result(npc, action, result)
 
 
 func _on_sidecar_ready(info: Dictionary) -> void:

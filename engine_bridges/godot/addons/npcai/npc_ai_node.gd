@@ -161,8 +161,8 @@ func decide_action(
 
 
 ## [method NpcAiClient.act_result].
-func act_result(npc: String, name: String, result: String) -> Request:
-	return client.act_result(npc, name, result)
+func act_result(npc: String, action: String, result: String) -> Request:
+	return client.act_result(npc, action, result)
 
 
 ## [method NpcAiClient.chain].
