@@ -178,12 +178,17 @@ class Suite:
 		_reply(
 			pipe, {"v": 1, "id": fell.id, "event": "done", "value": shield, "used_fallback": true}
 		)
+		var listed := client.decide_action("brom", "20 gold.", ["give"])
+		_reply(pipe, {"v": 1, "id": listed.id, "event": "done", "value": shield})
 		var plain := client.decide("brom", "Which?", [], {"schema": {"type": "object"}})
 		_reply(pipe, {"v": 1, "id": plain.id, "event": "done", "value": shield})
 		_drain(client)
 		_check(
-			"only a chosen action fires: not none, a fallback or a schema answer",
-			acts == [["brom", "give", {"item": "shield"}]] and quiet.action() == null,
+			"decide_action acts (all or listed names); not none, a fallback or a schema answer",
+			(
+				acts == [["brom", "give", {"item": "shield"}], ["brom", "give", {"item": "shield"}]]
+				and quiet.action() == null
+			),
 			acts
 		)
 		acts.clear()
@@ -228,10 +233,11 @@ class Suite:
 		_check(
 			"the new ops and fields on the wire",
 			(
-				sent.size() == 6
+				sent.size() == 7
 				and sent[2].get("actions") == true
-				and sent[5].get("op") == "chain"
-				and sent[5].get("steps") == steps
+				and sent[4].get("actions") == ["give"]
+				and sent[6].get("op") == "chain"
+				and sent[6].get("steps") == steps
 			),
 			sent
 		)

@@ -125,10 +125,11 @@ static func action_of(asked: Dictionary, answer: Dictionary) -> Variant:
 	if answer.get("used_fallback", false) == true or answer.get("local", false) == true:
 		return null
 	var wanted: Variant = asked.get("actions")
+	var asks := typeof(wanted) == TYPE_ARRAY or (typeof(wanted) == TYPE_BOOL and wanted)
 	var found: Variant = null
 	if asked.get("op") == "say":
 		found = answer.get("action")
-	elif asked.get("op") == "decide" and wanted != null and wanted != false:
+	elif asked.get("op") == "decide" and asks:
 		found = answer.get("value")
 	if typeof(found) != TYPE_DICTIONARY or typeof(found.get("name")) != TYPE_STRING:
 		return null
