@@ -125,7 +125,7 @@ static func action_of(asked: Dictionary, answer: Dictionary) -> Variant:
 	if answer.get("used_fallback", false) == true or answer.get("local", false) == true:
 		return null
 	var wanted: Variant = asked.get("actions")
-	var asks := typeof(wanted) == TYPE_ARRAY or (typeof(wanted) == TYPE_BOOL and wanted)
+	var asks: bool = typeof(wanted) == TYPE_ARRAY or (typeof(wanted) == TYPE_BOOL and wanted)
 	var found: Variant = null
 	if asked.get("op") == "say":
 		found = answer.get("action")
