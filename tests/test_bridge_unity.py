@@ -34,14 +34,16 @@ UNIT_CASES = [
     "codec.rejects_oversized_containers", "codec.fuzz_only_msgpack_exceptions",
     "zmtp.greeting_vector", "zmtp.ready_vectors", "zmtp.frame_vectors", "zmtp.dealer_handshake_in_pieces",
     "zmtp.dealer_rejects_non_router", "zmtp.dealer_connect_refused", "zmtp.parse_endpoint",
-    "client.unconnected_requests_end_on_poll", "client.scripted_replies", "client.poll_is_bounded",
+    "client.unconnected_requests_end_on_poll", "client.scripted_replies", "client.actions_sentences_steps",
+    "client.poll_is_bounded",
     "client.cancel", "client.silent_sidecar_deadlines", "client.connect_refused", "client.hello_refused",
     "client.budget_encoding", "client.frame_reports", "client.report_frame_allocates_nothing",
     "launcher.join_arguments", "launcher.find_bundle_order",
 ]
 E2E_CASES = [
     "e2e.launch_failure_reports_stderr", "e2e.launch_and_hello", "e2e.npc", "e2e.say_streams_tokens",
-    "e2e.decide_choices", "e2e.decide_schema", "e2e.cancel_mid_stream", "e2e.deadline_fallback",
+    "e2e.decide_choices", "e2e.decide_schema", "e2e.action_decided_and_reported", "e2e.chain_steps_and_results",
+    "e2e.cancel_mid_stream", "e2e.deadline_fallback",
     "e2e.budget_threads", "e2e.frame_backoff",
     "e2e.connect_to_running_sidecar", "e2e.sidecar_killed_mid_request", "e2e.relaunch_and_hello",
     "e2e.dispose_shuts_sidecar_down", "e2e.ready_file_launch", "e2e.bundle_before_path",

@@ -3,7 +3,26 @@ extends Control
 ## Grik the goblin decides (choices, 150 ms deadline). Uses only the public API of the
 ## [code]NpcAi[/code] autoload; copy it into a project where the npcai plugin is enabled.
 ## It works even while the sidecar is starting or missing: every request has a deadline
-## and a fallback, so the scene never waits longer than that.
+## and a fallback, so the scene never waits longer than that.[br]
+## Brom can also act: he declares two actions, and after each line the player types (try
+## "Here are 20 gold pieces for your best shield.") he may take one;
+## [signal NpcAiNode.action_requested] carries it out and [method NpcAiNode.act_result]
+## tells him what came of it.
+
+## What Brom may do after a line: hand over what was paid for, or refuse.
+const BROM_ACTIONS := [
+	{
+		"name": "give_item",
+		"description": "hand the customer the item they paid for",
+		"args":
+		{
+			"type": "object",
+			"properties": {"item": {"enum": ["sword", "shield", "helmet"]}},
+			"required": ["item"],
+		},
+	},
+	{"name": "refuse_sale", "description": "refuse to sell"},
+]
 
 ## Deadline of Brom's lines.
 @export var say_deadline_ms: int = 4000
@@ -17,8 +36,11 @@ extends Control
 func _ready() -> void:
 	NpcAi.sidecar_ready.connect(_on_sidecar_ready)
 	NpcAi.sidecar_failed.connect(_on_sidecar_failed)
+	NpcAi.action_requested.connect(_on_action)
 	NpcAi.define_npc(
-		"brom", "You are Brom, the village blacksmith: gruff but kind. Answer in one sentence."
+		"brom",
+		"You are Brom, the village blacksmith: gruff but kind. Answer in one sentence.",
+		{"actions": BROM_ACTIONS}
 	)
 	NpcAi.define_npc("grik", "You are Grik, a cowardly goblin who loves shiny things.")
 	_input.text_submitted.connect(_on_player_said)
@@ -26,11 +48,12 @@ func _ready() -> void:
 	await _decide("The traveller draws a sword.")
 
 
-func _talk(what: String) -> void:
+func _talk(what: String, may_act: bool = false) -> void:
 	_log.append_text("[b]Brom:[/b] ")
-	var line := NpcAi.say(
-		"brom", what, {"deadline_ms": say_deadline_ms, "fallback": "Hm. Welcome, stranger."}
-	)
+	var options := {"deadline_ms": say_deadline_ms, "fallback": "Hm. Welcome, stranger."}
+	if may_act:
+		options["actions"] = true
+	var line := NpcAi.say("brom", what, options)
 	line.token.connect(_on_token)
 	var reply: Dictionary = await line.wait()
 	if line.used_fallback():
@@ -59,7 +82,16 @@ func _on_token(_id: int, text: String) -> void:
 func _on_player_said(text: String) -> void:
 	_input.clear()
 	_log.append_text("[i]You:[/i] %s\n" % text)
-	await _talk(text)
+	await _talk(text, true)
+
+
+func _on_action(npc: String, action: String, args: Dictionary) -> void:
+	var what := "hands over the %s" % args.get("item", "goods") if action == "give_item" else action
+	_log.append_text("[color=yellow](%s %s)[/color]\n" % [npc.capitalize(), what])
+	var result := "The customer walks away."
+	if action == "give_item":
+		result = "The customer takes the %s and leaves happy." % args.get("item")
+	NpcAi.act_result(npc, action, result)
 
 
 func _on_sidecar_ready(info: Dictionary) -> void:

@@ -27,6 +27,7 @@ class Suite:
 	## Runs every check; a coroutine (awaits frames of [param tree]).
 	func run(tree: SceneTree) -> int:
 		_test_replies()
+		_test_actions_sentences_and_steps()
 		_test_errors_and_strays()
 		_test_cancel()
 		_test_deadline_silent_sidecar()
@@ -130,6 +131,116 @@ class Suite:
 		_reply(pipe, {"v": 1, "id": ok.id, "event": "ok"})
 		_drain(client)
 		_check("ok ends with done", ok.state == Request.State.DONE, ok.state)
+
+	func _test_actions_sentences_and_steps() -> void:
+		var c: Array = _connected()
+		var client: Client = c[0]
+		var pipe: Pipe = c[1]
+		var acts: Array = []
+		client.action_requested.connect(
+			func(npc: String, name: String, args: Dictionary) -> void:
+				acts.append([npc, name, args])
+		)
+		var say := client.say("brom", "A shield!", {"actions": true})
+		var heard: Array[String] = []
+		say.sentence.connect(func(_id: int, t: String) -> void: heard.append(t))
+		say.done.connect(func(_id: int, _r: Dictionary) -> void: heard.append("<done>"))
+		var shield := {"name": "give", "args": {"item": "shield"}}
+		_reply(pipe, {"v": 1, "id": say.id, "event": "token", "text": " Aye."})
+		_reply(pipe, {"v": 1, "id": say.id, "event": "sentence", "text": " Aye."})
+		_reply(pipe, {"v": 1, "id": say.id, "event": "token", "text": " Here."})
+		_reply(pipe, {"v": 1, "id": say.id, "event": "sentence", "text": " Here."})
+		_reply(
+			pipe, {"v": 1, "id": say.id, "event": "done", "text": " Aye. Here.", "action": shield}
+		)
+		_drain(client)
+		_check(
+			"say with actions: sentences, then done",
+			(
+				heard == [" Aye.", " Here.", "<done>"]
+				and say.sentences == PackedStringArray(heard.slice(0, 2))
+			),
+			heard
+		)
+		_check(
+			"say with actions: action_requested(npc, name, args)",
+			acts == [["brom", "give", {"item": "shield"}]] and say.action() == shield,
+			acts
+		)
+		acts.clear()
+		var quiet := client.say("brom", "Hm.", {"actions": ["give"]})
+		_reply(pipe, {"v": 1, "id": quiet.id, "event": "done", "text": "Hm.", "action": null})
+		var pick := client.decide_action("brom", "20 gold.", true, {"fallback": shield})
+		_reply(
+			pipe, {"v": 1, "id": pick.id, "event": "done", "value": shield, "probs": {"give": 1.0}}
+		)
+		var fell := client.decide_action("brom", "20 gold.", true, {"fallback": shield})
+		_reply(
+			pipe, {"v": 1, "id": fell.id, "event": "done", "value": shield, "used_fallback": true}
+		)
+		var listed := client.decide_action("brom", "20 gold.", ["give"])
+		_reply(pipe, {"v": 1, "id": listed.id, "event": "done", "value": shield})
+		var plain := client.decide("brom", "Which?", [], {"schema": {"type": "object"}})
+		_reply(pipe, {"v": 1, "id": plain.id, "event": "done", "value": shield})
+		_drain(client)
+		_check(
+			"decide_action acts (all or listed names); not none, a fallback or a schema answer",
+			(
+				acts == [["brom", "give", {"item": "shield"}], ["brom", "give", {"item": "shield"}]]
+				and quiet.action() == null
+			),
+			acts
+		)
+		acts.clear()
+		var steps := [
+			{"op": "decide", "as": "act", "npc": "grik", "situation": "x", "actions": true},
+			{"op": "say", "as": "line", "npc": "brom", "text": "({act})", "actions": true},
+		]
+		var run := client.chain(steps)
+		var seen: Array = []
+		run.step.connect(func(_id: int, e: Dictionary) -> void: seen.append(e.get("as")))
+		var flee := {"name": "flee", "args": {}}
+		_reply(pipe, {"v": 1, "id": run.id, "event": "step", "step": 0, "as": "act", "value": flee})
+		_reply(pipe, {"v": 1, "id": run.id, "event": "token", "text": "Go.", "step": 1})
+		_reply(pipe, {"v": 1, "id": run.id, "event": "sentence", "text": "Go.", "step": 1})
+		_reply(
+			pipe,
+			{
+				"v": 1,
+				"id": run.id,
+				"event": "step",
+				"step": 1,
+				"as": "line",
+				"value": "Go.",
+				"action": shield
+			}
+		)
+		var results := {"act": flee, "line": "Go."}
+		_reply(pipe, {"v": 1, "id": run.id, "event": "done", "value": results, "results": results})
+		_drain(client)
+		_check(
+			"chain: step events in order, tokens and sentences of its say steps",
+			seen == ["act", "line"] and run.text == "Go." and run.sentences.size() == 1,
+			[seen, run.text]
+		)
+		_check(
+			"chain: each step's action fires with the step's npc",
+			acts == [["grik", "flee", {}], ["brom", "give", {"item": "shield"}]],
+			acts
+		)
+		_check("chain: results()", run.results() == results, run.reply)
+		var sent := _sent(pipe)
+		_check(
+			"the new ops and fields on the wire",
+			(
+				sent.size() == 7
+				and sent[2].get("actions") == true
+				and sent[4].get("actions") == ["give"]
+				and sent[6].get("op") == "chain"
+				and sent[6].get("steps") == steps
+			),
+			sent
+		)
 
 	func _test_errors_and_strays() -> void:
 		events.clear()

@@ -132,7 +132,7 @@ class Suite:
 		for name: String in messages:
 			_roundtrip(MsgPack.new(), name, messages[name])
 
-	## The client builds the request vectors byte for byte (ids 1..7 in this order).
+	## The client builds the request vectors byte for byte (ids 1..12 in this order).
 	func _test_client_frames() -> void:
 		var client := Client.new()
 		client.auto_hello = false
@@ -173,6 +173,20 @@ class Suite:
 		sent.append(pipe.take())
 		client.cancel(4)
 		sent.append(pipe.take())
+		var m := Expected.messages()
+		client.define_npc(
+			"brom", "You are Brom.", {"actions": m["message.request.npc.actions"]["actions"]}
+		)
+		sent.append(pipe.take())
+		client.say("brom", "A shield!", {"actions": true})
+		sent.append(pipe.take())
+		client.chain(m["message.request.chain"]["steps"], {"deadline_ms": 1500})
+		sent.append(pipe.take())
+		var wait := {"name": "wait", "args": {}}
+		client.decide_action("brom", "20 gold.", ["give"], {"deadline_ms": 500, "fallback": wait})
+		sent.append(pipe.take())
+		client.act_result("brom", "give", "The customer has the shield.")
+		sent.append(pipe.take())
 		var names := [
 			"message.request.hello",
 			"message.request.ping",
@@ -181,6 +195,11 @@ class Suite:
 			"message.request.decide.choices",
 			"message.request.decide.schema",
 			"message.request.cancel",
+			"message.request.npc.actions",
+			"message.request.say.actions",
+			"message.request.chain",
+			"message.request.decide.actions",
+			"message.request.act_result",
 		]
 		for i in names.size():
 			var frame := PackedByteArray()
@@ -491,6 +510,24 @@ class Expected:
 		m["message.request.chain"] = {
 			"v": 1, "id": 10, "op": "chain", "steps": steps, "deadline_ms": 1500
 		}
+		m["message.request.decide.actions"] = {
+			"v": 1,
+			"id": 11,
+			"op": "decide",
+			"npc": "brom",
+			"situation": "20 gold.",
+			"actions": ["give"],
+			"deadline_ms": 500,
+			"fallback": {"name": "wait", "args": {}},
+		}
+		m["message.request.act_result"] = {
+			"v": 1,
+			"id": 12,
+			"op": "act_result",
+			"npc": "brom",
+			"name": "give",
+			"result": "The customer has the shield.",
+		}
 		m["message.reply.ok"] = {"v": 1, "id": 2, "event": "ok"}
 		m["message.reply.token"] = {"v": 1, "id": 4, "event": "token", "text": " Aye"}
 		m["message.reply.sentence"] = {"v": 1, "id": 9, "event": "sentence", "text": " Aye."}
@@ -517,6 +554,16 @@ class Expected:
 			"event": "done",
 			"value": {"mood": "calm", "line": "Aye."},
 			"results": {"mood": "calm", "line": "Aye."},
+		}
+		m["message.reply.done.decide.actions"] = {
+			"v": 1,
+			"id": 11,
+			"event": "done",
+			"value": {"name": "give", "args": {"item": "shield"}},
+			"probs": {"give": 1.0},
+		}
+		m["message.reply.step.token"] = {
+			"v": 1, "id": 10, "event": "token", "text": " Aye", "step": 1
 		}
 		var timing := {"queue_ms": 0.5, "prefill_ms": 40.25, "ttft_ms": 41.0, "total_ms": 60.5}
 		m["message.reply.done.say"] = {

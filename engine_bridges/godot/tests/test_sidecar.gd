@@ -40,6 +40,7 @@ class Suite:
 		if not client.info.is_empty():
 			await _test_ops()
 			await _test_generation()
+			await _test_actions_and_chain()
 			await _test_deadlines_and_cancel()
 			await _test_errors()
 			await _test_budget_and_frames()
@@ -148,6 +149,119 @@ class Suite:
 			"decide schema: an object that validates",
 			typeof(value) == TYPE_DICTIONARY and value.get("act") in ["a", "b"],
 			obj
+		)
+
+	func _test_actions_and_chain() -> void:
+		var items := ["sword", "shield", "bread"]
+		var give_args := {
+			"type": "object",
+			"properties": {"item": {"enum": items}},
+			"required": ["item"],
+		}
+		var actions := [
+			{
+				"name": "give_item",
+				"description": "give the customer what they paid for",
+				"args": give_args
+			},
+			{"name": "refuse", "description": "refuse the deal"},
+		]
+		var persona := "You are Brom, the village blacksmith. You sell swords and shields."
+		var npc := await _answer(
+			client.define_npc("godot-smith", persona, {"seed": 5, "actions": actions})
+		)
+		_check("npc with actions: ok", npc.get("event") == "ok", npc)
+		var acts: Array = []
+		var on_act := func(who: String, name: String, args: Dictionary) -> void:
+			acts.append([who, name, args])
+		client.action_requested.connect(on_act)
+		var pick := client.decide_action(
+			"godot-smith", "A customer hands you 20 gold for a shield.", true
+		)
+		var reply := await _answer(pick)
+		var probs: Dictionary = reply.get("probs", {})
+		_check(
+			"decide with actions: probs over the declared actions",
+			probs.keys().size() == 2 and probs.has("give_item") and probs.has("refuse"),
+			reply
+		)
+		var valid: bool = (
+			acts.size() == 1
+			and acts[0][0] == "godot-smith"
+			and (
+				(acts[0][1] == "give_item" and acts[0][2].get("item") in items)
+				or (acts[0][1] == "refuse" and acts[0][2].is_empty())
+			)
+		)
+		_check("decide with actions: action_requested with a valid name and args", valid, acts)
+		_check(
+			"decide with actions: the value is the action",
+			(
+				pick.action() == reply.get("value")
+				and acts.size() == 1
+				and reply.get("value", {}).get("name") == acts[0][1]
+			),
+			reply
+		)
+		client.action_requested.disconnect(on_act)
+		if not acts.is_empty():
+			var told := await _answer(
+				client.act_result("godot-smith", acts[0][1], "The customer is satisfied.")
+			)
+			_check("act_result: ok", told.get("event") == "ok", told)
+		var steps := [
+			{
+				"op": "decide",
+				"as": "intent",
+				"npc": "godot-smith",
+				"situation": "A customer asks for a discount on a shield.",
+				"choices": ["haggle", "refuse", "agree"],
+				"fallback": "refuse",
+			},
+			{
+				"op": "say",
+				"as": "line",
+				"npc": "godot-smith",
+				"text": "Can I have the shield for less? (You {intent}.)",
+				"max_tokens": 16,
+				"seed": 1,
+				"fallback": "Hm.",
+			},
+			{
+				"op": "decide",
+				"as": "emotion",
+				"situation": "The blacksmith said: {line}",
+				"choices": ["happy", "angry", "calm"],
+				"fallback": "calm",
+			},
+		]
+		var run := client.chain(steps)
+		var seen: Array = []
+		run.step.connect(func(_id: int, e: Dictionary) -> void: seen.append(e.get("as")))
+		reply = await _answer(run, 60000)
+		var results := run.results()
+		_check("chain: done", reply.get("event") == "done", reply)
+		_check(
+			"chain: a step event per step, in order",
+			(
+				seen == ["intent", "line", "emotion"]
+				and run.steps.map(func(e: Dictionary) -> Variant: return e.get("step")) == [0, 1, 2]
+			),
+			seen
+		)
+		_check(
+			"chain: results fed forward",
+			(
+				results.get("intent") in ["haggle", "refuse", "agree"]
+				and results.get("emotion") in ["happy", "angry", "calm"]
+				and results.get("line") == run.steps[1].get("value")
+			),
+			results
+		)
+		_check(
+			"chain: the say step streamed its line",
+			run.text != "" and run.text == results.get("line") or run.steps[1].get("used_fallback"),
+			[run.text, results]
 		)
 
 	func _test_deadlines_and_cancel() -> void:

@@ -34,6 +34,13 @@ signal session_failed(code: String, message: String)
 signal stray_reply(reply: Dictionary)
 ## The sidecar's back-off level (0-3) changed, as a [code]frame[/code] reply told.
 signal backoff_changed(level: int)
+## An NPC chose to act: the [code]done[/code] of a [code]say[/code] or [code]decide[/code] with
+## [code]actions[/code] (or such a step of a [code]chain[/code]) names one of its declared
+## actions, [param args] valid against that action's schema. Fires right before the request's
+## own [signal NpcAiRequest.done] (for a chain, right after the step's
+## [signal NpcAiRequest.step]); never for a fallback. Tell the NPC what came of it with
+## [method act_result].
+signal action_requested(npc: String, name: String, args: Dictionary)
 
 const PROTOCOL_VERSION := 1
 const MsgPack := preload("npc_ai_msg_pack.gd")
@@ -214,14 +221,20 @@ func ping() -> Request:
 	return request("ping")
 
 
-## [code]npc[/code]: defines (or redefines) an NPC; [param options]: role, seed, ...
+## [code]npc[/code]: defines (or redefines) an NPC; [param options]: role, seed, examples,
+## and [code]actions[/code], what the NPC may do: an Array of
+## [code]{"name": String, "description": String, "args": Dictionary}[/code], [code]args[/code]
+## a JSON schema of its arguments (e.g. enums of item ids). A bad action fails with
+## [code]bad_request[/code] naming it.
 func define_npc(npc: String, persona: String, options: Dictionary = {}) -> Request:
 	return request("npc", _fields({"npc": npc, "persona": persona}, options))
 
 
 ## [code]say[/code]: the NPC answers [param text]; streamed as [signal NpcAiRequest.token].
 ## [param options]: max_tokens, temperature, top_k, top_p, seed, stream, stop,
-## deadline_ms, fallback, priority, role.
+## deadline_ms, fallback, priority, role, and [code]actions[/code] ([code]true[/code] or an
+## Array of action names): after the line the NPC may act ([signal action_requested]).
+## Sentences also come as [signal NpcAiRequest.sentence].
 func say(npc: String, text: String, options: Dictionary = {}) -> Request:
 	return request("say", _fields({"npc": npc, "text": text}, options))
 
@@ -237,6 +250,35 @@ func decide(npc: String, situation: String, choices: Array, options: Dictionary 
 	if not choices.is_empty():
 		fields["choices"] = choices
 	return request("decide", _fields(fields, options))
+
+
+## [code]decide[/code] with [code]actions[/code]: which of its declared actions the NPC takes
+## ([param actions]: [code]true[/code] for all, or an Array of names), and with what arguments.
+## The reply's value is [code]{"name", "args"}[/code], its [code]probs[/code] each action's
+## probability; [signal action_requested] fires. [param options] as for [method decide]
+## ([code]lead[/code], deadline_ms, fallback...).
+func decide_action(
+	npc: String, situation: String, actions: Variant = true, options: Dictionary = {}
+) -> Request:
+	var fields := {"npc": npc, "situation": situation, "actions": actions}
+	return request("decide", _fields(fields, options))
+
+
+## [code]act_result[/code]: tells the NPC what came of its action [param name] (answered at
+## once); its next line can refer to it.
+func act_result(npc: String, name: String, result: String) -> Request:
+	return request("act_result", {"npc": npc, "name": name, "result": result})
+
+
+## [code]chain[/code]: runs [param steps] (an Array of Dictionaries: a [code]decide[/code],
+## [code]say[/code], [code]observe[/code] or [code]route[/code] request's fields plus
+## [code]op[/code] and [code]as[/code]; [code]{name}[/code] in a string field is an earlier
+## step's value) in one request. Each finished step comes as [signal NpcAiRequest.step], say
+## steps stream [signal NpcAiRequest.token] and [signal NpcAiRequest.sentence], and the
+## [code]done[/code] carries [code]results[/code] ([method NpcAiRequest.results]).
+## [param options]: deadline_ms (for the whole chain), fallback, priority.
+func chain(steps: Array, options: Dictionary = {}) -> Request:
+	return request("chain", _fields({"steps": steps}, options))
 
 
 ## [code]observe[/code]: the NPC witnesses [param text] (answered at once).
@@ -414,10 +456,35 @@ func _dispatch(parts: Array) -> void:
 			stray_reply.emit(reply)
 	elif event == "token":
 		req._deliver_token(str(reply.get("text", "")))
+	elif event == "sentence":
+		req._deliver_sentence(str(reply.get("text", "")))
+	elif event == "step":
+		req._deliver_step(reply)
+		_request_action(_step_asked(req, reply.get("step")), reply)
 	elif _TERMINAL.has(event):
 		_open.erase(req.id)
 		_on_end(req, reply)
+		if event == "done":
+			_request_action(req._message, reply)
 		req._end(reply)
+
+
+func _step_asked(req: Request, index: Variant) -> Dictionary:
+	var steps: Variant = req._message.get("steps")
+	if (
+		typeof(steps) != TYPE_ARRAY
+		or typeof(index) != TYPE_INT
+		or index < 0
+		or index >= steps.size()
+	):
+		return {}
+	return steps[index] if typeof(steps[index]) == TYPE_DICTIONARY else {}
+
+
+func _request_action(asked: Dictionary, answer: Dictionary) -> void:
+	var act: Variant = Request.action_of(asked, answer)
+	if act != null:
+		action_requested.emit(str(asked.get("npc", "")), act["name"], act["args"])
 
 
 func _on_end(req: Request, reply: Dictionary) -> void:

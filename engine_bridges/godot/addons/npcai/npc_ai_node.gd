@@ -28,6 +28,9 @@ signal sidecar_lost(reason: String)
 ## The sidecar could not be started or reached, and no more attempts will be made until
 ## [method start] is called again.
 signal sidecar_failed(reason: String)
+## An NPC chose one of its declared actions ([signal NpcAiClient.action_requested]): do it in
+## the game, then tell the NPC what came of it with [method act_result].
+signal action_requested(npc: String, name: String, args: Dictionary)
 
 const Client := preload("npc_ai_client.gd")
 const Launcher := preload("npc_ai_sidecar_launcher.gd")
@@ -95,6 +98,7 @@ func _ready() -> void:
 	client.session_ready.connect(_on_session_ready)
 	client.session_failed.connect(_on_session_failed)
 	client.disconnected.connect(_on_disconnected)
+	client.action_requested.connect(action_requested.emit)
 	launcher.started.connect(_on_launched)
 	launcher.failed.connect(func(reason: String) -> void: push_warning("npcai: " + reason))
 	launcher.gave_up.connect(func(reason: String) -> void: sidecar_failed.emit(reason))
@@ -147,6 +151,23 @@ func say(npc: String, text: String, options: Dictionary = {}) -> Request:
 ## [method NpcAiClient.decide].
 func decide(npc: String, situation: String, choices: Array, options: Dictionary = {}) -> Request:
 	return client.decide(npc, situation, choices, options)
+
+
+## [method NpcAiClient.decide_action].
+func decide_action(
+	npc: String, situation: String, actions: Variant = true, options: Dictionary = {}
+) -> Request:
+	return client.decide_action(npc, situation, actions, options)
+
+
+## [method NpcAiClient.act_result].
+func act_result(npc: String, action: String, result: String) -> Request:
+	return client.act_result(npc, action, result)
+
+
+## [method NpcAiClient.chain].
+func chain(steps: Array, options: Dictionary = {}) -> Request:
+	return client.chain(steps, options)
 
 
 ## [method NpcAiClient.observe].

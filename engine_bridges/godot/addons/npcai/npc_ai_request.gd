@@ -12,8 +12,14 @@ extends RefCounted
 ## request, so connecting or awaiting right after the call never misses the end. Exactly one
 ## of [signal done], [signal failed] and [signal cancelled] fires, then [signal finished].
 
-## A streamed chunk of a [code]say[/code] line.
+## A streamed chunk of a [code]say[/code] line (or of a [code]chain[/code]'s say steps).
 signal token(id: int, text: String)
+## A sentence of a [code]say[/code] line is complete (for text-to-speech and subtitles): the
+## sentences joined are the line. In a [code]chain[/code], the sentences of its say steps.
+signal sentence(id: int, text: String)
+## A [code]chain[/code] step finished: [param event] is the sidecar's [code]step[/code] event
+## ([code]step[/code] index, [code]as[/code], [code]value[/code], [code]used_fallback[/code], ...).
+signal step(id: int, event: Dictionary)
 ## The request succeeded: [param reply] is the sidecar's [code]done[/code] or [code]ok[/code]
 ## reply, or the client's own [code]done[/code] with the fallback when the deadline passed.
 signal done(id: int, reply: Dictionary)
@@ -39,6 +45,10 @@ var text: String = ""
 var reply: Dictionary = {}
 ## The [code]deadline_ms[/code] it was sent with, or -1.
 var deadline_ms: int = -1
+## The [code]sentence[/code] events received so far, in order.
+var sentences: PackedStringArray = PackedStringArray()
+## A [code]chain[/code]'s [code]step[/code] events received so far, in order.
+var steps: Array[Dictionary] = []
 
 var _message: Dictionary = {}
 var _created_usec: int = 0
@@ -63,6 +73,20 @@ func wait() -> Dictionary:
 ## fallback), or null.
 func value() -> Variant:
 	return reply.get("value")
+
+
+## The action the NPC chose, [code]{"name": String, "args": Dictionary}[/code], or null: a
+## [code]say[/code] with [code]actions[/code] carries it in [code]done.action[/code] (null when
+## the NPC just talks), a [code]decide[/code] with [code]actions[/code] as its value. Null when
+## the answer is a fallback: the game chose that, not the NPC.
+func action() -> Variant:
+	return action_of(_message, reply)
+
+
+## A [code]chain[/code]'s results: a map from each step's [code]as[/code] name to its value.
+func results() -> Dictionary:
+	var r: Variant = reply.get("results")
+	return r if typeof(r) == TYPE_DICTIONARY else {}
 
 
 ## True when the answer is the request's fallback (deadline passed, decision incomplete, or
@@ -93,6 +117,35 @@ func cancel() -> bool:
 func _deliver_token(chunk: String) -> void:
 	text += chunk
 	token.emit(id, chunk)
+
+
+## The action in [param answer], the reply to [param asked] (a request, or a chain's step
+## map with its [code]op[/code]), or null: see [method action].
+static func action_of(asked: Dictionary, answer: Dictionary) -> Variant:
+	if answer.get("used_fallback", false) == true or answer.get("local", false) == true:
+		return null
+	var wanted: Variant = asked.get("actions")
+	var asks: bool = typeof(wanted) == TYPE_ARRAY or (typeof(wanted) == TYPE_BOOL and wanted)
+	var found: Variant = null
+	if asked.get("op") == "say":
+		found = answer.get("action")
+	elif asked.get("op") == "decide" and asks:
+		found = answer.get("value")
+	if typeof(found) != TYPE_DICTIONARY or typeof(found.get("name")) != TYPE_STRING:
+		return null
+	if typeof(found.get("args")) != TYPE_DICTIONARY:
+		return null
+	return found
+
+
+func _deliver_sentence(chunk: String) -> void:
+	sentences.append(chunk)
+	sentence.emit(id, chunk)
+
+
+func _deliver_step(event: Dictionary) -> void:
+	steps.append(event)
+	step.emit(id, event)
 
 
 func _end(final_reply: Dictionary) -> void:

@@ -122,6 +122,13 @@ namespace NpcAi
         public event Action<NpcAiClient, string> Disconnected;
         /// <summary>Something odd that did not end a request: an unreadable reply, an error about no request.</summary>
         public event Action<NpcAiClient, string> Warning;
+        /// <summary>
+        /// An NPC chose one of its declared actions (npc, name, args valid against its schema): the done of a
+        /// say or decide with actions, or such a step of a chain. Runs inside Poll(), right before the request's
+        /// Done (for a chain step, right after its Step event); never for a fallback. Carry it out, then tell the
+        /// NPC what came of it with <see cref="ActResult"/>.
+        /// </summary>
+        public event Action<NpcRequest, string, string, IReadOnlyDictionary<string, object>> ActionRequested;
 
         // --- lifecycle ---------------------------------------------------------------------------
 
@@ -279,13 +286,75 @@ namespace NpcAi
             return Submit("npc", encoder.Npc(nextId + 1, npc, persona, role, seed), null);
         }
 
-        /// <summary>A line of dialogue; token chunks stream through the Token event unless options.Stream is false.</summary>
+        /// <summary>
+        /// Defines an NPC with the actions it may take (at most the sidecar's limits.max_actions); a bad action
+        /// (a duplicate name, a schema that does not compile) ends the request with bad_request naming it.
+        /// </summary>
+        public NpcRequest DefineNpc(string npc, string persona, IList<ActionSpec> actions, string role = null,
+                                    long? seed = null)
+        {
+            ThrowIfDisposed();
+            Require(npc, "npc");
+            Require(persona, "persona");
+            Require(actions, "actions");
+            return Submit("npc", encoder.Npc(nextId + 1, npc, persona, role, seed, actions), null);
+        }
+
+        /// <summary>
+        /// A line of dialogue; token chunks stream through the Token event (and whole sentences through
+        /// Sentence) unless options.Stream is false. With options.AllActions or options.Actions the NPC may act
+        /// after the line: request.Action, and <see cref="ActionRequested"/>.
+        /// </summary>
         public NpcRequest Say(string npc, string text, SayOptions options = null)
         {
             ThrowIfDisposed();
             Require(npc, "npc");
             Require(text, "text");
-            return Submit("say", encoder.Say(nextId + 1, npc, text, options), options);
+            var request = Submit("say", encoder.Say(nextId + 1, npc, text, options), options);
+            request.ActionNpc = npc;
+            request.ActionsAsked = options != null && (options.AllActions || options.Actions != null);
+            return request;
+        }
+
+        /// <summary>
+        /// Which of its declared actions the NPC takes now, and with what arguments: among
+        /// <paramref name="actions"/>, or all of them when null. Value is {"name", "args"}, Probs each action's
+        /// probability, request.Action the same, and <see cref="ActionRequested"/> fires. options.Npc is unused.
+        /// </summary>
+        public NpcRequest DecideAction(string npc, string situation, string[] actions = null, DecideOptions options = null)
+        {
+            ThrowIfDisposed();
+            Require(npc, "npc");
+            Require(situation, "situation");
+            var request = Submit("decide", encoder.DecideAction(nextId + 1, npc, situation, actions, options), options);
+            request.ActionNpc = npc;
+            request.ActionsAsked = true;
+            return request;
+        }
+
+        /// <summary>Tells the NPC what came of its action <paramref name="name"/>; its next line can refer to it.</summary>
+        public NpcRequest ActResult(string npc, string name, string result)
+        {
+            ThrowIfDisposed();
+            Require(npc, "npc");
+            Require(name, "name");
+            Require(result, "result");
+            return Submit("act_result", encoder.ActResult(nextId + 1, npc, name, result), null);
+        }
+
+        /// <summary>
+        /// Runs <paramref name="steps"/> in one request (docs/PROTOCOL.md, "Chains"): each an IDictionary with
+        /// "op" (decide, say, observe, route), "as", and that op's fields, where "{name}" in a string field is an
+        /// earlier step's value. Each finished step comes as the Step event, say steps stream Token and Sentence,
+        /// and Results holds each step's value by name. options.DeadlineMs covers the whole chain.
+        /// </summary>
+        public NpcRequest Chain(IList steps, RequestOptions options = null)
+        {
+            ThrowIfDisposed();
+            Require(steps, "steps");
+            var request = Submit("chain", encoder.Chain(nextId + 1, steps, options), options);
+            request.ChainSteps = steps;
+            return request;
         }
 
         /// <summary>Picks one of <paramref name="choices"/>; Probs has every option's probability.</summary>
@@ -606,9 +675,17 @@ namespace NpcAi
                 case ReplyEvent.Token:
                     request.AddToken(reply.Text ?? "");
                     return;
+                case ReplyEvent.Sentence:
+                    request.AddSentence(reply.Text ?? "");
+                    return;
+                case ReplyEvent.Step:
+                    StepEnded(request);
+                    return;
                 case ReplyEvent.Ok:
                 case ReplyEvent.Done:
                     pending.Remove(request.Id);
+                    if (reply.Event == ReplyEvent.Done && request.ActionsAsked)
+                        RequestAction(request, request.Op, request.ActionNpc, true, reply.ToDictionary());
                     Succeeded(request);
                     return;
                 case ReplyEvent.Error:
@@ -651,6 +728,34 @@ namespace NpcAi
                     request.Succeed(reply);
                     return;
             }
+        }
+
+        void StepEnded(NpcRequest request)
+        {
+            var step = reply.ToDictionary();
+            request.AddStep(step);
+            object index;
+            var steps = request.ChainSteps;
+            if (steps == null || !step.TryGetValue("step", out index) || !(index is long)
+                || (long)index < 0 || (long)index >= steps.Count)
+                return;
+            var asked = steps[(int)(long)index] as IDictionary;
+            if (asked != null)
+                RequestAction(request, asked["op"] as string, asked["npc"] as string, NpcAction.Asked(asked["actions"]), step);
+        }
+
+        void RequestAction(NpcRequest request, string op, string npc, bool asked, IDictionary<string, object> answer)
+        {
+            object fell;
+            bool usedFallback = answer.TryGetValue("used_fallback", out fell) && Equals(fell, true);
+            var action = NpcAction.From(op, npc, asked, answer, usedFallback);
+            if (action == null)
+                return;
+            if (request.ChainSteps == null)
+                request.SetAction(action);
+            var handler = ActionRequested;
+            if (handler != null)
+                handler(request, action.Npc, action.Name, action.Args);
         }
 
         void CancelLocally(NpcRequest target)

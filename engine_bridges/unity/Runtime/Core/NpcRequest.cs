@@ -1,4 +1,5 @@
 using System;
+using System.Collections;
 using System.Collections.Generic;
 using System.Text;
 using System.Threading;
@@ -33,6 +34,8 @@ namespace NpcAi
         internal enum Kind { User, Hello, Cancel, Shutdown }
 
         StringBuilder streamed;
+        List<string> sentences;
+        List<IDictionary<string, object>> steps;
         TaskCompletionSource<NpcRequest> completion;
         CancellationTokenRegistration registration;
 
@@ -69,11 +72,29 @@ namespace NpcAi
         public string ErrorMessage { get; private set; }
         /// <summary>The ending reply's other fields: ok payloads (cached_tokens, state, found...), timing, forced_tokens.</summary>
         public IDictionary<string, object> Fields { get; private set; }
+        /// <summary>
+        /// say or decide with actions: the action the NPC chose (null when it just talks, or when the answer is a
+        /// fallback). Set before Done runs; <see cref="NpcAiClient.ActionRequested"/> fires with it first.
+        /// </summary>
+        public NpcAction Action { get; private set; }
+        /// <summary>chain: each step's value by its "as" name (done.results); null for other ops.</summary>
+        public IDictionary<string, object> Results { get; private set; }
+        /// <summary>say: the sentence events so far (joined, the line); chain: those of its say steps.</summary>
+        public IList<string> Sentences { get { return sentences ?? (IList<string>)new string[0]; } }
+        /// <summary>chain: the step events so far, in order (step, as, value, used_fallback, ...).</summary>
+        public IList<IDictionary<string, object>> Steps
+        {
+            get { return steps ?? (IList<IDictionary<string, object>>)new IDictionary<string, object>[0]; }
+        }
 
         /// <summary>The token chunks received so far, joined.</summary>
         public string StreamedText { get { return streamed == null ? "" : streamed.ToString(); } }
 
         public event Action<NpcRequest, string> Token;
+        /// <summary>A sentence of the line is complete (for text-to-speech and subtitles).</summary>
+        public event Action<NpcRequest, string> Sentence;
+        /// <summary>chain: a step finished; the map is its step event.</summary>
+        public event Action<NpcRequest, IDictionary<string, object>> Step;
         public event Action<NpcRequest> Done;
         public event Action<NpcRequest> Error;
         public event Action<NpcRequest> Cancelled;
@@ -84,6 +105,10 @@ namespace NpcAi
         internal object FallbackValue { get; private set; }
         internal bool CancelRequested { get; set; }
         internal NpcRequest CancelTarget { get; set; }
+        // Where actions may come from: a say/decide with actions (its npc), or a chain's steps.
+        internal string ActionNpc { get; set; }
+        internal bool ActionsAsked { get; set; }
+        internal IList ChainSteps { get; set; }
         int streamedTokens;
 
         public override string ToString()
@@ -115,6 +140,31 @@ namespace NpcAi
                 handler(this, chunk);
         }
 
+        internal void AddSentence(string sentence)
+        {
+            if (sentences == null)
+                sentences = new List<string>();
+            sentences.Add(sentence);
+            var handler = Sentence;
+            if (handler != null)
+                handler(this, sentence);
+        }
+
+        internal void AddStep(IDictionary<string, object> step)
+        {
+            if (steps == null)
+                steps = new List<IDictionary<string, object>>();
+            steps.Add(step);
+            var handler = Step;
+            if (handler != null)
+                handler(this, step);
+        }
+
+        internal void SetAction(NpcAction action)
+        {
+            Action = action;
+        }
+
         internal void Succeed(Reply reply)
         {
             Value = reply.Value;
@@ -125,6 +175,9 @@ namespace NpcAi
             UsedFallback = reply.UsedFallback;
             Probs = reply.Probs;
             Fields = reply.Extra;
+            object results;
+            if (reply.Extra != null && reply.Extra.TryGetValue("results", out results))
+                Results = results as IDictionary<string, object>;
             End(RequestStatus.Done);
         }
 

@@ -3,7 +3,7 @@ using System.Text;
 
 namespace NpcAi
 {
-    public enum ReplyEvent { Unknown, Ok, Token, Done, Error, Cancelled }
+    public enum ReplyEvent { Unknown, Ok, Token, Done, Error, Cancelled, Sentence, Step }
 
     /// <summary>
     /// One decoded reply (docs/PROTOCOL.md, "Replies"). A single instance is reused for every
@@ -19,7 +19,8 @@ namespace NpcAi
             KeyMessage = Ascii("message"), KeyBackoffLevel = Ascii("backoff_level");
 
         static readonly byte[] EventOk = Ascii("ok"), EventToken = Ascii("token"), EventDone = Ascii("done"),
-            EventError = Ascii("error"), EventCancelled = Ascii("cancelled");
+            EventError = Ascii("error"), EventCancelled = Ascii("cancelled"), EventSentence = Ascii("sentence"),
+            EventStep = Ascii("step");
 
         // finish_reason values the sidecar sends, kept as constants so matching them allocates nothing.
         static readonly string[] FinishReasons = { "stop", "sentence", "length", "deadline", "error" };
@@ -102,7 +103,7 @@ namespace NpcAi
                 else if (MsgPackReader.BytesEqual(d, k, n, KeyUsedFallback))
                     UsedFallback = reader.ReadBool();
                 else if (MsgPackReader.BytesEqual(d, k, n, KeyProbs))
-                    Probs = ReadProbs(reader);
+                    ReadProbs(reader);
                 else if (MsgPackReader.BytesEqual(d, k, n, KeyCode))
                     Code = ReadOptionalString(reader);
                 else if (MsgPackReader.BytesEqual(d, k, n, KeyMessage))
@@ -130,6 +131,8 @@ namespace NpcAi
             if (MsgPackReader.BytesEqual(d, at, n, EventDone)) return ReplyEvent.Done;
             if (MsgPackReader.BytesEqual(d, at, n, EventError)) return ReplyEvent.Error;
             if (MsgPackReader.BytesEqual(d, at, n, EventCancelled)) return ReplyEvent.Cancelled;
+            if (MsgPackReader.BytesEqual(d, at, n, EventSentence)) return ReplyEvent.Sentence;
+            if (MsgPackReader.BytesEqual(d, at, n, EventStep)) return ReplyEvent.Step;
             return ReplyEvent.Unknown;
         }
 
@@ -150,16 +153,47 @@ namespace NpcAi
             return reader.TryReadNil() ? null : reader.ReadString();
         }
 
-        static Dictionary<string, double> ReadProbs(MsgPackReader reader)
+        // A choice's probs (option -> number) go to Probs; a chain's (step name -> that step's probs) to Extra.
+        void ReadProbs(MsgPackReader reader)
         {
-            int count = reader.ReadMapHeader();
-            var probs = new Dictionary<string, double>(count);
-            for (int i = 0; i < count; i++)
+            var map = reader.ReadValue(2) as Dictionary<string, object>;
+            if (map == null)
+                throw new MsgPackException("probs must be a map");
+            var probs = new Dictionary<string, double>(map.Count);
+            foreach (var entry in map)
             {
-                string option = reader.ReadString();
-                probs[option] = reader.ReadDouble();
+                if (entry.Value is double)
+                    probs[entry.Key] = (double)entry.Value;
+                else if (entry.Value is float)
+                    probs[entry.Key] = (float)entry.Value;
+                else if (entry.Value is long)
+                    probs[entry.Key] = (long)entry.Value;
+                else
+                {
+                    if (Extra == null)
+                        Extra = new Dictionary<string, object>();
+                    Extra["probs"] = map;
+                    return;
+                }
             }
-            return probs;
+            Probs = probs;
+        }
+
+        /// <summary>The reply as one map (the modelled fields and Extra): a chain's step event, as handed to the game.</summary>
+        public Dictionary<string, object> ToDictionary()
+        {
+            var all = Extra == null ? new Dictionary<string, object>() : new Dictionary<string, object>(Extra);
+            if (HasValue)
+                all["value"] = Value;
+            if (Text != null)
+                all["text"] = Text;
+            if (FinishReason != null)
+                all["finish_reason"] = FinishReason;
+            all["timed_out"] = TimedOut;
+            all["used_fallback"] = UsedFallback;
+            if (Probs != null)
+                all["probs"] = Probs;
+            return all;
         }
 
         static byte[] Ascii(string s)

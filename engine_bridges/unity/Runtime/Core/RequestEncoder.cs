@@ -1,4 +1,5 @@
 using System.Collections;
+using System.Collections.Generic;
 
 namespace NpcAi
 {
@@ -10,6 +11,7 @@ namespace NpcAi
     /// </summary>
     public sealed class RequestEncoder
     {
+
         readonly MsgPackWriter entries = new MsgPackWriter(512);
         readonly MsgPackWriter message = new MsgPackWriter(512);
         int count;
@@ -32,6 +34,24 @@ namespace NpcAi
             return End(null);
         }
 
+        /// <summary>npc with actions: each one's name, description and args schema (docs/PROTOCOL.md, "Actions").</summary>
+        public ByteBuffer Npc(long id, string npc, string persona, string role, long? seed, IList<ActionSpec> actions)
+        {
+            Begin(id, "npc");
+            Str("npc", npc);
+            Str("persona", persona);
+            Str("role", role);
+            Int("seed", seed);
+            if (actions != null)
+            {
+                Key("actions");
+                entries.WriteArrayHeader(actions.Count);
+                for (int i = 0; i < actions.Count; i++)
+                    entries.WriteValue(actions[i].ToMap());
+            }
+            return End(null);
+        }
+
         public ByteBuffer Say(long id, string npc, string text, SayOptions options)
         {
             Begin(id, "say");
@@ -45,6 +65,13 @@ namespace NpcAi
                 {
                     Key("stop");
                     entries.WriteValue(options.Stop);
+                }
+                if (options.AllActions)
+                    Bool("actions", true);
+                else if (options.Actions != null)
+                {
+                    Key("actions");
+                    entries.WriteValue(options.Actions);
                 }
             }
             return End(options);
@@ -68,7 +95,44 @@ namespace NpcAi
                 entries.WriteValue(schema);
             }
             Str("grammar", grammar);
+            Str("lead", options == null ? null : options.Lead);
             Generation(options);
+            return End(options);
+        }
+
+        /// <summary>decide with actions: among <paramref name="actions"/> of the NPC's actions, or all of them when null.</summary>
+        public ByteBuffer DecideAction(long id, string npc, string situation, string[] actions, DecideOptions options)
+        {
+            Begin(id, "decide");
+            Str("npc", npc);
+            Str("situation", situation);
+            if (actions == null)
+                Bool("actions", true);
+            else
+            {
+                Key("actions");
+                entries.WriteValue(actions);
+            }
+            Str("lead", options == null ? null : options.Lead);
+            Generation(options);
+            return End(options);
+        }
+
+        public ByteBuffer ActResult(long id, string npc, string name, string result)
+        {
+            Begin(id, "act_result");
+            Str("npc", npc);
+            Str("name", name);
+            Str("result", result);
+            return End(null);
+        }
+
+        /// <summary>chain: the steps as given (each a map: op, as, and that op's fields).</summary>
+        public ByteBuffer Chain(long id, IList steps, RequestOptions options)
+        {
+            Begin(id, "chain");
+            Key("steps");
+            entries.WriteValue(steps);
             return End(options);
         }
 

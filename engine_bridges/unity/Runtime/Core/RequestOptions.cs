@@ -51,11 +51,17 @@ namespace NpcAi
         public bool? Stream { get; set; }
         /// <summary>Stop sequences.</summary>
         public string[] Stop { get; set; }
+        /// <summary>After the line the NPC may act: any of its declared actions (done.action, NpcAiClient.ActionRequested).</summary>
+        public bool AllActions { get; set; }
+        /// <summary>After the line the NPC may act, among these of its actions only (this turn); ignored when AllActions.</summary>
+        public string[] Actions { get; set; }
     }
 
     public sealed class DecideOptions : GenerationOptions
     {
         /// <summary>Decide as this NPC (its persona and history); null decides without one.</summary>
         public string Npc { get; set; }
+        /// <summary>With choices or actions: the words the answer starts with, which each option completes.</summary>
+        public string Lead { get; set; }
     }
 }

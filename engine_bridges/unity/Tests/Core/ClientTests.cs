@@ -14,6 +14,7 @@ namespace NpcAi.Tests
         {
             yield return new TestCase("unit", "client.unconnected_requests_end_on_poll", UnconnectedRequestsEndOnPoll);
             yield return new TestCase("unit", "client.scripted_replies", ScriptedReplies);
+            yield return new TestCase("unit", "client.actions_sentences_steps", ActionsSentencesSteps);
             yield return new TestCase("unit", "client.poll_is_bounded", PollIsBounded);
             yield return new TestCase("unit", "client.cancel", CancelFlow);
             yield return new TestCase("unit", "client.silent_sidecar_deadlines", SilentSidecarDeadlines);
@@ -101,6 +102,96 @@ namespace NpcAi.Tests
                 GameLoop.Run(client, 20);
                 Check.Equal(1, warnings.Count, "one warning (the nil-id error; the late reply is ignored)");
                 Check.True(warnings[0].Contains("bad_request"), "the warning names the error: " + warnings[0]);
+                client.Dispose();
+            }
+        }
+
+        // A say with actions, a decide with actions (one real, one a fallback), a schema decide whose value looks like
+        // an action, and a chain whose steps act: ActionRequested fires for the NPCs' own choices only.
+        static IEnumerable<Dictionary<string, object>> ActingAnswer(Dictionary<string, object> request)
+        {
+            object id = request["id"];
+            var shield = new Dictionary<string, object> { { "name", "give" }, { "args", new Dictionary<string, object> { { "item", "shield" } } } };
+            switch ((string)request["op"])
+            {
+                case "say":
+                    return new[]
+                    {
+                        FakeSidecar.Reply(id, "token", "text", "Aye."),
+                        FakeSidecar.Reply(id, "sentence", "text", "Aye."),
+                        FakeSidecar.Reply(id, "token", "text", " Here."),
+                        FakeSidecar.Reply(id, "sentence", "text", " Here."),
+                        FakeSidecar.Reply(id, "done", "text", "Aye. Here.", "value", "Aye. Here.", "action", shield,
+                            "used_fallback", false),
+                    };
+                case "decide":
+                    bool fallback = "fall back".Equals(request["situation"]);
+                    return new[] { FakeSidecar.Reply(id, "done", "value", shield, "used_fallback", fallback,
+                        "probs", new Dictionary<string, object> { { "give", 1.0 } }) };
+                case "chain":
+                    var results = new Dictionary<string, object> { { "act", shield }, { "line", "Go." } };
+                    return new[]
+                    {
+                        FakeSidecar.Reply(id, "step", "step", 0L, "as", "act", "value", shield, "used_fallback", false),
+                        FakeSidecar.Reply(id, "token", "text", "Go.", "step", 1L),
+                        FakeSidecar.Reply(id, "sentence", "text", "Go.", "step", 1L),
+                        FakeSidecar.Reply(id, "step", "step", 1L, "as", "line", "value", "Go.", "action", null),
+                        FakeSidecar.Reply(id, "done", "value", results, "results", results,
+                            "probs", new Dictionary<string, object> { { "act", new Dictionary<string, object> { { "give", 1.0 } } } }),
+                    };
+                default:
+                    return Answer(request);
+            }
+        }
+
+        static void ActionsSentencesSteps()
+        {
+            using (var fake = new FakeSidecar(ActingAnswer))
+            {
+                var client = new NpcAiClient();
+                var acts = new List<string>();
+                client.ActionRequested += (r, npc, name, args) => acts.Add(npc + ":" + name + ":" + args["item"]);
+                client.Connect(fake.Endpoint);
+                var say = client.Say("brom", "A shield!", new SayOptions { Actions = new[] { "give" } });
+                var heard = new List<string>();
+                say.Sentence += (r, sentence) => heard.Add(sentence);
+                say.Done += r => heard.Add(acts.Count == 1 ? "<done after the action>" : "<done>");
+                GameLoop.Until(client, () => !say.IsPending, 3000, "say");
+                Check.Equal("Aye.| Here.|<done after the action>", string.Join("|", heard.ToArray()), "sentences, action, done");
+                Check.Equal(string.Join("", say.Sentences), say.Text, "the sentences joined are the line");
+                Check.Equal("give", say.Action.Name, "request.Action");
+                Check.Equal("brom:give:shield", string.Join(",", acts.ToArray()), "ActionRequested(npc, name, args)");
+
+                acts.Clear();
+                var pick = client.DecideAction("grik", "20 gold.");
+                var fell = client.DecideAction("grik", "fall back", null, new DecideOptions { Fallback = null });
+                var plain = client.DecideSchema("Which?", new Dictionary<string, object> { { "type", "object" } });
+                GameLoop.Until(client, () => !pick.IsPending && !fell.IsPending && !plain.IsPending, 3000, "decides");
+                Check.Equal("grik:give:shield", string.Join(",", acts.ToArray()), "only the real action decision acts");
+                Check.True(pick.Action != null && fell.Action == null && plain.Action == null, "request.Action");
+                Check.Equal(1.0, pick.Probs["give"], "probs per action");
+
+                acts.Clear();
+                var steps = new object[]
+                {
+                    new Dictionary<string, object> { { "op", "decide" }, { "as", "act" }, { "npc", "grik" },
+                        { "situation", "x" }, { "actions", true } },
+                    new Dictionary<string, object> { { "op", "say" }, { "as", "line" }, { "npc", "brom" },
+                        { "text", "({act})" }, { "actions", new[] { "give" } } },
+                };
+                var chain = client.Chain(steps);
+                var seen = new List<string>();
+                chain.Step += (r, step) => seen.Add((string)step["as"]);
+                GameLoop.Until(client, () => !chain.IsPending, 3000, "chain");
+                Check.Equal(RequestStatus.Done, chain.Status, "chain status (" + chain.ErrorMessage + ")");
+                Check.Equal("act,line", string.Join(",", seen.ToArray()), "step events in order");
+                Check.Equal("grik:give:shield", string.Join(",", acts.ToArray()), "the acting step's npc acts");
+                Check.Equal<object>("Go.", chain.Results["line"], "Results");
+                Check.Equal("Go.", chain.StreamedText, "the say step's tokens");
+                Check.True(chain.Probs == null && chain.Fields["probs"] is IDictionary<string, object>,
+                    "a chain's probs (per step) are a field, not a choice's probs");
+                var sent = fake.Received;
+                Check.True(sent.Exists(m => "chain".Equals(m["op"]) && ((object[])m["steps"]).Length == 2), "chain sent");
                 client.Dispose();
             }
         }

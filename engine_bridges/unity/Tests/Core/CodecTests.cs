@@ -63,6 +63,24 @@ namespace NpcAi.Tests
             Check.Bytes(Vectors.Get("message.request.decide.schema"),
                 e.Decide(6, "Night.", null, Schema(), null, null).ToArray(), "decide.schema");
             Check.Bytes(Vectors.Get("message.request.cancel"), e.Cancel(7, 4).ToArray(), "cancel");
+            var give = Map("type", "object", "properties", Map("item", Map("enum", new object[] { "sword", "shield" })));
+            Check.Bytes(Vectors.Get("message.request.npc.actions"),
+                e.Npc(8, "brom", "You are Brom.", null, null, new[] { new ActionSpec("give", null, give) }).ToArray(),
+                "npc.actions");
+            Check.Bytes(Vectors.Get("message.request.say.actions"),
+                e.Say(9, "brom", "A shield!", new SayOptions { AllActions = true }).ToArray(), "say.actions");
+            var steps = new object[]
+            {
+                Map("op", "decide", "as", "mood", "situation", "Rain.", "choices", new[] { "calm", "angry" }),
+                Map("op", "say", "as", "line", "npc", "brom", "text", "({mood})"),
+            };
+            Check.Bytes(Vectors.Get("message.request.chain"),
+                e.Chain(10, steps, new RequestOptions { DeadlineMs = 1500 }).ToArray(), "chain");
+            var wait = new DecideOptions { DeadlineMs = 500, Fallback = Map("name", "wait", "args", Map()) };
+            Check.Bytes(Vectors.Get("message.request.decide.actions"),
+                e.DecideAction(11, "brom", "20 gold.", new[] { "give" }, wait).ToArray(), "decide.actions");
+            Check.Bytes(Vectors.Get("message.request.act_result"),
+                e.ActResult(12, "brom", "give", "The customer has the shield.").ToArray(), "act_result");
         }
 
         static void ReplyVectors()
@@ -101,6 +119,26 @@ namespace NpcAi.Tests
             Check.True(!r.HasId, "error about an unreadable frame has a nil id");
             Check.Equal("bad_request", r.Code, "code");
             Check.Equal("frame is not msgpack", r.Message, "message");
+
+            r = Parse("message.reply.sentence");
+            Check.Equal(ReplyEvent.Sentence, r.Event, "sentence event");
+            Check.Equal(" Aye.", r.Text, "sentence text");
+
+            r = Parse("message.reply.step");
+            Check.Equal(ReplyEvent.Step, r.Event, "step event");
+            var step = r.ToDictionary();
+            Check.Equal<object>(0L, step["step"], "step index");
+            Check.Equal<object>("mood", step["as"], "step as");
+            Check.Equal<object>("calm", step["value"], "step value");
+
+            r = Parse("message.reply.done.decide.actions");
+            var action = (IDictionary<string, object>)r.Value;
+            Check.Equal<object>("give", action["name"], "action name");
+            Check.Equal<object>("shield", ((IDictionary<string, object>)action["args"])["item"], "action args");
+            Check.Equal(1.0, r.Probs["give"], "action probs");
+
+            r = Parse("message.reply.done.chain");
+            Check.Equal<object>("Aye.", ((IDictionary<string, object>)r.Extra["results"])["line"], "chain results");
 
             r = Parse("message.reply.cancelled");
             Check.Equal(ReplyEvent.Cancelled, r.Event, "cancelled event");
@@ -330,6 +368,18 @@ namespace NpcAi.Tests
                     return Map("v", 1L, "id", 10L, "op", "chain", "steps", new object[] {
                         Map("op", "decide", "as", "mood", "situation", "Rain.", "choices", new object[] { "calm", "angry" }),
                         Map("op", "say", "as", "line", "npc", "brom", "text", "({mood})") }, "deadline_ms", 1500L);
+                case "request.decide.actions":
+                    return Map("v", 1L, "id", 11L, "op", "decide", "npc", "brom", "situation", "20 gold.",
+                        "actions", new object[] { "give" }, "deadline_ms", 500L,
+                        "fallback", Map("name", "wait", "args", Map()));
+                case "request.act_result":
+                    return Map("v", 1L, "id", 12L, "op", "act_result", "npc", "brom", "name", "give",
+                        "result", "The customer has the shield.");
+                case "reply.done.decide.actions":
+                    return Map("v", 1L, "id", 11L, "event", "done", "value", Map("name", "give", "args",
+                        Map("item", "shield")), "probs", Map("give", 1.0));
+                case "reply.step.token":
+                    return Map("v", 1L, "id", 10L, "event", "token", "text", " Aye", "step", 1L);
                 case "reply.sentence": return Map("v", 1L, "id", 9L, "event", "sentence", "text", " Aye.");
                 case "reply.step":
                     return Map("v", 1L, "id", 10L, "event", "step", "step", 0L, "as", "mood", "value", "calm",

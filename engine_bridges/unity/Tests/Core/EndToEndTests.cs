@@ -24,6 +24,8 @@ namespace NpcAi.Tests
             yield return new TestCase("e2e", "e2e.say_streams_tokens", SayStreamsTokens);
             yield return new TestCase("e2e", "e2e.decide_choices", DecideChoices);
             yield return new TestCase("e2e", "e2e.decide_schema", DecideSchema);
+            yield return new TestCase("e2e", "e2e.action_decided_and_reported", ActionDecidedAndReported);
+            yield return new TestCase("e2e", "e2e.chain_steps_and_results", ChainStepsAndResults);
             yield return new TestCase("e2e", "e2e.cancel_mid_stream", CancelMidStream);
             yield return new TestCase("e2e", "e2e.deadline_fallback", DeadlineFallback);
             yield return new TestCase("e2e", "e2e.budget_threads", BudgetThreads);
@@ -152,6 +154,81 @@ namespace NpcAi.Tests
             Check.True((string)value["act"] == "hide" || (string)value["act"] == "fight", "act in the enum");
             Check.True(value["loud"] is bool, "loud is a bool");
             Console.WriteLine("  schema decision: {0}", decide.Text);
+        }
+
+        static readonly string[] Items = { "sword", "shield", "bread" };
+
+        static void ActionDecidedAndReported()
+        {
+            RequireReady();
+            var give = new Dictionary<string, object>
+            {
+                { "type", "object" },
+                { "properties", new Dictionary<string, object> { { "item", new Dictionary<string, object> { { "enum", Items } } } } },
+                { "required", new[] { "item" } },
+            };
+            var actions = new[]
+            {
+                new ActionSpec("give_item", "give the customer what they paid for", give),
+                new ActionSpec("refuse", "refuse the deal"),
+            };
+            var npc = Await(client.DefineNpc("smith", "You are Brom, the village blacksmith. You sell swords and shields.",
+                actions, seed: 5));
+            Check.Equal(RequestStatus.Done, npc.Status, "npc with actions (" + npc.ErrorMessage + ")");
+            var acts = new List<NpcAction>();
+            Action<NpcRequest, string, string, IReadOnlyDictionary<string, object>> heard = (r, who, name, args) =>
+                acts.Add(r.Action);
+            client.ActionRequested += heard;
+            var decide = Await(client.DecideAction("smith", "A customer hands you 20 gold for a shield."));
+            client.ActionRequested -= heard;
+            Check.Equal(RequestStatus.Done, decide.Status, "decide with actions (" + decide.ErrorMessage + ")");
+            Check.True(!decide.UsedFallback, "a real answer (" + decide.FinishReason + ")");
+            Check.Equal(1, acts.Count, "ActionRequested fired once");
+            var act = acts[0];
+            Check.True(act == decide.Action && act.Npc == "smith", "the request's action, for the NPC: " + act);
+            if (act.Name == "give_item")
+                Check.True(act.Args.ContainsKey("item") && Array.IndexOf(Items, act.Args["item"] as string) >= 0,
+                    "give_item's item is one of the enum: " + act);
+            else
+                Check.True(act.Name == "refuse" && act.Args.Count == 0, "refuse takes no arguments: " + act);
+            Check.Equal<object>(act.Name, Map(decide.Value, "value")["name"], "the value is the action");
+            Check.True(decide.Probs.Count == 2 && decide.Probs.ContainsKey("give_item") && decide.Probs.ContainsKey("refuse"),
+                "probs over the declared actions");
+            var told = Await(client.ActResult("smith", act.Name, "The customer is satisfied."));
+            Check.Equal(RequestStatus.Done, told.Status, "act_result (" + told.ErrorMessage + ")");
+            Console.WriteLine("  smith acts: {0} (p={1:0.000})", act, decide.Probs[act.Name]);
+        }
+
+        static void ChainStepsAndResults()
+        {
+            RequireReady();
+            var steps = new object[]
+            {
+                new Dictionary<string, object> { { "op", "decide" }, { "as", "intent" }, { "npc", "smith" },
+                    { "situation", "A customer asks for a discount on a shield." },
+                    { "choices", new[] { "haggle", "refuse", "agree" } }, { "fallback", "refuse" } },
+                new Dictionary<string, object> { { "op", "say" }, { "as", "line" }, { "npc", "smith" },
+                    { "text", "Can I have the shield for less? (You {intent}.)" }, { "max_tokens", 16 }, { "seed", 1 },
+                    { "fallback", "Hm." } },
+                new Dictionary<string, object> { { "op", "decide" }, { "as", "emotion" },
+                    { "situation", "The blacksmith said: {line}" }, { "choices", new[] { "happy", "angry", "calm" } },
+                    { "fallback", "calm" } },
+            };
+            var chain = client.Chain(steps);
+            var seen = new List<string>();
+            chain.Step += (r, step) => seen.Add(step["as"] + "#" + step["step"]);
+            GameLoop.Until(client, () => !chain.IsPending, 60000, "chain");
+            Check.Equal(RequestStatus.Done, chain.Status, "chain status (" + chain.ErrorMessage + ")");
+            Check.Equal("intent#0,line#1,emotion#2", string.Join(",", seen.ToArray()), "a step event per step, in order");
+            var results = chain.Results;
+            Check.True(results != null, "done.results");
+            Check.True(Array.IndexOf(new[] { "haggle", "refuse", "agree" }, results["intent"] as string) >= 0,
+                "intent: " + results["intent"]);
+            Check.True(Array.IndexOf(new[] { "happy", "angry", "calm" }, results["emotion"] as string) >= 0,
+                "emotion: " + results["emotion"]);
+            Check.Equal<object>(chain.Steps[1]["value"], results["line"], "the line step's value is its result");
+            Check.Equal<object>(chain.StreamedText, results["line"], "the say step streamed its line");
+            Console.WriteLine("  chain: {0} / {1} / {2}", results["intent"], results["line"], results["emotion"]);
         }
 
         static void CancelMidStream()

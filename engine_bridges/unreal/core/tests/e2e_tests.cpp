@@ -41,10 +41,20 @@ struct Events : npcai::Listener {
   std::map<Handle, std::string> text;
   std::map<Handle, int> tokens;
   std::map<Handle, End> ends;
+  struct Act {
+    std::string npc, name;
+    Value args;
+  };
+  std::map<Handle, std::vector<Act>> acts;
+  std::map<Handle, std::vector<Value>> steps;
 
   void on_token(Handle h, std::string_view chunk) override {
     text[h] += chunk;
     ++tokens[h];
+  }
+  void on_step(Handle h, const Value& step) override { steps[h].push_back(step); }
+  void on_action(Handle h, std::string_view npc, std::string_view name, const Value& args) override {
+    acts[h].push_back(Act{std::string(npc), std::string(name), args});
   }
   void on_done(Handle h, const npcai::Result& r) override {
     End& e = end(h, "done");
@@ -201,6 +211,74 @@ CASE(decide_with_schema) {
   CHECK(e.value.is_map() && (chosen == "greet" || chosen == "ignore" || chosen == "attack"), e.text);
   CHECK(!e.used_fallback);
   std::printf("  value %s\n", e.text.c_str());
+}
+
+CASE(action_decided_with_enum_args) {
+  REQUIRE(sidecar && sidecar->ready());
+  const Value items = Value::array({"sword", "shield", "bread"});
+  Value item = Value::map();
+  item.set("enum", items);
+  Value give = Value::map();
+  give.set("type", "object").set("properties", Value::map().set("item", item)).set("required", Value::array({"item"}));
+  Value actions = Value::array();
+  actions.push(Value::map().set("name", "give_item").set("description", "give the customer what they paid for").set("args", give));
+  actions.push(Value::map().set("name", "refuse").set("description", "refuse the deal"));
+  const Handle npc = sidecar->client().npc_with_actions("smith", "You are Brom, the village blacksmith. You sell swords and shields.",
+                                           actions, 5);
+  REQUIRE(finish(npc));
+  REQUIRE(events.ends[npc].kind == "done", events.ends[npc].code + " " + events.ends[npc].message);
+  const Handle h = sidecar->client().decide_action("smith", "A customer hands you 20 gold for a shield.", {});
+  REQUIRE(finish(h));
+  const Events::End& e = events.ends[h];
+  REQUIRE(e.kind == "done", e.code + " " + e.message);
+  CHECK(!e.used_fallback, e.finish_reason);
+  REQUIRE(events.acts[h].size() == 1, std::to_string(events.acts[h].size()) + " actions");
+  const Events::Act& act = events.acts[h][0];
+  CHECK(act.npc == "smith", act.npc);
+  if (act.name == "give_item") {
+    const std::string chosen(act.args["item"].as_str());
+    CHECK(chosen == "sword" || chosen == "shield" || chosen == "bread", chosen);
+  } else {
+    CHECK(act.name == "refuse" && act.args.is_map() && act.args.size() == 0, act.name);
+  }
+  CHECK(e.value["name"].as_str() == act.name && e.value["args"] == act.args);
+  const Value& probs = e.reply["probs"];
+  CHECK(probs.size() == 2 && probs.find("give_item") && probs.find("refuse"));
+  const Handle told = sidecar->client().act_result("smith", act.name, "The customer is satisfied.");
+  REQUIRE(finish(told));
+  CHECK(events.ends[told].kind == "done" && events.ends[told].reply["event"].as_str() == "ok",
+        events.ends[told].code + " " + events.ends[told].message);
+  std::printf("  smith acts: %s %s\n", act.name.c_str(), std::string(act.args["item"].as_str()).c_str());
+}
+
+CASE(chain_reports_steps_and_results) {
+  REQUIRE(sidecar && sidecar->ready());
+  Value steps = Value::array();
+  steps.push(Value::map()
+                 .set("op", "decide").set("as", "intent").set("npc", "smith")
+                 .set("situation", "A customer asks for a discount on a shield.")
+                 .set("choices", Value::array({"haggle", "refuse", "agree"})).set("fallback", "refuse"));
+  steps.push(Value::map()
+                 .set("op", "say").set("as", "line").set("npc", "smith")
+                 .set("text", "Can I have the shield for less? (You {intent}.)")
+                 .set("max_tokens", 16).set("seed", 1).set("fallback", "Hm."));
+  steps.push(Value::map()
+                 .set("op", "decide").set("as", "emotion").set("situation", "The blacksmith said: {line}")
+                 .set("choices", Value::array({"happy", "angry", "calm"})).set("fallback", "calm"));
+  const Handle h = sidecar->client().chain(steps);
+  REQUIRE(finish(h, 60000));
+  const Events::End& e = events.ends[h];
+  REQUIRE(e.kind == "done", e.code + " " + e.message);
+  const std::vector<Value>& seen = events.steps[h];
+  REQUIRE(seen.size() == 3, std::to_string(seen.size()) + " step events");
+  const char* names[] = {"intent", "line", "emotion"};
+  for (int i = 0; i < 3; ++i) CHECK(seen[i]["as"].as_str() == names[i] && seen[i]["step"].as_int() == i);
+  const Value& results = e.reply["results"];
+  const std::string intent(results["intent"].as_str()), emotion(results["emotion"].as_str());
+  CHECK(intent == "haggle" || intent == "refuse" || intent == "agree", intent);
+  CHECK(emotion == "happy" || emotion == "angry" || emotion == "calm", emotion);
+  CHECK(results["line"] == seen[1]["value"] && results["line"].as_str() == events.text[h], events.text[h]);
+  std::printf("  chain: %s / %s / %s\n", intent.c_str(), events.text[h].c_str(), emotion.c_str());
 }
 
 CASE(cancel_mid_stream) {

@@ -133,6 +133,18 @@ std::map<std::string, Value> expected_values() {
                                        {"choices", Value::array({"calm", "angry"})}}),
                                map_of({{"op", "say"}, {"as", "line"}, {"npc", "brom"}, {"text", "({mood})"}})})},
        {"deadline_ms", 1500}});
+  e["message.request.decide.actions"] =
+      map_of({{"v", 1}, {"id", 11}, {"op", "decide"}, {"npc", "brom"}, {"situation", "20 gold."},
+              {"actions", Value::array({"give"})}, {"deadline_ms", 500},
+              {"fallback", map_of({{"name", "wait"}, {"args", Value::map()}})}});
+  e["message.request.act_result"] = map_of({{"v", 1}, {"id", 12}, {"op", "act_result"}, {"npc", "brom"},
+                                            {"name", "give"}, {"result", "The customer has the shield."}});
+  e["message.reply.done.decide.actions"] =
+      map_of({{"v", 1}, {"id", 11}, {"event", "done"},
+              {"value", map_of({{"name", "give"}, {"args", map_of({{"item", "shield"}})}})},
+              {"probs", map_of({{"give", 1.0}})}});
+  e["message.reply.step.token"] =
+      map_of({{"v", 1}, {"id", 10}, {"event", "token"}, {"text", " Aye"}, {"step", 1}});
   e["message.reply.sentence"] = map_of({{"v", 1}, {"id", 9}, {"event", "sentence"}, {"text", " Aye."}});
   e["message.reply.step"] = map_of({{"v", 1}, {"id", 10}, {"event", "step"}, {"step", 0}, {"as", "mood"},
                                     {"value", "calm"}, {"used_fallback", false}});
@@ -717,6 +729,77 @@ CASE(client_wire_bytes_and_replies) {
   CHECK(events.ends[b].kind == "error" && events.ends[b].code == "unavailable");
   CHECK(events.ends[b].message == "the sidecar closed the connection", events.ends[b].message);
   CHECK(client.state() == npcai::Client::State::Closed && client.pending() == 0);
+}
+
+// The new ops' bytes (ids 8..12 after seven pings), and sentence, step and action events.
+CASE(client_actions_sentences_and_steps) {
+  FakeSidecar fake;
+  std::atomic<bool> replies_sent{false};
+  fake.run([&](FakeSidecar& f) {
+    if (!f.accept() || !f.handshake()) return;
+    Bytes frame;
+    for (int i = 0; i < 12 && f.read_frame(frame); ++i) {
+      if (i >= 7) f.record(frame);
+    }
+    for (int id = 1; id <= 8; ++id) f.send(encoded(map_of({{"v", 1}, {"id", id}, {"event", "ok"}})));
+    for (const char* name : {"message.reply.token", "message.reply.sentence", "message.reply.step",
+                             "message.reply.step.token", "message.reply.done.chain",
+                             "message.reply.done.decide.actions"}) {
+      f.send(vec(name));
+    }
+    // id 4 is not open: its token counts as stray. Then the say with actions (id 9) ends.
+    f.send(vec("message.reply.done.action"));
+    f.send(encoded(map_of({{"v", 1}, {"id", 12}, {"event", "ok"}})));
+    replies_sent = true;
+  });
+
+  struct Acting : Recorder {
+    std::vector<std::string> acts, sentences, steps;
+    void on_sentence(Handle h, std::string_view text) override {
+      sentences.push_back(std::to_string(h) + ":" + std::string(text));
+    }
+    void on_step(Handle h, const Value& step) override {
+      steps.push_back(std::to_string(h) + ":" + std::string(step["as"].as_str()));
+    }
+    void on_action(Handle h, std::string_view npc, std::string_view name, const Value& args) override {
+      acts.push_back(std::to_string(h) + ":" + std::string(npc) + ":" + std::string(name) + ":" +
+                     std::string(args["item"].as_str()) + (ends.count(h) ? " after done" : ""));
+    }
+  } events;
+  npcai::Client client(events);
+  REQUIRE(client.connect(fake.endpoint()));
+  REQUIRE(poll_until(client, [&] { return client.state() == npcai::Client::State::Open; }));
+  for (int i = 0; i < 7; ++i) client.ping();
+  const Value actions = expected_values().at("message.request.npc.actions")["actions"];
+  CHECK(client.npc_with_actions("brom", "You are Brom.", actions) == 8);
+  npcai::Options act;
+  act.extra = map_of({{"actions", true}});
+  CHECK(client.say("brom", "A shield!", act) == 9);
+  npcai::Options whole;
+  whole.deadline_ms = 1500;
+  Value steps = expected_values().at("message.request.chain")["steps"];
+  CHECK(client.chain(steps, whole) == 10);
+  npcai::Options wait;
+  wait.deadline_ms = 500;
+  wait.fallback = map_of({{"name", "wait"}, {"args", Value::map()}});
+  CHECK(client.decide_action("brom", "20 gold.", {"give"}, wait) == 11);
+  CHECK(client.act_result("brom", "give", "The customer has the shield.") == 12);
+  REQUIRE(poll_until(client, [&] { return replies_sent && client.pending() == 0; }));
+  {
+    std::lock_guard<std::mutex> lock(fake.mutex);
+    const char* names[] = {"message.request.npc.actions", "message.request.say.actions", "message.request.chain",
+                           "message.request.decide.actions", "message.request.act_result"};
+    REQUIRE(fake.received.size() == 5);
+    for (int i = 0; i < 5; ++i) CHECK(fake.received[i] == vec(names[i]), std::string(names[i]) + ": " + hex(fake.received[i]));
+  }
+  CHECK(events.sentences == std::vector<std::string>({"9: Aye."}));
+  CHECK(events.steps == std::vector<std::string>({"10:mood"}));
+  CHECK(events.tokens[10] == " Aye" && events.tokens.count(4) == 0);
+  // The decide with actions and the say's done.action act, each before its done; the chain's
+  // decide step had no actions, so its step did not.
+  CHECK(events.acts == std::vector<std::string>({"11:brom:give:shield", "9:brom:give:shield"}), std::to_string(events.acts.size()));
+  CHECK(events.ends[10].reply["results"]["line"] == Value("Aye."));
+  CHECK(client.stray() == 1);
 }
 
 CASE(client_not_connected_ends_at_next_poll) {

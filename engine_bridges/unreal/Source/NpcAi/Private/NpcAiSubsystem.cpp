@@ -32,6 +32,29 @@ public:
 		Owner.OnToken.Broadcast(static_cast<int32>(Handle), FromUtf8(Text));
 	}
 
+	virtual void on_sentence(npcai::Handle Handle, std::string_view Text) override
+	{
+		Owner.OnSentence.Broadcast(static_cast<int32>(Handle), FromUtf8(Text));
+	}
+
+	virtual void on_step(npcai::Handle Handle, const npcai::msgpack::Value& Step) override
+	{
+		FNpcAiStep Out;
+		Out.Handle = static_cast<int32>(Handle);
+		Out.Step = static_cast<int32>(Step["step"].as_int());
+		Out.As = FromUtf8(Step["as"].as_str());
+		const npcai::msgpack::Value& Value = Step["value"];
+		Out.Value = Value.is_str() ? FromUtf8(Value.as_str()) : Value.is_nil() ? FString() : NpcAiConvert::ToJson(Value);
+		Out.bUsedFallback = Step["used_fallback"].as_bool();
+		Out.StepJson = NpcAiConvert::ToJson(Step);
+		Owner.OnStep.Broadcast(Out);
+	}
+
+	virtual void on_action(npcai::Handle Handle, std::string_view Npc, std::string_view Name, const npcai::msgpack::Value& Args) override
+	{
+		Owner.OnActionRequested.Broadcast(static_cast<int32>(Handle), FromUtf8(Npc), FromUtf8(Name), NpcAiConvert::ToJson(Args));
+	}
+
 	virtual void on_done(npcai::Handle Handle, const npcai::Result& Result) override
 	{
 		FNpcAiResult Out;
@@ -54,6 +77,11 @@ public:
 			Out.Probs.Add(FromUtf8(Probs.key(I).as_str()), static_cast<float>(Probs.val(I).as_double()));
 		}
 		Out.ReplyJson = NpcAiConvert::ToJson(Result.reply);
+		if (Result.action)
+		{
+			Out.ActionName = FromUtf8((*Result.action)["name"].as_str());
+			Out.ActionArgsJson = NpcAiConvert::ToJson((*Result.action)["args"]);
+		}
 		Owner.OnDone.Broadcast(Out);
 	}
 
@@ -76,6 +104,33 @@ namespace
 		Options.max_tokens = FMath::Max(0, MaxTokens);
 		Options.deadline_ms = DeadlineMs;
 		return Options;
+	}
+
+	std::vector<std::string> ToUtf8List(const TArray<FString>& Items)
+	{
+		std::vector<std::string> Out;
+		for (const FString& Item : Items)
+		{
+			Out.push_back(ToUtf8(Item));
+		}
+		return Out;
+	}
+
+	// FallbackJson (empty: none) into Options; false, with a warning, when it is not JSON.
+	bool SetJsonFallback(const TCHAR* What, const FString& FallbackJson, npcai::Options& Options)
+	{
+		if (FallbackJson.IsEmpty())
+		{
+			return true;
+		}
+		npcai::msgpack::Value Fallback;
+		if (!NpcAiConvert::FromJson(FallbackJson, Fallback))
+		{
+			UE_LOG(LogNpcAi, Warning, TEXT("%s: FallbackJson is not JSON"), What);
+			return false;
+		}
+		Options.fallback = std::move(Fallback);
+		return true;
 	}
 }
 
@@ -222,6 +277,90 @@ int32 UNpcAiSubsystem::DecideSchema(const FString& Npc, const FString& Situation
 		Options.fallback = std::move(Fallback);
 	}
 	return static_cast<int32>(Bridge->Launcher.client().decide_schema(ToUtf8(Npc), ToUtf8(Situation), Schema, Options));
+}
+
+int32 UNpcAiSubsystem::DefineNpcWithActions(const FString& Npc, const FString& Persona, const FString& ActionsJson, int32 Seed)
+{
+	if (!Bridge.IsValid())
+	{
+		return 0;
+	}
+	npcai::msgpack::Value Actions;
+	if (!NpcAiConvert::FromJson(ActionsJson, Actions) || !Actions.is_array())
+	{
+		UE_LOG(LogNpcAi, Warning, TEXT("DefineNpcWithActions: ActionsJson is not a JSON array"));
+		return 0;
+	}
+	std::optional<long long> OptionalSeed;
+	if (Seed >= 0)
+	{
+		OptionalSeed = Seed;
+	}
+	return static_cast<int32>(Bridge->Launcher.client().npc_with_actions(ToUtf8(Npc), ToUtf8(Persona), Actions, OptionalSeed));
+}
+
+int32 UNpcAiSubsystem::SayAndAct(const FString& Npc, const FString& Text, const TArray<FString>& ActionNames, int32 MaxTokens, int32 DeadlineMs, const FString& Fallback)
+{
+	if (!Bridge.IsValid())
+	{
+		return 0;
+	}
+	npcai::Options Options = MakeOptions(MaxTokens, DeadlineMs);
+	if (!Fallback.IsEmpty())
+	{
+		Options.fallback = npcai::msgpack::Value(ToUtf8(Fallback));
+	}
+	npcai::msgpack::Value Allowed = npcai::msgpack::Value(true);
+	if (ActionNames.Num() > 0)
+	{
+		Allowed = npcai::msgpack::Value::array();
+		for (const FString& Name : ActionNames)
+		{
+			Allowed.push(ToUtf8(Name));
+		}
+	}
+	Options.extra = npcai::msgpack::Value::map();
+	Options.extra.set("actions", std::move(Allowed));
+	return static_cast<int32>(Bridge->Launcher.client().say(ToUtf8(Npc), ToUtf8(Text), Options));
+}
+
+int32 UNpcAiSubsystem::DecideAction(const FString& Npc, const FString& Situation, const TArray<FString>& ActionNames, int32 DeadlineMs, const FString& FallbackJson)
+{
+	if (!Bridge.IsValid())
+	{
+		return 0;
+	}
+	npcai::Options Options = MakeOptions(0, DeadlineMs);
+	if (!SetJsonFallback(TEXT("DecideAction"), FallbackJson, Options))
+	{
+		return 0;
+	}
+	return static_cast<int32>(Bridge->Launcher.client().decide_action(ToUtf8(Npc), ToUtf8(Situation), ToUtf8List(ActionNames), Options));
+}
+
+int32 UNpcAiSubsystem::ActResult(const FString& Npc, const FString& Name, const FString& Result)
+{
+	return Bridge.IsValid() ? static_cast<int32>(Bridge->Launcher.client().act_result(ToUtf8(Npc), ToUtf8(Name), ToUtf8(Result))) : 0;
+}
+
+int32 UNpcAiSubsystem::Chain(const FString& StepsJson, int32 DeadlineMs, const FString& FallbackJson)
+{
+	if (!Bridge.IsValid())
+	{
+		return 0;
+	}
+	npcai::msgpack::Value Steps;
+	if (!NpcAiConvert::FromJson(StepsJson, Steps) || !Steps.is_array())
+	{
+		UE_LOG(LogNpcAi, Warning, TEXT("Chain: StepsJson is not a JSON array"));
+		return 0;
+	}
+	npcai::Options Options = MakeOptions(0, DeadlineMs);
+	if (!SetJsonFallback(TEXT("Chain"), FallbackJson, Options))
+	{
+		return 0;
+	}
+	return static_cast<int32>(Bridge->Launcher.client().chain(Steps, Options));
 }
 
 int32 UNpcAiSubsystem::Observe(const FString& Npc, const FString& Text)

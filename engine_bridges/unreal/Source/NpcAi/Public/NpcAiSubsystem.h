@@ -44,9 +44,45 @@ struct NPCAI_API FNpcAiResult
 	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
 	TMap<FString, float> Probs;
 
-	// The whole reply as JSON (timing, cached_tokens, save's state as base64, ...).
+	// The whole reply as JSON (timing, cached_tokens, save's state as base64, a chain's results, ...).
 	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
 	FString ReplyJson;
+
+	// say or decide with actions: the action the NPC chose (empty when it just talks, or when the
+	// answer is a fallback) and its arguments as a JSON object. OnActionRequested fired first.
+	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
+	FString ActionName;
+
+	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
+	FString ActionArgsJson;
+};
+
+// A chain's finished step (the sidecar's `step` event).
+USTRUCT(BlueprintType)
+struct NPCAI_API FNpcAiStep
+{
+	GENERATED_BODY()
+
+	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
+	int32 Handle = 0;
+
+	// The step's index in the chain, and its `as` name.
+	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
+	int32 Step = 0;
+
+	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
+	FString As;
+
+	// The step's value: a string as it is, anything else as JSON.
+	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
+	FString Value;
+
+	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
+	bool bUsedFallback = false;
+
+	// The whole step event as JSON (probs, cached, action, ...).
+	UPROPERTY(BlueprintReadOnly, Category = "NpcAi")
+	FString StepJson;
 };
 
 DECLARE_DYNAMIC_MULTICAST_DELEGATE_TwoParams(FNpcAiTokenEvent, int32, Handle, const FString&, Text);
@@ -54,6 +90,9 @@ DECLARE_DYNAMIC_MULTICAST_DELEGATE_OneParam(FNpcAiDoneEvent, const FNpcAiResult&
 DECLARE_DYNAMIC_MULTICAST_DELEGATE_ThreeParams(FNpcAiErrorEvent, int32, Handle, const FString&, Code, const FString&, Message);
 DECLARE_DYNAMIC_MULTICAST_DELEGATE_OneParam(FNpcAiCancelledEvent, int32, Handle);
 DECLARE_DYNAMIC_MULTICAST_DELEGATE_TwoParams(FNpcAiSidecarEvent, bool, bReady, const FString&, Detail);
+DECLARE_DYNAMIC_MULTICAST_DELEGATE_OneParam(FNpcAiStepEvent, const FNpcAiStep&, Step);
+// ArgsJson: the action's arguments as a JSON object (valid against the action's schema).
+DECLARE_DYNAMIC_MULTICAST_DELEGATE_FourParams(FOnNpcActionRequested, int32, Handle, const FString&, Npc, const FString&, Name, const FString&, ArgsJson);
 
 // Settings live in DefaultGame.ini under [/Script/NpcAi.NpcAiSubsystem].
 UCLASS(Config = Game)
@@ -117,6 +156,21 @@ public:
 	UPROPERTY(BlueprintAssignable, Category = "NpcAi")
 	FNpcAiDoneEvent OnDone;
 
+	// say: a sentence of the line is complete (for speech and subtitles; the sentences joined
+	// are the line). In a chain, the sentences of its say steps.
+	UPROPERTY(BlueprintAssignable, Category = "NpcAi")
+	FNpcAiTokenEvent OnSentence;
+
+	// chain: a step finished.
+	UPROPERTY(BlueprintAssignable, Category = "NpcAi")
+	FNpcAiStepEvent OnStep;
+
+	// An NPC chose one of its declared actions: from a say or decide with actions (right before
+	// OnDone) or a chain step (right after OnStep); never for a fallback. Carry it out, then call
+	// ActResult.
+	UPROPERTY(BlueprintAssignable, Category = "NpcAi")
+	FOnNpcActionRequested OnActionRequested;
+
 	// Code: the sidecar's (bad_request, unknown_npc, overloaded, ...) or the bridge's own:
 	// unavailable (made before the sidecar was ready, or it died or went silent).
 	UPROPERTY(BlueprintAssignable, Category = "NpcAi")
@@ -158,6 +212,30 @@ public:
 	// SchemaJson: a JSON schema; Result.Value is the object as JSON. FallbackJson: JSON, or empty.
 	UFUNCTION(BlueprintCallable, Category = "NpcAi")
 	int32 DecideSchema(const FString& Npc, const FString& Situation, const FString& SchemaJson, int32 DeadlineMs = -1, const FString& FallbackJson = TEXT(""));
+
+	// An NPC with the actions it may take. ActionsJson: a JSON array of {"name", "description",
+	// "args"} objects, "args" a JSON schema of the action's arguments (typically enums of item ids).
+	UFUNCTION(BlueprintCallable, Category = "NpcAi")
+	int32 DefineNpcWithActions(const FString& Npc, const FString& Persona, const FString& ActionsJson, int32 Seed = -1);
+
+	// A line after which the NPC may act: among ActionNames of its actions (empty: any of them).
+	UFUNCTION(BlueprintCallable, Category = "NpcAi")
+	int32 SayAndAct(const FString& Npc, const FString& Text, const TArray<FString>& ActionNames, int32 MaxTokens = 0, int32 DeadlineMs = -1, const FString& Fallback = TEXT(""));
+
+	// Which of its actions the NPC takes now (among ActionNames; empty: any), and with what
+	// arguments: OnActionRequested, then OnDone (Value: {"name", "args"} as JSON; Probs per action).
+	UFUNCTION(BlueprintCallable, Category = "NpcAi")
+	int32 DecideAction(const FString& Npc, const FString& Situation, const TArray<FString>& ActionNames, int32 DeadlineMs = -1, const FString& FallbackJson = TEXT(""));
+
+	// What came of the NPC's action Name; its next line can refer to it.
+	UFUNCTION(BlueprintCallable, Category = "NpcAi")
+	int32 ActResult(const FString& Npc, const FString& Name, const FString& Result);
+
+	// Several steps in one request. StepsJson: a JSON array of step objects (op, as, and that
+	// op's fields; "{name}" in a string field is an earlier step's value). OnStep per step; OnDone's
+	// ReplyJson holds "results". DeadlineMs covers the whole chain.
+	UFUNCTION(BlueprintCallable, Category = "NpcAi")
+	int32 Chain(const FString& StepsJson, int32 DeadlineMs = -1, const FString& FallbackJson = TEXT(""));
 
 	UFUNCTION(BlueprintCallable, Category = "NpcAi")
 	int32 Observe(const FString& Npc, const FString& Text);

@@ -80,6 +80,45 @@ Handle Client::npc(std::string_view name, std::string_view persona, std::optiona
   return submit(id, m, Options{}, false);
 }
 
+Handle Client::npc_with_actions(std::string_view name, std::string_view persona, const msgpack::Value& actions,
+                                std::optional<long long> seed) {
+  Handle id;
+  msgpack::Value m = begin("npc", id);
+  m.set("npc", name).set("persona", persona);
+  if (seed) m.set("seed", *seed);
+  m.set("actions", actions);
+  return submit(id, m, Options{}, false);
+}
+
+Handle Client::decide_action(std::string_view name, std::string_view situation,
+                             const std::vector<std::string>& actions, const Options& options) {
+  Handle id;
+  msgpack::Value m = begin("decide", id);
+  m.set("npc", name).set("situation", situation);
+  if (actions.empty()) {
+    m.set("actions", true);
+  } else {
+    msgpack::Value list = msgpack::Value::array();
+    for (const std::string& a : actions) list.push(a);
+    m.set("actions", std::move(list));
+  }
+  return submit(id, m, options, false);
+}
+
+Handle Client::act_result(std::string_view name, std::string_view action, std::string_view result) {
+  Handle id;
+  msgpack::Value m = begin("act_result", id);
+  m.set("npc", name).set("name", action).set("result", result);
+  return submit(id, m, Options{}, false);
+}
+
+Handle Client::chain(const msgpack::Value& steps, const Options& options) {
+  Handle id;
+  msgpack::Value m = begin("chain", id);
+  m.set("steps", steps);
+  return submit(id, m, options, false);
+}
+
 Handle Client::say(std::string_view name, std::string_view text, const Options& options) {
   Handle id;
   msgpack::Value m = begin("say", id);
@@ -196,7 +235,18 @@ Handle Client::submit(Handle id, msgpack::Value& message, const Options& options
 
   encoded_.clear();
   msgpack::encode(message, encoded_);
-  return send_encoded(id, options, internal);
+  send_encoded(id, options, internal);
+  // Where actions may come from: a say/decide asking for them, or a chain's steps.
+  if (Slot* slot = find(id)) {
+    const std::string_view op = message["op"].as_str();
+    const msgpack::Value& wanted = message["actions"];
+    if ((op == "say" || op == "decide") && (wanted.as_bool() || wanted.is_array())) {
+      slot->acts = op == "say" ? "say" : "decide";
+      slot->npc.assign(message["npc"].as_str());
+    }
+    if (op == "chain") slot->steps = message["steps"];
+  }
+  return id;
 }
 
 Handle Client::send_encoded(Handle id, const Options& options, bool internal) {
@@ -284,6 +334,17 @@ void Client::release(Slot& slot) {
   slot.fail = Fail::None;
   slot.has_deadline = false;
   slot.fallback.reset();
+  slot.acts = nullptr;
+  if (!slot.steps.is_nil()) slot.steps = msgpack::Value();
+}
+
+// The action in `answer` (a done or step reply) to a say/decide asking for actions, or null.
+const msgpack::Value* Client::action_in(std::string_view op, bool acts, const msgpack::Value& answer) {
+  if (!acts || answer["used_fallback"].as_bool() || answer["local"].as_bool()) return nullptr;
+  const msgpack::Value* found = op == "say" ? answer.find("action") : op == "decide" ? answer.find("value") : nullptr;
+  if (!found || !found->is_map() || !(*found)["name"].is_str()) return nullptr;
+  const msgpack::Value* args = found->find("args");
+  return args && args->is_map() ? found : nullptr;
 }
 
 // --- the per-frame pump ---------------------------------------------------------------------
@@ -325,15 +386,34 @@ void Client::dispatch(const std::uint8_t* body, std::size_t size) {
   Slot* slot = find(reply_["id"].as_int());
   const std::string_view event = reply_["event"].as_str();
   const bool ends = event == "ok" || event == "done" || event == "error" || event == "cancelled";
-  if (!slot || slot->fail != Fail::None || (!ends && event != "token")) {
+  if (!slot || slot->fail != Fail::None || (!ends && event != "token" && event != "sentence" && event != "step")) {
     ++stray_;
     return;
   }
   const Handle h = slot->id;
   if (!ends) {
-    if (!slot->internal) listener_.on_token(h, reply_["text"].as_str());
+    if (slot->internal) return;
+    if (event == "token") {
+      listener_.on_token(h, reply_["text"].as_str());
+    } else if (event == "sentence") {
+      listener_.on_sentence(h, reply_["text"].as_str());
+    } else {
+      listener_.on_step(h, reply_);
+      // on_step may have made requests (slots_ may have moved): look the step up again.
+      const Slot* again = find(h);
+      const long long index = reply_["step"].as_int(-1);
+      if (!again || !again->steps.is_array() || index < 0 || static_cast<std::size_t>(index) >= again->steps.size()) return;
+      const msgpack::Value& asked = again->steps.at(static_cast<std::size_t>(index));
+      const msgpack::Value& wanted = asked["actions"];
+      const std::string npc(asked["npc"].as_str());
+      if (const msgpack::Value* act = action_in(asked["op"].as_str(), wanted.as_bool() || wanted.is_array(), reply_)) {
+        listener_.on_action(h, npc, (*act)["name"].as_str(), (*act)["args"]);
+      }
+    }
     return;
   }
+  const char* const acts = slot->acts;
+  const std::string acting_npc = acts ? slot->npc : std::string();
   const bool internal = slot->internal;
   release(*slot);  // before the callback, which may make new requests
   if (h == heartbeat_) heartbeat_ = 0;
@@ -356,6 +436,8 @@ void Client::dispatch(const std::uint8_t* body, std::size_t size) {
     // replies always carry the fallback.
     const msgpack::Value* used = reply_.find("used_fallback");
     result.used_fallback = used ? used->as_bool() : result.timed_out;
+    result.action = acts ? action_in(acts, true, reply_) : nullptr;
+    if (result.action) listener_.on_action(h, acting_npc, (*result.action)["name"].as_str(), (*result.action)["args"]);
     listener_.on_done(h, result);
   }
 }

@@ -32,6 +32,9 @@ struct Result {
   bool timed_out = false;          // the deadline passed first
   bool used_fallback = false;      // `value` is the request's fallback (or nil if it had none)
   bool local = false;              // ended by this client: the deadline passed with no reply
+  // say or decide with actions: the action the NPC chose ({name, args}), or null (it just
+  // talks, the answer is a fallback, or no actions were asked for).
+  const msgpack::Value* action = nullptr;
 
   // decide with choices: the probability of `choice` (probs), or -1 when there is none.
   double prob(std::string_view choice) const;
@@ -42,6 +45,16 @@ class Listener {
  public:
   virtual ~Listener() = default;
   virtual void on_token(Handle, std::string_view /*text*/) {}
+  // say: a sentence of the line is complete (the sentences joined are the line); chain: those
+  // of its say steps.
+  virtual void on_sentence(Handle, std::string_view /*text*/) {}
+  // chain: a step finished; `step` is its event map (step, as, value, used_fallback, ...).
+  virtual void on_step(Handle, const msgpack::Value& /*step*/) {}
+  // An NPC chose one of its declared actions: `args` is a map valid against that action's
+  // schema. From the `done` of a say or decide with actions (called right before on_done), or a
+  // chain step that acted (right after its on_step); never for a fallback.
+  virtual void on_action(Handle, std::string_view /*npc*/, std::string_view /*name*/,
+                         const msgpack::Value& /*args*/) {}
   virtual void on_done(Handle, const Result&) {}
   // code: the sidecar's (bad_request, unknown_npc, overloaded, ...), or this client's own:
   // unavailable (the connection was lost, or none was open when the request was made).
@@ -101,6 +114,10 @@ class Client {
   Handle hello(std::string_view client_name, std::string_view token = {});
   Handle ping();
   Handle npc(std::string_view name, std::string_view persona, std::optional<long long> seed = {});
+  // An NPC with the actions it may take: an array of {name, description, args} maps, `args` a
+  // JSON schema (as a map) of the action's arguments. A bad action ends with bad_request.
+  Handle npc_with_actions(std::string_view name, std::string_view persona, const msgpack::Value& actions,
+                          std::optional<long long> seed = {});
   Handle say(std::string_view name, std::string_view text, const Options& options = {});
   // decide with `choices`, a JSON `schema` (as a map), or a `grammar`; `name` may be empty.
   Handle decide(std::string_view name, std::string_view situation, const std::vector<std::string>& choices,
@@ -109,6 +126,16 @@ class Client {
                        const Options& options = {});
   Handle decide_grammar(std::string_view name, std::string_view situation, std::string_view grammar,
                         const Options& options = {});
+  // decide with `actions`: which of the NPC's declared actions it takes (among `actions`; all of
+  // them when empty) and with what arguments. value {name, args}; on_action is called.
+  // (A say acts after its line with options.extra {"actions": true} or a list of names.)
+  Handle decide_action(std::string_view name, std::string_view situation, const std::vector<std::string>& actions,
+                       const Options& options = {});
+  // act_result: what came of the NPC's action `action`; its next line can refer to it.
+  Handle act_result(std::string_view name, std::string_view action, std::string_view result);
+  // chain: `steps` (an array of maps: op, as, and that op's fields; "{name}" in a string field is
+  // an earlier step's value) in one request; on_step per step, done's reply["results"].
+  Handle chain(const msgpack::Value& steps, const Options& options = {});
   Handle observe(std::string_view name, std::string_view text);
   Handle forget(std::string_view name);
   Handle save(std::string_view name);
@@ -151,6 +178,9 @@ class Client {
     Fail fail = Fail::None;         // ends with this error at the next poll()
     Clock::time_point deadline;
     std::optional<msgpack::Value> fallback;
+    const char* acts = nullptr;     // "say" or "decide": a request with actions
+    std::string npc;                // ... for this NPC
+    msgpack::Value steps;           // a chain's steps (each step's op, npc, actions)
   };
 
   Listener& listener_;
@@ -183,6 +213,7 @@ class Client {
   Slot* find(Handle id);
   void release(Slot& slot);
   void dispatch(const std::uint8_t* body, std::size_t size);
+  static const msgpack::Value* action_in(std::string_view op, bool acts, const msgpack::Value& answer);
   void lose(std::string_view reason);
   void watch_silence(Clock::time_point now);
   void end_failed();

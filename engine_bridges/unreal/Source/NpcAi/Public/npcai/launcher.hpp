@@ -103,6 +103,11 @@ class Launcher final : private Listener {
   bool own_ended(Handle h);
 
   void on_token(Handle h, std::string_view text) override { events_.on_token(h, text); }
+  void on_sentence(Handle h, std::string_view text) override { events_.on_sentence(h, text); }
+  void on_step(Handle h, const msgpack::Value& step) override { events_.on_step(h, step); }
+  void on_action(Handle h, std::string_view npc, std::string_view name, const msgpack::Value& args) override {
+    events_.on_action(h, npc, name, args);
+  }
   void on_done(Handle h, const Result& result) override;
   void on_error(Handle h, std::string_view code, std::string_view message) override;
   void on_cancelled(Handle h) override {
