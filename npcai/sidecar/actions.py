@@ -2,14 +2,16 @@
 
 An NPC declares its actions (``npc`` with ``actions``: name, description, and a JSON schema for the
 arguments, typically enums of in-game ids). Every schema is compiled when the NPC is defined, so a bad
-one is refused then, naming its action. An action is chosen in two decisions that exist already:
+one is refused then, naming its action. An action is chosen by decisions that exist already:
 
 1. which action: a choice decision over the allowed names, each scored by its description (the words
    that complete "The sensible thing to do is to ..."), so it gets calibrated ``probs`` like any choice;
-2. its arguments: a schema decision (constrained decoding, llguidance) over that action's ``args``,
-   skipped when the action takes none.
+   when an action's arguments are a few enumerable values, each combination is an option of that same
+   decision (``action_options.py``) and the arguments come out of it too: one model step;
+2. otherwise its arguments: a schema decision (constrained decoding, llguidance) over that action's
+   ``args``, skipped when the action takes none.
 
-Neither step can produce a name that is not allowed or arguments its schema refuses. After a line
+Neither way can produce a name that is not allowed or arguments its schema refuses. After a line
 (``say`` with ``actions``) the first decision also weighs doing nothing (``NO_ACTION``). ``act_result``
 tells the NPC what came of it, as a turn of its history.
 """
