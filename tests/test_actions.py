@@ -55,7 +55,19 @@ def test_decide_with_a_list_of_actions_chooses_among_those_only(client, smith):
                               seed=seed)
         assert reply["value"]["name"] == "give_item" and set(reply["probs"]) == {"give_item"}
         assert_valid(reply["value"], ["give_item"])
-        assert reply["usage"]["steps"] >= 2  # the choice, then the arguments
+        assert reply["usage"]["steps"] == 1  # its 9 argument combinations scored in the one step
+
+
+def test_arguments_too_open_to_list_are_decided_after_the_action_by_their_schema(client, village):
+    note = {"name": "write_note", "description": "write a note for the customer",
+            "args": {"type": "object", "properties": {"text": {"type": "string", "maxLength": 12}},
+                     "required": ["text"]}}
+    client.npc("scribe", village["npcs"]["brom"]["persona"], seed=5, actions=[note, *ACTIONS[1:]])
+    for seed in range(2):
+        reply = client.decide("A customer asks for a receipt.", npc="scribe", actions=["write_note"],
+                              temperature=1.0, seed=seed)
+        assert reply["value"]["name"] == "write_note" and reply["usage"]["steps"] >= 2  # the choice, then the schema
+        jsonschema.validate(reply["value"]["args"], note["args"])
 
 
 def test_say_with_actions_streams_its_line_then_done_carries_an_allowed_action_or_none(client, smith):

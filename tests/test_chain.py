@@ -115,3 +115,18 @@ def test_a_route_step_picks_a_described_role_and_a_later_step_speaks_in_it(roles
         with pytest.raises(RequestFailed) as err:
             c.call("chain", steps=unserved)
         assert err.value.code == "bad_request" and "'wizard'" in err.value.message
+
+
+def test_a_route_evaluates_the_request_not_the_roles_listing_again(roles):
+    """The roles and their descriptions are the router's persona, which stays evaluated between routes."""
+    with Client(roles.endpoint) as c:  # a description of its own: a listing no route has used yet
+        c.call("hello", client="pytest", role_info={"guard": "watches the town gate and catches pickpockets"})
+
+        def evaluated(text: str) -> int:
+            before = c.call("stats")["engine"]["models"][0]["tokens"]
+            c.chain([{"op": "route", "as": "who", "text": text, "choices": ["merchant", "guard"]}])
+            return c.call("stats")["engine"]["models"][0]["tokens"] - before
+
+        first = evaluated("Someone stole my purse at the market!")
+        again = evaluated("Do you have a cheaper shield?")
+        assert 0 < 2 * again < first

@@ -96,3 +96,21 @@ def test_the_npcs_evaluated_prefix_is_moved_over_not_evaluated_again(model):
         b.close()
         scorer.close()
         main.close()
+
+
+def test_options_that_start_alike_share_the_cells_of_their_common_start(model):
+    """An action's argument combinations ("give the sword (item: ...)") evaluate their shared words once."""
+    main = Context(model, n_ctx=2048, n_batch=512, n_seq=4, threads=2)
+    scorer = OptionScorer(model, prefix_cells=512, max_seqs=16, threads=2, flash_attn=None, main=main)
+    try:
+        stem = _stem(model, "A customer pays 20 gold for a shield.")
+        texts = ["sell an item", "sell an item (item: shield)", "sell an item (item: sword)", "refuse the deal"]
+        options = [model.tokenize(" " + o) for o in texts]
+        tree = OptionTree(seq=-1, pos=0, pending=[0], all_logits=True, stems=[stem], options=options)
+        assert scorer.evaluate(tree) == 0
+        assert np.allclose(tree.scores[0], _one_by_one(model, stem, options), atol=NUMERIC)
+        prefixes = {tuple(o[:j + 1]) for o in options for j in range(len(o) - 1)}
+        assert scorer.batch.n == len(stem) + len(prefixes) < len(stem) + sum(len(o) - 1 for o in options)
+    finally:
+        scorer.close()
+        main.close()

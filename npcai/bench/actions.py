@@ -4,7 +4,12 @@
   integers, booleans, short strings, one to three properties); every ``decide`` and ``say`` with
   actions must answer an allowed action whose arguments validate against its schema (target: 100 %);
 - cost: an action decision against a choice decision over the same names and descriptions, p50
-  (target: at most 1.25x), for actions with and without arguments.
+  (target: at most 1.25x), for actions with and without arguments;
+- picks: on a small set of shop, inn and guard situations with a right action and arguments each
+  (``SITUATIONS``), how often the action and its arguments are right, one option tree for both
+  (the sidecar's way for small argument spaces) against the two decisions one after the other
+  (a choice over the names, then a schema decision for the arguments: the sidecar's way before,
+  and still its way for open argument spaces), with each way's p50.
 """
 
 from __future__ import annotations
@@ -88,15 +93,18 @@ def cost(c: Client, reps: int) -> list[tuple[str, float, float]]:
     out = []
     with_args = {"type": "object", "properties": {"item": {"enum": ["sword", "shield", "nails"]}},
                  "required": ["item"]}
-    for label, args in (("without args", None), ("with one enum arg", with_args)):
-        actions = [{"name": n, "description": d, **({"args": args} if args else {})}
-                   for n, d in (("sell", "sell the customer an item"), ("refuse", "refuse the deal"),
-                                ("call_guard", "call the guard"))]
+    urgent = {"type": "object", "properties": {"urgent": {"type": "boolean"}}, "required": ["urgent"]}
+    for label, args, guard_args in (("without args", None, None), ("with one enum arg", with_args, None),
+                                    ("over all three, two with enum or boolean args", with_args, urgent)):
+        actions = [{"name": n, "description": d, **({"args": a} if a else {})}
+                   for n, d, a in (("sell", "sell the customer an item", args), ("refuse", "refuse the deal", None),
+                                   ("call_guard", "call the guard", guard_args))]
         c.npc("bench-cost", _PERSONA, actions=actions, seed=1)
         names = [a["name"] for a in actions]
         words = {a["name"]: a["description"] for a in actions}
         situation = "A customer walks in with 20 gold."
-        act = lambda: c.decide(situation, npc="bench-cost", actions=["sell"] if args else True)  # noqa: E731
+        only_sell = args is not None and guard_args is None
+        act = lambda: c.decide(situation, npc="bench-cost", actions=["sell"] if only_sell else True)  # noqa: E731
         choose = lambda: c.decide(situation, npc="bench-cost", choices=names, descriptions=words)  # noqa: E731
         act(), choose()  # warm: priors cached, schema compiled
         a_ms, c_ms = [], []
@@ -104,6 +112,89 @@ def cost(c: Client, reps: int) -> list[tuple[str, float, float]]:
             a_ms.append(_p50(act, 1))
             c_ms.append(_p50(choose, 1))
         out.append((label, statistics.median(a_ms), statistics.median(c_ms)))
+    return out
+
+
+_ITEM = {"type": "object", "properties": {"item": {"enum": ["sword", "shield", "nails"]}}, "required": ["item"]}
+#: NPCs with actions whose arguments are enums, integers in a range or booleans, and situations with
+#: their right action and arguments: (npc, situation, name, args).
+NPCS = {
+    "bench-brom": ("You are Brom, the blacksmith of Oakvale. You sell swords, shields and nails, and you keep your "
+                   "shop safe.", [
+                       {"name": "sell", "description": "sell the customer an item", "args": _ITEM},
+                       {"name": "refuse", "description": "refuse the deal"},
+                       {"name": "call_guard", "description": "call the guard",
+                        "args": {"type": "object", "properties": {"urgent": {"type": "boolean"}},
+                                 "required": ["urgent"]}}]),
+    "bench-mara": ("You are Mara, the innkeeper of the Golden Goose. You serve stew, bread and ale, and rent rooms.", [
+        {"name": "serve", "description": "serve the guest food or drink",
+         "args": {"type": "object", "properties": {"dish": {"enum": ["stew", "bread", "ale"]}}, "required": ["dish"]}},
+        {"name": "rent_room", "description": "rent a room to the guest",
+         "args": {"type": "object", "properties": {"nights": {"type": "integer", "minimum": 1, "maximum": 3}},
+                  "required": ["nights"]}},
+        {"name": "throw_out", "description": "throw the guest out"}]),
+    "bench-tom": ("You are Tom, a guard of the town of Oakvale. You keep the peace.", [
+        {"name": "go_to", "description": "hurry to a place in town",
+         "args": {"type": "object", "properties": {"place": {"enum": ["gate", "market", "tavern"]}},
+                  "required": ["place"]}},
+        {"name": "arrest", "description": "arrest someone",
+         "args": {"type": "object", "properties": {"who": {"enum": ["thief", "drunk", "stranger"]}},
+                  "required": ["who"]}},
+        {"name": "let_pass", "description": "let the traveller pass"}]),
+}
+SITUATIONS = [
+    ("bench-brom", "A customer puts 20 gold on the counter and points at the shield.", "sell", {"item": "shield"}),
+    ("bench-brom", "A traveller wants a blade for the road and pays you 30 gold.", "sell", {"item": "sword"}),
+    ("bench-brom", "A carpenter needs a bag of nails and hands you two coins.", "sell", {"item": "nails"}),
+    ("bench-brom", "A man offers you one copper coin for your best sword.", "refuse", {}),
+    ("bench-brom", "A masked man grabs a sword from the wall and runs out of the shop.", "call_guard", {"urgent": True}),
+    ("bench-brom", "A boy asks for a shield but has no money at all.", "refuse", {}),
+    ("bench-brom", "Someone has set fire to the shop next door and is running away.", "call_guard", {"urgent": True}),
+    ("bench-mara", "A thirsty farmer asks for a mug of ale and pays.", "serve", {"dish": "ale"}),
+    ("bench-mara", "A hungry traveller asks for a hot bowl of stew.", "serve", {"dish": "stew"}),
+    ("bench-mara", "A child asks for a piece of bread.", "serve", {"dish": "bread"}),
+    ("bench-mara", "A merchant pays for a room for two nights.", "rent_room", {"nights": 2}),
+    ("bench-mara", "A pilgrim wants a bed for tonight only.", "rent_room", {"nights": 1}),
+    ("bench-mara", "A knight pays for a room for three nights.", "rent_room", {"nights": 3}),
+    ("bench-mara", "A drunk guest breaks a chair and starts a fight.", "throw_out", {}),
+    ("bench-tom", "The bell rings: a fight has broken out at the tavern.", "go_to", {"place": "tavern"}),
+    ("bench-tom", "Someone shouts that a stall is being robbed in the market.", "go_to", {"place": "market"}),
+    ("bench-tom", "A cart has overturned at the gate and is blocking the road.", "go_to", {"place": "gate"}),
+    ("bench-tom", "A merchant with valid papers asks to enter the town.", "let_pass", {}),
+    ("bench-tom", "You catch a thief stealing apples right in front of you.", "arrest", {"who": "thief"}),
+    ("bench-tom", "A drunk man is shouting insults and throwing bottles at people.", "arrest", {"who": "drunk"}),
+]
+
+
+def _two_decisions(c: Client, npc: str, situation: str) -> dict[str, Any]:
+    """The action as two decisions, as the sidecar made it before option trees took its arguments:
+    a choice over the names (scored by their descriptions), then a schema decision for the arguments."""
+    declared = {a["name"]: a for a in NPCS[npc][1]}
+    words = {n: a["description"] for n, a in declared.items()}
+    name = c.decide(situation, npc=npc, choices=list(declared), descriptions=words)["value"]
+    if "args" not in declared[name]:
+        return {"name": name, "args": {}}
+    args = c.decide(f"{situation.strip()}\n\nYou are going to {words[name]} ({name}).", npc=npc,
+                    schema=declared[name]["args"])["value"]
+    return {"name": name, "args": args}
+
+
+def picks(c: Client) -> dict[str, dict[str, Any]]:
+    """Each way's right actions, right actions with right arguments, and p50 ms over ``SITUATIONS``."""
+    for npc, (persona, actions) in NPCS.items():
+        c.npc(npc, persona, actions=actions, seed=1)
+    ways = {"one option tree": lambda npc, s: c.decide(s, npc=npc, actions=True)["value"],
+            "two decisions": lambda npc, s: _two_decisions(c, npc, s)}
+    out: dict[str, dict[str, Any]] = {w: {"name": 0, "both": 0, "ms": [], "answers": []} for w in ways}
+    for npc, situation, name, args in SITUATIONS:
+        for way, decide in ways.items():
+            t = time.perf_counter()
+            got = decide(npc, situation)
+            r = out[way]
+            r["ms"].append((time.perf_counter() - t) * 1e3)
+            r["name"] += got["name"] == name
+            r["both"] += got == {"name": name, "args": args}
+            r["answers"].append(got)
     return out
 
 
@@ -118,5 +209,15 @@ def run(c: Client, quick: bool, say: Callable[[str], None]) -> tuple[list[tuple]
     for label, act_ms, choice_ms in figures:
         rows.append((f"action decision {label} vs choice decision, same names (p50)", round(act_ms, 1),
                      round(choice_ms, 1), "decide with choices", "ms", "<= 1.25x"))
+    say(f"    actions: picks on {len(SITUATIONS)} situations, one option tree against two decisions")
+    right = picks(c)
+    tree, two = right["one option tree"], right["two decisions"]
+    n = len(SITUATIONS)
+    rows += [(f"right action, of {n} situations: one option tree vs two decisions", tree["name"], two["name"],
+              "two decisions", "", ""),
+             (f"right action and arguments, of {n}: one option tree vs two decisions", tree["both"], two["both"],
+              "two decisions", "", ""),
+             ("those decisions' p50: one option tree vs two decisions", round(statistics.median(tree["ms"]), 1),
+              round(statistics.median(two["ms"]), 1), "two decisions", "ms", "")]
     return rows, {"valid": valid, "calls": calls, "invalid": bad[:10],
-                  "cost_ms": [{"what": w, "action": a, "choice": b} for w, a, b in figures]}
+                  "cost_ms": [{"what": w, "action": a, "choice": b} for w, a, b in figures], "picks": right}

@@ -6,7 +6,9 @@
 - deadlines: the chain under a deadline of about two thirds of its own p50: chains answered after
   their deadline (target: none), and how many steps fell back;
 - routing: a route step's model steps (target: at most one), and a routed line against the same line
-  sent to its role directly, p50.
+  sent to its role directly, p50; and the roles a few requests are routed to, against the router's
+  prompt before its roles' listing became a cached persona (all in one user turn, under the
+  anonymous persona), sent as the same choice decision.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Callable
 
 from npcai.client import Client
 from npcai.launcher import Sidecar
-from npcai.sidecar.chain import substitute
+from npcai.sidecar.chain import ROUTE_LEAD, substitute
 
 _PERSONA = "You are Brom, the blacksmith of Oakvale. You sell swords and shields."
 _STEPS = [
@@ -29,6 +31,15 @@ _STEPS = [
     {"op": "decide", "as": "emotion", "situation": "The blacksmith said: {line} How does he feel?",
      "choices": ["happy", "angry", "calm"], "fallback": "calm"},
 ]
+
+
+#: Requests and the role that should serve them (roles described as in ``_routing``).
+_ROUTED = [("How much is that sword?", "merchant"), ("Do you sell iron shields?", "merchant"),
+           ("I want to buy armour for my son.", "merchant"), ("A thief stole my purse!", "guard"),
+           ("Two drunks are fighting in the street.", "guard"), ("Someone broke into my house last night.", "guard")]
+#: The router's prompt before: roles, descriptions and request in one user turn (anonymous persona).
+_LISTED = ("Helpers:\n- merchant: sells weapons and armour and talks about prices\n- guard: keeps the peace and "
+           "deals with thieves\n\nRequest: {text}\n\nWhich helper should handle it?")
 
 
 def _one_by_one(c: Client) -> dict[str, Any]:
@@ -98,7 +109,15 @@ def _routing(model_path: Path, reps: int) -> tuple[list[tuple], dict[str, Any]]:
                                                   {**line, "role": "{who}"}])))
             c.call("forget", npc="bench-brom")
             direct.append(_timed(lambda: c.chain([{**line, "role": "merchant"}])))
+        right, right_before = 0, 0
+        for text, role in _ROUTED:
+            right += c.chain([{**route, "text": text}])["results"]["who"] == role
+            right_before += c.decide(_LISTED.format(text=text), choices=["merchant", "guard"],
+                                     lead=ROUTE_LEAD)["value"] == role
     rows = [("model steps a route step takes (most)", max(steps), None, "", "steps", "<= 1"),
+            (f"requests routed to the right role (of {len(_ROUTED)}): cached listing vs listing in the request",
+             right, right_before, "listing in the request", "", ""),
             ("routed line vs the same line sent to its role (p50)", round(statistics.median(routed), 1),
              round(statistics.median(direct), 1), "line without routing", "ms", "")]
-    return rows, {"route_steps": steps, "routed_ms": routed, "direct_ms": direct}
+    return rows, {"route_steps": steps, "routed_ms": routed, "direct_ms": direct, "routed_right": right,
+                  "routed_right_before": right_before}

@@ -6,7 +6,8 @@ whole stream (about 4-8 ms each on SmolLM2) and a second step after the situatio
 sequences share one cache, where a token may belong to several sequences at once: the situation
 is evaluated once, tagged with every option's sequence, and each option's tokens follow it in
 its own sequence, all in one batch (tree attention, as llama.cpp's parallel example shares a
-system prompt). The NPC's persona and history are not evaluated again: its cells are copied
+system prompt); options that start alike (an action's argument combinations) share the cells of
+their common start too. The NPC's persona and history are not evaluated again: its cells are copied
 over from the main cache (``single_stream_state``), only when they are not here already.
 
 Measured on SmolLM2 (2 threads, 136-token persona, 6 options; docs/PERFORMANCE.md): situation and
@@ -90,10 +91,7 @@ class OptionScorer:
             start = max(root, have)
             rows_here = [b.add_shared(stem[pos], pos, seqs, pos == len(stem) - 1) for pos in range(start, len(stem))]
             last_rows.append(rows_here[-1])  # never empty: the cached prefix stops before the stems' last token
-            rows = []
-            for opt, seq in zip(options, seqs):
-                rows.append([b.add(tok, len(stem) + j, seq, True) for j, tok in enumerate(opt[:-1])])
-            option_rows.append(rows)
+            option_rows.append(_add_options(b, len(stem), options, seqs))
         rc = self.ctx.decode(b)
         for seq in every[1:]:
             self.ctx.seq_rm(seq)
@@ -134,14 +132,40 @@ class OptionScorer:
 
     def _scores(self, last: int, rows: list[list[int]], options: list[list[int]]) -> np.ndarray:
         out = first_tokens(self.ctx.logits(last, self._n_vocab), options)
+        wanted: dict[int, list[tuple[int, int]]] = {}  # row -> (option, next token): a shared row is read once
         for k, (opt, opt_rows) in enumerate(zip(options, rows)):
             for j, row in enumerate(opt_rows):
-                out[k] += log_softmax_at(self.ctx.logits(row, self._n_vocab), [opt[j + 1]])[0]
+                wanted.setdefault(row, []).append((k, opt[j + 1]))
+        for row, asks in wanted.items():
+            logp = log_softmax_at(self.ctx.logits(row, self._n_vocab), [tok for _, tok in asks])
+            for (k, _), lp in zip(asks, logp):
+                out[k] += lp
         return out
 
     def close(self) -> None:
         self.batch.close()
         self.ctx.close()
+
+
+def _add_options(b: Batch, start: int, options: list[list[int]], seqs: list[int]) -> list[list[int]]:
+    """Add the options after a stem ending at ``start``, each in its sequence; a start that several
+    options share ("give the shield", "give the sword") is added once, in all their sequences.
+    Returns each option's rows: the logits of its tokens but the last, which predict the next."""
+    shared: dict[tuple[int, ...], list[int]] = {}
+    for opt, seq in zip(options, seqs):
+        for j in range(len(opt) - 1):
+            shared.setdefault(tuple(opt[:j + 1]), []).append(seq)
+    row_of: dict[tuple[int, ...], int] = {}
+    out = []
+    for opt in options:
+        rows = []
+        for j, tok in enumerate(opt[:-1]):
+            key = tuple(opt[:j + 1])
+            if key not in row_of:
+                row_of[key] = b.add_shared(tok, start + j, shared[key], True)
+            rows.append(row_of[key])
+        out.append(rows)
+    return out
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

@@ -2,14 +2,16 @@
 
 An NPC declares its actions (``npc`` with ``actions``: name, description, and a JSON schema for the
 arguments, typically enums of in-game ids). Every schema is compiled when the NPC is defined, so a bad
-one is refused then, naming its action. An action is chosen in two decisions that exist already:
+one is refused then, naming its action. An action is chosen by decisions that exist already:
 
 1. which action: a choice decision over the allowed names, each scored by its description (the words
    that complete "I should ..."), so it gets calibrated ``probs`` like any choice;
-2. its arguments: a schema decision (constrained decoding, llguidance) over that action's ``args``,
-   skipped when the action takes none.
+   when an action's arguments are a few enumerable values, each combination is an option of that same
+   decision (``action_options.py``) and the arguments come out of it too: one model step;
+2. otherwise its arguments: a schema decision (constrained decoding, llguidance) over that action's
+   ``args``, skipped when the action takes none.
 
-Neither step can produce a name that is not allowed or arguments its schema refuses. After a line
+Neither way can produce a name that is not allowed or arguments its schema refuses. After a line
 (``say`` with ``actions``) the first decision also weighs doing nothing (``NO_ACTION``). ``act_result``
 tells the NPC what came of it, as a turn of its history.
 """
@@ -21,8 +23,11 @@ import re
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from npcai import protocol as P
 from npcai.errors import BadRequest, NpcaiError, TooLarge
+from npcai.sidecar import action_options
 from npcai.sidecar.relay import Relay, ended_badly
 
 if TYPE_CHECKING:
@@ -42,10 +47,6 @@ _NO_ARGS = {"type": "object", "properties": {}}
 def words(action: dict[str, Any]) -> str:
     """The words scored for an action: its description, else its name as words."""
     return (action.get("description") or "").strip() or action["name"].replace("_", " ").replace("-", " ")
-
-
-def takes_args(action: dict[str, Any]) -> bool:
-    return bool(action["args"].get("properties")) or action["args"].get("type") not in (None, "object")
 
 
 def check_actions(raw: list[dict[str, Any]] | None, rt: "Runtime", limits: P.Limits) -> dict[str, dict[str, Any]]:
@@ -104,13 +105,17 @@ def record_result(npc: "Npc", name: str, result: str) -> None:
 
 
 class _ActionRelay(Relay):
-    """Which action (a choice decision), then its arguments (a schema decision)."""
+    """Which action and, when they are few, its arguments (one choice decision over ``action_options``);
+    else its arguments after (a schema decision)."""
 
     def __init__(self, req, rt, emit, npc_ctx, engine, npc: "Npc", names: list[str]):
         super().__init__(req, rt, emit, npc_ctx, engine)
         self.npc, self.names = npc, names
         self.probs: dict[str, float] = {}
         self._name: str | None = None
+        self._options: list[action_options.Option] = []
+        seed = req.fields.get("seed")
+        self._rng = np.random.default_rng(seed) if seed is not None else npc.rng
 
     def _common(self) -> dict[str, Any]:
         f = self.req.fields
@@ -119,21 +124,24 @@ class _ActionRelay(Relay):
     def _choose(self, situation: str, names: list[str], extra_words: dict[str, str]) -> None:
         f = self.req.fields
         descriptions = {n: words(self.npc.actions[n]) for n in names if n in self.npc.actions} | extra_words
-        fields = {**self._common(), "situation": situation, "choices": names, "descriptions": descriptions,
-                  **{k: f[k] for k in ("lead", "temperature") if k in f and self.req.op == "decide"}}
-        self.spawn("decide", fields, self._chosen)
+        declared = [self.npc.actions.get(n) or {"name": n, "args": _NO_ARGS} for n in names]
+        self._options = action_options.options(declared, descriptions)
+        fields = {**self._common(), "situation": situation, "choices": [o.key for o in self._options],
+                  "descriptions": {o.key: o.words for o in self._options},
+                  **{k: f[k] for k in ("lead",) if k in f and self.req.op == "decide"}}
+        self.spawn("decide", fields, self._chosen)  # at temperature 0: the pick is made here, from its probs
 
     def _chosen(self, reply: dict[str, Any]) -> None:
         if ended_badly(reply) or reply["used_fallback"]:
             return self._fail(reply)
-        self.probs = reply["probs"]
-        name = reply["value"]
+        temperature = float(self.req.fields.get("temperature", 0.0)) if self.req.op == "decide" else 0.0
+        name, args, self.probs = action_options.pick(self._options, reply["probs"], temperature, self._rng)
         if name == NO_ACTION:
             return self._acted(None)
         self._name = name
         action = self.npc.actions[name]
-        if not takes_args(action):
-            return self._acted({"name": name, "args": {}})
+        if args is not None:
+            return self._acted({"name": name, "args": args})
         fields = {**self._common(), "situation": self._args_situation(action), "schema": action["args"]}
         if "max_tokens" in self.req.fields and self.req.op == "decide":
             fields["max_tokens"] = self.req.fields["max_tokens"]

@@ -14,7 +14,9 @@ ordinary request (a relay's sub-request), started the moment the one before it e
   inputs, the NPC's persona and history included: repeated, it costs nothing (``StepCache``).
 - A ``route`` step asks the router (the ``router`` role's model, else the decision model) which of
   several roles fits a request, from each role's one-line description; later steps may put the
-  chosen role in their ``role``.
+  chosen role in their ``role``. The roles and their descriptions are the router's persona (an NPC
+  of the chain's own, ``router``), which the option scorer keeps evaluated: a route evaluates the
+  request's own tokens and the roles' names, not the listing again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any, Hashable
 
 from npcai import protocol as P
 from npcai.errors import BadRequest, NpcaiError
+from npcai.sidecar.npc import Npc
 from npcai.sidecar.relay import Relay
 from npcai.sidecar.scheduler import deadline_share
 
@@ -35,7 +38,10 @@ _REF = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _AS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _NOT_SUBSTITUTED = frozenset({"op", "as", "schema", "fallback"})
 _ROUTE_FIELDS = {"op", "as", "text", "choices", "fallback"}
-#: The router's framing: the roles and what each is for, the request, and a lead that a role's name completes.
+#: The router's framing: the roles and what each is for (its persona), the request, and a lead that a
+#: role's name completes.
+ROUTER_PERSONA = "You pass each request to the helper that fits it best."
+ROUTE_QUESTION = "Which helper should handle it?"
 ROUTE_LEAD = "The helper for this request is"
 #: Time kept back from a chain's deadline for its last reply to go out.
 _MARGIN_S = 0.005
@@ -164,6 +170,12 @@ class StepCache:
             self._items.popitem(last=False)
 
 
+def router_npc(role_info: dict[str, str], roles: list[str]) -> Npc:
+    """The NPC a route is decided as: its persona lists ``roles`` with their descriptions."""
+    listing = "\n".join(f"- {role}: {role_info[role]}" for role in roles)
+    return Npc("", f"{ROUTER_PERSONA}\n\nHelpers:\n{listing}")
+
+
 _RESULT_FIELDS = ("value", "text", "used_fallback", "timed_out", "finish_reason", "probs", "action", "action_probs")
 
 
@@ -193,39 +205,39 @@ class Chain(Relay):
             step = substitute(self.steps[self._i], self.values)
             op = step.pop("op")
             step.pop("as")
+            router = None
             if op == "route":
-                op, step = "decide", self._routing(step)
-            self._key = self._cache_key(op, step)
+                op, (step, router) = "decide", self._routing(step)
+            self._key = self._cache_key(op, step, router)
             hit = self.engine.step_cache.get(self._key)
             if hit is not None:
                 self._record({**hit, "cached": True})
                 continue
             self._streamed = []
             self._sub_deadline = self._share(op, step)
-            self._sub = self.spawn(op, step, self._heard, self._sub_deadline)
+            self._sub = self.spawn(op, step, self._heard, self._sub_deadline, npc=router)
             return
 
-    def _routing(self, step: dict[str, Any]) -> dict[str, Any]:
-        """A route step as a choice decision of the router role: the roles and their descriptions, the
-        request, and a lead each role's name completes."""
+    def _routing(self, step: dict[str, Any]) -> tuple[dict[str, Any], Npc]:
+        """A route step as a choice decision of the router role, made as the router: its persona lists
+        the roles and their descriptions (a prefix the option scorer keeps evaluated, the same for every
+        route over these roles), the request is the situation, and each role's name completes a lead."""
         info = self.engine.role_info
         for role in step["choices"]:  # roles named by an earlier step's value are checked now
             if role not in info or role not in self.engine.runtimes:
                 raise BadRequest(f"step {self._i}: role {role!r} is not a described role this sidecar serves")
-        listing = "\n".join(f"- {role}: {info[role]}" for role in step["choices"])
-        situation = f"Helpers:\n{listing}\n\nRequest: {step['text'].strip()}\n\nWhich helper should handle it?"
-        fields = {"situation": situation, "choices": step["choices"], "lead": ROUTE_LEAD,
-                  "role": "router" if "router" in self.engine.runtimes else "decision"}
+        fields = {"situation": f"Request: {step['text'].strip()}\n\n{ROUTE_QUESTION}", "choices": step["choices"],
+                  "lead": ROUTE_LEAD, "role": "router" if "router" in self.engine.runtimes else "decision"}
         if "fallback" in step:
             fields["fallback"] = step["fallback"]
-        return fields
-
-    def _cache_key(self, op: str, step: dict[str, Any]) -> Hashable | None:
+        return fields, router_npc(info, step["choices"])
+    def _cache_key(self, op: str, step: dict[str, Any], router: Npc | None = None) -> Hashable | None:
         """The step's exact inputs, when they fix its answer: a decision at temperature 0 (the default)
-        or with a seed. The NPC's persona, examples, actions and history are inputs too."""
+        or with a seed. The NPC's persona (a router's: the roles' descriptions), examples, actions and
+        history are inputs too."""
         if op != "decide" or (step.get("temperature", 0) > 0 and "seed" not in step):
             return None
-        npc = self.engine.npcs.get(step.get("npc")) if "npc" in step else None
+        npc = router or (self.engine.npcs.get(step.get("npc")) if "npc" in step else None)
         state = (npc.persona, json.dumps(npc.examples), json.dumps(list(npc.actions.values()), sort_keys=True),
                  tuple(npc.messages)) if npc is not None else None
         return json.dumps({k: v for k, v in step.items() if k != "fallback"}, sort_keys=True, default=str), state

@@ -98,6 +98,7 @@ class Engine:
         self.step_cache = chain.StepCache()
         self.role_info: dict[str, str] = settings.roles_described()  # hello's role_info adds to it
         self._relays: dict[int, Callable[[dict[str, Any]], None]] = {}  # id(request) -> where its replies go
+        self._relay_npcs: dict[int, Npc] = {}  # id(request) -> the relay's own NPC it is made as
         self.counters = {"jobs_started": 0, "jobs_failed": 0, "cancelled": 0, "expired": 0, "preempted_steps": 0,
                          "shed": 0}
         self.failed = False  # the loop ended on a bug: nothing will be answered any more
@@ -114,15 +115,20 @@ class Engine:
         self._calls.put(fn)
         self._wake.set()
 
-    def dispatch(self, req: P.Request, emit: Callable[[dict[str, Any]], None]) -> None:
+    def dispatch(self, req: P.Request, emit: Callable[[dict[str, Any]], None], npc: Npc | None = None) -> None:
         """Serve a request made inside the sidecar (a relay's: see relay.py); its replies go to ``emit``.
+        ``npc``: who a ``decide`` without one is made as (a route's router), instead of the anonymous NPC.
         Engine thread only."""
         self._relays[id(req)] = emit
+        if npc is not None:
+            self._relay_npcs[id(req)] = npc
         try:
             self._handlers[type(req)](req)
         except NpcaiError as err:
             self._relays.pop(id(req), None)
             emit(P.error(req.id, err))
+        finally:
+            self._relay_npcs.pop(id(req), None)
 
     def cancel(self, req: P.Request, *, expired: bool = False) -> None:
         """Stop work on a request; a client's cancel is answered with ``cancelled``, an expiry silently."""
@@ -449,7 +455,7 @@ class Engine:
         self._queue(SayJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
 
     def _on_decide(self, req: P.DecideRequest) -> None:
-        npc = self._npc(req.npc, required=False)
+        npc = self._relay_npcs.get(id(req)) or self._npc(req.npc, required=False)
         rt = self.admission.runtime("decide", req.role)
         if _remote(rt):
             return self.hub.submit(rt, req, npc, self._emitter(req))

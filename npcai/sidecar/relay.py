@@ -22,6 +22,7 @@ from npcai.sidecar.jobs import DIALOGUE, Emit, Job
 if TYPE_CHECKING:
     from npcai.model.runtime import Runtime
     from npcai.sidecar.engine import Engine
+    from npcai.sidecar.npc import Npc
 
 log = logging.getLogger("npcai")
 
@@ -40,9 +41,11 @@ class Relay(Job):
         self.engine = engine
         self._open: dict[int, P.Request] = {}
 
-    def spawn(self, op: str, fields: dict[str, Any], on_reply: OnReply, deadline: float | None = None) -> P.Request:
+    def spawn(self, op: str, fields: dict[str, Any], on_reply: OnReply, deadline: float | None = None,
+              npc: "Npc | None" = None) -> P.Request:
         """Send the engine a request of ``op`` with ``fields`` (validated as a client's would be); its
-        replies go to ``on_reply`` while this relay is running. ``deadline`` is absolute (monotonic)."""
+        replies go to ``on_reply`` while this relay is running. ``deadline`` is absolute (monotonic);
+        ``npc``: an NPC of the relay's own that a ``decide`` without ``npc`` is made as."""
         now = time.monotonic()
         message = {"v": P.VERSION, "id": self.req.id, "op": op, **fields, "priority": self.req.priority}
         if deadline is not None:
@@ -67,7 +70,7 @@ class Relay(Job):
                                                             f"the sidecar keeps running")))
 
         self._open[id(sub)] = sub
-        self.engine.dispatch(sub, relay)
+        self.engine.dispatch(sub, relay, npc)
         return sub
 
     def drop(self, sub: P.Request) -> None:
