@@ -71,11 +71,24 @@ def test_dialogue_that_is_not_starving_never_delays_a_decision_even_with_slack()
 
 
 def test_new_prompts_are_chunked_beside_streams_however_short_each_is():
-    talkers = streams(4)
+    talkers = streams(16)
     new_lines = [job(DIALOGUE, 14, seq=30 + k) for k in range(6)]  # 84 prompt tokens, each under 16
     plan = planned(scheduler(*talkers, *new_lines))
-    assert plan[:4] == [(t, 1) for t in talkers]
-    assert sum(n for _, n in plan[4:]) == 64  # the prompt budget while NPCs are talking
+    assert plan[:16] == [(t, 1) for t in talkers]
+    assert sum(n for _, n in plan[16:]) == 12  # 3 ms a token: 0.75 of the 16 streams' own step
+
+
+def test_beside_streams_a_prompt_chunk_costs_at_most_three_quarters_of_the_streams_own_step():
+    """The chunk waits beside every stream's next token, so it sets how long their gap grows."""
+    costly = SimpleNamespace(n_batch=256, estimate_s=StepCost(base_ms=8.0, token_ms=2.0).estimate_s)
+    for n_streams, chunk in ((4, 4), (8, 5), (16, 11), (32, 22)):
+        talkers = [job(DIALOGUE, 1, fed_ago=0.01, streaming=True, seq=k) for k in range(n_streams)]
+        newcomer = job(DIALOGUE, 200, seq=40)
+        for j in (*talkers, newcomer):
+            j.rt = costly
+        plan = [(j, n) for j, _, n in scheduler(*talkers, newcomer).plan(costly)]
+        assert plan == [*((t, 1) for t in talkers), (newcomer, chunk)]
+        assert costly.estimate_s(chunk) <= 0.75 * costly.estimate_s(n_streams) or chunk == 4
 
 
 def _just_decided(s: Scheduler) -> Scheduler:
