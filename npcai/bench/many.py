@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from itertools import pairwise
 
 from npcai.bench.harness import Bench
 from npcai.bench.report import pct
@@ -97,7 +98,7 @@ def run(b: Bench, c: Client) -> None:
             inside = sum(1 for s in stamps.values() for t in s if lo < t <= hi)
             agg = inside / (hi - lo) if hi > lo else 0.0
             # Gaps over each stream's whole life: other NPCs' prompts arriving are part of it.
-            gaps = [(b - a) * 1000 for s in stamps.values() for a, b in zip(s, s[1:])]
+            gaps = [(t1 - t0) * 1000 for s in stamps.values() for t0, t1 in pairwise(s)]
             hw, layout = ((x + y) / 2 for x, y in zip(before, (hardware.tok_s(n), own(n))))
             b.report.add("many", f"{n} streams: aggregate tokens/s", agg, hw,
                          f"llama.cpp alone, one batch of {n} tokens", unit="tok/s", target=">= 0.85x")

@@ -10,9 +10,8 @@ decisions before dialogue before background work, then arrival.
   decisions cannot stall a conversation and starving dialogue cannot make a decision late.
 - Otherwise a step gives every running stream its next token (decode steps, forced runs
   and option trees are short and cheap in a batch), then fills the rest with prompt
-  chunks: while NPCs are talking, only as many prompt tokens as cost at most
-  ``_GAP_SHARE`` of the streams' own step, so that no stream's next token waits much
-  longer than usual behind another NPC's prompt.
+  chunks up to the step's budget: every stream waits for each step that carries a prompt
+  chunk, so fewer, larger ones stall the streams less often (see ``_fill``).
   While decisions keep arriving, a step carries either the streams' next tokens or one
   small prompt chunk, whichever waited longer, so that it fits between decisions.
 
@@ -29,9 +28,6 @@ from npcai.model.runtime import Lane, Runtime
 from npcai.sidecar.jobs import DECISION, DIALOGUE, IDLE, Job, pending_tokens
 
 _SHORT = 16  # lanes this short are decode steps or forced runs: never split
-_CHUNK_WHILE_STREAMING = 64  # most prompt tokens in a step that also carries streams' next tokens...
-_GAP_SHARE = 0.75  # ...and at most what costs this share of the streams' own step (see _beside_streams)
-_MIN_CHUNK = 4  # a prompt always advances by at least this much
 _CHUNK_WHILE_DECIDING = 16  # ...in any dialogue step while decisions keep arriving (one in the last second)
 _DECIDING_WINDOW_S = 1.0
 _STARVING_AFTER_S = 0.3  # dialogue not fed for this long gets a step between decisions...
@@ -108,8 +104,7 @@ class Scheduler:
         # an arriving decision waits for the step in flight (or preempts it: see engine.py).
         if now - self._last_decision < _DECIDING_WINDOW_S:
             return _one_kind(jobs, min(budget, _CHUNK_WHILE_DECIDING), budget)
-        streaming = any(j.first_logits_at is not None for j in jobs)
-        return _fill(jobs, _beside_streams(rt, jobs, budget) if streaming else budget, budget)
+        return _fill(jobs, budget, budget)
 
 
 def deadline_share(deadline: float, now: float, costs_s: list[float]) -> float:
@@ -127,7 +122,15 @@ def _deciding(job: Job) -> bool:
 def _fill(jobs: list[Job], prompt_budget: int, budget: int) -> list[tuple[Job, Lane, int]]:
     """A step for ``jobs`` in order: every short lane whole (a stream's next token, a forced run, an
     option tree), then prompt chunks up to ``prompt_budget`` tokens, at most ``budget`` tokens in all.
-    A prompt is a chunk however short it is: eight new lines would otherwise make one long step."""
+    A prompt is a chunk however short it is: eight new lines would otherwise make one long step.
+
+    Beside streams, prompts used to be held to 64 tokens a step so that no stream waited behind a
+    long prompt. But with a KV stream per sequence llama.cpp evaluates a prompt chunk in a sub-batch
+    of its own, so a step costs the streams' step plus the chunk's, and every running stream waits
+    for each such step: eight lines arriving together took three 180 ms steps beside the first
+    streams, whose inter-token gap then had its p99 at 4x its mean (issue 18). Now prompts take what
+    the budget leaves: fewer steps stall the streams, and the new lines start sooner.
+    """
     picked: list[tuple[Job, Lane, int]] = []
     taken: set[int] = set()
     for job in jobs:
@@ -169,24 +172,6 @@ def _one_kind(jobs: list[Job], prompt_budget: int, budget: int) -> list[tuple[Jo
     if not short:
         return chunk
     return chunk if _waiting_since([prompt[0]]) < _waiting_since([j for j, _, _ in short]) else short
-
-
-def _beside_streams(rt: Runtime, jobs: list[Job], budget: int) -> int:
-    """How many prompt tokens a step may carry beside the streams' next tokens.
-
-    With a KV stream per sequence, llama.cpp evaluates a prompt chunk in a sub-batch of its own
-    beside the streams' tokens, so the step costs about both steps. 64 prompt tokens beside 8
-    streams on SmolLM2 made their next tokens wait about 4x as long as usual (the gap's p99 at 4x
-    its mean, docs/PERFORMANCE.md, issue 18); a chunk that costs at most ``_GAP_SHARE`` of the
-    streams' own step keeps each gap under twice the usual one, and the prompt waits a few steps more.
-    """
-    short = sum(len(lane.pending) for j in jobs if j.first_logits_at is not None
-                for lane in j.lanes if 0 < len(lane.pending) <= _SHORT)
-    room = _GAP_SHARE * rt.estimate_s(max(short, 1))
-    n = min(budget, _CHUNK_WHILE_STREAMING)
-    while n > _MIN_CHUNK and rt.estimate_s(n) > room:
-        n -= 1
-    return n
 
 
 def _waiting_since(jobs: list[Job]) -> float:
