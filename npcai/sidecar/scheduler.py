@@ -104,7 +104,8 @@ class Scheduler:
         # an arriving decision waits for the step in flight (or preempts it: see engine.py).
         if now - self._last_decision < _DECIDING_WINDOW_S:
             return _one_kind(jobs, min(budget, _CHUNK_WHILE_DECIDING), budget)
-        return _fill(jobs, budget, budget)
+        streaming = any(j.first_logits_at is not None for j in jobs)
+        return _fill(jobs, budget, budget, together=streaming)
 
 
 def deadline_share(deadline: float, now: float, costs_s: list[float]) -> float:
@@ -119,7 +120,8 @@ def _deciding(job: Job) -> bool:
     return job.urgency == DECISION and not job.finished and pending_tokens(job) > 0
 
 
-def _fill(jobs: list[Job], prompt_budget: int, budget: int) -> list[tuple[Job, Lane, int]]:
+def _fill(jobs: list[Job], prompt_budget: int, budget: int, *,
+          together: bool = False) -> list[tuple[Job, Lane, int]]:
     """A step for ``jobs`` in order: every short lane whole (a stream's next token, a forced run, an
     option tree), then prompt chunks up to ``prompt_budget`` tokens, at most ``budget`` tokens in all.
     A prompt is a chunk however short it is: eight new lines would otherwise make one long step.
@@ -143,14 +145,18 @@ def _fill(jobs: list[Job], prompt_budget: int, budget: int) -> list[tuple[Job, L
                 taken.add(id(lane))
                 budget -= n
     budget = min(budget, prompt_budget)
-    for job in jobs:
-        for lane in job.lanes:
-            if budget <= 0:
-                return picked
-            if lane.pending and id(lane) not in taken and not lane.all_logits:
-                n = min(len(lane.pending), budget)
-                picked.append((job, lane, n))
-                budget -= n
+    prompts = [(job, lane) for job in jobs for lane in job.lanes
+               if lane.pending and id(lane) not in taken and not lane.all_logits]
+    # New lines that do not all fit finish together in a later step, each keeping its last token
+    # back: a new stream that started in this step would wait through the next one's prompts.
+    hold = int(together and sum(len(lane.pending) for _, lane in prompts) > budget)
+    for job, lane in prompts:
+        if budget <= 0:
+            break
+        n = min(len(lane.pending) - hold, budget)
+        if n > 0:
+            picked.append((job, lane, n))
+            budget -= n
     return picked
 
 
