@@ -11,7 +11,8 @@ decisions before dialogue before background work, then arrival.
 - Otherwise a step gives every running stream its next token (decode steps, forced runs
   and option trees are short and cheap in a batch), then fills the rest with prompt
   chunks up to the step's budget: every stream waits for each step that carries a prompt
-  chunk, so fewer, larger ones stall the streams less often (see ``_fill``).
+  chunk, so fewer, larger ones stall the streams less often; new lines that do not all
+  fit finish together in a later step (see ``_fill``).
   While decisions keep arriving, a step carries either the streams' next tokens or one
   small prompt chunk, whichever waited longer, so that it fits between decisions.
 
@@ -131,7 +132,8 @@ def _fill(jobs: list[Job], prompt_budget: int, budget: int, *,
     of its own, so a step costs the streams' step plus the chunk's, and every running stream waits
     for each such step: eight lines arriving together took three 180 ms steps beside the first
     streams, whose inter-token gap then had its p99 at 4x its mean (issue 18). Now prompts take what
-    the budget leaves: fewer steps stall the streams, and the new lines start sooner.
+    the budget leaves: fewer steps stall the streams, and the new lines start sooner. ``together``
+    (new lines beside streams, never decisions): lines that do not all fit finish in one later step.
     """
     picked: list[tuple[Job, Lane, int]] = []
     taken: set[int] = set()
