@@ -1,7 +1,6 @@
 """How a decision's options are scored, and how their scores become probabilities.
 
-Each option is the words that complete the answer's lead ("The sensible thing to do is to" +
-" chase the thief").
+Each option is the words that complete the answer's lead ("I should" + " chase the thief").
 Its score is the log-likelihood of all its tokens, as lm-evaluation-harness scores multiple
 choice, not the probability of the first token where the options differ: what makes an
 option plausible usually comes later in its text. Measured on npcai's game decisions and on

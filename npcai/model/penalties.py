@@ -57,6 +57,20 @@ def prefer(mask: np.ndarray, tokens: np.ndarray) -> None:
         mask[:] = only
 
 
+def json_quotes(piece: bytes, escaped: bool = False) -> tuple[bool, bool]:
+    """Whether ``piece`` holds a double quote that is not escaped (one that ends or starts a JSON
+    string), and whether it ends in an unfinished backslash escape. ``escaped``: the text before it did."""
+    quote = False
+    for byte in piece:
+        if escaped:
+            escaped = False
+        elif byte == 0x5C:  # a backslash escapes the next character
+            escaped = True
+        elif byte == 0x22:
+            quote = True
+    return quote, escaped
+
+
 def token_mask(n_vocab: int, tokens: list[int]) -> np.ndarray:
     """``tokens`` as a packed bitmask: 32 tokens per int32 word, lowest bit first (llguidance's layout)."""
     bits = np.zeros((n_vocab + 31) // 32 * 32, dtype=np.uint64)

@@ -92,7 +92,8 @@ class Runtime:
     def _scan_vocabulary(self) -> dict[str, np.ndarray]:
         pieces = self.model.all_pieces()
         return {"digits": penalties.token_mask(self.n_vocab, [t for t, p in enumerate(pieces) if p.isdigit()]),
-                "quotes": penalties.token_mask(self.n_vocab, [t for t, p in enumerate(pieces) if b'"' in p])}
+                "quotes": penalties.token_mask(self.n_vocab, [t for t, p in enumerate(pieces)
+                                                                if penalties.json_quotes(p)[0]])}
 
     @property
     def digit_mask(self) -> np.ndarray:
@@ -101,7 +102,8 @@ class Runtime:
 
     @property
     def quote_mask(self) -> np.ndarray:
-        """The tokens that hold a double quote, which in JSON ends a string (see ``penalties.prefer``)."""
+        """The tokens that hold an unescaped double quote, which in JSON ends a string (see ``penalties.prefer``):
+        not ``\\"``, which a pattern may allow inside one (JSONSchemaBench: a string of escaped quotes ran to the cap)."""
         return self._vocab_masks.result()["quotes"]
 
     def estimate_s(self, n_tokens: int) -> float:

@@ -5,7 +5,7 @@ arguments, typically enums of in-game ids). Every schema is compiled when the NP
 one is refused then, naming its action. An action is chosen in two decisions that exist already:
 
 1. which action: a choice decision over the allowed names, each scored by its description (the words
-   that complete "The sensible thing to do is to ..."), so it gets calibrated ``probs`` like any choice;
+   that complete "I should ..."), so it gets calibrated ``probs`` like any choice;
 2. its arguments: a schema decision (constrained decoding, llguidance) over that action's ``args``,
    skipped when the action takes none.
 

@@ -22,10 +22,12 @@ ANONYMOUS_PERSONA = "You decide what a character in a video game does. Answer on
 
 #: How a choice is asked when the decision names no lead of its own: the situation, then this
 #: question, and the answer starts with DEFAULT_LEAD, which each option completes. Measured on the
-#: game set (docs/QUALITY.md), this common-sense framing beat "I decide to" (SmolLM2: 65 % against
-#: 58 %) and the bare option after the chat's answer turn (45 %).
+#: game set (docs/QUALITY.md), the question beat "I decide to" (SmolLM2: 65 % against 58 %) and the
+#: bare option after the chat's answer turn (45 %); "I should" after it scores as well as "The
+#: sensible thing to do is to" (69.4 against 68.2 %; Gemma 62.4 against 61.2 %) with 5 tokens less
+#: in every decision's step, and without the question it fell to 57 %.
 DECISION_QUESTION = "What should you do?"
-DEFAULT_LEAD = "The sensible thing to do is to"
+DEFAULT_LEAD = "I should"
 
 
 def persona_name(persona: str) -> str | None:

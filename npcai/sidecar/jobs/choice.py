@@ -17,8 +17,8 @@ from npcai.sidecar.npc import DEFAULT_LEAD, Npc
 class ChoiceDecideJob(Decision):
     """``decide`` with choices: every option's whole text scored by the model, then calibrated.
 
-    The situation is asked as a question and the answer starts with a lead ("The sensible thing to
-    do is to", unless the request gives its own) that each option completes. One step scores every
+    The situation is asked as a question and the answer starts with a lead ("I should", unless
+    the request gives its own) that each option completes. One step scores every
     token of every option, not only the first one where the options differ: an option tree in the
     option scorer's cache, which starts from the NPC's evaluated persona and history (``scoring.py``).
     The first decision over an option set also scores the options under a content-free situation,

@@ -35,7 +35,8 @@ class GrammarDecideJob(Decision):
         self.forced = 0
         self._digits = 0  # digits sampled in a row: the number being written
         self._json = "schema" in req.fields  # a double quote ends a string only in JSON
-        self._unquoted = 0  # tokens since the last one holding a double quote: the string being written
+        self._unquoted = 0  # tokens since the last one holding an unescaped double quote: the string being written
+        self._escaped = False  # the text so far ends in a backslash that escapes what follows
 
     def ready(self) -> bool:
         if not self.compiled.done():
@@ -103,10 +104,11 @@ class GrammarDecideJob(Decision):
         lane.pending = [tok, *forced]
 
     def _after_quote(self, tokens: list[int]) -> int:
-        """``_unquoted`` after ``tokens``: reset by a token that holds a double quote."""
+        """``_unquoted`` after ``tokens``: reset by a token that holds an unescaped double quote."""
         n = self._unquoted
         for tok in tokens:
-            n = 0 if b'"' in self.rt.model.piece(tok) else n + 1
+            quote, self._escaped = penalties.json_quotes(self.rt.model.piece(tok), self._escaped)
+            n = 0 if quote else n + 1
         return n
 
     def _text(self) -> str:
