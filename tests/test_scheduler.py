@@ -70,12 +70,33 @@ def test_dialogue_that_is_not_starving_never_delays_a_decision_even_with_slack()
     assert planned(scheduler(*talkers, relaxed)) == [(relaxed, 18)]
 
 
-def test_new_prompts_are_chunked_beside_streams_however_short_each_is():
+def test_new_prompts_beside_streams_take_what_the_step_budget_leaves():
+    """Every running stream waits for each step that carries a prompt chunk (llama.cpp evaluates the
+    chunk in a sub-batch of its own), so new lines go in as few steps as the budget allows."""
     talkers = streams(4)
     new_lines = [job(DIALOGUE, 14, seq=30 + k) for k in range(6)]  # 84 prompt tokens, each under 16
     plan = planned(scheduler(*talkers, *new_lines))
-    assert plan[:4] == [(t, 1) for t in talkers]
-    assert sum(n for _, n in plan[4:]) == 64  # the prompt budget while NPCs are talking
+    assert plan == [*((t, 1) for t in talkers), *((j, 14) for j in new_lines)]
+
+
+def test_new_lines_that_do_not_fit_one_step_beside_streams_all_finish_in_the_same_later_step():
+    """None of them starts streaming early only to wait through the others' prompts."""
+    talkers = streams(16)
+    new_lines = [job(DIALOGUE, 14, seq=30 + k) for k in range(20)]  # 280 prompt tokens: over the 240 left
+    s = scheduler(*talkers, *new_lines)
+    first = [(j, n) for j, _, n in s.plan(RT)]
+    assert first[:16] == [(t, 1) for t in talkers]
+    assert sum(n for _, n in first[16:]) == 240 and all(n < 14 for _, n in first[16:])
+    for j, lane, n in s.plan(RT)[16:]:  # the step ran: pending tokens go
+        del lane.pending[:n]
+    second = [(j, n) for j, _, n in s.plan(RT)]
+    assert [j for j, _ in second[16:]] == new_lines
+    assert [n for _, n in second[16:]] == [len(j.lanes[0].pending) for j in new_lines]  # each to its end
+
+
+def test_decisions_are_never_held_back_to_finish_together():
+    decisions = [job(DECISION, 200, deadline_in=1.0, seq=k) for k in range(2)]
+    assert planned(scheduler(*decisions)) == [(decisions[0], 200), (decisions[1], 56)]
 
 
 def _just_decided(s: Scheduler) -> Scheduler:

@@ -10,7 +10,9 @@ decisions before dialogue before background work, then arrival.
   decisions cannot stall a conversation and starving dialogue cannot make a decision late.
 - Otherwise a step gives every running stream its next token (decode steps, forced runs
   and option trees are short and cheap in a batch), then fills the rest with prompt
-  chunks: small ones while NPCs are talking so no stream waits behind a long prompt.
+  chunks up to the step's budget: every stream waits for each step that carries a prompt
+  chunk, so fewer, larger ones stall the streams less often; new lines that do not all
+  fit finish together in a later step (see ``_fill``).
   While decisions keep arriving, a step carries either the streams' next tokens or one
   small prompt chunk, whichever waited longer, so that it fits between decisions.
 
@@ -27,7 +29,6 @@ from npcai.model.runtime import Lane, Runtime
 from npcai.sidecar.jobs import DECISION, DIALOGUE, IDLE, Job, pending_tokens
 
 _SHORT = 16  # lanes this short are decode steps or forced runs: never split
-_CHUNK_WHILE_STREAMING = 64  # most prompt tokens in a step that also carries streams' next tokens
 _CHUNK_WHILE_DECIDING = 16  # ...in any dialogue step while decisions keep arriving (one in the last second)
 _DECIDING_WINDOW_S = 1.0
 _STARVING_AFTER_S = 0.3  # dialogue not fed for this long gets a step between decisions...
@@ -105,7 +106,7 @@ class Scheduler:
         if now - self._last_decision < _DECIDING_WINDOW_S:
             return _one_kind(jobs, min(budget, _CHUNK_WHILE_DECIDING), budget)
         streaming = any(j.first_logits_at is not None for j in jobs)
-        return _fill(jobs, min(budget, _CHUNK_WHILE_STREAMING) if streaming else budget, budget)
+        return _fill(jobs, budget, budget, together=streaming)
 
 
 def deadline_share(deadline: float, now: float, costs_s: list[float]) -> float:
@@ -120,10 +121,20 @@ def _deciding(job: Job) -> bool:
     return job.urgency == DECISION and not job.finished and pending_tokens(job) > 0
 
 
-def _fill(jobs: list[Job], prompt_budget: int, budget: int) -> list[tuple[Job, Lane, int]]:
+def _fill(jobs: list[Job], prompt_budget: int, budget: int, *,
+          together: bool = False) -> list[tuple[Job, Lane, int]]:
     """A step for ``jobs`` in order: every short lane whole (a stream's next token, a forced run, an
     option tree), then prompt chunks up to ``prompt_budget`` tokens, at most ``budget`` tokens in all.
-    A prompt is a chunk however short it is: eight new lines would otherwise make one long step."""
+    A prompt is a chunk however short it is: eight new lines would otherwise make one long step.
+
+    Beside streams, prompts used to be held to 64 tokens a step so that no stream waited behind a
+    long prompt. But with a KV stream per sequence llama.cpp evaluates a prompt chunk in a sub-batch
+    of its own, so a step costs the streams' step plus the chunk's, and every running stream waits
+    for each such step: eight lines arriving together took three 180 ms steps beside the first
+    streams, whose inter-token gap then had its p99 at 4x its mean (issue 18). Now prompts take what
+    the budget leaves: fewer steps stall the streams, and the new lines start sooner. ``together``
+    (new lines beside streams, never decisions): lines that do not all fit finish in one later step.
+    """
     picked: list[tuple[Job, Lane, int]] = []
     taken: set[int] = set()
     for job in jobs:
@@ -136,14 +147,18 @@ def _fill(jobs: list[Job], prompt_budget: int, budget: int) -> list[tuple[Job, L
                 taken.add(id(lane))
                 budget -= n
     budget = min(budget, prompt_budget)
-    for job in jobs:
-        for lane in job.lanes:
-            if budget <= 0:
-                return picked
-            if lane.pending and id(lane) not in taken and not lane.all_logits:
-                n = min(len(lane.pending), budget)
-                picked.append((job, lane, n))
-                budget -= n
+    prompts = [(job, lane) for job in jobs for lane in job.lanes
+               if lane.pending and id(lane) not in taken and not lane.all_logits]
+    # New lines that do not all fit finish together in a later step, each keeping its last token
+    # back: a new stream that started in this step would wait through the next one's prompts.
+    hold = int(together and sum(len(lane.pending) for _, lane in prompts) > budget)
+    for job, lane in prompts:
+        if budget <= 0:
+            break
+        n = min(len(lane.pending) - hold, budget)
+        if n > 0:
+            picked.append((job, lane, n))
+            budget -= n
     return picked
 
 
