@@ -40,6 +40,11 @@ def from_the_end(pieces: list[tuple[str, float | None]], option: str, engine: st
     return total
 
 
+def chat_body(model: str, messages: list[dict[str, str]], params: dict[str, Any], stream: bool) -> dict[str, Any]:
+    """The OpenAI chat request every engine here takes, before its own fields (top_k, priority)."""
+    return {"model": model, "messages": messages, "stream": stream, **sampling(params)}
+
+
 def sampling(params: dict[str, Any]) -> dict[str, Any]:
     """The OpenAI sampling fields every engine here reads under the same names."""
     out: dict[str, Any] = {"max_tokens": params["max_tokens"], "temperature": params["temperature"]}

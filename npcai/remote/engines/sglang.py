@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from npcai.remote.engines import from_the_end, sampling
+from npcai.remote.engines import chat_body, from_the_end
 
 NAME = "sglang"
 
@@ -25,7 +25,7 @@ class Adapter:
     needs_template = True
 
     def chat(self, model: str, messages: list[dict[str, str]], params: dict[str, Any], stream: bool) -> dict:
-        body = {"model": model, "messages": messages, "stream": stream, **sampling(params)}
+        body = chat_body(model, messages, params, stream)
         if params.get("top_k"):
             body["top_k"] = params["top_k"]
         return body

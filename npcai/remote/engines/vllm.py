@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from npcai.remote.engines import from_the_end, sampling
+from npcai.remote.engines import chat_body, from_the_end
 
 NAME = "vllm"
 
@@ -26,7 +26,7 @@ class Adapter:
     needs_template = False
 
     def chat(self, model: str, messages: list[dict[str, str]], params: dict[str, Any], stream: bool) -> dict:
-        body = {"model": model, "messages": messages, "stream": stream, **sampling(params)}
+        body = chat_body(model, messages, params, stream)
         if params.get("top_k"):
             body["top_k"] = params["top_k"]
         if params.get("priority"):
