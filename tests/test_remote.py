@@ -147,6 +147,20 @@ def test_local_and_remote_roles_mix(engine):
         assert said["event"] == "done" and said["text"]
 
 
+def test_streamed_lines_reuse_one_kept_alive_connection_to_the_engine(model_path, tmp_path):
+    log = tmp_path / "engine.log"  # its access log names each request's client address
+    with LlamaServer(model_path, log=log) as server, \
+            Sidecar("--model", f"dialogue={server.url}", "--model", f"decision={server.url}") as sc, \
+            Client(sc.endpoint) as c:
+        c.hello("pytest")
+        c.npc("brom", PERSONA)
+        for text in ("Hello!", "Can you fix my sword?", "Goodbye."):
+            said = c.call("say", npc="brom", text=text, max_tokens=4, timeout=120)
+            assert said["event"] == "done" and said["finish_reason"] in ("stop", "length")
+    ports = re.findall(r"127\.0\.0\.1:(\d+) - \"POST /v1/chat/completions", log.read_text(errors="replace"))
+    assert len(ports) == 3 and len(set(ports)) == 1, ports
+
+
 def test_a_remote_catalog_model_scores_choices_as_the_same_model_does_locally_at_its_fitted_temperature(engine):
     """The server serves the catalog model's file: the remote role takes its fitted temperature, and
     its probs are the local role's (the same prompt, options and prior, scored by another process)."""

@@ -3,7 +3,8 @@ documented APIs, plus llama.cpp's; and the parts of remote roles that need no en
 the fair share between game clients.
 
 Docs followed (as cited in npcai/remote/engines/):
-- vLLM v0.12: docs/serving/openai_compatible_server.md ("Extra parameters": ``top_k``, ``priority``,
+- vLLM v0.12 (and v0.6.6's usage/structured_outputs.md for the ``guided_*`` fields servers before
+  v0.10.2 take): docs/serving/openai_compatible_server.md ("Extra parameters": ``top_k``, ``priority``,
   chat ``add_generation_prompt`` / ``continue_final_message`` / ``prompt_logprobs``) and
   docs/features/structured_outputs.md (``structured_outputs`` {json | grammar}, which replaced
   ``guided_json`` / ``guided_grammar`` in v0.12.0); ``prompt_logprobs`` answers a list with one
@@ -50,6 +51,19 @@ def test_vllm_guided_decoding_uses_structured_outputs():
     a = vllm.Adapter()
     assert a.guide({"model": "m"}, "schema", SCHEMA) == {"model": "m", "structured_outputs": {"json": SCHEMA}}
     assert a.guide({"model": "m"}, "grammar", GBNF) == {"model": "m", "structured_outputs": {"grammar": GBNF}}
+
+
+@pytest.mark.parametrize("version", ["0.10.1", "0.10.1.post1", "0.6.6+cu121", "v0.9.2"])
+def test_vllm_before_0_10_2_gets_the_guided_fields_it_knows(version):
+    a = vllm.Adapter(version)
+    assert a.guide({"model": "m"}, "schema", SCHEMA) == {"model": "m", "guided_json": SCHEMA}
+    assert a.guide({"model": "m"}, "grammar", GBNF) == {"model": "m", "guided_grammar": GBNF}
+
+
+@pytest.mark.parametrize("version", ["0.10.2", "0.11.0", "0.12.0rc1", "1.0", ""])
+def test_vllm_from_0_10_2_or_of_unknown_version_gets_structured_outputs(version):
+    assert vllm.Adapter(version).guide({"model": "m"}, "schema", SCHEMA) == {"model": "m",
+                                                                            "structured_outputs": {"json": SCHEMA}}
 
 
 def test_vllm_scores_an_option_by_continuing_the_assistants_answer_with_prompt_logprobs():

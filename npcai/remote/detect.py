@@ -36,6 +36,8 @@ def connect(spec: RemoteSpec, key: str) -> Served:
     if not engine:
         raise SettingsError(f"{where}: cannot tell which engine this is; add ?engine=vllm, ?engine=sglang or "
                             "?engine=llamacpp to the URL")
+    if engine == "vllm":
+        return Served(engine, model, version=_version(spec, key))
     props = probe(spec.root + "/props", key) if engine == "llamacpp" else None
     if props is not None and props.status_code == 200:
         try:
@@ -65,6 +67,14 @@ def _guess(spec: RemoteSpec, key: str) -> str:
         except (ValueError, AttributeError):
             pass
     return ""
+
+
+def _version(spec: RemoteSpec, key: str) -> str:
+    """vLLM's version (``GET /version``: {"version": "0.10.1"}), or "" when it does not say."""
+    resp = probe(spec.root + "/version", key)
+    if resp is None or resp.status_code != 200 or not _json_has(resp, "version"):
+        return ""
+    return str(resp.json()["version"])
 
 
 def _json_has(resp, key: str) -> bool:

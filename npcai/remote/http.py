@@ -24,6 +24,7 @@ _RETRY_STATUS = frozenset({502, 503, 504})
 #: Bounds of one HTTP operation when the request has no deadline: no request ever hangs.
 CONNECT_S = 5.0
 READ_S = 60.0
+DRAIN_S = 0.25  # the most a stream's end may take after its [DONE] (normally it comes with it)
 
 
 def _auth(key: str) -> dict[str, str]:
@@ -104,8 +105,10 @@ class Upstream:
                     if resp.status_code >= 400:
                         raise _refusal(resp.status_code, await resp.aread(), self.base_url)
                     attempt = RETRIES  # something arrived: no retry from here on
-                    async for event in source.aiter_sse():
+                    events = source.aiter_sse()
+                    async for event in events:
                         if event.data.strip() == "[DONE]":
+                            await _read_to_the_end(events)
                             return
                         try:
                             data = json.loads(event.data)
@@ -129,6 +132,21 @@ class Upstream:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+async def _read_to_the_end(events: AsyncIterator[Any]) -> None:
+    """Read what follows ``[DONE]`` (the body's end) so that the connection goes back to the pool:
+    httpx keeps a connection only when its response was read whole, and closing one that was not
+    made every streamed line open a new connection. Bounded: a server that keeps the stream open
+    after ``[DONE]`` costs ``DRAIN_S`` and that connection, no more."""
+    async def drain() -> None:
+        async for _ in events:
+            pass
+
+    try:
+        await asyncio.wait_for(drain(), DRAIN_S)
+    except (asyncio.TimeoutError, httpx.TransportError, SSEError):
+        pass  # the connection is closed instead of reused; the answer is complete either way
 
 
 def probe(url: str, key: str = "", timeout: float = CONNECT_S) -> httpx.Response | None:

@@ -52,7 +52,8 @@ class RemoteRole:
         self.spec, self.served = remote.spec, remote.served
         self._on_engine = on_engine
         self.name = self.served.model
-        self.adapter = ADAPTERS[self.served.engine]()
+        self.adapter = (vllm.Adapter(self.served.version) if self.served.engine == vllm.NAME
+                        else ADAPTERS[self.served.engine]())
         self.upstream = upstream
         self._grammars = SimpleNamespace(grammar_dir=grammar_dir)  # what ConstraintCompiler.source_for reads
         self._render = (template.renderer(self.served.chat_template, self.served.bos_token, self.served.eos_token,

@@ -35,6 +35,7 @@ class Served:
     chat_template: str = ""  # llama-server reports its template in /props
     bos_token: str = ""
     eos_token: str = ""
+    version: str = ""  # vLLM reports its version at /version: older ones take other guided-decoding fields
 
 
 @dataclass(frozen=True)

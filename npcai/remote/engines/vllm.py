@@ -4,7 +4,10 @@ Followed: vLLM docs v0.12 (docs/serving/openai_compatible_server.md, "Extra para
 docs/features/structured_outputs.md): ``structured_outputs`` {"json" | "grammar"} (``guided_json`` /
 ``guided_grammar`` were removed in v0.12.0), ``top_k``, ``priority`` (lower is served first; needs
 ``vllm serve --scheduling-policy priority``), and for chat ``add_generation_prompt``,
-``continue_final_message`` and ``prompt_logprobs``.
+``continue_final_message`` and ``prompt_logprobs``. Servers older than v0.10.2, which introduced
+``structured_outputs`` and deprecated the old fields, get ``guided_json`` / ``guided_grammar``
+(vLLM docs v0.6.6, usage/structured_outputs.md); the version is what ``GET /version`` reported at
+start-up, and a server that reported none gets the current fields.
 
 Choices: a chat whose last message is the assistant's answer so far (lead + option), continued
 rather than closed (``continue_final_message``), with ``prompt_logprobs: 0``: vLLM returns each
@@ -14,16 +17,22 @@ the prompt with the model's own template, so npcai needs none.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from npcai.remote.engines import chat_body, from_the_end
 
 NAME = "vllm"
+STRUCTURED_OUTPUTS_SINCE = (0, 10, 2)
 
 
 class Adapter:
     name = NAME
     needs_template = False
+
+    def __init__(self, version: str = ""):
+        """``version``: the server's, as ``GET /version`` reports it ("0.10.1.post1"); empty if unknown."""
+        self.legacy = _release(version) < STRUCTURED_OUTPUTS_SINCE if version else False
 
     def chat(self, model: str, messages: list[dict[str, str]], params: dict[str, Any], stream: bool) -> dict:
         body = chat_body(model, messages, params, stream)
@@ -34,6 +43,8 @@ class Adapter:
         return body
 
     def guide(self, body: dict, kind: str, source: Any) -> dict:
+        if self.legacy:
+            return {**body, "guided_json" if kind == "schema" else "guided_grammar": source}
         return {**body, "structured_outputs": {"json" if kind == "schema" else "grammar": source}}
 
     def score(self, model: str, messages: list[dict[str, str]], prompt: str, option: str) -> tuple[str, dict, bool]:
@@ -54,3 +65,9 @@ class Adapter:
             best = min(entry.values(), key=lambda v: v.get("rank", 0) if isinstance(v, dict) else 0)
             pieces.append((str(best.get("decoded_token") or ""), best.get("logprob")))
         return from_the_end(pieces, option, NAME)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The leading numbers of a version ("0.10.1.post1+cu128" -> (0, 10, 1)); () when there are none."""
+    match = re.match(r"v?(\d+(?:\.\d+)*)", version.strip())
+    return tuple(int(n) for n in match.group(1).split(".")) if match else ()
