@@ -7,8 +7,10 @@ booleans, a small integer range), each combination is an option of its own ("giv
 what they paid for: shield"), so one option tree scores the action and its arguments in one step.
 The arguments are short words after a colon, not JSON-ish text: the combinations share the
 description and the colon, and each adds only its values' tokens (SmolLM2, a development set of 24
-situations: the arguments right 11 times against 9 as "(item: shield)", at 13 option tokens in the
-step instead of 22 for three actions, two with arguments; docs/PERFORMANCE.md). Every enumerated argument map is valid against its schema by construction: only a subset of
+situations: action and arguments right 11 times against 9 as "(item: shield)"; 13 option tokens in the
+step instead of 22 for three actions, two with arguments; docs/PERFORMANCE.md).
+
+Every enumerated argument map is valid against its schema by construction: only a subset of
 JSON schema whose every instance can be listed is enumerated (``enumerate_args``); anything else
 (strings, open numbers, big enums, other keywords) leaves the action to the two-step way.
 """
