@@ -70,7 +70,7 @@ def test_each_action_has_its_own_option_and_small_ones_their_combinations():
     assert [(o.key, o.args, o.combo) for o in opts] == [
         ("sell", None, False), ("sell#0", {"item": "sword"}, True), ("sell#1", {"item": "shield"}, True),
         ("refuse", {}, False), ("note", None, False)]
-    assert opts[1].words == "sell an item (item: sword)"
+    assert opts[1].words == "sell an item: sword"
     alone = options([SELL], WORDS)  # one action: only its arguments are in question
     assert [o.key for o in alone] == ["sell#0", "sell#1"]
     many = [{"name": f"a{i}", "args": SELL["args"]} for i in range(MAX_OPTIONS)]

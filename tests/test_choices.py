@@ -35,6 +35,21 @@ def test_obvious_game_decisions_are_made_with_common_sense(client):
     assert reply["value"] == "chase the thief" and reply["probs"]["chase the thief"] > 0.5, reply["probs"]
 
 
+def test_usage_counts_each_token_the_model_evaluated_once(client):
+    """Options that start alike share the cells of their common start, and usage counts those
+    tokens once, as the step evaluates them (it used to count them once per option)."""
+    client.npc("hilda", GUARD)
+    ask = {"npc": "hilda", "choices": ["run after the thief", "run to the bakery", "run home"]}
+    client.decide("A thief runs past you.", **ask)  # the option set's prior is scored with its first decision
+
+    def evaluated() -> int:
+        return client.call("stats")["engine"]["models"][0]["tokens"]
+
+    before = evaluated()
+    reply = client.decide("A thief snatches a purse in the market and runs past you.", **ask)
+    assert reply["usage"]["evaluated_tokens"] == evaluated() - before
+
+
 def test_descriptions_are_scored_in_place_of_their_choices(client):
     """Game ids stay the values; the words the model judges are the descriptions."""
     client.npc("hilda", GUARD)

@@ -8,7 +8,7 @@ import pytest
 from npcai.model.choices import first_tokens, log_softmax_at
 from npcai.model.kv import KvSeq
 from npcai.model.native import Batch, Context, Model
-from npcai.model.scoring import OptionScorer, OptionTree
+from npcai.model.scoring import OptionScorer, OptionTree, option_cells, tree_cells
 
 #: Scores may differ by this much (nats) from a sequence of its own: llama.cpp's CPU flash attention
 #: accumulates in half precision, and cells of other sequences change its rounding. A mask that let one
@@ -99,18 +99,19 @@ def test_the_npcs_evaluated_prefix_is_moved_over_not_evaluated_again(model):
 
 
 def test_options_that_start_alike_share_the_cells_of_their_common_start(model):
-    """An action's argument combinations ("give the sword (item: ...)") evaluate their shared words once."""
+    """An action's argument combinations ("sell an item: ...") evaluate their shared words once."""
     main = Context(model, n_ctx=2048, n_batch=512, n_seq=4, threads=2)
     scorer = OptionScorer(model, prefix_cells=512, max_seqs=16, threads=2, flash_attn=None, main=main)
     try:
         stem = _stem(model, "A customer pays 20 gold for a shield.")
-        texts = ["sell an item", "sell an item (item: shield)", "sell an item (item: sword)", "refuse the deal"]
+        texts = ["sell an item", "sell an item: shield", "sell an item: sword", "refuse the deal"]
         options = [model.tokenize(" " + o) for o in texts]
         tree = OptionTree(seq=-1, pos=0, pending=[0], all_logits=True, stems=[stem], options=options)
         assert scorer.evaluate(tree) == 0
         assert np.allclose(tree.scores[0], _one_by_one(model, stem, options), atol=NUMERIC)
         prefixes = {tuple(o[:j + 1]) for o in options for j in range(len(o) - 1)}
         assert scorer.batch.n == len(stem) + len(prefixes) < len(stem) + sum(len(o) - 1 for o in options)
+        assert option_cells(options) == len(prefixes) and tree_cells([stem], options) == scorer.batch.n
     finally:
         scorer.close()
         main.close()

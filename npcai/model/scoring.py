@@ -48,7 +48,13 @@ class OptionTree(Lane):
 def tree_cells(stems: list[list[int]], options: list[list[int]]) -> int:
     """Cells a tree needs, and tokens it evaluates at most (nothing of its stems cached)."""
     root = _common_prefix_all(stems)
-    return root + sum(len(s) - root for s in stems) + len(stems) * sum(len(o) - 1 for o in options)
+    return root + sum(len(s) - root for s in stems) + len(stems) * option_cells(options)
+
+
+def option_cells(options: list[list[int]]) -> int:
+    """Tokens the options add after each stem: every start they share once (``_add_options``), and
+    never an option's last token, whose probability the token before it gives."""
+    return len({tuple(o[:j + 1]) for o in options for j in range(len(o) - 1)})
 
 
 class OptionScorer:

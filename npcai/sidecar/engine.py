@@ -120,6 +120,7 @@ class Engine:
         ``npc``: who a ``decide`` without one is made as (a route's router), instead of the anonymous NPC.
         Engine thread only."""
         self._relays[id(req)] = emit
+        self._wake.set()  # its job starts on the loop's next turn, not after the idle poll's sleep
         if npc is not None:
             self._relay_npcs[id(req)] = npc
         try:

@@ -8,7 +8,7 @@ import numpy as np
 
 from npcai.errors import TooLarge
 from npcai.model import choices
-from npcai.model.scoring import TREE_ROOM, OptionTree, common_prefix
+from npcai.model.scoring import TREE_ROOM, OptionTree, common_prefix, option_cells
 from npcai.sidecar.jobs.base import fit
 from npcai.sidecar.jobs.decision import Decision, decide_prompt
 from npcai.sidecar.npc import DEFAULT_LEAD, Npc
@@ -53,7 +53,7 @@ class ChoiceDecideJob(Decision):
         keep = self.rt.prefix_tokens(self.npc.chat())  # the NPC's persona and history: kept cached for its next decision
         cached = min(common_prefix(self._kv.tokens, target), len(target) - 1)
         pending = len(target) - cached + sum(len(s) - common_prefix(s, target) for s in stems[1:])
-        pending += len(stems) * sum(len(o) - 1 for o in self.options)
+        pending += len(stems) * option_cells(self.options)  # shared starts count once, as evaluated
         tree = OptionTree(seq=-1, pos=cached, pending=[0] * pending, all_logits=True, stems=stems,
                           options=self.options, source=self._kv,
                           keep=len(keep) if target[:len(keep)] == keep else 0)
