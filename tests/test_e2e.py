@@ -156,6 +156,33 @@ def test_an_open_ended_json_string_ends_once_it_runs_long(client):
     assert reply["finish_reason"] == "stop" and not reply["used_fallback"], reply
     assert isinstance(reply["value"], str) and reply["tokens"] <= MAX_STRING_TOKENS + 2, reply
 
+TALLY = {"type": "array", "items": {"type": "integer"}, "maxItems": 60}
+
+
+def test_past_its_soft_limit_a_json_answer_closes_where_its_schema_lets_it(client):
+    """A long list the schema allows (SmolLM2 counts on: 1, 2, 3, …) runs to the cap when written freely;
+    past ``soft_max_tokens`` (default half of max_tokens) the list closes at the first place the schema
+    allows, so the answer is complete and valid within the cap."""
+    situation = "Count the arrows in each quiver of the armoury."
+    free = client.decide(situation, schema=TALLY, max_tokens=48, soft_max_tokens=48, temperature=0.0)
+    assert free["finish_reason"] == "length", free  # without the way out: the cap
+    reply = client.decide(situation, schema=TALLY, max_tokens=48, temperature=0.0)
+    assert reply["finish_reason"] == "stop" and not reply["used_fallback"], reply
+    assert reply["tokens"] <= 48 and len(reply["value"]) >= 1, reply
+    jsonschema.validate(reply["value"], TALLY)
+
+
+def test_a_pattern_string_makes_room_for_the_part_its_pattern_needs(client):
+    """"^pkg:.+@.+" cannot end until an "@" is written, which SmolLM2 puts off to the cap; bounded to
+    MAX_STRING_LENGTH past the pattern's shortest match, the grammar makes it write one in time."""
+    schema = {"type": "object", "required": ["source"], "properties": {
+        "source": {"type": "string", "pattern": "^pkg:[a-z]+/.+@.+"}}}
+    reply = client.decide("Fill in an example record for this game's data.", schema=schema, max_tokens=128,
+                          temperature=0.0)
+    assert reply["finish_reason"] == "stop" and not reply["used_fallback"], reply
+    jsonschema.validate(reply["value"], schema)
+
+
 @pytest.mark.parametrize("grammar, pattern", [("action", ACTION), ("emote.gbnf", EMOTE)])
 def test_decide_with_a_shipped_grammar_matches_it_under_sampling(client, grammar, pattern):
     for seed in range(4):

@@ -173,17 +173,29 @@ class ConstraintCompiler:
 
     def _matcher(self, kind: str, source: str) -> LLMatcher:
         if kind == "schema":
-            try:
-                grammar = LLMatcher.grammar_from_json_schema(
-                    source, defaults={"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ",
+            with_patterns = _json(bounded(json.loads(source), patterns=True))
+            if with_patterns != source:
+                try:
+                    return self._schema_matcher(with_patterns)
+                except NpcaiError:  # llguidance could not intersect a pattern with a length: leave them open
+                    pass
+            return self._schema_matcher(source)
+        try:
+            grammar = LLMatcher.grammar_from_lark(any_to_lark(source))
+        except Exception as exc:  # GbnfToLarkError, RecursionError, or a bare Exception for a missing rule
+            raise BadRequest(f"grammar does not parse as GBNF: {exc}") from None
+        return self._checked(grammar)
+
+    def _schema_matcher(self, source: str) -> LLMatcher:
+        try:
+            grammar = LLMatcher.grammar_from_json_schema(
+                source, defaults={"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ",
                                   "coerce_one_of": True})  # oneOf as anyOf: 11 of JSONSchemaBench's 120
-            except ValueError as exc:
-                raise BadRequest(f"schema is not a JSON schema object: {exc}") from None
-        else:
-            try:
-                grammar = LLMatcher.grammar_from_lark(any_to_lark(source))
-            except Exception as exc:  # GbnfToLarkError, RecursionError, or a bare Exception for a missing rule
-                raise BadRequest(f"grammar does not parse as GBNF: {exc}") from None
+        except ValueError as exc:
+            raise BadRequest(f"schema is not a JSON schema object: {exc}") from None
+        return self._checked(grammar)
+
+    def _checked(self, grammar: str) -> LLMatcher:
         matcher = LLMatcher(self.tokenizer, grammar, log_level=0, limits=self._limits)
         if matcher.is_error():
             raise _compile_error(matcher.get_error())
@@ -245,27 +257,35 @@ MAX_MAGNITUDE = 10**9
 _BOUNDED_FORMATS = frozenset({"date", "time", "date-time", "duration", "uuid", "ipv4", "ipv6"})
 
 
-def bounded(schema: Any, depth: int = 0) -> Any:
+def bounded(schema: Any, depth: int = 0, *, patterns: bool = False) -> Any:
     """The schema with npcai's default bounds wherever it sets none. Every value valid under the
-    bounded schema is valid under the original."""
+    bounded schema is valid under the original.
+
+    ``patterns``: strings under a ``pattern`` are bounded too, to ``MAX_STRING_LENGTH`` past the
+    pattern's shortest match (where Python's regex parser can tell it). Tiny models otherwise write
+    on until the token cap where a pattern cannot end before a part they never write ("^pkg:.+@.+",
+    "^test|acceptance|production$"); with a length, the grammar makes room for that part. Off by
+    default, since llguidance cannot intersect every pattern with a length: the compiler tries it
+    and falls back (``ConstraintCompiler._matcher``).
+    """
     if depth > 64:
         raise TooLarge("schema nests too deeply")
     if isinstance(schema, list):
-        return [bounded(s, depth + 1) for s in schema]
+        return [bounded(s, depth + 1, patterns=patterns) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: bounded(v, depth + 1) if k in _SUBSCHEMAS else v for k, v in schema.items()}
+    out = {k: bounded(v, depth + 1, patterns=patterns) if k in _SUBSCHEMAS else v for k, v in schema.items()}
     for key in ("properties", "$defs", "definitions", "patternProperties"):
         if isinstance(schema.get(key), dict):
-            out[key] = {name: bounded(sub, depth + 1) for name, sub in schema[key].items()}
+            out[key] = {name: bounded(sub, depth + 1, patterns=patterns) for name, sub in schema[key].items()}
     kinds = schema.get("type")
     kinds = set(kinds) if isinstance(kinds, list) else {kinds}
     if "enum" in schema or "const" in schema:
         return out
-    if ("string" in kinds and "maxLength" not in schema and "pattern" not in schema
-            and schema.get("format") not in _BOUNDED_FORMATS):  # a pattern shapes its string (and llguidance
-        # cannot always intersect a complex one with a length)
-        out["maxLength"] = max(MAX_STRING_LENGTH, _int_or(schema.get("minLength"), 0))
+    if ("string" in kinds and "maxLength" not in schema and schema.get("format") not in _BOUNDED_FORMATS):
+        shortest = _shortest_match(schema["pattern"]) if "pattern" in schema else 0
+        if shortest is not None and (patterns or "pattern" not in schema):
+            out["maxLength"] = max(MAX_STRING_LENGTH + shortest, _int_or(schema.get("minLength"), 0))
     if "array" in kinds and "maxItems" not in schema:
         out["maxItems"] = max(MAX_ITEMS, _int_or(schema.get("minItems"), 0))
     if kinds & {"integer", "number"}:
@@ -276,6 +296,19 @@ def bounded(schema: Any, depth: int = 0) -> Any:
         if low is None:
             out["minimum"] = -MAX_MAGNITUDE if not _number(high) or high > -MAX_MAGNITUDE else high - MAX_MAGNITUDE
     return out
+
+
+def _shortest_match(pattern: Any) -> int | None:
+    """The length of the shortest string ``pattern`` matches, or None where Python's parser cannot
+    read it (ECMA-only syntax such as ``\\p{L}``) or it is no string."""
+    try:
+        from re import _parser  # the stdlib's regex parser, Python 3.11+
+    except ImportError:  # pragma: no cover - Python 3.10
+        import sre_parse as _parser
+    try:
+        return int(_parser.parse(pattern).getwidth()[0])
+    except (re.error, TypeError, ValueError, OverflowError, RecursionError):  # no bound beats a wrong one
+        return None
 
 
 def _number(v: Any) -> bool:

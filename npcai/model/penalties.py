@@ -60,15 +60,27 @@ def prefer(mask: np.ndarray, tokens: np.ndarray) -> None:
 def json_quotes(piece: bytes, escaped: bool = False) -> tuple[bool, bool]:
     """Whether ``piece`` holds a double quote that is not escaped (one that ends or starts a JSON
     string), and whether it ends in an unfinished backslash escape. ``escaped``: the text before it did."""
-    quote = False
+    quotes, escaped = json_quote_count(piece, escaped)
+    return quotes > 0, escaped
+
+
+def json_quote_count(piece: bytes, escaped: bool = False) -> tuple[int, bool]:
+    """How many unescaped double quotes ``piece`` holds (each starts or ends a JSON string, so their
+    parity says whether the text after it is inside one), and whether it ends in an unfinished escape."""
+    quotes = 0
     for byte in piece:
         if escaped:
             escaped = False
         elif byte == 0x5C:  # a backslash escapes the next character
             escaped = True
         elif byte == 0x22:
-            quote = True
-    return quote, escaped
+            quotes += 1
+    return quotes, escaped
+
+
+def json_closer(piece: bytes) -> bool:
+    """Whether ``piece`` starts by closing a JSON array or object (outside a string): the way out of one."""
+    return piece[:1] in (b"]", b"}")
 
 
 def token_mask(n_vocab: int, tokens: list[int]) -> np.ndarray:

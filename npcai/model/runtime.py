@@ -93,7 +93,9 @@ class Runtime:
         pieces = self.model.all_pieces()
         return {"digits": penalties.token_mask(self.n_vocab, [t for t, p in enumerate(pieces) if p.isdigit()]),
                 "quotes": penalties.token_mask(self.n_vocab, [t for t, p in enumerate(pieces)
-                                                                if penalties.json_quotes(p)[0]])}
+                                                                if penalties.json_quotes(p)[0]]),
+                "closers": penalties.token_mask(self.n_vocab, [t for t, p in enumerate(pieces)
+                                                                 if penalties.json_closer(p)])}
 
     @property
     def digit_mask(self) -> np.ndarray:
@@ -105,6 +107,11 @@ class Runtime:
         """The tokens that hold an unescaped double quote, which in JSON ends a string (see ``penalties.prefer``):
         not ``\\"``, which a pattern may allow inside one (JSONSchemaBench: a string of escaped quotes ran to the cap)."""
         return self._vocab_masks.result()["quotes"]
+
+    @property
+    def close_mask(self) -> np.ndarray:
+        """The tokens that start with ``]`` or ``}``: outside a JSON string, the way out of an array or object."""
+        return self._vocab_masks.result()["closers"]
 
     def estimate_s(self, n_tokens: int) -> float:
         """What a step of ``n_tokens`` is expected to cost, by the steps measured so far."""

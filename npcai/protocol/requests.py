@@ -218,6 +218,7 @@ class DecideRequest(_Sampled):
     descriptions: dict[str, str] | None = _wire(_Field(_str_map, "a map from choice to the words scored for it"))
     schema: dict | None = _wire(_Field(lambda v: isinstance(v, dict), "a map (JSON schema)"))
     grammar: str | None = _wire(_STR)
+    soft_max_tokens: int | None = _wire(_INT)
     actions: bool | list[str] | None = _wire(_PICK)
 
     def check(self, limits: Limits) -> None:

@@ -19,6 +19,10 @@ MAX_NUMBER_DIGITS = 12
 #: or its maxLength is large (JSONSchemaBench: 6 of 120). About 250 characters: past any
 #: default bound (32), and past most text a game asks for.
 MAX_STRING_TOKENS = 64
+#: The share of ``max_tokens`` after which a JSON answer heads for its end, when the request sets no
+#: ``soft_max_tokens``: each string ends, and each array and object closes, at the first place its
+#: schema lets it. Tiny models otherwise fill long structures past the cap (JSONSchemaBench).
+SOFT_SHARE = 0.5
 
 
 class GrammarDecideJob(Decision):
@@ -37,6 +41,9 @@ class GrammarDecideJob(Decision):
         self._json = "schema" in req.fields  # a double quote ends a string only in JSON
         self._unquoted = 0  # tokens since the last one holding an unescaped double quote: the string being written
         self._escaped = False  # the text so far ends in a backslash that escapes what follows
+        self._in_string = False  # an odd number of unescaped quotes so far: the text ends inside a JSON string
+        soft = req.soft_max_tokens or max(1, round(self.max_tokens * SOFT_SHARE))
+        self.soft_tokens = min(soft, self.max_tokens)  # past it a JSON answer takes the way out
 
     def ready(self) -> bool:
         if not self.compiled.done():
@@ -63,6 +70,7 @@ class GrammarDecideJob(Decision):
                 raise BadRequest("constraint rejected its own forced start")
         self.generated.extend(forced)
         self.forced += len(forced)
+        self._unquoted = self._after_quote(forced)
         self.lanes[0].pending.extend(forced)
 
     def advance(self) -> None:
@@ -73,6 +81,8 @@ class GrammarDecideJob(Decision):
             penalties.forbid(self.rt.mask, self.rt.digit_mask)
         if self._json and self._unquoted >= MAX_STRING_TOKENS:  # a string this long ends now (where it may)
             penalties.prefer(self.rt.mask, self.rt.quote_mask)
+        if self._json and len(self.generated) >= self.soft_tokens:  # past its soft limit: the way out
+            penalties.prefer(self.rt.mask, self.rt.quote_mask if self._in_string else self.rt.close_mask)
         logits = self.rt.logits(lane.rows[-1])
         penalties.dry(logits, self.generated)  # loops inside open values end before the cap
         tok = int(sample_token(logits, self.rt.mask, self.temperature, self.top_k, self.top_p, self.rng.random()))
@@ -104,11 +114,13 @@ class GrammarDecideJob(Decision):
         lane.pending = [tok, *forced]
 
     def _after_quote(self, tokens: list[int]) -> int:
-        """``_unquoted`` after ``tokens``: reset by a token that holds an unescaped double quote."""
+        """``_unquoted`` after ``tokens``: reset by a token that holds an unescaped double quote (and
+        ``_in_string`` flipped by each)."""
         n = self._unquoted
         for tok in tokens:
-            quote, self._escaped = penalties.json_quotes(self.rt.model.piece(tok), self._escaped)
-            n = 0 if quote else n + 1
+            quotes, self._escaped = penalties.json_quote_count(self.rt.model.piece(tok), self._escaped)
+            n = 0 if quotes else n + 1
+            self._in_string ^= quotes % 2 == 1
         return n
 
     def _text(self) -> str:
