@@ -40,6 +40,12 @@ def option_tokens(rt: "Runtime", lead: str, words: list[str]) -> list[list[int]]
     return [rt.text_tokens(sep + w.strip()) or [rt.model.eot] for w in words]
 
 
+def option_bytes(lead: str, words: list[str]) -> np.ndarray:
+    """Each option's length in bytes as it follows the lead (the space included), as ``acc_norm`` counts it."""
+    sep = " " if lead else ""
+    return np.array([len((sep + w.strip()).encode()) for w in words], dtype=float)
+
+
 def log_softmax_at(logits: np.ndarray, tokens: list[int]) -> np.ndarray:
     """Log-probabilities of ``tokens`` under the full vocabulary (float32 exp, about 0.2 ms on 262k logits)."""
     top = float(logits.max())
@@ -62,9 +68,14 @@ def prior_prompt(rt: "Runtime", npc: "Npc", content_free: str, lead: str) -> lis
     return rt.prompt_tokens(npc.persona_chat(("user", content_free)), add_generation_prompt=True, lead=lead)
 
 
-def probabilities(loglik: np.ndarray, prior: np.ndarray | None, temperature: float) -> np.ndarray:
-    """The probability that the NPC picks each option."""
+def probabilities(loglik: np.ndarray, prior: np.ndarray | None, temperature: float,
+                  nbytes: np.ndarray | None = None) -> np.ndarray:
+    """The probability that the NPC picks each option. With ``nbytes`` (each option's length in
+    bytes) the scores are per byte, as lm-evaluation-harness's ``acc_norm``, then scaled by the
+    options' mean length: the same pick as per byte, on the scale the temperature was fitted at."""
     score = loglik - PRIOR_WEIGHT * prior if prior is not None else loglik
+    if nbytes is not None:
+        score = score / nbytes * float(np.mean(nbytes))
     z = score / temperature
     p = np.exp(z - z.max())
     return p / p.sum()

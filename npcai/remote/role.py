@@ -167,7 +167,8 @@ class RemoteRole:
         if prior is None:
             prior = np.array(scores[len(options):])
             self.priors.put(key, prior)
-        probs = choices.probabilities(loglik, prior, self.choice_temperature)
+        nbytes = choices.option_bytes(lead, [words.get(c, c) for c in names]) if f.get("per_byte") else None
+        probs = choices.probabilities(loglik, prior, self.choice_temperature, nbytes)
         temperature = float(f.get("temperature", DECIDE_DEFAULTS["temperature"]))
         if temperature <= 0:
             pick = int(np.argmax(probs))
