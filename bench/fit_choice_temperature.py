@@ -23,18 +23,19 @@ from npcai.bench import quality
 from npcai.model import catalog
 
 
-def _rescaled(probs: list[float], current: float, t: float) -> np.ndarray:
-    z = np.log(np.clip(np.asarray(probs), 1e-300, None)) * current / t
+def _rescaled(probs: list[float], current: tuple[float, float], t: float) -> np.ndarray:
+    """Recorded probs (at the temperature ``current``, (T, power), for their number of options) at ``t``."""
+    z = np.log(np.clip(np.asarray(probs), 1e-300, None)) * current[0] * (len(probs) / 2) ** current[1] / t
     p = np.exp(z - z.max())
     return p / p.sum()
 
 
-def _nll(records: list[dict], current: float, t: float, power: float) -> float:
+def _nll(records: list[dict], current: tuple[float, float], t: float, power: float) -> float:
     return -sum(float(np.log(max(_rescaled(r["probs"], current, t * (len(r["probs"]) / 2) ** power)[r["label"]],
                                  1e-300))) for r in records)
 
 
-def fit(records: list[dict], current: float, per_options: bool) -> tuple[float, float]:
+def fit(records: list[dict], current: tuple[float, float], per_options: bool) -> tuple[float, float]:
     """(T, power) that minimise the negative log-likelihood of the right options, by a grid search."""
     temps = np.exp(np.linspace(np.log(0.3), np.log(30), 160))
     powers = np.linspace(-1.5, 1.5, 31) if per_options else np.zeros(1)
@@ -58,11 +59,12 @@ def main(path: str) -> None:
         if not raw:
             continue
         entry = catalog.CATALOG.get(model)
-        current = raw.get("choice_temperature") or (entry.choice_temperature if entry else 1.0)
+        current = (raw.get("choice_temperature") or (entry.choice_temperature if entry else 1.0),
+                   raw.get("choice_temperature_power") or 0.0)
         dev = list(raw.get("game_dev", {}).get("items", []))
         dev += [r for r in raw.get("copa", {}).get("items", []) if int(r["id"].split("-")[1]) <= 500]
-        fits = {"as run": (current, 0.0), "one T": fit(dev, current, False), "T by k": fit(dev, current, True)}
-        print(f"{model}: recorded at T={current}; on {len(dev)} calibration items: one T = {fits['one T'][0]:.2f}; "
+        fits = {"as run": current, "one T": fit(dev, current, False), "T by k": fit(dev, current, True)}
+        print(f"{model}: recorded at T={current[0]} x (k/2)^{current[1]}; on {len(dev)} calibration items: one T = {fits['one T'][0]:.2f}; "
               f"T by k = {fits['T by k'][0]:.2f} x (k/2)^{fits['T by k'][1]:.2f}")
         for name in ("game", "copa", "piqa", "arc_easy"):
             recs = [r for r in raw.get(name, {}).get("items", []) if not (name == "copa" and

@@ -342,6 +342,7 @@ def run(client: Client, model_path: Path, threads: int, n_items: int, data: Path
     raw: dict[str, Any] = {"data": str(data), "items_per_public_set": n_items}
     models = client.hello(client="npcai.bench.quality").get("models", [])
     raw["choice_temperature"] = next((m.get("choice_temperature") for m in models), None)  # what probs were at
+    raw["choice_temperature_power"] = next((m.get("choice_temperature_power") for m in models), None)
     anchor = Anchor(model_path, threads)
     try:
         sets = [("game", game()), *public_sets(data, n_items, say)]

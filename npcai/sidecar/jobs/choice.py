@@ -72,7 +72,8 @@ class ChoiceDecideJob(Decision):
     def _pick(self) -> None:
         if self._new_prior:
             self.rt.choice_priors.put(self.prior_key, self.prior)
-        probs = choices.probabilities(self.loglik, self.prior, self.rt.choice_temperature, self.nbytes)
+        probs = choices.probabilities(self.loglik, self.prior, self.rt.choice_temperature, self.nbytes,
+                                      self.rt.choice_temperature_power)
         if self.temperature <= 0:
             pick = int(np.argmax(probs))
         else:
