@@ -78,7 +78,33 @@ def test_worked_examples_sit_in_the_npcs_cached_prefix_and_survive_a_save(client
     assert again["probs"] == pytest.approx(first["probs"], abs=0.01)  # evaluated in other batches: float noise
 
 
+def test_per_byte_scores_pick_the_best_option_per_byte_on_the_temperatures_scale():
+    loglik, nbytes = np.array([-10.0, -6.0]), np.array([10.0, 3.0])  # -1 and -2 nats a byte
+    assert np.argmax(choices.probabilities(loglik, None, 1.0)) == 1
+    assert np.argmax(choices.probabilities(loglik, None, 1.0, nbytes)) == 0
+    same = np.array([8.0, 8.0])  # options of one length: per byte changes nothing
+    assert choices.probabilities(loglik, None, 2.0, same) == pytest.approx(choices.probabilities(loglik, None, 2.0))
+
+
+def test_the_temperature_is_the_fitted_one_at_two_options_and_varies_with_their_number_by_its_power():
+    assert choices.temperature_for(5.0, -0.8, 2) == 5.0
+    assert choices.temperature_for(5.0, -0.8, 4) == pytest.approx(5.0 * 2 ** -0.8)
+    loglik = np.array([-3.0, -5.0, -6.0, -7.0])
+    assert choices.probabilities(loglik, None, 5.0, power=-0.8).max() > choices.probabilities(loglik, None, 5.0).max()
+
+
+def test_per_byte_lifts_a_long_option_against_a_short_one(client):
+    """Summed log-likelihood charges every byte of a long option; per byte (acc_norm's rule) does not."""
+    situation, options = "The cave is dark and you hear water dripping.", ["wait", "light a torch and walk in slowly"]
+    summed = client.decide(situation, choices=options)["probs"]
+    per_byte = client.decide(situation, choices=options, per_byte=True)["probs"]
+    assert per_byte[options[1]] > summed[options[1]], (summed, per_byte)
+    assert sum(per_byte.values()) == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("fields, code", [
+    ({"schema": {"type": "string"}, "per_byte": True}, "bad_request"),
+    ({"choices": ["a", "b"], "per_byte": "yes"}, "bad_request"),
     ({"choices": ["a", "b"], "descriptions": {"c": "sea"}}, "bad_request"),
     ({"choices": ["a", "b"], "descriptions": {"a": " "}}, "bad_request"),
     ({"schema": {"type": "string"}, "lead": "I decide to"}, "bad_request"),
@@ -127,6 +153,8 @@ def test_decide_scores_each_option_as_its_own_model_does(client, model_path):
         prior = np.array(anchor.score(prior_prompt + DEFAULT_LEAD, [" " + o for o in opts]).loglik)
     finally:
         anchor.close()
-    expected = choices.probabilities(ll, prior, client.hello()["models"][0]["choice_temperature"])
+    announced = client.hello()["models"][0]
+    expected = choices.probabilities(ll, prior, announced["choice_temperature"],
+                                     power=announced["choice_temperature_power"])
     got = np.array([reply["probs"][o] for o in opts])
     assert got == pytest.approx(expected, abs=0.02)

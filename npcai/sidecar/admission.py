@@ -33,7 +33,9 @@ def load_runtimes(settings: Settings, models: dict[str, Path]) -> dict[str, Runt
                          n_seq=settings.n_seq, n_batch=settings.n_batch, threads=settings.compute_threads,
                          grammar_dir=Path(settings.grammar_dir), flash_attn=entry.flash_attn if entry else None,
                          park_bytes=settings.park_mb * 2**20,
-                         choice_temperature=entry.choice_temperature if entry else choices.DEFAULT_TEMPERATURE)
+                         choice_temperature=entry.choice_temperature if entry else choices.DEFAULT_TEMPERATURE,
+                         choice_temperature_power=(entry.choice_temperature_power if entry
+                                                   else choices.DEFAULT_TEMPERATURE_POWER))
             by_path[path] = rt
         runtimes[role] = rt
     return runtimes

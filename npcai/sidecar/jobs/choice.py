@@ -31,6 +31,8 @@ class ChoiceDecideJob(Decision):
         self.lead = (req.lead if req.lead is not None else DEFAULT_LEAD).strip()
         words = req.descriptions or {}
         self.options = choices.option_tokens(rt, self.lead, [words.get(c, c) for c in self.choices])
+        self.nbytes = (choices.option_bytes(self.lead, [words.get(c, c) for c in self.choices])
+                       if req.per_byte else None)
         self.loglik = np.zeros(len(self.choices))
         self.prior_key = choices.prior_key(npc, self.lead, self.options)
         self.prior: np.ndarray | None = rt.choice_priors.get(self.prior_key)
@@ -70,7 +72,8 @@ class ChoiceDecideJob(Decision):
     def _pick(self) -> None:
         if self._new_prior:
             self.rt.choice_priors.put(self.prior_key, self.prior)
-        probs = choices.probabilities(self.loglik, self.prior, self.rt.choice_temperature)
+        probs = choices.probabilities(self.loglik, self.prior, self.rt.choice_temperature, self.nbytes,
+                                      self.rt.choice_temperature_power)
         if self.temperature <= 0:
             pick = int(np.argmax(probs))
         else:
