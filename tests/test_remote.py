@@ -168,6 +168,7 @@ def test_a_remote_catalog_model_scores_choices_as_the_same_model_does_locally_at
             Client(sc.endpoint) as c:
         models = {m["role"]: m for m in c.hello("pytest")["models"]}
         assert models["dialogue"]["choice_temperature"] == models["decision"]["choice_temperature"] > 1
+        assert models["dialogue"]["choice_temperature_power"] == models["decision"]["choice_temperature_power"] < 0
         c.npc("brom", PERSONA)
         for situation, options in (("A thief grabs a sword from your forge.", ["chase the thief", "go to sleep"]),
                                    ("A dragon lands in the square.", ["fight", "flee", "hide in the forge"])):
