@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from llguidance import LLMatcher
 from llguidance.llamacpp import lltokenizer_from_vocab
 from support import ROOT, shared_data
 
 from npcai.errors import NpcaiError
+from npcai.model import penalties
 from npcai.model.constraints import MAX_SOURCE_BYTES, ConstraintCompiler
 from npcai.model.native import Model
 
@@ -18,12 +20,17 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_c
 
 
 @pytest.fixture(scope="module")
-def compiler(model_path):
-    model = Model(model_path)
+def model(model_path):
+    m = Model(model_path)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
+def compiler(model):
     c = ConstraintCompiler(lltokenizer_from_vocab(model.vocab, n_vocab=model.n_vocab), ROOT / "grammars")
     yield c
     c.close()
-    model.close()
 
 
 def _takes(compiler: ConstraintCompiler, schema: dict, text: str) -> bool:
@@ -107,3 +114,31 @@ def test_what_plain_llguidance_compiles_npcai_compiles_too_on_120_real_world_sch
     assert too_large == TOO_LARGE_BY_DESIGN, sorted(too_large)
     assert compiled >= COMPILED_AT_LEAST, f"npcai compiles {compiled} of 120 schemas, was {COMPILED_AT_LEAST}"
     assert compared >= 97, compared
+
+
+def _allowed_after(compiler: ConstraintCompiler, schema: dict, text: str, way_out: np.ndarray) -> list[bytes]:
+    """The pieces the grammar allows after ``text``, once ``way_out`` is preferred (``penalties.prefer``)."""
+    state = compiler.compile({"schema": schema}).start()
+    assert all(state.consume(t) for t in compiler.tokenizer.tokenize_str(text))
+    mask = np.zeros(len(way_out), dtype=np.int32)
+    state.fill_mask(mask)
+    penalties.prefer(mask, way_out)
+    bits = np.unpackbits(mask.view(np.uint8), bitorder="little")
+    return [compiler.tokenizer.decode_bytes([t]) for t in np.flatnonzero(bits)]
+
+
+def test_the_way_out_closes_a_list_or_ends_a_string_where_the_schema_allows(compiler, model):
+    """Past the soft limit the job prefers, outside a string, tokens that start with ] or }, and inside one,
+    tokens that end it: on a real grammar that leaves only ways to close, never more of the value."""
+    pieces = model.all_pieces()
+    closers = penalties.token_mask(model.n_vocab, [t for t, p in enumerate(pieces) if penalties.json_closer(p)])
+    quotes = penalties.token_mask(model.n_vocab, [t for t, p in enumerate(pieces) if penalties.json_quotes(p)[0]])
+    tally = {"type": "array", "items": {"type": "integer"}, "maxItems": 60}
+    after = _allowed_after(compiler, tally, "[1, 2", closers)
+    assert after and all(p.startswith(b"]") for p in after), after[:10]
+    named = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 40}}, "required": ["name"]}
+    after = _allowed_after(compiler, named, '{"name": "Bro', quotes)
+    assert after and all(penalties.json_quotes(p)[0] for p in after), after[:10]
+    # where the schema allows no way out yet (minItems), the mask is left as it was
+    two = {"type": "array", "items": {"type": "integer"}, "minItems": 3, "maxItems": 5}
+    assert any(p[:1].isdigit() for p in _allowed_after(compiler, two, "[1, 2", closers))
