@@ -26,7 +26,9 @@ Needs ``pip install torch==2.13.0 transformers peft gguf`` (not npcai's own depe
     python bench/train_decision_lora.py train --out /tmp/lora --minutes 10   # writes an f16 GGUF
     python bench/train_decision_lora.py score --adapter /tmp/lora/decision-lora.gguf --only val
 
-The adapter npcai ships (npcai/data/adapters/) is one of these; the product scores it with
+The adapter npcai ships (npcai/data/adapters/smollm2-135m-decision.gguf) came from
+``train --out DIR --mlp --copa 100 --items 487`` (chosen over attention only, all of COPA's
+development half, on the validation split); the product scores it with
 ``npcai bench --only quality --lora decision=smollm2-135m-decision``.
 
 The figures are in docs/QUALITY.md ("A decision adapter").
