@@ -3,7 +3,7 @@
 Issue #13 item 6: the idea behind npcai is small models tuned for one job. This trains a LoRA
 adapter for the default model (SmolLM2-135M-Instruct) on worked decisions, in exactly the prompt
 ``decide`` with ``choices`` builds (the NPC's persona, its "Who are you?" exchange, "<situation>
-What should you do?", the answer's lead "The sensible thing to do is to", then each option), with
+What should you do?", the answer's lead "I should", then each option: ``DEFAULT_LEAD``), with
 a contrastive loss over each item's options (their summed log-likelihoods, softmaxed), plus a
 little of the right option's own likelihood. It writes the adapter as a llama.cpp LoRA GGUF and
 scores it through llama.cpp, beside the model without it, the way ``decide`` scores choices
@@ -12,7 +12,9 @@ scores it through llama.cpp, beside the model without it, the way ``decide`` sco
 Training data (never the 170 game test items, nor COPA's test split):
   - ``bench/data/decision_train.jsonl``: 287 game decisions written for this, over the same 16
     roles, with situations checked against the test items (no shared word 3-grams above a quarter
-    of the shorter situation's, and no item with a test item's role and right answer);
+    of the shorter situation's, and no item with a test item's role and right answer); a seeded
+    fifth of them (``--val-share``) is held out as the validation split that hyperparameters are
+    chosen on (``score --only val``), never the game test set;
   - the game set's 30 worked examples (its "example" split);
   - COPA's development split (500), from ``--data``/quality/copa_dev.jsonl, as ``decide`` asks it.
 
@@ -21,8 +23,13 @@ Scored on data it never saw: the 170 game test items, COPA's test split (500), a
 
 Needs ``pip install torch==2.13.0 transformers peft gguf`` (not npcai's own dependencies). Run:
 
-    python bench/train_decision_lora.py train --out /tmp/lora --items 999    # ~12 min on 2 cores
-    python bench/train_decision_lora.py score --adapter /tmp/lora/decision-lora.gguf
+    python bench/train_decision_lora.py train --out /tmp/lora --minutes 10   # writes an f16 GGUF
+    python bench/train_decision_lora.py score --adapter /tmp/lora/decision-lora.gguf --only val
+
+The adapter npcai ships (npcai/data/adapters/smollm2-135m-decision.gguf) came from
+``train --out DIR --mlp --copa 100 --items 487`` (chosen over attention only, all of COPA's
+development half, on the validation split); the product scores it with
+``npcai bench --only quality --lora decision=smollm2-135m-decision``.
 
 The figures are in docs/QUALITY.md ("A decision adapter").
 """
@@ -51,6 +58,7 @@ MODEL = "smollm2-135m"
 TRAIN_FILE = Path(__file__).resolve().parent / "data" / "decision_train.jsonl"
 PRIOR_WEIGHT = 0.25  # as npcai.model.choices
 CONTENT_FREE = "Nothing happens."
+VAL_SHARE = 0.2  # the written decisions held out for choosing hyperparameters
 
 
 @dataclass
@@ -104,12 +112,20 @@ def check_overlap() -> float:
     return worst
 
 
-def _train_questions(data: Path, n_copa: int) -> list[quality.Question]:
-    out = list(quality.game("example"))
-    for line in TRAIN_FILE.read_text().splitlines():
-        d = json.loads(line)
-        out.append(quality.Question(f"train-{d['id']}", "", tuple(d["options"]), d["label"], d["situation"], "",
-                                    d["persona"], d["role"]))
+def _written(val_share: float) -> tuple[list[quality.Question], list[quality.Question]]:
+    """The written training decisions, split (seeded, by id) into training and validation items."""
+    rows = [json.loads(line) for line in TRAIN_FILE.read_text().splitlines() if line.strip()]
+    held = set(random.Random(13).sample([d["id"] for d in rows], round(val_share * len(rows))))
+    train_items, val = [], []
+    for d in rows:
+        q = quality.Question(f"train-{d['id']}", "", tuple(d["options"]), d["label"], d["situation"], "",
+                             d["persona"], d["role"])
+        (val if d["id"] in held else train_items).append(q)
+    return train_items, val
+
+
+def _train_questions(data: Path, n_copa: int, val_share: float) -> list[quality.Question]:
+    out = list(quality.game("example")) + _written(val_share)[0]
     if not (data / "quality" / "copa_dev.jsonl").is_file():
         print(f"COPA skipped: no {data / 'quality' / 'copa_dev.jsonl'} (pass --data DIR)", flush=True)
         return out
@@ -127,7 +143,7 @@ def _copa(data: Path) -> tuple[list[quality.Question], list[quality.Question]]:
 def eval_sets(data: Path, model: Model) -> dict[str, list[Item]]:
     """The held-out sets: game test, COPA test, and the bench's seeded 300-item PIQA and ARC-Easy samples."""
     folder = data / "quality"
-    sets = {"game": quality.game("test")}
+    sets = {"val": _written(VAL_SHARE)[1], "game": quality.game("test")}
     missing = [f for f in ("copa_dev.jsonl", "copa_test.jsonl", "piqa_valid.jsonl", "arc_easy_test.jsonl")
                if not (folder / f).is_file()]
     if missing:
@@ -149,7 +165,7 @@ def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     path = catalog.resolve(MODEL)
     model = Model(path)
-    items = [_item(model, q) for q in _train_questions(Path(args.data), args.copa)]
+    items = [_item(model, q) for q in _train_questions(Path(args.data), args.copa, args.val_share)]
     print(f"{len(items)} training items; largest 3-gram overlap with a test situation {check_overlap():.0%}",
           flush=True)
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
@@ -194,9 +210,13 @@ def train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     net.save_pretrained(out / "peft")
-    write_gguf(net, hf.config, out / "decision-lora.gguf", alpha=2 * args.rank)
+    write_gguf(net, hf.config, out / "decision-lora.gguf", alpha=2 * args.rank, dtype=np.float16)
     print(f"wrote {out / 'decision-lora.gguf'} in {time.time() - t0:.0f}s")
     _check_export(net, model, out / "decision-lora.gguf")
+    if args.val_share > 0:  # the validation split, with and without the adapter: what hyperparameters are chosen on
+        score(argparse.Namespace(adapter=str(out / "decision-lora.gguf"), data=args.data, only=["val"],
+                                 json=str(out / "val.json"), plain_prefix=False, threads=args.threads,
+                                 temperature=0.0))
 
 
 def check(args: argparse.Namespace) -> None:
@@ -252,12 +272,13 @@ def _option_logliks(net, item: Item, torch):
     return torch.stack([p.sum() for p in token_lp]), token_lp
 
 
-def write_gguf(net, config, dst: Path, alpha: float) -> None:
+def write_gguf(net, config, dst: Path, alpha: float, dtype=np.float16) -> None:
     """The adapter as llama.cpp loads it: general.type "adapter", adapter.type "lora", its alpha, and
     for each adapted weight of the base GGUF ("blk.N.attn_q.weight") a ``.lora_a`` (rank x in) and a
     ``.lora_b`` (out x rank). The base GGUF stores the Q and K projections with each head's rows
     reordered for llama.cpp's rotary embedding (as convert_hf_to_gguf.py writes them, and as
-    transformers undoes when it loads a GGUF), so their B matrices' rows are reordered the same way."""
+    transformers undoes when it loads a GGUF), so their B matrices' rows are reordered the same way.
+    f16 halves the file (rank 8 on attention: 1.9 MB) and scores as f32 within llama.cpp's rounding."""
     import gguf
 
     names = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
@@ -266,6 +287,7 @@ def write_gguf(net, config, dst: Path, alpha: float) -> None:
     w.add_type(gguf.GGUFType.ADAPTER)
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
+    w.add_name("SmolLM2-135M-Instruct decision adapter (npcai)")
     for name, module in net.named_modules():
         if not hasattr(module, "lora_A") or "default" not in module.lora_A:
             continue
@@ -277,8 +299,8 @@ def write_gguf(net, config, dst: Path, alpha: float) -> None:
             heads = config.num_attention_heads if proj == "q_proj" else config.num_key_value_heads
             b = _rope_order(b, heads)
         base = f"blk.{layer}.{names[proj]}.weight"
-        w.add_tensor(base + ".lora_a", np.ascontiguousarray(a, dtype=np.float32))
-        w.add_tensor(base + ".lora_b", np.ascontiguousarray(b, dtype=np.float32))
+        w.add_tensor(base + ".lora_a", np.ascontiguousarray(a, dtype=dtype))
+        w.add_tensor(base + ".lora_b", np.ascontiguousarray(b, dtype=dtype))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -354,7 +376,7 @@ def score(args: argparse.Namespace) -> None:
     sets = eval_sets(Path(args.data), model)
     if args.only:
         sets = {k: v for k, v in sets.items() if k in args.only}
-    temperature = catalog.entry_for(catalog.resolve(MODEL)).choice_temperature
+    temperature = args.temperature or catalog.entry_for(catalog.resolve(MODEL)).choice_temperature
     report: dict[str, dict[str, float]] = {}
     picks: dict[str, list[bool]] = {}
     runs = [("base", None), ("adapter", Path(args.adapter) if args.adapter else None)]
@@ -366,7 +388,7 @@ def score(args: argparse.Namespace) -> None:
         s = Scorer(model, adapter, args.threads)
         for name, items in sets.items():
             t0 = time.time()
-            right, p_right = [], []
+            right, p_right, records = [], [], []
             for it in items:
                 cut = _common(it.stem, it.prior_stem) if label == "mixed" else 0
                 loglik = s.score(it.stem, it.options, cut)
@@ -376,11 +398,17 @@ def score(args: argparse.Namespace) -> None:
                 p /= p.sum()
                 right.append(int(p.argmax()) == it.label)
                 p_right.append(float(p[it.label]))
+                records.append({"id": it.name, "label": it.label, "probs": p.tolist()})
             n = len(items)
             picks[f"{label}/{name}"] = right
             acc = 100 * float(np.mean(right))
+            ece = quality.expected_calibration_error([max(r["probs"]) for r in records], right)
             report[f"{label}/{name}"] = {"n": n, "acc": acc, "margin": 100 / math.sqrt(n),
-                                         "mean_p_right": float(np.mean(p_right))}
+                                         "mean_p_right": float(np.mean(p_right)), "ece": ece}
+            if name == "val":  # the held-out written decisions: where a temperature for the adapter is fitted
+                fitted = quality.fit_temperature(records, temperature)
+                report[f"{label}/{name}"]["fitted_temperature"] = fitted
+                print(f"{label:8s} {name:10s} ECE {ece:.3f} at T={temperature}; fitted T={fitted:.2f}", flush=True)
             print(f"{label:8s} {name:10s} n={n:4d} acc {acc:5.1f} ±{100 / math.sqrt(n):.1f}  "
                   f"mean p(right) {np.mean(p_right):.3f}  ({time.time() - t0:.0f}s)", flush=True)
     for name in sets:
@@ -424,6 +452,8 @@ def main() -> None:
     t.add_argument("--accum", type=int, default=4, help="items per optimizer step")
     t.add_argument("--copa", type=int, default=500, help="COPA dev items to train on")
     t.add_argument("--mlp", action="store_true", help="adapt the MLP projections too")
+    t.add_argument("--val-share", type=float, default=VAL_SHARE,
+                   help="share of the written decisions held out for validation (0: train on all)")
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--minutes", type=float, default=12, help="training time budget")
     t.add_argument("--items", type=int, default=0, help="items to train on (0: as many as --minutes allow); "
@@ -438,6 +468,7 @@ def main() -> None:
     s.add_argument("--plain-prefix", action="store_true",
                    help="also score with the persona and first exchange evaluated without the adapter")
     s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--temperature", type=float, default=0.0, help="probs' temperature (default: the catalog's)")
     args = p.parse_args()
     {"train": train, "check": check, "score": score}[args.cmd](args)
 

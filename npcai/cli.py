@@ -242,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="items drawn from each public multiple-choice set (default 500; 100 with --quick)")
     p.add_argument("--threads", type=int, default=0,
                    help="compute threads for the sidecar and every baseline (default: all cores)")
+    p.add_argument("--lora", action="append", metavar="ROLE=NAME|PATH",
+                   help="also bench each model with this LoRA adapter (the sidecar's --lora), right after it "
+                        "runs without; the quality item then compares their picks item by item (repeatable)")
     p.set_defaults(func=cmd_bench)
 
     p = _one_line_errors(sub.add_parser("bundle", help="build a self-contained sidecar folder to ship with a game"))

@@ -41,6 +41,7 @@ class Anchor:
     def __init__(self, path: Path, threads: int, n_ctx: int = 512):
         import llama_cpp
 
+        self.path = path
         with contextlib.redirect_stderr(io.StringIO()), safe_llama_defaults():
             self._llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
                                         n_threads=threads, n_threads_batch=threads, verbose=False)

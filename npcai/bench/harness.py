@@ -25,8 +25,9 @@ class Bench:
     """Runs the items for one model: a sidecar, a client, and in-process baselines."""
 
     def __init__(self, model: str, quick: bool, out: Callable[[str], None], threads: int = 0,
-                 data: str | None = None, quality_items: int = 0):
+                 data: str | None = None, quality_items: int = 0, lora: tuple[str, ...] = ()):
         self.model = model
+        self.lora = lora  # --lora specs for the sidecar: its report is named MODEL+lora
         self.data = data
         self.quality_items = quality_items or (100 if quick else 500)
         self.path = catalog.resolve(model)
@@ -35,7 +36,7 @@ class Bench:
         self.reps = 8 if quick else 30
         self.settings = Settings(threads=threads)
         self.threads = self.settings.compute_threads
-        self.report = Report(model)
+        self.report = Report(f"{model}+lora" if lora else model)
         scene = load_scenario(None)
         self.persona = scene["npcs"]["grik"]["persona"]
         self.personas = [scene["npcs"][n]["persona"] for n in ("brom", "mira", "grik", "captain")]
@@ -44,7 +45,8 @@ class Bench:
 
     def sidecar(self) -> tuple[Sidecar, Client]:
         # Same priority as the in-process baselines: politeness is judged by the frame item.
-        sc = Sidecar("--model", self.model, "--threads", str(self.threads), "--nice", "0")
+        sc = Sidecar("--model", self.model, "--threads", str(self.threads), "--nice", "0",
+                     *(arg for spec in self.lora for arg in ("--lora", spec)))
         c = Client(sc.endpoint)
         c.hello("npcai bench")
         return sc, c

@@ -11,6 +11,7 @@ the NPC keep its name.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -178,18 +179,43 @@ class ChoiceScore:
     p50_ms: float
 
 
+def paired(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> tuple[int, int, float]:
+    """Two runs' picks on the same items (``score_decide``'s records): how many only the second got
+    right, how many only the first, and the exact two-sided sign test's p on those (McNemar's, exact)."""
+    right = {r["id"]: int(np.argmax(r["probs"])) == r["label"] for r in before}
+    gained = sum(1 for r in after if int(np.argmax(r["probs"])) == r["label"] and not right[r["id"]])
+    lost = sum(1 for r in after if int(np.argmax(r["probs"])) != r["label"] and right[r["id"]])
+    n = gained + lost
+    tail = sum(math.comb(n, k) for k in range(min(gained, lost) + 1)) / 2 ** n if n else 0.5
+    return gained, lost, min(1.0, 2 * tail)
+
+
+_anchors: dict[tuple[str, tuple[str, ...]], tuple[float, float, dict[str, tuple[int, int]]]] = {}  # once per process
+
+
 def score_anchor(anchor: Anchor, items: list[Question],
                  record: dict[str, tuple[int, int]] | None = None) -> tuple[float, float]:
     """(acc, acc_norm) of the anchor over ``items``; each item's two picks go to ``record`` (by id),
-    so that a part of a set (a held-out half) can be scored from the report."""
+    so that a part of a set (a held-out half) can be scored from the report. Computed once per model
+    and item set: a bench with --lora scores the same model twice."""
+    key = (str(anchor.path), tuple(q.id for q in items))
+    if key not in _anchors:
+        _anchors[key] = _score_anchor(anchor, items)
+    acc, norm, picks = _anchors[key]
+    if record is not None:
+        record.update(picks)
+    return acc, norm
+
+
+def _score_anchor(anchor: Anchor, items: list[Question]) -> tuple[float, float, dict[str, tuple[int, int]]]:
     acc = norm = 0
+    picks: dict[str, tuple[int, int]] = {}
     for q in items:
         s = anchor.score(q.context, [" " + o for o in q.options])
         acc += s.pick == q.label
         norm += s.pick_norm == q.label
-        if record is not None:
-            record[q.id] = (s.pick, s.pick_norm)
-    return acc / len(items), norm / len(items)
+        picks[q.id] = (s.pick, s.pick_norm)
+    return acc / len(items), norm / len(items), picks
 
 
 def score_decide(client: Client, items: list[Question], examples: dict[str, list[dict[str, str]]] | None = None,

@@ -67,6 +67,36 @@ def _quality(b: Bench, c: Client) -> None:
     b.report.raw["quality"] = raw
 
 
+def _compare_adapter(plain: Report, adapted: Report) -> None:
+    """Each set's picks with the adapter against without it, item by item: accuracy side by side and a
+    paired sign test. COPA counts its test half only: the shipped adapter was trained on its development half."""
+    import numpy as np
+
+    from npcai.bench import quality
+
+    for name in ("game", "copa", "piqa", "arc_easy"):
+        before = plain.raw.get("quality", {}).get(name, {}).get("items")
+        after = adapted.raw.get("quality", {}).get(name, {}).get("items")
+        if not before or not after:
+            continue
+        if name == "copa":
+            before, after = (_copa_test(r) for r in (before, after))
+            name = "copa test"
+        gained, lost, p = quality.paired(before, after)
+        acc = [100 * sum(int(np.argmax(r["probs"])) == r["label"] for r in rs) / len(rs) for rs in (before, after)]
+        adapted.raw["quality"].setdefault("paired", {})[name] = {
+            "n": len(after), "acc_without": acc[0], "acc_with": acc[1], "gained": gained, "lost": lost,
+            "sign_test_p": p}
+        adapted.add("quality", f"{name}: decide acc with the adapter vs without (n={len(after)})", acc[1], acc[0],
+                    "same sidecar, no --lora", unit="%", target="")
+        adapted.add("quality", f"{name}: items the adapter gained vs lost", gained, lost, "items lost", unit="count")
+        adapted.add("quality", f"{name}: paired sign test p", p, None, "", unit="p", target="< 0.05")
+
+
+def _copa_test(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if int(r["id"].split("-")[1]) > 500]  # ids 1-500 are the development half
+
+
 def run_items(b: Bench, only: set[str] | None) -> Report:
     unknown = sorted(set(only or ()) - set(ITEMS))
     if unknown:
@@ -131,7 +161,13 @@ def run_bench(args: Any) -> int:
     out(f"npcai bench on {info['cpu']} ({info['cores']} cores), llama-cpp-python {info['llama_cpp_python']}")
     threads = args.threads or os.cpu_count() or 1
     out(f"compute threads: {threads} for the sidecar and for every baseline")
-    reports = [run_items(Bench(m, args.quick, out, threads, args.data, args.quality_items), only) for m in models]
+    lora = tuple(getattr(args, "lora", None) or ())
+    reports = []
+    for m in models:  # with --lora, each model twice, back to back: without its adapter, then with it
+        for specs in ((), lora) if lora else ((),):
+            reports.append(run_items(Bench(m, args.quick, out, threads, args.data, args.quality_items, specs), only))
+        if lora:
+            _compare_adapter(reports[-2], reports[-1])
     print_table(reports, out)
     doc = {"machine": {**info, "threads": threads}, "command": " ".join(["npcai", *sys.argv[1:]]),
            "models": {r.model: {"rows": [{**r_.__dict__, "ratio": r_.ratio} for r_ in r.rows], "raw": r.raw}

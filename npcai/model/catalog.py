@@ -21,6 +21,7 @@ import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
@@ -89,6 +90,49 @@ CATALOG: dict[str, CatalogModel] = {
 }
 
 DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class CatalogAdapter:
+    """A LoRA adapter shipped inside the package (npcai/data/adapters/), for one catalog model."""
+
+    name: str
+    base: str  # the catalog model it was trained for
+    filename: str
+    description: str
+    choice_temperature: float  # probs' temperature with it, fitted on its own calibration items
+
+
+ADAPTERS: dict[str, CatalogAdapter] = {
+    a.name: a
+    for a in (
+        CatalogAdapter(
+            name="smollm2-135m-decision",
+            base="smollm2-135m",
+            filename="smollm2-135m-decision.gguf",
+            description="choice decisions of game characters: rank-8 LoRA on attention and MLP, trained on 230 "
+                        "written game decisions, the game set's 30 worked examples and 100 of COPA's development "
+                        "half (bench/train_decision_lora.py; docs/QUALITY.md)",
+            choice_temperature=2.9,  # fitted on the 57 held-out written decisions (its validation split)
+        ),
+    )
+}
+
+
+def resolve_adapter(spec: str) -> tuple[str, Path, CatalogAdapter | None]:
+    """A --lora NAME or path as (name, file, catalog entry): the shipped file of a catalog adapter, or the
+    path as given. A one-line ModelError when the file is missing or is not a GGUF."""
+    entry = ADAPTERS.get(spec)
+    if entry is not None:
+        path = Path(str(resources.files("npcai") / "data" / "adapters" / entry.filename))
+    elif spec.endswith(".gguf") or "/" in spec or "\\" in spec:
+        path = Path(spec).expanduser()
+    else:
+        raise ModelError(f"unknown adapter {spec!r}: use a .gguf path or one of {', '.join(ADAPTERS)}")
+    if not path.is_file():
+        raise ModelError(f"adapter {spec!r}: no such file {path}")
+    _check_gguf_magic(path)
+    return (entry.name if entry else path.name), path, entry
 
 #: Set in a bundled sidecar (npcai bundle): catalog names resolve to the files shipped in this folder,
 #: and nothing is ever pulled or converted on the player's machine.

@@ -26,10 +26,28 @@ _backend_ready = False
 _ABORT_NOISE = (b"graph_compute:", b"failed to compute graph", b"failed to decode, ret = 2")
 
 
+_captured: list[str] | None = None  # while set, llama.cpp's errors are collected here instead of printed
+
+
 @L.llama_log_callback
 def _quiet_log(level, text, user_data):  # llama.cpp is chatty on stderr; keep errors only
     if level == 4 and not any(n in text for n in _ABORT_NOISE):  # GGML_LOG_LEVEL_ERROR
-        print(text.decode(errors="replace"), end="", file=sys.stderr, flush=True)
+        if _captured is not None:
+            _captured.append(text.decode(errors="replace").strip())
+        else:
+            print(text.decode(errors="replace"), end="", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def llama_errors():
+    """Collect the errors llama.cpp logs inside the block (for a one-line message of our own) instead of
+    printing them. Not for use beside running steps: every thread's llama.cpp errors are collected."""
+    global _captured
+    _captured = found = []
+    try:
+        yield found
+    finally:
+        _captured = None
 
 
 def _init_backend() -> None:

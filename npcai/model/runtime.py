@@ -18,6 +18,7 @@ from llguidance.llamacpp import lltokenizer_from_vocab
 
 from npcai.errors import Overloaded
 from npcai.model import choices, penalties
+from npcai.model.adapter import AdapterSpec, LoraAdapter
 from npcai.model.constraints import ConstraintCompiler
 from npcai.model.cost import StepCost
 from npcai.model.kv import KvSeq, Lane, SeqPool
@@ -78,6 +79,7 @@ class Runtime:
         self.choice_temperature_power = choice_temperature_power  # and how it varies with the number of options
         self._flash_attn = flash_attn
         self._scorer: OptionScorer | None = None
+        self.adapters: dict[str, LoraAdapter] = {}  # role -> the LoRA adapter of its choice decisions
 
     #: Sequences the option scorer holds: an option set of up to 64, under the situation and under its prior.
     SCORER_SEQS = 128
@@ -123,10 +125,24 @@ class Runtime:
         """Refine the estimate with a step that completed."""
         self.cost.learn(seconds, n_tokens)
 
+    def add_adapter(self, spec: AdapterSpec) -> None:
+        """Load ``spec``'s LoRA adapter for its role's choice decisions (``adapter.py``)."""
+        self.adapters[spec.role] = LoraAdapter(self.model, spec, self.name)
+
+    def choice_calibration(self, role: str) -> tuple[float, float]:
+        """(temperature, power) of ``probs`` for a role's choices (``choices.temperature_for``): its adapter's
+        temperature when it has one fitted (a single one, fitted on the adapter's validation items), else
+        the model's, which varies with the number of options."""
+        adapter = self.adapters.get(role)
+        if adapter is not None and adapter.spec.choice_temperature is not None:
+            return adapter.spec.choice_temperature, 0.0
+        return self.choice_temperature, self.choice_temperature_power
+
     def describe(self, roles: list[str]) -> list[dict]:
         return [{"role": r, "name": self.name, "n_ctx": self.ctx.n_ctx, "n_vocab": self.n_vocab,
-                 "choice_temperature": self.choice_temperature,
-                 "choice_temperature_power": self.choice_temperature_power} for r in roles]
+                 "choice_temperature": temperature, "choice_temperature_power": power,
+                 "lora": self.adapters[r].name if r in self.adapters else None}
+                for r in roles for temperature, power in [self.choice_calibration(r)]]
 
     # --- prompts ---------------------------------------------------------------
     def prompt_tokens(self, messages: list[tuple[str, str]], add_generation_prompt: bool, lead: str = "") -> list[int]:

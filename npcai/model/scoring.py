@@ -14,6 +14,8 @@ Measured on SmolLM2 (2 threads, 136-token persona, 6 options; docs/PERFORMANCE.m
 options in one step took 1.17x the situation's step alone; the two-step, copy-per-option way took
 1.62x. The scores equal those of each option scored in a sequence of its own, within the
 half-precision rounding of llama.cpp's CPU flash attention (under 0.3 nats; tests/test_scoring.py).
+
+A role's LoRA adapter (``adapter.py``) applies here, to the trees of that role's decisions only.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from npcai.model import adapter as lora
 from npcai.model.choices import first_tokens, log_softmax_at
 from npcai.model.kv import KvSeq, Lane
 from npcai.model.native import Batch, Context, Model, single_stream_state
@@ -42,6 +45,7 @@ class OptionTree(Lane):
     options: list[list[int]] = field(default_factory=list)
     source: KvSeq | None = None  # the NPC whose evaluated prefix is copied from the main cache
     keep: int = 0  # how much of the stems' common start to keep cached here (the NPC's persona and history)
+    adapter: lora.LoraAdapter | None = None  # the deciding role's LoRA adapter, if it has one
     scores: list[np.ndarray] = field(default_factory=list)
 
 
@@ -71,6 +75,7 @@ class OptionScorer:
         self._main = main
         self._n_vocab = model.n_vocab
         self._cached: list[int] = []  # the tokens sequence 0 holds: the last tree's NPC prefix
+        self._adapter: lora.LoraAdapter | None = None  # the adapter this context evaluates with
         self.stats = {"trees": 0, "prefix_loads": 0, "loaded_cells": 0}
 
     def fits(self, stems: list[list[int]], options: list[list[int]]) -> bool:
@@ -80,6 +85,11 @@ class OptionScorer:
         """Score ``tree`` in one step. Returns llama_decode's code (0 on success)."""
         if self.ctx.threads != self._main.threads:
             self.ctx.set_threads(self._main.threads)
+        if tree.adapter is not self._adapter:  # cells evaluated under another adapter are not reused
+            lora.use(self.ctx, tree.adapter)
+            self._adapter = tree.adapter
+            self.ctx.seq_rm(0)
+            self._cached = []
         stems, options = tree.stems, tree.options
         root = _common_prefix_all(stems)
         have = self._prefix(tree, root)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from npcai import protocol as P
 from npcai.errors import NpcaiError, Overloaded, UnknownNpc
 from npcai.model.runtime import Runtime
-from npcai.sidecar import actions, chain
+from npcai.sidecar import actions, adapters, chain
 from npcai.sidecar.admission import DEFAULT_ROLES, Admission, load_runtimes  # noqa: F401  (DEFAULT_ROLES: its old home)
 from npcai.sidecar.budget import Governor
 from npcai.sidecar.jobs import (
@@ -65,6 +65,7 @@ class Engine:
         self.settings = settings
         self.limits = settings.limits
         self.emit = emit
+        lora = adapters.parse(settings.lora, models)  # before any model loads: a mistake costs nothing
         remotes = {role: m for role, m in models.items() if isinstance(m, Remote)}
         self.hub: Hub | None = None
         if remotes:
@@ -75,6 +76,7 @@ class Engine:
         local = load_runtimes(settings, {role: m for role, m in models.items() if not isinstance(m, Remote)})
         self.runtimes: dict[str, Runtime | RemoteRole] = {
             role: self.hub.roles[role] if isinstance(m, Remote) else local[role] for role, m in models.items()}
+        adapters.attach(lora, self.runtimes)
         self.admission = Admission(self.runtimes, self.limits)
         self.governor = Governor(settings.budget, settings.compute_threads, settings.n_batch)
         self.npcs: dict[str, Npc] = {}

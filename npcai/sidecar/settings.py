@@ -45,6 +45,10 @@ class Settings:
         "model, as NAME or ROLE=NAME (NAME is a catalog name, a .gguf path, or an OpenAI-compatible engine's "
         "URL like http://gpu-box:8000/v1[#MODEL][?engine=vllm|sglang|llamacpp]); repeat for several roles",
         action="append"))
+    lora: list[str] = field(default_factory=list, metadata=_opt(
+        "a LoRA adapter for a role's choice decisions, as ROLE=NAME (a shipped adapter, e.g. "
+        "decision=smollm2-135m-decision) or ROLE=PATH (a llama.cpp LoRA GGUF); dialogue is left as it is; "
+        "repeat for several roles", action="append"))
     role_info: list[str] = field(default_factory=list, metadata=_opt(
         "a role's one-line description, as ROLE=\"what it is for\", for chain steps of kind route; repeat per role",
         action="append"))

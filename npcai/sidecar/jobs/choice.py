@@ -9,6 +9,7 @@ import numpy as np
 from npcai.errors import TooLarge
 from npcai.model import choices
 from npcai.model.scoring import TREE_ROOM, OptionTree, common_prefix, option_cells
+from npcai.sidecar.admission import DEFAULT_ROLES
 from npcai.sidecar.jobs.base import fit
 from npcai.sidecar.jobs.decision import Decision, decide_prompt
 from npcai.sidecar.npc import DEFAULT_LEAD, Npc
@@ -22,7 +23,8 @@ class ChoiceDecideJob(Decision):
     token of every option, not only the first one where the options differ: an option tree in the
     option scorer's cache, which starts from the NPC's evaluated persona and history (``scoring.py``).
     The first decision over an option set also scores the options under a content-free situation,
-    in the same step: their prior. Scoring and calibration are ``choices.py``'s.
+    in the same step: their prior. Scoring and calibration are ``choices.py``'s. A role with a LoRA
+    adapter (``--lora``) has its trees scored through it, at its adapter's temperature.
     """
 
     def __init__(self, req, rt, emit, npc_ctx, npc: Npc):
@@ -34,7 +36,10 @@ class ChoiceDecideJob(Decision):
         self.nbytes = (choices.option_bytes(self.lead, [words.get(c, c) for c in self.choices])
                        if req.per_byte else None)
         self.loglik = np.zeros(len(self.choices))
-        self.prior_key = choices.prior_key(npc, self.lead, self.options)
+        role = req.role or DEFAULT_ROLES["decide"]
+        self.adapter = rt.adapters.get(role)
+        self.probs_temperature, self.probs_temperature_power = rt.choice_calibration(role)
+        self.prior_key = (self.adapter and self.adapter.name, choices.prior_key(npc, self.lead, self.options))
         self.prior: np.ndarray | None = rt.choice_priors.get(self.prior_key)
         self._new_prior = self.prior is None  # computed by this job, then cached
 
@@ -58,7 +63,7 @@ class ChoiceDecideJob(Decision):
         pending += len(stems) * option_cells(self.options)  # shared starts count once, as evaluated
         tree = OptionTree(seq=-1, pos=cached, pending=[0] * pending, all_logits=True, stems=stems,
                           options=self.options, source=self._kv,
-                          keep=len(keep) if target[:len(keep)] == keep else 0)
+                          keep=len(keep) if target[:len(keep)] == keep else 0, adapter=self.adapter)
         self.lanes = [self._count_prompt(tree)]
 
     def advance(self) -> None:
@@ -72,8 +77,8 @@ class ChoiceDecideJob(Decision):
     def _pick(self) -> None:
         if self._new_prior:
             self.rt.choice_priors.put(self.prior_key, self.prior)
-        probs = choices.probabilities(self.loglik, self.prior, self.rt.choice_temperature, self.nbytes,
-                                      self.rt.choice_temperature_power)
+        probs = choices.probabilities(self.loglik, self.prior, self.probs_temperature, self.nbytes,
+                                      self.probs_temperature_power)
         if self.temperature <= 0:
             pick = int(np.argmax(probs))
         else:
