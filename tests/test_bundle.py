@@ -94,6 +94,21 @@ def test_a_scrubbed_environment_serves_the_python_clients_exchange(bundle, tmp_p
     assert list((home / ".cache" / "npcai" / "bundles").glob("*.json")), "no verification record in the user cache"
 
 
+def test_the_shipped_decision_adapter_travels_in_the_bundle_and_loads_by_name(bundle, tmp_path):
+    shipped = Path(__file__).resolve().parent.parent / "npcai" / "data" / "adapters"
+    assert sorted(p.name for p in (bundle / "_internal" / "npcai" / "data" / "adapters").iterdir()) == \
+        sorted(p.name for p in shipped.glob("*.gguf"))
+    with Sidecar("--threads", "1", "--lora", "decision=smollm2-135m-decision", program=[_exe(bundle)],
+                 env=player_env(tmp_path / "home"), inherit_env=False, timeout=120) as sidecar, \
+            Client(sidecar.endpoint) as npc:
+        roles = {m["role"]: m for m in npc.hello("bundle-test")["models"]}
+        assert roles["decision"]["lora"] == "smollm2-135m-decision", roles
+        npc.npc("hilda", "You are Hilda, a stern town guard of Oakvale.")
+        decided = npc.decide("A thief snatches a purse and runs past you.", npc="hilda", role="decision",
+                             choices=["chase the thief", "go to sleep"])
+        assert decided["value"] in ("chase the thief", "go to sleep") and decided["used_fallback"] is False
+
+
 def _mapped_libraries(pid: int) -> list[str]:
     with open(f"/proc/{pid}/maps") as f:
         return sorted({line.split()[-1] for line in f if ".so" in line.split()[-1]})

@@ -50,6 +50,8 @@ def test_hello_names_each_roles_adapter(adapted):
     assert roles["decision"]["lora"] == ADAPTER and roles["dialogue"]["lora"] is None
     assert roles["decision"]["name"] == roles["dialogue"]["name"] == catalog.DEFAULT_MODEL
     assert roles["decision"]["choice_temperature"] == catalog.ADAPTERS[ADAPTER].choice_temperature
+    assert roles["decision"]["choice_temperature_power"] == 0.0  # the adapter's one temperature, any option count
+    assert roles["dialogue"]["choice_temperature_power"] == catalog.CATALOG[catalog.DEFAULT_MODEL].choice_temperature_power
 
 
 @pytest.mark.parametrize("spec, needle", [

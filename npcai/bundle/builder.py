@@ -96,6 +96,7 @@ def _freeze(work: Path, kernel: Path, log: TextIO) -> Path:
            "--specpath", str(work), "--paths", str(checkout),
            "--add-binary", f"{kernel}{sep}npcai/model",
            "--add-data", f"{_grammar_dir()}{sep}npcai/grammars",
+           "--add-data", f"{_adapter_dir()}{sep}npcai/data/adapters",  # shipped LoRA adapters (--lora ROLE=NAME)
            "--collect-binaries", "llguidance", "--copy-metadata", "llguidance",
            *(arg for lib in _llama_libraries(llama_lib) for arg in ("--add-binary", f"{lib}{sep}llama_cpp/lib")),
            *(arg for name in EXCLUDED for arg in ("--exclude-module", name)),
@@ -106,6 +107,10 @@ def _freeze(work: Path, kernel: Path, log: TextIO) -> Path:
         tail = "\n".join(done.stdout.strip().splitlines()[-15:])
         raise NpcaiError(f"PyInstaller failed (exit {done.returncode}):\n{tail}")
     return work / "dist" / EXECUTABLE
+
+
+def _adapter_dir() -> Path:
+    return Path(npcai.__file__).resolve().parent / "data" / "adapters"
 
 
 def _grammar_dir() -> Path:
