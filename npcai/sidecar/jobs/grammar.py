@@ -1,4 +1,4 @@
-"""``decide`` with a schema or grammar: constrained sampling with jump-forward."""
+"""``decide`` with a schema, grammar or regex: constrained sampling with jump-forward."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ MAX_STRING_TOKENS = 64
 
 
 class GrammarDecideJob(Decision):
-    """``decide`` with a schema or grammar: constrained sampling with jump-forward."""
+    """``decide`` with a schema, grammar or regex: constrained sampling with jump-forward."""
 
     def __init__(self, req, rt, emit, npc_ctx, npc: Npc, compiled: Future):
         super().__init__(req, rt, emit, npc_ctx, npc)
