@@ -36,6 +36,16 @@ def test_a_chain_runs_its_steps_in_order_feeding_each_the_values_before(client, 
     assert f"(You {results['intent']}.)".encode() in history and results["line"].encode() in history
 
 
+def test_a_regex_step_is_a_pattern_whose_braces_name_no_earlier_step(client):
+    """``\\p{Lu}`` is a Unicode class, not a reference to a step named ``Lu``."""
+    steps = [{"op": "decide", "as": "name", "situation": "Name a town in one word.", "regex": r"\p{Lu}[a-z]{2,8}",
+              "fallback": "Nowhere"}]
+    reply = client.call("chain", steps=steps, timeout=120)
+    name = reply["results"]["name"]
+    assert reply["used_fallback"] is False and name[0].isupper() and name[1:].isascii() and name[1:].islower(), reply
+    assert 3 <= len(name) <= 9
+
+
 def test_a_repeated_decision_step_is_answered_from_the_cache(client):
     steps = [{"op": "decide", "as": "mood", "situation": "The sun is shining on the market.",
               "choices": ["cheerful", "grumpy"]},

@@ -40,6 +40,35 @@ def _takes(compiler: ConstraintCompiler, schema: dict, text: str) -> bool:
     return all(state.consume(t) for t in tokens) and state.accepting
 
 
+def _regex_takes(compiler: ConstraintCompiler, regex: str, text: str) -> bool:
+    state = compiler.compile({"regex": regex}).start()
+    return all(state.consume(t) for t in compiler.tokenizer.tokenize_str(text)) and state.accepting
+
+
+@pytest.mark.parametrize("regex, text, taken", [
+    ("(north|south) [0-9]{1,2}", "north 12", True),
+    ("(north|south) [0-9]{1,2}", "north 123", False),  # the whole answer matches, not a prefix of it
+    ("(north|south) [0-9]{1,2}", "go north 1", False),  # nor a part of it
+    ("a/b", "a/b", True),  # a slash is the regex's own, not the end of a Lark /regex/
+    (r"a\\", "a\\", True),  # an escaped backslash
+])
+def test_a_regex_constrains_the_whole_answer(compiler, regex, text, taken):
+    assert _regex_takes(compiler, regex, text) is taken
+
+
+@pytest.mark.parametrize("regex, cause", [
+    ("(north", "unclosed group"),
+    ("(?=a)b", "look-around"),
+    (r"(a)\1", "backreferences"),
+    ("north\\", "lone backslash"),  # llguidance would drop it and compile 'north'
+])
+def test_a_regex_that_does_not_compile_is_a_bad_request_in_one_line(compiler, regex, cause):
+    with pytest.raises(NpcaiError) as refused:
+        compiler.compile({"regex": regex})
+    assert refused.value.code == "bad_request" and cause in refused.value.message
+    assert "\n" not in refused.value.message
+
+
 def test_an_object_that_lists_its_keys_is_closed_to_others(compiler):
     schema = {"type": "object", "properties": {"mood": {"enum": ["calm", "angry"]}}}
     assert _takes(compiler, schema, '{"mood": "calm"}')

@@ -195,6 +195,23 @@ def test_decide_with_inline_gbnf(client):
     assert re.fullmatch(r"[0-9][0-9]? arrows", reply["value"])
 
 
+def test_decide_with_a_regex_answers_text_that_matches_it_whole_under_sampling(client):
+    for seed in range(3):
+        reply = client.decide("Which way did the thief run, and how many steps?", regex="(north|south) [0-9]{1,2}",
+                              temperature=1.0, seed=seed)
+        assert not reply["used_fallback"] and reply["value"] == reply["text"], reply
+        assert re.fullmatch("(north|south) [0-9]{1,2}", reply["value"]), reply
+
+
+@pytest.mark.parametrize("fields, needle", [
+    ({"regex": "(north"}, "regex does not compile: unclosed group"),
+    ({"regex": "north", "schema": {"type": "string"}}, "exactly one of"),
+], ids=["bad regex", "regex and schema"])
+def test_a_bad_regex_or_a_regex_beside_a_schema_is_a_bad_request(client, fields, needle):
+    with pytest.raises(RequestFailed, match="^bad_request: .*" + re.escape(needle)):
+        client.decide("Which way?", **fields)
+
+
 def test_a_grammar_that_does_not_exist_or_parse_is_a_bad_request(client):
     for grammar in ("no_such_grammar", "root ::= (unclosed"):
         with pytest.raises(RequestFailed, match="bad_request"):

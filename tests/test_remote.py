@@ -91,6 +91,12 @@ def test_decide_with_a_grammar_gives_text_in_its_language(client):
     assert reply["used_fallback"] is False and re.fullmatch(rf"({verbs})\b.*", reply["value"]), reply
 
 
+def test_decide_with_a_regex_is_a_bad_request_naming_the_missing_regex_field(client):
+    with pytest.raises(RequestFailed) as refused:
+        client.call("decide", npc="brom", situation="Which way?", regex="(north|south) [0-9]{1,2}", timeout=120)
+    assert refused.value.code == "bad_request" and "no regex constraint" in str(refused.value)
+
+
 def test_cancel_closes_the_stream_and_ends_with_cancelled(client):
     handle = client.request("say", npc="brom", text="Tell me about every sword you ever made.", max_tokens=200,
                             temperature=0.8)

@@ -6,13 +6,13 @@ Docs followed (as cited in npcai/remote/engines/):
 - vLLM v0.12 (and v0.6.6's usage/structured_outputs.md for the ``guided_*`` fields servers before
   v0.10.2 take): docs/serving/openai_compatible_server.md ("Extra parameters": ``top_k``, ``priority``,
   chat ``add_generation_prompt`` / ``continue_final_message`` / ``prompt_logprobs``) and
-  docs/features/structured_outputs.md (``structured_outputs`` {json | grammar}, which replaced
-  ``guided_json`` / ``guided_grammar`` in v0.12.0); ``prompt_logprobs`` answers a list with one
+  docs/features/structured_outputs.md (``structured_outputs`` {json | grammar | regex}, which replaced
+  ``guided_json`` / ``guided_grammar`` / ``guided_regex`` in v0.12.0); ``prompt_logprobs`` answers a list with one
   entry per prompt token: None for the first, else {token id: {logprob, rank, decoded_token}}.
 - SGLang v0.5 (docs.sglang.io): basic_usage/sampling_params.md (``/generate`` with ``text``,
   ``sampling_params``, ``return_logprob``, ``logprob_start_len``, ``return_text_in_logprobs``;
   ``meta_info.input_token_logprobs`` rows [logprob, token id, text]) and the OpenAI API's structured
-  outputs (``response_format`` json_schema, ``ebnf``).
+  outputs (``response_format`` json_schema, ``ebnf``, ``regex``).
 - llama-cpp-python 0.3.36 llama_cpp/server/types.py (``grammar``, ``response_format`` json_object
   with ``schema``; completions ``echo`` + ``logprobs``: OpenAI's legacy shape, the first token's
   log-probability null).
@@ -33,6 +33,7 @@ MESSAGES = [{"role": "system", "content": "You are Brom."}, {"role": "user", "co
 PARAMS = {"max_tokens": 32, "temperature": 0.7, "top_p": 0.95, "top_k": 40, "seed": 7, "stop": ["\n"], "priority": 2}
 SCHEMA = {"type": "object", "properties": {"act": {"enum": ["chase", "sleep"]}}, "required": ["act"]}
 GBNF = 'root ::= "chase" | "sleep"'
+REGEX = "(north|south) [0-9]{1,2}"
 LEAD = "The sensible thing to do is to"
 
 
@@ -51,6 +52,7 @@ def test_vllm_guided_decoding_uses_structured_outputs():
     a = vllm.Adapter()
     assert a.guide({"model": "m"}, "schema", SCHEMA) == {"model": "m", "structured_outputs": {"json": SCHEMA}}
     assert a.guide({"model": "m"}, "grammar", GBNF) == {"model": "m", "structured_outputs": {"grammar": GBNF}}
+    assert a.guide({"model": "m"}, "regex", REGEX) == {"model": "m", "structured_outputs": {"regex": REGEX}}
 
 
 @pytest.mark.parametrize("version", ["0.10.1", "0.10.1.post1", "0.6.6+cu121", "v0.9.2"])
@@ -58,6 +60,7 @@ def test_vllm_before_0_10_2_gets_the_guided_fields_it_knows(version):
     a = vllm.Adapter(version)
     assert a.guide({"model": "m"}, "schema", SCHEMA) == {"model": "m", "guided_json": SCHEMA}
     assert a.guide({"model": "m"}, "grammar", GBNF) == {"model": "m", "guided_grammar": GBNF}
+    assert a.guide({"model": "m"}, "regex", REGEX) == {"model": "m", "guided_regex": REGEX}
 
 
 @pytest.mark.parametrize("version", ["0.10.2", "0.11.0", "0.12.0rc1", "1.0", ""])
@@ -92,11 +95,12 @@ def test_vllm_without_prompt_logprobs_is_a_bad_request_naming_the_feature():
 
 
 # --- SGLang ----------------------------------------------------------------------------------------
-def test_sglang_guided_decoding_uses_response_format_json_schema_and_ebnf():
+def test_sglang_guided_decoding_uses_response_format_json_schema_ebnf_and_regex():
     a = sglang.Adapter()
     assert a.guide({}, "schema", SCHEMA) == {"response_format": {"type": "json_schema", "json_schema": {
         "name": "decision", "schema": SCHEMA}}}
     assert a.guide({}, "grammar", GBNF) == {"ebnf": GBNF}
+    assert a.guide({}, "regex", REGEX) == {"regex": REGEX}
     assert "priority" not in a.chat("m", MESSAGES, PARAMS, stream=True)
 
 
@@ -116,6 +120,11 @@ def test_llamacpp_guided_decoding_uses_response_format_schema_and_gbnf_grammar()
     a = llamacpp.Adapter()
     assert a.guide({}, "schema", SCHEMA) == {"response_format": {"type": "json_object", "schema": SCHEMA}}
     assert a.guide({}, "grammar", GBNF) == {"grammar": GBNF}
+
+
+def test_llamacpp_regex_is_a_bad_request_naming_the_missing_feature():
+    with pytest.raises(BadRequest, match="no regex constraint"):
+        llamacpp.Adapter().guide({}, "regex", REGEX)
 
 
 def test_llamacpp_scores_from_echoed_prompt_logprobs_leaving_out_the_generated_token():

@@ -1,4 +1,4 @@
-"""Constraints: compile a decision's schema or grammar once, then mask tokens per step.
+"""Constraints: compile a decision's schema, grammar or regex once, then mask tokens per step.
 
 Compilation uses llguidance over the model's own vocabulary. It is bounded in input
 (source bytes, GBNF rules), in work (parser fuel limits) and in wall time: everything
@@ -44,7 +44,7 @@ class Constraint:
 
     def __init__(self, matcher: LLMatcher, kind: str):
         self._template = matcher
-        self.kind = kind  # "schema" or "grammar": how the matched text becomes a value
+        self.kind = kind  # "schema", "grammar" or "regex": how the matched text becomes a value
 
     def start(self) -> "ConstraintState":
         return ConstraintState(self._template.deep_copy(), self.kind)
@@ -112,6 +112,9 @@ class ConstraintCompiler:
             text = _json(bounded(_closed(fields["schema"])))
             _check_size(text, "schema")
             return "schema", text
+        if "regex" in fields:
+            _check_size(fields["regex"], "regex")
+            return "regex", fields["regex"]
         grammar = fields["grammar"]
         if _NAME.match(grammar):
             path = self.grammar_dir / (grammar if grammar.endswith(".gbnf") else grammar + ".gbnf")
@@ -180,6 +183,14 @@ class ConstraintCompiler:
                 except NpcaiError:  # llguidance could not intersect a pattern with a length: leave them open
                     pass
             return self._schema_matcher(source)
+        if kind == "regex":
+            if (len(source) - len(source.rstrip("\\"))) % 2:  # grammar_from_regex would drop it silently
+                raise BadRequest("regex does not compile: it ends in a lone backslash")
+            grammar = LLMatcher.grammar_from_regex(source)
+            invalid = LLMatcher.validate_grammar(grammar)
+            if invalid:
+                raise BadRequest(f"regex does not compile: {_regex_error(invalid)}")
+            return self._checked(grammar)
         try:
             grammar = LLMatcher.grammar_from_lark(any_to_lark(source))
         except Exception as exc:  # GbnfToLarkError, RecursionError, or a bare Exception for a missing rule
@@ -353,6 +364,13 @@ def _json(schema: Any) -> str:
 def _check_size(text: str, what: str) -> None:
     if len(text.encode()) > MAX_SOURCE_BYTES:
         raise TooLarge(f"{what} of {len(text.encode())} bytes exceeds {MAX_SOURCE_BYTES}")
+
+
+def _regex_error(message: str) -> str:
+    """llguidance's multi-line report on a bad regex, as one line ("unclosed group")."""
+    lines = [ln.strip() for ln in message.splitlines()]
+    cause = next((ln[len("error:"):].strip() for ln in lines if ln.startswith("error:")), None)
+    return cause or next((ln for ln in lines if ln), "invalid regex")
 
 
 def _compile_error(message: str) -> NpcaiError:

@@ -220,6 +220,7 @@ class DecideRequest(_Sampled):
     schema: dict | None = _wire(_Field(lambda v: isinstance(v, dict), "a map (JSON schema)"))
     grammar: str | None = _wire(_STR)
     soft_max_tokens: int | None = _wire(_INT)
+    regex: str | None = _wire(_STR)
     actions: bool | list[str] | None = _wire(_PICK)
 
     def check(self, limits: Limits) -> None:
@@ -377,9 +378,11 @@ def typed_request(message: dict[str, Any], client: bytes = b"", received: float 
 
 
 def _check_decide(req: DecideRequest) -> None:
-    given = [k for k in ("choices", "schema", "grammar", "actions") if getattr(req, k) not in (None, False)]
+    given = [k for k in ("choices", "schema", "grammar", "regex", "actions") if getattr(req, k) not in (None, False)]
     if len(given) != 1:
-        raise BadRequest("op 'decide' needs exactly one of 'choices', 'schema', 'grammar' or 'actions'")
+        raise BadRequest("op 'decide' needs exactly one of 'choices', 'schema', 'grammar', 'regex' or 'actions'")
+    if given == ["regex"] and not req.regex:
+        raise BadRequest("field 'regex' must be a non-empty regular expression")
     if given == ["actions"]:
         if req.npc is None:
             raise BadRequest("op 'decide' with 'actions' needs 'npc': actions are declared with the NPC")

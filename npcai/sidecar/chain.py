@@ -36,7 +36,7 @@ from npcai.sidecar.scheduler import deadline_share
 STEP_OPS = ("decide", "say", "observe", "route")
 _REF = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _AS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_NOT_SUBSTITUTED = frozenset({"op", "as", "schema", "fallback"})
+_NOT_SUBSTITUTED = frozenset({"op", "as", "schema", "regex", "fallback"})  # a regex is a pattern: `\p{L}` is no step
 _ROUTE_FIELDS = {"op", "as", "text", "choices", "fallback"}
 #: The router's framing: the roles and what each is for (its persona), the request, and a lead that a
 #: role's name completes.

@@ -1,8 +1,9 @@
 """One module per engine's request shape. Each exposes an ``Adapter`` with the same methods:
 
 - ``chat(model, messages, params, stream)``: the chat-completions body for ``say`` and guided ``decide``;
-- ``guide(body, kind, source)``: the body constrained by a JSON schema (``kind`` "schema") or GBNF
-  (``kind`` "grammar"), with the engine's own guided-decoding fields;
+- ``guide(body, kind, source)``: the body constrained by a JSON schema (``kind`` "schema"), GBNF
+  (``kind`` "grammar") or a regex (``kind`` "regex"), with the engine's own guided-decoding fields
+  (``BadRequest`` where the engine has none for the kind);
 - ``score(model, messages, prompt, option)``: the request that returns the log-probabilities of a
   prompt ending in an option's words, as (path, body, where the path is rooted);
 - ``option_logprob(response, option)``: the log-likelihood of the option's tokens in that response.

@@ -9,13 +9,15 @@ endpoints accept ``grammar``, ``json_schema`` and ``response_format`` with a sch
 Choices: ``/v1/completions`` with ``echo: true`` and ``logprobs`` returns every prompt token's
 log-probability (llama-cpp-python's server loads models with ``logits_all``). llama-server reports
 probabilities of generated tokens only (``n_probs``), never of the prompt's: against it a choice is
-``bad_request`` naming the missing feature, never a first-token guess.
+``bad_request`` naming the missing feature, never a first-token guess. Neither server documents a
+regex field (only GBNF and JSON schema), so a ``regex`` decision is ``bad_request`` too.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from npcai.errors import BadRequest
 from npcai.remote.engines import chat_body, from_the_end
 
 NAME = "llamacpp"
@@ -34,6 +36,9 @@ class Adapter:
     def guide(self, body: dict, kind: str, source: Any) -> dict:
         if kind == "schema":
             return {**body, "response_format": {"type": "json_object", "schema": source}}
+        if kind == "regex":
+            raise BadRequest(f"{NAME}: the server has no regex constraint (only GBNF 'grammar' and JSON "
+                             "'schema'); decide with a grammar instead")
         return {**body, "grammar": source}
 
     def score(self, model: str, messages: list[dict[str, str]], prompt: str, option: str) -> tuple[str, dict, bool]:

@@ -34,7 +34,7 @@ class Adapter:
         if kind == "schema":
             return {**body, "response_format": {"type": "json_schema",
                                                 "json_schema": {"name": "decision", "schema": source}}}
-        return {**body, "ebnf": source}
+        return {**body, "regex" if kind == "regex" else "ebnf": source}
 
     def score(self, model: str, messages: list[dict[str, str]], prompt: str, option: str) -> tuple[str, dict, bool]:
         return "/generate", {"text": prompt + option, "sampling_params": {"max_new_tokens": 0, "temperature": 0.0},

@@ -1,12 +1,13 @@
 """vLLM's OpenAI-compatible server.
 
 Followed: vLLM docs v0.12 (docs/serving/openai_compatible_server.md, "Extra parameters";
-docs/features/structured_outputs.md): ``structured_outputs`` {"json" | "grammar"} (``guided_json`` /
-``guided_grammar`` were removed in v0.12.0), ``top_k``, ``priority`` (lower is served first; needs
-``vllm serve --scheduling-policy priority``), and for chat ``add_generation_prompt``,
-``continue_final_message`` and ``prompt_logprobs``. Servers older than v0.10.2, which introduced
-``structured_outputs`` and deprecated the old fields, get ``guided_json`` / ``guided_grammar``
-(vLLM docs v0.6.6, usage/structured_outputs.md); the version is what ``GET /version`` reported at
+docs/features/structured_outputs.md): ``structured_outputs`` {"json" | "grammar" | "regex"}
+(``guided_json``, ``guided_grammar`` and ``guided_regex`` were removed in v0.12.0), ``top_k``,
+``priority`` (lower is served first; needs ``vllm serve --scheduling-policy priority``), and for
+chat ``add_generation_prompt``, ``continue_final_message`` and ``prompt_logprobs``. Servers older
+than v0.10.2, which introduced ``structured_outputs`` and deprecated the old fields, get
+``guided_json`` / ``guided_grammar`` / ``guided_regex`` (vLLM docs v0.6.6,
+usage/structured_outputs.md); the version is what ``GET /version`` reported at
 start-up, and a server that reported none gets the current fields.
 
 Choices: a chat whose last message is the assistant's answer so far (lead + option), continued
@@ -24,6 +25,7 @@ from npcai.remote.engines import chat_body, from_the_end
 
 NAME = "vllm"
 STRUCTURED_OUTPUTS_SINCE = (0, 10, 2)
+_FIELDS = {"schema": "json", "grammar": "grammar", "regex": "regex"}  # npcai's kind -> vLLM's field
 
 
 class Adapter:
@@ -43,9 +45,10 @@ class Adapter:
         return body
 
     def guide(self, body: dict, kind: str, source: Any) -> dict:
+        field = _FIELDS[kind]
         if self.legacy:
-            return {**body, "guided_json" if kind == "schema" else "guided_grammar": source}
-        return {**body, "structured_outputs": {"json" if kind == "schema" else "grammar": source}}
+            return {**body, f"guided_{field}": source}
+        return {**body, "structured_outputs": {field: source}}
 
     def score(self, model: str, messages: list[dict[str, str]], prompt: str, option: str) -> tuple[str, dict, bool]:
         *head, last = messages

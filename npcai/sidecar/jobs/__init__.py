@@ -1,4 +1,4 @@
-"""One state machine per kind of model work: define an NPC, say, decide (choices / schema or grammar), observe.
+"""One state machine per kind of model work: define an NPC, say, decide (choices / schema, grammar or regex), observe.
 
 A job exposes ``lanes`` (tokens it needs evaluated); after each model step the
 engine calls ``advance()`` on jobs whose lanes are ready, and the job samples,

@@ -1,4 +1,4 @@
-"""``decide`` with a schema or grammar: constrained sampling with jump-forward."""
+"""``decide`` with a schema, grammar or regex: constrained sampling with jump-forward."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ SOFT_SHARE = 0.5
 
 
 class GrammarDecideJob(Decision):
-    """``decide`` with a schema or grammar: constrained sampling with jump-forward."""
+    """``decide`` with a schema, grammar or regex: constrained sampling with jump-forward."""
 
     def __init__(self, req, rt, emit, npc_ctx, npc: Npc, compiled: Future):
         super().__init__(req, rt, emit, npc_ctx, npc)
