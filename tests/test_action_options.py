@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npcai.sidecar.action_options import MAX_ARG_COMBOS, MAX_OPTIONS, enumerate_args, options, pick
+from npcai.sidecar.action_options import (
+    MAX_ARG_COMBOS,
+    MAX_OPTIONS,
+    describe_args,
+    enumerate_args,
+    options,
+    pick,
+)
 
 _IDS = st.text(alphabet="abcdefghij_", min_size=1, max_size=6)
 _PROPERTY = st.one_of(
@@ -76,6 +83,13 @@ def test_each_action_has_its_own_option_and_small_ones_their_combinations():
     many = [{"name": f"a{i}", "args": SELL["args"]} for i in range(MAX_OPTIONS)]
     opts = options(many, {a["name"]: "x" for a in many})
     assert len(opts) <= MAX_OPTIONS and opts[-1].args is None  # past the room: arguments decided after
+
+
+def test_arguments_read_as_short_words_after_the_description():
+    """Words, not JSON: a value as itself, a number after its name, a boolean as its name or "not" it."""
+    assert describe_args({"item": "iron_shield", "count": 2, "urgent": True}) == ": iron shield, count 2, urgent"
+    assert describe_args({"loud": False, "target": None}) == ": not loud, none"
+    assert describe_args({}) == ""
 
 
 def test_the_action_is_picked_by_its_own_option_and_the_arguments_among_its_combinations():
