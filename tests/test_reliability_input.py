@@ -49,6 +49,7 @@ GOOD = {  # a value of the right type for each field, often out of range
     "stop": st.one_of(st.text(max_size=3), st.lists(st.text(max_size=3), max_size=3)),
     "stream": st.booleans(), "state": st.binary(max_size=30), "fallback": SCALARS,
     "lead": st.sampled_from(["I decide to", "", "x" * 300]), "soft_max_tokens": st.integers(-2, 600),
+    "per_byte": st.booleans(), "regex": st.sampled_from(["(north|south) [0-9]{1,2}", "", "(", "a\\", "x" * 300]),
     "descriptions": st.dictionaries(st.text(max_size=6), st.text(max_size=8), max_size=3),
     "examples": st.one_of(st.lists(st.fixed_dictionaries({"situation": st.text(max_size=10),
                                                           "choice": st.text(max_size=6)}), max_size=3),
