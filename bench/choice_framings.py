@@ -13,48 +13,23 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+from forked_options import ForkedScorer  # beside this script
 
 from npcai.bench import quality
 from npcai.model import catalog
-from npcai.model.native import Batch, Context, Model
 
 CONTENT_FREE = "Nothing happens."
 QUESTION = " What should you do?"
 SENSIBLE = "The sensible thing to do is to"
 
 
-class Scorer:
-    """Options' per-token log-probabilities after a prompt: the prompt once, all options in one batch."""
-
-    def __init__(self, name: str, n_seq: int = 8):
-        self.m = Model(catalog.resolve(name))
-        self.ctx = Context(self.m, n_ctx=n_seq * 768, n_batch=512, n_seq=n_seq, threads=2, flash_attn=False)
-        self.b = Batch(512)
-
-    def _lsm(self, row: int) -> np.ndarray:
-        logits = self.ctx.logits(row, self.m.n_vocab)
-        top = float(logits.max())
-        return logits.astype(np.float64) - (top + np.log(np.exp(logits - np.float32(top)).sum(dtype=np.float64)))
+class Scorer(ForkedScorer):
+    """Options scored after a text: each option's tokens as they follow the text and a space."""
 
     def score(self, text: str, options: list[str]) -> list[float]:
-        c, b = self.ctx, self.b
         ctx = self.m.tokenize(text, add_bos=True, special=True)
-        opts = [self.m.tokenize(text + " " + o, add_bos=True, special=True)[len(ctx):] for o in options]
-        for s in range(len(opts) + 1):
-            c.seq_rm(s)
-        b.clear()
-        for i, t in enumerate(ctx):
-            b.add(t, i, 0, i == len(ctx) - 1)
-        assert c.decode(b) == 0
-        first = self._lsm(b.n - 1)
-        for k in range(len(opts)):
-            c.seq_fork(0, k + 1, len(ctx))
-        b.clear()
-        rows = [[b.add(t, len(ctx) + j, k + 1, True) for j, t in enumerate(o[:-1])] for k, o in enumerate(opts)]
-        if b.n:
-            assert c.decode(b) == 0
-        return [float(first[o[0]] + sum(self._lsm(r)[o[j + 1]] for j, r in enumerate(rs)))
-                for o, rs in zip(opts, rows)]
+        return self.score_tokens(ctx, [self.m.tokenize(text + " " + o, add_bos=True, special=True)[len(ctx):]
+                                       for o in options])
 
 
 def framings(s: Scorer, q: quality.Question, shots: list[quality.Question]) -> dict[str, list[float]]:

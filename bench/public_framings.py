@@ -22,12 +22,12 @@ import random
 from pathlib import Path
 
 import numpy as np
+from forked_options import ForkedScorer  # beside this script
 
 from npcai.bench import quality
 from npcai.bench.anchor import Anchor
 from npcai.model import catalog
-from npcai.model.choices import CONTENT_FREE, log_softmax_at
-from npcai.model.native import Batch, Context, Model
+from npcai.model.choices import CONTENT_FREE
 from npcai.sidecar.npc import ANONYMOUS_PERSONA
 
 NEUTRAL = quality.QUIZ_PERSONA
@@ -62,35 +62,18 @@ def dev_items(name: str, folder: Path) -> list[quality.Question]:
     return [q for i, q in enumerate(quality.PUBLIC_SETS[name][0](folder)) if i % 2 == 0 and q in items]
 
 
-class Scorer:
-    """Options scored as decide scores them: the prompt once, each option forked after it."""
+class Scorer(ForkedScorer):
+    """Options scored as decide scores them: the chat with its lead, each option after it."""
 
     def __init__(self, name: str, n_seq: int = 8):
-        self.m = Model(catalog.resolve(name))
-        self.ctx = Context(self.m, n_ctx=n_seq * 512, n_batch=512, n_seq=n_seq, threads=2, flash_attn=False)
-        self.b = Batch(512)
+        super().__init__(name, n_seq, cells_per_seq=512)
 
     def score(self, persona: str, user: str, lead: str, options: list[str]) -> list[float]:
-        m, c, b = self.m, self.ctx, self.b
+        m = self.m
         text = m.apply_chat_template([("system", persona), ("user", user)], True) + lead
-        prompt = m.tokenize(text, add_bos=True, special=True)
         sep = " " if lead else ""
-        opts = [m.tokenize(sep + o.strip(), add_bos=False, special=False) for o in options]
-        for s in range(len(opts) + 1):
-            c.seq_rm(s)
-        b.clear()
-        for i, t in enumerate(prompt):
-            b.add(t, i, 0, i == len(prompt) - 1)
-        assert c.decode(b) == 0
-        first = log_softmax_at(c.logits(b.n - 1, m.n_vocab), [o[0] for o in opts])
-        for k in range(len(opts)):
-            c.seq_fork(0, k + 1, len(prompt))
-        b.clear()
-        rows = [[b.add(t, len(prompt) + j, k + 1, True) for j, t in enumerate(o[:-1])] for k, o in enumerate(opts)]
-        if b.n:
-            assert c.decode(b) == 0
-        return [float(first[k] + sum(log_softmax_at(c.logits(r, m.n_vocab), [o[j + 1]])[0] for j, r in enumerate(rs)))
-                for k, (o, rs) in enumerate(zip(opts, rows))]
+        return self.score_tokens(m.tokenize(text, add_bos=True, special=True),
+                                 [m.tokenize(sep + o.strip(), add_bos=False, special=False) for o in options])
 
 
 def score(model: str, out: Path, n_items: int, data: Path) -> None:
