@@ -12,7 +12,7 @@ from npcai.model.runtime import Lane, StepCost
 from npcai.sidecar.jobs import DECISION, DIALOGUE, IDLE
 from npcai.sidecar.scheduler import Scheduler
 
-RT = SimpleNamespace(n_batch=256, estimate_s=lambda n_tokens: 0.003 * n_tokens)  # 3 ms a token
+RT = SimpleNamespace(n_batch=256, estimate_s=lambda n_tokens, lanes=1: 0.003 * n_tokens)  # 3 ms a token
 
 
 def job(urgency, *pending: int, deadline_in: float | None = None, fed_ago: float | None = None,
@@ -62,6 +62,21 @@ def test_starving_dialogue_waits_when_it_would_make_the_decision_late():
     talkers = streams(8, fed_ago=0.5)
     tight = job(DECISION, 18, deadline_in=0.070)  # 18 tokens ~54 ms of 70: no room for 8 more (~24 ms) first
     assert planned(scheduler(*talkers, tight)) == [(tight, 18)]
+
+
+def test_starving_dialogue_in_many_sequences_is_costed_per_sequence():
+    """Eight streams' next tokens cost more than an 8-token chunk of one sequence (each NPC's cells
+    are a stream of their own): taken for the chunk, they were let in ahead of a decision they made late."""
+    talkers = streams(8, fed_ago=0.5)
+    decision = job(DECISION, 32, deadline_in=0.150)
+    cost = StepCost(base_ms=10.0, token_ms=2.0, lane_ms=3.5)
+    rt = SimpleNamespace(n_batch=256, estimate_s=cost.estimate_s)
+    for j in (*talkers, decision):
+        j.rt = rt
+    # the decision needs 74 ms of its 150: the streams' 50.5 ms fit, as an 8-token chunk's 26 ms would
+    assert [(j, n) for j, _, n in scheduler(*talkers, decision).plan(rt)] == [(t, 1) for t in talkers]
+    decision.req.deadline -= 0.030  # 46 ms of slack: the chunk's 26 ms would fit, the streams' 50.5 ms do not
+    assert [(j, n) for j, _, n in scheduler(*talkers, decision).plan(rt)] == [(decision, 32)]
 
 
 def test_dialogue_that_is_not_starving_never_delays_a_decision_even_with_slack():
@@ -152,3 +167,32 @@ def test_a_steps_cost_is_learned_as_a_fixed_part_plus_a_part_per_token():
         cost.learn(0.009 + 0.002 * 32, 32)  # a 32-token prompt chunk: 73 ms
     assert abs(cost.estimate_s(2) - 0.013) < 0.001
     assert abs(cost.estimate_s(32) - 0.073) < 0.002
+
+
+def test_a_step_over_several_sequences_is_learned_as_a_cost_per_sequence():
+    cost = StepCost(base_ms=1.0, token_ms=5.0, lane_ms=0.0)
+    for _ in range(20):
+        cost.learn(0.010, 1)  # one stream's next token
+        cost.learn(0.010 + 0.002 * 32, 32)  # a 32-token prompt chunk: 2 ms a token
+        cost.learn(0.010 + 0.002 * 8 + 0.0025 * 7, 8, lanes=8)  # eight streams' next tokens: 43.5 ms
+    assert abs(cost.estimate_s(8, lanes=8) - 0.0435) < 0.002
+    assert abs(cost.estimate_s(8) - 0.026) < 0.002  # one sequence's 8-token chunk
+
+
+def test_one_stalled_step_does_not_change_the_cost_estimate():
+    # another process took the CPU mid-step: a 1-token step took 3 s, a 32-token one 5 s
+    cost = StepCost(base_ms=1.0, token_ms=5.0)
+    for _ in range(20):
+        cost.learn(0.009 + 0.002 * 1, 1)
+        cost.learn(0.009 + 0.002 * 32, 32)
+    cost.learn(3.0, 1)
+    cost.learn(5.0, 32)
+    assert abs(cost.estimate_s(33) - 0.075) < 0.002  # a decision's step is still not hopeless
+
+
+def test_slowness_that_lasts_is_learned_within_a_window_of_steps():
+    cost = StepCost(base_ms=9.0, token_ms=2.0)
+    for _ in range(10):  # the machine got three times slower and stayed so
+        cost.learn(3 * (0.009 + 0.002 * 1), 1)
+        cost.learn(3 * (0.009 + 0.002 * 32), 32)
+    assert abs(cost.estimate_s(32) - 3 * 0.073) < 0.01

@@ -117,13 +117,13 @@ class Runtime:
         """The tokens that start with ``]`` or ``}``: outside a JSON string, the way out of an array or object."""
         return self._vocab_masks.result()["closers"]
 
-    def estimate_s(self, n_tokens: int) -> float:
-        """What a step of ``n_tokens`` is expected to cost, by the steps measured so far."""
-        return self.cost.estimate_s(n_tokens)
+    def estimate_s(self, n_tokens: int, lanes: int = 1) -> float:
+        """What a step of ``n_tokens`` in ``lanes`` sequences is expected to cost, by the steps measured so far."""
+        return self.cost.estimate_s(n_tokens, lanes)
 
-    def learn_cost(self, seconds: float, n_tokens: int) -> None:
+    def learn_cost(self, seconds: float, n_tokens: int, lanes: int = 1) -> None:
         """Refine the estimate with a step that completed."""
-        self.cost.learn(seconds, n_tokens)
+        self.cost.learn(seconds, n_tokens, lanes)
 
     def add_adapter(self, spec: AdapterSpec) -> None:
         """Load ``spec``'s LoRA adapter for its role's choice decisions (``adapter.py``)."""

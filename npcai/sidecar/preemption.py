@@ -65,7 +65,7 @@ class Preemption:
             return None
         keys = {id(job.req) for job, _, _ in plan}
         preemptible = self.preemptible(plan)
-        expected_end = time.monotonic() + rt.estimate_s(n_tokens)
+        expected_end = time.monotonic() + rt.estimate_s(n_tokens, len(plan))
         decision_s = rt.estimate_s(DECISION_TOKENS)
 
         def should_abort() -> bool:  # called by llama.cpp on the engine thread, mid-step

@@ -187,7 +187,7 @@ def _waiting_since(jobs: list[Job]) -> float:
 
 
 def _cost_s(rt: Runtime, step: list[tuple[Job, Lane, int]]) -> float:
-    return rt.estimate_s(sum(n for _, _, n in step))
+    return rt.estimate_s(sum(n for _, _, n in step), len(step))
 
 
 def _slack_s(rt: Runtime, deciding: list[Job], now: float) -> float:
