@@ -98,6 +98,38 @@ def test_the_npcs_evaluated_prefix_is_moved_over_not_evaluated_again(model):
         main.close()
 
 
+def test_a_decision_counts_as_evaluated_what_this_cache_still_holds_when_its_npc_gave_way(model):
+    """The engine sheds a decision whose step cannot end by its deadline, by the tokens it will evaluate.
+    An NPC whose sequence went to another NPC's stream has no live cells, but the scorer still holds its
+    persona from its last decision: the step evaluates only the situation's end and the options."""
+    main = Context(model, n_ctx=2048, n_batch=512, n_seq=4, threads=2)
+    scorer = OptionScorer(model, prefix_cells=512, max_seqs=16, threads=2, flash_attn=None, main=main)
+    b = Batch(512)
+    try:
+        stem = _stem(model, "A troll blocks the bridge you must cross.")
+        options = [model.tokenize(" " + o) for o in OPTIONS]
+        persona = stem[:len(stem) - 12]
+        kv = KvSeq(seq=2, tokens=list(persona))
+        for i, t in enumerate(persona):
+            b.add(t, i, 2, False)
+        assert main.decode(b) == 0
+        assert scorer.evaluated(stem, kv) == len(persona)  # the NPC's own cells
+        tree = OptionTree(seq=-1, pos=0, pending=[0], all_logits=True, stems=[stem], options=options, source=kv,
+                          keep=len(persona))
+        assert scorer.evaluate(tree) == 0
+        gave_way = KvSeq(seq=None, tokens=[])  # evicted, nothing parked
+        assert scorer.evaluated(stem, gave_way) == len(persona)
+        again = OptionTree(seq=-1, pos=0, pending=[0], all_logits=True, stems=[stem], options=options,
+                           source=gave_way, keep=len(persona))
+        assert scorer.evaluate(again) == 0
+        assert scorer.batch.n == len(stem) - scorer.evaluated(stem, gave_way) + option_cells(options)
+        assert scorer.evaluated(stem, None) == len(persona)
+    finally:
+        b.close()
+        scorer.close()
+        main.close()
+
+
 def test_options_that_start_alike_share_the_cells_of_their_common_start(model):
     """An action's argument combinations ("sell an item: ...") evaluate their shared words once."""
     main = Context(model, n_ctx=2048, n_batch=512, n_seq=4, threads=2)

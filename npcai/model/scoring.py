@@ -123,14 +123,23 @@ class OptionScorer:
         self.stats["trees"] += 1
         return 0
 
+    def evaluated(self, stem: list[int], source: KvSeq | None, adapter: lora.LoraAdapter | None = None) -> int:
+        """How much of ``stem`` a tree would find evaluated, here or in ``source`` (the NPC's cells, live
+        or parked), short of its last token: what a decision's step will not have to evaluate.
+
+        Counting the NPC's live cells alone had a decision whose NPC was parked (another NPC's stream
+        took its sequence) look like its whole persona: a 33-token step estimated at 96 tokens, which
+        the engine shed as hopeless, decision after decision, although this cache still held it."""
+        limit = len(stem) - 1
+        here = min(common_prefix(self._cached, stem), limit) if adapter is self._adapter else 0
+        return max(here, _source_prefix(source, stem, limit))
+
     def _prefix(self, tree: OptionTree, root: int) -> int:
         """Make sequence 0 hold as much of the stems' common start as is evaluated anywhere; returns how much."""
         limit = root  # stops short of every stem's last token, which is evaluated here for its logits
         here = min(common_prefix(self._cached, tree.stems[0]), limit)
         kv = tree.source
-        there = min(common_prefix(kv.tokens, tree.stems[0]), limit) if kv is not None else 0
-        if kv is not None and kv.seq is None and kv.parked is not None:
-            there = min(common_prefix(kv.parked[1], tree.stems[0]), limit)
+        there = _source_prefix(kv, tree.stems[0], limit)
         if there > here:
             state = self._main.seq_save(kv.seq) if kv.seq is not None else kv.parked[0]
             self.ctx.seq_rm(0)
@@ -182,6 +191,14 @@ def _add_options(b: Batch, start: int, options: list[list[int]], seqs: list[int]
             rows.append(row_of[key])
         out.append(rows)
     return out
+
+
+def _source_prefix(kv: KvSeq | None, stem: list[int], limit: int) -> int:
+    """How much of ``stem`` an NPC's cells hold (live, or parked in host memory), at most ``limit``."""
+    if kv is None:
+        return 0
+    tokens = kv.parked[1] if kv.seq is None and kv.parked is not None else kv.tokens
+    return min(common_prefix(tokens, stem), limit)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

@@ -58,7 +58,7 @@ class ChoiceDecideJob(Decision):
             raise TooLarge("these options are too many or too long to score together "
                            f"(at most {scorer.max_seqs // 2} options and {TREE_ROOM} tokens of situation and options)")
         keep = self.rt.prefix_tokens(self.npc.chat())  # the NPC's persona and history: kept cached for its next decision
-        cached = min(common_prefix(self._kv.tokens, target), len(target) - 1)
+        cached = scorer.evaluated(target, self._kv, self.adapter)
         pending = len(target) - cached + sum(len(s) - common_prefix(s, target) for s in stems[1:])
         pending += len(stems) * option_cells(self.options)  # shared starts count once, as evaluated
         tree = OptionTree(seq=-1, pos=cached, pending=[0] * pending, all_logits=True, stems=stems,
