@@ -28,6 +28,7 @@ from npcai.bench.dialogue import run as run_dialogue
 from npcai.bench.frame import run as run_frame
 from npcai.bench.harness import Bench
 from npcai.bench.kv import run as run_kv
+from npcai.bench.machine_load import OtherLoad
 from npcai.bench.many import run as run_many
 from npcai.bench.mixed import run as run_mixed
 from npcai.bench.report import Report, plot, print_table
@@ -35,6 +36,8 @@ from npcai.bench.transport import run as run_transport
 from npcai.bench.weights import run as run_weights
 from npcai.client import Client
 from npcai.errors import NpcaiError
+
+_BUSY_MACHINE_CORES = 0.1  # other processes' use during an item worth a word in the output
 
 ITEMS = ("transport", "decision", "dialogue", "many", "mixed", "cancel", "ahead", "weights", "kv", "frame", "quality",
          "startup", "actions", "chain", "remote")
@@ -110,8 +113,11 @@ def run_items(b: Bench, only: set[str] | None) -> Report:
         for name, fn in items:
             b.say(f"  {b.model}: {name}…")
             t = time.perf_counter()
+            load = OtherLoad([os.getpid(), sc.pid])
             fn(b, c)
-            b.report.raw.setdefault("seconds", {})[name] = round(time.perf_counter() - t, 1)
+            seconds = time.perf_counter() - t
+            b.report.raw.setdefault("seconds", {})[name] = round(seconds, 1)
+            _note_other_load(b, name, load.cores(seconds))
     finally:
         if sc is not None:
             c.close()
@@ -137,6 +143,15 @@ def run_items(b: Bench, only: set[str] | None) -> Report:
         b.say(f"  {b.model}: remote…")
         run_remote(b)
     return b.report
+
+
+def _note_other_load(b: Bench, item: str, cores: float | None) -> None:
+    """Record, and say when it is large enough to matter, what other processes used during ``item``."""
+    if cores is None:
+        return
+    b.report.raw.setdefault("other_processes_cores", {})[item] = round(cores, 3)
+    if cores >= _BUSY_MACHINE_CORES:
+        b.say(f"  note: other processes used {cores:.2f} cores during {item}: its timings are not npcai's alone")
 
 
 def machine() -> dict[str, Any]:
