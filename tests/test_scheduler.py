@@ -12,7 +12,7 @@ from npcai.model.runtime import Lane, StepCost
 from npcai.sidecar.jobs import DECISION, DIALOGUE, IDLE
 from npcai.sidecar.scheduler import Scheduler
 
-RT = SimpleNamespace(n_batch=256, estimate_s=lambda n_tokens, lanes=1: 0.003 * n_tokens)  # 3 ms a token
+RT = SimpleNamespace(n_batch=256, estimate_s=lambda n_tokens, lanes=1, tree=False: 0.003 * n_tokens)  # 3 ms a token
 
 
 def job(urgency, *pending: int, deadline_in: float | None = None, fed_ago: float | None = None,
@@ -70,13 +70,28 @@ def test_starving_dialogue_in_many_sequences_is_costed_per_sequence():
     talkers = streams(8, fed_ago=0.5)
     decision = job(DECISION, 32, deadline_in=0.150)
     cost = StepCost(base_ms=10.0, token_ms=2.0, lane_ms=3.5)
-    rt = SimpleNamespace(n_batch=256, estimate_s=cost.estimate_s)
+    rt = SimpleNamespace(n_batch=256, estimate_s=lambda n, lanes=1, tree=False: cost.estimate_s(n, lanes))
     for j in (*talkers, decision):
         j.rt = rt
     # the decision needs 74 ms of its 150: the streams' 50.5 ms fit, as an 8-token chunk's 26 ms would
     assert [(j, n) for j, _, n in scheduler(*talkers, decision).plan(rt)] == [(t, 1) for t in talkers]
     decision.req.deadline -= 0.030  # 46 ms of slack: the chunk's 26 ms would fit, the streams' 50.5 ms do not
     assert [(j, n) for j, _, n in scheduler(*talkers, decision).plan(rt)] == [(decision, 32)]
+
+
+def test_a_choice_decisions_option_tree_is_costed_at_its_own_rate():
+    """Every token of an option tree yields logits, so a choice's step costs more a token than a prompt
+    chunk; the dialogue let in ahead of it must leave room for that."""
+    talkers = streams(4, fed_ago=0.5)
+    choice = job(DECISION, 32, deadline_in=0.105)
+    choice.lanes[0].all_logits = True
+    rates = {False: StepCost(base_ms=8.0, token_ms=2.0, lane_ms=3.0), True: StepCost(base_ms=8.0, token_ms=2.5)}
+    rt = SimpleNamespace(n_batch=256, estimate_s=lambda n, lanes=1, tree=False: rates[tree].estimate_s(n, lanes))
+    for j in (*talkers, choice):
+        j.rt = rt
+    # the streams' step costs 25 ms; the choice 72 ms as a prompt chunk (33 ms of slack: they would go
+    # first) but 88 ms as the tree it is (17 ms of slack: they wait)
+    assert [(j, n) for j, _, n in scheduler(*talkers, choice).plan(rt)] == [(choice, 32)]
 
 
 def test_dialogue_that_is_not_starving_never_delays_a_decision_even_with_slack():

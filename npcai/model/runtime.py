@@ -69,6 +69,10 @@ class Runtime:
         sample_token(np.zeros(8, dtype=np.float32), NO_MASK, 0.5, 4, 0.9, 0.5)  # compile (or load) the kernels now
         self.stats = {"steps": 0, "tokens": 0, "compute_ms": 0.0, "aborted_steps": 0}
         self.cost = StepCost()
+        # An option tree's token costs more than a prompt's: every one of them yields logits (SmolLM2: a
+        # 33-token choice step 80 ms, 2.2 ms a token, against 2.0 for a dialogue chunk): a decision taken
+        # for a chunk left too little room for the dialogue step let in ahead of it.
+        self.tree_cost = StepCost(token_ms=2.4)
         self.sentence_end_tokens = sorted({toks[0] for text in SENTENCE_ENDS
                                            if len(toks := self.text_tokens(text)) == 1})
         # Which tokens are digits, and which hold a double quote: a scan of the vocabulary (0.3 s on
@@ -117,13 +121,14 @@ class Runtime:
         """The tokens that start with ``]`` or ``}``: outside a JSON string, the way out of an array or object."""
         return self._vocab_masks.result()["closers"]
 
-    def estimate_s(self, n_tokens: int, lanes: int = 1) -> float:
-        """What a step of ``n_tokens`` in ``lanes`` sequences is expected to cost, by the steps measured so far."""
-        return self.cost.estimate_s(n_tokens, lanes)
+    def estimate_s(self, n_tokens: int, lanes: int = 1, *, tree: bool = False) -> float:
+        """What a step of ``n_tokens`` in ``lanes`` sequences is expected to cost, by the steps measured so far;
+        ``tree``: a step that scores an option tree, every token's logits (a choice decision's)."""
+        return (self.tree_cost if tree else self.cost).estimate_s(n_tokens, lanes)
 
-    def learn_cost(self, seconds: float, n_tokens: int, lanes: int = 1) -> None:
+    def learn_cost(self, seconds: float, n_tokens: int, lanes: int = 1, *, tree: bool = False) -> None:
         """Refine the estimate with a step that completed."""
-        self.cost.learn(seconds, n_tokens, lanes)
+        (self.tree_cost if tree else self.cost).learn(seconds, n_tokens, lanes)
 
     def add_adapter(self, spec: AdapterSpec) -> None:
         """Load ``spec``'s LoRA adapter for its role's choice decisions (``adapter.py``)."""

@@ -305,7 +305,8 @@ class Engine:
         rt.gather([lane for _, lane, _ in plan])
         result = rt.step([(lane, n) for _, lane, n in plan])
         if result.ok:
-            rt.learn_cost(time.monotonic() - started, n_tokens, len(plan))
+            trees = any(lane.all_logits for _, lane, _ in plan)
+            rt.learn_cost(time.monotonic() - started, n_tokens, len(plan), tree=trees)
         generated = sum(1 for job, lane, _ in plan if isinstance(job, SayJob) and lane.ready)
         self.governor.after_step(time.monotonic() - started, generated)
         rt.ctx.set_abort(None)

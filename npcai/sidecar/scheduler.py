@@ -26,7 +26,7 @@ import math
 import time
 
 from npcai.model.runtime import Lane, Runtime
-from npcai.sidecar.jobs import DECISION, DIALOGUE, IDLE, Job, pending_tokens
+from npcai.sidecar.jobs import DECISION, DIALOGUE, IDLE, Job, pending_cost_s, pending_tokens
 
 _SHORT = 16  # lanes this short are decode steps or forced runs: never split
 _CHUNK_WHILE_DECIDING = 16  # ...in any dialogue step while decisions keep arriving (one in the last second)
@@ -187,7 +187,7 @@ def _waiting_since(jobs: list[Job]) -> float:
 
 
 def _cost_s(rt: Runtime, step: list[tuple[Job, Lane, int]]) -> float:
-    return rt.estimate_s(sum(n for _, _, n in step), len(step))
+    return rt.estimate_s(sum(n for _, _, n in step), len(step), tree=any(lane.all_logits for _, lane, _ in step))
 
 
 def _slack_s(rt: Runtime, deciding: list[Job], now: float) -> float:
@@ -195,7 +195,7 @@ def _slack_s(rt: Runtime, deciding: list[Job], now: float) -> float:
     slack = math.inf
     for job in deciding:
         if job.req.deadline is not None:
-            slack = min(slack, job.req.deadline - now - rt.estimate_s(pending_tokens(job)))
+            slack = min(slack, job.req.deadline - now - pending_cost_s(job))
     return slack
 
 

@@ -20,6 +20,7 @@ from npcai.sidecar.jobs.base import (
            Job,
            NpcWriter,
            fit,
+           pending_cost_s,
            pending_tokens,
 )
 from npcai.sidecar.jobs.choice import ChoiceDecideJob
@@ -34,7 +35,8 @@ from npcai.sidecar.jobs.say import (
            draw_together,
 )
 
-__all__ = ["BACKGROUND", "DECISION", "DIALOGUE", "IDLE", "Emit", "Job", "NpcWriter", "fit", "pending_tokens",
+__all__ = ["BACKGROUND", "DECISION", "DIALOGUE", "IDLE", "Emit", "Job", "NpcWriter", "fit",
+           "pending_cost_s", "pending_tokens",
            "ChoiceDecideJob", "DECIDE_DEFAULTS", "Decision", "decide_prompt", "DefineJob", "ObserveJob", "PrimeJob",
            "MAX_NUMBER_DIGITS", "GrammarDecideJob", "SAY_DEFAULTS", "SENTENCE_END_BIAS", "SOFT_SHARE", "SayJob",
            "draw_together"]

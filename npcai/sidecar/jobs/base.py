@@ -23,6 +23,11 @@ def pending_tokens(job: "Job") -> int:
     return sum(len(lane.pending) for lane in job.lanes)
 
 
+def pending_cost_s(job: "Job") -> float:
+    """What evaluating the job's pending tokens is expected to cost (in one step)."""
+    return job.rt.estimate_s(pending_tokens(job), tree=any(lane.all_logits for lane in job.lanes))
+
+
 class Job:
     """Common bookkeeping: the request, its runtime, timing, and the lanes it owns."""
 
