@@ -124,6 +124,19 @@ def test_new_lines_that_do_not_fit_one_step_beside_streams_all_finish_in_the_sam
     assert [n for _, n in second[16:]] == [len(j.lanes[0].pending) for j in new_lines]  # each to its end
 
 
+def test_new_lines_that_do_not_fit_one_step_finish_together_even_before_any_stream_runs():
+    """Sixteen lines at once: none starts streaming in the first step only to wait through the second."""
+    new_lines = [job(DIALOGUE, 20, seq=30 + k) for k in range(16)]  # 320 prompt tokens: over the 256
+    s = scheduler(*new_lines)
+    first = s.plan(RT)
+    assert sum(n for _, _, n in first) == 256 and all(n < 20 for _, _, n in first)
+    for _, lane, n in first:  # the step ran: pending tokens go
+        del lane.pending[:n]
+    second = [(j, n) for j, _, n in s.plan(RT)]
+    assert [j for j, _ in second] == new_lines
+    assert [n for _, n in second] == [len(j.lanes[0].pending) for j in new_lines]  # each to its end
+
+
 def test_decisions_are_never_held_back_to_finish_together():
     decisions = [job(DECISION, 200, deadline_in=1.0, seq=k) for k in range(2)]
     assert planned(scheduler(*decisions)) == [(decisions[0], 200), (decisions[1], 56)]

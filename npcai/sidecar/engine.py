@@ -29,6 +29,7 @@ from npcai.model.runtime import Runtime
 from npcai.sidecar import actions, adapters, chain
 from npcai.sidecar.admission import DEFAULT_ROLES, Admission, load_runtimes  # noqa: F401  (DEFAULT_ROLES: its old home)
 from npcai.sidecar.budget import Governor
+from npcai.sidecar.burst import Burst
 from npcai.sidecar.jobs import (
     DECISION,
     IDLE,
@@ -226,10 +227,11 @@ class Engine:
 
     def _take_inbox(self) -> None:
         self.preemption.taken()
+        burst = Burst(self._inbox)  # lines sent together are taken together (burst.py)
         while True:
             self._run_calls()  # each time: a call queued before a request is made before it is served
             try:
-                req = self._inbox.get_nowait()
+                req = burst.take()
             except queue.Empty:
                 return
             if id(req) in self._cancels:
