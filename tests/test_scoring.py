@@ -69,39 +69,9 @@ def test_a_tree_scores_every_option_as_scoring_each_alone_does(model):
 
 
 def test_the_npcs_evaluated_prefix_is_moved_over_not_evaluated_again(model):
-    """The persona's cells come from the main cache (a stream per sequence) into the scorer's unified one."""
-    main = Context(model, n_ctx=2048, n_batch=512, n_seq=4, threads=2)
-    scorer = OptionScorer(model, prefix_cells=512, max_seqs=16, threads=2, flash_attn=None, main=main)
-    b = Batch(512)
-    try:
-        stem = _stem(model, "A troll blocks the bridge you must cross.")
-        options = [model.tokenize(" " + o) for o in OPTIONS]
-        persona = stem[:len(stem) - 12]
-        kv = KvSeq(seq=2, tokens=list(persona))
-        for i, t in enumerate(persona):
-            b.add(t, i, 2, False)
-        assert main.decode(b) == 0
-        tree = OptionTree(seq=-1, pos=0, pending=[0], all_logits=True, stems=[stem], options=options, source=kv,
-                          keep=len(persona))
-        assert scorer.evaluate(tree) == 0
-        assert scorer.stats["prefix_loads"] == 1 and scorer.stats["loaded_cells"] == len(persona)
-        assert scorer.batch.n == 12 + sum(len(o) - 1 for o in options)  # only the situation's end and the options
-        assert np.allclose(tree.scores[0], _one_by_one(model, stem, options), atol=NUMERIC)
-        again = OptionTree(seq=-1, pos=0, pending=[0], all_logits=True, stems=[stem], options=options, source=kv,
-                           keep=len(persona))
-        assert scorer.evaluate(again) == 0
-        assert scorer.stats["prefix_loads"] == 1, "the persona stayed cached in the scorer"
-        assert np.allclose(again.scores[0], tree.scores[0], atol=1e-3)
-    finally:
-        b.close()
-        scorer.close()
-        main.close()
-
-
-def test_a_decision_counts_as_evaluated_what_this_cache_still_holds_when_its_npc_gave_way(model):
-    """The engine sheds a decision whose step cannot end by its deadline, by the tokens it will evaluate.
-    An NPC whose sequence went to another NPC's stream has no live cells, but the scorer still holds its
-    persona from its last decision: the step evaluates only the situation's end and the options."""
+    """The persona's cells come from the main cache (a stream per sequence) into the scorer's unified one,
+    and stay there: a decision counts them as evaluated even when its NPC has since given its sequence to
+    another NPC's stream (counted as pending, they made the engine shed decision after decision)."""
     main = Context(model, n_ctx=2048, n_batch=512, n_seq=4, threads=2)
     scorer = OptionScorer(model, prefix_cells=512, max_seqs=16, threads=2, flash_attn=None, main=main)
     b = Batch(512)
@@ -117,13 +87,17 @@ def test_a_decision_counts_as_evaluated_what_this_cache_still_holds_when_its_npc
         tree = OptionTree(seq=-1, pos=0, pending=[0], all_logits=True, stems=[stem], options=options, source=kv,
                           keep=len(persona))
         assert scorer.evaluate(tree) == 0
-        gave_way = KvSeq(seq=None, tokens=[])  # evicted, nothing parked
+        assert scorer.stats["prefix_loads"] == 1 and scorer.stats["loaded_cells"] == len(persona)
+        assert scorer.batch.n == 12 + option_cells(options)  # only the situation's end and the options
+        assert np.allclose(tree.scores[0], _one_by_one(model, stem, options), atol=NUMERIC)
+        gave_way = KvSeq(seq=None, tokens=[])  # the NPC's sequence went to another's stream, nothing parked
         assert scorer.evaluated(stem, gave_way) == len(persona)
         again = OptionTree(seq=-1, pos=0, pending=[0], all_logits=True, stems=[stem], options=options,
                            source=gave_way, keep=len(persona))
         assert scorer.evaluate(again) == 0
+        assert scorer.stats["prefix_loads"] == 1, "the persona stayed cached in the scorer"
         assert scorer.batch.n == len(stem) - scorer.evaluated(stem, gave_way) + option_cells(options)
-        assert scorer.evaluated(stem, None) == len(persona)
+        assert np.allclose(again.scores[0], tree.scores[0], atol=1e-3)
     finally:
         b.close()
         scorer.close()
