@@ -120,6 +120,7 @@ def main() -> None:
     p.add_argument("--length", action="store_true", help="also fit a temperature that grows with the options' "
                    "length (not what npcai ships: a research scheme)")
     p.add_argument("--data", help="the public data folder (for the options' lengths)")
+    p.add_argument("--at", action="append", help="also the ECE at this T,power (a catalog's; repeatable)")
     p.add_argument("--noise", action="store_true", help="the ECE of exactly calibrated probs on as many items")
     p.add_argument("--held-out", action="store_true", help="also score each set's held-out part against the anchor")
     args = p.parse_args()
@@ -144,6 +145,9 @@ def main() -> None:
         fits = {"one T": fit(dev, False), "T by k": fit(dev, True)}
         if args.length:
             fits["T by k, length"] = fit(dev, True, True)
+        for given in args.at or []:
+            t, power = parse(given)
+            fits[f"at {t:g} x (k/2)^{power:g}"] = (t, power, 0.0)
         print(f"{model}: on {len(dev)} calibration items ({args.calibration}): "
               + "; ".join(f"{k} = {t:.2f} x (k/2)^{a:.2f} x (L/{LENGTH_REF:.0f})^{b:.2f}" for k, (t, a, b) in fits.items()))
         for name in SETS:
