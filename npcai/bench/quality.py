@@ -75,7 +75,8 @@ def _lower_first(text: str) -> str:
 QUIZ_PERSONA = "You answer questions about the everyday world with common sense."
 #: The persona of COPA's items: a storyteller told what happened, whose answer says why or what came of it.
 #: Chosen on COPA's development split (bench/copa_framings.py, docs/QUALITY.md): over the quiz persona
-#: asking "What was the cause?", Gemma 68.0 against 65.4 % on all 500 dev items, SmolLM2 within a point.
+#: asking "What was the cause?", Gemma 68.0 against 65.4 % on all 500 dev items; on the held-out test
+#: items neither model moved beyond noise (Gemma 66.5 against 67.1, SmolLM2 72.3 against 71.0).
 STORY_PERSONA = "You tell what happens in everyday stories, with common sense."
 
 
