@@ -30,6 +30,11 @@ def test_public_sets_load_as_lm_evaluation_harness_words_them():
     first = copa[0]  # "My body cast a shadow over the grass." (cause)
     assert first.context == "My body cast a shadow over the grass because"
     assert first.options == ("the sun was rising.", "the grass was cut.") and first.label == 0
+    # decide is told the premise by a storyteller, and the lead asks for the cause or the effect (chosen on COPA dev)
+    assert (first.situation, first.lead, first.persona, first.per_byte) == (
+        "My body cast a shadow over the grass.", "It happened because", quality.STORY_PERSONA, True)
+    effect = next(q for q in copa if q.context.endswith(" therefore"))
+    assert effect.lead == "As a result," and "?" not in effect.situation
     assert quality.sample(copa, 10) == quality.sample(copa, 10) and len(quality.sample(copa, 10)) == 10
 
 

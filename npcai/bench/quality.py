@@ -73,10 +73,16 @@ def _lower_first(text: str) -> str:
 #: half of PIQA and ARC-Easy; bench/public_framings.py, docs/QUALITY.md): this persona for COPA and
 #: PIQA, per-byte scores for COPA and ARC-Easy, and ARC-Easy's lead "Answer:".
 QUIZ_PERSONA = "You answer questions about the everyday world with common sense."
+#: The persona of COPA's items: a storyteller told what happened, whose answer says why or what came of it.
+#: Chosen on COPA's development split (bench/copa_framings.py, docs/QUALITY.md): over the quiz persona
+#: asking "What was the cause?", Gemma 68.0 against 65.4 % on all 500 dev items; on the held-out test
+#: items neither model moved beyond noise (Gemma 66.5 against 67.1, SmolLM2 72.3 against 71.0).
+STORY_PERSONA = "You tell what happens in everyday stories, with common sense."
 
 
 def copa(folder: Path) -> list[Question]:
-    """COPA dev and test, as lm-evaluation-harness words it: "<premise without its period> because"."""
+    """COPA dev and test, as lm-evaluation-harness words it: "<premise without its period> because".
+    decide is told the premise by a storyteller NPC, and the answer's lead asks for its cause or effect."""
     out = []
     for name in ("copa_dev.jsonl", "copa_test.jsonl"):
         for d in _jsonl(folder / name):
@@ -84,8 +90,8 @@ def copa(folder: Path) -> list[Question]:
             premise = d["premise"].strip()
             options = tuple(_lower_first(d[k].strip()) for k in ("choice1", "choice2"))
             out.append(Question(f"copa-{d['id']}", premise[:-1] + (" because" if cause else " therefore"), options,
-                                d["label"], premise + (" What was the cause?" if cause else " What happened next?"),
-                                "It happened because" if cause else "As a result,", QUIZ_PERSONA, per_byte=True))
+                                d["label"], premise, "It happened because" if cause else "As a result,",
+                                STORY_PERSONA, per_byte=True))
     return out
 
 
