@@ -16,7 +16,10 @@ Training data (never the 170 game test items, nor COPA's test split):
     fifth of them (``--val-share``) is held out as the validation split that hyperparameters are
     chosen on (``score --only val``), never the game test set;
   - the game set's 30 worked examples (its "example" split);
-  - COPA's development split (500), from ``--data``/quality/copa_dev.jsonl, as ``decide`` asks it.
+  - COPA's development split (500), from ``--data``/quality/copa_dev.jsonl, as the quality bench asks it.
+    The shipped ``smollm2-135m-decision`` was trained when the bench asked COPA as a quiz (commit
+    fd79c68's ``quality.copa``); since session 5 it asks through a storyteller (docs/QUALITY.md), so a
+    retrain from this script sees COPA in that wording and is not byte-for-byte the shipped adapter.
 
 Scored on data it never saw: the 170 game test items, COPA's test split (500), and the same seeded
 300-item samples of PIQA and ARC-Easy that ``npcai bench --only quality`` draws.
