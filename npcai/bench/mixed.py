@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
@@ -14,11 +15,23 @@ from npcai.bench.workload import (
 from npcai.client import Client
 
 
+def _decision_alone_ms(c: Client) -> float:
+    """The mixed item's decision with nothing else running (the first, which also scores the options'
+    prior, untimed): what each of the ten a second costs on this machine at the moment."""
+    times = []
+    for k in range(6):
+        reply = c.decide(SITUATIONS[k], npc="grik", choices=CHOICES)
+        if k:
+            times.append(reply["timing"]["total_ms"])
+    return statistics.median(times)
+
+
 def run(b: Bench, c: Client) -> None:
     seconds = 5.0 if b.quick else 15.0
     for k in range(8):
         c.npc(f"mix{k}", b.personas[k % 4], seed=k)
     c.npc("grik", b.persona)
+    alone = _decision_alone_ms(c)
     streams = {k: c.request("say", npc=f"mix{k}", text=LINES[k % 4], max_tokens=48) for k in range(8)}
     decisions: list[tuple[float, Any]] = []
     start = time.perf_counter()
@@ -63,5 +76,10 @@ def run(b: Bench, c: Client) -> None:
     r.add("mixed", "late answers (server clock)", late_server, unit="count", target="0")
     r.add("mixed", "arrived > deadline + 25 ms (client clock)", late, unit="count")
     r.add("mixed", "dialogue tokens/s meanwhile", stream_tokens / seconds, unit="tok/s")
+    # Ten decisions a second at this cost each: the share of the machine they take before any stream
+    # gets a token. Near or over 80 %, a decision that arrives during another's step misses its deadline
+    # (docs/PERFORMANCE.md, section 4), so this says how hard the round was on this machine, now.
+    r.add("mixed", "a decision alone, before the load (p50)", alone, unit="ms")
+    r.add("mixed", "decisions' share of the machine (10/s x alone)", 10 * alone / 1000 * 100, unit="%")
     b.report.raw["mixed"] = {"decisions": n, "answered": answered, "fallback": fallback, "late_client": late,
                                 "late_server": late_server}
