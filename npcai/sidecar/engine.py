@@ -41,6 +41,7 @@ from npcai.sidecar.jobs import (
     PrimeJob,
     SayJob,
     draw_together,
+    scores_trees,
 )
 from npcai.sidecar.npc import ANONYMOUS_PERSONA, Npc
 from npcai.sidecar.preemption import Preemption
@@ -307,7 +308,7 @@ class Engine:
         rt.gather([lane for _, lane, _ in plan])
         result = rt.step([(lane, n) for _, lane, n in plan])
         if result.ok:
-            trees = any(lane.all_logits for _, lane, _ in plan)
+            trees = scores_trees(lane for _, lane, _ in plan)
             rt.learn_cost(time.monotonic() - started, n_tokens, len(plan), tree=trees)
         generated = sum(1 for job, lane, _ in plan if isinstance(job, SayJob) and lane.ready)
         self.governor.after_step(time.monotonic() - started, generated)

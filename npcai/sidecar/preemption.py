@@ -25,7 +25,7 @@ from typing import Callable
 from npcai import protocol as P
 from npcai.model.kv import Lane
 from npcai.model.runtime import Runtime
-from npcai.sidecar.jobs import DECISION, IDLE, Job, pending_cost_s
+from npcai.sidecar.jobs import DECISION, IDLE, Job, pending_cost_s, step_cost_s
 
 ABORT_MIN_TOKENS = 16  # steps this large take long enough to be worth aborting mid-way
 DECISION_TOKENS = 20  # a typical decision prompt (a situation and the chat template), for estimates
@@ -65,7 +65,7 @@ class Preemption:
             return None
         keys = {id(job.req) for job, _, _ in plan}
         preemptible = self.preemptible(plan)
-        expected_end = time.monotonic() + rt.estimate_s(n_tokens, len(plan), tree=_trees(plan))
+        expected_end = time.monotonic() + step_cost_s(rt, plan)
         decision_s = rt.estimate_s(DECISION_TOKENS)
 
         def should_abort() -> bool:  # called by llama.cpp on the engine thread, mid-step
@@ -93,8 +93,3 @@ class Preemption:
         """Whether ``job`` (already checked to be a decision on ``rt`` with a deadline, no logits yet) cannot
         finish in time and goes now, with its fallback."""
         return now + SHED_MARGIN * pending_cost_s(job) > job.req.deadline
-
-
-def _trees(plan: Plan) -> bool:
-    """Whether the step scores an option tree (costed as one: ``Runtime.estimate_s``)."""
-    return any(lane.all_logits for _, lane, _ in plan)

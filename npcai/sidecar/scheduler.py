@@ -27,7 +27,7 @@ import math
 import time
 
 from npcai.model.runtime import Lane, Runtime
-from npcai.sidecar.jobs import DECISION, DIALOGUE, IDLE, Job, pending_cost_s, pending_tokens
+from npcai.sidecar.jobs import DECISION, DIALOGUE, IDLE, Job, pending_cost_s, pending_tokens, step_cost_s
 
 _SHORT = 16  # lanes this short are decode steps or forced runs: never split
 _CHUNK_WHILE_DECIDING = 16  # ...in any dialogue step while decisions keep arriving (one in the last second)
@@ -99,7 +99,7 @@ class Scheduler:
             starving = [j for j in jobs if j.urgency == DIALOGUE and pending_tokens(j) and _starving(j, now)]
             if starving:
                 step = _one_kind(starving, min(budget, _STARVING_CHUNK), budget)
-                if _cost_s(rt, step) < _slack_s(rt, deciding, now):
+                if step_cost_s(rt, step) < _slack_s(rt, deciding, now):
                     return step
             return _fill(deciding, budget, budget)
         # Keep dialogue steps short while NPCs are talking, shorter while decisions keep coming:
@@ -186,10 +186,6 @@ def _one_kind(jobs: list[Job], prompt_budget: int, budget: int) -> list[tuple[Jo
 
 def _waiting_since(jobs: list[Job]) -> float:
     return min((j.fed_at or j.started_at or math.inf) for j in jobs)
-
-
-def _cost_s(rt: Runtime, step: list[tuple[Job, Lane, int]]) -> float:
-    return rt.estimate_s(sum(n for _, _, n in step), len(step), tree=any(lane.all_logits for _, lane, _ in step))
 
 
 def _slack_s(rt: Runtime, deciding: list[Job], now: float) -> float:

@@ -22,6 +22,8 @@ from npcai.sidecar.jobs.base import (
            fit,
            pending_cost_s,
            pending_tokens,
+           scores_trees,
+           step_cost_s,
 )
 from npcai.sidecar.jobs.choice import ChoiceDecideJob
 from npcai.sidecar.jobs.decision import DECIDE_DEFAULTS, Decision, decide_prompt
@@ -36,7 +38,7 @@ from npcai.sidecar.jobs.say import (
 )
 
 __all__ = ["BACKGROUND", "DECISION", "DIALOGUE", "IDLE", "Emit", "Job", "NpcWriter", "fit",
-           "pending_cost_s", "pending_tokens",
+           "pending_cost_s", "pending_tokens", "scores_trees", "step_cost_s",
            "ChoiceDecideJob", "DECIDE_DEFAULTS", "Decision", "decide_prompt", "DefineJob", "ObserveJob", "PrimeJob",
            "MAX_NUMBER_DIGITS", "GrammarDecideJob", "SAY_DEFAULTS", "SENTENCE_END_BIAS", "SOFT_SHARE", "SayJob",
            "draw_together"]

@@ -4,7 +4,7 @@ one-writer-per-NPC rule."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from npcai import protocol as P
 from npcai.errors import TooLarge
@@ -23,9 +23,19 @@ def pending_tokens(job: "Job") -> int:
     return sum(len(lane.pending) for lane in job.lanes)
 
 
+def scores_trees(lanes: Iterable[Lane]) -> bool:
+    """Whether a step over ``lanes`` scores an option tree (costed as one: ``Runtime.estimate_s``)."""
+    return any(lane.all_logits for lane in lanes)
+
+
 def pending_cost_s(job: "Job") -> float:
     """What evaluating the job's pending tokens is expected to cost (in one step)."""
-    return job.rt.estimate_s(pending_tokens(job), tree=any(lane.all_logits for lane in job.lanes))
+    return job.rt.estimate_s(pending_tokens(job), tree=scores_trees(job.lanes))
+
+
+def step_cost_s(rt: Runtime, plan: "list[tuple[Job, Lane, int]]") -> float:
+    """What a planned step of (job, lane, n tokens) is expected to cost."""
+    return rt.estimate_s(sum(n for _, _, n in plan), len(plan), tree=scores_trees(lane for _, lane, _ in plan))
 
 
 class Job:
