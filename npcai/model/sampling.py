@@ -24,6 +24,10 @@ NO_MASK = np.empty((0,), dtype=np.int32)
 Draw = tuple[np.ndarray, float, int, float, float]
 
 _TOGETHER_FROM = 4  # fewer draws than this are not worth a hand-off to the helper thread
+#: ...nor fewer logits than this in all. Every draw is a GIL hand-off between the two threads, and right
+#: after a step llama.cpp's worker thread still spins on the other core: on SmolLM2's 49k vocabulary,
+#: 8 streams' draws took 0.53 ms on two threads against 8 x 0.047 ms of kernel on one (issue 18).
+_TOGETHER_LOGITS = 1 << 20
 _helper: ThreadPoolExecutor | None = None
 
 
@@ -146,10 +150,11 @@ if njit is None:
 
 def sample_tokens(draws: list[Draw]) -> list[int]:
     """``sample_token`` for many streams after one step, half of them on a helper thread (the kernel
-    releases the GIL). On Gemma-270M's 262k-token vocabulary, 16 streams' draws right after a step
-    took 7.7 ms on one thread and 5.5 ms on two, against a 75 ms step."""
+    releases the GIL) where there is enough of them to pay for the hand-off. On Gemma-270M's
+    262k-token vocabulary, 16 streams' draws right after a step took 7.7 ms on one thread and 5.5 ms
+    on two, against a 75 ms step."""
     global _helper
-    if len(draws) < _TOGETHER_FROM:
+    if len(draws) < _TOGETHER_FROM or sum(d[0].shape[0] for d in draws) < _TOGETHER_LOGITS:
         return _sample_all(draws)
     if _helper is None:
         _helper = ThreadPoolExecutor(1, thread_name_prefix="npcai-sampling")
