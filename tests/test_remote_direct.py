@@ -49,6 +49,12 @@ def _answers(replies: queue.SimpleQueue, n: int) -> dict[int, dict]:
     return out
 
 
+def _until(ready, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not ready() and time.monotonic() < end:
+        time.sleep(0.01)
+
+
 def test_a_say_queued_behind_its_npcs_redefinition_reads_the_new_npc_and_later_ones_skip_the_engine_thread(server):
     replies: queue.SimpleQueue = queue.SimpleQueue()
     engine = Engine(Settings(), model_roles([f"dialogue={server.url}", f"decision={server.url}"]),
@@ -67,6 +73,7 @@ def test_a_say_queued_behind_its_npcs_redefinition_reads_the_new_npc_and_later_o
         assert first[1]["event"] == "ok" and first[2]["event"] == "done" and not first[2]["used_fallback"]
         new = engine.npcs["brom"]
         assert new is not old and new.persona == BROM_RETIRED
+        _until(lambda: new.messages)  # the exchange enters on the engine thread's next turn after done
         assert new.messages == [("user", "Hello!"), ("assistant", first[2]["text"])] and old.messages == []
 
         # Nothing is queued for brom any more: its next requests go straight to the remote loop and
