@@ -63,7 +63,10 @@ def main(model: str, reps: int, threads: int) -> dict:
     parts = {"cached: persona, identity, user-turn opener": len(keep),
              "situation (median)": statistics.median(t - len(question) - len(lead) - scaffold for t in tails),
              "question": len(question), "end of turn, assistant opener": scaffold, "lead": len(lead),
-             "options (shared starts once, no last tokens)": option_cells(options)}
+             "options (shared starts once, no last tokens)": option_cells(options),
+             "an option set's first decision also: the prior's stem after the prefix":
+                 len(choices.prior_prompt(rt, npc, as_question(choices.CONTENT_FREE), DEFAULT_LEAD)) - len(keep),
+             "and the options again": option_cells(options)}
     assert all(s[:len(keep)] == keep for s in stems), "the NPC's prefix is every stem's start"
     assert all(s[-len(lead):] == lead for s in stems)
     scorer = rt.scorer
