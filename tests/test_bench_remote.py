@@ -5,10 +5,13 @@ No engine is needed: the two sides here are recorders."""
 from __future__ import annotations
 
 import collections
+import os
+import subprocess
+import sys
 
 import pytest
 
-from npcai.bench.remote import _abba, _spread
+from npcai.bench.remote import _abba, _rounds, _spread
 
 
 def _recorders():
@@ -54,3 +57,16 @@ def test_a_row_reports_the_interval_of_its_ratio():
     assert 1.5 < slower["ratio_interval"][0] <= 2.0 <= slower["ratio_interval"][1] < 2.5
     assert slower["npcai_quartiles_ms"][1] == 40.0 and slower["direct_quartiles_ms"][1] == 20.0
     assert _spread([1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]) == {}  # too few to say
+
+
+def test_each_round_of_streams_notes_the_cpu_other_processes_used_in_it():
+    """A round taken beside a busy process measures that process too: the row's rounds say so."""
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass"
+
+    def beside_a_busy_process() -> tuple[float, int]:
+        subprocess.run([sys.executable, "-c", burn], check=True)
+        return 10.0, 128
+
+    out = _rounds(1, lambda: (20.0, 128), beside_a_busy_process, pids=[os.getpid()])
+    assert out["npcai"] == [20.0] and out["direct"] == [10.0] and out["direct_tokens"] == [128]
+    assert out["direct_other_cores"][0] > 0.3  # the 0.4 s of CPU the other process used, over the round

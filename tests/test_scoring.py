@@ -121,3 +121,22 @@ def test_options_that_start_alike_share_the_cells_of_their_common_start(model):
     finally:
         scorer.close()
         main.close()
+
+
+def test_only_rows_whose_next_token_is_scored_ask_for_logits(model):
+    """Each row that asks for logits pays the vocabulary's output projection (SmolLM2: about 7 of a 6-way
+    choice's 71 ms, docs/PERFORMANCE.md): the stem's last token and each distinct option start ask, and
+    nothing else does, not the situation's other tokens nor an option's last token."""
+    main = Context(model, n_ctx=2048, n_batch=512, n_seq=4, threads=2)
+    scorer = OptionScorer(model, prefix_cells=512, max_seqs=16, threads=2, flash_attn=None, main=main)
+    try:
+        stem = _stem(model, "A customer pays 20 gold for a shield.")
+        options = [model.tokenize(" " + o) for o in ["sell an item: shield", "sell an item: sword", "refuse"]]
+        tree = OptionTree(seq=-1, pos=0, pending=[0], all_logits=True, stems=[stem], options=options)
+        assert scorer.evaluate(tree) == 0
+        b = scorer.batch
+        asked = [int(r) for r in np.flatnonzero(b.logits[:b.n])]
+        assert asked == [len(stem) - 1, *range(len(stem), b.n)] and len(asked) == 1 + option_cells(options)
+    finally:
+        scorer.close()
+        main.close()

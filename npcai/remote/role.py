@@ -11,7 +11,6 @@ one without gets the error ``unavailable``.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import threading
 import time
@@ -28,13 +27,13 @@ from npcai.model.constraints import ConstraintCompiler
 from npcai.remote import template
 from npcai.remote.engines import llamacpp, sglang, vllm
 from npcai.remote.fair import FairGate
+from npcai.remote.history import History, OnEngine
 from npcai.remote.http import Upstream
 from npcai.remote.spec import Remote
 from npcai.sidecar.jobs import DECIDE_DEFAULTS, SAY_DEFAULTS, decide_prompt
 from npcai.sidecar.npc import DEFAULT_LEAD, Npc
 
 Emit = Callable[[dict[str, Any]], None]
-OnEngine = Callable[[Callable[[], None]], None]  # runs a function on the engine thread (Engine.call_soon)
 
 ADAPTERS = {m.NAME: m.Adapter for m in (llamacpp, vllm, sglang)}
 MAX_REQUEST_S = 120.0  # the longest a request without a deadline may take
@@ -48,9 +47,9 @@ def _wire(messages: list[tuple[str, str]]) -> list[dict[str, str]]:
 class RemoteRole:
     """The "runtime" of a role served by an engine: same ops, same replies, the model work elsewhere."""
 
-    def __init__(self, remote: Remote, upstream: Upstream, grammar_dir: Path, on_engine: OnEngine):
+    def __init__(self, remote: Remote, upstream: Upstream, grammar_dir: Path, history: History):
         self.spec, self.served = remote.spec, remote.served
-        self._on_engine = on_engine
+        self._history = history
         self.name = self.served.model
         self.adapter = (vllm.Adapter(self.served.version) if self.served.engine == vllm.NAME
                         else ADAPTERS[self.served.engine]())
@@ -97,25 +96,11 @@ class RemoteRole:
             if reason is None:
                 raise Unavailable(f"the engine at {self.spec.base_url} ended the stream without a finish reason")
             text = "".join(pieces)
-            recorded = self._record(npc, [("user", f["text"]), ("assistant", text)])
+            added = self._history.add(npc, [("user", f["text"]), ("assistant", text)])  # queued before done
             emit(P.done(req.id, text=text, value=text, tokens=int(usage.get("completion_tokens") or len(pieces)),
                         finish_reason="length" if reason == "length" else "stop", timed_out=False,
                         used_fallback=False, timing=clock.timing(), usage=_usage(usage)))
-            await asyncio.wrap_future(recorded)  # the NPC's next say reads the history with this turn in it
-
-    def _record(self, npc: Npc, turn: list[tuple[str, str]]) -> concurrent.futures.Future:
-        """Add an exchange to the NPC's history on the engine thread, the only one that changes NPC
-        state (observe, forget, load and local jobs run there), as one step: nothing lands between
-        its two messages. Queued before ``done`` goes out, so whatever the game sends after seeing
-        ``done`` finds the exchange in place. This thread only reads the history, by copying it."""
-        recorded: concurrent.futures.Future = concurrent.futures.Future()
-
-        def add() -> None:
-            npc.messages.extend(turn)
-            recorded.set_result(None)
-
-        self._on_engine(add)
-        return recorded
+            await added  # the NPC's next say reads the history with this turn in it
 
     # --- decide -----------------------------------------------------------------------------------
     async def decide(self, req: P.Request, npc: Npc, emit: Emit, clock: "_Clock", gate: FairGate) -> None:
@@ -247,6 +232,7 @@ class Hub:
                  client_tokens_per_s: float, on_engine: OnEngine):
         self.loop = asyncio.new_event_loop()
         self.gate = FairGate(connections, client_tokens_per_s)
+        self.history = History(on_engine)
         upstreams: dict[tuple[str, str], Upstream] = {}
         self.roles: dict[str, RemoteRole] = {}
         for role, remote in remotes.items():
@@ -254,15 +240,18 @@ class Hub:
             if key not in upstreams:
                 upstreams[key] = Upstream(remote.spec.base_url, remote.key, root=remote.spec.root,
                                           max_connections=connections)
-            self.roles[role] = RemoteRole(remote, upstreams[key], grammar_dir, on_engine)
+            self.roles[role] = RemoteRole(remote, upstreams[key], grammar_dir, self.history)
         self._upstreams = list(upstreams.values())
         self._tasks: dict[int, tuple[P.Request, asyncio.Task]] = {}
-        self.counters = {"requests": 0, "failed": 0, "cancelled": 0}
+        self.counters = {"requests": 0, "direct": 0, "failed": 0, "cancelled": 0}
         self._thread = threading.Thread(target=self.loop.run_forever, name="npcai-remote", daemon=True)
         self._thread.start()
 
-    def submit(self, rt: RemoteRole, req: P.Request, npc: Npc, emit: Emit) -> None:
-        """Start serving ``req`` (say or decide) on the loop; thread-safe."""
+    def submit(self, rt: RemoteRole, req: P.Request, npc: Npc, emit: Emit, *, direct: bool = False) -> None:
+        """Start serving ``req`` (say or decide) on the loop; thread-safe. ``direct``: it comes straight
+        from the socket thread (direct.py), not through the engine thread (counted, for ``stats``)."""
+        if direct:
+            self.counters["direct"] += 1  # the socket thread is the only one that writes this count
         self.loop.call_soon_threadsafe(self._start, rt, req, npc, emit)
 
     def cancel(self, req: P.Request, expired: bool) -> None:
@@ -312,6 +301,7 @@ class Hub:
         clock = _Clock(req)
         op = rt.say if req.op == "say" else rt.decide
         try:
+            await self.history.settled(npc)  # an exchange still on its way to the engine thread goes first
             await self.gate.acquire(req.client)
             try:
                 clock.started = time.monotonic()

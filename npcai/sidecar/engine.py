@@ -82,7 +82,7 @@ class Engine:
         self.admission = Admission(self.runtimes, self.limits)
         self.governor = Governor(settings.budget, settings.compute_threads, settings.n_batch)
         self.npcs: dict[str, Npc] = {}
-        self._anonymous = Npc("", ANONYMOUS_PERSONA)
+        self.anonymous = Npc("", ANONYMOUS_PERSONA)  # who a decide without an NPC is made as
         self.scheduler = Scheduler()
         self._inbox: queue.SimpleQueue[P.Request] = queue.SimpleQueue()
         self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # see call_soon
@@ -106,9 +106,14 @@ class Engine:
         self.counters = {"jobs_started": 0, "jobs_failed": 0, "cancelled": 0, "expired": 0, "preempted_steps": 0,
                          "shed": 0}
         self.failed = False  # the loop ended on a bug: nothing will be answered any more
+        # Requests submitted, and of those taken and handled, in order (the inbox is FIFO): a request
+        # numbered n by ``submitted`` has had its handler's effect once ``taken >= n`` (remote/direct.py).
+        self.submitted = 0
+        self.taken = 0
 
     # --- thread-safe entry points -----------------------------------------------------
     def submit(self, req: P.Request) -> None:
+        self.submitted += 1  # the socket thread is the only one that submits (see ``taken``)
         self._inbox.put(req)
         self.preemption.arrived(req)
         self._wake.set()
@@ -239,6 +244,7 @@ class Engine:
                 _, expired, _ = self._cancels.pop(id(req))
                 if not expired:
                     self.emit(req, P.cancelled(req.id))
+                self.taken += 1
                 continue
             try:
                 self._handlers[type(req)](req)
@@ -246,6 +252,7 @@ class Engine:
                 self.emit(req, P.error(req.id, err))
             except Exception:
                 self._internal(req, None)
+            self.taken += 1
 
     def _run_calls(self) -> None:
         while True:
@@ -410,7 +417,7 @@ class Engine:
     # --- one handler per request type ------------------------------------------------------
     def _npc(self, npc_id: str | None, required: bool = True) -> Npc:
         if npc_id is None and not required:
-            return self._anonymous
+            return self.anonymous
         npc = self.npcs.get(npc_id)
         if npc is None:
             raise UnknownNpc(f"no NPC {npc_id!r}; define it first with op 'npc'")

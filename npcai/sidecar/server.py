@@ -36,6 +36,7 @@ import zmq
 from npcai import __version__
 from npcai import protocol as P
 from npcai.errors import BadRequest, NpcaiError, Overloaded
+from npcai.remote.direct import DirectRoute
 from npcai.sidecar import curve, parent
 from npcai.sidecar.auth import TokenAuth
 from npcai.sidecar.curve import load_curve_allowed, load_curve_secret  # noqa: F401  (their old home)
@@ -86,6 +87,7 @@ class Server:
             self._auth, self.curve_public_key = curve.secure(self._zctx, self._router, settings)
         self._outbox = Outbox(self._zctx)  # the engine's replies
         self.engine: Engine = engine_factory(self._outbox.emit)
+        self._route = DirectRoute(self.engine)  # a remote role's say or decide may skip the engine thread
         self._inflight: dict[tuple[bytes, int], _Inflight] = {}
         self._per_client: collections.Counter[bytes] = collections.Counter()
         # heap of (deadline, tie-break, key, entry): an entry that ended early stays until compacted
@@ -278,7 +280,7 @@ class Server:
         self._per_client[client] += 1
         if req.deadline is not None:
             heapq.heappush(self._deadlines, (req.deadline, next(self._tiebreak), key, entry))
-        self.engine.submit(req)
+        self._route.submit(req)
 
     # --- immediate ops: one handler per request type (see __init__'s table) ----------------------
     def _on_hello(self, req: P.HelloRequest) -> None:
