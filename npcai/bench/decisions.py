@@ -14,6 +14,7 @@ from npcai.bench.workload import (
     SITUATIONS,
 )
 from npcai.client import Client
+from npcai.model.scoring import option_cells
 
 
 def run(b: Bench, c: Client) -> None:
@@ -26,7 +27,8 @@ def run(b: Bench, c: Client) -> None:
             replies.append(c.decide(SITUATIONS[i % len(SITUATIONS)], npc="grik", **fields))
             lat.append((time.perf_counter() - t) * 1000)
         gbnf = _gbnf_decisions(b, kind)
-        model_only = [_replay(b, r["usage"]) for r in replies[: max(4, b.reps // 3)]]
+        rows = _choice_rows(b) if kind == "choice" else 1
+        model_only = [_replay(b, r["usage"], rows) for r in replies[: max(4, b.reps // 3)]]
         r = b.report
         r.add("decision", f"{kind} p50", pct(lat, 50), pct(gbnf, 50), "llama-cpp-python grammar=GBNF",
               target=">= 3x faster (SmolLM2), 5x (Gemma)")
@@ -43,12 +45,20 @@ def run(b: Bench, c: Client) -> None:
         b.report.raw["outlines"] = "not installed"
 
 
-def _replay(b: Bench, usage: dict[str, int]) -> float:
-    """The same forward passes a decision made: its prompt batch, then its later steps."""
+def _replay(b: Bench, usage: dict[str, int], rows: int = 1) -> float:
+    """The same forward passes a decision made: its prompt batch (asking for ``rows`` logit rows), then
+    its later steps."""
     steps = max(1, usage["steps"])
     rest = usage["evaluated_tokens"] - usage["prompt_tokens"]
     later = [max(1, rest // (steps - 1))] * (steps - 1) if steps > 1 else []
-    return b.forward_ms(usage["cached_tokens"], [usage["prompt_tokens"], *later])
+    return b.forward_ms(usage["cached_tokens"], [usage["prompt_tokens"], *later], rows=rows)
+
+
+def _choice_rows(b: Bench) -> int:
+    """The logit rows a choice's option tree reads: the situation's last token and every option token
+    but each option's last (``scoring.option_cells``), the options as they follow the default lead."""
+    m, _, _ = b.native()
+    return 1 + option_cells([m.tokenize(" " + c, add_bos=False, special=False) for c in CHOICES])
 
 
 def _gbnf_decisions(b: Bench, kind: str) -> list[float]:

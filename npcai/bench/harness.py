@@ -77,9 +77,11 @@ class Bench:
             b.close(), ctx.close(), m.close()
         self._llama = None
 
-    def forward_ms(self, cached: int, batches: list[int], seqs: int = 1) -> float:
+    def forward_ms(self, cached: int, batches: list[int], seqs: int = 1, rows: int = 1) -> float:
         """Time llama.cpp evaluating ``batches`` (token counts) after ``cached`` tokens of context in
-        each of ``seqs`` sequences (each its own cells, as every NPC has its own history)."""
+        each of ``seqs`` sequences (each its own cells, as every NPC has its own history). The first
+        batch's last ``rows`` tokens ask for logits (a choice's option tree reads one row per option
+        token, and each row pays the whole vocabulary's output projection); later batches one."""
         m, ctx, b = self.native()
         for s in range(seqs):
             ctx.seq_rm(s)
@@ -95,15 +97,16 @@ class Bench:
                 pos += n
         pos = cached
         start = time.perf_counter()
-        for n in batches:
+        for k, n in enumerate(batches):
             b.clear()
             per = max(1, n // seqs)
+            ask = min(per, rows) if k == 0 else 1
             for s in range(seqs):
                 for i in range(per):
-                    b.add(tok, pos + i, s, i == per - 1)
+                    b.add(tok, pos + i, s, i >= per - ask)
             ctx.decode(b)
-            m_ = ctx.logits(b.n - 1, m.n_vocab)
-            m_.argmax()  # touch the logits like a sampler would
+            for row in range(b.n - ask, b.n):
+                ctx.logits(row, m.n_vocab).argmax()  # touch the logits like a sampler would
             pos += per
         return (time.perf_counter() - start) * 1000
 
