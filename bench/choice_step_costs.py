@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from npcai.bench.report import median_ms
 from npcai.bench.workload import CHOICES, SITUATIONS
 from npcai.demo import load_scenario
 from npcai.model import catalog, choices
@@ -38,15 +39,6 @@ from npcai.model.scoring import OptionTree, option_cells
 from npcai.sidecar.admission import load_runtimes
 from npcai.sidecar.npc import DEFAULT_LEAD, Npc, as_question
 from npcai.sidecar.settings import Settings
-
-
-def _median_ms(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def main(model: str, reps: int, threads: int) -> dict:
@@ -109,7 +101,7 @@ def main(model: str, reps: int, threads: int) -> dict:
                 scorer.ctx.seq_copy(0, seq, len(keep))
             b.logits[:n] = flagged
             assert decode(b) == 0
-        return _median_ms(run, reps * 6)
+        return median_ms(run, reps * 6)
 
     one = np.zeros_like(flags)
     one[np.flatnonzero(flags)[0]] = 1
@@ -131,7 +123,7 @@ def main(model: str, reps: int, threads: int) -> dict:
             for j in range(k):
                 pb.add(tail[j % len(tail)], len(keep) + j, 0, j >= k - n_rows)
             assert plain.decode(pb) == 0
-        return _median_ms(run, reps * 6)
+        return median_ms(run, reps * 6)
 
     out["llama_cpp_alone_ms"] = {f"{k} tokens, {r} rows": straight(k, r)
                                  for k, r in ((1, 1), (16, 1), (n, 1), (n, rows), (64, 1))}
@@ -152,7 +144,7 @@ def main(model: str, reps: int, threads: int) -> dict:
             fa.seq_copy(0, seq, len(keep))
         assert fa.decode(b) == 0
 
-    out["same_batch_flash_attn_on_ms"] = _median_ms(with_fa, reps * 6)
+    out["same_batch_flash_attn_on_ms"] = median_ms(with_fa, reps * 6)
     pb.close()
     fa.close()
     rt.close()

@@ -14,13 +14,12 @@ byte, beside the anchor. Run:
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from pathlib import Path
 
 import numpy as np
-from public_framings import Scorer  # beside this script
+from public_framings import Scorer, score_and_table  # beside this script
 
 from npcai.bench import quality
 from npcai.bench.anchor import Anchor
@@ -91,20 +90,7 @@ def table(path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("score")
-    a.add_argument("model")
-    a.add_argument("out", type=Path)
-    a.add_argument("--items", type=int, default=150)
-    a.add_argument("--data", default=None)
-    t = sub.add_parser("table")
-    t.add_argument("path", type=Path)
-    args = p.parse_args()
-    if args.cmd == "score":
-        score(args.model, args.out, args.items, quality.data_dir(args.data))
-    else:
-        table(args.path)
+    score_and_table(score, table)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -122,13 +123,15 @@ def table(path: Path) -> None:
                   " ".join(f"{c:6.1f}" for c in cols[3:]))
 
 
-def main() -> None:
+def score_and_table(score: Callable[[str, Path, int, Path], None], table: Callable[[Path], None],
+                    items: int = 150) -> None:
+    """The command line of a framing study: ``score MODEL OUT [--items N] [--data DIR]``, ``table OUT``."""
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("score")
     a.add_argument("model")
     a.add_argument("out", type=Path)
-    a.add_argument("--items", type=int, default=150)
+    a.add_argument("--items", type=int, default=items)
     a.add_argument("--data", default=None)
     t = sub.add_parser("table")
     t.add_argument("path", type=Path)
@@ -137,6 +140,10 @@ def main() -> None:
         score(args.model, args.out, args.items, quality.data_dir(args.data))
     else:
         table(args.path)
+
+
+def main() -> None:
+    score_and_table(score, table)
 
 
 if __name__ == "__main__":

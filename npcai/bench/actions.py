@@ -22,6 +22,7 @@ import jsonschema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from npcai.bench.report import median_ms
 from npcai.client import Client
 
 _PERSONA = "You are Brom, the blacksmith of Oakvale. You sell swords, shields and nails."
@@ -79,15 +80,6 @@ def validity(c: Client, n: int) -> tuple[int, int, list[Any]]:
     return valid, calls, bad
 
 
-def _p50(fn: Callable[[], Any], reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
-
-
 def cost(c: Client, reps: int) -> list[tuple[str, float, float]]:
     """(what, action decision p50 ms, choice decision p50 ms)."""
     out = []
@@ -109,8 +101,8 @@ def cost(c: Client, reps: int) -> list[tuple[str, float, float]]:
         act(), choose()  # warm: priors cached, schema compiled
         a_ms, c_ms = [], []
         for _ in range(reps):  # interleaved, so that both see the same machine
-            a_ms.append(_p50(act, 1))
-            c_ms.append(_p50(choose, 1))
+            a_ms.append(median_ms(act, 1))
+            c_ms.append(median_ms(choose, 1))
         out.append((label, statistics.median(a_ms), statistics.median(c_ms)))
     return out
 

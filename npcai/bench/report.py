@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -14,6 +16,16 @@ def pct(values: list[float], p: float) -> float | None:
         return None
     v = sorted(values)
     return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+
+
+def median_ms(fn: Callable[[], Any], reps: int) -> float:
+    """The median wall time of ``reps`` calls of ``fn``, in milliseconds."""
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
 
 
 def ms(seconds: float) -> float:
