@@ -134,6 +134,7 @@ class Server:
     def serve_forever(self) -> int:
         """Run until shutdown; the engine runs on its own thread meanwhile. Returns the exit code: 0, or 1
         when the engine failed."""
+        switch_interval = sys.getswitchinterval()  # put back at the end: an embedding process keeps its own
         sys.setswitchinterval(_GIL_SWITCH_S)  # the socket thread waits at most this long for the GIL
         engine_thread = threading.Thread(target=self._run_engine, name="npcai-engine", daemon=True)
         engine_thread.start()
@@ -173,6 +174,7 @@ class Server:
             if self.exit_reason:
                 log.warning("%s; shutting down", self.exit_reason)
             self._shutdown(engine_thread)
+            sys.setswitchinterval(switch_interval)
         return self.exit_code
 
     def _run_engine(self) -> None:
