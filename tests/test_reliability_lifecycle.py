@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 import time
 
 import pytest
@@ -110,20 +111,8 @@ def test_only_a_client_with_the_token_holds_the_lease(model_path):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
 def test_a_stopped_server_leaves_no_threads_and_no_open_socket_behind(model_path, village):
     """In-process (as a tool or test would embed it): after shutdown nothing of it keeps running."""
-    import threading
-
-    from npcai.cli import model_roles
-    from npcai.sidecar.engine import Engine
-    from npcai.sidecar.server import Server
-    from npcai.sidecar.settings import Settings
-
     before = set(threading.enumerate())
-    settings = Settings()
-    roles = model_roles([])
-    server = Server(settings, lambda emit: Engine(settings, roles, emit))
-    endpoint = server.bind()
-    loop = threading.Thread(target=server.serve_forever)
-    loop.start()
+    server, endpoint, loop = _serving_in_process()
     with Client(endpoint) as c:
         c.hello()
         c.npc("brom", village["npcs"]["brom"]["persona"])
@@ -143,20 +132,8 @@ def test_while_serving_another_thread_running_python_keeps_the_gil_from_the_sock
     """CPython lets a thread that runs Python keep the GIL 5 ms from one that wants it, and the vocabulary
     scan after a model loads (or the engine's bookkeeping) then held every reply 5 ms (docs/PERFORMANCE.md).
     Serving sets 0.5 ms, and an embedding process gets its own setting back when the server stops."""
-    import threading
-
-    from npcai.cli import model_roles
-    from npcai.sidecar.engine import Engine
-    from npcai.sidecar.server import Server
-    from npcai.sidecar.settings import Settings
-
     before = sys.getswitchinterval()
-    settings = Settings()
-    roles = model_roles([])
-    server = Server(settings, lambda emit: Engine(settings, roles, emit))
-    endpoint = server.bind()
-    loop = threading.Thread(target=server.serve_forever)
-    loop.start()
+    server, endpoint, loop = _serving_in_process()
     try:
         with Client(endpoint) as c:
             c.hello()
@@ -166,3 +143,19 @@ def test_while_serving_another_thread_running_python_keeps_the_gil_from_the_sock
         loop.join(10)
     assert serving <= 0.0005
     assert sys.getswitchinterval() == before
+
+
+def _serving_in_process():
+    """A server on the default model, embedded as a tool or test would: (server, endpoint, its loop's thread)."""
+    from npcai.cli import model_roles
+    from npcai.sidecar.engine import Engine
+    from npcai.sidecar.server import Server
+    from npcai.sidecar.settings import Settings
+
+    settings = Settings()
+    roles = model_roles([])
+    server = Server(settings, lambda emit: Engine(settings, roles, emit))
+    endpoint = server.bind()
+    loop = threading.Thread(target=server.serve_forever)
+    loop.start()
+    return server, endpoint, loop
