@@ -10,9 +10,10 @@ import numpy as np
 from npcai import protocol as P
 from npcai.model import penalties
 from npcai.model.lines import Sentences, ends_sentence
+from npcai.model.naming import NameGuard
 from npcai.model.sampling import Draw, sample_tokens
 from npcai.sidecar.jobs.base import NpcWriter, fit
-from npcai.sidecar.npc import Npc
+from npcai.sidecar.npc import Npc, persona_name
 
 SAY_DEFAULTS = {"max_tokens": 64, "temperature": 0.7, "top_k": 40, "top_p": 0.95}
 SOFT_SHARE = 0.75  # a line's soft limit, as a share of its max_tokens, when the request sets none
@@ -43,6 +44,8 @@ class SayJob(NpcWriter):
         self._sentences = Sentences()
         self._said: list[int] = []  # tokens of the NPC's last lines (see start)
         self.drawn: int | None = None  # the next token, when the engine sampled it with other streams'
+        name = persona_name(npc.persona)
+        self._name = NameGuard(rt.model, name) if name else None  # the NPC introduces itself by its name
 
     def start(self) -> None:
         self.claim()
@@ -54,11 +57,14 @@ class SayJob(NpcWriter):
 
     def draw(self) -> Draw:
         """What the next token is sampled from, once a step has given the lane its logits: repetition
-        is penalised, and past the soft limit sentence ends are favoured."""
+        is penalised, past the soft limit sentence ends are favoured, and where the NPC says who it
+        is, its persona's name takes the place of any other (``naming.py``)."""
         logits = self.rt.logits(self.lanes[0].rows[-1])
         penalties.dry(logits, self._said + self.generated)
         if len(self.generated) >= self.soft_tokens:
             logits[self.rt.sentence_end_tokens] += SENTENCE_END_BIAS
+        if self._name is not None:
+            self._name.adjust(logits, self._text, self.temperature)
         return (logits, self.temperature, self.top_k, self.top_p, self.rng.random())
 
     def advance(self) -> None:
@@ -68,6 +74,8 @@ class SayJob(NpcWriter):
             tok = sample_tokens([self.draw()])[0]
         if self.rt.model.is_eog(tok):
             return self._end("stop")
+        if self._name is not None:
+            self._name.observe(tok)
         self.generated.append(tok)
         self._text += self._decoder.decode(self.rt.model.piece(tok))
         if self.first_token_at is None:
