@@ -4,11 +4,12 @@ start by closing a JSON array or object (the guards of ``penalties.forbid`` and 
 They take every token's piece, one ctypes call a token (Gemma: 262k, 0.4 s), which on a background
 thread held the GIL against the socket thread right after a start (docs/PERFORMANCE.md, section 6). So
 the pieces are classified with numpy, a slice at a time, rather than token by token, and the masks are kept on
-disk per model file: a later start of the same file reads 100 KB instead of scanning.
+disk per model file: a later start of the same file reads 100 KB instead of scanning (about 1 ms).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -73,7 +74,10 @@ def _classify_slice(pieces: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def _cache_file(model_path: Path) -> Path:
-    return cache_dir() / "vocab-masks" / f"{model_path.name}.npz"
+    """One file per model file, in the user cache dir (never beside the model: a bundle's folder may be
+    read-only); named by where the model is too, as a bundle's copy and a pulled one share a name."""
+    where = hashlib.sha256(str(model_path.resolve()).encode()).hexdigest()[:12]
+    return cache_dir() / "vocab-masks" / f"{model_path.name}-{where}.npz"
 
 
 def _key(model: Model) -> np.ndarray:
