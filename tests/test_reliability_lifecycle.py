@@ -148,6 +148,7 @@ def test_while_serving_another_thread_running_python_keeps_the_gil_from_the_sock
     assert sys.getswitchinterval() == before
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
 def test_an_answer_the_engine_ends_after_its_deadline_is_never_sent_the_marked_fallback_is(village):
     """The engine's done for a say reaches the socket thread after the say's deadline: the server drops it and
     sends the marked fallback, with the text already streamed, so no answer is ever late. This test is the
