@@ -61,7 +61,7 @@ def main(model: str, reps: int, threads: int) -> dict:
              "and the options again": option_cells(options)}
     assert all(s[:len(keep)] == keep for s in stems), "the NPC's prefix is every stem's start"
     assert all(s[-len(lead):] == lead for s in stems)
-    scorer = rt.scorer
+    scorer = rt.scorer()
     decode, readout = scorer.ctx.decode, scorer._scores
     timed: dict[str, list[float]] = {"evaluate": [], "decode": [], "readout": []}
 

@@ -57,7 +57,7 @@ def test_the_manifest_lists_every_file_the_models_and_the_versions(bundle):
 def test_the_bundle_carries_the_licences_and_leaves_out_what_the_sidecar_never_imports(bundle):
     licences = {p.relative_to(bundle / "licenses").as_posix() for p in (bundle / "licenses").rglob("*")}
     assert {"llama.cpp-MIT.txt", "Apache-2.0.txt", "SmolLM2-NOTICE.txt", "Python-LICENSE.txt"} <= licences
-    for dist in ("numpy", "pyzmq", "llguidance", "msgpack", "llama_cpp_python"):
+    for dist in ("numpy", "pyzmq", "llguidance", "msgpack", "llama_cpp_python", "gguf", "platformdirs"):
         assert any(name.startswith(dist + "/") for name in licences), f"no licence of {dist}"
     files = set(_files(bundle))
     for absent in ("numba/", "llvmlite/", "matplotlib/", "/tests/", "/include/"):

@@ -22,7 +22,7 @@ from typing import TextIO
 import npcai
 from npcai import protocol
 from npcai.bundle import kernels, manifest
-from npcai.bundle.licences import model_terms, write_licences
+from npcai.bundle.licences import archived_modules, model_terms, write_licences
 from npcai.cli import model_roles
 from npcai.errors import NpcaiError
 from npcai.model import catalog
@@ -36,7 +36,7 @@ EXCLUDED = ("numba", "llvmlite", "matplotlib", "scipy", "tkinter", "_tkinter", "
             "hypothesis", "pandas", "setuptools", "pip", "npcai.bench", "npcai.demo", "npcai.bundle.builder",
             "llama_cpp.server", "llama_cpp.mtmd_cpp", "llama_cpp.llava_cpp", "pydoc", "unittest", "doctest",
             "transformers", "huggingface_hub", "torch", "tensorflow", "jax", "sklearn", "sympy", "tokenizers",
-            "outlines_core", "jsonschema", "cryptography", "yaml", "requests", "urllib3", "certifi",
+            "outlines_core", "jsonschema", "cryptography", "requests", "urllib3", "certifi",
             "charset_normalizer", "readline", "curses", "xmlrpc", "http.server", "lib2to3")
 
 
@@ -70,8 +70,8 @@ def build_bundle(out: Path, specs: list[str], *, force: bool = False, log: TextI
         folder = _freeze(work, kernel, log)
         _prune(folder / "_internal")
         shipped = _add_models(folder, roles, log)
-        dists = write_licences(folder / "licenses", folder / "_internal",
-                               [m["name"] for m in shipped.values()])
+        dists = write_licences(folder / "licenses", folder / "_internal", [m["name"] for m in shipped.values()],
+                               archived_modules(folder / executable_name()))
         print(f"licences of llama.cpp, the models and {len(dists)} Python distributions -> licenses/", file=log)
         manifest.write(folder, models=shipped, versions={
             "npcai": npcai.__version__, "protocol": protocol.VERSION, "executable": executable_name()})

@@ -21,9 +21,11 @@ def model_terms(name: str | None) -> str:
     return MODEL_TERMS[name][0] if name in MODEL_TERMS else UNKNOWN_TERMS
 
 
-def write_licences(target: Path, internal: Path, model_names: list[str | None]) -> list[str]:
-    """Fill ``target`` with the licences of what ``internal`` (PyInstaller's library folder) holds and of
-    the models; return the names of the Python distributions whose licences were found."""
+def write_licences(target: Path, internal: Path, model_names: list[str | None],
+                   archived: set[str] = frozenset()) -> list[str]:
+    """Fill ``target`` with the licences of what the bundle holds, in ``internal`` (PyInstaller's library
+    folder) or among the ``archived`` top-level modules (``archived_modules``), and of the models; return
+    the names of the Python distributions whose licences were found."""
     target.mkdir(parents=True, exist_ok=True)
     texts = resources.files("npcai.bundle") / "licenses"
     wanted = {"llama.cpp-MIT.txt", *(f for n in model_names if n in MODEL_TERMS for f in MODEL_TERMS[n][1])}
@@ -35,7 +37,7 @@ def write_licences(target: Path, internal: Path, model_names: list[str | None]) 
             shutil.copyfile(candidate, target / "Python-LICENSE.txt")
             break
     found = []
-    for dist in _bundled_distributions(internal):
+    for dist in _bundled_distributions(internal, archived):
         files = [f for f in dist.files or () if ".dist-info" in str(f) and any(m in f.name.upper() for m in _MARKERS)]
         if not files:
             continue
@@ -47,8 +49,19 @@ def write_licences(target: Path, internal: Path, model_names: list[str | None]) 
     return found
 
 
-def _bundled_distributions(internal: Path):
-    """Installed distributions with a top-level module or package inside ``internal``."""
+def archived_modules(executable: Path) -> set[str]:
+    """Top-level names of the modules PyInstaller archived inside ``executable``. Pure-Python packages
+    (jinja2, platformdirs, gguf…) live there, not as folders in ``_internal``: found by folder alone,
+    their licences were left out."""
+    from PyInstaller.archive.readers import CArchiveReader
+
+    archive = CArchiveReader(str(executable))
+    return {module.split(".")[0] for name in archive.toc if name.endswith(".pyz")
+            for module in archive.open_embedded_archive(name).toc}
+
+
+def _bundled_distributions(internal: Path, archived: set[str]):
+    """Installed distributions with a top-level module or package inside ``internal`` or among ``archived``."""
     seen = set()
     for dist in metadata.distributions():
         name = dist.metadata["Name"]
@@ -56,6 +69,7 @@ def _bundled_distributions(internal: Path):
             continue
         tops = {Path(str(f)).parts[0] for f in dist.files or () if ".dist-info" not in Path(str(f)).parts[0]}
         tops |= {t.split(".")[0] for t in tops}
-        if any((internal / t).exists() for t in tops if t and t not in ("..", "bin", "include", "share")):
+        tops -= {"", "..", "bin", "include", "share"}
+        if any(t in archived or (internal / t).exists() for t in tops):
             seen.add(name.lower())
             yield dist

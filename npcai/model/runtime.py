@@ -82,20 +82,21 @@ class Runtime:
         self.choice_temperature = choice_temperature  # probs' temperature, fitted per model
         self.choice_temperature_power = choice_temperature_power  # and how it varies with the number of options
         self._flash_attn = flash_attn
-        self._scorer: OptionScorer | None = None
+        self._scorers: dict[LoraAdapter | None, OptionScorer] = {}  # by adapter: the model's own, and each adapter's
         self.adapters: dict[str, LoraAdapter] = {}  # role -> the LoRA adapter of its choice decisions
 
     #: Sequences the option scorer holds: an option set of up to 64, under the situation and under its prior.
     SCORER_SEQS = 128
 
-    @property
-    def scorer(self) -> OptionScorer:
-        """The option scorer, made at the first choice decision (its cache is about a quarter of the main one)."""
-        if self._scorer is None:
-            self._scorer = OptionScorer(self.model, prefix_cells=self.ctx.n_ctx // self.ctx.n_seq,
-                                        max_seqs=self.SCORER_SEQS, threads=self.ctx.threads,
-                                        flash_attn=self._flash_attn, main=self.ctx)
-        return self._scorer
+    def scorer(self, adapter: LoraAdapter | None = None) -> OptionScorer:
+        """The option scorer of the model alone, or of ``adapter``'s merged weights, made at its first
+        choice decision (its cache is about a quarter of the main one)."""
+        scorer = self._scorers.get(adapter)
+        if scorer is None:
+            scorer = self._scorers[adapter] = OptionScorer(
+                adapter.model if adapter else self.model, prefix_cells=self.ctx.n_ctx // self.ctx.n_seq,
+                max_seqs=self.SCORER_SEQS, threads=self.ctx.threads, flash_attn=self._flash_attn, main=self.ctx)
+        return scorer
 
     @property
     def digit_mask(self) -> np.ndarray:
@@ -244,11 +245,12 @@ class Runtime:
         for tree in trees:
             if rc != 0:
                 break
+            scorer = self.scorer(tree.adapter)
             t0 = time.perf_counter()
-            rc = self.scorer.evaluate(tree)
+            rc = scorer.evaluate(tree)
             self.stats["compute_ms"] += (time.perf_counter() - t0) * 1e3
             if rc == 0:
-                self.stats["tokens"] += self.scorer.batch.n
+                self.stats["tokens"] += scorer.batch.n
                 self.stats["steps"] += not lanes
         return STEP_OK if rc == 0 else _KV_FULL if rc == 1 else _ABORTED if rc == 2 else StepResult("failed", rc)
 
@@ -290,9 +292,11 @@ class Runtime:
             self._vocab_masks.exception()  # a scan under way reads the vocabulary: let it end before the model goes
         self.compiler.close()
         self.batch.close()
-        if self._scorer is not None:
-            self._scorer.close()
+        for scorer in self._scorers.values():
+            scorer.close()
         self.ctx.close()
+        for adapter in self.adapters.values():
+            adapter.close()
         self.model.close()
 
 

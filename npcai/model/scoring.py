@@ -15,7 +15,8 @@ options in one step took 1.17x the situation's step alone; the two-step, copy-pe
 1.62x. The scores equal those of each option scored in a sequence of its own, within the
 half-precision rounding of llama.cpp's CPU flash attention (under 0.3 nats; tests/test_scoring.py).
 
-A role's LoRA adapter (``adapter.py``) applies here, to the trees of that role's decisions only.
+A role with a LoRA adapter has a scorer of its own, on the adapter's merged weights (``adapter.py``), for
+the trees of that role's decisions only.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from npcai.model import adapter as lora
+from npcai.model.adapter import LoraAdapter
 from npcai.model.choices import first_tokens, log_softmax_at
 from npcai.model.kv import KvSeq, Lane
 from npcai.model.native import Batch, Context, Model, single_stream_state
@@ -45,7 +46,7 @@ class OptionTree(Lane):
     options: list[list[int]] = field(default_factory=list)
     source: KvSeq | None = None  # the NPC whose evaluated prefix is copied from the main cache
     keep: int = 0  # how much of the stems' common start to keep cached here (the NPC's persona and history)
-    adapter: lora.LoraAdapter | None = None  # the deciding role's LoRA adapter, if it has one
+    adapter: LoraAdapter | None = None  # the deciding role's LoRA adapter, if it has one: whose scorer scores it
     scores: list[np.ndarray] = field(default_factory=list)
 
 
@@ -62,7 +63,10 @@ def option_cells(options: list[list[int]]) -> int:
 
 
 class OptionScorer:
-    """A unified KV cache beside a runtime's main one, for option trees (one per step, one model step each)."""
+    """A unified KV cache beside a runtime's main one, for option trees (one per step, one model step each).
+
+    ``model`` is the runtime's own, or an adapter's merged weights: the NPC's cells copied over from the
+    main cache were evaluated by the model alone, as a run-time adapter would have left them."""
 
     def __init__(self, model: Model, *, prefix_cells: int, max_seqs: int, threads: int,
                  flash_attn: bool | None, main: Context):
@@ -75,7 +79,6 @@ class OptionScorer:
         self._main = main
         self._n_vocab = model.n_vocab
         self._cached: list[int] = []  # the tokens sequence 0 holds: the last tree's NPC prefix
-        self._adapter: lora.LoraAdapter | None = None  # the adapter this context evaluates with
         self.stats = {"trees": 0, "prefix_loads": 0, "loaded_cells": 0}
 
     def fits(self, stems: list[list[int]], options: list[list[int]]) -> bool:
@@ -85,11 +88,6 @@ class OptionScorer:
         """Score ``tree`` in one step. Returns llama_decode's code (0 on success)."""
         if self.ctx.threads != self._main.threads:
             self.ctx.set_threads(self._main.threads)
-        if tree.adapter is not self._adapter:  # cells evaluated under another adapter are not reused
-            lora.use(self.ctx, tree.adapter)
-            self._adapter = tree.adapter
-            self.ctx.seq_rm(0)
-            self._cached = []
         stems, options = tree.stems, tree.options
         root = _common_prefix_all(stems)
         have = self._prefix(tree, root)
@@ -123,7 +121,7 @@ class OptionScorer:
         self.stats["trees"] += 1
         return 0
 
-    def evaluated(self, stem: list[int], source: KvSeq | None, adapter: lora.LoraAdapter | None = None) -> int:
+    def evaluated(self, stem: list[int], source: KvSeq | None) -> int:
         """How much of ``stem`` a tree would find evaluated, here or in ``source`` (the NPC's cells, live
         or parked), short of its last token: what a decision's step will not have to evaluate.
 
@@ -131,7 +129,7 @@ class OptionScorer:
         took its sequence) look like its whole persona: a 33-token step estimated at 96 tokens, which
         the engine shed as hopeless, decision after decision, although this cache still held it."""
         limit = len(stem) - 1
-        here = min(common_prefix(self._cached, stem), limit) if adapter is self._adapter else 0
+        here = min(common_prefix(self._cached, stem), limit)
         return max(here, _source_prefix(source, stem, limit))
 
     def _prefix(self, tree: OptionTree, root: int) -> int:

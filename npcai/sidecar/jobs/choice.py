@@ -51,14 +51,14 @@ class ChoiceDecideJob(Decision):
             prior = choices.prior_prompt(self.rt, self.npc, content_free, self.lead)
             if prior != target:
                 stems.append(prior)
-        scorer = self.rt.scorer
+        scorer = self.rt.scorer(self.adapter)
         if len(stems) > 1 and not scorer.fits(stems, self.options):
             stems, self._new_prior = stems[:1], False  # too big to score with its prior: goes without it
         if not scorer.fits(stems, self.options):
             raise TooLarge("these options are too many or too long to score together "
                            f"(at most {scorer.max_seqs // 2} options and {TREE_ROOM} tokens of situation and options)")
         keep = self.rt.prefix_tokens(self.npc.chat())  # the NPC's persona and history: kept cached for its next decision
-        cached = scorer.evaluated(target, self._kv, self.adapter)
+        cached = scorer.evaluated(target, self._kv)
         pending = len(target) - cached + sum(len(s) - common_prefix(s, target) for s in stems[1:])
         pending += len(stems) * option_cells(self.options)  # shared starts count once, as evaluated
         tree = OptionTree(seq=-1, pos=cached, pending=[0] * pending, all_logits=True, stems=stems,
