@@ -32,7 +32,10 @@ Needs ``pip install torch==2.13.0 transformers peft gguf`` (not npcai's own depe
 The adapter npcai ships (npcai/data/adapters/smollm2-135m-decision.gguf) came from
 ``train --out DIR --mlp --copa 100 --items 487`` (chosen over attention only, all of COPA's
 development half, on the validation split); the product scores it with
-``npcai bench --only quality --lora decision=smollm2-135m-decision``.
+``npcai bench --only quality --lora decision=smollm2-135m-decision``. Gemma's,
+npcai/data/adapters/gemma3-270m-decision.gguf, came from ``train --model gemma3-270m --out DIR --mlp
+--copa 100 --minutes 9`` (614 items; ``--items 614`` repeats its length; chosen over ``--copa 300`` on the
+validation split).
 
 The figures are in docs/QUALITY.md ("A decision adapter").
 """
