@@ -164,10 +164,19 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "list":
+        from npcai.model.merged import merged_path
+
         for name, m in catalog.CATALOG.items():
             mark = "pulled" if catalog.is_pulled(name) else "-"
             default = " (default)" if name == catalog.DEFAULT_MODEL else ""
-            print(f"{name:<14} {m.size / 1e6:6.0f} MB  {mark:<7} {m.description}{default}")
+            print(f"{name:<22} {m.size / 1e6:6.0f} MB  {mark:<7} {m.description}{default}")
+        print("adapters (--lora ROLE=NAME; merged: its model's weights with it merged in are in the cache):")
+        for name, a in catalog.ADAPTERS.items():
+            _, path, _ = catalog.resolve_adapter(name)
+            merged = catalog.is_pulled(a.base) and merged_path(catalog.run_path(a.base), path,
+                                                                catalog.cache_dir()).is_file()
+            print(f"{name:<22} {path.stat().st_size / 1e6:6.0f} MB  {'merged' if merged else '-':<7} "
+                  f"for {a.base}: {a.description}")
         return 0
     if not args.name:
         raise NpcaiError(f"npcai models {args.action} needs a model name")

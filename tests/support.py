@@ -42,3 +42,36 @@ def shared_data(name: str) -> Path:
     if not folder.is_dir():
         pytest.skip(f"no data folder {folder} (set NPCAI_DATA to a folder holding {name}/)")
     return folder
+
+
+def options_scored_alone(model, stem: list[int], options: list[list[int]], adapter=None):
+    """Each option's log-likelihood after ``stem``, the stem and the option alone in a plain sequence, as
+    lm-evaluation-harness scores them; with ``adapter`` (a llama.cpp LoRA handle) applied at run time."""
+    import ctypes
+
+    import llama_cpp as L
+    import numpy as np
+
+    from npcai.model.choices import first_tokens, log_softmax_at
+    from npcai.model.native import Batch, Context
+
+    ctx = Context(model, n_ctx=1024, n_batch=512, n_seq=1, threads=2)
+    if adapter is not None:
+        assert L.llama_set_adapters_lora(ctx.handle, (L.llama_adapter_lora_p_ctypes * 1)(adapter), 1,
+                                         (ctypes.c_float * 1)(1.0)) == 0
+    b = Batch(512)
+    out = []
+    try:
+        for opt in options:
+            ctx.seq_rm(0)
+            b.clear()
+            rows = [b.add(t, i, 0, True) for i, t in enumerate(stem + opt[:-1])]
+            assert ctx.decode(b) == 0
+            score = first_tokens(ctx.logits(rows[len(stem) - 1], model.n_vocab), [opt])[0]
+            for j, tok in enumerate(opt[1:]):
+                score += log_softmax_at(ctx.logits(rows[len(stem) + j], model.n_vocab), [tok])[0]
+            out.append(score)
+    finally:
+        b.close()
+        ctx.close()
+    return np.array(out)

@@ -40,6 +40,8 @@ def test_an_endpoint_in_use_fails_in_one_line(model_path):
 def test_models_list_and_path(model_path):
     listed = run_cli("models", "list")
     assert listed.returncode == 0 and "smollm2-135m" in listed.stdout and "(default)" in listed.stdout
+    adapters = listed.stdout.split("adapters (--lora", 1)[1]
+    assert "smollm2-135m-decision" in adapters and "for smollm2-135m" in adapters, listed.stdout
     path = run_cli("models", "path", "smollm2-135m")
     assert path.returncode == 0 and path.stdout.strip() == str(model_path)
 

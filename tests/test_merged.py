@@ -3,16 +3,14 @@ applying the adapter at run time does, and is made once per model and adapter.""
 
 from __future__ import annotations
 
-import ctypes
-
 import llama_cpp as L
 import numpy as np
 import pytest
+from support import options_scored_alone
 
 from npcai.model import catalog
-from npcai.model.choices import first_tokens, log_softmax_at
 from npcai.model.merged import merged_weights
-from npcai.model.native import Batch, Context, Model
+from npcai.model.native import Model
 
 ADAPTER = "smollm2-135m-decision"
 #: Nats an option's summed log-likelihood may move. Not the merge's rounding: the same weights through another
@@ -44,29 +42,9 @@ def models(model_path, tmp_path_factory):
 
 def _scores(model: Model, handle, persona: str, situation: str, options: list[str]) -> np.ndarray:
     """Each option's log-likelihood after the question, alone in its sequence; with ``handle`` applied at run time."""
-    ctx = Context(model, n_ctx=1024, n_batch=512, n_seq=1, threads=2)
-    if handle is not None:
-        assert L.llama_set_adapters_lora(ctx.handle, (L.llama_adapter_lora_p_ctypes * 1)(handle), 1,
-                                         (ctypes.c_float * 1)(1.0)) == 0
-    b = Batch(512)
     text = model.apply_chat_template([("system", persona), ("user", situation + " What should you do?")], True)
     stem = model.tokenize(text + "I should")
-    out = []
-    try:
-        for option in options:
-            opt = model.tokenize(" " + option)
-            ctx.seq_rm(0)
-            b.clear()
-            rows = [b.add(t, i, 0, True) for i, t in enumerate(stem + opt[:-1])]
-            assert ctx.decode(b) == 0
-            score = first_tokens(ctx.logits(rows[len(stem) - 1], model.n_vocab), [opt])[0]
-            for j, tok in enumerate(opt[1:]):
-                score += log_softmax_at(ctx.logits(rows[len(stem) + j], model.n_vocab), [tok])[0]
-            out.append(score)
-    finally:
-        b.close()
-        ctx.close()
-    return np.array(out)
+    return options_scored_alone(model, stem, [model.tokenize(" " + o) for o in options], handle)
 
 
 @pytest.mark.parametrize("persona, situation, options", CASES)

@@ -8,10 +8,13 @@ import sys
 import threading
 import time
 
+import msgpack
 import pytest
+import zmq
 from support import assert_one_line_failure, run_cli
 
 from npcai import Client, Sidecar
+from npcai import protocol as P
 
 # --- clear failures at start -------------------------------------------------------------------
 
@@ -145,8 +148,70 @@ def test_while_serving_another_thread_running_python_keeps_the_gil_from_the_sock
     assert sys.getswitchinterval() == before
 
 
-def _serving_in_process():
-    """A server on the default model, embedded as a tool or test would: (server, endpoint, its loop's thread)."""
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
+def test_an_answer_the_engine_ends_after_its_deadline_is_never_sent_the_marked_fallback_is(village):
+    """The engine's done for a say reaches the socket thread after the say's deadline: the server drops it and
+    sends the marked fallback, with the text already streamed, so no answer is ever late. This test is the
+    socket thread, taking its loop's steps in order (read, send the engine's replies, expire deadlines); the
+    say's deadline_ms is 0, so it has passed before the engine starts, and the engine's done is certainly late."""
+    server, endpoint = _server_in_process()
+    engine = threading.Thread(target=server._run_engine, daemon=True)
+    engine.start()
+    game = zmq.Context.instance().socket(zmq.DEALER)
+    game.setsockopt(zmq.LINGER, 0)
+    game.connect(endpoint)
+    try:
+        game.send(msgpack.packb({"v": 1, "id": 1, "op": "npc", "npc": "brom",
+                                 "persona": village["npcs"]["brom"]["persona"]}))
+        _admit(server)
+        _engine_ends(server, 1)
+        server._send_replies()
+        assert _replies_until_the_end(game)[-1]["event"] == P.OK
+        game.send(msgpack.packb({"v": 1, "id": 2, "op": "say", "npc": "brom", "text": "Hello there.",
+                                 "max_tokens": 4, "deadline_ms": 0, "fallback": "Hm?"}))
+        _admit(server)
+        engines = _engine_ends(server, 2)
+        assert engines["event"] == P.DONE and not engines.get("timed_out")  # the engine's own answer, in full
+        server._send_replies()
+        server._expire_deadlines()
+        replies = _replies_until_the_end(game)
+    finally:
+        game.close()
+        server.stop()
+        server._shutdown(engine)
+    done = replies[-1]
+    assert done["event"] == P.DONE and done["timed_out"] and done["used_fallback"] and done["value"] == "Hm?"
+    assert done["text"] == "".join(r["text"] for r in replies if r["event"] == P.TOKEN)
+
+
+def _admit(server) -> None:
+    """The socket thread's read: wait for a request's frame, then admit it."""
+    assert server._router.poll(10_000), "no request arrived"
+    server._read_requests()
+
+
+def _engine_ends(server, rid: int) -> dict:
+    """Wait on the outbox's wake-ups, as the socket thread does, until the engine's last reply to ``rid`` is queued
+    (not yet sent); that reply."""
+    while True:
+        for req, reply in server._outbox.replies:
+            if req.id == rid and reply["event"] in P.TERMINAL_EVENTS:
+                return reply
+        assert server._outbox.pull.poll(60_000), "the engine said nothing for a minute"
+        server._outbox.drain_signals()
+
+
+def _replies_until_the_end(game) -> list[dict]:
+    """What the game receives, up to and with the first reply that ends a request."""
+    replies = []
+    while not replies or replies[-1]["event"] not in P.TERMINAL_EVENTS:
+        assert game.poll(10_000), f"no end after {replies}"
+        replies.append(msgpack.unpackb(game.recv()))
+    return replies
+
+
+def _server_in_process():
+    """A server on the default model, embedded as a tool or test would, bound but not serving: (server, endpoint)."""
     from npcai.cli import model_roles
     from npcai.sidecar.engine import Engine
     from npcai.sidecar.server import Server
@@ -155,7 +220,12 @@ def _serving_in_process():
     settings = Settings()
     roles = model_roles([])
     server = Server(settings, lambda emit: Engine(settings, roles, emit))
-    endpoint = server.bind()
+    return server, server.bind()
+
+
+def _serving_in_process():
+    """A server on the default model, embedded as a tool or test would: (server, endpoint, its loop's thread)."""
+    server, endpoint = _server_in_process()
     loop = threading.Thread(target=server.serve_forever)
     loop.start()
     return server, endpoint, loop

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support import options_scored_alone
 
-from npcai.model.choices import first_tokens, log_softmax_at
 from npcai.model.kv import KvSeq
 from npcai.model.native import Batch, Context, Model
 from npcai.model.scoring import OptionScorer, OptionTree, option_cells, tree_cells
@@ -30,27 +30,6 @@ def _stem(model: Model, situation: str) -> list[int]:
     return model.tokenize(text + "The sensible thing to do is to")
 
 
-def _one_by_one(model: Model, stem: list[int], options: list[list[int]]) -> np.ndarray:
-    """Each option scored alone: the stem and the option in one plain sequence, as lm-evaluation-harness does."""
-    ctx = Context(model, n_ctx=1024, n_batch=512, n_seq=1, threads=2)
-    b = Batch(512)
-    out = []
-    try:
-        for opt in options:
-            ctx.seq_rm(0)
-            b.clear()
-            rows = [b.add(t, i, 0, True) for i, t in enumerate(stem + opt[:-1])]
-            assert ctx.decode(b) == 0
-            score = first_tokens(ctx.logits(rows[len(stem) - 1], model.n_vocab), [opt])[0]
-            for j, tok in enumerate(opt[1:]):
-                score += log_softmax_at(ctx.logits(rows[len(stem) + j], model.n_vocab), [tok])[0]
-            out.append(score)
-    finally:
-        b.close()
-        ctx.close()
-    return np.array(out)
-
-
 def test_a_tree_scores_every_option_as_scoring_each_alone_does(model):
     main = Context(model, n_ctx=2048, n_batch=512, n_seq=4, threads=2)
     scorer = OptionScorer(model, prefix_cells=512, max_seqs=16, threads=2, flash_attn=None, main=main)
@@ -60,8 +39,8 @@ def test_a_tree_scores_every_option_as_scoring_each_alone_does(model):
         options = [model.tokenize(" " + o) for o in OPTIONS]
         tree = OptionTree(seq=-1, pos=0, pending=[0], all_logits=True, stems=[stem, prior], options=options)
         assert scorer.evaluate(tree) == 0
-        assert np.allclose(tree.scores[0], _one_by_one(model, stem, options), atol=NUMERIC)
-        assert np.allclose(tree.scores[1], _one_by_one(model, prior, options), atol=NUMERIC)
+        assert np.allclose(tree.scores[0], options_scored_alone(model, stem, options), atol=NUMERIC)
+        assert np.allclose(tree.scores[1], options_scored_alone(model, prior, options), atol=NUMERIC)
         assert np.abs(tree.scores[0] - tree.scores[1]).max() > 1.0, "each stem's options see only their own stem"
     finally:
         scorer.close()
@@ -89,7 +68,7 @@ def test_the_npcs_evaluated_prefix_is_moved_over_not_evaluated_again(model):
         assert scorer.evaluate(tree) == 0
         assert scorer.stats["prefix_loads"] == 1 and scorer.stats["loaded_cells"] == len(persona)
         assert scorer.batch.n == 12 + option_cells(options)  # only the situation's end and the options
-        assert np.allclose(tree.scores[0], _one_by_one(model, stem, options), atol=NUMERIC)
+        assert np.allclose(tree.scores[0], options_scored_alone(model, stem, options), atol=NUMERIC)
         gave_way = KvSeq(seq=None, tokens=[])  # the NPC's sequence went to another's stream, nothing parked
         assert scorer.evaluated(stem, gave_way) == len(persona)
         again = OptionTree(seq=-1, pos=0, pending=[0], all_logits=True, stems=[stem], options=options,
@@ -114,7 +93,7 @@ def test_options_that_start_alike_share_the_cells_of_their_common_start(model):
         options = [model.tokenize(" " + o) for o in texts]
         tree = OptionTree(seq=-1, pos=0, pending=[0], all_logits=True, stems=[stem], options=options)
         assert scorer.evaluate(tree) == 0
-        assert np.allclose(tree.scores[0], _one_by_one(model, stem, options), atol=NUMERIC)
+        assert np.allclose(tree.scores[0], options_scored_alone(model, stem, options), atol=NUMERIC)
         prefixes = {tuple(o[:j + 1]) for o in options for j in range(len(o) - 1)}
         assert scorer.batch.n == len(stem) + len(prefixes) < len(stem) + sum(len(o) - 1 for o in options)
         assert option_cells(options) == len(prefixes) and tree_cells([stem], options) == scorer.batch.n

@@ -30,7 +30,7 @@ _MERGE_VERSION = 1
 
 def merged_weights(model: Path, adapter: Path, cache: Path, *, out: TextIO | None = None) -> Path:
     """The file holding ``model`` with ``adapter`` merged in, made under ``cache`` once."""
-    target = cache / "merged" / f"{model.stem}+{_digest(model, adapter)}.gguf"
+    target = merged_path(model, adapter, cache)
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +43,11 @@ def merged_weights(model: Path, adapter: Path, cache: Path, *, out: TextIO | Non
     finally:
         partial.unlink(missing_ok=True)
     return target
+
+
+def merged_path(model: Path, adapter: Path, cache: Path) -> Path:
+    """Where the merged file of ``model`` and ``adapter`` is kept (made or not)."""
+    return cache / "merged" / f"{model.stem}+{_digest(model, adapter)}.gguf"
 
 
 def merge(model: Path, adapter: Path, dst: Path) -> None:

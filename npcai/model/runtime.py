@@ -17,7 +17,7 @@ import numpy as np
 from llguidance.llamacpp import lltokenizer_from_vocab
 
 from npcai.errors import Overloaded
-from npcai.model import choices, penalties
+from npcai.model import choices, vocab_masks
 from npcai.model.adapter import AdapterSpec, LoraAdapter
 from npcai.model.constraints import ConstraintCompiler
 from npcai.model.cost import StepCost
@@ -75,9 +75,9 @@ class Runtime:
         self.tree_cost = StepCost(token_ms=2.4)
         self.sentence_end_tokens = sorted({toks[0] for text in SENTENCE_ENDS
                                            if len(toks := self.text_tokens(text)) == 1})
-        # Which tokens are digits, and which hold a double quote: a scan of the vocabulary (0.3 s on
-        # Gemma's 262k), off the start-up path.
-        self._vocab_masks = self.compiler.run_in_background(self._scan_vocabulary)
+        # Which tokens are digits, and which hold a double quote: a scan of the vocabulary (0.4 s on
+        # Gemma's 262k, once per model file: then cached on disk), off the start-up path.
+        self._vocab_masks = self.compiler.run_in_background(lambda: vocab_masks.masks_for(self.model))
         self.choice_priors = choices.PriorCache()  # options' priors for decisions, by option set
         self.choice_temperature = choice_temperature  # probs' temperature, fitted per model
         self.choice_temperature_power = choice_temperature_power  # and how it varies with the number of options
@@ -97,14 +97,6 @@ class Runtime:
                 adapter.model if adapter else self.model, prefix_cells=self.ctx.n_ctx // self.ctx.n_seq,
                 max_seqs=self.SCORER_SEQS, threads=self.ctx.threads, flash_attn=self._flash_attn, main=self.ctx)
         return scorer
-
-    def _scan_vocabulary(self) -> dict[str, np.ndarray]:
-        pieces = self.model.all_pieces()
-        return {"digits": penalties.token_mask(self.n_vocab, [t for t, p in enumerate(pieces) if p.isdigit()]),
-                "quotes": penalties.token_mask(self.n_vocab, [t for t, p in enumerate(pieces)
-                                                                if penalties.json_quotes(p)[0]]),
-                "closers": penalties.token_mask(self.n_vocab, [t for t, p in enumerate(pieces)
-                                                                 if penalties.json_closer(p)])}
 
     @property
     def digit_mask(self) -> np.ndarray:
