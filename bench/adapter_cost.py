@@ -7,6 +7,10 @@ of a noisy machine. Then the resident memory (VmRSS) of a sidecar without and on
 after ``hello`` and after a few decisions and a line. Run (under the shared lock here):
 
     python bench/adapter_cost.py --lora smollm2-135m-decision --rounds 25
+    python bench/adapter_cost.py --model gemma3-270m --lora gemma3-270m-decision --rounds 25
+
+A base model (Gemma) cannot serve dialogue, so for it the sidecar serves dialogue with the default model
+and the base model on two roles, ``decision`` (with the adapter) and ``plain`` (without), which are timed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from pathlib import Path
 
 from npcai import Client, Sidecar
+from npcai.model import catalog
 
 GUARD = "You are Hilda, a stern town guard of Oakvale."
 CHOICES = ["chase the thief", "buy some bread", "go to sleep", "sing a song"]
@@ -29,27 +34,37 @@ def _rss_mib(pid: int) -> dict[str, int]:
     return {k: int(fields[k].split()[0]) // 1024 for k in ("VmRSS", "RssFile")}
 
 
-def latency(lora: str, rounds: int, threads: int) -> dict:
+def _roles(model: str) -> tuple[list[str], str]:
+    """The sidecar's --model arguments, and the role that serves ``model`` without the adapter."""
+    if model == catalog.DEFAULT_MODEL:
+        return [], "dialogue"
+    return ["--model", f"dialogue={catalog.DEFAULT_MODEL}", "--model", f"decision={model}",
+            "--model", f"plain={model}"], "plain"
+
+
+def latency(model: str, lora: str, rounds: int, threads: int) -> dict:
     """Median ms of a choice decision with and without the adapter, interleaved in one sidecar."""
-    times: dict[str, list[float]] = {"decision": [], "dialogue": []}
-    with Sidecar("--lora", f"decision={lora}", "--threads", str(threads)) as sc, Client(sc.endpoint) as c:
+    models, plain = _roles(model)
+    times: dict[str, list[float]] = {"decision": [], plain: []}
+    with Sidecar(*models, "--lora", f"decision={lora}", "--threads", str(threads)) as sc, Client(sc.endpoint) as c:
         c.npc("hilda", GUARD)
         for i in range(rounds + 3):
             situation = f"A thief number {i} snatches a purse at the market and runs past you."
-            for role in (("decision", "dialogue") if i % 2 else ("dialogue", "decision")):
+            for role in (("decision", plain) if i % 2 else (plain, "decision")):
                 t0 = time.perf_counter()
                 c.decide(situation, npc="hilda", choices=CHOICES, temperature=0.0, role=role)
                 if i >= 3:  # the first rounds compile, load and compute the option set's prior
                     times[role].append((time.perf_counter() - t0) * 1e3)
-    with_it, without = statistics.median(times["decision"]), statistics.median(times["dialogue"])
+    with_it, without = statistics.median(times["decision"]), statistics.median(times[plain])
     return {"with_adapter_ms": with_it, "without_ms": without, "ratio": with_it / without, "rounds": rounds}
 
 
-def memory(lora: str, threads: int) -> dict:
+def memory(model: str, lora: str, threads: int) -> dict:
     """Resident memory in MiB, without and with the adapter."""
     out = {}
+    models, _ = _roles(model)
     for label, extra in (("without", []), ("with_adapter", ["--lora", f"decision={lora}"])):
-        with Sidecar("--threads", str(threads), *extra) as sc, Client(sc.endpoint) as c:
+        with Sidecar(*models, "--threads", str(threads), *extra) as sc, Client(sc.endpoint) as c:
             pid = c.hello("adapter_cost")["pid"]
             after_hello = _rss_mib(pid)
             c.npc("hilda", GUARD)
@@ -62,12 +77,14 @@ def memory(lora: str, threads: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=catalog.DEFAULT_MODEL, help="the catalog model the adapter is for")
     p.add_argument("--lora", default="smollm2-135m-decision", help="a shipped adapter's name or a path")
     p.add_argument("--rounds", type=int, default=25)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
-    figures = {"latency": latency(args.lora, args.rounds, args.threads), "memory": memory(args.lora, args.threads)}
+    figures = {"latency": latency(args.model, args.lora, args.rounds, args.threads),
+               "memory": memory(args.model, args.lora, args.threads)}
     lat, mem = figures["latency"], figures["memory"]
     print(f"choice decision p50: {lat['with_adapter_ms']:.1f} ms with the adapter, {lat['without_ms']:.1f} without "
           f"({lat['ratio']:.2f}x, {lat['rounds']} rounds, interleaved)")

@@ -1,7 +1,7 @@
 """Does a LoRA decision adapter beat the prompting levers? Train one on CPU, export it, score it.
 
 Issue #13 item 6: the idea behind npcai is small models tuned for one job. This trains a LoRA
-adapter for the default model (SmolLM2-135M-Instruct) on worked decisions, in exactly the prompt
+adapter for a catalog model (``--model``: SmolLM2-135M-Instruct, the default, or gemma3-270m) on worked decisions, in exactly the prompt
 ``decide`` with ``choices`` builds (the NPC's persona, its "Who are you?" exchange, "<situation>
 What should you do?", the answer's lead "I should", then each option: ``DEFAULT_LEAD``), with
 a contrastive loss over each item's options (their summed log-likelihoods, softmaxed), plus a
@@ -32,7 +32,10 @@ Needs ``pip install torch==2.13.0 transformers peft gguf`` (not npcai's own depe
 The adapter npcai ships (npcai/data/adapters/smollm2-135m-decision.gguf) came from
 ``train --out DIR --mlp --copa 100 --items 487`` (chosen over attention only, all of COPA's
 development half, on the validation split); the product scores it with
-``npcai bench --only quality --lora decision=smollm2-135m-decision``.
+``npcai bench --only quality --lora decision=smollm2-135m-decision``. Gemma's,
+npcai/data/adapters/gemma3-270m-decision.gguf, came from ``train --model gemma3-270m --out DIR --mlp
+--copa 100 --minutes 9`` (614 items; ``--items 614`` repeats its length; chosen over ``--copa 300`` on the
+validation split).
 
 The figures are in docs/QUALITY.md ("A decision adapter").
 """
@@ -57,7 +60,7 @@ from npcai.model import catalog
 from npcai.model.native import Batch, Context, Model
 from npcai.sidecar.npc import ANONYMOUS_PERSONA, DEFAULT_LEAD, Npc, as_question
 
-MODEL = "smollm2-135m"
+MODEL = "smollm2-135m"  # the default --model
 TRAIN_FILE = Path(__file__).resolve().parent / "data" / "decision_train.jsonl"
 PRIOR_WEIGHT = 0.25  # as npcai.model.choices
 CONTENT_FREE = "Nothing happens."
@@ -166,7 +169,7 @@ def train(args: argparse.Namespace) -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    path = catalog.resolve(MODEL)
+    path = catalog.resolve(args.model)
     model = Model(path)
     items = [_item(model, q) for q in _train_questions(Path(args.data), args.copa, args.val_share)]
     print(f"{len(items)} training items; largest 3-gram overlap with a test situation {check_overlap():.0%}",
@@ -213,11 +216,12 @@ def train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     net.save_pretrained(out / "peft")
-    write_gguf(net, hf.config, out / "decision-lora.gguf", alpha=2 * args.rank, dtype=np.float16)
+    write_gguf(net, hf.config, path, out / "decision-lora.gguf", alpha=2 * args.rank, dtype=np.float16)
     print(f"wrote {out / 'decision-lora.gguf'} in {time.time() - t0:.0f}s")
     _check_export(net, model, out / "decision-lora.gguf")
     if args.val_share > 0:  # the validation split, with and without the adapter: what hyperparameters are chosen on
-        score(argparse.Namespace(adapter=str(out / "decision-lora.gguf"), data=args.data, only=["val"],
+        score(argparse.Namespace(model=args.model, adapter=str(out / "decision-lora.gguf"), data=args.data,
+                                 only=["val"],
                                  json=str(out / "val.json"), plain_prefix=False, threads=args.threads,
                                  temperature=0.0))
 
@@ -228,7 +232,7 @@ def check(args: argparse.Namespace) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    path = catalog.resolve(MODEL)
+    path = catalog.resolve(args.model)
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     net = PeftModel.from_pretrained(hf, str(Path(args.out) / "peft"))
     _check_export(net, Model(path), Path(args.out) / "decision-lora.gguf")
@@ -275,22 +279,27 @@ def _option_logliks(net, item: Item, torch):
     return torch.stack([p.sum() for p in token_lp]), token_lp
 
 
-def write_gguf(net, config, dst: Path, alpha: float, dtype=np.float16) -> None:
-    """The adapter as llama.cpp loads it: general.type "adapter", adapter.type "lora", its alpha, and
-    for each adapted weight of the base GGUF ("blk.N.attn_q.weight") a ``.lora_a`` (rank x in) and a
-    ``.lora_b`` (out x rank). The base GGUF stores the Q and K projections with each head's rows
-    reordered for llama.cpp's rotary embedding (as convert_hf_to_gguf.py writes them, and as
-    transformers undoes when it loads a GGUF), so their B matrices' rows are reordered the same way.
+def write_gguf(net, config, base_path: Path, dst: Path, alpha: float, dtype=np.float16) -> None:
+    """The adapter as llama.cpp loads it: general.type "adapter", adapter.type "lora", its alpha, the base
+    GGUF's architecture (llama.cpp refuses an adapter of another), and for each adapted weight of the
+    base GGUF ("blk.N.attn_q.weight") a ``.lora_a`` (rank x in) and a ``.lora_b`` (out x rank).
+    A llama-architecture GGUF (SmolLM2) stores the Q and K projections with each head's rows reordered
+    for llama.cpp's rotary embedding (as convert_hf_to_gguf.py writes them, and as transformers undoes
+    when it loads a GGUF), so their B matrices' rows are reordered the same way; gemma3's are stored in
+    Hugging Face's order (neither the converter nor transformers permutes them), so its B rows are not.
     f16 halves the file (rank 8 on attention: 1.9 MB) and scores as f32 within llama.cpp's rounding."""
     import gguf
 
     names = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
              "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
-    w = gguf.GGUFWriter(str(dst), "llama")
+    base_gguf = gguf.GGUFReader(base_path)
+    arch = str(base_gguf.fields["general.architecture"].contents())
+    base_tensors = {t.name for t in base_gguf.tensors}
+    w = gguf.GGUFWriter(str(dst), arch)
     w.add_type(gguf.GGUFType.ADAPTER)
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
-    w.add_name("SmolLM2-135M-Instruct decision adapter (npcai)")
+    w.add_name(f"{base_gguf.fields['general.name'].contents()} decision adapter (npcai)")
     for name, module in net.named_modules():
         if not hasattr(module, "lora_A") or "default" not in module.lora_A:
             continue
@@ -298,10 +307,12 @@ def write_gguf(net, config, dst: Path, alpha: float, dtype=np.float16) -> None:
         proj = name.rsplit(".", 1)[1]
         a = module.lora_A["default"].weight.detach().float().numpy()
         b = module.lora_B["default"].weight.detach().float().numpy()
-        if proj in ("q_proj", "k_proj"):
+        if proj in ("q_proj", "k_proj") and arch == "llama":
             heads = config.num_attention_heads if proj == "q_proj" else config.num_key_value_heads
             b = _rope_order(b, heads)
         base = f"blk.{layer}.{names[proj]}.weight"
+        if base not in base_tensors:
+            raise SystemExit(f"{base_path.name} has no tensor {base} for the adapted {name}")
         w.add_tensor(base + ".lora_a", np.ascontiguousarray(a, dtype=dtype))
         w.add_tensor(base + ".lora_b", np.ascontiguousarray(b, dtype=dtype))
     w.write_header_to_file()
@@ -375,11 +386,11 @@ class Scorer:
 
 
 def score(args: argparse.Namespace) -> None:
-    model = Model(catalog.resolve(MODEL))
+    model = Model(catalog.resolve(args.model))
     sets = eval_sets(Path(args.data), model)
     if args.only:
         sets = {k: v for k, v in sets.items() if k in args.only}
-    temperature = args.temperature or catalog.entry_for(catalog.resolve(MODEL)).choice_temperature
+    temperature = args.temperature or catalog.entry_for(catalog.resolve(args.model)).choice_temperature
     report: dict[str, dict[str, float]] = {}
     picks: dict[str, list[bool]] = {}
     runs = [("base", None), ("adapter", Path(args.adapter) if args.adapter else None)]
@@ -447,6 +458,7 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
     t.add_argument("--out", required=True)
+    t.add_argument("--model", default=MODEL, help="catalog model the adapter is for")
     t.add_argument("--data", default=str(quality.data_dir()))
     t.add_argument("--epochs", type=int, default=2)
     t.add_argument("--rank", type=int, default=8)
@@ -463,8 +475,10 @@ def main() -> None:
                    "docs/QUALITY.md's adapter: 999")
     c = sub.add_parser("check")
     c.add_argument("--out", required=True)
+    c.add_argument("--model", default=MODEL)
     s = sub.add_parser("score")
     s.add_argument("--adapter")
+    s.add_argument("--model", default=MODEL)
     s.add_argument("--data", default=str(quality.data_dir()))
     s.add_argument("--only", nargs="*")
     s.add_argument("--json")

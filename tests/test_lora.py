@@ -3,6 +3,8 @@ by its catalog name; the rest of the sidecar (dialogue, other roles) left as the
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from support import assert_one_line_failure, run_cli
 
@@ -81,6 +83,27 @@ def test_an_adapter_for_another_model_is_refused():
     assert_one_line_failure(by_name, "is an adapter for smollm2-135m")
     by_path = run_cli("serve", "--model", "decision=gemma3-270m", "--lora", f"decision={shipped}", timeout=600)
     assert_one_line_failure(by_path, "model arch and LoRA arch mismatch")
+
+
+GEMMA_ADAPTER = "gemma3-270m-decision"
+
+
+def test_gemmas_adapter_is_refused_for_a_role_smollm2_serves():
+    assert_one_line_failure(run_cli("serve", "--lora", f"decision={GEMMA_ADAPTER}"),
+                            f"{GEMMA_ADAPTER} is an adapter for gemma3-270m")
+
+
+@pytest.mark.skipif(os.environ.get("NPCAI_SKIP_SECOND_MODEL") == "1", reason="second model not wanted")
+def test_gemmas_adapter_loads_by_name_for_gemmas_role_only(model_path):
+    roles = ("--model", "dialogue=smollm2-135m", "--model", "decision=gemma3-270m", "--model", "rival=gemma3-270m")
+    with Sidecar(*roles, "--lora", f"decision={GEMMA_ADAPTER}") as sc, Client(sc.endpoint) as c:
+        described = {r["role"]: r for r in c.hello("pytest")["models"]}
+        assert described["decision"]["lora"] == GEMMA_ADAPTER and described["rival"]["lora"] is None
+        assert described["decision"]["name"] == described["rival"]["name"] == "gemma3-270m"
+        assert described["decision"]["choice_temperature"] == catalog.ADAPTERS[GEMMA_ADAPTER].choice_temperature
+        adapted, plain = _decide(c), _decide(c, role="rival")  # one model, its adapter on one role
+    assert max(abs(adapted[o] - plain[o]) for o in CHOICES) > 0.01, (adapted, plain)
+    assert sum(adapted.values()) == pytest.approx(1.0)
 
 
 def test_the_paired_comparison_counts_only_the_items_that_changed():

@@ -117,6 +117,15 @@ ADAPTERS: dict[str, CatalogAdapter] = {
                         "half (bench/train_decision_lora.py; docs/QUALITY.md)",
             choice_temperature=2.9,  # fitted on the 57 held-out written decisions (its validation split)
         ),
+        CatalogAdapter(
+            name="gemma3-270m-decision",
+            base="gemma3-270m",
+            filename="gemma3-270m-decision.gguf",
+            description="choice decisions of game characters: rank-8 LoRA on attention and MLP, trained on 230 "
+                        "written game decisions, the game set's 30 worked examples and 100 of COPA's development "
+                        "half (bench/train_decision_lora.py --model gemma3-270m; docs/QUALITY.md)",
+            choice_temperature=2.5,  # fitted on the 57 held-out written decisions (its validation split)
+        ),
     )
 }
 
