@@ -17,6 +17,16 @@ def model_path():
     return resolve(DEFAULT_MODEL)
 
 
+@pytest.fixture(scope="module")
+def model(model_path):
+    """The default model loaded in this process (llama.cpp directly, no sidecar), for one test module."""
+    from npcai.model.native import Model
+
+    m = Model(model_path)
+    yield m
+    m.close()
+
+
 @pytest.fixture(scope="session")
 def sidecar(model_path):
     with Sidecar() as sc:

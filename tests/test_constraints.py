@@ -14,16 +14,8 @@ from support import ROOT, shared_data
 from npcai.errors import NpcaiError
 from npcai.model import penalties
 from npcai.model.constraints import MAX_SOURCE_BYTES, ConstraintCompiler
-from npcai.model.native import Model
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
-
-
-@pytest.fixture(scope="module")
-def model(model_path):
-    m = Model(model_path)
-    yield m
-    m.close()
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,6 @@ from npcai.model.naming import NameGuard
 from npcai.model.native import Model
 
 
-@pytest.fixture(scope="module")
-def model(model_path):
-    m = Model(model_path)
-    yield m
-    m.close()
-
-
 def _token(model: Model, text: str) -> int:
     (tok,) = model.tokenize(text, add_bos=False, special=False)
     return tok

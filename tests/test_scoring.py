@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from support import options_scored_alone
 
 from npcai.model.kv import KvSeq
@@ -16,13 +15,6 @@ from npcai.model.scoring import OptionScorer, OptionTree, option_cells, tree_cel
 NUMERIC = 0.3
 PERSONA = "You are Grik, a cowardly goblin scout who serves the goblin king."
 OPTIONS = ["attack", "flee", "beg for mercy", "pretend to be dead"]
-
-
-@pytest.fixture(scope="module")
-def model(model_path):
-    m = Model(model_path)
-    yield m
-    m.close()
 
 
 def _stem(model: Model, situation: str) -> list[int]:

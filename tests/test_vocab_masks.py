@@ -12,7 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from npcai.model import penalties, vocab_masks
-from npcai.model.native import Model
 
 
 def _by_definition(pieces: list[bytes], n_vocab: int) -> dict[str, np.ndarray]:
@@ -26,13 +25,6 @@ def _assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> Non
     assert set(got) == set(want)
     for name in want:
         assert got[name].dtype == want[name].dtype and np.array_equal(got[name], want[name]), name
-
-
-@pytest.fixture(scope="module")
-def model(model_path):
-    m = Model(model_path)
-    yield m
-    m.close()
 
 
 @pytest.fixture(scope="module")
