@@ -6,7 +6,7 @@ import numpy as np
 from support import options_scored_alone
 
 from npcai.model.kv import KvSeq
-from npcai.model.native import Batch, Context, Model
+from npcai.model.native import Batch, Context, Model, single_stream_state, with_v_layout
 from npcai.model.scoring import OptionScorer, OptionTree, option_cells, tree_cells
 
 #: Scores may differ by this much (nats) from a sequence of its own: llama.cpp's CPU flash attention
@@ -73,6 +73,56 @@ def test_the_npcs_evaluated_prefix_is_moved_over_not_evaluated_again(model):
         b.close()
         scorer.close()
         main.close()
+
+
+def test_a_prefix_moves_between_caches_with_and_without_flash_attention(model):
+    """SmolLM2's main cache runs with flash attention (its streams' steps) and its scorer without (long
+    prompts): their V caches lie differently, so a moved prefix is relaid out, and scores as if evaluated
+    in the scorer itself; the scorer still counts it as loaded, not evaluated again."""
+    stem = _stem(model, "A troll blocks the bridge you must cross.")
+    options = [model.tokenize(" " + o) for o in OPTIONS]
+    persona = stem[:len(stem) - 12]
+    for main_fa in (True, False):
+        main = Context(model, n_ctx=2048, n_batch=512, n_seq=4, threads=2, flash_attn=main_fa)
+        scorer = OptionScorer(model, prefix_cells=512, max_seqs=16, threads=2, flash_attn=not main_fa, main=main)
+        b = Batch(512)
+        try:
+            for i, t in enumerate(persona):
+                b.add(t, i, 1, False)
+            assert main.decode(b) == 0
+            tree = OptionTree(seq=-1, pos=0, pending=[0], all_logits=True, stems=[stem], options=options,
+                              source=KvSeq(seq=1, tokens=list(persona)), keep=len(persona))
+            assert scorer.evaluate(tree) == 0
+            assert scorer.stats["prefix_loads"] == 1 and scorer.batch.n == 12 + option_cells(options)
+            assert np.allclose(tree.scores[0], options_scored_alone(model, stem, options), atol=NUMERIC)
+        finally:
+            b.close()
+            scorer.close()
+            main.close()
+
+
+def test_a_saved_sequence_relaid_out_twice_is_the_same_bytes(model):
+    """The V relayout is exact: there and back gives the saved state llama.cpp wrote."""
+    ctx = Context(model, n_ctx=1024, n_batch=256, n_seq=2, threads=2, flash_attn=False)
+    b = Batch(256)
+    try:
+        tokens = model.tokenize("The guard watches the gate while the merchant counts his coins.")
+        for i, t in enumerate(tokens):
+            b.add(t, i, 1, False)
+        assert ctx.decode(b) == 0
+        saved = single_stream_state(ctx.seq_save(1))
+        by_cell = with_v_layout(saved, False)
+        assert by_cell != saved and len(by_cell) == len(saved) + 4 * model_layers(by_cell, saved)
+        assert with_v_layout(by_cell, True) == saved
+        assert with_v_layout(saved, True) is saved, "already in the asked layout: left as it is"
+    finally:
+        b.close()
+        ctx.close()
+
+
+def model_layers(by_cell: bytes, transposed: bytes) -> int:
+    """Each layer's V header is 4 bytes longer by cell (a 64-bit row size for two 32-bit fields)."""
+    return (len(by_cell) - len(transposed)) // 4
 
 
 def test_options_that_start_alike_share_the_cells_of_their_common_start(model):

@@ -28,7 +28,7 @@ def run(b: Bench, c: Client) -> None:
             lat.append((time.perf_counter() - t) * 1000)
         gbnf = _gbnf_decisions(b, kind)
         rows = _choice_rows(b) if kind == "choice" else 1
-        model_only = [_replay(b, r["usage"], rows) for r in replies[: max(4, b.reps // 3)]]
+        model_only = [_replay(b, r["usage"], rows, scorer=kind == "choice") for r in replies[: max(4, b.reps // 3)]]
         r = b.report
         r.add("decision", f"{kind} p50", pct(lat, 50), pct(gbnf, 50), "llama-cpp-python grammar=GBNF",
               target=">= 3x faster (SmolLM2), 5x (Gemma)")
@@ -45,13 +45,13 @@ def run(b: Bench, c: Client) -> None:
         b.report.raw["outlines"] = "not installed"
 
 
-def _replay(b: Bench, usage: dict[str, int], rows: int = 1) -> float:
+def _replay(b: Bench, usage: dict[str, int], rows: int = 1, scorer: bool = False) -> float:
     """The same forward passes a decision made: its prompt batch (asking for ``rows`` logit rows), then
-    its later steps."""
+    its later steps; ``scorer``: with the attention choice of the option scorer, where a choice runs."""
     steps = max(1, usage["steps"])
     rest = usage["evaluated_tokens"] - usage["prompt_tokens"]
     later = [max(1, rest // (steps - 1))] * (steps - 1) if steps > 1 else []
-    return b.forward_ms(usage["cached_tokens"], [usage["prompt_tokens"], *later], rows=rows)
+    return b.forward_ms(usage["cached_tokens"], [usage["prompt_tokens"], *later], rows=rows, scorer=scorer)
 
 
 def _choice_rows(b: Bench) -> int:

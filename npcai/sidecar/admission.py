@@ -32,6 +32,7 @@ def load_runtimes(settings: Settings, models: dict[str, Path]) -> dict[str, Runt
             rt = Runtime(path, name=entry.name if entry else path.stem, n_ctx=settings.n_ctx,
                          n_seq=settings.n_seq, n_batch=settings.n_batch, threads=settings.compute_threads,
                          grammar_dir=Path(settings.grammar_dir), flash_attn=entry.flash_attn if entry else None,
+                         scorer_flash_attn=entry.scorer_flash_attn if entry else None,
                          park_bytes=settings.park_mb * 2**20,
                          choice_temperature=entry.choice_temperature if entry else choices.DEFAULT_TEMPERATURE,
                          choice_temperature_power=(entry.choice_temperature_power if entry
