@@ -29,6 +29,7 @@ from npcai import protocol as P
     (["--grammar-dir", "/no/such/dir"], "--grammar-dir"),
     (["--ready-file", "/no/such/dir/ready"], "its directory does not exist"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--flash-attn", "sometimes"], "--flash-attn"),
 ])
 def test_a_bad_flag_fails_in_one_line_before_any_model_loads(flags, needle):
     # A model that does not exist: the flag must be refused first, so this is never reached.

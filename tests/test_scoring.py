@@ -6,7 +6,7 @@ import numpy as np
 from support import options_scored_alone
 
 from npcai.model.kv import KvSeq
-from npcai.model.native import Batch, Context, Model, single_stream_state, with_v_layout
+from npcai.model.native import Batch, Context, Model, moved_state
 from npcai.model.scoring import OptionScorer, OptionTree, option_cells, tree_cells
 
 #: Scores may differ by this much (nats) from a sequence of its own: llama.cpp's CPU flash attention
@@ -102,7 +102,8 @@ def test_a_prefix_moves_between_caches_with_and_without_flash_attention(model):
 
 
 def test_a_saved_sequence_relaid_out_twice_is_the_same_bytes(model):
-    """The V relayout is exact: there and back gives the saved state llama.cpp wrote."""
+    """The V relayout is exact: there and back gives the saved state llama.cpp wrote, and a buffer given
+    for the result is used when it is large enough (moves reuse theirs)."""
     ctx = Context(model, n_ctx=1024, n_batch=256, n_seq=2, threads=2, flash_attn=False)
     b = Batch(256)
     try:
@@ -110,19 +111,17 @@ def test_a_saved_sequence_relaid_out_twice_is_the_same_bytes(model):
         for i, t in enumerate(tokens):
             b.add(t, i, 1, False)
         assert ctx.decode(b) == 0
-        saved = single_stream_state(ctx.seq_save(1))
-        by_cell = with_v_layout(saved, False)
-        assert by_cell != saved and len(by_cell) == len(saved) + 4 * model_layers(by_cell, saved)
-        assert with_v_layout(by_cell, True) == saved
-        assert with_v_layout(saved, True) is saved, "already in the asked layout: left as it is"
+        saved = moved_state(ctx.seq_save(1))  # one stream of two, as a unified cache reads it
+        assert ctx.seq_load(1, saved) is False, "a cache with a stream per sequence refuses a one-stream state"
+        by_cell = moved_state(saved, False)
+        assert len(by_cell) == len(saved) and not np.array_equal(by_cell, saved)  # same values, laid out otherwise
+        room = np.empty(len(saved) * 2, dtype=np.uint8)
+        back = moved_state(by_cell, True, out=room)
+        assert np.array_equal(back, saved) and back.base is room
+        assert np.array_equal(moved_state(saved, True), saved), "already in the asked layout: left as it is"
     finally:
         b.close()
         ctx.close()
-
-
-def model_layers(by_cell: bytes, transposed: bytes) -> int:
-    """Each layer's V header is 4 bytes longer by cell (a 64-bit row size for two 32-bit fields)."""
-    return (len(by_cell) - len(transposed)) // 4
 
 
 def test_options_that_start_alike_share_the_cells_of_their_common_start(model):
@@ -161,3 +160,22 @@ def test_only_rows_whose_next_token_is_scored_ask_for_logits(model):
     finally:
         scorer.close()
         main.close()
+
+
+def test_the_main_cache_takes_flash_attn_and_choice_decisions_keep_the_catalogs_choice(model_path):
+    """SmolLM2's catalog entry runs flash attention in the main cache (streams) and not in the scorer
+    (long prompts); --flash-attn moves the main cache only."""
+    from npcai.model import catalog
+    from npcai.sidecar.admission import load_runtimes
+    from npcai.sidecar.settings import Settings
+
+    entry = catalog.entry_for(model_path)
+    assert entry is not None and entry.flash_attn is True and entry.scorer_flash_attn is False
+    for setting, main_transposed in (("auto", False), ("on", False), ("off", True)):
+        rt = load_runtimes(Settings(flash_attn=setting, n_ctx=1024, n_seq=2, npc_ctx=512),
+                           {"dialogue": model_path})["dialogue"]
+        try:
+            assert rt.ctx.v_transposed is main_transposed, setting  # without flash attention V lies transposed
+            assert rt.scorer().ctx.v_transposed is True, setting
+        finally:
+            rt.close()

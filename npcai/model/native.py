@@ -336,19 +336,29 @@ class Context:
     def seq_pos_max(self, seq: int) -> int:
         return L.llama_memory_seq_pos_max(self._mem, seq)
 
-    def seq_save(self, seq: int) -> bytes:
+    def seq_save(self, seq: int, into: np.ndarray | None = None) -> bytes | np.ndarray:
+        """A sequence's saved cells: as bytes, or as a uint8 array, a view of ``into`` when it is large
+        enough (callers that move cells often reuse one: fresh buffers cost page faults), else new."""
         size = L.llama_state_seq_get_size(self.handle, seq)
-        buf = (ctypes.c_uint8 * size)()
-        n = L.llama_state_seq_get_data(self.handle, buf, size, seq)
-        return ctypes.string_at(buf, n)
+        if into is None:
+            buf = (ctypes.c_uint8 * size)()
+            n = L.llama_state_seq_get_data(self.handle, buf, size, seq)
+            return ctypes.string_at(buf, n)
+        if len(into) < size:
+            into = np.empty(size + size // 4, dtype=np.uint8)  # room to grow
+        n = L.llama_state_seq_get_data(self.handle, into.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), size, seq)
+        return into[:n]
 
     def seq_copy(self, src: int, dst: int, n: int) -> None:
         """In a unified cache: ``dst`` shares the first ``n`` cells of ``src`` (no data moves)."""
         L.llama_memory_seq_cp(self._mem, src, dst, 0, n)
 
-    def seq_load(self, seq: int, data: bytes) -> bool:
-        if not data:
+    def seq_load(self, seq: int, data: bytes | np.ndarray) -> bool:
+        if len(data) == 0:
             return False
+        if isinstance(data, np.ndarray):  # read in place
+            return L.llama_state_seq_set_data(self.handle, data.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+                                              len(data), seq) > 0
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         return L.llama_state_seq_set_data(self.handle, buf, len(data), seq) > 0
 
@@ -361,90 +371,99 @@ class Context:
 _STATE_HEADER = 8  # llama_state_seq_get_data: a magic and the sequence id (32 bits each), then the KV cache's state
 
 
-def single_stream_state(state: bytes) -> bytes:
-    """A sequence's saved state from a cache with a stream per sequence, rewritten for a unified one.
+def moved_state(state: bytes | memoryview | np.ndarray, transposed: bool | None = None,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """A sequence's saved state from a cache with a stream per sequence, rewritten for a unified cache
+    whose V lies ``transposed`` or not (None: as saved). Returns the rewritten bytes as a uint8 array:
+    a view of ``out`` when it is large enough (a scorer reuses one: a fresh 20 MB buffer per move
+    costs as much in page faults as the copy), else a new array.
 
-    llama.cpp writes a sequence's cells as ``n_stream`` (uint32), then per stream a cell count (uint32)
-    followed, where it is not zero, by those cells; it refuses to read a state whose stream count
-    differs from its own cache's ("n_stream mismatch"). A sequence's cells are all in one stream, so
-    the rewrite keeps that stream's count and cells and says there is one stream. The layout is
-    llama.cpp's (pinned with llama-cpp-python); ``tests/test_scoring.py`` checks that a moved
-    sequence gives the same logits.
+    Streams: llama.cpp writes a sequence's cells as ``n_stream`` (uint32), then per stream a cell count
+    (uint32) followed, where it is not zero, by those cells, and refuses to read a state whose stream
+    count differs from its own cache's ("n_stream mismatch"). A sequence's cells are all in one stream,
+    so the rewrite keeps that stream's count and cells and says there is one stream.
+
+    V's layout: llama.cpp also refuses a state whose V layout differs from its cache's, transposed
+    without flash attention and by cell with it. After the cells' positions and sequence ids come each
+    layer's K rows (type, row size, one row per cell), then each layer's V, either as rows per cell
+    (type, row size, rows) or, transposed, per value (type, element size, values per cell, then each
+    value for every cell). Both headers are 12 bytes, so the rewrite transposes each V block in place
+    and keeps every offset. Plain (f32, f16, bf16) V only, as the layout's elements are single values.
+
+    The layout is llama.cpp's (pinned with llama-cpp-python); ``tests/test_scoring.py`` checks that a
+    moved sequence gives the same logits.
     """
-    (n_stream,) = struct.unpack_from("<I", state, _STATE_HEADER)
-    off = _STATE_HEADER + 4
-    for s in range(n_stream):
-        (count,) = struct.unpack_from("<I", state, off)
-        if count:
-            tail = 4 * (n_stream - s - 1)  # the later streams' zero counts
-            if state[len(state) - tail:] != bytes(tail):
-                raise ModelError("a saved sequence spans several KV streams")
-            return state[:_STATE_HEADER] + struct.pack("<I", 1) + state[off:len(state) - tail]
-        off += 4
-    return state[:_STATE_HEADER] + struct.pack("<II", 1, 0)
+    src = np.frombuffer(state, dtype=np.uint8)
+    try:
+        (n_stream,) = struct.unpack_from("<I", src, _STATE_HEADER)
+        off = _STATE_HEADER + 4
+        for s in range(n_stream):
+            (count,) = struct.unpack_from("<I", src, off)
+            if count:
+                tail = 4 * (n_stream - s - 1)  # the later streams' zero counts
+                if src[len(src) - tail:].any():
+                    raise ModelError("a saved sequence spans several KV streams")
+                body = src[off:len(src) - tail]
+                break
+            off += 4
+        else:
+            body = np.zeros(4, dtype=np.uint8)  # no cells
+        n = _STATE_HEADER + 4 + len(body)
+        dst = out[:n] if out is not None and len(out) >= n else np.empty(n + n // 4, dtype=np.uint8)[:n]
+        dst[:_STATE_HEADER] = src[:_STATE_HEADER]
+        struct.pack_into("<I", dst, _STATE_HEADER, 1)
+        dst[_STATE_HEADER + 4:] = body
+        if transposed is not None:
+            _relay_v(body, dst[_STATE_HEADER + 4:], transposed)
+        return dst
+    except struct.error as e:
+        raise ModelError(f"unexpected saved KV state ({e})") from None
 
 
 #: Value types whose V cache a state can be relaid out for: one element per value (no quantized blocks).
 _PLAIN_V_TYPES = {0: "<u4", 1: "<u2", 30: "<u2"}  # ggml types f32, f16, bf16
 
 
-def with_v_layout(state: bytes, transposed: bool) -> bytes:
-    """A one-stream saved sequence (``single_stream_state``) rewritten for a cache whose V lies
-    ``transposed`` or not, so that it can move between contexts with and without flash attention.
-
-    llama.cpp refuses a state whose V layout differs from its cache's. Both layouts hold the same
-    values: after the cells' positions and sequence ids come each layer's K rows (type, row size,
-    one row per cell), then each layer's V, either as rows per cell (type, row size, rows) or, when
-    transposed, per value (type, element size, values per cell, then each value for every cell).
-    The rewrite transposes each layer's V block and its small header; K and the cells are kept.
-    Plain (f32, f16, bf16) V only, as the layout's elements are single values.
-    """
-    try:
-        return _with_v_layout(state, transposed)
-    except struct.error as e:
-        raise ModelError(f"unexpected saved KV state ({e})") from None
-
-
-def _with_v_layout(state: bytes, transposed: bool) -> bytes:
-    off = _STATE_HEADER
-    n_stream, cells = struct.unpack_from("<II", state, off)
-    off += 8
-    if n_stream != 1:
-        raise ModelError("a saved sequence must be rewritten for one stream first")
+def _relay_v(src: np.ndarray, dst: np.ndarray, transposed: bool) -> None:
+    """Rewrite one stream's cells (``dst``, a copy of ``src``) for a V cache laid out ``transposed``."""
+    (cells,) = struct.unpack_from("<I", src, 0)
     if cells == 0:
-        return state
+        return
+    off = 4
     for _ in range(cells):  # position, then the sequence ids (models with cell extras are not handled)
-        _pos, n_ids = struct.unpack_from("<iI", state, off)
+        _pos, n_ids = struct.unpack_from("<iI", src, off)
         off += 8 + 4 * n_ids
-    data = off
-    was, n_layer = struct.unpack_from("<II", state, off)
+    was, n_layer = struct.unpack_from("<II", src, off)
     if was not in (0, 1):
         raise ModelError("unexpected saved KV state (cells with extras?)")
     if bool(was) == transposed:
-        return state
+        return
+    struct.pack_into("<I", dst, off, int(transposed))
     off += 8
     for _ in range(n_layer):  # K: one row per cell, whatever V's layout
-        _type, row = struct.unpack_from("<iQ", state, off)
+        _type, row = struct.unpack_from("<iQ", src, off)
         off += 12 + cells * row
-    out = [state[:data], struct.pack("<II", int(transposed), n_layer), state[data + 8:off]]
     for _ in range(n_layer):
         if was:
-            v_type, size, width = struct.unpack_from("<iII", state, off)
-            off += 12
+            v_type, size, width = struct.unpack_from("<iII", src, off)
         else:
-            v_type, row = struct.unpack_from("<iQ", state, off)
-            off += 12
+            v_type, row = struct.unpack_from("<iQ", src, off)
             size = np.dtype(_PLAIN_V_TYPES.get(v_type, "<u2")).itemsize
             width = row // size
         dtype = _PLAIN_V_TYPES.get(v_type)
         if dtype is None or np.dtype(dtype).itemsize != size:
             raise ModelError(f"cannot relay out a V cache of ggml type {v_type}")
-        values = np.frombuffer(state, dtype=dtype, count=cells * width, offset=off)
-        off += cells * width * size
-        if was:  # per value -> per cell
-            out += [struct.pack("<iQ", v_type, width * size), values.reshape(width, cells).T.tobytes()]
+        if transposed:
+            struct.pack_into("<iII", dst, off, v_type, size, width)
         else:
-            out += [struct.pack("<iII", v_type, size, width), values.reshape(cells, width).T.tobytes()]
-    if off != len(state):
+            struct.pack_into("<iQ", dst, off, v_type, width * size)
+        off += 12
+        n = cells * width * size
+        values, into = src[off:off + n].view(dtype), dst[off:off + n].view(dtype)
+        if was:  # per value -> per cell
+            np.copyto(into.reshape(cells, width), values.reshape(width, cells).T)
+        else:
+            np.copyto(into.reshape(width, cells), values.reshape(cells, width).T)
+        off += n
+    if off != len(src):
         raise ModelError("unexpected saved KV state (size)")
-    return b"".join(out)

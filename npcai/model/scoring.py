@@ -8,7 +8,7 @@ is evaluated once, tagged with every option's sequence, and each option's tokens
 its own sequence, all in one batch (tree attention, as llama.cpp's parallel example shares a
 system prompt); options that start alike (an action's argument combinations) share the cells of
 their common start too. The NPC's persona and history are not evaluated again: its cells are copied
-over from the main cache (``single_stream_state``), only when they are not here already.
+over from the main cache (``moved_state``), only when they are not here already.
 
 Measured on SmolLM2 (2 threads, 136-token persona, 6 options; docs/PERFORMANCE.md): situation and
 options in one step took 1.17x the situation's step alone; the two-step, copy-per-option way took
@@ -29,7 +29,7 @@ from npcai.errors import ModelError
 from npcai.model.adapter import LoraAdapter
 from npcai.model.choices import first_tokens, log_softmax_at
 from npcai.model.kv import KvSeq, Lane
-from npcai.model.native import Batch, Context, Model, single_stream_state, with_v_layout
+from npcai.model.native import Batch, Context, Model, moved_state
 
 #: Cells of the scorer's cache beyond one NPC's prefix: a situation and all its options' tokens.
 TREE_ROOM = 2048
@@ -82,6 +82,7 @@ class OptionScorer:
         self._relayout = None not in (main.v_transposed, self.ctx.v_transposed) and \
             main.v_transposed != self.ctx.v_transposed
         self._n_vocab = model.n_vocab
+        self._buffers = [np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.uint8)]  # a saved state, and it moved
         self._cached: list[int] = []  # the tokens sequence 0 holds: the last tree's NPC prefix
         self.stats = {"trees": 0, "prefix_loads": 0, "loaded_cells": 0}
 
@@ -143,9 +144,8 @@ class OptionScorer:
         kv = tree.source
         there = _source_prefix(kv, tree.stems[0], limit)
         if there > here:
-            state = self._main.seq_save(kv.seq) if kv.seq is not None else kv.parked[0]
             self.ctx.seq_rm(0)
-            if not self.ctx.seq_load(0, self._moved(state)):
+            if not self.ctx.seq_load(0, self._moved(kv)):
                 self._cached = []
                 self.ctx.seq_rm(0)
                 return 0
@@ -157,13 +157,18 @@ class OptionScorer:
         del self._cached[here:]
         return here
 
-    def _moved(self, state: bytes) -> bytes:
-        """A main-cache sequence's saved state as this cache reads it (empty if it cannot: evaluated here)."""
+    def _moved(self, kv: KvSeq) -> np.ndarray:
+        """The NPC's cells (in the main cache, or parked) as this cache reads them; empty if they cannot be
+        (then they are evaluated here). Both buffers are kept for the next move."""
         try:
-            state = single_stream_state(state)
-            return with_v_layout(state, bool(self.ctx.v_transposed)) if self._relayout else state
+            saved = self._main.seq_save(kv.seq, self._buffers[0]) if kv.seq is not None else kv.parked[0]
+            moved = moved_state(saved, self.ctx.v_transposed if self._relayout else None, self._buffers[1])
         except ModelError:
-            return b""
+            return np.empty(0, dtype=np.uint8)
+        if isinstance(saved, np.ndarray):
+            self._buffers[0] = saved.base if saved.base is not None else saved
+        self._buffers[1] = moved.base if moved.base is not None else moved
+        return moved
 
     def _scores(self, last: int, rows: list[list[int]], options: list[list[int]]) -> np.ndarray:
         out = first_tokens(self.ctx.logits(last, self._n_vocab), options)

@@ -31,7 +31,7 @@ def load_runtimes(settings: Settings, models: dict[str, Path]) -> dict[str, Runt
             entry = catalog.entry_for(path)
             rt = Runtime(path, name=entry.name if entry else path.stem, n_ctx=settings.n_ctx,
                          n_seq=settings.n_seq, n_batch=settings.n_batch, threads=settings.compute_threads,
-                         grammar_dir=Path(settings.grammar_dir), flash_attn=entry.flash_attn if entry else None,
+                         grammar_dir=Path(settings.grammar_dir), flash_attn=_flash_attn(settings, entry),
                          scorer_flash_attn=entry.scorer_flash_attn if entry else None,
                          park_bytes=settings.park_mb * 2**20,
                          choice_temperature=entry.choice_temperature if entry else choices.DEFAULT_TEMPERATURE,
@@ -40,6 +40,13 @@ def load_runtimes(settings: Settings, models: dict[str, Path]) -> dict[str, Runt
             by_path[path] = rt
         runtimes[role] = rt
     return runtimes
+
+
+def _flash_attn(settings: Settings, entry: catalog.CatalogModel | None) -> bool | None:
+    """The main cache's attention choice: --flash-attn, else the catalog's (None: llama.cpp's)."""
+    if settings.flash_attn != "auto":
+        return settings.flash_attn == "on"
+    return entry.flash_attn if entry else None
 
 
 class Admission:

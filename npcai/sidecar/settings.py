@@ -68,6 +68,10 @@ class Settings:
         "host memory (MiB) for the KV cells of idle NPCs that gave way their sequence: copied back when "
         "they speak again instead of evaluated again (0 = evaluate again)", min=0))
     n_batch: int = field(default=256, metadata=_opt("most tokens evaluated in one model step", min=1))
+    flash_attn: str = field(default="auto", metadata=_opt(
+        "flash attention in each model's main KV cache: on (many NPCs' streams run faster), off (prompts after "
+        "long histories run faster), or auto (the catalog's measured choice; llama.cpp's for other files); "
+        "choice decisions keep the catalog's choice for their own cache", choices=("auto", "on", "off")))
     threads: int = field(default=0, metadata=_opt(
         "compute threads (0 = all cores but one, leaving the game a core; at least 1)", min=0))
     nice: int = field(default=10, metadata=_opt(
@@ -155,6 +159,9 @@ class Settings:
             value = getattr(self, f.name)
             if low is not None and value < low:
                 raise SettingsError(f"bad --{f.name.replace('_', '-')} {value}: must be at least {low}")
+            allowed = f.metadata.get("choices")
+            if allowed is not None and value not in allowed:
+                raise SettingsError(f"bad --{f.name.replace('_', '-')} {value!r}: use {', '.join(allowed)}")
         if self.npc_ctx > self.n_ctx // self.n_seq:
             raise SettingsError(f"bad --npc-ctx {self.npc_ctx}: must not exceed --n-ctx / --n-seq "
                                 f"({self.n_ctx} / {self.n_seq} = {self.n_ctx // self.n_seq} cells per sequence)")
