@@ -72,10 +72,10 @@ CATALOG: dict[str, CatalogModel] = {
             cpu_weights="Q8_0",
             choice_temperature=5.76,  # fitted on calibration items (docs/QUALITY.md, "Calibration")
             choice_temperature_power=-0.8,
-            # llama.cpp's CPU flash attention makes many NPCs' streams 1.2-1.35x faster (16 streams after 150
-            # cells 42.8 vs 55.9 ms) but long prompts after long histories slower (26 tokens after 900 cells
-            # 119 vs 83 ms): on where streams run, off in the option scorer, where choice decisions' prompts
-            # run (docs/PERFORMANCE.md, "Flash attention where it pays")
+            # llama.cpp's CPU flash attention makes many NPCs' streams faster (8 streams 0.91-1.10x of llama.cpp's
+            # own batch with it, 0.73-0.80x without) but prompts after long histories slower (26 tokens after 900
+            # cells 103-107 ms against 64-69): on where streams run, off in the option scorer, where choice
+            # decisions' prompts run (docs/PERFORMANCE.md, "Flash attention where it pays")
             flash_attn=True,
             scorer_flash_attn=False,
         ),
