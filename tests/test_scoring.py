@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from support import options_scored_alone
 
+from npcai.errors import ModelError
 from npcai.model.kv import KvSeq
 from npcai.model.native import Batch, Context, Model, moved_state
 from npcai.model.scoring import OptionScorer, OptionTree, option_cells, tree_cells
@@ -119,6 +121,29 @@ def test_a_saved_sequence_relaid_out_twice_is_the_same_bytes(model):
         back = moved_state(by_cell, True, out=room)
         assert np.array_equal(back, saved) and back.base is room
         assert np.array_equal(moved_state(saved, True), saved), "already in the asked layout: left as it is"
+    finally:
+        b.close()
+        ctx.close()
+
+
+def test_each_cache_of_a_sliding_window_model_is_rewritten(model):
+    """Gemma 3's sliding-window layers have a cache of their own, saved after the others': a moved state
+    rewrites both caches' streams (before, Gemma's NPC prefixes were refused and evaluated again)."""
+    ctx = Context(model, n_ctx=1024, n_batch=256, n_seq=2, threads=2, flash_attn=False)
+    b = Batch(256)
+    try:
+        for i, t in enumerate(model.tokenize("A merchant haggles over a copper pot.")):
+            b.add(t, i, 1, False)
+        assert ctx.decode(b) == 0
+        saved = ctx.seq_save(1)
+        header, cache = saved[:8], saved[8:]
+        two = header + cache + cache  # the layout of a model with two caches
+        one = moved_state(saved).tobytes()
+        assert moved_state(two).tobytes() == header + one[8:] * 2
+        relaid = moved_state(saved, False).tobytes()
+        assert moved_state(two, False).tobytes() == header + relaid[8:] * 2
+        with pytest.raises(ModelError):
+            moved_state(two[:-3])  # cut short: refused as a value, never read past the end
     finally:
         b.close()
         ctx.close()

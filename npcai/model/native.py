@@ -378,10 +378,11 @@ def moved_state(state: bytes | memoryview | np.ndarray, transposed: bool | None 
     a view of ``out`` when it is large enough (a scorer reuses one: a fresh 20 MB buffer per move
     costs as much in page faults as the copy), else a new array.
 
-    Streams: llama.cpp writes a sequence's cells as ``n_stream`` (uint32), then per stream a cell count
-    (uint32) followed, where it is not zero, by those cells, and refuses to read a state whose stream
-    count differs from its own cache's ("n_stream mismatch"). A sequence's cells are all in one stream,
-    so the rewrite keeps that stream's count and cells and says there is one stream.
+    Streams: each KV cache writes a sequence's cells as ``n_stream`` (uint32), then per stream a cell
+    count (uint32) followed, where it is not zero, by those cells; llama.cpp refuses a state whose
+    stream count differs from its own cache's ("n_stream mismatch"). A sequence's cells are all in one
+    stream, so the rewrite keeps that stream's count and cells and says there is one stream. A model
+    with sliding-window layers (Gemma 3) has two caches, written one after the other: each is rewritten.
 
     V's layout: llama.cpp also refuses a state whose V layout differs from its cache's, transposed
     without flash attention and by cell with it. After the cells' positions and sequence ids come each
@@ -395,29 +396,67 @@ def moved_state(state: bytes | memoryview | np.ndarray, transposed: bool | None 
     """
     src = np.frombuffer(state, dtype=np.uint8)
     try:
-        (n_stream,) = struct.unpack_from("<I", src, _STATE_HEADER)
-        off = _STATE_HEADER + 4
-        for s in range(n_stream):
-            (count,) = struct.unpack_from("<I", src, off)
-            if count:
-                tail = 4 * (n_stream - s - 1)  # the later streams' zero counts
-                if src[len(src) - tail:].any():
-                    raise ModelError("a saved sequence spans several KV streams")
-                body = src[off:len(src) - tail]
-                break
+        caches = []  # per cache: (start, end) of its one stream's count and cells, or None when it holds none
+        off = _STATE_HEADER
+        while off < len(src):
+            (n_stream,) = struct.unpack_from("<I", src, off)
             off += 4
-        else:
-            body = np.zeros(4, dtype=np.uint8)  # no cells
-        n = _STATE_HEADER + 4 + len(body)
+            cells = None
+            for _ in range(n_stream):
+                (count,) = struct.unpack_from("<I", src, off)
+                if count:
+                    if cells is not None:
+                        raise ModelError("a saved sequence spans several KV streams")
+                    cells = (off, _cells_end(src, off))
+                    off = cells[1]
+                else:
+                    off += 4
+            caches.append(cells)
+        n = _STATE_HEADER + sum(4 + (c[1] - c[0] if c else 4) for c in caches)
         dst = out[:n] if out is not None and len(out) >= n else np.empty(n + n // 4, dtype=np.uint8)[:n]
         dst[:_STATE_HEADER] = src[:_STATE_HEADER]
-        struct.pack_into("<I", dst, _STATE_HEADER, 1)
-        dst[_STATE_HEADER + 4:] = body
-        if transposed is not None:
-            _relay_v(body, dst[_STATE_HEADER + 4:], transposed)
+        at = _STATE_HEADER
+        for c in caches:
+            struct.pack_into("<I", dst, at, 1)  # one stream
+            if c is None:
+                struct.pack_into("<I", dst, at + 4, 0)
+                at += 8
+                continue
+            size = c[1] - c[0]
+            dst[at + 4:at + 4 + size] = src[c[0]:c[1]]
+            if transposed is not None:
+                _relay_v(src[c[0]:c[1]], dst[at + 4:at + 4 + size], transposed)
+            at += 4 + size
         return dst
     except struct.error as e:
         raise ModelError(f"unexpected saved KV state ({e})") from None
+
+
+def _cells_end(src: np.ndarray, off: int) -> int:
+    """Where the cells of one stream end, ``off`` at their count: positions and sequence ids (models with
+    cell extras are not handled), then each layer's K, then each layer's V in either layout."""
+    (cells,) = struct.unpack_from("<I", src, off)
+    off += 4
+    for _ in range(cells):
+        _pos, n_ids = struct.unpack_from("<iI", src, off)
+        off += 8 + 4 * n_ids
+    v_trans, n_layer = struct.unpack_from("<II", src, off)
+    if v_trans not in (0, 1):
+        raise ModelError("unexpected saved KV state (cells with extras?)")
+    off += 8
+    for _ in range(n_layer):
+        _type, row = struct.unpack_from("<iQ", src, off)
+        off += 12 + cells * row
+    for _ in range(n_layer):
+        if v_trans:
+            _type, size, width = struct.unpack_from("<iII", src, off)
+            off += 12 + cells * size * width
+        else:
+            _type, row = struct.unpack_from("<iQ", src, off)
+            off += 12 + cells * row
+    if off > len(src):
+        raise ModelError("unexpected saved KV state (size)")
+    return off
 
 
 #: Value types whose V cache a state can be relaid out for: one element per value (no quantized blocks).
@@ -425,7 +464,7 @@ _PLAIN_V_TYPES = {0: "<u4", 1: "<u2", 30: "<u2"}  # ggml types f32, f16, bf16
 
 
 def _relay_v(src: np.ndarray, dst: np.ndarray, transposed: bool) -> None:
-    """Rewrite one stream's cells (``dst``, a copy of ``src``) for a V cache laid out ``transposed``."""
+    """Rewrite one stream's count and cells (``dst``, a copy of ``src``) for a V cache laid out ``transposed``."""
     (cells,) = struct.unpack_from("<I", src, 0)
     if cells == 0:
         return
