@@ -66,6 +66,26 @@ def test_a_name_of_several_tokens_is_said_whole_once_it_starts(model):
     assert int(np.argmax(logits)) == _token(model, " Grim"), "after the name, the line is the model's again"
 
 
+def test_the_name_is_said_as_a_word_of_its_own(model):
+    """SmolLM2 once went on from the forced name: "I'm Molla". After the name, tokens that would lengthen
+    its word lose their chance; a space, punctuation or anything else keeps the model's."""
+    guard = NameGuard(model, "Moll")
+    (moll,) = model.tokenize(" Moll", add_bos=False, special=False)
+    logits = _logits(model, {" Grim": 9.0})
+    guard.adjust(logits, "Greetings. I'm", 0.7)
+    guard.observe(moll)
+    logits = _logits(model, {"a": 9.0, "y": 8.0, ",": 8.5, " the": 7.0})
+    before = _probs(logits, 0.7)
+    guard.adjust(logits, "Greetings. I'm Moll", 0.7)
+    after = _probs(logits, 0.7)
+    assert after[_token(model, "a")] == 0 and after[_token(model, "y")] == 0
+    comma, the = _token(model, ","), _token(model, " the")
+    assert after[comma] / after[the] == pytest.approx(before[comma] / before[the], rel=1e-4)
+    logits = _logits(model, {"a": 9.0})
+    guard.adjust(logits, "Greetings. I'm Moll, the", 0.7)
+    assert int(np.argmax(logits)) == _token(model, "a"), "only the token right after the name"
+
+
 def test_a_self_introduction_that_goes_another_way_frees_the_line(model):
     guard = NameGuard(model, "Sister Maren")
     logits = _logits(model, {" sorry": 9.0})
@@ -76,7 +96,7 @@ def test_a_self_introduction_that_goes_another_way_frees_the_line(model):
     assert int(np.argmax(logits)) == _token(model, " Grim")
 
 
-INTRODUCTION = re.compile(r"\b(?i:I am|I'm|my name is|call me) ([A-Z][\w'-]*)")
+INTRODUCTION = re.compile(r"\b(?i:I am|I'm|my name is|the name is|call me) ([A-Z][\w'-]*)")
 
 
 def test_npcs_asked_who_they_are_introduce_themselves_by_their_persona_names(client):
@@ -85,8 +105,8 @@ def test_npcs_asked_who_they_are_introduce_themselves_by_their_persona_names(cli
     for i, (name, persona) in enumerate([("Jack", "You are Jack Mallow, a sailor who sings sea shanties."),
                                          ("Moll", "You are Moll, the ruthless leader of a bandit gang."),
                                          ("Hilda", "You are Hilda, a stern town guard of Oakvale.")]):
-        for j, question in enumerate(("What is your name?", "Who are you?", "Introduce yourself, stranger.")):
-            client.npc(f"intro-{i}-{j}", persona, seed=100 + 3 * i + j)
+        for j, question in enumerate(("What is your name?", "Who are you?", "Introduce yourself, stranger.") * 2):
+            client.npc(f"intro-{i}-{j}", persona, seed=100 + 6 * i + j)
             text = client.say(f"intro-{i}-{j}", question, max_tokens=24)["text"]
             introductions += [(name, m.group(1), text) for m in INTRODUCTION.finditer(text)]
     assert len(introductions) >= 3, introductions

@@ -4,7 +4,7 @@ A tiny model told "You are Brom, the blacksmith" still answers "I am Grimbold Ir
 (SmolLM2: 3 of 7 self-introductions kept the name, docs/QUALITY.md). So while a line is drawn, right
 after a self-introduction ("I am", "I'm", "my name is", "call me"…), the probability the model gives
 to starting a capitalised word other than the name goes to the name instead, and the name's other
-tokens follow. Lower-case continuations keep theirs: "I am sorry", "I'm a blacksmith" are drawn as
+tokens follow; then the word ends ("I'm Moll", not "I'm Molla"). Lower-case continuations keep theirs: "I am sorry", "I'm a blacksmith" are drawn as
 the model would draw them. Only the candidates sampling can reach are looked at (the top 40, as
 ``top_k``), so nothing scans the vocabulary.
 """
@@ -16,7 +16,8 @@ import re
 import numpy as np
 
 #: What comes right before a name when an NPC says who it is (case-insensitive, at the end of the line so far).
-_CUE = re.compile(r"(?:\bI am|\bI'm|\bI’m|\bmy name is|\bmy name's|\bname's|\bcall me|\bknown as)( ?)$", re.IGNORECASE)
+_CUE = re.compile(r"(?:\bI am|\bI'm|\bI’m|\bmy name is|\bmy name's|\bthe name is|\bname's|\bcall me|\bknown as)( ?)$",
+                  re.IGNORECASE)
 _CANDIDATES = 40
 
 
@@ -29,9 +30,17 @@ class NameGuard:
         self._bare = model.tokenize(name, add_bos=False, special=False)
         self._saying: list[int] | None = None  # the name's tokens, while the line is saying it
         self._said = 0  # how many of them it has said
+        self._ended = False  # the name was just said whole: the next token may not lengthen its word
 
     def adjust(self, logits: np.ndarray, text: str, temperature: float) -> None:
         """Before the line's next token is drawn from ``logits`` (changed in place), after ``text``."""
+        if self._ended:
+            self._ended = False
+            top = np.argpartition(logits, -_CANDIDATES)[-_CANDIDATES:]
+            longer = [int(t) for t in top if _continues_a_word(self._model.piece(int(t)))]
+            if len(longer) < len(top):  # what is left after the name is the model's, renormalised
+                logits[longer] = -np.inf
+            return
         if self._saying is not None and 0 < self._said < len(self._saying):
             token = self._saying[self._said]
             kept = logits[token]
@@ -62,9 +71,15 @@ class NameGuard:
         if self._saying is not None and self._said < len(self._saying) and token == self._saying[self._said]:
             self._said += 1
             if self._said == len(self._saying):
-                self._saying, self._said = None, 0
+                self._saying, self._said, self._ended = None, 0, True
         else:
             self._saying, self._said = None, 0
+
+
+def _continues_a_word(piece: bytes) -> bool:
+    """Whether a token would lengthen the word before it ("Moll|a"): it starts with a letter or digit."""
+    text = piece.decode("utf-8", errors="ignore")
+    return bool(text) and text[0].isalnum()
 
 
 def _starts_a_name(piece: bytes, lead: str) -> bool:
