@@ -11,6 +11,7 @@ import ctypes
 import struct
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp as L
@@ -396,7 +397,7 @@ def moved_state(state: bytes | memoryview | np.ndarray, transposed: bool | None 
     """
     src = np.frombuffer(state, dtype=np.uint8)
     try:
-        caches = []  # per cache: (start, end) of its one stream's count and cells, or None when it holds none
+        caches = []  # per cache: its one stream's (start, layout), start at the cell count, or None when empty
         off = _STATE_HEADER
         while off < len(src):
             (n_stream,) = struct.unpack_from("<I", src, off)
@@ -407,12 +408,12 @@ def moved_state(state: bytes | memoryview | np.ndarray, transposed: bool | None 
                 if count:
                     if cells is not None:
                         raise ModelError("a saved sequence spans several KV streams")
-                    cells = (off, _cells_end(src, off))
-                    off = cells[1]
+                    cells = (off, _Cells.read(src, off))
+                    off = cells[1].end
                 else:
                     off += 4
             caches.append(cells)
-        n = _STATE_HEADER + sum(4 + (c[1] - c[0] if c else 4) for c in caches)
+        n = _STATE_HEADER + sum(4 + (c[1].end - c[0] if c else 4) for c in caches)
         dst = out[:n] if out is not None and len(out) >= n else np.empty(n + n // 4, dtype=np.uint8)[:n]
         dst[:_STATE_HEADER] = src[:_STATE_HEADER]
         at = _STATE_HEADER
@@ -422,87 +423,81 @@ def moved_state(state: bytes | memoryview | np.ndarray, transposed: bool | None 
                 struct.pack_into("<I", dst, at + 4, 0)
                 at += 8
                 continue
-            size = c[1] - c[0]
-            dst[at + 4:at + 4 + size] = src[c[0]:c[1]]
-            if transposed is not None:
-                _relay_v(src[c[0]:c[1]], dst[at + 4:at + 4 + size], transposed)
-            at += 4 + size
+            begin, layout = c
+            dst[at + 4:at + 4 + layout.end - begin] = src[begin:layout.end]
+            if transposed is not None and layout.v_transposed != transposed:
+                layout.relay_v(src, dst, at + 4 - begin)
+            at += 4 + layout.end - begin
         return dst
     except struct.error as e:
         raise ModelError(f"unexpected saved KV state ({e})") from None
-
-
-def _cells_end(src: np.ndarray, off: int) -> int:
-    """Where the cells of one stream end, ``off`` at their count: positions and sequence ids (models with
-    cell extras are not handled), then each layer's K, then each layer's V in either layout."""
-    (cells,) = struct.unpack_from("<I", src, off)
-    off += 4
-    for _ in range(cells):
-        _pos, n_ids = struct.unpack_from("<iI", src, off)
-        off += 8 + 4 * n_ids
-    v_trans, n_layer = struct.unpack_from("<II", src, off)
-    if v_trans not in (0, 1):
-        raise ModelError("unexpected saved KV state (cells with extras?)")
-    off += 8
-    for _ in range(n_layer):
-        _type, row = struct.unpack_from("<iQ", src, off)
-        off += 12 + cells * row
-    for _ in range(n_layer):
-        if v_trans:
-            _type, size, width = struct.unpack_from("<iII", src, off)
-            off += 12 + cells * size * width
-        else:
-            _type, row = struct.unpack_from("<iQ", src, off)
-            off += 12 + cells * row
-    if off > len(src):
-        raise ModelError("unexpected saved KV state (size)")
-    return off
 
 
 #: Value types whose V cache a state can be relaid out for: one element per value (no quantized blocks).
 _PLAIN_V_TYPES = {0: "<u4", 1: "<u2", 30: "<u2"}  # ggml types f32, f16, bf16
 
 
-def _relay_v(src: np.ndarray, dst: np.ndarray, transposed: bool) -> None:
-    """Rewrite one stream's count and cells (``dst``, a copy of ``src``) for a V cache laid out ``transposed``."""
-    (cells,) = struct.unpack_from("<I", src, 0)
-    if cells == 0:
-        return
-    off = 4
-    for _ in range(cells):  # position, then the sequence ids (models with cell extras are not handled)
-        _pos, n_ids = struct.unpack_from("<iI", src, off)
-        off += 8 + 4 * n_ids
-    was, n_layer = struct.unpack_from("<II", src, off)
-    if was not in (0, 1):
-        raise ModelError("unexpected saved KV state (cells with extras?)")
-    if bool(was) == transposed:
-        return
-    struct.pack_into("<I", dst, off, int(transposed))
-    off += 8
-    for _ in range(n_layer):  # K: one row per cell, whatever V's layout
-        _type, row = struct.unpack_from("<iQ", src, off)
-        off += 12 + cells * row
-    for _ in range(n_layer):
-        if was:
-            v_type, size, width = struct.unpack_from("<iII", src, off)
-        else:
-            v_type, row = struct.unpack_from("<iQ", src, off)
-            size = np.dtype(_PLAIN_V_TYPES.get(v_type, "<u2")).itemsize
-            width = row // size
-        dtype = _PLAIN_V_TYPES.get(v_type)
-        if dtype is None or np.dtype(dtype).itemsize != size:
-            raise ModelError(f"cannot relay out a V cache of ggml type {v_type}")
-        if transposed:
-            struct.pack_into("<iII", dst, off, v_type, size, width)
-        else:
-            struct.pack_into("<iQ", dst, off, v_type, width * size)
-        off += 12
-        n = cells * width * size
-        values, into = src[off:off + n].view(dtype), dst[off:off + n].view(dtype)
-        if was:  # per value -> per cell
-            np.copyto(into.reshape(cells, width), values.reshape(width, cells).T)
-        else:
-            np.copyto(into.reshape(width, cells), values.reshape(cells, width).T)
-        off += n
-    if off != len(src):
-        raise ModelError("unexpected saved KV state (size)")
+@dataclass
+class _Cells:
+    """Where one stream's saved cells lie: positions and sequence ids, each layer's K, then each layer's V."""
+
+    cells: int
+    data: int  # V's layout flag and the layer count, then K
+    v: list[int]  # each layer's V header
+    v_transposed: bool
+    end: int
+
+    @classmethod
+    def read(cls, src: np.ndarray, off: int) -> "_Cells":
+        """``off`` at the cell count. Models with cell extras (2D positions) are not handled."""
+        (cells,) = struct.unpack_from("<I", src, off)
+        off += 4
+        for _ in range(cells):
+            _pos, n_ids = struct.unpack_from("<iI", src, off)
+            off += 8 + 4 * n_ids
+        data = off
+        v_trans, n_layer = struct.unpack_from("<II", src, off)
+        if v_trans not in (0, 1):
+            raise ModelError("unexpected saved KV state (cells with extras?)")
+        off += 8
+        for _ in range(n_layer):  # K: one row per cell, whatever V's layout
+            _type, row = struct.unpack_from("<iQ", src, off)
+            off += 12 + cells * row
+        v = []
+        for _ in range(n_layer):
+            v.append(off)
+            if v_trans:
+                _type, size, width = struct.unpack_from("<iII", src, off)
+                off += 12 + cells * size * width
+            else:
+                _type, row = struct.unpack_from("<iQ", src, off)
+                off += 12 + cells * row
+        if off > len(src):
+            raise ModelError("unexpected saved KV state (size)")
+        return cls(cells, data, v, bool(v_trans), off)
+
+    def relay_v(self, src: np.ndarray, dst: np.ndarray, shift: int) -> None:
+        """Write these cells' V the other way round into ``dst`` (a copy of ``src`` moved by ``shift``)."""
+        transposed = not self.v_transposed
+        struct.pack_into("<I", dst, self.data + shift, int(transposed))
+        for off in self.v:
+            if self.v_transposed:
+                v_type, size, width = struct.unpack_from("<iII", src, off)
+            else:
+                v_type, row = struct.unpack_from("<iQ", src, off)
+                size = np.dtype(_PLAIN_V_TYPES.get(v_type, "<u2")).itemsize
+                width = row // size
+            dtype = _PLAIN_V_TYPES.get(v_type)
+            if dtype is None or np.dtype(dtype).itemsize != size:
+                raise ModelError(f"cannot relay out a V cache of ggml type {v_type}")
+            if transposed:
+                struct.pack_into("<iII", dst, off + shift, v_type, size, width)
+            else:
+                struct.pack_into("<iQ", dst, off + shift, v_type, width * size)
+            n = self.cells * width * size
+            values = src[off + 12:off + 12 + n].view(dtype)
+            into = dst[off + shift + 12:off + shift + 12 + n].view(dtype)
+            if self.v_transposed:  # per value -> per cell
+                np.copyto(into.reshape(self.cells, width), values.reshape(width, self.cells).T)
+            else:
+                np.copyto(into.reshape(width, self.cells), values.reshape(self.cells, width).T)
