@@ -132,6 +132,19 @@ def test_a_stopped_server_leaves_no_threads_and_no_open_socket_behind(model_path
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
+def test_a_request_that_arrived_but_was_not_read_before_a_stop_ends_as_cancelled(model_path):
+    """A stop between two reads of the socket: the request waiting there is open to its client too, and
+    ends as in-flight ones do, not in the client's own timeout (CI saw that race under load)."""
+    server, endpoint = _server_in_process()
+    with Client(endpoint) as c:
+        line = c.request("ping")
+        assert server._router.poll(5000, zmq.POLLIN)  # arrived, not read: the loop has not run yet
+        server.stop()
+        server.serve_forever()  # ends at once, before reading anything
+        assert c.wait(line, 5)["event"] == "cancelled"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
 def test_while_serving_another_thread_running_python_keeps_the_gil_from_the_socket_thread_half_a_millisecond_at_most():
     """CPython lets a thread that runs Python keep the GIL 5 ms from one that wants it, and the vocabulary
     scan after a model loads (or the engine's bookkeeping) then held every reply 5 ms (docs/PERFORMANCE.md).

@@ -204,11 +204,24 @@ class Server:
         for (client, rid), _ in list(self._inflight.items()):  # whatever the engine did not end
             self._send(client, P.cancelled(rid))
         self._inflight.clear()
+        self._cancel_unread()
         self.engine.close()
         self._router.close(linger=100)
         self._outbox.close()
         if self._auth is not None:
             self._auth.stop()
+
+    def _cancel_unread(self) -> None:
+        """Requests that arrived but were not read when the loop ended (a stop between two reads) are open
+        too, to their clients: they end as cancelled, as the in-flight ones do, not in a client's timeout."""
+        for _ in range(_MAX_READS_PER_TURN):
+            try:
+                parts = self._router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            rid = P.salvage_id(parts[-1]) if len(parts) == 2 else None
+            if rid is not None:
+                self._send(parts[0], P.cancelled(rid))
 
     def _poll_timeout(self) -> int:
         timeout = 500.0
