@@ -129,12 +129,15 @@ def test_a_route_step_picks_a_described_role_and_a_later_step_speaks_in_it(roles
 
 def test_a_route_evaluates_the_request_not_the_roles_listing_again(roles):
     """The roles and their descriptions are the router's persona, which stays evaluated between routes."""
-    with Client(roles.endpoint) as c:  # a description of its own: a listing no route has used yet
+    with Client(roles.endpoint) as c:
+        # A listing no route has used yet, and whose first line is new too: a route over ["merchant", "guard"]
+        # before this one left its listing's cells in the scorer up to the guard's description, which a
+        # listing led by the merchant's would share.
         c.call("hello", client="pytest", role_info={"guard": "watches the town gate and catches pickpockets"})
 
         def evaluated(text: str) -> int:
             before = c.call("stats")["engine"]["models"][0]["tokens"]
-            c.chain([{"op": "route", "as": "who", "text": text, "choices": ["merchant", "guard"]}])
+            c.chain([{"op": "route", "as": "who", "text": text, "choices": ["guard", "merchant"]}])
             return c.call("stats")["engine"]["models"][0]["tokens"] - before
 
         first = evaluated("Someone stole my purse at the market!")
