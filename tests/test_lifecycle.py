@@ -108,7 +108,7 @@ def test_several_models_serve_requests_by_role(model_path):
 
 
 def test_the_demo_plays_the_village_scene_end_to_end(model_path, village):
-    """`npcai demo`, the README's first command: NPCs talk, every decision is shown, no traceback."""
+    """`npcai demo`, the README's first command: NPCs talk, every decision is shown and sensible, no traceback."""
     proc = run_cli("demo", "--no-color", timeout=240)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -122,6 +122,9 @@ def test_the_demo_plays_the_village_scene_end_to_end(model_path, village):
             # an option's line: its words, the bar, the percentage, and ◀ on the pick
             picked = [" ".join(line.split()[:-3]) for line in shown if line.rstrip().endswith("◀")]
             assert len(picked) == 1 and picked[0] in d["choices"], shown
+            # and a sensible one: Brom does not sell his 20-gold shield for 5 (issue 13), nor does the
+            # cowardly goblin on 3 hit points attack an armed player
+            assert picked[0] not in d.get("not_sensible", []), shown
         else:
             assert isinstance(json.loads(lines[at + 1]), dict)
     # the trade ends in one of the NPC's declared actions (or none), and the game tells it what came of it

@@ -1,0 +1,77 @@
+"""How a scenario's choice decisions fall over drawn histories (issue 13: "the demo's decisions must be sensible").
+
+`npcai demo` asks each decision once, after the NPC's two lines drawn at one seed. A decision
+that is a near tie flips when those lines are drawn differently (another seed, another model,
+another rounding), so one run says little. This plays the demo's part of a scenario for each
+seed in turn: the NPC defined with that seed, the scenario's first two lines said to it, then
+each of its choice decisions at temperature 0. It reports, per decision, how often each option
+was picked and its mean probability, and the lowest and highest probability of the options the
+scenario marks as not sensible (``"not_sensible"`` in the decision, if any).
+
+    python bench/scenario_decisions.py --seeds 20
+    python bench/scenario_decisions.py --seeds 20 --scenario my_scene.json -- --model decision=gemma3-270m
+
+Arguments after ``--`` go to the sidecar (`npcai serve`'s flags: --model, --lora, --threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+
+from npcai import Client, Sidecar
+from npcai.demo import load_scenario
+
+
+def probe(scene: dict, seeds: int, sidecar_args: list[str]) -> list[dict]:
+    """Per choice decision: its picks and probabilities over ``seeds`` drawn histories."""
+    decisions = [d for d in scene["decisions"] if "choices" in d]
+    out = [{"npc": d.get("npc"), "situation": d["situation"], "picks": Counter(), "probs": []} for d in decisions]
+    with Sidecar(*sidecar_args) as sc, Client(sc.endpoint) as c:
+        c.hello("scenario_decisions")
+        for seed in range(1, seeds + 1):
+            for npc in {d["npc"] for d in decisions if d.get("npc")}:
+                c.npc(npc, scene["npcs"][npc]["persona"], seed=seed)
+                for line in scene["npcs"][npc].get("lines", [])[:2]:  # as the demo does
+                    c.say(npc, line, max_tokens=48, stop=["\n"])
+            for d, row in zip(decisions, out):
+                kind = {k: d[k] for k in ("choices", "descriptions") if k in d}
+                reply = c.decide(d["situation"], npc=d.get("npc"), temperature=0.0, **kind)
+                row["picks"][reply["value"]] += 1
+                row["probs"].append(reply["probs"])
+    for d, row in zip(decisions, out):
+        wrong = d.get("not_sensible", [])
+        row["picks"] = dict(row["picks"])
+        row["mean_probs"] = {ch: round(sum(p[ch] for p in row["probs"]) / seeds, 3) for ch in d["choices"]}
+        row["sensible_picks"] = sum(n for ch, n in row["picks"].items() if ch not in wrong)
+        if wrong:
+            worst = [sum(p[ch] for ch in wrong) for p in row["probs"]]
+            row["not_sensible_prob"] = {"min": round(min(worst), 3), "max": round(max(worst), 3)}
+        del row["probs"]
+    return out
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=20, help="drawn histories per decision")
+    ap.add_argument("--scenario", help="a scenario JSON file (default: the built-in village)")
+    ap.add_argument("--json", help="also write the rows here")
+    args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    rows = probe(load_scenario(args.scenario), args.seeds, extra)
+    for row in rows:
+        print(f"{row['npc']}: {row['situation']}\n  sensible picks {row['sensible_picks']} of {args.seeds}; "
+              f"picks {row['picks']}\n  mean probs {row['mean_probs']}"
+              + (f"\n  not sensible, per history: {row['not_sensible_prob']}" if "not_sensible_prob" in row else ""))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"seeds": args.seeds, "scenario": args.scenario or "village", "sidecar": extra,
+                       "decisions": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
