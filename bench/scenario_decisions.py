@@ -23,6 +23,7 @@ from collections import Counter
 
 from npcai import Client, Sidecar
 from npcai.demo import load_scenario
+from npcai.errors import NpcaiError
 
 
 def probe(scene: dict, seeds: int, sidecar_args: list[str]) -> list[dict]:
@@ -61,7 +62,12 @@ def main() -> int:
     ap.add_argument("--scenario", help="a scenario JSON file (default: the built-in village)")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    rows = probe(load_scenario(args.scenario), args.seeds, extra)
+    try:
+        rows = probe(load_scenario(args.scenario), args.seeds, extra)
+    except (NpcaiError, KeyError) as exc:  # a scenario that cannot be read, or a decision by an NPC it does not define
+        print(f"scenario_decisions: {exc if isinstance(exc, NpcaiError) else f'no NPC {exc} in the scenario'}",
+              file=sys.stderr)
+        return 2
     for row in rows:
         print(f"{row['npc']}: {row['situation']}\n  sensible picks {row['sensible_picks']} of {args.seeds}; "
               f"picks {row['picks']}\n  mean probs {row['mean_probs']}"
