@@ -50,6 +50,19 @@ def test_usage_counts_each_token_the_model_evaluated_once(client):
     assert reply["usage"]["evaluated_tokens"] == evaluated() - before
 
 
+def test_a_first_decision_over_new_options_does_not_evaluate_the_npcs_history_again(client):
+    """The first decision over an option set also scores the options' content-free prior (persona, no
+    history). The NPC's evaluated history still serves the decision itself: only the situation, the prior's
+    own turn and the options are evaluated, as usage says (the history was evaluated again, uncounted)."""
+    client.npc("hilda", GUARD)
+    for line in ("Good morning, guard.", "Have you seen anything strange tonight?"):
+        client.say("hilda", line, max_tokens=24)
+    before = client.call("stats")["engine"]["models"][0]["tokens"]
+    reply = client.decide("A thief runs past you.", npc="hilda", choices=["chase the thief", "stay at the gate"])
+    assert reply["usage"]["cached_tokens"] > 60  # the persona and both exchanges
+    assert client.call("stats")["engine"]["models"][0]["tokens"] - before == reply["usage"]["evaluated_tokens"]
+
+
 def test_descriptions_are_scored_in_place_of_their_choices(client):
     """Game ids stay the values; the words the model judges are the descriptions."""
     client.npc("hilda", GUARD)

@@ -10,6 +10,7 @@ from npcai.bench.report import pct
 from npcai.bench.workload import (
     CHOICES,
     GBNF,
+    LINES,
     SCHEMA,
     SITUATIONS,
 )
@@ -37,12 +38,37 @@ def run(b: Bench, c: Client) -> None:
               "llama.cpp forward passes alone", target="<= 1.25x")
         b.report.raw[f"decision_{kind}"] = {"npcai_ms": lat, "gbnf_ms": gbnf, "model_only_ms": model_only,
                                               "usage": [r["usage"] for r in replies]}
+    _new_options(b, c)
     try:
         import outlines  # noqa: F401
 
         b.report.raw["outlines"] = "installed but not benchmarked: its llama.cpp loop resets the cache"
     except ImportError:
         b.report.raw["outlines"] = "not installed"
+
+
+def _new_options(b: Bench, c: Client) -> None:
+    """A choice over options the NPC has not decided over before, after it has talked: a game's option
+    lists change with the situation. Its first decision over them also scores their content-free prior;
+    against the same decision again (the prior cached). That first decision once evaluated the NPC's
+    whole history again in the option scorer, so its cost grew with the conversation."""
+    c.npc("mira", b.persona, seed=1)
+    for line in LINES[:4]:
+        c.say("mira", line, max_tokens=40)
+    first, again, cached = [], [], []
+    for i in range(b.reps):
+        ask = {"npc": "mira", "choices": CHOICES[:3] + [f"count to {i + 3}"]}  # a set of its own each time
+        situation = SITUATIONS[i % len(SITUATIONS)]
+        t = time.perf_counter()
+        reply = c.decide(situation, **ask)
+        first.append((time.perf_counter() - t) * 1000)
+        cached.append(reply["usage"]["cached_tokens"])
+        t = time.perf_counter()
+        c.decide(situation, **ask)
+        again.append((time.perf_counter() - t) * 1000)
+    b.report.add("decision", "choice over new options after 4 exchanges (p50)",
+                 pct(first, 50), pct(again, 50), "the same decision again (prior cached)")
+    b.report.raw["decision_new_options"] = {"first_ms": first, "again_ms": again, "cached_tokens": cached}
 
 
 def _replay(b: Bench, usage: dict[str, int], rows: int = 1, scorer: bool = False) -> float:

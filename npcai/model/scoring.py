@@ -95,19 +95,26 @@ class OptionScorer:
             self.ctx.set_threads(self._main.threads)
         stems, options = tree.stems, tree.options
         root = _common_prefix_all(stems)
-        have = self._prefix(tree, root)
+        # Sequence 0 holds as much of the first stem (the decision's prompt) as is evaluated anywhere: the
+        # NPC's persona and history. Another stem (the options' content-free prior: the persona, no history)
+        # shares only its common start with it. Loading no more than all stems share had a first decision
+        # over new options evaluate the NPC's whole history again (198 tokens where 94 were counted).
+        have = self._prefix(tree, len(stems[0]) - 1)
+        shared = [have] + [min(have, common_prefix(s, stems[0]), len(s) - 1) for s in stems[1:]]
         n_opt = len(options)
         groups = [list(range(i * n_opt, (i + 1) * n_opt)) for i in range(len(stems))]
         every = [s for g in groups for s in g]
-        for seq in every[1:]:
-            self.ctx.seq_copy(0, seq, have)
+        for seqs, n in zip(groups, shared):
+            for seq in seqs:
+                if seq != 0:
+                    self.ctx.seq_copy(0, seq, n)
         b = self.batch
         b.clear()
         for pos in range(have, root):  # the stems' common part: every sequence attends to it
             b.add_shared(stems[0][pos], pos, every, False)
         last_rows, option_rows = [], []
-        for stem, seqs in zip(stems, groups):
-            start = max(root, have)
+        for stem, seqs, n in zip(stems, groups, shared):
+            start = max(root, n)
             rows_here = [b.add_shared(stem[pos], pos, seqs, pos == len(stem) - 1) for pos in range(start, len(stem))]
             last_rows.append(rows_here[-1])  # never empty: the cached prefix stops before the stems' last token
             option_rows.append(_add_options(b, len(stem), options, seqs))
@@ -137,9 +144,9 @@ class OptionScorer:
         here = min(common_prefix(self._cached, stem), limit)
         return max(here, _source_prefix(source, stem, limit))
 
-    def _prefix(self, tree: OptionTree, root: int) -> int:
-        """Make sequence 0 hold as much of the stems' common start as is evaluated anywhere; returns how much."""
-        limit = root  # stops short of every stem's last token, which is evaluated here for its logits
+    def _prefix(self, tree: OptionTree, limit: int) -> int:
+        """Make sequence 0 hold as much of the first stem as is evaluated anywhere, at most ``limit`` (short of
+        its last token, which is evaluated here for its logits); returns how much."""
         here = min(common_prefix(self._cached, tree.stems[0]), limit)
         kv = tree.source
         there = _source_prefix(kv, tree.stems[0], limit)
