@@ -9,7 +9,7 @@ from support import options_scored_alone
 from npcai.errors import ModelError
 from npcai.model.kv import KvSeq
 from npcai.model.native import Batch, Context, Model, moved_state
-from npcai.model.scoring import OptionScorer, OptionTree, option_cells, tree_cells
+from npcai.model.scoring import OptionScorer, OptionTree, common_prefix, option_cells, tree_cells
 
 #: Scores may differ by this much (nats) from a sequence of its own: llama.cpp's CPU flash attention
 #: accumulates in half precision, and cells of other sequences change its rounding. A mask that let one
@@ -71,6 +71,39 @@ def test_the_npcs_evaluated_prefix_is_moved_over_not_evaluated_again(model):
         assert scorer.stats["prefix_loads"] == 1, "the persona stayed cached in the scorer"
         assert scorer.batch.n == len(stem) - scorer.evaluated(stem, gave_way) + option_cells(options)
         assert np.allclose(again.scores[0], tree.scores[0], atol=1e-3)
+    finally:
+        b.close()
+        scorer.close()
+        main.close()
+
+
+def test_a_prior_stem_starts_from_the_persona_while_the_decision_keeps_the_npcs_history(model):
+    """A first decision over new options also scores their content-free prior: a second stem with the
+    persona and no history. The decision's own stem starts from every cell of the NPC moved over (persona
+    and history), the prior's sequences from the persona's alone: neither evaluates the history again,
+    and neither sees the other's cells."""
+    main = Context(model, n_ctx=2048, n_batch=512, n_seq=4, threads=2)
+    scorer = OptionScorer(model, prefix_cells=512, max_seqs=16, threads=2, flash_attn=None, main=main)
+    b = Batch(512)
+    try:
+        talk = [("system", PERSONA), ("user", "Who goes there?"), ("assistant", "Only Grik! Grik is nobody, sir."),
+                ("user", "A knight with a drawn sword corners you in the forest.")]
+        stem = model.tokenize(model.apply_chat_template(talk, True) + "The sensible thing to do is to")
+        prior = _stem(model, "Nothing happens.")
+        options = [model.tokenize(" " + o) for o in OPTIONS]
+        npc_cells = stem[:len(stem) - 12]  # persona and history, evaluated in the main cache
+        for i, t in enumerate(npc_cells):
+            b.add(t, i, 2, False)
+        assert main.decode(b) == 0
+        tree = OptionTree(seq=-1, pos=0, pending=[0], all_logits=True, stems=[stem, prior], options=options,
+                          source=KvSeq(seq=2, tokens=list(npc_cells)), keep=len(npc_cells))
+        assert scorer.evaluate(tree) == 0
+        assert scorer.stats["loaded_cells"] == len(npc_cells)
+        shared = common_prefix(stem, prior)  # the persona's turn
+        assert shared < len(npc_cells) - 10
+        assert scorer.batch.n == 12 + (len(prior) - shared) + 2 * option_cells(options)
+        assert np.allclose(tree.scores[0], options_scored_alone(model, stem, options), atol=NUMERIC)
+        assert np.allclose(tree.scores[1], options_scored_alone(model, prior, options), atol=NUMERIC)
     finally:
         b.close()
         scorer.close()
