@@ -42,7 +42,9 @@ class Sidecar:
         cmd = [*self._program, "--parent-pid", str(os.getpid()), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self._env)
         self.stderr_tail: deque[str] = deque(maxlen=50)
-        threading.Thread(target=self._drain_stderr, args=(self.proc, self.stderr_tail), daemon=True).start()
+        self._stderr_reader = threading.Thread(target=self._drain_stderr, args=(self.proc, self.stderr_tail),
+                                               daemon=True)
+        self._stderr_reader.start()
         self.endpoint = self._wait_ready(self._timeout)
         connection_file = _flag(self.args, "--connection-file")
         if connection_file:
@@ -72,6 +74,13 @@ class Sidecar:
         reader.start()
         reader.join(timeout)
         if not found:
+            code = self.proc.poll()
+            if code is not None:  # it stopped before it was ready: say why, as its own last words
+                self._stderr_reader.join(2.0)
+                self.close()
+                said = [ln for ln in self.stderr_tail if ln.strip()]
+                why = said[-1].removeprefix("npcai: ") if said else "no output"
+                raise ModelError(f"the sidecar stopped before it was ready (exit code {code}): {why}")
             self.close()
             detail = "\n".join(self.stderr_tail) or "no output"
             raise ModelError(f"sidecar did not become ready within {timeout:.0f} s:\n{detail}")
