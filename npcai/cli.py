@@ -190,7 +190,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from npcai.demo import run_demo
 
-    return run_demo(args.model or [], scenario=args.scenario, color=not args.no_color)
+    return run_demo(args.model or [], scenario=args.scenario, color=not args.no_color, loras=args.lora or [])
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--scenario", help="scenario JSON file (default: the built-in village)")
         if name == "demo":
             p.add_argument("--no-color", action="store_true", help="plain output")
+            p.add_argument("--lora", action="append", metavar="ROLE=NAME|PATH",
+                           help="score a role's choices through this LoRA adapter, as `npcai serve --lora` (repeatable)")
         p.set_defaults(func=func)
 
     p = _one_line_errors(sub.add_parser("bench", help="run the latency benchmarks and write a JSON report"))

@@ -34,8 +34,8 @@ def load_scenario(path: str | None) -> dict[str, Any]:
     return json.loads(resources.files("npcai").joinpath("scenarios/village.json").read_text())
 
 
-def _start(models: list[str]) -> tuple[Sidecar, Client]:
-    args = [a for m in models for a in ("--model", m)]
+def _start(models: list[str], loras: list[str] = ()) -> tuple[Sidecar, Client]:
+    args = [a for m in models for a in ("--model", m)] + [a for spec in loras for a in ("--lora", spec)]
     print("starting the sidecar…", file=sys.stderr, flush=True)
     sidecar = Sidecar(*args)
     client = Client(sidecar.endpoint)
@@ -48,16 +48,18 @@ def _bar(p: float, width: int = 24) -> str:
     return "█" * filled + "·" * (width - filled)
 
 
-def run_demo(models: list[str], scenario: str | None = None, color: bool = True) -> int:
-    """Play a short scripted scene: streamed lines, decisions with their probabilities, a latency table."""
+def run_demo(models: list[str], scenario: str | None = None, color: bool = True, loras: list[str] = ()) -> int:
+    """Play a short scripted scene: streamed lines, decisions with their probabilities, a latency table.
+    ``loras`` (the sidecar's ``--lora``) shows a role's choices through its decision adapter."""
     s = _Style(color)
     scene = load_scenario(scenario)
-    sidecar, client = _start(models)
+    sidecar, client = _start(models, loras)
     try:
         hello = client.hello("npcai demo")
         names = list(scene["npcs"])[:3]
         colors = {n: _COLORS[i % len(_COLORS)] for i, n in enumerate(scene["npcs"])}
-        model = ", ".join(f"{m['role']}={m['name']}" for m in hello["models"])
+        model = ", ".join(f"{m['role']}={m['name']}" + (f" + {m['lora']}" if m.get("lora") else "")
+                          for m in hello["models"])
         print(s(_BOLD, f"npcai demo — {model} — {sidecar.endpoint}\n"))
         for n in names:
             client.npc(n, scene["npcs"][n]["persona"], seed=7)

@@ -13,6 +13,7 @@ import pytest
 from support import assert_one_line_failure, run_cli
 
 from npcai import Client, Sidecar
+from npcai.errors import ModelError
 
 
 def test_a_missing_model_file_fails_in_one_line(tmp_path):
@@ -107,6 +108,14 @@ def test_several_models_serve_requests_by_role(model_path):
         assert {m["name"] for m in stats} == {"smollm2-135m", "gemma3-270m"} and all(m["steps"] > 0 for m in stats)
 
 
+def _picked(lines: list[str], at: int, decision: dict) -> str | None:
+    """The option the demo marks with ◀ under the decision announced at line ``at`` (each option's line:
+    its words, the bar, the percentage, and ◀ on the pick)."""
+    shown = lines[at + 1:at + 1 + len(decision["choices"])]
+    picked = [" ".join(line.split()[:-3]) for line in shown if line.rstrip().endswith("◀")]
+    return picked[0] if len(picked) == 1 else None
+
+
 def test_the_demo_plays_the_village_scene_end_to_end(model_path, village):
     """`npcai demo`, the README's first command: NPCs talk, every decision is shown and sensible, no traceback."""
     proc = run_cli("demo", "--no-color", timeout=240)
@@ -118,13 +127,11 @@ def test_the_demo_plays_the_village_scene_end_to_end(model_path, village):
     for d in village["decisions"]:
         at = lines.index(f"  {d['npc']} decides: {d['situation']}")
         if "choices" in d:
-            shown = lines[at + 1:at + 1 + len(d["choices"])]
-            # an option's line: its words, the bar, the percentage, and ◀ on the pick
-            picked = [" ".join(line.split()[:-3]) for line in shown if line.rstrip().endswith("◀")]
-            assert len(picked) == 1 and picked[0] in d["choices"], shown
+            picked = _picked(lines, at, d)
+            assert picked in d["choices"], lines[at:at + 1 + len(d["choices"])]
             # and a sensible one: Brom does not sell his 20-gold shield for 5 (issue 13), nor does the
             # cowardly goblin on 3 hit points attack an armed player
-            assert picked[0] not in d.get("not_sensible", []), shown
+            assert picked not in d.get("not_sensible", []), lines[at:at + 1 + len(d["choices"])]
         else:
             assert isinstance(json.loads(lines[at + 1]), dict)
     # the trade ends in one of the NPC's declared actions (or none), and the game tells it what came of it
@@ -137,6 +144,29 @@ def test_the_demo_plays_the_village_scene_end_to_end(model_path, village):
         assert name in {a["name"] for a in trade["actions"]}
         assert any("[the game: " in line for line in lines[at:])
     assert any(line.startswith("latency (ms") for line in lines)
+
+
+def test_the_demo_shows_the_decisions_through_a_decision_adapter(model_path, village):
+    """`npcai demo --lora decision=...` (as `npcai serve --lora`): the header names the adapter, and the
+    scene's choices, scored through it, stay sensible."""
+    proc = run_cli("demo", "--no-color", "--lora", "decision=smollm2-135m-decision", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "decision=smollm2-135m + smollm2-135m-decision" in lines[0], lines[0]
+    for d in village["decisions"]:
+        if "choices" in d:
+            at = lines.index(f"  {d['npc']} decides: {d['situation']}")
+            assert _picked(lines, at, d) not in [None, *d.get("not_sensible", [])], lines[at:at + 8]
+
+
+def test_a_sidecar_that_cannot_start_says_why_in_one_line(model_path):
+    """It stops at once with its own reason, which the launcher passes on (it used to say "did not become
+    ready within 300 s", the reason on a line of its own)."""
+    with pytest.raises(ModelError) as err:
+        Sidecar("--lora", "decision=no-such-adapter")
+    assert "\n" not in err.value.message
+    assert err.value.message.startswith("the sidecar stopped before it was ready (exit code 2): bad --lora")
+
 
 
 def test_chat_answers_each_line_in_the_terminal_and_leaves_at_end_of_input(model_path):
