@@ -3,6 +3,8 @@ against its schema, by construction. Against the real sidecar and model."""
 
 from __future__ import annotations
 
+import time
+
 import jsonschema
 import msgpack
 import pytest
@@ -37,6 +39,22 @@ def assert_valid(action, allowed):
 def test_defining_an_npc_with_actions_compiles_them_and_caches_its_persona(client, village):
     reply = client.npc("smith2", village["npcs"]["brom"]["persona"], actions=ACTIONS)
     assert reply["event"] == "ok" and reply["cached_tokens"] > 0
+
+
+def test_an_npcs_first_action_decision_finds_its_options_prior_scored_in_spare_steps(client, village):
+    """The options of an NPC's action decisions are known when it is defined, so their content-free prior is
+    scored in spare steps then: its first action decision evaluates only its own prompt, as later ones do
+    (it used to score the prior too, about 2x the time)."""
+    client.npc("smith3", village["npcs"]["brom"]["persona"] + " You sell only to friends.", seed=5, actions=ACTIONS)
+    until = time.monotonic() + 30
+    while (engine := client.call("stats")["engine"])["queued"] + engine["running"] and time.monotonic() < until:
+        time.sleep(0.05)  # the spare steps: nothing else is asked meanwhile
+    client.say("smith3", "Good day to you.", max_tokens=16)
+    situation = "A customer offers you 12 gold for your best shield."
+    first = client.decide(situation, npc="smith3", actions=True)
+    again = client.decide(situation, npc="smith3", actions=True)
+    assert first["usage"]["evaluated_tokens"] == again["usage"]["evaluated_tokens"], (first["usage"], again["usage"])
+    assert first["probs"] == pytest.approx(again["probs"], abs=0.02)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])

@@ -97,6 +97,25 @@ def allowed(npc: "Npc", pick: bool | list[str]) -> list[str]:
     return names
 
 
+def choice_sets(npc: "Npc") -> list[dict[str, Any]]:
+    """The ``choices`` and ``descriptions`` of the NPC's two usual action decisions: over all its actions
+    (``decide`` with ``actions: true``), and after a line, those or none (``say`` with ``actions: true``).
+    Known when the NPC is defined, so their priors can be scored before its first action."""
+    return [_choice_fields(_options(npc, names, extra))
+            for names, extra in ((list(npc.actions), {}), ([NO_ACTION, *npc.actions], {NO_ACTION: NO_ACTION_WORDS}))]
+
+
+def _options(npc: "Npc", names: list[str], extra_words: dict[str, str]) -> list[action_options.Option]:
+    """The options of a choice over ``names`` (with their argument combinations, when few)."""
+    descriptions = {n: words(npc.actions[n]) for n in names if n in npc.actions} | extra_words
+    declared = [npc.actions.get(n) or {"name": n, "args": _NO_ARGS} for n in names]
+    return action_options.options(declared, descriptions)
+
+
+def _choice_fields(options: list[action_options.Option]) -> dict[str, Any]:
+    return {"choices": [o.key for o in options], "descriptions": {o.key: o.words for o in options}}
+
+
 def record_result(npc: "Npc", name: str, result: str) -> None:
     """``act_result``: what came of an action joins the NPC's history, so its next line can refer to it."""
     if name not in npc.actions:
@@ -123,11 +142,8 @@ class _ActionRelay(Relay):
 
     def _choose(self, situation: str, names: list[str], extra_words: dict[str, str]) -> None:
         f = self.req.fields
-        descriptions = {n: words(self.npc.actions[n]) for n in names if n in self.npc.actions} | extra_words
-        declared = [self.npc.actions.get(n) or {"name": n, "args": _NO_ARGS} for n in names]
-        self._options = action_options.options(declared, descriptions)
-        fields = {**self._common(), "situation": situation, "choices": [o.key for o in self._options],
-                  "descriptions": {o.key: o.words for o in self._options},
+        self._options = _options(self.npc, names, extra_words)
+        fields = {**self._common(), "situation": situation, **_choice_fields(self._options),
                   **{k: f[k] for k in ("lead",) if k in f and self.req.op == "decide"}}
         self.spawn("decide", fields, self._chosen)  # at temperature 0: the pick is made here, from its probs
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from npcai import protocol as P
 from npcai.errors import NpcaiError, Overloaded, UnknownNpc
+from npcai.model.choices import CONTENT_FREE
 from npcai.model.runtime import Runtime
 from npcai.sidecar import actions, adapters, chain
 from npcai.sidecar.admission import DEFAULT_ROLES, Admission, load_runtimes  # noqa: F401  (DEFAULT_ROLES: its old home)
@@ -34,6 +35,7 @@ from npcai.sidecar.jobs import (
     DECISION,
     IDLE,
     ChoiceDecideJob,
+    ChoicePriorJob,
     DefineJob,
     GrammarDecideJob,
     Job,
@@ -456,6 +458,21 @@ class Engine:
         npc = self._install(Npc(req.npc, req.persona, req.role or "dialogue", req.seed,
                                 examples=list(req.examples or []), actions=declared))
         self._queue(DefineJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
+        if declared:
+            self._score_action_priors(npc)
+
+    def _score_action_priors(self, npc: Npc) -> None:
+        """Queue, for spare steps, the priors of the NPC's usual action decisions, whose options are known now:
+        its first action then costs what a later one does."""
+        rt = self.admission.runtime("decide", None)
+        if _remote(rt):
+            return
+        for fields in actions.choice_sets(npc):
+            if len(self.scheduler) >= self.limits.max_queue:
+                return
+            message = {"v": P.VERSION, "id": 0, "op": "decide", "npc": npc.id, "situation": CONTENT_FREE, **fields}
+            req = P.parse_request(message, b"", time.monotonic())
+            self.scheduler.add(ChoicePriorJob(req, rt, lambda reply: None, self.settings.npc_ctx, npc))
 
     def _on_say(self, req: P.SayRequest) -> None:
         npc = self._npc(req.npc)

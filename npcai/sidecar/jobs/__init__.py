@@ -25,7 +25,7 @@ from npcai.sidecar.jobs.base import (
            scores_trees,
            step_cost_s,
 )
-from npcai.sidecar.jobs.choice import ChoiceDecideJob
+from npcai.sidecar.jobs.choice import ChoiceDecideJob, ChoicePriorJob
 from npcai.sidecar.jobs.decision import DECIDE_DEFAULTS, Decision, decide_prompt
 from npcai.sidecar.jobs.define import DefineJob, ObserveJob, PrimeJob
 from npcai.sidecar.jobs.grammar import MAX_NUMBER_DIGITS, GrammarDecideJob
@@ -39,6 +39,6 @@ from npcai.sidecar.jobs.say import (
 
 __all__ = ["BACKGROUND", "DECISION", "DIALOGUE", "IDLE", "Emit", "Job", "NpcWriter", "fit",
            "pending_cost_s", "pending_tokens", "scores_trees", "step_cost_s",
-           "ChoiceDecideJob", "DECIDE_DEFAULTS", "Decision", "decide_prompt", "DefineJob", "ObserveJob", "PrimeJob",
+           "ChoiceDecideJob", "ChoicePriorJob", "DECIDE_DEFAULTS", "Decision", "decide_prompt", "DefineJob", "ObserveJob", "PrimeJob",
            "MAX_NUMBER_DIGITS", "GrammarDecideJob", "SAY_DEFAULTS", "SENTENCE_END_BIAS", "SOFT_SHARE", "SayJob",
            "draw_together"]

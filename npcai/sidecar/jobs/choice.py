@@ -10,7 +10,7 @@ from npcai.errors import TooLarge
 from npcai.model import choices
 from npcai.model.scoring import TREE_ROOM, OptionTree, common_prefix, option_cells
 from npcai.sidecar.admission import DEFAULT_ROLES
-from npcai.sidecar.jobs.base import fit
+from npcai.sidecar.jobs.base import IDLE, fit
 from npcai.sidecar.jobs.decision import Decision, decide_prompt
 from npcai.sidecar.npc import DEFAULT_LEAD, Npc
 
@@ -89,3 +89,29 @@ class ChoiceDecideJob(Decision):
         choice = self.choices[pick]
         self._done(choice, choice, len(self.options[pick]), "stop",
                    probs={c: float(p) for c, p in zip(self.choices, probs)})
+
+
+class ChoicePriorJob(ChoiceDecideJob):
+    """In spare steps, an option set's content-free prior alone, cached for the NPC's first decision over
+    it: that decision then scores its own prompt only (a first action decision after a line cost about
+    2x a later one). ``req`` is a ``decide`` with those choices and no situation of its own to score.
+    It replies to no one, and gives way like all thinking ahead."""
+
+    urgency = IDLE
+
+    def start(self) -> None:
+        if self.rt.choice_priors.get(self.prior_key) is not None:  # a decision got there first
+            return self.finish(None)
+        prior = choices.prior_prompt(self.rt, self.npc, decide_prompt(self.req, choices.CONTENT_FREE), self.lead)
+        scorer = self.rt.scorer(self.adapter)
+        if not scorer.fits([prior], self.options):
+            return self.finish(None)
+        keep = self.rt.prefix_tokens(self.npc.chat())  # the persona, when the NPC has not talked yet
+        cached = scorer.evaluated(prior, self._kv)
+        self.lanes = [OptionTree(seq=-1, pos=cached, pending=[0] * (len(prior) - cached + option_cells(self.options)),
+                                 all_logits=True, stems=[prior], options=self.options, source=self._kv,
+                                 keep=len(keep) if prior[:len(keep)] == keep else 0, adapter=self.adapter)]
+
+    def advance(self) -> None:
+        self.rt.choice_priors.put(self.prior_key, self.lanes[0].scores[0])
+        self.finish(None)
