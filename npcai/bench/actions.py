@@ -4,7 +4,8 @@
   integers, booleans, short strings, one to three properties); every ``decide`` and ``say`` with
   actions must answer an allowed action whose arguments validate against its schema (target: 100 %);
 - cost: an action decision against a choice decision over the same names and descriptions, p50
-  (target: at most 1.25x), for actions with and without arguments;
+  (target: at most 1.25x), for actions with and without arguments; and an NPC's first action decision
+  against its second (the first once also scored its options' prior);
 - picks: on a small set of shop, inn and guard situations with a right action and arguments each
   (``SITUATIONS``), how often the action and its arguments are right, one option tree for both
   (the sidecar's way for small argument spaces) against the two decisions one after the other
@@ -107,6 +108,24 @@ def cost(c: Client, reps: int) -> list[tuple[str, float, float]]:
     return out
 
 
+def first_action(c: Client, reps: int) -> tuple[float, float]:
+    """(first, second) action decision p50 ms of NPCs defined with actions, each after one line. An NPC is
+    defined ahead of its first scene (at level load), so the sidecar has spare steps in between."""
+    actions = NPCS["bench-brom"][1]
+    first, second = [], []
+    for i in range(reps):
+        npc = f"bench-first-{i}"
+        c.npc(npc, f"{_PERSONA} Your shop is number {i + 1} on the street.", actions=actions, seed=i)
+        until = time.monotonic() + 10
+        while (engine := c.call("stats")["engine"])["queued"] + engine["running"] and time.monotonic() < until:
+            time.sleep(0.02)
+        c.say(npc, "Good day, smith.", max_tokens=16)
+        act = lambda: c.decide("A customer walks in with 20 gold.", npc=npc, actions=True)  # noqa: E731
+        first.append(median_ms(act, 1))
+        second.append(median_ms(act, 1))
+    return statistics.median(first), statistics.median(second)
+
+
 _ITEM = {"type": "object", "properties": {"item": {"enum": ["sword", "shield", "nails"]}}, "required": ["item"]}
 #: NPCs with actions whose arguments are enums, integers in a range or booleans, and situations with
 #: their right action and arguments: (npc, situation, name, args).
@@ -201,6 +220,9 @@ def run(c: Client, quick: bool, say: Callable[[str], None]) -> tuple[list[tuple]
     for label, act_ms, choice_ms in figures:
         rows.append((f"action decision {label} vs choice decision, same names (p50)", round(act_ms, 1),
                      round(choice_ms, 1), "decide with choices", "ms", "<= 1.25x"))
+    first, second = first_action(c, 4 if quick else 12)
+    rows.append(("an NPC's first action decision, after a line, vs its second (p50)", round(first, 1),
+                 round(second, 1), "its second", "ms", ""))
     say(f"    actions: picks on {len(SITUATIONS)} situations, one option tree against two decisions")
     right = picks(c)
     tree, two = right["one option tree"], right["two decisions"]
@@ -211,5 +233,5 @@ def run(c: Client, quick: bool, say: Callable[[str], None]) -> tuple[list[tuple]
               "two decisions", "", ""),
              ("those decisions' p50: one option tree vs two decisions", round(statistics.median(tree["ms"]), 1),
               round(statistics.median(two["ms"]), 1), "two decisions", "ms", "")]
-    return rows, {"valid": valid, "calls": calls, "invalid": bad[:10],
+    return rows, {"valid": valid, "calls": calls, "invalid": bad[:10], "first_action_ms": [first, second],
                   "cost_ms": [{"what": w, "action": a, "choice": b} for w, a, b in figures], "picks": right}
