@@ -468,7 +468,7 @@ class Engine:
         if _remote(rt):
             return
         for fields in actions.choice_sets(npc):
-            if len(self.scheduler) >= self.limits.max_queue:
+            if len(self.scheduler) >= self.limits.max_queue // 2:  # requests keep the other half (a save of many NPCs)
                 return
             message = {"v": P.VERSION, "id": 0, "op": "decide", "npc": npc.id, "situation": CONTENT_FREE, **fields}
             req = P.parse_request(message, b"", time.monotonic())
@@ -546,6 +546,8 @@ class Engine:
         self._check_room(req.npc)
         npc = self._install(Npc.load(req.npc, req.state))
         self.emit(req, P.ok(req.id, npc=npc.id, messages=len(npc.messages)))
+        if npc.actions:
+            self._score_action_priors(npc)
 
 
 def _remote(rt: "Runtime | RemoteRole") -> bool:
