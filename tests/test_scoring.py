@@ -9,7 +9,13 @@ from support import options_scored_alone
 from npcai.errors import ModelError
 from npcai.model.kv import KvSeq
 from npcai.model.native import Batch, Context, Model, moved_state
-from npcai.model.scoring import OptionScorer, OptionTree, common_prefix, option_cells, tree_cells
+from npcai.model.scoring import (
+    OptionScorer,
+    OptionTree,
+    common_prefix,
+    option_cells,
+    tree_cells,
+)
 
 #: Scores may differ by this much (nats) from a sequence of its own: llama.cpp's CPU flash attention
 #: accumulates in half precision, and cells of other sequences change its rounding. A mask that let one

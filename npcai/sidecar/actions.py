@@ -97,7 +97,7 @@ def allowed(npc: "Npc", pick: bool | list[str]) -> list[str]:
     return names
 
 
-def choice_sets(npc: "Npc") -> list[dict[str, Any]]:
+def choice_sets(npc: Npc) -> list[dict[str, Any]]:
     """The ``choices`` and ``descriptions`` of the NPC's two usual action decisions: over all its actions
     (``decide`` with ``actions: true``), and after a line, those or none (``say`` with ``actions: true``).
     Known when the NPC is defined, so their priors can be scored before its first action."""
@@ -105,7 +105,7 @@ def choice_sets(npc: "Npc") -> list[dict[str, Any]]:
             for names, extra in ((list(npc.actions), {}), ([NO_ACTION, *npc.actions], {NO_ACTION: NO_ACTION_WORDS}))]
 
 
-def _options(npc: "Npc", names: list[str], extra_words: dict[str, str]) -> list[action_options.Option]:
+def _options(npc: Npc, names: list[str], extra_words: dict[str, str]) -> list[action_options.Option]:
     """The options of a choice over ``names`` (with their argument combinations, when few)."""
     descriptions = {n: words(npc.actions[n]) for n in names if n in npc.actions} | extra_words
     declared = [npc.actions.get(n) or {"name": n, "args": _NO_ARGS} for n in names]
