@@ -83,3 +83,18 @@ def test_npcs_talking_together_are_moved_next_to_each_other_and_answer_as_alone(
         together = {n: c.wait(h)["text"] for n, h in handles.items()}
         assert together == solo
         assert c.call("stats")["engine"]["models"][0]["moves"] >= 1
+
+
+def test_npcs_with_actions_defined_in_a_burst_over_few_sequences_all_act(model_path, village):
+    """Each NPC defined with actions queues the scoring of its action choices' prior for spare steps; that
+    waiting work never pins the NPC's sequence, so a level's worth of NPCs defined at once, more than there
+    are sequences, are all defined and all act."""
+    acts = [{"name": "greet", "description": "greet the traveller"}, {"name": "ignore", "description": "ignore them"}]
+    with Sidecar("--n-seq", "4", "--threads", "2") as sc, Client(sc.endpoint) as c:
+        names = [f"villager{i}" for i in range(10)]
+        for i, name in enumerate(names):
+            c.npc(name, f"{village['npcs']['mira']['persona']} You are villager number {i}.", actions=acts)
+        for name in names:
+            reply = c.decide("A traveller walks up to you.", npc=name, actions=True)
+            assert reply["event"] == "done" and reply["value"]["name"] in ("greet", "ignore"), reply
+        assert c.call("stats")["engine"]["models"][0]["evictions"] > 0

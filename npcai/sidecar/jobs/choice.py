@@ -99,6 +99,10 @@ class ChoicePriorJob(ChoiceDecideJob):
 
     urgency = IDLE
 
+    def __init__(self, req, rt, emit, npc_ctx, npc: Npc):
+        super().__init__(req, rt, emit, npc_ctx, npc)
+        self.release_npc()  # it reads the NPC's cells, parked or not, and never pins them while it waits
+
     def start(self) -> None:
         if self.rt.choice_priors.get(self.prior_key) is not None:  # a decision got there first
             return self.finish(None)
