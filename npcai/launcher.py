@@ -74,8 +74,13 @@ class Sidecar:
         reader.start()
         reader.join(timeout)
         if not found:
-            code = self.proc.poll()
-            if code is not None:  # it stopped before it was ready: say why, as its own last words
+            code = None
+            if not reader.is_alive():  # its output ended: it stopped, or is stopping, before it was ready
+                try:
+                    code = self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+            if code is not None:  # say why, as its own last words
                 self._stderr_reader.join(2.0)
                 self.close()
                 said = [ln for ln in self.stderr_tail if ln.strip()]
