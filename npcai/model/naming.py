@@ -4,9 +4,9 @@ A tiny model told "You are Brom, the blacksmith" still answers "I am Grimbold Ir
 (SmolLM2: 3 of 7 self-introductions kept the name, docs/QUALITY.md). So while a line is drawn, right
 after a self-introduction ("I am", "I'm", "my name is", "call me"…), the probability the model gives
 to starting a capitalised word other than the name goes to the name instead, and the name's other
-tokens follow; then the word ends ("I'm Moll", not "I'm Molla"). Lower-case continuations keep theirs: "I am sorry", "I'm a blacksmith" are drawn as
-the model would draw them. Only the candidates sampling can reach are looked at (the top 40, as
-``top_k``), so nothing scans the vocabulary.
+tokens follow; then the word ends ("I'm Moll", not "I'm Molla"). Lower-case continuations keep
+theirs: "I am sorry", "I'm a blacksmith" are drawn as the model would draw them. Only the candidates
+sampling can reach are looked at (the top 40, as ``top_k``), so nothing scans the vocabulary.
 """
 
 from __future__ import annotations

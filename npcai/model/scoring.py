@@ -99,7 +99,7 @@ class OptionScorer:
         # NPC's persona and history. Another stem (the options' content-free prior: the persona, no history)
         # shares only its common start with it. Loading no more than all stems share had a first decision
         # over new options evaluate the NPC's whole history again (198 tokens where 94 were counted).
-        have = self._prefix(tree, len(stems[0]) - 1)
+        have = self._prefix(tree)
         shared = [have] + [min(have, common_prefix(s, stems[0]), len(s) - 1) for s in stems[1:]]
         n_opt = len(options)
         groups = [list(range(i * n_opt, (i + 1) * n_opt)) for i in range(len(stems))]
@@ -144,9 +144,10 @@ class OptionScorer:
         here = min(common_prefix(self._cached, stem), limit)
         return max(here, _source_prefix(source, stem, limit))
 
-    def _prefix(self, tree: OptionTree, limit: int) -> int:
-        """Make sequence 0 hold as much of the first stem as is evaluated anywhere, at most ``limit`` (short of
-        its last token, which is evaluated here for its logits); returns how much."""
+    def _prefix(self, tree: OptionTree) -> int:
+        """Make sequence 0 hold as much of the first stem as is evaluated anywhere, short of its last token
+        (evaluated here for its logits); returns how much."""
+        limit = len(tree.stems[0]) - 1
         here = min(common_prefix(self._cached, tree.stems[0]), limit)
         kv = tree.source
         there = _source_prefix(kv, tree.stems[0], limit)

@@ -8,7 +8,7 @@ import numpy as np
 
 from npcai.errors import TooLarge
 from npcai.model import choices
-from npcai.model.scoring import TREE_ROOM, OptionTree, common_prefix, option_cells
+from npcai.model.scoring import TREE_ROOM, OptionScorer, OptionTree, common_prefix, option_cells
 from npcai.sidecar.admission import DEFAULT_ROLES
 from npcai.sidecar.jobs.base import IDLE, fit
 from npcai.sidecar.jobs.decision import Decision, decide_prompt
@@ -47,8 +47,7 @@ class ChoiceDecideJob(Decision):
         target = fit(self.npc, self.rt, ("user", decide_prompt(self.req)), 1, self.npc_ctx, self.lead)
         stems = [target]
         if self._new_prior:  # the options' prior under a content-free situation, once per option set
-            content_free = decide_prompt(self.req, choices.CONTENT_FREE)
-            prior = choices.prior_prompt(self.rt, self.npc, content_free, self.lead)
+            prior = self._prior_prompt()
             if prior != target:
                 stems.append(prior)
         scorer = self.rt.scorer(self.adapter)
@@ -57,14 +56,21 @@ class ChoiceDecideJob(Decision):
         if not scorer.fits(stems, self.options):
             raise TooLarge("these options are too many or too long to score together "
                            f"(at most {scorer.max_seqs // 2} options and {TREE_ROOM} tokens of situation and options)")
+        self.lanes = [self._count_prompt(self._tree(scorer, stems))]
+
+    def _prior_prompt(self) -> list[int]:
+        return choices.prior_prompt(self.rt, self.npc, decide_prompt(self.req, choices.CONTENT_FREE), self.lead)
+
+    def _tree(self, scorer: OptionScorer, stems: list[list[int]]) -> OptionTree:
+        """The option tree of ``stems``, the first of which the NPC's cells start (its prefix is kept cached)."""
+        first = stems[0]
         keep = self.rt.prefix_tokens(self.npc.chat())  # the NPC's persona and history: kept cached for its next decision
-        cached = scorer.evaluated(target, self._kv)
-        pending = len(target) - cached + sum(len(s) - common_prefix(s, target) for s in stems[1:])
+        cached = scorer.evaluated(first, self._kv)
+        pending = len(first) - cached + sum(len(s) - common_prefix(s, first) for s in stems[1:])
         pending += len(stems) * option_cells(self.options)  # shared starts count once, as evaluated
-        tree = OptionTree(seq=-1, pos=cached, pending=[0] * pending, all_logits=True, stems=stems,
+        return OptionTree(seq=-1, pos=cached, pending=[0] * pending, all_logits=True, stems=stems,
                           options=self.options, source=self._kv,
-                          keep=len(keep) if target[:len(keep)] == keep else 0, adapter=self.adapter)
-        self.lanes = [self._count_prompt(tree)]
+                          keep=len(keep) if first[:len(keep)] == keep else 0, adapter=self.adapter)
 
     def advance(self) -> None:
         tree = self.lanes[0]
@@ -106,15 +112,11 @@ class ChoicePriorJob(ChoiceDecideJob):
     def start(self) -> None:
         if self.rt.choice_priors.get(self.prior_key) is not None:  # a decision got there first
             return self.finish(None)
-        prior = choices.prior_prompt(self.rt, self.npc, decide_prompt(self.req, choices.CONTENT_FREE), self.lead)
+        prior = self._prior_prompt()
         scorer = self.rt.scorer(self.adapter)
         if not scorer.fits([prior], self.options):
             return self.finish(None)
-        keep = self.rt.prefix_tokens(self.npc.chat())  # the persona, when the NPC has not talked yet
-        cached = scorer.evaluated(prior, self._kv)
-        self.lanes = [OptionTree(seq=-1, pos=cached, pending=[0] * (len(prior) - cached + option_cells(self.options)),
-                                 all_logits=True, stems=[prior], options=self.options, source=self._kv,
-                                 keep=len(keep) if prior[:len(keep)] == keep else 0, adapter=self.adapter)]
+        self.lanes = [self._tree(scorer, [prior])]  # keeps the persona cached, when the NPC has not talked yet
 
     def advance(self) -> None:
         self.rt.choice_priors.put(self.prior_key, self.lanes[0].scores[0])
