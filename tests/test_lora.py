@@ -9,7 +9,7 @@ import pytest
 from support import assert_one_line_failure, run_cli
 
 from npcai import Client, Sidecar
-from npcai.bench.quality import paired
+from npcai.bench.quality import paired, probs_temperature
 from npcai.model import catalog
 
 ADAPTER = "smollm2-135m-decision"
@@ -54,6 +54,12 @@ def test_hello_names_each_roles_adapter(adapted):
     assert roles["decision"]["choice_temperature"] == catalog.ADAPTERS[ADAPTER].choice_temperature
     assert roles["decision"]["choice_temperature_power"] == 0.0  # the adapter's one temperature, any option count
     assert roles["dialogue"]["choice_temperature_power"] == catalog.CATALOG[catalog.DEFAULT_MODEL].choice_temperature_power
+
+
+def test_the_quality_bench_records_the_adapters_temperature_for_an_adapters_run(adapted):
+    """Its probs are at the adapter's temperature: fitting from a report rescales them from there."""
+    _, hello = adapted
+    assert probs_temperature(hello["models"]) == (catalog.ADAPTERS[ADAPTER].choice_temperature, 0.0)
 
 
 @pytest.mark.parametrize("spec, needle", [

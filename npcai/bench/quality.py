@@ -372,9 +372,8 @@ def run(client: Client, model_path: Path, threads: int, n_items: int, data: Path
     """Every quality measure for one model, as bench rows (and the raw figures)."""
     rows: list[Row] = []
     raw: dict[str, Any] = {"data": str(data), "items_per_public_set": n_items}
-    models = client.hello(client="npcai.bench.quality").get("models", [])
-    raw["choice_temperature"] = next((m.get("choice_temperature") for m in models), None)  # what probs were at
-    raw["choice_temperature_power"] = next((m.get("choice_temperature_power") for m in models), None)
+    raw["choice_temperature"], raw["choice_temperature_power"] = probs_temperature(
+        client.hello(client="npcai.bench.quality").get("models", []))
     anchor = Anchor(model_path, threads)
     try:
         sets = [("game", game()), *public_sets(data, n_items, say)]
@@ -427,6 +426,14 @@ def run(client: Client, model_path: Path, threads: int, n_items: int, data: Path
              ("dialogue: self-introductions that use the persona's name", 100 * (d["name_kept"] or 0), None, "",
               "%", "")]
     return rows, raw
+
+
+def probs_temperature(models: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """(temperature, power) that ``decide``'s probs are at, from ``hello``'s models: the decision role's,
+    its adapter's when it has one. (The first role listed is dialogue's: adapter runs were recorded at the
+    model's temperature, 7.92 for Gemma's adapter where its probs were at 2.5.)"""
+    decider = next((m for m in models if m.get("role") == "decision"), models[0] if models else {})
+    return decider.get("choice_temperature"), decider.get("choice_temperature_power")
 
 
 def fit_temperature(records: list[dict[str, Any]], current: float) -> float:
