@@ -249,8 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", action="store_true", help="draw PNG latency plots (needs the [bench] extra)")
     p.add_argument("--data", metavar="DIR", help="the quality item's public data: a folder holding quality/ and "
                                                 "schemas/ (default: $NPCAI_DATA, else shared/data beside the checkout)")
-    p.add_argument("--quality-items", type=int, default=0, metavar="N",
-                   help="items drawn from each public multiple-choice set (default 500; 100 with --quick)")
+    p.add_argument("--quality-items", type=_item_count, default=0, metavar="N|all",
+                   help="items drawn from each public multiple-choice set, or all of them (default 500; 100 "
+                        "with --quick)")
     p.add_argument("--threads", type=int, default=0,
                    help="compute threads for the sidecar and every baseline (default: all cores)")
     p.add_argument("--lora", action="append", metavar="ROLE=NAME|PATH",
@@ -265,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace DIR if it already holds a bundle")
     p.set_defaults(func=cmd_bundle)
     return parser
+
+
+def _item_count(text: str) -> int:
+    """``--quality-items``: a positive count, or ``all`` (-1: every item, as ``quality.sample`` takes it)."""
+    if text == "all":
+        return -1
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'all', got {text!r}")
+    return int(text)
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 
 import pytest
-from support import shared_data
+from support import assert_one_line_failure, run_cli, shared_data
 
 from npcai.bench import quality
 
@@ -55,3 +55,16 @@ def test_repetition_is_the_share_of_3_grams_seen_before():
     assert quality.repeated_share(quality.trigrams("a fine new day")) == 0.0
     assert quality.persona_name("You are Brom, the gruff blacksmith.") == "Brom"
     assert set(quality.self_names("Oh, I'm Grimbold Ironfist. My name is Brom, they say.")) == {"Grimbold", "Brom"}
+
+
+def test_the_bench_takes_a_count_of_items_or_all_of_them(tmp_path):
+    """`--quality-items all` scores every item of each public set; a count that is not one is refused in one line."""
+    from npcai.cli import build_parser
+
+    assert build_parser().parse_args(["bench", "--quality-items", "all"]).quality_items == -1
+    assert build_parser().parse_args(["bench", "--quality-items", "300"]).quality_items == 300
+    items = quality.game()
+    assert quality.sample(items, -1) == items and len(quality.sample(items, 20)) == 20
+    for bad in ("many", "0", "-5"):
+        assert_one_line_failure(run_cli("bench", "--quality-items", bad, "--out", str(tmp_path / "r.json")),
+                                "expected a positive number or 'all'")

@@ -141,7 +141,8 @@ PUBLIC_SETS: dict[str, tuple[Callable[[Path], list[Question]], tuple[str, ...]]]
 
 
 def public_sets(data: Path, n_items: int, say: Callable[[str], None]) -> list[tuple[str, list[Question]]]:
-    """The public sets found under ``data``/quality, ``n_items`` of each; a missing one is named and skipped."""
+    """The public sets found under ``data``/quality, ``n_items`` of each (all of them when it is not positive, as
+    ``--quality-items all`` asks); a missing one is named and skipped."""
     folder = data / "quality"
     out = []
     for name, (load, files) in PUBLIC_SETS.items():
@@ -154,7 +155,8 @@ def public_sets(data: Path, n_items: int, say: Callable[[str], None]) -> list[tu
 
 
 def sample(items: list[Question], n: int) -> list[Question]:
-    """A seeded sample of ``n`` items (all of them when there are fewer), the same on every run."""
+    """A seeded sample of ``n`` items (all of them when there are fewer, or ``n`` is not positive), the same on
+    every run."""
     if n <= 0 or len(items) <= n:
         return items
     return sorted(random.Random(_SEED).sample(items, n), key=lambda q: items.index(q))
@@ -371,7 +373,7 @@ def run(client: Client, model_path: Path, threads: int, n_items: int, data: Path
         say: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
     """Every quality measure for one model, as bench rows (and the raw figures)."""
     rows: list[Row] = []
-    raw: dict[str, Any] = {"data": str(data), "items_per_public_set": n_items}
+    raw: dict[str, Any] = {"data": str(data), "items_per_public_set": n_items if n_items > 0 else "all"}
     raw["choice_temperature"], raw["choice_temperature_power"] = probs_temperature(
         client.hello(client="npcai.bench.quality").get("models", []))
     anchor = Anchor(model_path, threads)
