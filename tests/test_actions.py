@@ -3,12 +3,11 @@ against its schema, by construction. Against the real sidecar and model."""
 
 from __future__ import annotations
 
-import time
-
 import jsonschema
 import msgpack
 import pytest
 
+from npcai.bench.harness import until_idle
 from npcai.client import RequestFailed
 
 ITEMS = ["sword", "shield", "bread"]
@@ -53,9 +52,7 @@ def test_an_npcs_first_action_decision_finds_its_options_prior_scored_in_spare_s
         client.npc("smith-saved", village["npcs"]["brom"]["persona"], seed=5, actions=ACTIONS)
         state = msgpack.unpackb(client.call("save", npc="smith-saved")["state"], raw=False)
         client.call("load", npc="smith3", state=msgpack.packb({**state, "persona": persona}))
-    until = time.monotonic() + 30
-    while (engine := client.call("stats")["engine"])["queued"] + engine["running"] and time.monotonic() < until:
-        time.sleep(0.05)  # the spare steps: nothing else is asked meanwhile
+    until_idle(client, 30, poll_s=0.05)  # the spare steps: nothing else is asked meanwhile
     client.say("smith3", "Good day to you.", max_tokens=16)
     situation = "A customer offers you 12 gold for your best shield."
     first = client.decide(situation, npc="smith3", actions=True)

@@ -23,6 +23,7 @@ import jsonschema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from npcai.bench.harness import until_idle
 from npcai.bench.report import median_ms
 from npcai.client import Client
 
@@ -116,9 +117,7 @@ def first_action(c: Client, reps: int) -> tuple[float, float]:
     for i in range(reps):
         npc = f"bench-first-{i}"
         c.npc(npc, f"{_PERSONA} Your shop is number {i + 1} on the street.", actions=actions, seed=i)
-        until = time.monotonic() + 10
-        while (engine := c.call("stats")["engine"])["queued"] + engine["running"] and time.monotonic() < until:
-            time.sleep(0.02)
+        until_idle(c, 10)
         c.say(npc, "Good day, smith.", max_tokens=16)
         act = lambda: c.decide("A customer walks in with 20 gold.", npc=npc, actions=True)  # noqa: E731
         first.append(median_ms(act, 1))

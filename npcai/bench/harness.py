@@ -21,6 +21,14 @@ from npcai.model.native import Batch, Context, Model, safe_llama_defaults
 from npcai.sidecar.settings import Settings
 
 
+def until_idle(c: Client, timeout_s: float, poll_s: float = 0.02) -> None:
+    """Wait until the sidecar has nothing queued or running (spare-step work such as action priors
+    included), or ``timeout_s`` has passed: as a game's level load leaves it before the first scene."""
+    until = time.monotonic() + timeout_s
+    while (engine := c.call("stats")["engine"])["queued"] + engine["running"] and time.monotonic() < until:
+        time.sleep(poll_s)
+
+
 class Bench:
     """Runs the items for one model: a sidecar, a client, and in-process baselines."""
 
