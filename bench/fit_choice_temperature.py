@@ -146,6 +146,8 @@ def main() -> None:
     p.add_argument("--by-length-ratio", action="store_true", help="also each held-out part by how much longer its "
                    "longest option is than its shortest: decide's accuracy and confidence as run, and the anchor's")
     args = p.parse_args()
+    if args.per_byte_scale and not args.at:
+        p.error("--per-byte-scale holds the temperature at the first --at: give one")
     calibration = args.calibration.split(",")
     parse = lambda s: tuple(float(x) for x in s.split(",")) if s else None  # noqa: E731
     report = json.load(open(args.report))
