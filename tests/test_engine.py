@@ -8,7 +8,10 @@ import time
 import pytest
 
 from npcai import protocol as P
+from npcai.sidecar.admission import load_runtimes
 from npcai.sidecar.engine import Engine
+from npcai.sidecar.jobs import ChoiceDecideJob, ChoicePriorJob
+from npcai.sidecar.npc import Npc
 from npcai.sidecar.settings import Settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
@@ -67,5 +70,27 @@ def test_a_model_step_says_what_it_did_in_words_and_an_unfinished_one_changes_no
         result = rt.step([(lane, len(pending))])
         assert (result.status, result.ok, lane.pending, lane.pos) == ("ok", True, [], len(pending))
         assert len(lane.rows) == 1
+    finally:
+        rt.close()
+
+
+def test_thinking_ahead_reads_an_npcs_cells_without_keeping_them_resident_and_a_decision_keeps_them(model_path):
+    """An NPC whose cells some job counts on is never parked: a decision counts until it ends; the prior scored
+    ahead in spare steps reads the cells, parked or not, and must not keep another NPC's stream waiting."""
+    rt = load_runtimes(Settings(n_ctx=2048, n_seq=2, threads=1), {"decision": model_path})["decision"]
+    try:
+        npc = Npc("grik", "You are Grik, a goblin scout.")
+        message = {"v": P.VERSION, "id": 1, "op": "decide", "npc": "grik", "situation": "A wolf howls.",
+                   "choices": ["hide", "run"]}
+        req = P.parse_request(message, b"", time.monotonic())
+        kv = npc.kv_for(rt)
+        ahead = ChoicePriorJob(req, rt, lambda reply: None, 512, npc)
+        assert kv.users == 0
+        decision = ChoiceDecideJob(req, rt, lambda reply: None, 512, npc)
+        assert kv.users == 1
+        ahead.release_npc()  # what it never held, it cannot let go of for the decision
+        assert kv.users == 1
+        decision.release_npc()
+        assert kv.users == 0
     finally:
         rt.close()

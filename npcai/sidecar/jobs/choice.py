@@ -104,10 +104,7 @@ class ChoicePriorJob(ChoiceDecideJob):
     It replies to no one, and gives way like all thinking ahead."""
 
     urgency = IDLE
-
-    def __init__(self, req, rt, emit, npc_ctx, npc: Npc):
-        super().__init__(req, rt, emit, npc_ctx, npc)
-        self.release_npc()  # it reads the NPC's cells, parked or not, and never pins them while it waits
+    pins_npc = False  # it reads the NPC's cells, parked or not, and never keeps them resident while it waits
 
     def start(self) -> None:
         if self.rt.choice_priors.get(self.prior_key) is not None:  # a decision got there first

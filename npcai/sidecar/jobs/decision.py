@@ -31,6 +31,8 @@ def decide_prompt(req: P.DecideRequest, situation: str | None = None) -> str:
 
 class Decision(Job):
     urgency = DECISION
+    #: Whether the job keeps its NPC's cells resident (counted in its KV's users, so never parked) until it ends.
+    pins_npc = True
 
     def __init__(self, req, rt, emit, npc_ctx, npc: Npc):
         super().__init__(req, rt, emit, npc_ctx)
@@ -38,8 +40,9 @@ class Decision(Job):
         self.temperature = float(self.param("temperature", DECIDE_DEFAULTS))
         self.rng = np.random.default_rng(req.seed) if req.seed is not None else npc.rng
         self._kv = npc.kv_for(rt)
-        self._kv.users += 1
-        self._holding = True
+        self._holding = self.pins_npc
+        if self._holding:
+            self._kv.users += 1
         self._borrowed: tuple[Lane, list[int]] | None = None  # the NPC's own lane, and what stays after
 
     def release_npc(self) -> None:
