@@ -53,12 +53,15 @@ class Relay(Job):
         sub = P.parse_request(message, self.req.client, now)
 
         def relay(reply: dict[str, Any]) -> None:
+            # A dropped sub-request's cancel reaches the engine on its next turn, so a reply it had already
+            # made may still arrive: it is not heard (a chain would take it for the step that runs now).
+            live = id(sub) in self._open
             if reply["event"] in P.TERMINAL_EVENTS:
                 self._open.pop(id(sub), None)
                 if "usage" in reply:
                     for key in _USAGE:
                         self.usage[key] += reply["usage"].get(key, 0)
-            if self.finished:
+            if self.finished or not live:
                 return
             try:
                 on_reply(reply)
