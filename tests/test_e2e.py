@@ -172,6 +172,43 @@ def test_past_its_soft_limit_a_json_answer_closes_where_its_schema_lets_it(clien
     jsonschema.validate(reply["value"], TALLY)
 
 
+FORCED_TAIL = {"type": "object", "required": ["a", "the_second_field_name"], "properties": {
+    "a": {"enum": ["yes", "no"]}, "the_second_field_name": {"const": "constant value here"}}}
+
+
+@pytest.mark.parametrize("constraint", [{"schema": FORCED_TAIL}, {"regex": r"The answer is (yes|no)\."},
+                                        {"grammar": 'root ::= "The answer is " ("yes" | "no") "."'}])
+def test_max_tokens_counts_the_forced_tokens_wherever_they_fall(client, constraint):
+    """A forced run that follows the last sampled token is cut at the cap too: a reply's tokens never
+    exceed max_tokens (with 4 and FORCED_TAIL the whole forced tail was appended: 19 tokens). Every reply
+    says how many tokens were forced, a fallback's too; a complete answer at the cap stands."""
+    answered = 0
+    for max_tokens in range(1, 25):
+        reply = client.decide("Is the gate open?", max_tokens=max_tokens, fallback="FB", **constraint)
+        assert reply["tokens"] <= max_tokens and 0 <= reply["forced_tokens"] <= reply["tokens"], (max_tokens, reply)
+        if reply["used_fallback"]:
+            assert reply["value"] == "FB" and reply["finish_reason"] == "length", reply
+        else:
+            answered += 1
+            assert reply["finish_reason"] == "stop", reply
+            if "schema" in constraint:
+                jsonschema.validate(reply["value"], FORCED_TAIL)
+            else:
+                assert reply["value"] in ("The answer is yes.", "The answer is no."), reply
+    assert answered > 0  # the larger caps leave room for the whole answer
+
+
+def test_an_answer_forced_whole_or_whose_forced_start_fills_max_tokens_evaluates_nothing(client):
+    schema = {"const": "hello world this is long"}
+    whole = client.decide("Say hello.", schema=schema, max_tokens=64, fallback="FB")
+    assert not whole["used_fallback"] and whole["value"] == "hello world this is long", whole
+    assert whole["forced_tokens"] == whole["tokens"] > 2
+    capped = client.decide("Say hello.", schema=schema, max_tokens=2, fallback="FB")
+    assert capped["used_fallback"] and capped["finish_reason"] == "length" and capped["tokens"] == 2, capped
+    for reply in (whole, capped):
+        assert reply["usage"]["prompt_tokens"] == reply["usage"]["evaluated_tokens"] == reply["usage"]["steps"] == 0
+
+
 def test_a_pattern_string_makes_room_for_the_part_its_pattern_needs(client):
     """"^pkg:.+@.+" cannot end until an "@" is written, which SmolLM2 puts off to the cap; bounded to
     MAX_STRING_LENGTH past the pattern's shortest match, the grammar makes it write one in time."""

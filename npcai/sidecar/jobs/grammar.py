@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future
+from typing import Any
 
 from npcai.errors import BadRequest, NpcaiError, TooLarge
 from npcai.model import penalties
@@ -60,9 +61,8 @@ class GrammarDecideJob(Decision):
             raise
         except Exception as exc:  # the compiler's own failures are the caller's grammar's fault
             raise BadRequest(f"constraint does not compile: {exc}") from None
-        self._start_fork()
         forced = self.state.forced()  # e.g. '{"action": "': evaluated with the prompt, never sampled
-        if len(forced) > self.max_tokens:  # forced tokens count towards max_tokens too
+        if len(forced) > self.max_tokens:  # forced tokens count towards max_tokens too: nothing is evaluated
             self.generated = forced[:self.max_tokens]
             return self._done(None, self._text(), len(self.generated), "length")
         for t in forced:
@@ -70,6 +70,11 @@ class GrammarDecideJob(Decision):
                 raise BadRequest("constraint rejected its own forced start")
         self.generated.extend(forced)
         self.forced += len(forced)
+        if self.state.stopped or len(self.generated) == self.max_tokens:
+            # the whole answer was forced, or there is no room to sample: the forced start is the answer, or none
+            return self._finish_text() if self.state.accepting else self._done(None, self._text(),
+                                                                                len(self.generated), "length")
+        self._start_fork()
         self._unquoted = self._after_quote(forced)
         self.lanes[0].pending.extend(forced)
 
@@ -97,7 +102,7 @@ class GrammarDecideJob(Decision):
         self._digits = self._digits + len(piece) if piece.isdigit() else 0
         self._unquoted = self._after_quote([tok])
         forced = st.forced() if not st.stopped else []
-        room = self.max_tokens - len(self.generated)
+        room = self.max_tokens - len(self.generated)  # >= 0: a token is sampled only below max_tokens
         if len(forced) > room:  # forced tokens count towards max_tokens too
             self.generated.extend(forced[:room])
             return self._done(None, self._text(), len(self.generated), "length")
@@ -109,8 +114,9 @@ class GrammarDecideJob(Decision):
         self._unquoted = self._after_quote(forced)
         if st.stopped:  # a trailing forced suffix is never evaluated
             return self._finish_text()
-        if len(self.generated) >= self.max_tokens:
-            return self._done(None, self._text(), len(self.generated), "length")
+        if len(self.generated) >= self.max_tokens:  # at the cap: a complete answer stands, else none
+            return self._finish_text() if st.accepting else self._done(None, self._text(), len(self.generated),
+                                                                       "length")
         lane.pending = [tok, *forced]
 
     def _after_quote(self, tokens: list[int]) -> int:
@@ -132,4 +138,7 @@ class GrammarDecideJob(Decision):
             value = self.state.value(text)
         except ValueError:
             return self._done(None, text, len(self.generated), "error")
-        self._done(value, text, len(self.generated), "stop", forced_tokens=self.forced)
+        self._done(value, text, len(self.generated), "stop")
+
+    def _done(self, value: Any, text: str, tokens: int, reason: str, **extra: Any) -> None:
+        super()._done(value, text, tokens, reason, forced_tokens=self.forced, **extra)
