@@ -82,8 +82,16 @@ class ConstraintState:
         return self._m.get_error() if self._m.is_error() else None
 
     def value(self, text: str) -> Any:
-        """The decision's value for the matched text."""
-        return json.loads(text) if self.kind == "schema" else text
+        """The decision's value for the matched text; ValueError for JSON with a key written twice in one
+        object, which no grammar here rules out (``json_keys``) and which would not read as written."""
+        return json.loads(text, object_pairs_hook=_once_each) if self.kind == "schema" else text
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("a key is written twice in one object")
+    return out
 
 
 class ConstraintCompiler:

@@ -49,6 +49,16 @@ def forbid(mask: np.ndarray, tokens: np.ndarray) -> None:
         mask[:] = rest
 
 
+def forbid_each(mask: np.ndarray, tokens: list[int]) -> None:
+    """``forbid`` for a few token ids rather than a bitmask."""
+    rest = mask.copy()
+    words = rest.view(np.uint32)
+    for tok in tokens:
+        words[tok >> 5] &= np.uint32(0xFFFFFFFF ^ (1 << (tok & 31)))
+    if rest.any():
+        mask[:] = rest
+
+
 def prefer(mask: np.ndarray, tokens: np.ndarray) -> None:
     """Keep only ``tokens`` (a packed bitmask like ``mask``) in ``mask``, in place, where the grammar
     allows any of them; else leave it as it is."""

@@ -79,6 +79,7 @@ class Runtime:
         # Which tokens are digits, and which hold a double quote: a scan of the vocabulary (0.4 s on
         # Gemma's 262k, once per model file: then cached on disk), off the start-up path.
         self._vocab_masks = self.compiler.run_in_background(lambda: vocab_masks.masks_for(self.model))
+        self._quote_tokens: np.ndarray | None = None
         self.choice_priors = choices.PriorCache()  # options' priors for decisions, by option set
         self.choice_temperature = choice_temperature  # probs' temperature, fitted per model
         self.choice_temperature_power = choice_temperature_power  # and how it varies with the number of options
@@ -110,6 +111,13 @@ class Runtime:
         """The tokens that hold an unescaped double quote, which in JSON ends a string (see ``penalties.prefer``):
         not ``\\"``, which a pattern may allow inside one (JSONSchemaBench: a string of escaped quotes ran to the cap)."""
         return self._vocab_masks.result()["quotes"]
+
+    @property
+    def quote_tokens(self) -> np.ndarray:
+        """``quote_mask``'s tokens as ids (the candidates for closing a JSON key; ``json_keys``)."""
+        if self._quote_tokens is None:
+            self._quote_tokens = np.flatnonzero(np.unpackbits(self.quote_mask.view(np.uint8), bitorder="little"))
+        return self._quote_tokens
 
     @property
     def close_mask(self) -> np.ndarray:

@@ -8,6 +8,7 @@ from typing import Any
 
 from npcai.errors import BadRequest, NpcaiError, TooLarge
 from npcai.model import penalties
+from npcai.model.json_keys import KeyTracker
 from npcai.model.sampling import sample_token
 from npcai.sidecar.jobs.decision import DECIDE_DEFAULTS, Decision
 from npcai.sidecar.npc import Npc
@@ -43,6 +44,7 @@ class GrammarDecideJob(Decision):
         self._unquoted = 0  # tokens since the last one holding an unescaped double quote: the string being written
         self._escaped = False  # the text so far ends in a backslash that escapes what follows
         self._in_string = False  # an odd number of unescaped quotes so far: the text ends inside a JSON string
+        self._keys = KeyTracker() if self._json else None  # no key is written twice in one object
         soft = req.soft_max_tokens or max(1, round(self.max_tokens * SOFT_SHARE))
         self.soft_tokens = min(soft, self.max_tokens)  # past it a JSON answer takes the way out
 
@@ -75,7 +77,7 @@ class GrammarDecideJob(Decision):
             return self._finish_text() if self.state.accepting else self._done(None, self._text(),
                                                                                 len(self.generated), "length")
         self._start_fork()
-        self._unquoted = self._after_quote(forced)
+        self._wrote(forced)
         self.lanes[0].pending.extend(forced)
 
     def advance(self) -> None:
@@ -88,6 +90,12 @@ class GrammarDecideJob(Decision):
             penalties.prefer(self.rt.mask, self.rt.quote_mask)
         if self._json and len(self.generated) >= self.soft_tokens:  # past its soft limit: the way out
             penalties.prefer(self.rt.mask, self.rt.quote_mask if self._in_string else self.rt.close_mask)
+        if self._keys is not None:  # a key its object already has is never closed (json_keys)
+            ends = self._keys.repeat_endings()
+            if ends:
+                piece = self.rt.model.piece
+                repeats = [t for t in self.rt.quote_tokens.tolist() if piece(t).startswith(ends)]
+                penalties.forbid_each(self.rt.mask, repeats)
         logits = self.rt.logits(lane.rows[-1])
         penalties.dry(logits, self.generated)  # loops inside open values end before the cap
         tok = int(sample_token(logits, self.rt.mask, self.temperature, self.top_k, self.top_p, self.rng.random()))
@@ -100,7 +108,7 @@ class GrammarDecideJob(Decision):
         self.generated.append(tok)
         piece = self.rt.model.piece(tok)
         self._digits = self._digits + len(piece) if piece.isdigit() else 0
-        self._unquoted = self._after_quote([tok])
+        self._wrote([tok])
         forced = st.forced() if not st.stopped else []
         room = self.max_tokens - len(self.generated)  # >= 0: a token is sampled only below max_tokens
         if len(forced) > room:  # forced tokens count towards max_tokens too
@@ -111,7 +119,7 @@ class GrammarDecideJob(Decision):
                 return self._done(None, self._text(), len(self.generated), "error")
         self.generated.extend(forced)
         self.forced += len(forced)
-        self._unquoted = self._after_quote(forced)
+        self._wrote(forced)
         if st.stopped:  # a trailing forced suffix is never evaluated
             return self._finish_text()
         if len(self.generated) >= self.max_tokens:  # at the cap: a complete answer stands, else none
@@ -119,15 +127,18 @@ class GrammarDecideJob(Decision):
                                                                        "length")
         lane.pending = [tok, *forced]
 
-    def _after_quote(self, tokens: list[int]) -> int:
-        """``_unquoted`` after ``tokens``: reset by a token that holds an unescaped double quote (and
-        ``_in_string`` flipped by each)."""
+    def _wrote(self, tokens: list[int]) -> None:
+        """Follow the answer's text past ``tokens``: ``_unquoted`` (reset by a token that holds an unescaped
+        double quote), ``_in_string`` (flipped by each) and the JSON keys written so far."""
         n = self._unquoted
         for tok in tokens:
-            quotes, self._escaped = penalties.json_quote_count(self.rt.model.piece(tok), self._escaped)
+            piece = self.rt.model.piece(tok)
+            if self._keys is not None:
+                self._keys.feed(piece)
+            quotes, self._escaped = penalties.json_quote_count(piece, self._escaped)
             n = 0 if quotes else n + 1
             self._in_string ^= quotes % 2 == 1
-        return n
+        self._unquoted = n
 
     def _text(self) -> str:
         return self.rt.detokenize(self.generated)

@@ -1,0 +1,73 @@
+"""Keys a JSON answer would write twice in one object.
+
+llguidance's JSON grammar cannot forbid a repeated key in an object open to more properties
+(``additionalProperties``, ``patternProperties``): tiny models write ``{"name": 1, "age": 2, "name": 3, …}``,
+and ``json.loads`` keeps the last, so the value has fewer properties than the text (``minProperties``
+broken) and the loop runs on to the cap. ``KeyTracker`` follows the answer's bytes as they are
+written: the objects open around it, the keys each already has, and the key being written, so that
+the tokens that would close that key as a repeat can be taken out of the mask before sampling.
+"""
+
+from __future__ import annotations
+
+_QUOTE, _BACKSLASH = 0x22, 0x5C
+_OPEN_OBJECT, _OPEN_ARRAY, _CLOSERS = 0x7B, 0x5B, (0x7D, 0x5D)
+_COMMA, _COLON = 0x2C, 0x3A
+
+
+class KeyTracker:
+    """The structure of a JSON text written so far, as far as its objects' keys go."""
+
+    def __init__(self) -> None:
+        self._open: list[set[bytes] | None] = []  # per open container: an object's keys, or None for an array
+        self._want_key = False  # the next string in this object is a key
+        self._in_string = False
+        self._escaped = False
+        self._key: bytearray | None = None  # the key being written (its raw bytes), while inside one
+
+    def feed(self, text: bytes) -> None:
+        for byte in text:
+            if self._in_string:
+                self._string_byte(byte)
+            elif byte == _QUOTE:
+                self._in_string = True
+                if self._want_key and self._open and self._open[-1] is not None:
+                    self._key = bytearray()
+            elif byte == _OPEN_OBJECT:
+                self._open.append(set())
+                self._want_key = True
+            elif byte == _OPEN_ARRAY:
+                self._open.append(None)
+                self._want_key = False
+            elif byte in _CLOSERS:
+                if self._open:
+                    self._open.pop()
+                self._want_key = False
+            elif byte == _COMMA:
+                self._want_key = bool(self._open) and self._open[-1] is not None
+            elif byte == _COLON:
+                self._want_key = False
+
+    def _string_byte(self, byte: int) -> None:
+        if self._escaped:
+            self._escaped = False
+        elif byte == _BACKSLASH:
+            self._escaped = True
+        elif byte == _QUOTE:
+            self._in_string = False
+            if self._key is not None:
+                self._open[-1].add(bytes(self._key))
+                self._key = None
+                self._want_key = False
+            return
+        if self._key is not None:
+            self._key.append(byte)
+
+    def repeat_endings(self) -> tuple[bytes, ...]:
+        """While a key is being written: the bytes that would end it as a key its object already has,
+        closing quote included (a token starting with one of them writes a repeat). Keys written with
+        different escapes for the same characters are not matched; the answer's parse refuses those."""
+        if self._key is None or self._escaped:
+            return ()
+        so_far = bytes(self._key)
+        return tuple(have[len(so_far):] + b'"' for have in self._open[-1] if have.startswith(so_far))
