@@ -106,6 +106,29 @@ def test_the_temperature_is_the_fitted_one_at_two_options_and_varies_with_their_
     assert choices.probabilities(loglik, None, 5.0, power=-0.8).max() > choices.probabilities(loglik, None, 5.0).max()
 
 
+def test_a_sampled_pick_keeps_to_top_k_and_top_p_as_a_sampled_token_does():
+    probs = np.array([0.2, 0.5, 0.3])
+    grid = np.linspace(0, 1, 1000, endpoint=False)
+
+    def picks(**kw) -> np.ndarray:
+        args = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, **kw}
+        return np.bincount([choices.pick(probs, u=u, **args) for u in grid], minlength=3) / len(grid)
+
+    assert picks() == pytest.approx(probs, abs=0.002)
+    assert picks(temperature=0.0).tolist() == [0, 1, 0]
+    assert picks(top_k=1).tolist() == [0, 1, 0]
+    assert picks(top_p=0.01).tolist() == [0, 1, 0]
+    assert picks(top_k=2) == pytest.approx([0, 0.5 / 0.8, 0.3 / 0.8], abs=0.002)
+    assert picks(top_p=0.75) == pytest.approx([0, 0.5 / 0.8, 0.3 / 0.8], abs=0.002)  # 0.5 + 0.3 reach 0.75
+
+
+def test_top_k_1_makes_a_sampled_choice_the_likeliest(client):
+    situation, options = "A wolf growls at the edge of the woods.", ["run", "climb a tree", "shout", "wait"]
+    likeliest = client.decide(situation, choices=options)["value"]
+    for seed in range(8):
+        assert client.decide(situation, choices=options, temperature=1.5, top_k=1, seed=seed)["value"] == likeliest
+
+
 def test_per_byte_lifts_a_long_option_against_a_short_one(client):
     """Summed log-likelihood charges every byte of a long option; per byte (acc_norm's rule) does not."""
     situation, options = "The cave is dark and you hear water dripping.", ["wait", "light a torch and walk in slowly"]
@@ -121,6 +144,8 @@ def test_per_byte_lifts_a_long_option_against_a_short_one(client):
     ({"choices": ["a", "b"], "descriptions": {"c": "sea"}}, "bad_request"),
     ({"choices": ["a", "b"], "descriptions": {"a": " "}}, "bad_request"),
     ({"schema": {"type": "string"}, "lead": "I decide to"}, "bad_request"),
+    ({"choices": ["a", " "]}, "bad_request"),  # blank: nothing to score
+    ({"choices": ["run", "run "]}, "bad_request"),  # the same words, scored alike: not distinct
 ])
 def test_bad_choice_fields_are_refused(client, fields, code):
     with pytest.raises(RequestFailed) as failed:

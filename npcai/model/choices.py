@@ -91,6 +91,23 @@ def probabilities(loglik: np.ndarray, prior: np.ndarray | None, temperature: flo
     return p / p.sum()
 
 
+def pick(probs: np.ndarray, temperature: float, top_k: int, top_p: float, u: float) -> int:
+    """The option an NPC picks: the most probable at temperature 0; else drawn (``u`` uniform in [0, 1))
+    from ``probs`` sharpened or flattened by ``temperature``, among the ``top_k`` most probable (0: all)
+    whose probability, most probable first, reaches ``top_p`` (the token samplers' rules, over options)."""
+    if temperature <= 0:
+        return int(np.argmax(probs))
+    order = np.argsort(-probs, kind="stable")
+    if top_k > 0:
+        order = order[:top_k]
+    tempered = probs[order] ** (1.0 / temperature)
+    tempered /= tempered.sum()
+    if top_p < 1.0:  # the smallest head of the ranking whose mass reaches top_p
+        keep = int(np.searchsorted(np.cumsum(tempered), top_p, side="left")) + 1
+        order, tempered = order[:keep], tempered[:keep] / tempered[:keep].sum()
+    return int(order[min(int(np.searchsorted(np.cumsum(tempered), u, side="right")), len(order) - 1)])
+
+
 class PriorCache:
     """Options' priors by (persona, examples, lead, options): a bounded LRU, one per model."""
 

@@ -393,10 +393,10 @@ def _check_decide(req: DecideRequest) -> None:
         return
     choices = req.choices
     if choices is not None:
-        if not choices or any(not c for c in choices):
-            raise BadRequest("field 'choices' must be a non-empty list of non-empty strings")
-        if len(set(choices)) != len(choices):
-            raise BadRequest("field 'choices' must not repeat an option")
+        if not choices or any(not c.strip() for c in choices):
+            raise BadRequest("field 'choices' must be a non-empty list of strings with words in them")
+        if len({c.strip() for c in choices}) != len(choices):  # an option is scored without its outer spaces
+            raise BadRequest("field 'choices' must not repeat an option (outer spaces aside)")
         descriptions = req.descriptions or {}
         unknown = sorted(set(descriptions) - set(choices))
         if unknown:

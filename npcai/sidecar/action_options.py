@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from npcai.model import choices
+
 #: Argument combinations one action may enumerate; past it, its arguments are a schema decision.
 MAX_ARG_COMBOS = 12
 #: Options one decision may score (all actions' combinations together); actions past it are scored
@@ -171,28 +173,29 @@ def options(actions: list[dict[str, Any]], words: dict[str, str]) -> list[Option
     return out
 
 
-def pick(opts: list[Option], probs: dict[str, float], temperature: float,
-         rng: np.random.Generator) -> tuple[str, dict[str, Any] | None, dict[str, float]]:
+def pick(opts: list[Option], probs: dict[str, float], temperature: float, rng: np.random.Generator, *,
+         top_k: int = 0, top_p: float = 1.0) -> tuple[str, dict[str, Any] | None, dict[str, float]]:
     """(action name, its arguments or None when still to decide, each action's probability) from the
     options' calibrated ``probs``: the action from its own options' probabilities, then the arguments
-    among that action's combinations; at temperature 0 the likeliest, else sampled, both times."""
+    among that action's combinations; at temperature 0 the likeliest, else sampled (``choices.pick``),
+    both times."""
     own = [o for o in opts if not o.combo]
     if own:
         total = sum(probs[o.key] for o in own)
         names = {o.name: probs[o.key] / total for o in own}
     else:  # one action, scored by its combinations alone
         names = {opts[0].name: 1.0}
-    name = _draw(list(names), np.array(list(names.values())), temperature, rng)
+    name = _draw(list(names), np.array(list(names.values())), temperature, top_k, top_p, rng)
     combos = [o for o in opts if o.combo and o.name == name]
     if not combos:
         return name, next(o.args for o in own if o.name == name), names
-    key = _draw([o.key for o in combos], np.array([probs[o.key] for o in combos]), temperature, rng)
+    key = _draw([o.key for o in combos], np.array([probs[o.key] for o in combos]), temperature, top_k, top_p,
+                rng)
     return name, next(o.args for o in combos if o.key == key), names
 
 
-def _draw(keys: list[str], p: np.ndarray, temperature: float, rng: np.random.Generator) -> str:
+def _draw(keys: list[str], p: np.ndarray, temperature: float, top_k: int, top_p: float,
+          rng: np.random.Generator) -> str:
     if temperature <= 0 or len(keys) == 1:
         return keys[int(np.argmax(p))]
-    z = np.log(np.maximum(p, 1e-300)) / temperature
-    tempered = np.exp(z - z.max())
-    return keys[int(rng.choice(len(keys), p=tempered / tempered.sum()))]
+    return keys[choices.pick(p, temperature, top_k, top_p, rng.random())]

@@ -150,8 +150,10 @@ class _ActionRelay(Relay):
     def _chosen(self, reply: dict[str, Any]) -> None:
         if ended_badly(reply) or reply["used_fallback"]:
             return self._fail(reply)
-        temperature = float(self.req.fields.get("temperature", 0.0)) if self.req.op == "decide" else 0.0
-        name, args, self.probs = action_options.pick(self._options, reply["probs"], temperature, self._rng)
+        f = self.req.fields if self.req.op == "decide" else {}  # a line's action is the likeliest
+        name, args, self.probs = action_options.pick(self._options, reply["probs"], float(f.get("temperature", 0.0)),
+                                                     self._rng, top_k=int(f.get("top_k", 0)),
+                                                     top_p=float(f.get("top_p", 1.0)))
         if name == NO_ACTION:
             return self._acted(None)
         self._name = name

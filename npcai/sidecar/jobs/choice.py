@@ -11,7 +11,7 @@ from npcai.model import choices
 from npcai.model.scoring import TREE_ROOM, OptionScorer, OptionTree, common_prefix, option_cells
 from npcai.sidecar.admission import DEFAULT_ROLES
 from npcai.sidecar.jobs.base import IDLE, fit
-from npcai.sidecar.jobs.decision import Decision, decide_prompt
+from npcai.sidecar.jobs.decision import DECIDE_DEFAULTS, Decision, decide_prompt
 from npcai.sidecar.npc import DEFAULT_LEAD, Npc
 
 
@@ -85,12 +85,9 @@ class ChoiceDecideJob(Decision):
             self.rt.choice_priors.put(self.prior_key, self.prior)
         probs = choices.probabilities(self.loglik, self.prior, self.probs_temperature, self.nbytes,
                                       self.probs_temperature_power)
-        if self.temperature <= 0:
-            pick = int(np.argmax(probs))
-        else:
-            tempered = probs ** (1.0 / self.temperature)
-            pick = int(np.searchsorted(np.cumsum(tempered / tempered.sum()), self.rng.random(), side="right")
-                       .clip(0, len(probs) - 1))
+        u = self.rng.random() if self.temperature > 0 else 0.0  # a pick at temperature 0 draws nothing
+        pick = choices.pick(probs, self.temperature, self.param("top_k", DECIDE_DEFAULTS),
+                            float(self.param("top_p", DECIDE_DEFAULTS)), u)
         self.first_token_at = time.monotonic()
         choice = self.choices[pick]
         self._done(choice, choice, len(self.options[pick]), "stop",
