@@ -94,6 +94,39 @@ def test_stats_show_the_effective_budget_and_events():
     assert s["effective"] == {"threads": 2, "batch": 64, "share": 0.48}
 
 
+# --- one set of bounds for the budget op and the --budget-* flags ----------------------------------
+
+_FLAG_OF = {"threads": "budget_threads", "tokens_per_s": "budget_tokens_per_s", "share": "budget_share",
+            "frame_ms": "frame_ms"}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("share", 0), ("share", -0.5), ("share", 5), ("share", float("nan")), ("share", 1), ("share", 0.01),
+    ("tokens_per_s", -5), ("tokens_per_s", float("nan")), ("tokens_per_s", 0), ("tokens_per_s", 30),
+    ("frame_ms", -3), ("frame_ms", 1001), ("frame_ms", 0), ("frame_ms", 16.7),
+    ("threads", -2), ("threads", 0), ("threads", 3),
+])
+def test_the_budget_flags_refuse_exactly_what_the_budget_op_refuses(field, value):
+    from npcai.errors import BadRequest, SettingsError
+    from npcai.protocol import check_budget
+    from npcai.sidecar.settings import Settings
+
+    try:
+        check_budget({field: value})
+        wire = None
+    except BadRequest as exc:
+        wire = exc
+    flag = _FLAG_OF[field]
+    try:
+        Settings(**{flag: value}).validate()
+        cli = None
+    except SettingsError as exc:
+        cli = exc
+    assert (wire is None) == (cli is None), (wire, cli)
+    if cli is not None:
+        assert cli.message.startswith(f"bad --{flag.replace('_', '-')} ")
+        assert cli.message.split(": must be ", 1)[1] == wire.message.split(" must be ", 1)[1]
+
 # --- over the wire, against the real sidecar ------------------------------------------------------
 
 import time  # noqa: E402

@@ -30,6 +30,12 @@ from npcai import protocol as P
     (["--ready-file", "/no/such/dir/ready"], "its directory does not exist"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--flash-attn", "sometimes"], "--flash-attn"),
+    (["--budget-share", "0"], "bad --budget-share 0: must be in (0, 1]"),
+    (["--budget-share", "-1"], "bad --budget-share -1: must be in (0, 1]"),
+    (["--budget-share", "5"], "bad --budget-share 5: must be in (0, 1]"),
+    (["--budget-tokens-per-s", "-5"], "bad --budget-tokens-per-s -5: must be >= 0"),
+    (["--frame-ms", "-3"], "bad --frame-ms -3: must be between 0"),
+    (["--budget-threads", "-2"], "bad --budget-threads -2: must be >= 0"),
 ])
 def test_a_bad_flag_fails_in_one_line_before_any_model_loads(flags, needle):
     # A model that does not exist: the flag must be refused first, so this is never reached.

@@ -13,6 +13,7 @@ the executable one, and nothing else in npcai builds or parses frames:
 
 from npcai.protocol.checks import (
     MAX_TOKEN_BYTES,
+    budget_out_of_bounds,
     check_budget,
     check_examples,
     check_prompt_size,
@@ -79,6 +80,6 @@ __all__ = [
     "fixed_reply", "ok", "reply", "timed_out", "token",
     "IMMEDIATE_OPS", "MAX_TOKEN_BYTES", "OPS", "REQUEST_TYPES", "ActResultRequest", "ChainRequest", "BudgetRequest", "CancelRequest", "DecideRequest",
     "ForgetRequest", "FrameRequest", "HelloRequest", "LoadRequest", "NpcRequest", "ObserveRequest", "PingRequest",
-    "Request", "SaveRequest", "SayRequest", "ShutdownRequest", "StatsRequest", "check_budget", "check_examples",
+    "Request", "SaveRequest", "SayRequest", "ShutdownRequest", "StatsRequest", "budget_out_of_bounds", "check_budget", "check_examples",
     "check_prompt_size", "check_sampling", "parse_request", "typed_request",
 ]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from npcai.errors import SettingsError
-from npcai.protocol import Limits
+from npcai.protocol import Limits, budget_out_of_bounds
 
 if TYPE_CHECKING:
     from npcai.sidecar.budget import Budget
@@ -28,6 +28,11 @@ def _shipped_grammar_dir() -> Path:
 
 #: Where grammar names in ``decide`` are looked up when no --grammar-dir is given.
 DEFAULT_GRAMMAR_DIR = _shipped_grammar_dir()
+
+
+#: Each field of the budget (the budget op's) and the setting that gives it at start.
+_BUDGET_FLAGS = {"threads": "budget_threads", "tokens_per_s": "budget_tokens_per_s", "share": "budget_share",
+                 "frame_ms": "frame_ms"}
 
 
 def _opt(help: str, **kw) -> dict:
@@ -80,9 +85,11 @@ class Settings:
     budget_threads: int = field(default=0, metadata=_opt("budget: most compute threads (0 = --threads)"))
     budget_tokens_per_s: float = field(default=0.0,
                                        metadata=_opt("budget: most dialogue tokens per second (0 = no cap)"))
-    budget_share: float = field(default=1.0, metadata=_opt("budget: share of wall time the sidecar may compute"))
+    budget_share: float = field(default=1.0, metadata=_opt(
+        "budget: share of wall time the sidecar may compute, over 0 and at most 1"))
     frame_ms: float = field(default=0.0, metadata=_opt(
-        "the game's target frame time; with frame reports, the sidecar backs off when frames run over"))
+        "the game's target frame time, up to 1000 (0 = none); with frame reports, the sidecar backs off when "
+        "frames run over"))
     grammar_dir: str = field(default=str(DEFAULT_GRAMMAR_DIR), metadata=_opt(
         "directory where decide's grammar names are looked up"))
     parent_pid: int = field(default=0, metadata=_opt("exit when this process dies (the game's pid)", min=0))
@@ -128,8 +135,7 @@ class Settings:
     def budget(self) -> "Budget":
         from npcai.sidecar.budget import Budget
 
-        return Budget(threads=self.budget_threads, tokens_per_s=self.budget_tokens_per_s, share=self.budget_share,
-                      frame_ms=self.frame_ms)
+        return Budget(**{name: getattr(self, flag) for name, flag in _BUDGET_FLAGS.items()})
 
     @property
     def compute_threads(self) -> int:
@@ -165,6 +171,10 @@ class Settings:
         if self.npc_ctx > self.n_ctx // self.n_seq:
             raise SettingsError(f"bad --npc-ctx {self.npc_ctx}: must not exceed --n-ctx / --n-seq "
                                 f"({self.n_ctx} / {self.n_seq} = {self.n_ctx // self.n_seq} cells per sequence)")
+        wrong = budget_out_of_bounds(asdict(self.budget))  # the budget op's own rule
+        if wrong is not None:
+            flag = _BUDGET_FLAGS[wrong[0]]
+            raise SettingsError(f"bad --{flag.replace('_', '-')} {getattr(self, flag):g}: must be {wrong[1]}")
         self.roles_described()
         if not Path(self.grammar_dir).is_dir():
             raise SettingsError(f"bad --grammar-dir {self.grammar_dir!r}: not a directory")
