@@ -87,7 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.token = secrets.token_urlsafe(32)  # like a Jupyter kernel's key: only the file's reader has it
     logging.basicConfig(level=logging.INFO if settings.verbose else logging.WARNING,
                         format="npcai: %(message)s", stream=sys.stderr)
-    polite = be_polite(settings.nice, _cpu_list(settings.cpus))  # before any compute thread exists
+    polite = be_polite(settings.nice, settings.cpu_ids())  # before any compute thread exists
     roles = model_roles(settings.model, out=sys.stderr, remote_key=_remote_key(settings))
     server = Server(settings, lambda emit: Engine(settings, roles, emit), polite)
     endpoint = server.bind()
@@ -123,15 +123,6 @@ def _remote_key(settings: Settings) -> str:
         except OSError as exc:
             raise NpcaiError(f"bad --remote-key-file {settings.remote_key_file!r}: {exc.strerror}") from None
     return os.environ.get("NPCAI_REMOTE_KEY", "").strip()
-
-
-def _cpu_list(text: str) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        return [int(c) for c in text.split(",") if c.strip()]
-    except ValueError:
-        raise NpcaiError(f"bad --cpus {text!r}: give CPU ids like 2,3") from None
 
 
 def _write_atomically(path: Path, text: str, mode: int = 0o644) -> Path:

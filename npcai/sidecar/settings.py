@@ -148,6 +148,23 @@ class Settings:
             cores = os.cpu_count() or 1
         return max(1, cores - 1)
 
+    def cpu_ids(self) -> list[int] | None:
+        """--cpus as CPU ids (None: not pinned); each one must be a CPU this machine has."""
+        if not self.cpus:
+            return None
+        try:
+            ids = [int(c) for c in self.cpus.split(",") if c.strip()]
+        except ValueError:
+            ids = []
+        if not ids:
+            raise SettingsError(f"bad --cpus {self.cpus!r}: give CPU ids like 2,3")
+        known = _machine_cpus()
+        missing = [c for c in dict.fromkeys(ids) if c not in known]
+        if missing:
+            raise SettingsError(f"bad --cpus {self.cpus!r}: no CPU {', '.join(map(str, missing))} on this machine "
+                                f"(its CPUs are {_id_ranges(known)})")
+        return ids
+
     def roles_described(self) -> dict[str, str]:
         """--role-info as role -> description."""
         out = {}
@@ -175,6 +192,7 @@ class Settings:
         if wrong is not None:
             flag = _BUDGET_FLAGS[wrong[0]]
             raise SettingsError(f"bad --{flag.replace('_', '-')} {getattr(self, flag):g}: must be {wrong[1]}")
+        self.cpu_ids()
         self.roles_described()
         if not Path(self.grammar_dir).is_dir():
             raise SettingsError(f"bad --grammar-dir {self.grammar_dir!r}: not a directory")
@@ -202,6 +220,25 @@ class Settings:
     def flags(cls):
         """(flag name, field) pairs for building the CLI."""
         return [(f.name.replace("_", "-"), f) for f in fields(cls)]
+
+
+def _machine_cpus() -> set[int]:
+    """The CPU ids this machine has: 0 up to the CPU count, and any other this process may run on."""
+    cpus = set(range(os.cpu_count() or 1))
+    if hasattr(os, "sched_getaffinity"):  # not on macOS or Windows
+        cpus |= os.sched_getaffinity(0)
+    return cpus
+
+
+def _id_ranges(ids: set[int]) -> str:
+    """CPU ids as the kernel lists them: 0-3,6."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 _TCP = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+):(?P<port>\*|\d{1,5})$")
