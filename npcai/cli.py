@@ -47,15 +47,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def model_roles(specs: list[str], *, out=None, remote_key: str = "") -> dict:
     """Parse --model specs (NAME or ROLE=NAME) into role -> GGUF path, pulling catalog models, or role ->
     ``Remote`` for an engine's URL (asked at once what it serves: npcai/remote/)."""
-    if not specs:
-        specs = [catalog.DEFAULT_MODEL]
     roles: dict = {}
-    for spec in specs:
-        role, sep, name = spec.partition("=")
-        if not sep or "/" in role or "\\" in role or role.endswith(".gguf"):
-            role, name = ("dialogue" if "dialogue" not in roles else "decision"), spec
-        if not role.isidentifier():
-            raise NpcaiError(f"bad --model {spec!r}: the role must be a plain name like dialogue or decision")
+    for role, (spec, name, explicit) in _named_roles(specs or [catalog.DEFAULT_MODEL]).items():
         if "://" in name:
             from npcai.remote import spec as remote_spec
             from npcai.remote.detect import connect  # needs httpx: the [remote] extra
@@ -65,7 +58,7 @@ def model_roles(specs: list[str], *, out=None, remote_key: str = "") -> dict:
             continue
         entry = catalog.CATALOG.get(name)
         if entry is not None and not entry.chat and role == "dialogue":
-            if sep:
+            if explicit:
                 raise NpcaiError(f"bad --model {spec!r}: {name} is a base model, not tuned for chat, and its lines "
                                  f"fall apart; serve dialogue with {catalog.DEFAULT_MODEL} and use {name} as "
                                  f"decision={name}")
@@ -74,6 +67,27 @@ def model_roles(specs: list[str], *, out=None, remote_key: str = "") -> dict:
                       f"players (serve dialogue with {catalog.DEFAULT_MODEL}, decision={name})", file=out)
         roles[role] = catalog.resolve(name, out=out)
     return roles
+
+
+def _named_roles(specs: list[str]) -> dict[str, tuple[str, str, bool]]:
+    """--model specs as role -> (spec, model name, whether the spec named the role), checked before any model
+    is looked for: one model per role (a later spec would silently replace an earlier one), and a name."""
+    named: dict[str, tuple[str, str, bool]] = {}
+    for spec in specs:
+        role, sep, name = spec.partition("=")
+        explicit = bool(sep) and not ("/" in role or "\\" in role or role.endswith(".gguf"))
+        if not explicit:
+            role, name = ("dialogue" if "dialogue" not in named else "decision"), spec
+        if not role.isidentifier():
+            raise NpcaiError(f"bad --model {spec!r}: the role must be a plain name like dialogue or decision")
+        if not name.strip():
+            raise NpcaiError(f"bad --model {spec!r}: the model name is empty")
+        if role in named:
+            how = "" if explicit else " (a NAME without ROLE= serves dialogue, then decision)"
+            raise NpcaiError(f"bad --model {spec!r}: role {role} is given twice, first by --model "
+                             f"{named[role][0]!r}{how}; give each role one model")
+        named[role] = (spec, name, explicit)
+    return named
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

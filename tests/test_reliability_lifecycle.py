@@ -37,6 +37,10 @@ from npcai import protocol as P
     (["--budget-tokens-per-s", "-5"], "bad --budget-tokens-per-s -5: must be >= 0"),
     (["--frame-ms", "-3"], "bad --frame-ms -3: must be between 0"),
     (["--budget-threads", "-2"], "bad --budget-threads -2: must be >= 0"),
+    (["--model", "dialogue="], "bad --model 'dialogue=': the model name is empty"),
+    (["--model", "decision=a.gguf", "--model", "decision=b.gguf"], "role decision is given twice"),
+    (["--model", "a.gguf", "--model", "b.gguf"], "role decision is given twice"),  # + the one below: 3 bare names
+    (["--model", "a.gguf", "--model", "dialogue=b.gguf"], "role dialogue is given twice"),
 ])
 def test_a_bad_flag_fails_in_one_line_before_any_model_loads(flags, needle):
     # A model that does not exist: the flag must be refused first, so this is never reached.
