@@ -164,7 +164,17 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         parser.exit(2, f"npcai: {message} (see {parser.prog} --help)\n")
 
     parser.error = error  # type: ignore[method-assign]
+    parser.set_defaults(parser=parser)  # the innermost (sub)command's, to report the arguments it left over
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; arguments no (sub)command took are reported by the command they came with, whose
+    --help says what it takes (argparse reports them from the top parser)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -183,8 +193,6 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"{name:<22} {path.stat().st_size / 1e6:6.0f} MB  {'merged' if merged else '-':<7} "
                   f"for {a.base}: {a.description}")
         return 0
-    if not args.name:
-        raise NpcaiError(f"npcai models {args.action} needs a model name")
     if args.action == "pull":
         catalog.pull(args.name)
     else:
@@ -226,14 +234,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("models", help="list, pull or locate models")
-    p.add_argument("action", choices=["list", "pull", "path"])
-    p.add_argument("name", nargs="?")
+    p = _one_line_errors(sub.add_parser("models", help="list, pull or locate models"))
+    actions = p.add_subparsers(dest="action", metavar="{list,pull,path}", required=True)
+    p = _one_line_errors(actions.add_parser("list", help="the catalog's models and adapters, and which are pulled"))
     p.set_defaults(func=cmd_models)
+    for action, help_text in (("pull", "download a catalog model"), ("path", "print a pulled model's GGUF file")):
+        p = _one_line_errors(actions.add_parser(action, help=help_text))
+        p.add_argument("name", help="a catalog name (npcai models list)")
+        p.set_defaults(func=cmd_models)
 
     for name, func, help_text in (("demo", cmd_demo, "play a short scripted village scene"),
                                   ("chat", cmd_chat, "talk to one NPC in the terminal")):
-        p = sub.add_parser(name, help=help_text)
+        p = _one_line_errors(sub.add_parser(name, help=help_text))
         if name == "chat":
             p.add_argument("npc", help="an NPC of the scenario (brom, mira, grik, captain) or a new name")
             p.add_argument("--persona", help="persona text for a new NPC")
@@ -294,11 +306,11 @@ def serve_main(argv: list[str], prog: str = "npcai serve") -> int:
     p = _one_line_errors(argparse.ArgumentParser(prog=prog, description="run the npcai sidecar"))
     _add_settings(p)
     p.set_defaults(func=cmd_serve)
-    return _run(p.parse_args(argv))
+    return _run(_parse(p, argv))
 
 
 def main(argv: list[str] | None = None) -> int:
-    return _run(build_parser().parse_args(argv))
+    return _run(_parse(build_parser(), argv))
 
 
 def _run(args: argparse.Namespace) -> int:

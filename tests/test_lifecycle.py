@@ -186,6 +186,22 @@ def test_bench_refuses_an_unknown_item_in_one_line_that_names_every_item():
     assert all(f"'{name}'" in proc.stderr for name in ITEMS), proc.stderr
 
 
+@pytest.mark.parametrize("args, needle, command", [
+    (["models"], "required", "models"),
+    (["models", "bogus"], "invalid choice: 'bogus'", "models"),
+    (["models", "list", "extra"], "unrecognized arguments: extra", "models list"),
+    (["models", "pull"], "required: name", "models pull"),
+    (["chat"], "required: npc", "chat"),
+    (["chat", "--bogus", "brom"], "unrecognized arguments: --bogus", "chat"),
+    (["demo", "--bogus"], "unrecognized arguments: --bogus", "demo"),
+    (["serve", "--bogus"], "unrecognized arguments: --bogus", "serve"),
+])
+def test_a_command_used_wrongly_is_refused_in_one_line_pointing_to_its_own_help(args, needle, command):
+    proc = run_cli(*args)
+    assert_one_line_failure(proc, needle)
+    assert proc.stderr.rstrip().endswith(f"(see npcai {command} --help)"), proc.stderr
+
+
 def test_bench_help_lists_every_item():
     from npcai.bench.runner import ITEMS
 
