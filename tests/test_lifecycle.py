@@ -159,6 +159,35 @@ def test_the_demo_shows_the_decisions_through_a_decision_adapter(model_path, vil
             assert _picked(lines, at, d) not in [None, *d.get("not_sensible", [])], lines[at:at + 8]
 
 
+_BROM = {"persona": "You are Brom."}
+
+
+@pytest.mark.parametrize("command", [["chat", "brom"], ["demo"]])
+@pytest.mark.parametrize("scene, needle", [
+    ({"people": {}}, 'no "npcs" object'),
+    ([1, 2], "the file holds an array, not an object"),
+    ({"npcs": {"brom": "You are Brom."}}, 'npcs.brom must be an object with a "persona" string'),
+    ({"npcs": {"brom": {"persona": "You are Brom.", "lines": "Hello!"}}}, "npcs.brom.lines must be a list of strings"),
+    ({"npcs": {"brom": _BROM}, "decisions": [{"npc": "mira", "situation": "Run?"}]},
+     "decisions[0].npc 'mira' is not one of its npcs"),
+    ({"npcs": {"brom": _BROM}, "decisions": [{"npc": "brom"}]}, 'decisions[0] must be an object with a "situation"'),
+    ({"npcs": {"brom": _BROM}, "trade": {"npc": "brom", "line": "Sell?"}}, '"trade" must be an object with'),
+])
+def test_a_scenario_file_of_the_wrong_shape_is_refused_in_one_line_naming_it(tmp_path, command, scene, needle):
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(scene))
+    assert_one_line_failure(run_cli(*command, "--scenario", str(path)), f"bad scenario {path}: {needle}")
+
+
+def test_the_demo_plays_a_scenario_of_personas_alone(model_path, tmp_path):
+    """Lines, decisions and a trade are the demo's to play when a scenario has them; personas are enough."""
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps({"npcs": {"brom": _BROM}}))
+    proc = run_cli("demo", "--no-color", "--scenario", str(path), timeout=240)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert any(line.startswith("latency (ms") for line in proc.stdout.splitlines()), proc.stdout
+
+
 def test_a_sidecar_that_cannot_start_says_why_in_one_line(model_path):
     """It stops at once with its own reason, which the launcher passes on (it used to say "did not become
     ready within 300 s", the reason on a line of its own)."""
