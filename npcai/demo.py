@@ -191,6 +191,7 @@ def run_chat(npc: str, models: list[str], scenario: str | None = None, persona: 
             try:
                 line = input("you> ").strip()
             except EOFError:
+                print()  # end the prompt's line, as a shell expects
                 break
             if line in ("/quit", "/exit"):
                 break
@@ -203,6 +204,7 @@ def run_chat(npc: str, models: list[str], scenario: str | None = None, persona: 
             started = time.perf_counter()
             reply = client.say(npc, line, max_tokens=96,
                                on_token=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+            print(flush=True)  # each reply ends its line
             print(f"   ({reply['timing']['ttft_ms']:.0f} ms to first token, "
                   f"{(time.perf_counter() - started) * 1000:.0f} ms in all)", file=sys.stderr)
     finally:

@@ -202,8 +202,9 @@ def test_chat_answers_each_line_in_the_terminal_and_leaves_at_end_of_input(model
     proc = subprocess.run([sys.executable, "-m", "npcai", "chat", "brom"], input="Hello there!\n/forget\nBye.\n",
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    answers = [part for part in proc.stdout.split("brom> ")[1:] if part.strip()]
-    assert len(answers) == 2, proc.stdout
+    answers = [part.split("you> ")[0] for part in proc.stdout.split("brom> ")[1:]]
+    assert len(answers) == 2 and all(a.strip() for a in answers), proc.stdout
+    assert all(a.endswith("\n") for a in answers) and proc.stdout.endswith("\n"), proc.stdout  # each on its line
     assert proc.stderr.count("ms to first token") == 2 and "Traceback" not in proc.stderr
 
 
