@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from npcai.client import Client
+from npcai.client import Client, RequestFailed
 from npcai.errors import NpcaiError
 from npcai.launcher import Sidecar
 
@@ -177,7 +177,8 @@ def _summary(client: Client, s: _Style) -> None:
 
 
 def run_chat(npc: str, models: list[str], scenario: str | None = None, persona: str | None = None) -> int:
-    """Talk to one persona; `/forget` clears its memory, `/quit` (or end of input) leaves."""
+    """Talk to one persona; `/forget` clears its memory, `/quit` (or end of input) leaves. A line the sidecar
+    refuses (too long, say) is reported in one line on stderr and the chat goes on; a sidecar gone ends it."""
     scene = load_scenario(scenario)
     known = scene["npcs"].get(npc, {})
     persona = persona or known.get("persona")
@@ -195,15 +196,22 @@ def run_chat(npc: str, models: list[str], scenario: str | None = None, persona: 
                 break
             if line in ("/quit", "/exit"):
                 break
-            if line == "/forget":
-                client.call("forget", npc=npc)
-                continue
             if not line:
                 continue
-            sys.stdout.write(f"{npc}> ")
-            started = time.perf_counter()
-            reply = client.say(npc, line, max_tokens=96,
-                               on_token=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+            try:
+                if line == "/forget":
+                    client.call("forget", npc=npc)
+                    continue
+                sys.stdout.write(f"{npc}> ")
+                started = time.perf_counter()
+                reply = client.say(npc, line, max_tokens=96,
+                                   on_token=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+            except RequestFailed as err:
+                if err.code == "unavailable":  # the sidecar is gone: nobody left to talk to
+                    raise
+                print(flush=True)
+                print(f"npcai: {err.message}", file=sys.stderr, flush=True)  # that line's, and on to the next
+                continue
             print(flush=True)  # each reply ends its line
             print(f"   ({reply['timing']['ttft_ms']:.0f} ms to first token, "
                   f"{(time.perf_counter() - started) * 1000:.0f} ms in all)", file=sys.stderr)

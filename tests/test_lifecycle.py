@@ -208,6 +208,18 @@ def test_chat_answers_each_line_in_the_terminal_and_leaves_at_end_of_input(model
     assert proc.stderr.count("ms to first token") == 2 and "Traceback" not in proc.stderr
 
 
+def test_chat_reports_a_line_the_sidecar_refuses_in_one_line_and_answers_the_next(model_path):
+    too_long = "hello " * 1500  # over max_prompt_tokens (1024): too_large
+    proc = subprocess.run([sys.executable, "-m", "npcai", "chat", "brom"], input=f"{too_long}\nHello there!\n",
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    refused = [line for line in proc.stderr.splitlines() if line.startswith("npcai: ")]
+    assert len(refused) == 1 and refused[0].startswith("npcai: too_large: "), proc.stderr
+    assert proc.stderr.count("ms to first token") == 1 and "Traceback" not in proc.stderr
+    answers = [part.split("you> ")[0] for part in proc.stdout.split("brom> ")[1:]]
+    assert [bool(a.strip()) for a in answers] == [False, True], proc.stdout  # the refused line, then an answer
+
+
 def test_bench_refuses_an_unknown_item_in_one_line_that_names_every_item():
     from npcai.bench.runner import ITEMS
 
