@@ -29,6 +29,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from npcai.errors import NpcaiError
+from npcai.protocol import is_ipv6_endpoint
 
 if TYPE_CHECKING:
     from npcai.launcher import Sidecar
@@ -124,6 +125,8 @@ class Client:
             self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * heartbeat_ms)
         if curve_server_key is not None:
             _set_curve(self._sock, curve_server_key, curve_client_cert)
+        if is_ipv6_endpoint(endpoint):
+            self._sock.setsockopt(zmq.IPV6, 1)
         self._monitor = self._sock.get_monitor_socket(_PEER_EVENTS)
         try:
             self._sock.connect(endpoint)

@@ -38,6 +38,22 @@ def test_an_endpoint_in_use_fails_in_one_line(model_path):
         assert_one_line_failure(run_cli("serve", "--endpoint", f"tcp://127.0.0.1:{port}"), "cannot bind")
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except (AttributeError, OSError):  # no IPv6 in Python, or none on this machine
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+def test_a_sidecar_on_the_ipv6_loopback_answers_hello(model_path):
+    with Sidecar("--endpoint", "tcp://[::1]:0", "--threads", "1") as sc, sc.client() as c:
+        assert sc.endpoint.startswith("tcp://[::1]:")
+        assert c.hello()["event"] == "ok"
+
+
 def test_models_list_and_path(model_path):
     listed = run_cli("models", "list")
     assert listed.returncode == 0 and "smollm2-135m" in listed.stdout and "(default)" in listed.stdout

@@ -26,6 +26,7 @@ from npcai.protocol.frames import (
     decode_frame,
     encode,
     is_int,
+    is_ipv6_endpoint,
     request_id,
     salvage_id,
 )
@@ -75,7 +76,7 @@ from npcai.protocol.requests import (
 )
 
 __all__ = [
-    "READY_PREFIX", "VERSION", "Limits", "decode_frame", "encode", "is_int", "request_id", "salvage_id",
+    "READY_PREFIX", "VERSION", "Limits", "decode_frame", "encode", "is_int", "is_ipv6_endpoint", "request_id", "salvage_id",
     "CANCELLED", "DONE", "ERROR", "OK", "TERMINAL_EVENTS", "TOKEN", "SENTENCE", "STEP", "sentence", "cancelled", "done", "engine_failed", "error",
     "fixed_reply", "ok", "reply", "timed_out", "token",
     "IMMEDIATE_OPS", "MAX_TOKEN_BYTES", "OPS", "REQUEST_TYPES", "ActResultRequest", "ChainRequest", "BudgetRequest", "CancelRequest", "DecideRequest",
