@@ -227,7 +227,7 @@ def test_chat_answers_each_line_in_the_terminal_and_leaves_at_end_of_input(model
 def test_chat_reports_a_line_the_sidecar_refuses_in_one_line_and_answers_the_next(model_path):
     too_long = "hello " * 1500  # over max_prompt_tokens (1024): too_large
     proc = subprocess.run([sys.executable, "-m", "npcai", "chat", "brom"], input=f"{too_long}\nHello there!\n",
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     refused = [line for line in proc.stderr.splitlines() if line.startswith("npcai: ")]
     assert len(refused) == 1 and refused[0].startswith("npcai: too_large: "), proc.stderr
