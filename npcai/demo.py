@@ -209,7 +209,8 @@ def run_chat(npc: str, models: list[str], scenario: str | None = None, persona: 
             except RequestFailed as err:
                 if err.code == "unavailable":  # the sidecar is gone: nobody left to talk to
                     raise
-                print(flush=True)
+                if line != "/forget":
+                    print(flush=True)  # end the line its reply would have taken
                 print(f"npcai: {err.message}", file=sys.stderr, flush=True)  # that line's, and on to the next
                 continue
             print(flush=True)  # each reply ends its line
