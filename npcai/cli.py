@@ -47,15 +47,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def model_roles(specs: list[str], *, out=None, remote_key: str = "") -> dict:
     """Parse --model specs (NAME or ROLE=NAME) into role -> GGUF path, pulling catalog models, or role ->
     ``Remote`` for an engine's URL (asked at once what it serves: npcai/remote/)."""
-    if not specs:
-        specs = [catalog.DEFAULT_MODEL]
     roles: dict = {}
-    for spec in specs:
-        role, sep, name = spec.partition("=")
-        if not sep or "/" in role or "\\" in role or role.endswith(".gguf"):
-            role, name = ("dialogue" if "dialogue" not in roles else "decision"), spec
-        if not role.isidentifier():
-            raise NpcaiError(f"bad --model {spec!r}: the role must be a plain name like dialogue or decision")
+    for role, (spec, name, explicit) in _named_roles(specs or [catalog.DEFAULT_MODEL]).items():
         if "://" in name:
             from npcai.remote import spec as remote_spec
             from npcai.remote.detect import connect  # needs httpx: the [remote] extra
@@ -65,7 +58,7 @@ def model_roles(specs: list[str], *, out=None, remote_key: str = "") -> dict:
             continue
         entry = catalog.CATALOG.get(name)
         if entry is not None and not entry.chat and role == "dialogue":
-            if sep:
+            if explicit:
                 raise NpcaiError(f"bad --model {spec!r}: {name} is a base model, not tuned for chat, and its lines "
                                  f"fall apart; serve dialogue with {catalog.DEFAULT_MODEL} and use {name} as "
                                  f"decision={name}")
@@ -74,6 +67,27 @@ def model_roles(specs: list[str], *, out=None, remote_key: str = "") -> dict:
                       f"players (serve dialogue with {catalog.DEFAULT_MODEL}, decision={name})", file=out)
         roles[role] = catalog.resolve(name, out=out)
     return roles
+
+
+def _named_roles(specs: list[str]) -> dict[str, tuple[str, str, bool]]:
+    """--model specs as role -> (spec, model name, whether the spec named the role), checked before any model
+    is looked for: one model per role (a later spec would silently replace an earlier one), and a name."""
+    named: dict[str, tuple[str, str, bool]] = {}
+    for spec in specs:
+        role, sep, name = spec.partition("=")
+        explicit = bool(sep) and not ("/" in role or "\\" in role or role.endswith(".gguf"))
+        if not explicit:
+            role, name = ("dialogue" if "dialogue" not in named else "decision"), spec
+        if not role.isidentifier():
+            raise NpcaiError(f"bad --model {spec!r}: the role must be a plain name like dialogue or decision")
+        if not name.strip():
+            raise NpcaiError(f"bad --model {spec!r}: the model name is empty")
+        if role in named:
+            how = "" if explicit else " (a NAME without ROLE= serves dialogue, then decision)"
+            raise NpcaiError(f"bad --model {spec!r}: role {role} is given twice, first by --model "
+                             f"{named[role][0]!r}{how}; give each role one model")
+        named[role] = (spec, name, explicit)
+    return named
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -87,7 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.token = secrets.token_urlsafe(32)  # like a Jupyter kernel's key: only the file's reader has it
     logging.basicConfig(level=logging.INFO if settings.verbose else logging.WARNING,
                         format="npcai: %(message)s", stream=sys.stderr)
-    polite = be_polite(settings.nice, _cpu_list(settings.cpus))  # before any compute thread exists
+    polite = be_polite(settings.nice, settings.cpu_ids())  # before any compute thread exists
     roles = model_roles(settings.model, out=sys.stderr, remote_key=_remote_key(settings))
     server = Server(settings, lambda emit: Engine(settings, roles, emit), polite)
     endpoint = server.bind()
@@ -125,15 +139,6 @@ def _remote_key(settings: Settings) -> str:
     return os.environ.get("NPCAI_REMOTE_KEY", "").strip()
 
 
-def _cpu_list(text: str) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        return [int(c) for c in text.split(",") if c.strip()]
-    except ValueError:
-        raise NpcaiError(f"bad --cpus {text!r}: give CPU ids like 2,3") from None
-
-
 def _write_atomically(path: Path, text: str, mode: int = 0o644) -> Path:
     """Write through a temporary file renamed into place; ``mode`` holds from the file's creation on."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -159,7 +164,17 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         parser.exit(2, f"npcai: {message} (see {parser.prog} --help)\n")
 
     parser.error = error  # type: ignore[method-assign]
+    parser.set_defaults(parser=parser)  # the innermost (sub)command's, to report the arguments it left over
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; arguments no (sub)command took are reported by the command they came with, whose
+    --help says what it takes (argparse reports them from the top parser)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -178,8 +193,6 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"{name:<22} {path.stat().st_size / 1e6:6.0f} MB  {'merged' if merged else '-':<7} "
                   f"for {a.base}: {a.description}")
         return 0
-    if not args.name:
-        raise NpcaiError(f"npcai models {args.action} needs a model name")
     if args.action == "pull":
         catalog.pull(args.name)
     else:
@@ -221,14 +234,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("models", help="list, pull or locate models")
-    p.add_argument("action", choices=["list", "pull", "path"])
-    p.add_argument("name", nargs="?")
+    p = _one_line_errors(sub.add_parser("models", help="list, pull or locate models"))
+    actions = p.add_subparsers(dest="action", metavar="{list,pull,path}", required=True)
+    p = _one_line_errors(actions.add_parser("list", help="the catalog's models and adapters, and which are pulled"))
     p.set_defaults(func=cmd_models)
+    for action, help_text in (("pull", "download a catalog model"), ("path", "print a pulled model's GGUF file")):
+        p = _one_line_errors(actions.add_parser(action, help=help_text))
+        p.add_argument("name", help="a catalog name (npcai models list)")
+        p.set_defaults(func=cmd_models)
 
     for name, func, help_text in (("demo", cmd_demo, "play a short scripted village scene"),
                                   ("chat", cmd_chat, "talk to one NPC in the terminal")):
-        p = sub.add_parser(name, help=help_text)
+        p = _one_line_errors(sub.add_parser(name, help=help_text))
         if name == "chat":
             p.add_argument("npc", help="an NPC of the scenario (brom, mira, grik, captain) or a new name")
             p.add_argument("--persona", help="persona text for a new NPC")
@@ -289,11 +306,11 @@ def serve_main(argv: list[str], prog: str = "npcai serve") -> int:
     p = _one_line_errors(argparse.ArgumentParser(prog=prog, description="run the npcai sidecar"))
     _add_settings(p)
     p.set_defaults(func=cmd_serve)
-    return _run(p.parse_args(argv))
+    return _run(_parse(p, argv))
 
 
 def main(argv: list[str] | None = None) -> int:
-    return _run(build_parser().parse_args(argv))
+    return _run(_parse(build_parser(), argv))
 
 
 def _run(args: argparse.Namespace) -> int:

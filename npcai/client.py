@@ -29,6 +29,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from npcai.errors import NpcaiError
+from npcai.protocol import is_ipv6_endpoint
 
 if TYPE_CHECKING:
     from npcai.launcher import Sidecar
@@ -109,7 +110,8 @@ class Client:
     whose process death ends open requests at once. ``curve_server_key`` (Z85 public key, or a
     certificate file) with ``curve_client_cert`` (a secret certificate file, or a (public, secret)
     pair) connect with CurveZMQ. ``heartbeat_ms``: libzmq heartbeat interval (0 = off); a sidecar
-    silent for three intervals counts as gone.
+    silent for three intervals counts as gone. After ``close()``, every call raises ``RequestFailed``
+    (``unavailable``: the client is closed).
     """
 
     def __init__(self, endpoint: str, *, token: str | None = None, context: zmq.Context | None = None,
@@ -123,8 +125,15 @@ class Client:
             self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * heartbeat_ms)
         if curve_server_key is not None:
             _set_curve(self._sock, curve_server_key, curve_client_cert)
+        if is_ipv6_endpoint(endpoint):
+            self._sock.setsockopt(zmq.IPV6, 1)
         self._monitor = self._sock.get_monitor_socket(_PEER_EVENTS)
-        self._sock.connect(endpoint)
+        try:
+            self._sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise NpcaiError(f"bad endpoint {endpoint!r}: {zmq.strerror(exc.errno)} (expected tcp://HOST:PORT or "
+                             "ipc://PATH)") from None
         self.endpoint = endpoint
         self.token = token
         self.sidecar = sidecar
@@ -144,6 +153,7 @@ class Client:
     # --- non-blocking --------------------------------------------------------------------------
     def request(self, op: str, **fields: Any) -> Handle:
         """Send a request; fields set to None are left out. Never blocks."""
+        sock = self._open()
         rid = next(self._ids)
         msg = {"v": 1, "id": rid, "op": op, **{k: v for k, v in fields.items() if v is not None}}
         handle = Handle(rid, op, fallback=fields.get("fallback"), sent_at=time.monotonic())
@@ -158,7 +168,7 @@ class Client:
             self._end_locally(handle, self._gone_reason())
             return handle
         try:
-            self._sock.send(msgpack.packb(msg, use_bin_type=True), zmq.NOBLOCK)
+            sock.send(msgpack.packb(msg, use_bin_type=True), zmq.NOBLOCK)
         except zmq.Again:  # the sidecar has not read what we sent so far
             self._end_locally(handle, "the sidecar is not reading: this client's send queue is full")
             return handle
@@ -170,9 +180,9 @@ class Client:
     def send_raw(self, frame: bytes | list[bytes]) -> None:
         """Send bytes as they are (for tests of bad input)."""
         if isinstance(frame, list):
-            self._sock.send_multipart(frame)
+            self._open().send_multipart(frame)
         else:
-            self._sock.send(frame)
+            self._open().send(frame)
 
     def poll(self, max_messages: int = 64, budget_us: int = 2000) -> int:
         """Dispatch waiting replies, end requests whose deadline passed, notice a sidecar gone; never blocks.
@@ -180,11 +190,12 @@ class Client:
         Returns how many replies were handled.
         """
         start = time.perf_counter()
+        sock = self._open()
         self._check_peer()
         n = 0
         while n < max_messages:
             try:
-                frame = self._sock.recv(zmq.NOBLOCK)
+                frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
             self._dispatch(frame)
@@ -200,7 +211,13 @@ class Client:
 
         For a loop that has nothing else to do: it costs no CPU while it waits.
         """
-        return bool(self._sock.poll(max(0, int(timeout * 1000))))
+        return bool(self._open().poll(max(0, int(timeout * 1000))))
+
+    def _open(self) -> zmq.Socket:
+        """The socket, while the client is open: after close(), libzmq would only say 'not a socket'."""
+        if self._sock.closed:
+            raise RequestFailed("unavailable", "the client is closed")
+        return self._sock
 
     def alive(self) -> bool:
         """False once the sidecar is known to be gone (until a connection to it succeeds again)."""

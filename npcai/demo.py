@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from npcai.client import Client
+from npcai.client import Client, RequestFailed
 from npcai.errors import NpcaiError
 from npcai.launcher import Sidecar
 
@@ -26,12 +26,55 @@ class _Style:
 
 
 def load_scenario(path: str | None) -> dict[str, Any]:
-    if path:
-        try:
-            return json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise NpcaiError(f"cannot read scenario {path}: {exc}") from None
-    return json.loads(resources.files("npcai").joinpath("scenarios/village.json").read_text())
+    """A scenario file (its shape checked, so that chat and the demo can read it), or the built-in village."""
+    if not path:
+        return json.loads(resources.files("npcai").joinpath("scenarios/village.json").read_text())
+    try:
+        scene = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise NpcaiError(f"cannot read scenario {path}: {exc}") from None
+    wrong = _shape_error(scene)
+    if wrong:
+        raise NpcaiError(f"bad scenario {path}: {wrong}")
+    return scene
+
+
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+               type(None): "null"}
+
+
+def _shape_error(scene: Any) -> str | None:
+    """What in a scenario chat or the demo could not read, or None: ``npcs`` (name -> ``persona`` and optional
+    ``lines``), and the demo's optional ``decisions`` and ``trade``. What the sidecar checks itself (choices,
+    schemas, actions' fields) is left to it."""
+    if not isinstance(scene, dict):
+        return f"the file holds {_JSON_TYPES.get(type(scene), 'a value')}, not an object with \"npcs\""
+    npcs = scene.get("npcs")
+    if not isinstance(npcs, dict) or not npcs:
+        return 'no "npcs" object: give NPC names, each with {"persona": "You are …", "lines": ["…"]}'
+    for name, npc in npcs.items():
+        if not isinstance(npc, dict) or not isinstance(npc.get("persona"), str):
+            return f'npcs.{name} must be an object with a "persona" string'
+        lines = npc.get("lines", [])
+        if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+            return f"npcs.{name}.lines must be a list of strings"
+    decisions = scene.get("decisions", [])
+    if not isinstance(decisions, list):
+        return '"decisions" must be a list'
+    for i, d in enumerate(decisions):
+        if not isinstance(d, dict) or not isinstance(d.get("situation"), str):
+            return f'decisions[{i}] must be an object with a "situation" string'
+        if d.get("npc") is not None and not (isinstance(d["npc"], str) and d["npc"] in npcs):
+            return f"decisions[{i}].npc {d['npc']!r} is not one of its npcs"
+    trade = scene.get("trade")
+    if trade is not None and not (
+            isinstance(trade, dict) and isinstance(trade.get("npc"), str) and trade["npc"] in npcs
+            and isinstance(trade.get("line"), str) and isinstance(trade.get("actions"), list)
+            and all(isinstance(a, dict) and isinstance(a.get("name"), str) for a in trade["actions"])
+            and isinstance(trade.get("result", {}), dict)):
+        return ('"trade" must be an object with "npc" (one of its npcs), "line", "actions" (each with a "name") '
+                'and optionally "result" (action name -> what the game says came of it)')
+    return None
 
 
 def _start(models: list[str], loras: list[str] = ()) -> tuple[Sidecar, Client]:
@@ -64,7 +107,7 @@ def run_demo(models: list[str], scenario: str | None = None, color: bool = True,
         for n in names:
             client.npc(n, scene["npcs"][n]["persona"], seed=7)
         for n in names:
-            for line in scene["npcs"][n]["lines"][:2]:
+            for line in scene["npcs"][n].get("lines", [])[:2]:
                 print(s(_DIM, f"  player → {n}: ") + line)
                 sys.stdout.write("  " + s(colors[n], f"{n}: "))
                 reply = client.say(n, line, max_tokens=48, stop=["\n"],
@@ -73,7 +116,7 @@ def run_demo(models: list[str], scenario: str | None = None, color: bool = True,
                 print(s(_DIM, f"   [first token {t['ttft_ms']:.0f} ms, {reply['tokens']} tokens in "
                               f"{t['total_ms']:.0f} ms]"))
             print()
-        for d in scene["decisions"]:
+        for d in scene.get("decisions", []):
             npc = d.get("npc")
             if npc and npc not in names:
                 client.npc(npc, scene["npcs"][npc]["persona"], seed=7)
@@ -134,7 +177,8 @@ def _summary(client: Client, s: _Style) -> None:
 
 
 def run_chat(npc: str, models: list[str], scenario: str | None = None, persona: str | None = None) -> int:
-    """Talk to one persona; `/forget` clears its memory, `/quit` (or end of input) leaves."""
+    """Talk to one persona; `/forget` clears its memory, `/quit` (or end of input) leaves. A line the sidecar
+    refuses (too long, say) is reported in one line on stderr and the chat goes on; a sidecar gone ends it."""
     scene = load_scenario(scenario)
     known = scene["npcs"].get(npc, {})
     persona = persona or known.get("persona")
@@ -148,18 +192,28 @@ def run_chat(npc: str, models: list[str], scenario: str | None = None, persona: 
             try:
                 line = input("you> ").strip()
             except EOFError:
+                print()  # end the prompt's line, as a shell expects
                 break
             if line in ("/quit", "/exit"):
                 break
-            if line == "/forget":
-                client.call("forget", npc=npc)
-                continue
             if not line:
                 continue
-            sys.stdout.write(f"{npc}> ")
-            started = time.perf_counter()
-            reply = client.say(npc, line, max_tokens=96,
-                               on_token=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+            try:
+                if line == "/forget":
+                    client.call("forget", npc=npc)
+                    continue
+                sys.stdout.write(f"{npc}> ")
+                started = time.perf_counter()
+                reply = client.say(npc, line, max_tokens=96,
+                                   on_token=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+            except RequestFailed as err:
+                if err.code == "unavailable":  # the sidecar is gone: nobody left to talk to
+                    raise
+                if line != "/forget":
+                    print(flush=True)  # end the line its reply would have taken
+                print(f"npcai: {err.message}", file=sys.stderr, flush=True)  # that line's, and on to the next
+                continue
+            print(flush=True)  # each reply ends its line
             print(f"   ({reply['timing']['ttft_ms']:.0f} ms to first token, "
                   f"{(time.perf_counter() - started) * 1000:.0f} ms in all)", file=sys.stderr)
     finally:

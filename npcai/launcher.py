@@ -107,7 +107,11 @@ class Sidecar:
     def restart(self) -> str:
         """Stop this sidecar if it still runs and start a fresh one with the same flags; returns its endpoint.
 
-        The new sidecar knows no NPCs: restore them with ``load`` from states saved earlier.
+        The new sidecar knows no NPCs: restore them with ``load`` from states saved earlier. Make clients again
+        after a restart: with the default ``--endpoint`` (port 0) the new sidecar listens on a new port, and
+        clients made before (``client()`` or ``Client(sidecar.endpoint)``) stay on the old one, ending every
+        call ``unavailable``. Only with a fixed ``--endpoint`` (and, with ``--connection-file``, a fixed
+        ``--token``: else the new sidecar makes a new one) do they reconnect and say hello again by themselves.
         """
         self.close()
         self._start()

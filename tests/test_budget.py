@@ -1,5 +1,8 @@
 """The compute budget: back-off when the game misses frames, recovery when it stops, pauses and caps."""
 
+import errno
+import os
+
 import pytest
 
 from npcai.sidecar.budget import Budget, Governor
@@ -92,6 +95,60 @@ def test_stats_show_the_effective_budget_and_events():
     s = g.stats()
     assert s["backoff_level"] == 1 and s["backoff_events"] == 1
     assert s["effective"] == {"threads": 2, "batch": 64, "share": 0.48}
+
+
+# --- one set of bounds for the budget op and the --budget-* flags ----------------------------------
+
+_FLAG_OF = {"threads": "budget_threads", "tokens_per_s": "budget_tokens_per_s", "share": "budget_share",
+            "frame_ms": "frame_ms"}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("share", 0), ("share", -0.5), ("share", 5), ("share", float("nan")), ("share", 1), ("share", 0.01),
+    ("tokens_per_s", -5), ("tokens_per_s", float("nan")), ("tokens_per_s", 0), ("tokens_per_s", 30),
+    ("frame_ms", -3), ("frame_ms", 1001), ("frame_ms", 0), ("frame_ms", 16.7),
+    ("threads", -2), ("threads", 0), ("threads", 3),
+])
+def test_the_budget_flags_refuse_exactly_what_the_budget_op_refuses(field, value):
+    from npcai.errors import BadRequest, SettingsError
+    from npcai.protocol import check_budget
+    from npcai.sidecar.settings import Settings
+
+    try:
+        check_budget({field: value})
+        wire = None
+    except BadRequest as exc:
+        wire = exc
+    flag = _FLAG_OF[field]
+    try:
+        Settings(**{flag: value}).validate()
+        cli = None
+    except SettingsError as exc:
+        cli = exc
+    assert (wire is None) == (cli is None), (wire, cli)
+    if cli is not None:
+        assert cli.message.startswith(f"bad --{flag.replace('_', '-')} ")
+        assert cli.message.split(": must be ", 1)[1] == wire.message.split(" must be ", 1)[1]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
+@pytest.mark.parametrize("kernel", ["refuses them all", "drops one"])
+def test_cpus_the_process_may_not_run_on_are_refused_in_one_line_not_dropped(monkeypatch, kernel):
+    """A cpuset (a container's) can keep CPUs the machine has from the process: Linux fails when it leaves none
+    of the ids given, and drops the others without a word."""
+    from npcai.errors import SettingsError
+    from npcai.sidecar.budget import be_polite
+
+    def setaffinity(pid, cpus):
+        if kernel == "refuses them all":
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "sched_setaffinity", setaffinity)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    with pytest.raises(SettingsError) as err:
+        be_polite(0, [0, 1] if kernel == "drops one" else [1])
+    assert err.value.message == ("bad --cpus '0,1': this process may not run on CPU 1" if kernel == "drops one"
+                                 else "bad --cpus '1': this process may not run on them (Invalid argument)")
 
 
 # --- over the wire, against the real sidecar ------------------------------------------------------

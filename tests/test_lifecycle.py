@@ -38,6 +38,22 @@ def test_an_endpoint_in_use_fails_in_one_line(model_path):
         assert_one_line_failure(run_cli("serve", "--endpoint", f"tcp://127.0.0.1:{port}"), "cannot bind")
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except (AttributeError, OSError):  # no IPv6 in Python, or none on this machine
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+def test_a_sidecar_on_the_ipv6_loopback_answers_hello(model_path):
+    with Sidecar("--endpoint", "tcp://[::1]:0", "--threads", "1") as sc, sc.client() as c:
+        assert sc.endpoint.startswith("tcp://[::1]:")
+        assert c.hello()["event"] == "ok"
+
+
 def test_models_list_and_path(model_path):
     listed = run_cli("models", "list")
     assert listed.returncode == 0 and "smollm2-135m" in listed.stdout and "(default)" in listed.stdout
@@ -159,6 +175,35 @@ def test_the_demo_shows_the_decisions_through_a_decision_adapter(model_path, vil
             assert _picked(lines, at, d) not in [None, *d.get("not_sensible", [])], lines[at:at + 8]
 
 
+_BROM = {"persona": "You are Brom."}
+
+
+@pytest.mark.parametrize("command", [["chat", "brom"], ["demo"]])
+@pytest.mark.parametrize("scene, needle", [
+    ({"people": {}}, 'no "npcs" object'),
+    ([1, 2], "the file holds an array, not an object"),
+    ({"npcs": {"brom": "You are Brom."}}, 'npcs.brom must be an object with a "persona" string'),
+    ({"npcs": {"brom": {"persona": "You are Brom.", "lines": "Hello!"}}}, "npcs.brom.lines must be a list of strings"),
+    ({"npcs": {"brom": _BROM}, "decisions": [{"npc": "mira", "situation": "Run?"}]},
+     "decisions[0].npc 'mira' is not one of its npcs"),
+    ({"npcs": {"brom": _BROM}, "decisions": [{"npc": "brom"}]}, 'decisions[0] must be an object with a "situation"'),
+    ({"npcs": {"brom": _BROM}, "trade": {"npc": "brom", "line": "Sell?"}}, '"trade" must be an object with'),
+])
+def test_a_scenario_file_of_the_wrong_shape_is_refused_in_one_line_naming_it(tmp_path, command, scene, needle):
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(scene))
+    assert_one_line_failure(run_cli(*command, "--scenario", str(path)), f"bad scenario {path}: {needle}")
+
+
+def test_the_demo_plays_a_scenario_of_personas_alone(model_path, tmp_path):
+    """Lines, decisions and a trade are the demo's to play when a scenario has them; personas are enough."""
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps({"npcs": {"brom": _BROM}}))
+    proc = run_cli("demo", "--no-color", "--scenario", str(path), timeout=240)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert any(line.startswith("latency (ms") for line in proc.stdout.splitlines()), proc.stdout
+
+
 def test_a_sidecar_that_cannot_start_says_why_in_one_line(model_path):
     """It stops at once with its own reason, which the launcher passes on (it used to say "did not become
     ready within 300 s", the reason on a line of its own)."""
@@ -173,9 +218,22 @@ def test_chat_answers_each_line_in_the_terminal_and_leaves_at_end_of_input(model
     proc = subprocess.run([sys.executable, "-m", "npcai", "chat", "brom"], input="Hello there!\n/forget\nBye.\n",
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    answers = [part for part in proc.stdout.split("brom> ")[1:] if part.strip()]
-    assert len(answers) == 2, proc.stdout
+    answers = [part.split("you> ")[0] for part in proc.stdout.split("brom> ")[1:]]
+    assert len(answers) == 2 and all(a.strip() for a in answers), proc.stdout
+    assert all(a.endswith("\n") for a in answers) and proc.stdout.endswith("\n"), proc.stdout  # each on its line
     assert proc.stderr.count("ms to first token") == 2 and "Traceback" not in proc.stderr
+
+
+def test_chat_reports_a_line_the_sidecar_refuses_in_one_line_and_answers_the_next(model_path):
+    too_long = "hello " * 1500  # over max_prompt_tokens (1024): too_large
+    proc = subprocess.run([sys.executable, "-m", "npcai", "chat", "brom"], input=f"{too_long}\nHello there!\n",
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    refused = [line for line in proc.stderr.splitlines() if line.startswith("npcai: ")]
+    assert len(refused) == 1 and refused[0].startswith("npcai: too_large: "), proc.stderr
+    assert proc.stderr.count("ms to first token") == 1 and "Traceback" not in proc.stderr
+    answers = [part.split("you> ")[0] for part in proc.stdout.split("brom> ")[1:]]
+    assert [bool(a.strip()) for a in answers] == [False, True], proc.stdout  # the refused line, then an answer
 
 
 def test_bench_refuses_an_unknown_item_in_one_line_that_names_every_item():
@@ -184,6 +242,22 @@ def test_bench_refuses_an_unknown_item_in_one_line_that_names_every_item():
     proc = run_cli("bench", "--only", "transport", "--only", "nope")
     assert_one_line_failure(proc, "invalid choice: 'nope'")
     assert all(f"'{name}'" in proc.stderr for name in ITEMS), proc.stderr
+
+
+@pytest.mark.parametrize("args, needle, command", [
+    (["models"], "required", "models"),
+    (["models", "bogus"], "invalid choice: 'bogus'", "models"),
+    (["models", "list", "extra"], "unrecognized arguments: extra", "models list"),
+    (["models", "pull"], "required: name", "models pull"),
+    (["chat"], "required: npc", "chat"),
+    (["chat", "--bogus", "brom"], "unrecognized arguments: --bogus", "chat"),
+    (["demo", "--bogus"], "unrecognized arguments: --bogus", "demo"),
+    (["serve", "--bogus"], "unrecognized arguments: --bogus", "serve"),
+])
+def test_a_command_used_wrongly_is_refused_in_one_line_pointing_to_its_own_help(args, needle, command):
+    proc = run_cli(*args)
+    assert_one_line_failure(proc, needle)
+    assert proc.stderr.rstrip().endswith(f"(see npcai {command} --help)"), proc.stderr
 
 
 def test_bench_help_lists_every_item():

@@ -17,7 +17,7 @@ import pytest
 import zmq
 from support import ROOT
 
-from npcai import Client, RequestFailed, Sidecar
+from npcai import Client, NpcaiError, RequestFailed, Sidecar
 
 PERSONA = "You are Brom, the gruff village blacksmith. You answer in one or two sentences."
 
@@ -204,3 +204,28 @@ def test_when_the_sidecar_is_gone_requests_end_locally_as_the_conformance_vector
     assert {k: replies[0][k] for k in ("event", "code", "local")} == {k: error[k] for k in ("event", "code", "local")}
     keys = ("event", "value", "timed_out", "used_fallback", "finish_reason", "local")
     assert {k: replies[1][k] for k in keys} == {k: done[k] for k in keys}
+
+
+@pytest.mark.parametrize("use", ["hello", "request", "poll", "wait_for_reply", "send_raw"])
+@pytest.mark.parametrize("closed_by", ["close()", "its with block"])
+def test_a_closed_client_refuses_every_call_with_an_npcai_error_and_keeps_nothing_pending(use, closed_by):
+    if closed_by == "close()":
+        c = Client("tcp://127.0.0.1:9")  # never reached: no call gets as far as the socket
+        c.close()
+    else:
+        with Client("tcp://127.0.0.1:9") as c:
+            pass
+    calls = {"hello": lambda: c.hello(), "request": lambda: c.request("ping"), "poll": lambda: c.poll(),
+             "wait_for_reply": lambda: c.wait_for_reply(0.01), "send_raw": lambda: c.send_raw(b"\x80")}
+    with pytest.raises(RequestFailed) as err:
+        calls[use]()
+    assert err.value.code == "unavailable" and err.value.message == "unavailable: the client is closed"
+    assert c._pending == {}
+    c.close()  # closing again is harmless
+
+
+@pytest.mark.parametrize("endpoint", ["garbage", "tcp://127.0.0.1", "http://127.0.0.1:5555", ""])
+def test_a_client_for_an_endpoint_that_is_not_one_is_refused_with_an_npcai_error(endpoint):
+    with pytest.raises(NpcaiError) as err:
+        Client(endpoint)
+    assert err.value.message.startswith(f"bad endpoint {endpoint!r}: "), err.value.message

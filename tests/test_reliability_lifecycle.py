@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -30,10 +31,35 @@ from npcai import protocol as P
     (["--ready-file", "/no/such/dir/ready"], "its directory does not exist"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--flash-attn", "sometimes"], "--flash-attn"),
+    (["--budget-share", "0"], "bad --budget-share 0: must be in (0, 1]"),
+    (["--budget-share", "-1"], "bad --budget-share -1: must be in (0, 1]"),
+    (["--budget-share", "5"], "bad --budget-share 5: must be in (0, 1]"),
+    (["--budget-tokens-per-s", "-5"], "bad --budget-tokens-per-s -5: must be >= 0"),
+    (["--frame-ms", "-3"], "bad --frame-ms -3: must be between 0"),
+    (["--budget-threads", "-2"], "bad --budget-threads -2: must be >= 0"),
+    (["--model", "dialogue="], "bad --model 'dialogue=': the model name is empty"),
+    (["--model", "decision=a.gguf", "--model", "decision=b.gguf"], "role decision is given twice"),
+    (["--model", "a.gguf", "--model", "b.gguf"], "role decision is given twice"),  # + the one below: 3 bare names
+    (["--model", "a.gguf", "--model", "dialogue=b.gguf"], "role dialogue is given twice"),
 ])
 def test_a_bad_flag_fails_in_one_line_before_any_model_loads(flags, needle):
     # A model that does not exist: the flag must be refused first, so this is never reached.
     assert_one_line_failure(run_cli("serve", *flags, "--model", "/no/such/model.gguf"), needle)
+
+
+_NO_SUCH_CPU = os.cpu_count() or 1  # ids run from 0: this one is past the last
+
+
+@pytest.mark.parametrize("cpus, needle", [
+    (str(_NO_SUCH_CPU), f"no CPU {_NO_SUCH_CPU}"),
+    ("-1", "no CPU -1"),
+    ("5000000000", "no CPU 5000000000"),
+    (f"0,{_NO_SUCH_CPU},5000000000", f"no CPU {_NO_SUCH_CPU}, 5000000000"),
+    ("a,b", "give CPU ids like 2,3"),
+    (",", "give CPU ids like 2,3"),
+])
+def test_a_cpu_id_the_machine_does_not_have_is_refused_in_one_line_naming_it(cpus, needle):
+    assert_one_line_failure(run_cli("serve", f"--cpus={cpus}", "--model", "/no/such/model.gguf"), needle)
 
 
 @pytest.mark.parametrize("endpoint", ["tcp://0.0.0.0:0", "tcp://*:0", "tcp://192.0.2.1:0"])

@@ -13,6 +13,7 @@ the executable one, and nothing else in npcai builds or parses frames:
 
 from npcai.protocol.checks import (
     MAX_TOKEN_BYTES,
+    budget_out_of_bounds,
     check_budget,
     check_examples,
     check_prompt_size,
@@ -25,6 +26,7 @@ from npcai.protocol.frames import (
     decode_frame,
     encode,
     is_int,
+    is_ipv6_endpoint,
     request_id,
     salvage_id,
 )
@@ -74,11 +76,11 @@ from npcai.protocol.requests import (
 )
 
 __all__ = [
-    "READY_PREFIX", "VERSION", "Limits", "decode_frame", "encode", "is_int", "request_id", "salvage_id",
+    "READY_PREFIX", "VERSION", "Limits", "decode_frame", "encode", "is_int", "is_ipv6_endpoint", "request_id", "salvage_id",
     "CANCELLED", "DONE", "ERROR", "OK", "TERMINAL_EVENTS", "TOKEN", "SENTENCE", "STEP", "sentence", "cancelled", "done", "engine_failed", "error",
     "fixed_reply", "ok", "reply", "timed_out", "token",
     "IMMEDIATE_OPS", "MAX_TOKEN_BYTES", "OPS", "REQUEST_TYPES", "ActResultRequest", "ChainRequest", "BudgetRequest", "CancelRequest", "DecideRequest",
     "ForgetRequest", "FrameRequest", "HelloRequest", "LoadRequest", "NpcRequest", "ObserveRequest", "PingRequest",
-    "Request", "SaveRequest", "SayRequest", "ShutdownRequest", "StatsRequest", "check_budget", "check_examples",
+    "Request", "SaveRequest", "SayRequest", "ShutdownRequest", "StatsRequest", "budget_out_of_bounds", "check_budget", "check_examples",
     "check_prompt_size", "check_sampling", "parse_request", "typed_request",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from npcai.errors import BadRequest, TooLarge
@@ -32,16 +33,33 @@ def check_prompt_size(req: Request, limits: Limits) -> None:
                            f"max_prompt_tokens={limits.max_prompt_tokens}")
 
 
+#: The budget's bounds, for the budget op and the --budget-* / --frame-ms flags alike: field -> (whether a
+#: value is within them, what they are). Written so that NaN is outside every one of them.
+_BUDGET_BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "threads": (lambda v: v >= 0, ">= 0 (0 = the sidecar's own choice)"),
+    "tokens_per_s": (lambda v: v >= 0, ">= 0 (0 = no cap)"),
+    "share": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "frame_ms": (lambda v: 0 <= v <= 1000, "between 0 (no frame target) and 1000"),
+}
+
+
+def budget_out_of_bounds(fields: dict[str, Any]) -> tuple[str, str] | None:
+    """The first of a budget's fields (those given) outside its bounds, with the bounds; None when all hold.
+
+    One rule for the wire and the command line: a share of 0 would stop the engine for good, and requests
+    without a deadline would wait forever.
+    """
+    for name, (holds, bounds) in _BUDGET_BOUNDS.items():
+        if name in fields and not holds(fields[name]):
+            return name, bounds
+    return None
+
+
 def check_budget(fields: dict[str, Any]) -> None:
     """Range checks for the budget op (0 means no limit, as on the command line)."""
-    if fields.get("threads", 0) < 0:
-        raise BadRequest("field 'threads' must be >= 0 (0 = the sidecar's own choice)")
-    if fields.get("tokens_per_s", 0) < 0:
-        raise BadRequest("field 'tokens_per_s' must be >= 0 (0 = no cap)")
-    if not 0 < fields.get("share", 1.0) <= 1:
-        raise BadRequest("field 'share' must be in (0, 1]")
-    if not 0 <= fields.get("frame_ms", 0) <= 1000:
-        raise BadRequest("field 'frame_ms' must be between 0 (no frame target) and 1000")
+    wrong = budget_out_of_bounds(fields)
+    if wrong is not None:
+        raise BadRequest(f"field {wrong[0]!r} must be {wrong[1]}")
 
 
 def check_examples(fields: dict[str, Any], limits: Limits) -> None:

@@ -14,6 +14,13 @@ VERSION = 1
 #: What `npcai serve` prints on stdout, followed by its endpoint, once it answers requests.
 READY_PREFIX = "NPCAI READY "
 
+
+def is_ipv6_endpoint(endpoint: str) -> bool:
+    """A TCP endpoint on a bracketed IPv6 address (tcp://[::1]:0). A ZeroMQ socket binds or connects to
+    one only with its IPV6 option set; without it, binding fails with 'No such device'."""
+    return endpoint.startswith("tcp://[")
+
+
 @dataclass(frozen=True)
 class Limits:
     """Bounds on what one client can make the sidecar hold; announced in ``hello``."""

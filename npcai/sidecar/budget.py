@@ -17,6 +17,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
+from npcai.errors import SettingsError
+
 # What each back-off level does: (share of the budget's wall-time share, thread divisor, batch cap).
 _LEVELS = ((1.0, 1, None), (0.6, 2, 64), (0.35, 0, 16), (0.2, 0, 8))  # divisor 0 = one thread
 _MISS = 1.10  # a frame this much over target counts as missed
@@ -154,8 +156,24 @@ def be_polite(nice: int, cpus: list[int] | None) -> dict:
                 applied["nice"] = os.nice(0)
     if cpus:
         if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, set(cpus))
+            _pin(cpus)
             applied["cpus"] = sorted(os.sched_getaffinity(0))
         else:  # pragma: no cover - macOS has no affinity API; Windows would use SetProcessAffinityMask
             applied["cpus"] = "unsupported"
     return applied
+
+
+def _pin(cpus: list[int]) -> None:
+    """Pin this process to ``cpus`` (ids the machine has: ``Settings.validate``), or refuse in one line.
+
+    Linux drops ids outside the process's cpuset (a container's, say) without a word, and fails only when
+    none is left: either way the sidecar would not run where it was told to.
+    """
+    given = ",".join(map(str, cpus))
+    try:
+        os.sched_setaffinity(0, set(cpus))
+    except OSError as exc:
+        raise SettingsError(f"bad --cpus {given!r}: this process may not run on them ({exc.strerror})") from None
+    left_out = sorted(set(cpus) - os.sched_getaffinity(0))
+    if left_out:
+        raise SettingsError(f"bad --cpus {given!r}: this process may not run on CPU {', '.join(map(str, left_out))}")

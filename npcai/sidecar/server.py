@@ -119,6 +119,8 @@ class Server:
 
     # --- lifecycle -----------------------------------------------------------------------------
     def bind(self) -> str:
+        if P.is_ipv6_endpoint(self.settings.endpoint):
+            self._router.setsockopt(zmq.IPV6, 1)
         try:
             self._router.bind(self.settings.endpoint)
         except zmq.ZMQError as exc:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from npcai.errors import SettingsError
-from npcai.protocol import Limits
+from npcai.protocol import Limits, budget_out_of_bounds
 
 if TYPE_CHECKING:
     from npcai.sidecar.budget import Budget
@@ -28,6 +28,11 @@ def _shipped_grammar_dir() -> Path:
 
 #: Where grammar names in ``decide`` are looked up when no --grammar-dir is given.
 DEFAULT_GRAMMAR_DIR = _shipped_grammar_dir()
+
+
+#: Each field of the budget (the budget op's) and the setting that gives it at start.
+_BUDGET_FLAGS = {"threads": "budget_threads", "tokens_per_s": "budget_tokens_per_s", "share": "budget_share",
+                 "frame_ms": "frame_ms"}
 
 
 def _opt(help: str, **kw) -> dict:
@@ -80,9 +85,11 @@ class Settings:
     budget_threads: int = field(default=0, metadata=_opt("budget: most compute threads (0 = --threads)"))
     budget_tokens_per_s: float = field(default=0.0,
                                        metadata=_opt("budget: most dialogue tokens per second (0 = no cap)"))
-    budget_share: float = field(default=1.0, metadata=_opt("budget: share of wall time the sidecar may compute"))
+    budget_share: float = field(default=1.0, metadata=_opt(
+        "budget: share of wall time the sidecar may compute, over 0 and at most 1"))
     frame_ms: float = field(default=0.0, metadata=_opt(
-        "the game's target frame time; with frame reports, the sidecar backs off when frames run over"))
+        "the game's target frame time, up to 1000 (0 = none); with frame reports, the sidecar backs off when "
+        "frames run over"))
     grammar_dir: str = field(default=str(DEFAULT_GRAMMAR_DIR), metadata=_opt(
         "directory where decide's grammar names are looked up"))
     parent_pid: int = field(default=0, metadata=_opt("exit when this process dies (the game's pid)", min=0))
@@ -128,8 +135,7 @@ class Settings:
     def budget(self) -> "Budget":
         from npcai.sidecar.budget import Budget
 
-        return Budget(threads=self.budget_threads, tokens_per_s=self.budget_tokens_per_s, share=self.budget_share,
-                      frame_ms=self.frame_ms)
+        return Budget(**{name: getattr(self, flag) for name, flag in _BUDGET_FLAGS.items()})
 
     @property
     def compute_threads(self) -> int:
@@ -141,6 +147,23 @@ class Settings:
         except AttributeError:  # not on Linux
             cores = os.cpu_count() or 1
         return max(1, cores - 1)
+
+    def cpu_ids(self) -> list[int] | None:
+        """--cpus as CPU ids (None: not pinned); each one must be a CPU this machine has."""
+        if not self.cpus:
+            return None
+        try:
+            ids = [int(c) for c in self.cpus.split(",") if c.strip()]
+        except ValueError:
+            ids = []
+        if not ids:
+            raise SettingsError(f"bad --cpus {self.cpus!r}: give CPU ids like 2,3")
+        known = _machine_cpus()
+        missing = [c for c in dict.fromkeys(ids) if c not in known]
+        if missing:
+            raise SettingsError(f"bad --cpus {self.cpus!r}: no CPU {', '.join(map(str, missing))} on this machine "
+                                f"(its CPUs are {_id_ranges(known)})")
+        return ids
 
     def roles_described(self) -> dict[str, str]:
         """--role-info as role -> description."""
@@ -165,6 +188,11 @@ class Settings:
         if self.npc_ctx > self.n_ctx // self.n_seq:
             raise SettingsError(f"bad --npc-ctx {self.npc_ctx}: must not exceed --n-ctx / --n-seq "
                                 f"({self.n_ctx} / {self.n_seq} = {self.n_ctx // self.n_seq} cells per sequence)")
+        wrong = budget_out_of_bounds(asdict(self.budget))  # the budget op's own rule
+        if wrong is not None:
+            flag = _BUDGET_FLAGS[wrong[0]]
+            raise SettingsError(f"bad --{flag.replace('_', '-')} {getattr(self, flag):g}: must be {wrong[1]}")
+        self.cpu_ids()
         self.roles_described()
         if not Path(self.grammar_dir).is_dir():
             raise SettingsError(f"bad --grammar-dir {self.grammar_dir!r}: not a directory")
@@ -192,6 +220,25 @@ class Settings:
     def flags(cls):
         """(flag name, field) pairs for building the CLI."""
         return [(f.name.replace("_", "-"), f) for f in fields(cls)]
+
+
+def _machine_cpus() -> set[int]:
+    """The CPU ids this machine has: 0 up to the CPU count, and any other this process may run on."""
+    cpus = set(range(os.cpu_count() or 1))
+    if hasattr(os, "sched_getaffinity"):  # not on macOS or Windows
+        cpus |= os.sched_getaffinity(0)
+    return cpus
+
+
+def _id_ranges(ids: set[int]) -> str:
+    """CPU ids as the kernel lists them: 0-3,6."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 _TCP = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+):(?P<port>\*|\d{1,5})$")
