@@ -300,6 +300,13 @@ class Client:
                     self._lose("lost")
 
     def _lose(self, state: str) -> None:
+        # Replies the sidecar sent before its connection went (a stopping sidecar's "cancelled") are its answers:
+        # read them before ending what is still open locally.
+        while True:
+            try:
+                self._dispatch(self._sock.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                break
         self.state = state
         reason = self._gone_reason()
         for handle in list(self._pending.values()):
