@@ -39,6 +39,19 @@ def test_a_value_is_not_a_key_and_strings_hide_their_punctuation():
     assert endings('{"a\\"b": 1, "') == {b'a\\"b"'}  # raw bytes, escapes and all
 
 
+def test_a_token_that_writes_a_whole_key_is_seen_to_repeat_it():
+    """One token can open and close a key ("}"), or end a value and write the next key whole (", "name"):
+    a repeat the key being written never showed."""
+    keys = KeyTracker()
+    keys.feed(b'{"name": "Bo", "}": 1')
+    assert keys.keys_here() == {b"name", b"}"}
+    assert keys.would_repeat(b', "}"') and keys.would_repeat(b', "name"')
+    assert not keys.would_repeat(b', "age"') and not keys.would_repeat(b'}')
+    keys.feed(b', "tags": ["name", "')  # strings in an array are no keys
+    assert keys.keys_here() == set() and not keys.would_repeat(b'name"')
+    assert not keys.repeated  # probing writes nothing
+
+
 def test_nothing_is_matched_right_after_a_backslash():
     assert endings('{"a": 1, "\\') == set()
 

@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from npcai.model.penalties import json_closer, json_quote_count, json_quotes
+from npcai.model.penalties import json_closer, json_quote_count, json_quotes, json_string_end
 
 
 def test_a_plain_quote_ends_a_string():
@@ -84,3 +84,9 @@ def _in_string_by_scan(prefix: str) -> bool:
 def test_a_closer_starts_by_closing_an_array_or_object():
     assert json_closer(b"]") and json_closer(b"}") and json_closer(b"}]}") and json_closer(b"},")
     assert not json_closer(b'"}') and not json_closer(b"a}") and not json_closer(b", ") and not json_closer(b"")
+
+
+def test_the_way_out_of_a_string_ends_it_and_begins_nothing_more():
+    assert all(json_string_end(p) for p in (b'"', b'"}', b'"]}', b'":', b' "}', b'\\\\"'))
+    assert not any(json_string_end(p) for p in (b'", "', b'",', b'"]}, ', b'""', b'"""', b'a', b'", "a":'))
+    assert not json_string_end(b'\\"')  # an escaped quote leaves the string open

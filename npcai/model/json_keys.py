@@ -24,6 +24,7 @@ class KeyTracker:
         self._in_string = False
         self._escaped = False
         self._key: bytearray | None = None  # the key being written (its raw bytes), while inside one
+        self.repeated = False  # a key was written that its object already had
 
     def feed(self, text: bytes) -> None:
         for byte in text:
@@ -56,12 +57,28 @@ class KeyTracker:
         elif byte == _QUOTE:
             self._in_string = False
             if self._key is not None:
-                self._open[-1].add(bytes(self._key))
+                key = bytes(self._key)
+                self.repeated |= key in self._open[-1]
+                self._open[-1].add(key)
                 self._key = None
                 self._want_key = False
             return
         if self._key is not None:
             self._key.append(byte)
+
+    def keys_here(self) -> set[bytes]:
+        """The keys of the object the text is in (none in an array, or outside every object)."""
+        return (self._open[-1] or set()) if self._open else set()
+
+    def would_repeat(self, text: bytes) -> bool:
+        """Whether writing ``text`` next would write a key its object already has (a token may close one
+        key and write a whole other one: ``", "name"``)."""
+        probe = KeyTracker()
+        probe._open = [set(keys) if keys is not None else None for keys in self._open]
+        probe._want_key, probe._in_string, probe._escaped = self._want_key, self._in_string, self._escaped
+        probe._key = bytearray(self._key) if self._key is not None else None
+        probe.feed(text)
+        return probe.repeated
 
     def repeat_endings(self) -> tuple[bytes, ...]:
         """While a key is being written: the bytes that would end it as a key its object already has,

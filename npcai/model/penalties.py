@@ -88,6 +88,14 @@ def json_quote_count(piece: bytes, escaped: bool = False) -> tuple[int, bool]:
     return quotes, escaped
 
 
+def json_string_end(piece: bytes) -> bool:
+    """Whether ``piece``, written inside a JSON string, ends it and begins nothing more: one unescaped double
+    quote (not ``", "``, which opens the next string) and no comma after it (not ``",``, which commits the answer
+    to one more item). The way out of a string past the soft limit: with any closing quote, SmolLM2 took ``", "``
+    every time, and open objects grew by one more pair to the cap."""
+    return json_quote_count(piece)[0] == 1 and b"," not in piece[piece.rfind(b'"') + 1:]
+
+
 def json_closer(piece: bytes) -> bool:
     """Whether ``piece`` starts by closing a JSON array or object (outside a string): the way out of one."""
     return piece[:1] in (b"]", b"}")

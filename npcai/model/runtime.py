@@ -9,6 +9,7 @@ the option scorer's small unified cache instead (``scoring.py``), in the same st
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 from llguidance.llamacpp import lltokenizer_from_vocab
 
 from npcai.errors import Overloaded
-from npcai.model import choices, vocab_masks
+from npcai.model import choices, penalties, vocab_masks
 from npcai.model.adapter import AdapterSpec, LoraAdapter
 from npcai.model.constraints import ConstraintCompiler
 from npcai.model.cost import StepCost
@@ -46,6 +47,7 @@ class StepResult:
 
 STEP_OK = StepResult("ok")
 _KV_FULL, _ABORTED = StepResult("kv_full", 1), StepResult("aborted", 2)
+_QUOTED = re.compile(rb'(?="([^"]*)")')  # every run between two quotes, overlapping ones too
 
 
 class Runtime:
@@ -80,6 +82,8 @@ class Runtime:
         # Gemma's 262k, once per model file: then cached on disk), off the start-up path.
         self._vocab_masks = self.compiler.run_in_background(lambda: vocab_masks.masks_for(self.model))
         self._quote_tokens: np.ndarray | None = None
+        self._quoted_runs: dict[int, frozenset[bytes]] | None = None
+        self._string_end_mask: np.ndarray | None = None
         self.choice_priors = choices.PriorCache()  # options' priors for decisions, by option set
         self.choice_temperature = choice_temperature  # probs' temperature, fitted per model
         self.choice_temperature_power = choice_temperature_power  # and how it varies with the number of options
@@ -118,6 +122,24 @@ class Runtime:
         if self._quote_tokens is None:
             self._quote_tokens = np.flatnonzero(np.unpackbits(self.quote_mask.view(np.uint8), bitorder="little"))
         return self._quote_tokens
+
+    @property
+    def string_end_mask(self) -> np.ndarray:
+        """The tokens that end a JSON string and begin nothing more (``penalties.json_string_end``): the way out
+        of a string past ``soft_max_tokens``."""
+        if self._string_end_mask is None:
+            ends = [t for t in self.quote_tokens.tolist() if penalties.json_string_end(self.model.piece(t))]
+            self._string_end_mask = penalties.token_mask(self.model.n_vocab, ends)
+        return self._string_end_mask
+
+    @property
+    def quoted_runs(self) -> dict[int, frozenset[bytes]]:
+        """For each token that holds two double quotes or more, the runs of bytes between them (``"name"``,
+        ``""``): what it may write as a whole JSON key at once (``json_keys``)."""
+        if self._quoted_runs is None:
+            runs = ((tok, frozenset(_QUOTED.findall(self.model.piece(tok)))) for tok in self.quote_tokens.tolist())
+            self._quoted_runs = {tok: inner for tok, inner in runs if inner}
+        return self._quoted_runs
 
     @property
     def close_mask(self) -> np.ndarray:

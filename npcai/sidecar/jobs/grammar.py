@@ -6,6 +6,8 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
+import numpy as np
+
 from npcai.errors import BadRequest, NpcaiError, TooLarge
 from npcai.model import penalties
 from npcai.model.json_keys import KeyTracker
@@ -84,18 +86,14 @@ class GrammarDecideJob(Decision):
         lane = self.lanes[0]
         st = self.state
         st.fill_mask(self.rt.mask)
+        if self._keys is not None:  # first: no way out below may write a repeated key either
+            self._forbid_repeated_keys()
         if self._digits >= MAX_NUMBER_DIGITS:  # a number this long ends now (wherever the grammar lets it)
             penalties.forbid(self.rt.mask, self.rt.digit_mask)
         if self._json and self._unquoted >= MAX_STRING_TOKENS:  # a string this long ends now (where it may)
             penalties.prefer(self.rt.mask, self.rt.quote_mask)
         if self._json and len(self.generated) >= self.soft_tokens:  # past its soft limit: the way out
-            penalties.prefer(self.rt.mask, self.rt.quote_mask if self._in_string else self.rt.close_mask)
-        if self._keys is not None:  # a key its object already has is never closed (json_keys)
-            ends = self._keys.repeat_endings()
-            if ends:
-                piece = self.rt.model.piece
-                repeats = [t for t in self.rt.quote_tokens.tolist() if piece(t).startswith(ends)]
-                penalties.forbid_each(self.rt.mask, repeats)
+            penalties.prefer(self.rt.mask, self.rt.string_end_mask if self._in_string else self.rt.close_mask)
         logits = self.rt.logits(lane.rows[-1])
         penalties.dry(logits, self.generated)  # loops inside open values end before the cap
         tok = int(sample_token(logits, self.rt.mask, self.temperature, self.top_k, self.top_p, self.rng.random()))
@@ -126,6 +124,22 @@ class GrammarDecideJob(Decision):
             return self._finish_text() if st.accepting else self._done(None, self._text(), len(self.generated),
                                                                        "length")
         lane.pending = [tok, *forced]
+
+    def _forbid_repeated_keys(self) -> None:
+        """Take out of the mask every token that would write a key its object already has (json_keys): one
+        that ends the key being written as such a key, or that holds such a key whole between its quotes.
+        Only tokens the grammar allows now and that hold a quote are looked at (a few dozen, mostly)."""
+        keys, piece, runs = self._keys, self.rt.model.piece, self.rt.quoted_runs
+        here = keys.keys_here()
+        if not here:
+            return
+        toks = self.rt.quote_tokens
+        allowed = toks[(self.rt.mask.view(np.uint32)[toks >> 5] >> (toks & 31).astype(np.uint32)) & 1 == 1]
+        ends = keys.repeat_endings()
+        repeats = [t for t in allowed.tolist()
+                   if (ends and piece(t).startswith(ends))
+                   or (not here.isdisjoint(runs.get(t, ())) and keys.would_repeat(piece(t)))]
+        penalties.forbid_each(self.rt.mask, repeats)
 
     def _wrote(self, tokens: list[int]) -> None:
         """Follow the answer's text past ``tokens``: ``_unquoted`` (reset by a token that holds an unescaped
