@@ -6,7 +6,10 @@ from __future__ import annotations
 import pytest
 
 from npcai import Client, Sidecar
+from npcai import protocol as P
 from npcai.client import RequestFailed
+from npcai.errors import BadRequest
+from npcai.sidecar.chain import check_chain
 
 
 def turn(npc: str) -> list[dict]:
@@ -95,6 +98,13 @@ def test_a_chain_that_cannot_run_is_refused_before_any_step_runs(client, brom, s
         client.call("chain", steps=steps)
     assert err.value.code == "bad_request" and needle in err.value.message
     assert client.call("save", npc=brom)["state"] == before  # nothing ran
+
+
+def test_a_steps_deadline_ms_sent_as_nil_is_absent_and_a_number_is_refused():
+    step = {"op": "observe", "as": "o", "npc": "brom", "text": "rain", "deadline_ms": None}
+    check_chain([step], P.Limits(), {}, {"dialogue"})
+    with pytest.raises(BadRequest, match="no deadline_ms of its own"):
+        check_chain([{**step, "deadline_ms": 100}], P.Limits(), {}, {"dialogue"})
 
 
 @pytest.fixture(scope="module")

@@ -147,6 +147,21 @@ def test_malformed_requests_name_the_offending_field(msg, match):
         P.parse_request(msg)
 
 
+def test_an_envelope_field_sent_as_nil_counts_as_absent():
+    req = P.parse_request({"v": 1, "id": 1, "op": "ping", "priority": None, "deadline_ms": None})
+    assert (req.priority, req.deadline_ms) == (0, None)
+    say = P.parse_request({"v": 1, "id": 2, "op": "say", "npc": "a", "text": "hi", "priority": None, "role": None,
+                           "stream": None})
+    assert say.priority == 0 and say.fields == {"npc": "a", "text": "hi"}
+    with pytest.raises(BadRequest, match="must be an integer"):
+        P.parse_request({"v": 1, "id": 1, "op": "ping", "priority": "high"})
+
+
+def test_a_required_field_sent_as_nil_is_missing():
+    with pytest.raises(BadRequest, match="op 'say' needs field 'text'"):
+        P.parse_request({"v": 1, "id": 1, "op": "say", "npc": "a", "text": None})
+
+
 def test_unknown_ops_are_their_own_error():
     with pytest.raises(UnknownOp, match="teleport"):
         P.parse_request({"v": 1, "id": 1, "op": "teleport"})

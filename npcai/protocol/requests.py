@@ -359,12 +359,14 @@ def typed_request(message: dict[str, Any], client: bytes = b"", received: float 
     deadline = message.get("deadline_ms")
     if deadline is not None and not (is_int(deadline) and deadline >= 0):
         raise BadRequest("field 'deadline_ms' must be a non-negative integer")
-    priority = message.get("priority", 0)
-    if not is_int(priority):
+    priority = message.get("priority")
+    if priority is None:  # absent, or nil, which counts as absent
+        priority = 0
+    elif not is_int(priority):
         raise BadRequest("field 'priority' must be an integer")
     values: dict[str, Any] = {}
     for attr, name, rule in cls.spec:
-        if name not in message or (message[name] is None and not rule.required and name != "fallback"):
+        if name not in message or (message[name] is None and name != "fallback"):  # nil counts as absent
             if rule.required:
                 raise BadRequest(f"op {op!r} needs field {name!r} ({rule.kind})")
             continue

@@ -77,7 +77,7 @@ def check_chain(steps: list[dict[str, Any]], limits: P.Limits, role_info: dict[s
         else:
             message = {k: v for k, v in step.items() if k != "as"}
             message.update(v=P.VERSION, id=0)
-            if "deadline_ms" in step:
+            if step.get("deadline_ms") is not None:  # nil counts as absent
                 raise BadRequest(f"{where}: a step has no deadline_ms of its own; the chain's is shared out")
             try:
                 P.parse_request(message)
