@@ -209,6 +209,7 @@ def test_the_conformance_vectors_are_what_their_generator_writes():
     ({"situation": "s", "actions": ["give"]}, "needs 'npc'"),
     ({"npc": "a", "situation": "s", "actions": True, "descriptions": {"give": "g"}}, "goes with 'choices'"),
     ({"npc": "a", "situation": "s", "actions": "give"}, "true, false or a list"),
+    ({"npc": "a", "situation": "s", "actions": []}, "'actions' of op 'decide' is an empty list"),
 ])
 def test_decide_with_actions_is_checked_before_any_model(fields, needle):
     with pytest.raises(BadRequest) as err:

@@ -380,6 +380,9 @@ def typed_request(message: dict[str, Any], client: bytes = b"", received: float 
 
 
 def _check_decide(req: DecideRequest) -> None:
+    if req.actions == []:  # a say's empty list allows no action; a decision over none cannot be made
+        raise BadRequest("field 'actions' of op 'decide' is an empty list: name at least one of the NPC's "
+                         "actions, or give true for all of them")
     given = [k for k in ("choices", "schema", "grammar", "regex", "actions") if getattr(req, k) not in (None, False)]
     if len(given) != 1:
         raise BadRequest("op 'decide' needs exactly one of 'choices', 'schema', 'grammar', 'regex' or 'actions'")
