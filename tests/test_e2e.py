@@ -9,6 +9,7 @@ import time
 import jsonschema
 import msgpack
 import pytest
+import zmq
 
 from npcai import Client, RequestFailed
 from npcai.sidecar.jobs.grammar import MAX_STRING_TOKENS
@@ -339,6 +340,33 @@ def test_cancel_ends_a_stream_with_cancelled(client, brom):
 
 def test_cancel_of_an_unknown_request_is_ok_but_not_found(client):
     assert client.call("cancel", target=987654)["found"] is False
+
+
+def test_an_immediate_op_reusing_an_open_id_is_refused_and_that_request_still_ends_once(sidecar, brom):
+    """``id`` is unique among a connection's open requests, whatever the op: a ping (or cancel, stats, budget,
+    frame, hello) sent with the id of a say still streaming is a bad_request, not a second ending for it."""
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(sidecar.endpoint)
+    try:
+        def send(op: str, **fields) -> None:
+            raw.send(msgpack.packb({"v": 1, "id": 11, "op": op, **fields}))
+
+        send("say", npc=brom, text="Tell me a long story about your forge.", max_tokens=40, temperature=0)
+        for op, fields in (("ping", {}), ("stats", {}), ("budget", {}), ("frame", {"frame_ms": 16.0}),
+                           ("hello", {}), ("cancel", {"target": 11})):
+            send(op, **fields)
+        endings = []
+        while len(endings) < 7 and not (endings and endings[-1]["event"] in ("done", "cancelled")):
+            assert raw.poll(60_000), endings
+            reply = msgpack.unpackb(raw.recv())
+            if reply["event"] in ("ok", "done", "error", "cancelled"):
+                endings.append(reply)
+        assert [(r["id"], r["event"], r.get("code")) for r in endings] == \
+            [(11, "error", "bad_request")] * 6 + [(11, "done", None)]
+        assert all("already in flight" in r["message"] for r in endings[:-1])
+    finally:
+        raw.close()
 
 
 def test_unknown_npc_is_its_own_error(client):
