@@ -3,7 +3,9 @@ steps cached by their inputs, and a router in front of models by role. Against t
 
 from __future__ import annotations
 
+import msgpack
 import pytest
+import zmq
 
 from npcai import Client, Sidecar
 from npcai import protocol as P
@@ -98,6 +100,37 @@ def test_a_chain_that_cannot_run_is_refused_before_any_step_runs(client, brom, s
         client.call("chain", steps=steps)
     assert err.value.code == "bad_request" and needle in err.value.message
     assert client.call("save", npc=brom)["state"] == before  # nothing ran
+
+
+def exchange(endpoint: str, message: dict) -> list[dict]:
+    """Every reply to one request sent on a connection of its own, up to its ending (whatever id it carries)."""
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(endpoint)
+    try:
+        raw.send(msgpack.packb({"v": 1, **message}))
+        replies: list[dict] = []
+        while not replies or replies[-1]["event"] not in ("ok", "done", "error", "cancelled"):
+            assert raw.poll(60_000), replies
+            replies.append(msgpack.unpackb(raw.recv()))
+        return replies
+    finally:
+        raw.close()
+
+
+def test_a_steps_envelope_fields_are_ignored_and_every_event_carries_the_chains_id(sidecar, brom):
+    """A step's ``v``, ``id`` and ``priority`` are the chain's: in a step they are ignored like unknown fields
+    (its token events carried the step's id, and a step's ``v`` passed the check, then failed as it ran)."""
+    say = {"op": "say", "as": "a", "npc": brom, "text": "Good morning!", "max_tokens": 4, "temperature": 0}
+    observe = {"op": "observe", "as": "b", "npc": brom, "text": "It rains."}
+    for envelope in ({"id": 999}, {"v": 7}, {"priority": "high"}, {"id": "{a}"}):
+        steps = [{**say, **envelope}, {**observe, **envelope}]
+        replies = exchange(sidecar.endpoint, {"id": 50, "op": "chain", "steps": steps})
+        assert [(r["id"], r["event"]) for r in replies if r["event"] not in ("token", "sentence")] == \
+            [(50, "step"), (50, "step"), (50, "done")], (envelope, replies[-1])
+        assert {r["id"] for r in replies} == {50} and any(r["event"] == "token" for r in replies), envelope
+    route = {"op": "route", "as": "r", "text": "x", "choices": ["dialogue"], "id": 3, "v": 2, "priority": 1}
+    check_chain([route], P.Limits(), {"dialogue": "talks"}, {"dialogue"})
 
 
 def test_a_steps_deadline_ms_sent_as_nil_is_absent_and_a_number_is_refused():

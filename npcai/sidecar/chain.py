@@ -30,13 +30,14 @@ from typing import Any, Hashable
 from npcai import protocol as P
 from npcai.errors import BadRequest, NpcaiError
 from npcai.sidecar.npc import Npc
-from npcai.sidecar.relay import Relay
+from npcai.sidecar.relay import ENVELOPE, Relay
 from npcai.sidecar.scheduler import deadline_share
 
 STEP_OPS = ("decide", "say", "observe", "route")
 _REF = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _AS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_NOT_SUBSTITUTED = frozenset({"op", "as", "schema", "regex", "fallback"})  # a regex is a pattern: `\p{L}` is no step
+#: A regex is a pattern (`\p{L}` is no step); a step's envelope fields are the chain's, ignored in the step.
+_NOT_SUBSTITUTED = frozenset({"as", "schema", "regex", "fallback"}) | ENVELOPE
 _ROUTE_FIELDS = {"op", "as", "text", "choices", "fallback"}
 #: The router's framing: the roles and what each is for (its persona), the request, and a lead that a
 #: role's name completes.
@@ -60,6 +61,8 @@ def check_chain(steps: list[dict[str, Any]], limits: P.Limits, role_info: dict[s
     for i, step in enumerate(steps):
         where = f"step {i}"
         op, name = step.get("op"), step.get("as")
+        if step.get("deadline_ms") is not None:  # nil counts as absent
+            raise BadRequest(f"{where}: a step has no deadline_ms of its own; the chain's is shared out")
         if op not in STEP_OPS:
             raise BadRequest(f"{where}: 'op' must be one of {', '.join(STEP_OPS)}, got {op!r}")
         if not isinstance(name, str) or not _AS.match(name):
@@ -75,10 +78,8 @@ def check_chain(steps: list[dict[str, Any]], limits: P.Limits, role_info: dict[s
         if op == "route":
             _check_route(step, where, role_info, roles)
         else:
-            message = {k: v for k, v in step.items() if k != "as"}
-            message.update(v=P.VERSION, id=0)
-            if step.get("deadline_ms") is not None:  # nil counts as absent
-                raise BadRequest(f"{where}: a step has no deadline_ms of its own; the chain's is shared out")
+            message = {k: v for k, v in step.items() if k != "as" and k not in ENVELOPE}  # as spawned (relay.py)
+            message.update(v=P.VERSION, id=0, op=op)
             try:
                 P.parse_request(message)
             except NpcaiError as err:
@@ -86,7 +87,7 @@ def check_chain(steps: list[dict[str, Any]], limits: P.Limits, role_info: dict[s
 
 
 def _check_route(step: dict[str, Any], where: str, role_info: dict[str, str], roles: set[str]) -> None:
-    unknown = set(step) - _ROUTE_FIELDS
+    unknown = set(step) - _ROUTE_FIELDS - ENVELOPE  # the envelope is the chain's: ignored here as in any step
     if unknown:
         raise BadRequest(f"{where}: a route step takes {', '.join(sorted(_ROUTE_FIELDS))}, not {sorted(unknown)[0]!r}")
     if not isinstance(step.get("text"), str):
@@ -202,8 +203,8 @@ class Chain(Relay):
             self._i += 1
             if self._i == len(self.steps):
                 return self._done()
-            step = substitute(self.steps[self._i], self.values)
-            op = step.pop("op")
+            step = {k: v for k, v in substitute(self.steps[self._i], self.values).items() if k not in ENVELOPE}
+            op = self.steps[self._i]["op"]
             step.pop("as")
             router = None
             if op == "route":
