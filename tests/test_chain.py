@@ -102,6 +102,22 @@ def test_a_chain_that_cannot_run_is_refused_before_any_step_runs(client, brom, s
     assert client.call("save", npc=brom)["state"] == before  # nothing ran
 
 
+@pytest.mark.parametrize("steps, needle", [
+    ([{"op": "decide", "as": "a", "situation": "Pick one.", "choices": ["q", "r"]},
+      {"op": "decide", "as": "b", "situation": "Pick again.", "choices": ["{a}", "q", "r"]}],
+     "step 1 ('b'): field 'choices' must not repeat an option"),
+    ([{"op": "observe", "as": "a", "npc": "brom", "text": "It rains."},
+      {"op": "decide", "as": "b", "situation": "Pick.", "choices": ["{a}", "q"]}],
+     "step 1 ('b'): field 'choices' must be a non-empty list"),
+])
+def test_an_error_while_a_step_runs_names_the_step(client, brom, steps, needle):
+    """A step that its earlier steps' values make invalid is refused as it starts, named like any step's
+    error (those raised while checking its substituted fields had no "step <i> ('<as>'): ")."""
+    with pytest.raises(RequestFailed) as err:
+        client.call("chain", steps=steps)
+    assert err.value.message.startswith(f"{err.value.code}: {needle}"), err.value.message
+
+
 def exchange(endpoint: str, message: dict) -> list[dict]:
     """Every reply to one request sent on a connection of its own, up to its ending (whatever id it carries)."""
     raw = zmq.Context.instance().socket(zmq.DEALER)

@@ -203,21 +203,34 @@ class Chain(Relay):
             self._i += 1
             if self._i == len(self.steps):
                 return self._done()
-            step = {k: v for k, v in substitute(self.steps[self._i], self.values).items() if k not in ENVELOPE}
-            op = self.steps[self._i]["op"]
-            step.pop("as")
-            router = None
-            if op == "route":
-                op, (step, router) = "decide", self._routing(step)
-            self._key = self._cache_key(op, step, router)
-            hit = self.engine.step_cache.get(self._key)
-            if hit is not None:
-                self._record({**hit, "cached": True})
-                continue
-            self._streamed = []
-            self._sub_deadline = self._share(op, step)
-            self._sub = self.spawn(op, step, self._heard, self._sub_deadline, npc=router)
-            return
+            try:
+                if self._begin_step():
+                    return
+            except NpcaiError as err:  # a step its earlier steps' values made invalid (or a role gone)
+                return self._fail(err.code, err.message)
+
+    def _begin_step(self) -> bool:
+        """Start step ``_i``: True when it runs now, False when the step cache answered it."""
+        step = {k: v for k, v in substitute(self.steps[self._i], self.values).items() if k not in ENVELOPE}
+        op = self.steps[self._i]["op"]
+        step.pop("as")
+        router = None
+        if op == "route":
+            op, (step, router) = "decide", self._routing(step)
+        self._key = self._cache_key(op, step, router)
+        hit = self.engine.step_cache.get(self._key)
+        if hit is not None:
+            self._record({**hit, "cached": True})
+            return False
+        self._streamed = []
+        self._sub_deadline = self._share(op, step)
+        self._sub = self.spawn(op, step, self._heard, self._sub_deadline, npc=router)
+        return True
+
+    def _fail(self, code: str, message: str) -> None:
+        """End the chain with a step's error, named by the step (docs/PROTOCOL.md, "Chains")."""
+        where = f"step {self._i} ({self.steps[self._i]['as']!r})"
+        self.finish(P.reply(self.req.id, P.ERROR, code=code, message=f"{where}: {message}"))
 
     def _routing(self, step: dict[str, Any]) -> tuple[dict[str, Any], Npc]:
         """A route step as a choice decision of the router role, made as the router: its persona lists
@@ -226,7 +239,7 @@ class Chain(Relay):
         info = self.engine.role_info
         for role in step["choices"]:  # roles named by an earlier step's value are checked now
             if role not in info or role not in self.engine.runtimes:
-                raise BadRequest(f"step {self._i}: role {role!r} is not a described role this sidecar serves")
+                raise BadRequest(f"role {role!r} is not a described role this sidecar serves")
         fields = {"situation": f"Request: {step['text'].strip()}\n\n{ROUTE_QUESTION}", "choices": step["choices"],
                   "lead": ROUTE_LEAD, "role": "router" if "router" in self.engine.runtimes else "decision"}
         if "fallback" in step:
@@ -268,9 +281,7 @@ class Chain(Relay):
             return self.emit({**reply, "step": self._i})
         self._sub = None
         if event in (P.ERROR, P.CANCELLED):
-            code = reply.get("code", "cancelled")
-            message = f"step {self._i} ({self.steps[self._i]['as']!r}): {reply.get('message', 'cancelled')}"
-            return self.finish(P.reply(self.req.id, P.ERROR, code=code, message=message))
+            return self._fail(reply.get("code", "cancelled"), reply.get("message", "cancelled"))
         if event == P.OK:  # observe
             reply = {"value": None, "text": "", "used_fallback": False, "timed_out": False, "finish_reason": "stop"}
         result = {k: reply[k] for k in _RESULT_FIELDS if k in reply}
