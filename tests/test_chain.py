@@ -102,6 +102,22 @@ def test_a_chain_that_cannot_run_is_refused_before_any_step_runs(client, brom, s
     assert client.call("save", npc=brom)["state"] == before  # nothing ran
 
 
+def test_a_step_after_an_observe_that_misses_its_share_ends_with_its_own_fallback_and_stops(sidecar, brom):
+    """An observe step is answered as it is sent, and the step after it starts at once: that step, missing its
+    share of the deadline, took the observe's fallback (nil) and went on streaming, its tokens marked as the
+    next step's."""
+    steps = [{"op": "observe", "as": "o", "npc": brom, "text": "A customer walks in."},
+             {"op": "say", "as": "line", "npc": brom, "text": "Describe every sword you ever made, one by one.",
+              "max_tokens": 400, "soft_max_tokens": 400, "fallback": "Hm."},
+             {"op": "decide", "as": "mood", "situation": "The blacksmith said: {line}", "choices": ["happy", "calm"],
+              "fallback": "calm"}]
+    replies = exchange(sidecar.endpoint, {"id": 8, "op": "chain", "steps": steps, "deadline_ms": 150})
+    assert replies[-1]["event"] == "done", replies[-1]
+    line = next(r for r in replies if r["event"] == "step" and r["as"] == "line")
+    assert line["used_fallback"] and line["value"] == "Hm.", line  # 150 ms: far too little for 400 tokens
+    assert {r["step"] for r in replies if r["event"] in ("token", "sentence")} <= {1}
+
+
 @pytest.mark.parametrize("steps, needle", [
     ([{"op": "decide", "as": "a", "situation": "Pick one.", "choices": ["q", "r"]},
       {"op": "decide", "as": "b", "situation": "Pick again.", "choices": ["{a}", "q", "r"]}],

@@ -224,7 +224,10 @@ class Chain(Relay):
             return False
         self._streamed = []
         self._sub_deadline = self._share(op, step)
-        self._sub = self.spawn(op, step, self._heard, self._sub_deadline, npc=router)
+        i = self._i
+        sub = self.spawn(op, step, self._heard, self._sub_deadline, npc=router)
+        if self._i == i and not self.finished:  # an observe is answered within spawn, and the next step begun
+            self._sub = sub
         return True
 
     def _fail(self, code: str, message: str) -> None:
