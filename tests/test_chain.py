@@ -102,6 +102,14 @@ def test_a_chain_that_cannot_run_is_refused_before_any_step_runs(client, brom, s
     assert client.call("save", npc=brom)["state"] == before  # nothing ran
 
 
+def test_a_chains_done_counts_the_tokens_its_steps_generated(sidecar, brom):
+    say = {"op": "say", "npc": brom, "text": "Good morning!", "max_tokens": 5, "soft_max_tokens": 5, "temperature": 0}
+    steps = [{**say, "as": "a"}, {"op": "observe", "as": "o", "npc": brom, "text": "It rains."}, {**say, "as": "b"}]
+    replies = exchange(sidecar.endpoint, {"id": 9, "op": "chain", "steps": steps})
+    done, chunks = replies[-1], sum(r["event"] == "token" for r in replies)
+    assert done["event"] == "done" and 0 < chunks <= done["tokens"] <= 10, (chunks, done)  # a chunk is a token or more
+
+
 def test_a_step_after_an_observe_that_misses_its_share_ends_with_its_own_fallback_and_stops(sidecar, brom):
     """An observe step is answered as it is sent, and the step after it starts at once: that step, missing its
     share of the deadline, took the observe's fallback (nil) and went on streaming, its tokens marked as the

@@ -182,6 +182,14 @@ def test_a_timed_out_say_is_a_marked_done_with_the_fallback():
     assert reply["finish_reason"] == "deadline"
 
 
+@pytest.mark.parametrize("op, fields", [("decide", MINIMAL["decide"][0]), ("chain", MINIMAL["chain"][0])])
+def test_a_timed_out_reply_of_every_op_says_how_many_tokens_it_generated(op, fields):
+    """``tokens`` is in every done, as a say's always was (0 here: the server counts in what a say or a chain
+    already streamed)."""
+    reply = P.timed_out(P.parse_request({"v": 1, "id": 3, "op": op, **fields}), 150.0)
+    assert reply["tokens"] == 0
+
+
 def test_every_error_reply_has_a_code_and_message():
     reply = P.error(None, BadRequest("nope"))
     assert reply == {"v": 1, "id": None, "event": "error", "code": "bad_request", "message": "nope"}

@@ -404,10 +404,12 @@ class Server:
 
     @staticmethod
     def _with_streamed(entry: _Inflight, reply: dict[str, Any]) -> dict[str, Any]:
-        """A ``done`` made up for a say carries the chunks already streamed."""
-        if entry.req.op == "say" and reply["event"] == P.DONE:
-            reply["text"] = "".join(entry.streamed)
+        """A ``done`` made up for a say carries the chunks already streamed, and one for a chain counts those of
+        its say steps."""
+        if reply["event"] == P.DONE:
             reply["tokens"] = len(entry.streamed)  # chunks streamed: one token each, or more
+            if entry.req.op == "say":
+                reply["text"] = "".join(entry.streamed)
         return reply
 
     def _forget_gone_clients(self) -> None:
