@@ -38,6 +38,28 @@ def test_defining_an_npc_caches_its_persona(client, village):
     assert reply["npc"] == "mira" and reply["cached_tokens"] > 20
 
 
+#: Two worked examples of about 2,000 tokens each: far over the NPC's window (npc_ctx 1024).
+HUGE_EXAMPLES = [{"situation": "The guard looks at the long road and thinks. " * 200, "choice": "wait"}] * 2
+
+
+def test_a_refused_redefinition_leaves_the_npc_as_it_was(client, brom):
+    client.say(brom, "I am the baker's son.", max_tokens=6)
+    before = client.call("save", npc=brom)["state"]
+    with pytest.raises(RequestFailed, match=r"^too_large: persona and \w+ need \d+ tokens; npc_ctx is 1024$"):
+        client.npc(brom, "You are Bob.", examples=HUGE_EXAMPLES)
+    assert client.call("save", npc=brom)["state"] == before  # persona, examples and history
+    assert client.say(brom, "Hello again!", max_tokens=4)["event"] == "done"
+
+
+def test_a_refused_definition_defines_no_npc(client):
+    npcs = client.call("stats")["engine"]["npcs"]
+    with pytest.raises(RequestFailed, match="^too_large"):
+        client.npc("ghost", "You are a ghost.", examples=HUGE_EXAMPLES)
+    with pytest.raises(RequestFailed, match="^unknown_npc"):
+        client.say("ghost", "Boo?")
+    assert client.call("stats")["engine"]["npcs"] == npcs  # no max_npcs place taken
+
+
 def test_say_streams_tokens_and_done_text_is_their_concatenation(client, brom):
     chunks, reply = collect(client, client.request("say", npc=brom, text="Can you fix my sword?", max_tokens=24))
     assert reply["event"] == "done" and reply["finish_reason"] in ("stop", "sentence", "length")
