@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import options_scored_alone
 
 from npcai.errors import ModelError
@@ -205,6 +209,27 @@ def test_options_that_start_alike_share_the_cells_of_their_common_start(model):
     finally:
         scorer.close()
         main.close()
+
+
+@settings(max_examples=500, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.lists(st.integers(0, 3), max_size=7), max_size=8))
+def test_option_cells_counts_each_start_the_options_share_once(options):
+    """Every distinct start of an option (short of its last token), as a set of them counts (options alike,
+    repeated, one a prefix of another, empty: options made of few tokens cover them all)."""
+    assert option_cells(options) == len({tuple(o[:j + 1]) for o in options for j in range(len(o) - 1)})
+
+
+def test_long_options_are_counted_in_memory_linear_in_their_tokens():
+    """Two options of 3,000 tokens: a set of every prefix held 9 million token ids (about 75 MB; at 20,000
+    tokens, 4 GB and 9 s of the engine thread before the decision could be refused as too long)."""
+    options = [[1] * 3000, [2] * 3000, [1] * 1500 + [3] * 1500]
+    tracemalloc.start()
+    try:
+        cells = option_cells(options)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert cells == 2999 + 2999 + 1499 and peak < 1 << 20  # the third shares 1,500 starts with the first
 
 
 def test_only_rows_whose_next_token_is_scored_ask_for_logits(model):
