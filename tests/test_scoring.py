@@ -16,6 +16,7 @@ from npcai.model.native import Batch, Context, Model, moved_state
 from npcai.model.scoring import (
     OptionScorer,
     OptionTree,
+    _add_options,
     common_prefix,
     option_cells,
     tree_cells,
@@ -230,6 +231,24 @@ def test_long_options_are_counted_in_memory_linear_in_their_tokens():
     finally:
         tracemalloc.stop()
     assert cells == 2999 + 2999 + 1499 and peak < 1 << 20  # the third shares 1,500 starts with the first
+
+
+def test_long_options_are_added_to_a_step_in_memory_linear_in_their_tokens():
+    """Each start the options share is one row, in all their sequences; found by walking a trie, not by keying
+    rows on whole prefixes (quadratic: about 75 MB for these)."""
+    options = [[1] * 3000, [2] * 3000, [1] * 1500 + [3] * 1500]
+    b = Batch(8000, n_seq_max=3)
+    try:
+        tracemalloc.start()
+        try:
+            rows = _add_options(b, 10, options, [0, 1, 2])
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert b.n == option_cells(options) and rows[2][:1500] == rows[0][:1500] and rows[2][1500] != rows[0][1500]
+        assert [len(r) for r in rows] == [2999] * 3 and peak < 4 << 20
+    finally:
+        b.close()
 
 
 def test_only_rows_whose_next_token_is_scored_ask_for_logits(model):
