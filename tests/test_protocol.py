@@ -8,6 +8,7 @@ from support import ROOT
 
 from npcai import protocol as P
 from npcai.errors import BadRequest, TooLarge, UnknownOp
+from npcai.protocol.checks import OPTION_ROOM_TOKENS
 
 LIMITS = P.Limits()
 
@@ -165,6 +166,29 @@ def test_a_required_field_sent_as_nil_is_missing():
 def test_unknown_ops_are_their_own_error():
     with pytest.raises(UnknownOp, match="teleport"):
         P.parse_request({"v": 1, "id": 1, "op": "teleport"})
+
+
+#: The characters of options (or of their descriptions) together that one decision's option tree cannot hold.
+OPTIONS_OVER = OPTION_ROOM_TOKENS * P.MAX_TOKEN_BYTES + 1
+
+
+@pytest.mark.parametrize("fields", [
+    {"op": "decide", "situation": "s", "choices": ["a" * (OPTIONS_OVER // 2), "b" * (OPTIONS_OVER // 2 + 1)]},
+    {"op": "decide", "situation": "s", "choices": ["x", "y"], "descriptions": {"y": "w" * OPTIONS_OVER}},
+    {"op": "say", "npc": "a", "text": "x", "stop": ["\n", "s" * (LIMITS.max_tokens * P.MAX_TOKEN_BYTES + 1)]},
+])
+def test_options_and_stop_strings_too_long_for_any_model_are_refused_by_their_length(fields):
+    """As a prompt text is: tokenizing them would stall every NPC's model for nothing (choices of 20,000 tokens
+    each held it 9 s)."""
+    with pytest.raises(TooLarge, match="characters"):
+        P.parse_request({"v": 1, "id": 1, **fields}, limits=LIMITS)
+
+
+def test_options_within_the_bound_are_left_for_the_model_to_measure():
+    half = OPTIONS_OVER // 2
+    P.parse_request({"v": 1, "id": 1, "op": "decide", "situation": "s", "choices": ["a" * half, "b" * (half - 1)]})
+    P.parse_request({"v": 1, "id": 1, "op": "decide", "situation": "s", "choices": ["x" * OPTIONS_OVER, "y"],
+                     "descriptions": {"x" * OPTIONS_OVER: "the long one"}})  # a described choice's own text is never scored
 
 
 def test_sampling_ranges_are_checked():

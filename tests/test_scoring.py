@@ -14,6 +14,7 @@ from npcai.errors import ModelError
 from npcai.model.kv import KvSeq
 from npcai.model.native import Batch, Context, Model, moved_state
 from npcai.model.scoring import (
+    TREE_ROOM,
     OptionScorer,
     OptionTree,
     _add_options,
@@ -21,6 +22,7 @@ from npcai.model.scoring import (
     option_cells,
     tree_cells,
 )
+from npcai.protocol.checks import OPTION_ROOM_TOKENS
 
 #: Scores may differ by this much (nats) from a sequence of its own: llama.cpp's CPU flash attention
 #: accumulates in half precision, and cells of other sequences change its rounding. A mask that let one
@@ -231,6 +233,10 @@ def test_long_options_are_counted_in_memory_linear_in_their_tokens():
     finally:
         tracemalloc.stop()
     assert cells == 2999 + 2999 + 1499 and peak < 1 << 20  # the third shares 1,500 starts with the first
+
+
+def test_the_protocol_refuses_options_by_their_length_against_the_scorers_own_room():
+    assert OPTION_ROOM_TOKENS == TREE_ROOM
 
 
 def test_long_options_are_added_to_a_step_in_memory_linear_in_their_tokens():

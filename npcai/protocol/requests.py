@@ -19,8 +19,10 @@ from npcai.errors import BadRequest, TooLarge, UnknownOp
 from npcai.protocol.checks import (
     check_budget,
     check_examples,
+    check_option_size,
     check_prompt_size,
     check_sampling,
+    check_stop_size,
 )
 from npcai.protocol.frames import VERSION, Limits, is_int
 
@@ -205,6 +207,7 @@ class SayRequest(_Sampled):
 
     def check(self, limits: Limits) -> None:
         check_prompt_size(self, limits)
+        check_stop_size(self, limits)
         check_sampling(self, limits)
 
 
@@ -225,6 +228,7 @@ class DecideRequest(_Sampled):
 
     def check(self, limits: Limits) -> None:
         _check_decide(self)
+        check_option_size(self)
         check_prompt_size(self, limits)
         check_sampling(self, limits)
 
