@@ -3,10 +3,15 @@ steps cached by their inputs, and a router in front of models by role. Against t
 
 from __future__ import annotations
 
+import msgpack
 import pytest
+import zmq
 
 from npcai import Client, Sidecar
+from npcai import protocol as P
 from npcai.client import RequestFailed
+from npcai.errors import BadRequest
+from npcai.sidecar.chain import check_chain
 
 
 def turn(npc: str) -> list[dict]:
@@ -95,6 +100,84 @@ def test_a_chain_that_cannot_run_is_refused_before_any_step_runs(client, brom, s
         client.call("chain", steps=steps)
     assert err.value.code == "bad_request" and needle in err.value.message
     assert client.call("save", npc=brom)["state"] == before  # nothing ran
+
+
+def test_a_chains_done_counts_the_tokens_its_steps_generated(sidecar, brom):
+    say = {"op": "say", "npc": brom, "text": "Good morning!", "max_tokens": 5, "soft_max_tokens": 5, "temperature": 0}
+    steps = [{**say, "as": "a"}, {"op": "observe", "as": "o", "npc": brom, "text": "It rains."}, {**say, "as": "b"}]
+    replies = exchange(sidecar.endpoint, {"id": 9, "op": "chain", "steps": steps})
+    done, chunks = replies[-1], sum(r["event"] == "token" for r in replies)
+    assert done["event"] == "done" and 0 < chunks <= done["tokens"] <= 10, (chunks, done)  # a chunk is a token or more
+
+
+def test_a_step_after_an_observe_that_misses_its_share_ends_with_its_own_fallback_and_stops(sidecar, brom):
+    """An observe step is answered as it is sent, and the step after it starts at once: that step, missing its
+    share of the deadline, took the observe's fallback (nil) and went on streaming, its tokens marked as the
+    next step's."""
+    steps = [{"op": "observe", "as": "o", "npc": brom, "text": "A customer walks in."},
+             {"op": "say", "as": "line", "npc": brom, "text": "Describe every sword you ever made, one by one.",
+              "max_tokens": 400, "soft_max_tokens": 400, "fallback": "Hm."},
+             {"op": "decide", "as": "mood", "situation": "The blacksmith said: {line}", "choices": ["happy", "calm"],
+              "fallback": "calm"}]
+    replies = exchange(sidecar.endpoint, {"id": 8, "op": "chain", "steps": steps, "deadline_ms": 150})
+    assert replies[-1]["event"] == "done", replies[-1]
+    line = next(r for r in replies if r["event"] == "step" and r["as"] == "line")
+    assert line["used_fallback"] and line["value"] == "Hm.", line  # 150 ms: far too little for 400 tokens
+    assert {r["step"] for r in replies if r["event"] in ("token", "sentence")} <= {1}
+
+
+@pytest.mark.parametrize("steps, needle", [
+    ([{"op": "decide", "as": "a", "situation": "Pick one.", "choices": ["q", "r"]},
+      {"op": "decide", "as": "b", "situation": "Pick again.", "choices": ["{a}", "q", "r"]}],
+     "step 1 ('b'): field 'choices' must not repeat an option"),
+    ([{"op": "observe", "as": "a", "npc": "brom", "text": "It rains."},
+      {"op": "decide", "as": "b", "situation": "Pick.", "choices": ["{a}", "q"]}],
+     "step 1 ('b'): field 'choices' must be a non-empty list"),
+])
+def test_an_error_while_a_step_runs_names_the_step(client, brom, steps, needle):
+    """A step that its earlier steps' values make invalid is refused as it starts, named like any step's
+    error (those raised while checking its substituted fields had no "step <i> ('<as>'): ")."""
+    with pytest.raises(RequestFailed) as err:
+        client.call("chain", steps=steps)
+    assert err.value.message.startswith(f"{err.value.code}: {needle}"), err.value.message
+
+
+def exchange(endpoint: str, message: dict) -> list[dict]:
+    """Every reply to one request sent on a connection of its own, up to its ending (whatever id it carries)."""
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(endpoint)
+    try:
+        raw.send(msgpack.packb({"v": 1, **message}))
+        replies: list[dict] = []
+        while not replies or replies[-1]["event"] not in ("ok", "done", "error", "cancelled"):
+            assert raw.poll(60_000), replies
+            replies.append(msgpack.unpackb(raw.recv()))
+        return replies
+    finally:
+        raw.close()
+
+
+def test_a_steps_envelope_fields_are_ignored_and_every_event_carries_the_chains_id(sidecar, brom):
+    """A step's ``v``, ``id`` and ``priority`` are the chain's: in a step they are ignored like unknown fields
+    (its token events carried the step's id, and a step's ``v`` passed the check, then failed as it ran)."""
+    say = {"op": "say", "as": "a", "npc": brom, "text": "Good morning!", "max_tokens": 4, "temperature": 0}
+    observe = {"op": "observe", "as": "b", "npc": brom, "text": "It rains."}
+    for envelope in ({"id": 999}, {"v": 7}, {"priority": "high"}, {"id": "{a}"}):
+        steps = [{**say, **envelope}, {**observe, **envelope}]
+        replies = exchange(sidecar.endpoint, {"id": 50, "op": "chain", "steps": steps})
+        assert [(r["id"], r["event"]) for r in replies if r["event"] not in ("token", "sentence")] == \
+            [(50, "step"), (50, "step"), (50, "done")], (envelope, replies[-1])
+        assert {r["id"] for r in replies} == {50} and any(r["event"] == "token" for r in replies), envelope
+    route = {"op": "route", "as": "r", "text": "x", "choices": ["dialogue"], "id": 3, "v": 2, "priority": 1}
+    check_chain([route], P.Limits(), {"dialogue": "talks"}, {"dialogue"})
+
+
+def test_a_steps_deadline_ms_sent_as_nil_is_absent_and_a_number_is_refused():
+    step = {"op": "observe", "as": "o", "npc": "brom", "text": "rain", "deadline_ms": None}
+    check_chain([step], P.Limits(), {}, {"dialogue"})
+    with pytest.raises(BadRequest, match="no deadline_ms of its own"):
+        check_chain([{**step, "deadline_ms": 100}], P.Limits(), {}, {"dialogue"})
 
 
 @pytest.fixture(scope="module")

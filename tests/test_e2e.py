@@ -9,6 +9,7 @@ import time
 import jsonschema
 import msgpack
 import pytest
+import zmq
 
 from npcai import Client, RequestFailed
 from npcai.sidecar.jobs.grammar import MAX_STRING_TOKENS
@@ -35,6 +36,28 @@ def test_ping_is_answered_ok(client):
 def test_defining_an_npc_caches_its_persona(client, village):
     reply = client.npc("mira", village["npcs"]["mira"]["persona"])
     assert reply["npc"] == "mira" and reply["cached_tokens"] > 20
+
+
+#: Two worked examples of about 2,000 tokens each: far over the NPC's window (npc_ctx 1024).
+HUGE_EXAMPLES = [{"situation": "The guard looks at the long road and thinks. " * 200, "choice": "wait"}] * 2
+
+
+def test_a_refused_redefinition_leaves_the_npc_as_it_was(client, brom):
+    client.say(brom, "I am the baker's son.", max_tokens=6)
+    before = client.call("save", npc=brom)["state"]
+    with pytest.raises(RequestFailed, match=r"^too_large: persona and \w+ need \d+ tokens; npc_ctx is 1024$"):
+        client.npc(brom, "You are Bob.", examples=HUGE_EXAMPLES)
+    assert client.call("save", npc=brom)["state"] == before  # persona, examples and history
+    assert client.say(brom, "Hello again!", max_tokens=4)["event"] == "done"
+
+
+def test_a_refused_definition_defines_no_npc(client):
+    npcs = client.call("stats")["engine"]["npcs"]
+    with pytest.raises(RequestFailed, match="^too_large"):
+        client.npc("ghost", "You are a ghost.", examples=HUGE_EXAMPLES)
+    with pytest.raises(RequestFailed, match="^unknown_npc"):
+        client.say("ghost", "Boo?")
+    assert client.call("stats")["engine"]["npcs"] == npcs  # no max_npcs place taken
 
 
 def test_say_streams_tokens_and_done_text_is_their_concatenation(client, brom):
@@ -339,6 +362,33 @@ def test_cancel_ends_a_stream_with_cancelled(client, brom):
 
 def test_cancel_of_an_unknown_request_is_ok_but_not_found(client):
     assert client.call("cancel", target=987654)["found"] is False
+
+
+def test_an_immediate_op_reusing_an_open_id_is_refused_and_that_request_still_ends_once(sidecar, brom):
+    """``id`` is unique among a connection's open requests, whatever the op: a ping (or cancel, stats, budget,
+    frame, hello) sent with the id of a say still streaming is a bad_request, not a second ending for it."""
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(sidecar.endpoint)
+    try:
+        def send(op: str, **fields) -> None:
+            raw.send(msgpack.packb({"v": 1, "id": 11, "op": op, **fields}))
+
+        send("say", npc=brom, text="Tell me a long story about your forge.", max_tokens=40, temperature=0)
+        for op, fields in (("ping", {}), ("stats", {}), ("budget", {}), ("frame", {"frame_ms": 16.0}),
+                           ("hello", {}), ("cancel", {"target": 11})):
+            send(op, **fields)
+        endings = []
+        while len(endings) < 7 and not (endings and endings[-1]["event"] in ("done", "cancelled")):
+            assert raw.poll(60_000), endings
+            reply = msgpack.unpackb(raw.recv())
+            if reply["event"] in ("ok", "done", "error", "cancelled"):
+                endings.append(reply)
+        assert [(r["id"], r["event"], r.get("code")) for r in endings] == \
+            [(11, "error", "bad_request")] * 6 + [(11, "done", None)]
+        assert all("already in flight" in r["message"] for r in endings[:-1])
+    finally:
+        raw.close()
 
 
 def test_unknown_npc_is_its_own_error(client):

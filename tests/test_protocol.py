@@ -8,6 +8,7 @@ from support import ROOT
 
 from npcai import protocol as P
 from npcai.errors import BadRequest, TooLarge, UnknownOp
+from npcai.protocol.checks import OPTION_ROOM_TOKENS
 
 LIMITS = P.Limits()
 
@@ -147,9 +148,47 @@ def test_malformed_requests_name_the_offending_field(msg, match):
         P.parse_request(msg)
 
 
+def test_an_envelope_field_sent_as_nil_counts_as_absent():
+    req = P.parse_request({"v": 1, "id": 1, "op": "ping", "priority": None, "deadline_ms": None})
+    assert (req.priority, req.deadline_ms) == (0, None)
+    say = P.parse_request({"v": 1, "id": 2, "op": "say", "npc": "a", "text": "hi", "priority": None, "role": None,
+                           "stream": None})
+    assert say.priority == 0 and say.fields == {"npc": "a", "text": "hi"}
+    with pytest.raises(BadRequest, match="must be an integer"):
+        P.parse_request({"v": 1, "id": 1, "op": "ping", "priority": "high"})
+
+
+def test_a_required_field_sent_as_nil_is_missing():
+    with pytest.raises(BadRequest, match="op 'say' needs field 'text'"):
+        P.parse_request({"v": 1, "id": 1, "op": "say", "npc": "a", "text": None})
+
+
 def test_unknown_ops_are_their_own_error():
     with pytest.raises(UnknownOp, match="teleport"):
         P.parse_request({"v": 1, "id": 1, "op": "teleport"})
+
+
+#: The characters of options (or of their descriptions) together that one decision's option tree cannot hold.
+OPTIONS_OVER = OPTION_ROOM_TOKENS * P.MAX_TOKEN_BYTES + 1
+
+
+@pytest.mark.parametrize("fields", [
+    {"op": "decide", "situation": "s", "choices": ["a" * (OPTIONS_OVER // 2), "b" * (OPTIONS_OVER // 2 + 1)]},
+    {"op": "decide", "situation": "s", "choices": ["x", "y"], "descriptions": {"y": "w" * OPTIONS_OVER}},
+    {"op": "say", "npc": "a", "text": "x", "stop": ["\n", "s" * (LIMITS.max_tokens * P.MAX_TOKEN_BYTES + 1)]},
+])
+def test_options_and_stop_strings_too_long_for_any_model_are_refused_by_their_length(fields):
+    """As a prompt text is: tokenizing them would stall every NPC's model for nothing (choices of 20,000 tokens
+    each held it 9 s)."""
+    with pytest.raises(TooLarge, match="characters"):
+        P.parse_request({"v": 1, "id": 1, **fields}, limits=LIMITS)
+
+
+def test_options_within_the_bound_are_left_for_the_model_to_measure():
+    half = OPTIONS_OVER // 2
+    P.parse_request({"v": 1, "id": 1, "op": "decide", "situation": "s", "choices": ["a" * half, "b" * (half - 1)]})
+    P.parse_request({"v": 1, "id": 1, "op": "decide", "situation": "s", "choices": ["x" * OPTIONS_OVER, "y"],
+                     "descriptions": {"x" * OPTIONS_OVER: "the long one"}})  # a described choice's own text is never scored
 
 
 def test_sampling_ranges_are_checked():
@@ -165,6 +204,14 @@ def test_a_timed_out_say_is_a_marked_done_with_the_fallback():
     reply = P.timed_out(req, 150.0)
     assert reply["event"] == "done" and reply["timed_out"] and reply["used_fallback"] and reply["value"] == "Hm?"
     assert reply["finish_reason"] == "deadline"
+
+
+@pytest.mark.parametrize("op, fields", [("decide", MINIMAL["decide"][0]), ("chain", MINIMAL["chain"][0])])
+def test_a_timed_out_reply_of_every_op_says_how_many_tokens_it_generated(op, fields):
+    """``tokens`` is in every done, as a say's always was (0 here: the server counts in what a say or a chain
+    already streamed)."""
+    reply = P.timed_out(P.parse_request({"v": 1, "id": 3, "op": op, **fields}), 150.0)
+    assert reply["tokens"] == 0
 
 
 def test_every_error_reply_has_a_code_and_message():
@@ -194,6 +241,7 @@ def test_the_conformance_vectors_are_what_their_generator_writes():
     ({"situation": "s", "actions": ["give"]}, "needs 'npc'"),
     ({"npc": "a", "situation": "s", "actions": True, "descriptions": {"give": "g"}}, "goes with 'choices'"),
     ({"npc": "a", "situation": "s", "actions": "give"}, "true, false or a list"),
+    ({"npc": "a", "situation": "s", "actions": []}, "'actions' of op 'decide' is an empty list"),
 ])
 def test_decide_with_actions_is_checked_before_any_model(fields, needle):
     with pytest.raises(BadRequest) as err:

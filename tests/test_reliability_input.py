@@ -349,3 +349,20 @@ def test_a_prompt_far_over_its_token_limit_is_refused_before_it_is_tokenized(fuz
             assert reply["code"] == "too_large" and "characters cannot fit" in reply["message"], reply
         stats = c.call("stats")["ops"]
         assert stats["say"]["errors"] >= 1 and stats["observe"]["errors"] >= 1  # answered by the socket thread
+
+
+def test_options_too_long_to_score_are_refused_at_once_and_the_next_line_does_not_wait(fuzz_sidecar):
+    """Two choices of 20,000 tokens each: counting their tree's cells held the model 9 s (and 4 GB) after the
+    decision's fallback had gone out at its deadline. Far longer ones are refused by their length alone."""
+    with Client(fuzz_sidecar.endpoint) as c:
+        c.hello()
+        c.npc("brom", "You are Brom.")
+        started = time.monotonic()
+        long = c.request("decide", situation="Pick.", choices=["a " * 20_000, "b " * 20_000], deadline_ms=1000,
+                         fallback="a")
+        line = c.request("say", npc="brom", text="Hello!", max_tokens=2, stream=False)
+        reply = c.wait(long, 30)
+        assert reply["event"] == "error" and reply["code"] == "too_large", reply
+        assert c.wait(line, 30)["event"] == "done" and time.monotonic() - started < 3
+        reply = c.wait(c.request("decide", situation="Pick.", choices=["a " * 150_000, "b " * 150_000]))
+        assert reply["code"] == "too_large" and "characters" in reply["message"], reply

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import options_scored_alone
 
 from npcai.errors import ModelError
 from npcai.model.kv import KvSeq
 from npcai.model.native import Batch, Context, Model, moved_state
 from npcai.model.scoring import (
+    TREE_ROOM,
     OptionScorer,
     OptionTree,
+    _add_options,
     common_prefix,
     option_cells,
     tree_cells,
 )
+from npcai.protocol.checks import OPTION_ROOM_TOKENS
 
 #: Scores may differ by this much (nats) from a sequence of its own: llama.cpp's CPU flash attention
 #: accumulates in half precision, and cells of other sequences change its rounding. A mask that let one
@@ -205,6 +212,49 @@ def test_options_that_start_alike_share_the_cells_of_their_common_start(model):
     finally:
         scorer.close()
         main.close()
+
+
+@settings(max_examples=500, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.lists(st.integers(0, 3), max_size=7), max_size=8))
+def test_option_cells_counts_each_start_the_options_share_once(options):
+    """Every distinct start of an option (short of its last token), as a set of them counts (options alike,
+    repeated, one a prefix of another, empty: options made of few tokens cover them all)."""
+    assert option_cells(options) == len({tuple(o[:j + 1]) for o in options for j in range(len(o) - 1)})
+
+
+def test_long_options_are_counted_in_memory_linear_in_their_tokens():
+    """Two options of 3,000 tokens: a set of every prefix held 9 million token ids (about 75 MB; at 20,000
+    tokens, 4 GB and 9 s of the engine thread before the decision could be refused as too long)."""
+    options = [[1] * 3000, [2] * 3000, [1] * 1500 + [3] * 1500]
+    tracemalloc.start()
+    try:
+        cells = option_cells(options)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert cells == 2999 + 2999 + 1499 and peak < 1 << 20  # the third shares 1,500 starts with the first
+
+
+def test_the_protocol_refuses_options_by_their_length_against_the_scorers_own_room():
+    assert OPTION_ROOM_TOKENS == TREE_ROOM
+
+
+def test_long_options_are_added_to_a_step_in_memory_linear_in_their_tokens():
+    """Each start the options share is one row, in all their sequences; found by walking a trie, not by keying
+    rows on whole prefixes (quadratic: about 75 MB for these)."""
+    options = [[1] * 3000, [2] * 3000, [1] * 1500 + [3] * 1500]
+    b = Batch(8000, n_seq_max=3)
+    try:
+        tracemalloc.start()
+        try:
+            rows = _add_options(b, 10, options, [0, 1, 2])
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert b.n == option_cells(options) and rows[2][:1500] == rows[0][:1500] and rows[2][1500] != rows[0][1500]
+        assert [len(r) for r in rows] == [2999] * 3 and peak < 4 << 20
+    finally:
+        b.close()
 
 
 def test_only_rows_whose_next_token_is_scored_ask_for_logits(model):

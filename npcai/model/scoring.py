@@ -59,8 +59,18 @@ def tree_cells(stems: list[list[int]], options: list[list[int]]) -> int:
 
 def option_cells(options: list[list[int]]) -> int:
     """Tokens the options add after each stem: every start they share once (``_add_options``), and
-    never an option's last token, whose probability the token before it gives."""
-    return len({tuple(o[:j + 1]) for o in options for j in range(len(o) - 1)})
+    never an option's last token, whose probability the token before it gives.
+
+    That is the number of distinct proper prefixes of the options, counted in sorted order: each option
+    adds those of its own that the option before it lacks (no earlier one shares more with it). Linear in
+    the options' tokens: a set of every prefix was quadratic, and two options of 20,000 tokens took
+    4 GB and 9 s of the engine thread before they could be refused as too long."""
+    cells, before = 0, None
+    for option in sorted(options):
+        shared = 0 if before is None else max(0, min(common_prefix(before, option), len(before) - 1))
+        cells += max(0, len(option) - 1 - shared)
+        before = option
+    return cells
 
 
 class OptionScorer:
@@ -198,20 +208,30 @@ class OptionScorer:
 def _add_options(b: Batch, start: int, options: list[list[int]], seqs: list[int]) -> list[list[int]]:
     """Add the options after a stem ending at ``start``, each in its sequence; a start that several
     options share ("give the shield", "give the sword") is added once, in all their sequences.
-    Returns each option's rows: the logits of its tokens but the last, which predict the next."""
-    shared: dict[tuple[int, ...], list[int]] = {}
+    Returns each option's rows: the logits of its tokens but the last, which predict the next.
+
+    The starts are the nodes of a trie (node 0: the stem's end), walked token by token: keyed by whole
+    prefixes, they took time and memory quadratic in an option's length."""
+    child: dict[tuple[int, int], int] = {}  # (node, next token) -> node
+    node_seqs: list[list[int]] = [[]]  # the sequences that share each start
+    paths = []
     for opt, seq in zip(options, seqs):
-        for j in range(len(opt) - 1):
-            shared.setdefault(tuple(opt[:j + 1]), []).append(seq)
-    row_of: dict[tuple[int, ...], int] = {}
+        node, path = 0, []
+        for tok in opt[:-1]:
+            node = child.setdefault((node, tok), len(node_seqs))
+            if node == len(node_seqs):
+                node_seqs.append([])
+            node_seqs[node].append(seq)
+            path.append(node)
+        paths.append(path)
+    row_of: dict[int, int] = {}
     out = []
-    for opt in options:
+    for opt, path in zip(options, paths):
         rows = []
-        for j, tok in enumerate(opt[:-1]):
-            key = tuple(opt[:j + 1])
-            if key not in row_of:
-                row_of[key] = b.add_shared(tok, start + j, shared[key], True)
-            rows.append(row_of[key])
+        for j, node in enumerate(path):
+            if node not in row_of:
+                row_of[node] = b.add_shared(opt[j], start + j, node_seqs[node], True)
+            rows.append(row_of[node])
         out.append(rows)
     return out
 

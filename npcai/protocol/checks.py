@@ -33,6 +33,37 @@ def check_prompt_size(req: Request, limits: Limits) -> None:
                            f"max_prompt_tokens={limits.max_prompt_tokens}")
 
 
+#: Tokens of situation and options that a choice decision's option tree has room for beyond the NPC's persona
+#: and history: the option scorer's (``model.scoring.TREE_ROOM``; tests/test_scoring.py holds them equal).
+OPTION_ROOM_TOKENS = 2048
+
+
+def check_option_size(req: Request) -> None:
+    """Refuse options whose words cannot fit an option tree before anyone tokenizes them.
+
+    The words scored for a choice are its description, or the choice itself. All of them go into one
+    tree, so together they are refused, as a prompt text is, over MAX_TOKEN_BYTES x OPTION_ROOM_TOKENS
+    characters. (Options under it that still do not fit are the option scorer's to refuse, once tokenized.)
+    """
+    choices = getattr(req, "choices", None) or []
+    descriptions = getattr(req, "descriptions", None) or {}
+    n = sum(len(descriptions.get(c, c)) for c in choices)
+    if n > OPTION_ROOM_TOKENS * MAX_TOKEN_BYTES:
+        raise TooLarge(f"options of {n} characters together cannot fit the {OPTION_ROOM_TOKENS} tokens "
+                       f"of situation and options one decision has room for")
+
+
+def check_stop_size(req: Request, limits: Limits) -> None:
+    """Refuse a stop string longer than any line can be (max_tokens tokens): it could never be matched, and
+    each token of the line is checked against it."""
+    stop = getattr(req, "stop", None) or []
+    most = limits.max_tokens * MAX_TOKEN_BYTES
+    for s in [stop] if isinstance(stop, str) else stop:
+        if len(s) > most:
+            raise TooLarge(f"a stop string of {len(s)} characters cannot be matched: a line is at most "
+                           f"max_tokens={limits.max_tokens} tokens")
+
+
 #: The budget's bounds, for the budget op and the --budget-* / --frame-ms flags alike: field -> (whether a
 #: value is within them, what they are). Written so that NaN is outside every one of them.
 _BUDGET_BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {

@@ -69,11 +69,10 @@ def timed_out(req: Request, elapsed_ms: float) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "value": req.fallback,
         "text": "",
+        "tokens": 0,  # for a say or a chain, the server fills in what was already streamed
         "timed_out": True,
         "used_fallback": True,
         "finish_reason": "deadline",
         "timing": {"queue_ms": round(elapsed_ms, 3), "total_ms": round(elapsed_ms, 3)},
     }
-    if req.op == "say":
-        fields["tokens"] = 0  # the server fills in what was already streamed
     return done(req.id, **fields)

@@ -19,8 +19,10 @@ from npcai.errors import BadRequest, TooLarge, UnknownOp
 from npcai.protocol.checks import (
     check_budget,
     check_examples,
+    check_option_size,
     check_prompt_size,
     check_sampling,
+    check_stop_size,
 )
 from npcai.protocol.frames import VERSION, Limits, is_int
 
@@ -205,6 +207,7 @@ class SayRequest(_Sampled):
 
     def check(self, limits: Limits) -> None:
         check_prompt_size(self, limits)
+        check_stop_size(self, limits)
         check_sampling(self, limits)
 
 
@@ -225,6 +228,7 @@ class DecideRequest(_Sampled):
 
     def check(self, limits: Limits) -> None:
         _check_decide(self)
+        check_option_size(self)
         check_prompt_size(self, limits)
         check_sampling(self, limits)
 
@@ -359,12 +363,14 @@ def typed_request(message: dict[str, Any], client: bytes = b"", received: float 
     deadline = message.get("deadline_ms")
     if deadline is not None and not (is_int(deadline) and deadline >= 0):
         raise BadRequest("field 'deadline_ms' must be a non-negative integer")
-    priority = message.get("priority", 0)
-    if not is_int(priority):
+    priority = message.get("priority")
+    if priority is None:  # absent, or nil, which counts as absent
+        priority = 0
+    elif not is_int(priority):
         raise BadRequest("field 'priority' must be an integer")
     values: dict[str, Any] = {}
     for attr, name, rule in cls.spec:
-        if name not in message or (message[name] is None and not rule.required and name != "fallback"):
+        if name not in message or (message[name] is None and name != "fallback"):  # nil counts as absent
             if rule.required:
                 raise BadRequest(f"op {op!r} needs field {name!r} ({rule.kind})")
             continue
@@ -378,6 +384,9 @@ def typed_request(message: dict[str, Any], client: bytes = b"", received: float 
 
 
 def _check_decide(req: DecideRequest) -> None:
+    if req.actions == []:  # a say's empty list allows no action; a decision over none cannot be made
+        raise BadRequest("field 'actions' of op 'decide' is an empty list: name at least one of the NPC's "
+                         "actions, or give true for all of them")
     given = [k for k in ("choices", "schema", "grammar", "regex", "actions") if getattr(req, k) not in (None, False)]
     if len(given) != 1:
         raise BadRequest("op 'decide' needs exactly one of 'choices', 'schema', 'grammar', 'regex' or 'actions'")

@@ -15,6 +15,7 @@ from npcai import protocol as P
 from npcai.errors import BadRequest, TooLarge
 from npcai.model import catalog, choices
 from npcai.model.runtime import Runtime
+from npcai.sidecar.npc import Npc
 from npcai.sidecar.settings import Settings
 
 #: The role each op uses when the request (or its NPC) names none.
@@ -71,6 +72,13 @@ class Admission:
         n = len(rt.text_tokens(text))
         if n > self.limits.max_prompt_tokens:
             raise TooLarge(f"text of {n} tokens exceeds max_prompt_tokens={self.limits.max_prompt_tokens}")
+
+    def definition(self, rt: Runtime, npc: Npc, npc_ctx: int) -> None:
+        """Refuse an NPC whose persona and worked examples cannot fit its window, before it replaces anyone.
+        (Its definition job would find out only after the NPC had been installed.)"""
+        n = len(rt.prefix_tokens(npc.chat()))
+        if n > npc_ctx:
+            raise TooLarge(f"persona and examples need {n} tokens; npc_ctx is {npc_ctx}")
 
     def constraint(self, rt: Runtime, req: P.DecideRequest) -> Future:
         """Start compiling a decision's schema or grammar: its cheap checks raise here, and the future

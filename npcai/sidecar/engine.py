@@ -447,6 +447,8 @@ class Engine:
         return self._relays.pop(id(req), None) or (lambda reply: self.emit(req, reply))
 
     def _on_npc(self, req: P.NpcRequest) -> None:
+        """Every check comes before ``_install``: a refused definition leaves the NPC it would replace (or its
+        absence) as it was."""
         self._check_room(req.npc)
         rt = self.admission.runtime("npc", req.role)
         if _remote(rt):  # nothing to evaluate here: the engine caches the prefix on first use
@@ -455,9 +457,11 @@ class Engine:
             return self.emit(req, P.ok(req.id, npc=npc.id, cached_tokens=0))
         self.admission.prompt(rt, req.persona)
         declared = actions.check_actions(req.actions, self.admission.runtime("decide", None), self.limits)
-        npc = self._install(Npc(req.npc, req.persona, req.role or "dialogue", req.seed,
-                                examples=list(req.examples or []), actions=declared))
+        npc = Npc(req.npc, req.persona, req.role or "dialogue", req.seed, examples=list(req.examples or []),
+                  actions=declared)
+        self.admission.definition(rt, npc, self.settings.npc_ctx)
         self._queue(DefineJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
+        self._install(npc)  # before any later request is taken: it finds the NPC as this definition leaves it
         if declared:
             self._score_action_priors(npc)
 

@@ -29,6 +29,8 @@ log = logging.getLogger("npcai")
 OnReply = Callable[[dict[str, Any]], None]
 
 _USAGE = ("prompt_tokens", "cached_tokens", "evaluated_tokens", "steps")
+#: A request's envelope (docs/PROTOCOL.md, "Requests"): a sub-request's is its relay's, whatever its fields say.
+ENVELOPE = frozenset({"v", "id", "op", "deadline_ms", "priority"})
 
 
 class Relay(Job):
@@ -43,11 +45,12 @@ class Relay(Job):
 
     def spawn(self, op: str, fields: dict[str, Any], on_reply: OnReply, deadline: float | None = None,
               npc: "Npc | None" = None) -> P.Request:
-        """Send the engine a request of ``op`` with ``fields`` (validated as a client's would be); its
-        replies go to ``on_reply`` while this relay is running. ``deadline`` is absolute (monotonic);
+        """Send the engine a request of ``op`` with ``fields`` (validated as a client's would be; envelope
+        fields among them are ignored); its replies go to ``on_reply`` while this relay is running. ``deadline`` is absolute (monotonic);
         ``npc``: an NPC of the relay's own that a ``decide`` without ``npc`` is made as."""
         now = time.monotonic()
-        message = {"v": P.VERSION, "id": self.req.id, "op": op, **fields, "priority": self.req.priority}
+        message = {k: v for k, v in fields.items() if k not in ENVELOPE}
+        message.update(v=P.VERSION, id=self.req.id, op=op, priority=self.req.priority)  # its events carry our id
         if deadline is not None:
             message["deadline_ms"] = max(0, int((deadline - now) * 1000))
         sub = P.parse_request(message, self.req.client, now)

@@ -285,13 +285,13 @@ class Server:
             if self._last_heard is not None and req.op != "hello":
                 self._last_heard = received  # an authorized client renews the lease with any request
             req.check(self.limits)  # parse_request's second half: every rule that needs no model
+            key = (client, req.id)
+            if key in self._inflight:  # an immediate op too: its ok would be a second ending for that id
+                raise BadRequest(f"request id {req.id} is already in flight on this connection")
             if req.immediate:
                 self._immediate[type(req)](req)
                 stats.latency_ms.append((time.monotonic() - received) * 1e3)
                 return
-            key = (client, req.id)
-            if key in self._inflight:
-                raise BadRequest(f"request id {req.id} is already in flight on this connection")
             if self._per_client[client] >= self.limits.max_inflight_per_client:
                 raise Overloaded(f"more than max_inflight_per_client={self.limits.max_inflight_per_client} requests")
             if len(self._inflight) >= self.limits.max_queue:
@@ -404,10 +404,12 @@ class Server:
 
     @staticmethod
     def _with_streamed(entry: _Inflight, reply: dict[str, Any]) -> dict[str, Any]:
-        """A ``done`` made up for a say carries the chunks already streamed."""
-        if entry.req.op == "say" and reply["event"] == P.DONE:
-            reply["text"] = "".join(entry.streamed)
+        """A ``done`` made up for a say carries the chunks already streamed, and one for a chain counts those of
+        its say steps."""
+        if reply["event"] == P.DONE:
             reply["tokens"] = len(entry.streamed)  # chunks streamed: one token each, or more
+            if entry.req.op == "say":
+                reply["text"] = "".join(entry.streamed)
         return reply
 
     def _forget_gone_clients(self) -> None:
