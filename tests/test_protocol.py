@@ -142,6 +142,11 @@ def test_any_ext_or_timestamp_is_a_bad_request_saying_ext_types_are_not_supporte
     ({"v": 1, "id": 1, "op": "decide", "situation": "s", "choices": []}, "non-empty"),
     ({"v": 1, "id": 1, "op": "decide", "situation": "s", "choices": ["a", "a"]}, "repeat"),
     ({"v": 1, "id": 1, "op": "load", "npc": "a", "state": "not bytes"}, "'state'"),
+    ({"v": True, "id": 1, "op": "ping"}, "'v'"),  # msgpack's true is no version, though Python's equals 1
+    ({"v": 1.0, "id": 1, "op": "ping"}, "'v'"),
+    ({"v": 1, "id": 1, "op": "frame", "frame_ms": float("nan")}, "'frame_ms'"),
+    ({"v": 1, "id": 1, "op": "frame", "frame_ms": [16.7, float("inf")]}, "'frame_ms'"),
+    ({"v": 1, "id": 1, "op": "frame", "frame_ms": -3}, "'frame_ms'"),
 ])
 def test_malformed_requests_name_the_offending_field(msg, match):
     with pytest.raises(BadRequest, match=match):

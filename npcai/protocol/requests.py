@@ -40,6 +40,11 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _frame_time(v: Any) -> bool:
+    """A frame time a game can have measured: NaN or an infinite one would poison the median and the back-off."""
+    return _number(v) and 0 <= v < float("inf")
+
+
 def _str_list(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
@@ -317,8 +322,8 @@ class BudgetRequest(Request):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FrameRequest(Request):
     frame_ms: float | list[float] = _wire(
-        _Field(lambda v: _number(v) or (isinstance(v, list) and all(_number(x) for x in v)),
-               "a number or a list of numbers"), required=True, default=0.0)
+        _Field(lambda v: _frame_time(v) or (isinstance(v, list) and all(_frame_time(x) for x in v)),
+               "a frame time (a finite number >= 0, ms) or a list of them"), required=True, default=0.0)
 
     @property
     def times(self) -> list[float]:
@@ -349,7 +354,7 @@ def parse_request(message: dict[str, Any], client: bytes = b"", received: float 
 def typed_request(message: dict[str, Any], client: bytes = b"", received: float = 0.0) -> Request:
     """The first half of ``parse_request``: the envelope and each field's type, not yet ``check``ed. (The
     server checks who sent a request before its ranges, and counts a refused one in its op's stats.)"""
-    if message.get("v") != VERSION:
+    if message.get("v") != VERSION or not is_int(message.get("v")):  # not true, not 1.0
         raise BadRequest(f"field 'v' must be {VERSION} (protocol version), got {message.get('v')!r}")
     rid = message.get("id")
     if not is_int(rid):
