@@ -549,9 +549,9 @@ class Engine:
     def _on_load(self, req: P.LoadRequest) -> None:
         self._check_room(req.npc)
         npc = self._install(Npc.load(req.npc, req.state))
-        self.emit(req, P.ok(req.id, npc=npc.id, messages=len(npc.messages)))
-        if npc.actions:
+        if npc.actions:  # queued before the ok: a client that waits for the sidecar to be idle after it waits for them
             self._score_action_priors(npc)
+        self.emit(req, P.ok(req.id, npc=npc.id, messages=len(npc.messages)))
 
 
 def _remote(rt: "Runtime | RemoteRole") -> bool:
