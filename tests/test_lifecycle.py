@@ -260,6 +260,17 @@ def test_a_command_used_wrongly_is_refused_in_one_line_pointing_to_its_own_help(
     assert proc.stderr.rstrip().endswith(f"(see npcai {command} --help)"), proc.stderr
 
 
+def test_a_listing_piped_into_a_reader_that_stops_early_ends_quietly():
+    """`npcai models list | head -1`: the reader closes the pipe after one line, and the next print failed
+    with a BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "npcai", "models", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, bufsize=0)
+    proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(60) == 0
+    assert proc.stderr.read() == b""
+
+
 def test_bench_help_lists_every_item():
     from npcai.bench.runner import ITEMS
 
