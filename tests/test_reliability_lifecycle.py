@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -197,6 +198,44 @@ def test_an_answer_the_engine_ends_after_its_deadline_is_never_sent_the_marked_f
     sends the marked fallback, with the text already streamed, so no answer is ever late. This test is the
     socket thread, taking its loop's steps in order (read, send the engine's replies, expire deadlines); the
     say's deadline_ms is 0, so it has passed before the engine starts, and the engine's done is certainly late."""
+    with _stepped_by_hand(village) as (server, game):
+        game.send(msgpack.packb({"v": 1, "id": 2, "op": "say", "npc": "brom", "text": "Hello there.",
+                                 "max_tokens": 4, "deadline_ms": 0, "fallback": "Hm?"}))
+        _admit(server)
+        engines = _engine_ends(server, 2)
+        assert engines["event"] == P.DONE and not engines.get("timed_out")  # the engine's own answer, in full
+        server._send_replies()
+        server._expire_deadlines()
+        replies = _replies_until_the_end(game)
+    done = replies[-1]
+    assert done["event"] == P.DONE and done["timed_out"] and done["used_fallback"] and done["value"] == "Hm?"
+    assert done["text"] == "".join(r["text"] for r in replies if r["event"] == P.TOKEN)
+
+
+def test_a_done_made_up_at_the_deadline_counts_the_tokens_already_streamed_whatever_the_op(village):
+    """A chain or decide answered by the socket thread at its deadline carries ``tokens`` like a say's: the
+    chunks its say steps streamed (a decide streams none). Both lacked the field."""
+    with _stepped_by_hand(village) as (server, game):
+        steps = [{"op": "say", "as": "line", "npc": "brom", "text": "Hello there.", "max_tokens": 4}]
+        game.send(msgpack.packb({"v": 1, "id": 2, "op": "chain", "steps": steps, "deadline_ms": 0}))
+        _admit(server)
+        _engine_ends(server, 2)  # late: dropped for the marked fallback
+        server._send_replies()
+        server._expire_deadlines()
+        chain = _replies_until_the_end(game)
+        game.send(msgpack.packb({"v": 1, "id": 3, "op": "decide", "situation": "Run?", "choices": ["yes", "no"],
+                                 "deadline_ms": 0}))
+        _admit(server)
+        server._expire_deadlines()
+        decide = _replies_until_the_end(game)
+    assert chain[-1]["timed_out"] and chain[-1]["tokens"] == sum(r["event"] == P.TOKEN for r in chain)
+    assert decide[-1]["timed_out"] and decide[-1]["tokens"] == 0
+
+
+@contextlib.contextmanager
+def _stepped_by_hand(village):
+    """An in-process server whose socket thread is the test, taking its loop's steps by hand, its engine
+    running, and a game's socket connected to it that has defined Brom: (server, game socket)."""
     server, endpoint = _server_in_process()
     engine = threading.Thread(target=server._run_engine, daemon=True)
     engine.start()
@@ -210,57 +249,11 @@ def test_an_answer_the_engine_ends_after_its_deadline_is_never_sent_the_marked_f
         _engine_ends(server, 1)
         server._send_replies()
         assert _replies_until_the_end(game)[-1]["event"] == P.OK
-        game.send(msgpack.packb({"v": 1, "id": 2, "op": "say", "npc": "brom", "text": "Hello there.",
-                                 "max_tokens": 4, "deadline_ms": 0, "fallback": "Hm?"}))
-        _admit(server)
-        engines = _engine_ends(server, 2)
-        assert engines["event"] == P.DONE and not engines.get("timed_out")  # the engine's own answer, in full
-        server._send_replies()
-        server._expire_deadlines()
-        replies = _replies_until_the_end(game)
+        yield server, game
     finally:
         game.close()
         server.stop()
         server._shutdown(engine)
-    done = replies[-1]
-    assert done["event"] == P.DONE and done["timed_out"] and done["used_fallback"] and done["value"] == "Hm?"
-    assert done["text"] == "".join(r["text"] for r in replies if r["event"] == P.TOKEN)
-
-
-def test_a_done_made_up_at_the_deadline_counts_the_tokens_already_streamed_whatever_the_op(village):
-    """A chain or decide answered by the socket thread at its deadline carries ``tokens`` like a say's: the
-    chunks its say steps streamed (a decide streams none). Both lacked the field."""
-    server, endpoint = _server_in_process()
-    engine = threading.Thread(target=server._run_engine, daemon=True)
-    engine.start()
-    game = zmq.Context.instance().socket(zmq.DEALER)
-    game.setsockopt(zmq.LINGER, 0)
-    game.connect(endpoint)
-    try:
-        game.send(msgpack.packb({"v": 1, "id": 1, "op": "npc", "npc": "brom",
-                                 "persona": village["npcs"]["brom"]["persona"]}))
-        _admit(server)
-        _engine_ends(server, 1)
-        server._send_replies()
-        _replies_until_the_end(game)
-        steps = [{"op": "say", "as": "line", "npc": "brom", "text": "Hello there.", "max_tokens": 4}]
-        game.send(msgpack.packb({"v": 1, "id": 2, "op": "chain", "steps": steps, "deadline_ms": 0}))
-        _admit(server)
-        _engine_ends(server, 2)  # late: dropped for the marked fallback
-        server._send_replies()
-        server._expire_deadlines()
-        chain = _replies_until_the_end(game)
-        game.send(msgpack.packb({"v": 1, "id": 3, "op": "decide", "situation": "Run?", "choices": ["yes", "no"],
-                                 "deadline_ms": 0}))
-        _admit(server)
-        server._expire_deadlines()
-        decide = _replies_until_the_end(game)
-    finally:
-        game.close()
-        server.stop()
-        server._shutdown(engine)
-    assert chain[-1]["timed_out"] and chain[-1]["tokens"] == sum(r["event"] == P.TOKEN for r in chain)
-    assert decide[-1]["timed_out"] and decide[-1]["tokens"] == 0
 
 
 def _admit(server) -> None:
