@@ -60,6 +60,21 @@ def test_a_refused_definition_defines_no_npc(client):
     assert client.call("stats")["engine"]["npcs"] == npcs  # no max_npcs place taken
 
 
+def test_a_saved_state_too_large_for_the_window_is_refused_and_loads_nothing(client, brom):
+    """A save edited (or made by a sidecar with a larger window) to hold more persona and examples than
+    npc_ctx: it was installed, and every request to it then failed too_large."""
+    state = msgpack.unpackb(client.call("save", npc=brom)["state"], raw=False)
+    huge = msgpack.packb({**state, "examples": HUGE_EXAMPLES})
+    before = client.call("save", npc=brom)["state"]
+    with pytest.raises(RequestFailed, match=r"^too_large: persona and examples need \d+ tokens; npc_ctx is 1024$"):
+        client.call("load", npc=brom, state=huge)
+    assert client.call("save", npc=brom)["state"] == before
+    with pytest.raises(RequestFailed, match="^too_large"):
+        client.call("load", npc="ghost-loaded", state=huge)
+    with pytest.raises(RequestFailed, match="^unknown_npc"):
+        client.say("ghost-loaded", "Boo?")
+
+
 def test_say_streams_tokens_and_done_text_is_their_concatenation(client, brom):
     chunks, reply = collect(client, client.request("say", npc=brom, text="Can you fix my sword?", max_tokens=24))
     assert reply["event"] == "done" and reply["finish_reason"] in ("stop", "sentence", "length")

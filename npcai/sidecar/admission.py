@@ -74,9 +74,10 @@ class Admission:
             raise TooLarge(f"text of {n} tokens exceeds max_prompt_tokens={self.limits.max_prompt_tokens}")
 
     def definition(self, rt: Runtime, npc: Npc, npc_ctx: int) -> None:
-        """Refuse an NPC whose persona and worked examples cannot fit its window, before it replaces anyone.
-        (Its definition job would find out only after the NPC had been installed.)"""
-        n = len(rt.prefix_tokens(npc.chat()))
+        """Refuse an NPC whose persona and worked examples cannot fit its window, before it replaces anyone:
+        defined (its definition job would find out only after the NPC had been installed) or loaded from a save
+        (every later request would). Its history is left out: the oldest lines give way as it grows."""
+        n = len(rt.prefix_tokens(npc.persona_chat()))
         if n > npc_ctx:
             raise TooLarge(f"persona and examples need {n} tokens; npc_ctx is {npc_ctx}")
 

@@ -548,7 +548,11 @@ class Engine:
 
     def _on_load(self, req: P.LoadRequest) -> None:
         self._check_room(req.npc)
-        npc = self._install(Npc.load(req.npc, req.state))
+        npc = Npc.load(req.npc, req.state)
+        rt = self.admission.runtime("npc", npc.role)
+        if not _remote(rt):
+            self.admission.definition(rt, npc, self.settings.npc_ctx)
+        self._install(npc)
         if npc.actions:  # queued before the ok: a client that waits for the sidecar to be idle after it waits for them
             self._score_action_priors(npc)
         self.emit(req, P.ok(req.id, npc=npc.id, messages=len(npc.messages)))
