@@ -52,6 +52,13 @@ def test_a_token_that_writes_a_whole_key_is_seen_to_repeat_it():
     assert not keys.repeated  # probing writes nothing
 
 
+def test_it_counts_the_quotes_that_open_or_close_strings_and_knows_when_one_is_open():
+    keys = KeyTracker()
+    assert keys.feed(b'{"a": "x\\"') == 3 and keys.in_string  # the escaped quote is the string's
+    assert keys.feed(b'y", "') == 2 and keys.in_string
+    assert keys.feed(b'b"') == 1 and not keys.in_string
+
+
 def test_nothing_is_matched_right_after_a_backslash():
     assert endings('{"a": 1, "\\') == set()
 

@@ -5,7 +5,8 @@ llguidance's JSON grammar cannot forbid a repeated key in an object open to more
 and ``json.loads`` keeps the last, so the value has fewer properties than the text (``minProperties``
 broken) and the loop runs on to the cap. ``KeyTracker`` follows the answer's bytes as they are
 written: the objects open around it, the keys each already has, and the key being written, so that
-the tokens that would close that key as a repeat can be taken out of the mask before sampling.
+the tokens that would close that key as a repeat can be taken out of the mask before sampling. It
+also says whether the text ends inside a string (where the string guard and the way out look).
 """
 
 from __future__ import annotations
@@ -26,11 +27,19 @@ class KeyTracker:
         self._key: bytearray | None = None  # the key being written (its raw bytes), while inside one
         self.repeated = False  # a key was written that its object already had
 
-    def feed(self, text: bytes) -> None:
+    @property
+    def in_string(self) -> bool:
+        """The text so far ends inside a string (a key or a value)."""
+        return self._in_string
+
+    def feed(self, text: bytes) -> int:
+        """Follow ``text``; returns how many unescaped double quotes it holds (each starts or ends a string)."""
+        quotes = 0
         for byte in text:
             if self._in_string:
-                self._string_byte(byte)
+                quotes += self._string_byte(byte)
             elif byte == _QUOTE:
+                quotes += 1
                 self._in_string = True
                 if self._want_key and self._open and self._open[-1] is not None:
                     self._key = bytearray()
@@ -48,8 +57,10 @@ class KeyTracker:
                 self._want_key = bool(self._open) and self._open[-1] is not None
             elif byte == _COLON:
                 self._want_key = False
+        return quotes
 
-    def _string_byte(self, byte: int) -> None:
+    def _string_byte(self, byte: int) -> bool:
+        """One byte inside a string; whether it was the quote that ends it."""
         if self._escaped:
             self._escaped = False
         elif byte == _BACKSLASH:
@@ -62,9 +73,10 @@ class KeyTracker:
                 self._open[-1].add(key)
                 self._key = None
                 self._want_key = False
-            return
+            return True
         if self._key is not None:
             self._key.append(byte)
+        return False
 
     def keys_here(self) -> set[bytes]:
         """The keys of the object the text is in (none in an array, or outside every object)."""

@@ -42,11 +42,10 @@ class GrammarDecideJob(Decision):
         self.generated: list[int] = []
         self.forced = 0
         self._digits = 0  # digits sampled in a row: the number being written
-        self._json = "schema" in req.fields  # a double quote ends a string only in JSON
+        # A JSON answer's strings and keys, followed as it is written (a double quote ends a string only in JSON):
+        # no key is written twice in one object, and the string guard and the way out know where they are.
+        self._keys = KeyTracker() if "schema" in req.fields else None
         self._unquoted = 0  # tokens since the last one holding an unescaped double quote: the string being written
-        self._escaped = False  # the text so far ends in a backslash that escapes what follows
-        self._in_string = False  # an odd number of unescaped quotes so far: the text ends inside a JSON string
-        self._keys = KeyTracker() if self._json else None  # no key is written twice in one object
         soft = req.soft_max_tokens or max(1, round(self.max_tokens * SOFT_SHARE))
         self.soft_tokens = min(soft, self.max_tokens)  # past it a JSON answer takes the way out
 
@@ -90,10 +89,10 @@ class GrammarDecideJob(Decision):
             self._forbid_repeated_keys()
         if self._digits >= MAX_NUMBER_DIGITS:  # a number this long ends now (wherever the grammar lets it)
             penalties.forbid(self.rt.mask, self.rt.digit_mask)
-        if self._json and self._unquoted >= MAX_STRING_TOKENS:  # a string this long ends now (where it may)
+        if self._keys is not None and self._unquoted >= MAX_STRING_TOKENS:  # a string this long ends now (where it may)
             penalties.prefer(self.rt.mask, self.rt.quote_mask)
-        if self._json and len(self.generated) >= self.soft_tokens:  # past its soft limit: the way out
-            penalties.prefer(self.rt.mask, self.rt.string_end_mask if self._in_string else self.rt.close_mask)
+        if self._keys is not None and len(self.generated) >= self.soft_tokens:  # past its soft limit: the way out
+            penalties.prefer(self.rt.mask, self.rt.string_end_mask if self._keys.in_string else self.rt.close_mask)
         logits = self.rt.logits(lane.rows[-1])
         penalties.dry(logits, self.generated)  # loops inside open values end before the cap
         tok = int(sample_token(logits, self.rt.mask, self.temperature, self.top_k, self.top_p, self.rng.random()))
@@ -142,17 +141,12 @@ class GrammarDecideJob(Decision):
         penalties.forbid_each(self.rt.mask, repeats)
 
     def _wrote(self, tokens: list[int]) -> None:
-        """Follow the answer's text past ``tokens``: ``_unquoted`` (reset by a token that holds an unescaped
-        double quote), ``_in_string`` (flipped by each) and the JSON keys written so far."""
-        n = self._unquoted
+        """Follow a JSON answer's text past ``tokens`` (``_keys``), and ``_unquoted``: reset by a token that holds
+        an unescaped double quote."""
+        if self._keys is None:
+            return
         for tok in tokens:
-            piece = self.rt.model.piece(tok)
-            if self._keys is not None:
-                self._keys.feed(piece)
-            quotes, self._escaped = penalties.json_quote_count(piece, self._escaped)
-            n = 0 if quotes else n + 1
-            self._in_string ^= quotes % 2 == 1
-        self._unquoted = n
+            self._unquoted = 0 if self._keys.feed(self.rt.model.piece(tok)) else self._unquoted + 1
 
     def _text(self) -> str:
         return self.rt.detokenize(self.generated)
