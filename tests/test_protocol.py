@@ -219,6 +219,16 @@ def test_a_timed_out_reply_of_every_op_says_how_many_tokens_it_generated(op, fie
     assert reply["tokens"] == 0
 
 
+def test_the_conformance_vector_of_a_timed_out_reply_has_the_fields_a_real_one_has():
+    """The bridges learn a timed-out done's shape from vectors.tsv: it must not lag behind what the sidecar sends."""
+    rows = (ROOT / "engine_bridges" / "conformance" / "vectors.tsv").read_text().splitlines()
+    hex_bytes = next(line.split("\t")[1] for line in rows if line.startswith("message.reply.done.timed_out\t"))
+    vector = msgpack.unpackb(bytes.fromhex(hex_bytes))
+    real = P.timed_out(P.parse_request({"v": 1, "id": 5, "op": "decide", **MINIMAL["decide"][0]}), 150.0)
+    assert list(vector) == list(real)
+    assert list(vector["timing"]) == list(real["timing"])
+
+
 def test_every_error_reply_has_a_code_and_message():
     reply = P.error(None, BadRequest("nope"))
     assert reply == {"v": 1, "id": None, "event": "error", "code": "bad_request", "message": "nope"}

@@ -100,8 +100,9 @@ def message_cases() -> list[tuple[str, bytes, str]]:
                            "timing": {"queue_ms": 0.5, "prefill_ms": 40.25, "ttft_ms": 41.0, "total_ms": 60.5}},
         "reply.done.choices": {"v": 1, "id": 5, "event": "done", "value": "flee", "text": "flee",
                                "probs": {"attack": 0.25, "flee": 0.75}},
-        "reply.done.timed_out": {"v": 1, "id": 5, "event": "done", "value": "flee", "text": "", "timed_out": True,
-                                 "used_fallback": True, "finish_reason": "deadline"},
+        "reply.done.timed_out": {"v": 1, "id": 5, "event": "done", "value": "flee", "text": "", "tokens": 0,
+                                 "timed_out": True, "used_fallback": True, "finish_reason": "deadline",
+                                 "timing": {"queue_ms": 0.5, "total_ms": 150.25}},
         "reply.error": {"v": 1, "id": None, "event": "error", "code": "bad_request", "message": "frame is not msgpack"},
         "reply.cancelled": {"v": 1, "id": 4, "event": "cancelled"},
         # Endings a client makes up itself (docs/PROTOCOL.md, "Local codes"): the sidecar is gone.

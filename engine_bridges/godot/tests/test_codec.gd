@@ -592,9 +592,11 @@ class Expected:
 			"event": "done",
 			"value": "flee",
 			"text": "",
+			"tokens": 0,
 			"timed_out": true,
 			"used_fallback": true,
 			"finish_reason": "deadline",
+			"timing": {"queue_ms": 0.5, "total_ms": 150.25},
 		}
 		m["message.reply.error"] = {
 			"v": 1,

@@ -400,8 +400,9 @@ namespace NpcAi.Tests
                     return Map("v", 1L, "id", 5L, "event", "done", "value", "flee", "text", "flee",
                         "probs", Map("attack", 0.25, "flee", 0.75));
                 case "reply.done.timed_out":
-                    return Map("v", 1L, "id", 5L, "event", "done", "value", "flee", "text", "", "timed_out", true,
-                        "used_fallback", true, "finish_reason", "deadline");
+                    return Map("v", 1L, "id", 5L, "event", "done", "value", "flee", "text", "", "tokens", 0L,
+                        "timed_out", true, "used_fallback", true, "finish_reason", "deadline",
+                        "timing", Map("queue_ms", 0.5, "total_ms", 150.25));
                 case "reply.error":
                     return Map("v", 1L, "id", null, "event", "error", "code", "bad_request",
                         "message", "frame is not msgpack");

@@ -179,8 +179,9 @@ std::map<std::string, Value> expected_values() {
       map_of({{"v", 1}, {"id", 5}, {"event", "done"}, {"value", "flee"}, {"text", "flee"},
               {"probs", map_of({{"attack", 0.25}, {"flee", 0.75}})}});
   e["message.reply.done.timed_out"] =
-      map_of({{"v", 1}, {"id", 5}, {"event", "done"}, {"value", "flee"}, {"text", ""}, {"timed_out", true},
-              {"used_fallback", true}, {"finish_reason", "deadline"}});
+      map_of({{"v", 1}, {"id", 5}, {"event", "done"}, {"value", "flee"}, {"text", ""}, {"tokens", 0},
+              {"timed_out", true}, {"used_fallback", true}, {"finish_reason", "deadline"},
+              {"timing", map_of({{"queue_ms", 0.5}, {"total_ms", 150.25}})}});
   e["message.reply.error"] = map_of({{"v", 1}, {"id", nullptr}, {"event", "error"}, {"code", "bad_request"},
                                      {"message", "frame is not msgpack"}});
   e["message.reply.cancelled"] = map_of({{"v", 1}, {"id", 4}, {"event", "cancelled"}});
