@@ -97,6 +97,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     settings.validate()
+    if _parent_gone(settings):  # the game died while launching us: load nothing, say nothing is ready
+        print(f"npcai: parent process {settings.parent_pid} is gone; not starting", file=sys.stderr, flush=True)
+        return 0
     if settings.connection_file and not settings.token:
         settings.token = secrets.token_urlsafe(32)  # like a Jupyter kernel's key: only the file's reader has it
     logging.basicConfig(level=logging.INFO if settings.verbose else logging.WARNING,
@@ -109,14 +112,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     written: list[Path] = []
     try:
-        if settings.ready_file:
-            written.append(_write_atomically(Path(settings.ready_file), endpoint + "\n"))
-        if settings.connection_file:
-            info = {"endpoint": endpoint, "token": settings.token, "pid": os.getpid()}
-            if server.curve_public_key:
-                info["curve_server_key"] = server.curve_public_key
-            written.append(_write_atomically(Path(settings.connection_file), json.dumps(info) + "\n", mode=0o600))
-        print(f"{READY_PREFIX}{endpoint}", flush=True)
+        if _parent_gone(settings):  # it died while the models loaded: no READY, no files, a clean exit
+            server.stop(f"parent process {settings.parent_pid} is gone")
+        else:
+            if settings.ready_file:
+                written.append(_write_atomically(Path(settings.ready_file), endpoint + "\n"))
+            if settings.connection_file:
+                info = {"endpoint": endpoint, "token": settings.token, "pid": os.getpid()}
+                if server.curve_public_key:
+                    info["curve_server_key"] = server.curve_public_key
+                written.append(_write_atomically(Path(settings.connection_file), json.dumps(info) + "\n", mode=0o600))
+            print(f"{READY_PREFIX}{endpoint}", flush=True)
         code = server.serve_forever()
     finally:
         for path in written:  # a file left behind means the sidecar did not exit cleanly
@@ -126,6 +132,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _parent_gone(settings: Settings) -> bool:
+    from npcai.sidecar import parent
+
+    return bool(settings.parent_pid) and not parent.alive(settings.parent_pid)
 
 
 def _remote_key(settings: Settings) -> str:

@@ -106,6 +106,18 @@ def test_the_sidecar_exits_when_its_parent_dies(model_path, tmp_path):
 
 
 @pytest.mark.skipif(os.environ.get("NPCAI_SKIP_SECOND_MODEL") == "1", reason="second model not wanted")
+def test_a_sidecar_launched_for_a_parent_already_gone_exits_before_loading_and_never_says_ready(model_path):
+    """A game that crashed while launching the sidecar gets no orphan, and nobody a READY line for a dead game."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    started = time.monotonic()
+    proc = run_cli("serve", "--parent-pid", str(gone.pid), "--model", str(model_path))
+    assert proc.returncode == 0
+    assert "READY" not in proc.stdout
+    assert proc.stderr.strip() == f"npcai: parent process {gone.pid} is gone; not starting"
+    assert time.monotonic() - started < 10
+
+
 def test_several_models_serve_requests_by_role(model_path):
     with Sidecar("--model", "dialogue=smollm2-135m", "--model", "decision=gemma3-270m") as sc, \
             Client(sc.endpoint) as c:
