@@ -104,7 +104,8 @@ _FLAG_OF = {"threads": "budget_threads", "tokens_per_s": "budget_tokens_per_s", 
 
 
 @pytest.mark.parametrize("field, value", [
-    ("share", 0), ("share", -0.5), ("share", 5), ("share", float("nan")), ("share", 1), ("share", 0.01),
+    ("share", 0), ("share", 1e-300), ("share", 0.009), ("share", -0.5), ("share", 5), ("share", float("nan")),
+    ("share", 1), ("share", 0.01),
     ("tokens_per_s", -5), ("tokens_per_s", float("nan")), ("tokens_per_s", 0), ("tokens_per_s", 30),
     ("frame_ms", -3), ("frame_ms", 1001), ("frame_ms", 0), ("frame_ms", 16.7),
     ("threads", -2), ("threads", 0), ("threads", 3),
@@ -129,6 +130,19 @@ def test_the_budget_flags_refuse_exactly_what_the_budget_op_refuses(field, value
     if cli is not None:
         assert cli.message.startswith(f"bad --{flag.replace('_', '-')} ")
         assert cli.message.split(": must be ", 1)[1] == wire.message.split(" must be ", 1)[1]
+
+
+@pytest.mark.parametrize("share, refused", [(1e-300, True), (0.009, True), (0.01, False), (1, False), (1.01, True)])
+def test_a_share_under_one_percent_is_refused_rather_than_reported_as_zero_and_run_at_one_percent(share, refused):
+    from npcai.errors import BadRequest
+    from npcai.protocol import check_budget
+
+    if refused:
+        with pytest.raises(BadRequest, match="'share' must be from 0.01 to 1"):
+            check_budget({"share": share})
+    else:
+        check_budget({"share": share})
+        assert governor(share=share).stats()["effective"]["share"] == share
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")

@@ -69,7 +69,7 @@ def check_stop_size(req: Request, limits: Limits) -> None:
 _BUDGET_BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "threads": (lambda v: v >= 0, ">= 0 (0 = the sidecar's own choice)"),
     "tokens_per_s": (lambda v: v >= 0, ">= 0 (0 = no cap)"),
-    "share": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "share": (lambda v: 0.01 <= v <= 1, "from 0.01 to 1"),
     "frame_ms": (lambda v: 0 <= v <= 1000, "between 0 (no frame target) and 1000"),
 }
 
@@ -78,7 +78,7 @@ def budget_out_of_bounds(fields: dict[str, Any]) -> tuple[str, str] | None:
     """The first of a budget's fields (those given) outside its bounds, with the bounds; None when all hold.
 
     One rule for the wire and the command line: a share of 0 would stop the engine for good, and requests
-    without a deadline would wait forever.
+    without a deadline would wait forever; below 1 % a step of 60 ms would pause the engine for more than 6 s.
     """
     for name, (holds, bounds) in _BUDGET_BOUNDS.items():
         if name in fields and not holds(fields[name]):

@@ -113,7 +113,7 @@ class Governor:
         """Account a step; schedule the pause that keeps compute within the share and rate cap."""
         now = time.monotonic() if now is None else now
         self.compute_s += compute_s
-        share = max(0.01, self.budget.share) * _LEVELS[self.level][0]
+        share = self.budget.share * _LEVELS[self.level][0]
         pause = compute_s * (1.0 / share - 1.0) if share < 1.0 else 0.0
         self._ready_at = now + pause
         if self.budget.tokens_per_s > 0 and generated:

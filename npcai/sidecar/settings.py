@@ -86,7 +86,7 @@ class Settings:
     budget_tokens_per_s: float = field(default=0.0,
                                        metadata=_opt("budget: most dialogue tokens per second (0 = no cap)"))
     budget_share: float = field(default=1.0, metadata=_opt(
-        "budget: share of wall time the sidecar may compute, over 0 and at most 1"))
+        "budget: share of wall time the sidecar may compute, from 0.01 to 1"))
     frame_ms: float = field(default=0.0, metadata=_opt(
         "the game's target frame time, up to 1000 (0 = none); with frame reports, the sidecar backs off when "
         "frames run over"))
