@@ -419,7 +419,7 @@ namespace NpcAi
         /// <summary>
         /// Sets the sidecar's compute budget (op budget). Only the limits given are sent; the others keep
         /// their value. threads: most compute threads (0 = the sidecar's choice); tokensPerS: cap on
-        /// dialogue tokens per second (0 = none); share: share of wall time in (0, 1]; frameMs: the
+        /// dialogue tokens per second (0 = none); share: share of wall time from 0.01 to 1; frameMs: the
         /// game's target frame time (0 = no frame reports), which ReportFrame() times are judged against.
         /// Ends with Fields["budget"] and Fields["effective"]. A relaunched sidecar starts from its defaults.
         /// </summary>
@@ -431,8 +431,8 @@ namespace NpcAi
                 throw new ArgumentOutOfRangeException("threads", "must be >= 0 (0 = the sidecar's choice)");
             if (tokensPerS.HasValue && !(tokensPerS.Value >= 0))
                 throw new ArgumentOutOfRangeException("tokensPerS", "must be >= 0 (0 = no cap)");
-            if (share.HasValue && !(share.Value > 0 && share.Value <= 1))
-                throw new ArgumentOutOfRangeException("share", "must be in (0, 1]");
+            if (share.HasValue && !(share.Value >= 0.01 && share.Value <= 1))
+                throw new ArgumentOutOfRangeException("share", "must be from 0.01 to 1");
             if (frameMs.HasValue && !(frameMs.Value >= 0 && frameMs.Value <= 1000))
                 throw new ArgumentOutOfRangeException("frameMs", "must be between 0 (no frame target) and 1000");
             return Submit("budget", encoder.Budget(nextId + 1, threads, tokensPerS, share, frameMs), null);

@@ -378,6 +378,7 @@ namespace NpcAi.Tests
 
             var client = new NpcAiClient();
             Check.Throws<ArgumentOutOfRangeException>(() => client.SetBudget(share: 0), "share 0");
+            Check.Throws<ArgumentOutOfRangeException>(() => client.SetBudget(share: 0.005), "share 0.005");
             Check.Throws<ArgumentOutOfRangeException>(() => client.SetBudget(share: 1.5), "share 1.5");
             Check.Throws<ArgumentOutOfRangeException>(() => client.SetBudget(threads: -1), "threads -1");
             Check.Throws<ArgumentOutOfRangeException>(() => client.SetBudget(frameMs: double.NaN), "frame_ms NaN");
