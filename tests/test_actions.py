@@ -81,6 +81,7 @@ def test_decide_with_a_list_of_actions_chooses_among_those_only(client, smith):
         assert reply["value"]["name"] == "give_item" and set(reply["probs"]) == {"give_item"}
         assert_valid(reply["value"], ["give_item"])
         assert reply["usage"]["steps"] == 1  # its 9 argument combinations scored in the one step
+        assert reply["tokens"] >= 1  # the chosen option's, as a choice decision counts its pick
 
 
 def test_arguments_too_open_to_list_are_decided_after_the_action_by_their_schema(client, village):
@@ -92,6 +93,7 @@ def test_arguments_too_open_to_list_are_decided_after_the_action_by_their_schema
         reply = client.decide("A customer asks for a receipt.", npc="scribe", actions=["write_note"],
                               temperature=1.0, seed=seed)
         assert reply["value"]["name"] == "write_note" and reply["usage"]["steps"] >= 2  # the choice, then the schema
+        assert reply["tokens"] >= reply["usage"]["steps"]  # the pick's, then at least one a step for the arguments
         jsonschema.validate(reply["value"]["args"], note["args"])
 
 
