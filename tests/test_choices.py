@@ -162,6 +162,14 @@ def test_too_many_or_empty_examples_are_refused_at_definition(client):
         assert failed.value.code == code
 
 
+def test_examples_longer_than_any_window_are_refused_by_their_length_before_anyone_tokenizes_them(client):
+    """Tokenizing a megabyte of examples would hold the engine (and every other NPC) for a fifth of a second."""
+    huge = [{"situation": "word " * 60_000, "choice": "run"}] * 2
+    with pytest.raises(RequestFailed, match=r"^too_large: persona and examples of \d+ characters cannot fit "
+                                            r"npc_ctx=\d+$"):
+        client.call("npc", npc="x", persona=GUARD, examples=huge)
+
+
 def test_probs_are_a_calibrated_softmax_of_whole_option_scores():
     loglik, prior = np.array([-2.0, -6.0, -3.0]), np.array([-1.0, -1.0, -4.0])
     p = choices.probabilities(loglik, prior, temperature=2.0)

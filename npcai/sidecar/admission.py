@@ -76,8 +76,14 @@ class Admission:
     def definition(self, rt: Runtime, npc: Npc, npc_ctx: int) -> None:
         """Refuse an NPC whose persona and worked examples cannot fit its window, before it replaces anyone:
         defined (its definition job would find out only after the NPC had been installed) or loaded from a save
-        (every later request would). Its history is left out: the oldest lines give way as it grows."""
-        n = len(rt.prefix_tokens(npc.persona_chat()))
+        (every later request would). Its history is left out: the oldest lines give way as it grows.
+        Words that need more tokens than the window holds however they are split are refused by their length
+        alone, as a prompt text is: tokenizing a megabyte stalls the model for a fifth of a second."""
+        chat = npc.persona_chat()
+        chars = sum(len(text) for _, text in chat)
+        if chars > npc_ctx * P.MAX_TOKEN_BYTES:
+            raise TooLarge(f"persona and examples of {chars} characters cannot fit npc_ctx={npc_ctx}")
+        n = len(rt.prefix_tokens(chat))
         if n > npc_ctx:
             raise TooLarge(f"persona and examples need {n} tokens; npc_ctx is {npc_ctx}")
 
