@@ -18,6 +18,33 @@ def ends_sentence(text: str) -> bool:
     return bool(_SENTENCE_END.search(text.rstrip()))
 
 
+class StopStrings:
+    """Where a growing line meets one of its stop strings, and how much of it may go out without giving away
+    the start of one.
+
+    Only the text not yet sent is searched: sent text never holds the start of a stop string (it would have
+    been held back), so a token costs the stop strings times what is held back, not times the whole line.
+    """
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+
+    def find(self, text: str, sent: int) -> int:
+        """Where the earliest stop string in ``text`` begins (at or after ``sent``), or -1."""
+        found = [at for s in self.stops if (at := text.find(s, sent)) >= 0]
+        return min(found, default=-1)
+
+    def safe_end(self, text: str, sent: int) -> int:
+        """How much of ``text`` can go out: all but its longest end that begins a stop string."""
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(text) - sent), hold, -1):
+                if text.endswith(s[:k]):
+                    hold = k
+                    break
+        return len(text) - hold
+
+
 class Sentences:
     """Cuts a growing text into sentences as it grows. Each sentence is a slice of the text, the
     whitespace before it included, so the sentences joined are the text itself."""

@@ -53,12 +53,19 @@ def check_option_size(req: Request) -> None:
                        f"of situation and options one decision has room for")
 
 
+#: Stop strings one line may have: each token of the line is checked against every one.
+MAX_STOPS = 16
+
+
 def check_stop_size(req: Request, limits: Limits) -> None:
-    """Refuse a stop string longer than any line can be (max_tokens tokens): it could never be matched, and
-    each token of the line is checked against it."""
+    """Refuse more than MAX_STOPS stop strings, or one longer than any line can be (max_tokens tokens): it
+    could never be matched, and each token of the line is checked against it."""
     stop = getattr(req, "stop", None) or []
+    stops = [stop] if isinstance(stop, str) else stop
+    if len(stops) > MAX_STOPS:
+        raise TooLarge(f"{len(stops)} stop strings exceed the {MAX_STOPS} a line may have")
     most = limits.max_tokens * MAX_TOKEN_BYTES
-    for s in [stop] if isinstance(stop, str) else stop:
+    for s in stops:
         if len(s) > most:
             raise TooLarge(f"a stop string of {len(s)} characters cannot be matched: a line is at most "
                            f"max_tokens={limits.max_tokens} tokens")

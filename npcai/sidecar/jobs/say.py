@@ -9,7 +9,7 @@ import numpy as np
 
 from npcai import protocol as P
 from npcai.model import penalties
-from npcai.model.lines import Sentences, ends_sentence
+from npcai.model.lines import Sentences, StopStrings, ends_sentence
 from npcai.model.naming import NameGuard
 from npcai.model.sampling import Draw, sample_tokens
 from npcai.sidecar.jobs.base import NpcWriter, fit
@@ -35,7 +35,7 @@ class SayJob(NpcWriter):
         self.top_p = float(self.param("top_p", SAY_DEFAULTS))
         self.stream = req.stream is not False
         stop = req.stop or []
-        self.stops = [s for s in ([stop] if isinstance(stop, str) else stop) if s]
+        self.stops = StopStrings([stop] if isinstance(stop, str) else stop)
         self.rng = np.random.default_rng(req.seed) if req.seed is not None else npc.rng
         self.generated: list[int] = []
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -80,27 +80,16 @@ class SayJob(NpcWriter):
         self._text += self._decoder.decode(self.rt.model.piece(tok))
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
-        for s in self.stops:
-            at = self._text.find(s, max(0, self._sent - len(s)))
-            if at >= 0:
-                self._text = self._text[:at]
-                return self._end("stop")
-        self._flush(self._safe_end())
+        at = self.stops.find(self._text, self._sent)
+        if at >= 0:
+            self._text = self._text[:at]
+            return self._end("stop")
+        self._flush(self.stops.safe_end(self._text, self._sent))
         if len(self.generated) >= self.soft_tokens and ends_sentence(self._text):
             return self._end("sentence")
         if len(self.generated) >= self.max_tokens:
             return self._end("length")
         lane.pending = [tok]
-
-    def _safe_end(self) -> int:
-        """How much text can go out without giving away the start of a stop string."""
-        hold = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(self._text)), 0, -1):
-                if self._text.endswith(s[:k]):
-                    hold = max(hold, k)
-                    break
-        return len(self._text) - hold
 
     def _flush(self, upto: int) -> None:
         if upto > self._sent:
