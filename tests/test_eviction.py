@@ -98,3 +98,27 @@ def test_npcs_with_actions_defined_in_a_burst_over_few_sequences_all_act(model_p
             reply = c.decide("A traveller walks up to you.", npc=name, actions=True)
             assert reply["event"] == "done" and reply["value"]["name"] in ("greet", "ignore"), reply
         assert c.call("stats")["engine"]["models"][0]["evictions"] > 0
+
+
+def test_an_npc_defined_while_every_sequence_is_busy_is_defined_and_says_so(model_path, village):
+    """The definition replaces the NPC when it arrives; with no KV sequence free to evaluate its persona then,
+    the reply is still ok (nothing cached yet: its first request evaluates it), never an error after the fact."""
+    with Sidecar("--n-seq", "2", "--n-ctx", "1024", "--npc-ctx", "512", "--threads", "2") as sc, \
+            Client(sc.endpoint) as c:
+        c.npc("a", village["npcs"]["brom"]["persona"])
+        c.npc("b", village["npcs"]["grik"]["persona"])
+        c.npc("z", "You are Zed, a baker.")
+        # Two long decisions hold both sequences: 600 letters take one model step per token, 150 or more.
+        busy = [c.request("decide", npc=n, situation="Spell a long word.", regex="[a-z]{600}", max_tokens=512)
+                for n in "ab"]
+        deadline = time.monotonic() + 30
+        while c.call("stats")["engine"]["running"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        reply = c.call("npc", npc="z", persona="You are Zed, a wizard.")
+        assert reply["event"] == "ok" and reply["cached_tokens"] == 0
+        assert not any(h.finished for h in busy)  # asked while both still ran
+        for h in busy:
+            c.wait(h)
+        assert msgpack.unpackb(c.call("save", npc="z")["state"])["persona"] == "You are Zed, a wizard."
+        line = c.say("z", "Who are you?", max_tokens=16, temperature=0)
+        assert line["event"] == "done" and not line["used_fallback"]

@@ -350,7 +350,7 @@ class Engine:
                 self.counters["preempted_steps"] += 1
             return
         for job in {id(j): j for j, _, _ in plan}.values():
-            job.finish(P.error(job.req.id, Overloaded(f"model step failed (llama_decode {code})")))
+            job.overloaded(Overloaded(f"model step failed (llama_decode {code})"))
 
     @staticmethod
     def _account(plan, fed: list[Job]) -> None:

@@ -7,7 +7,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from npcai import protocol as P
-from npcai.errors import TooLarge
+from npcai.errors import Overloaded, TooLarge
 from npcai.model.runtime import Lane, Runtime
 from npcai.sidecar.npc import Npc
 
@@ -88,6 +88,10 @@ class Job:
     def _fork(self, lane: Lane) -> Lane:
         self._temp_seqs.append(lane.seq)
         return lane
+
+    def overloaded(self, err: Overloaded) -> None:
+        """The model had no room for this job's step (no KV sequence or cell free, none to evict)."""
+        self.finish(P.error(self.req.id, err))
 
     def finish(self, reply: dict[str, Any] | None) -> None:
         """End the job, free its forks, and send its last reply (None when cancelled)."""

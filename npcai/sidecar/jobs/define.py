@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from npcai import protocol as P
+from npcai.errors import Overloaded
 from npcai.sidecar.jobs.base import BACKGROUND, IDLE, NpcWriter, fit
 
 if TYPE_CHECKING:
@@ -19,7 +20,10 @@ class DefineJob(NpcWriter):
     def start(self) -> None:
         self.claim()
         target = fit(self.npc, self.rt, None, 0, self.npc_ctx)
-        lane = self.rt.attach(self.npc.kv_for(self.rt), target)
+        try:
+            lane = self.rt.attach(self.npc.kv_for(self.rt), target)
+        except Overloaded as busy:
+            return self.overloaded(busy)
         if lane.pending:
             self.lanes.append(lane)
         else:
@@ -27,6 +31,11 @@ class DefineJob(NpcWriter):
 
     def advance(self) -> None:
         self.finish(self._reply(self.lanes[0].pos))
+
+    def overloaded(self, err: Overloaded) -> None:
+        """No KV sequence or cell to evaluate into now: the NPC is defined all the same (it was when the request
+        arrived), with nothing cached; its first request evaluates its prefix, as after a ``load``."""
+        self.finish(self._reply(0))
 
     def _reply(self, cached_tokens: int) -> dict[str, Any] | None:
         return P.ok(self.req.id, npc=self.npc.id, cached_tokens=cached_tokens)
