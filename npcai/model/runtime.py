@@ -13,6 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from llguidance.llamacpp import lltokenizer_from_vocab
@@ -79,11 +80,9 @@ class Runtime:
         self.sentence_end_tokens = sorted({toks[0] for text in SENTENCE_ENDS
                                            if len(toks := self.text_tokens(text)) == 1})
         # Which tokens are digits, and which hold a double quote: a scan of the vocabulary (0.4 s on
-        # Gemma's 262k, once per model file: then cached on disk), off the start-up path.
-        self._vocab_masks = self.compiler.run_in_background(lambda: vocab_masks.masks_for(self.model))
-        self._quote_tokens: np.ndarray | None = None
-        self._quoted_runs: dict[int, frozenset[bytes]] | None = None
-        self._string_end_mask: np.ndarray | None = None
+        # Gemma's 262k, once per model file: then cached on disk), off the start-up path; with the tables of
+        # quote tokens a JSON decision reads (3-10 ms on Gemma), so that the first one does not pay for them.
+        self._vocab_masks = self.compiler.run_in_background(self._scan_vocabulary)
         self.choice_priors = choices.PriorCache()  # options' priors for decisions, by option set
         self.choice_temperature = choice_temperature  # probs' temperature, fitted per model
         self.choice_temperature_power = choice_temperature_power  # and how it varies with the number of options
@@ -119,27 +118,28 @@ class Runtime:
     @property
     def quote_tokens(self) -> np.ndarray:
         """``quote_mask``'s tokens as ids (the candidates for closing a JSON key; ``json_keys``)."""
-        if self._quote_tokens is None:
-            self._quote_tokens = np.flatnonzero(np.unpackbits(self.quote_mask.view(np.uint8), bitorder="little"))
-        return self._quote_tokens
+        return self._vocab_masks.result()["quote_tokens"]
 
     @property
     def string_end_mask(self) -> np.ndarray:
         """The tokens that end a JSON string and begin nothing more (``penalties.json_string_end``): the way out
         of a string past ``soft_max_tokens``."""
-        if self._string_end_mask is None:
-            ends = [t for t in self.quote_tokens.tolist() if penalties.json_string_end(self.model.piece(t))]
-            self._string_end_mask = penalties.token_mask(self.model.n_vocab, ends)
-        return self._string_end_mask
+        return self._vocab_masks.result()["string_end"]
 
     @property
     def quoted_runs(self) -> dict[int, frozenset[bytes]]:
         """For each token that holds two double quotes or more, the runs of bytes between them (``"name"``,
         ``""``): what it may write as a whole JSON key at once (``json_keys``)."""
-        if self._quoted_runs is None:
-            runs = ((tok, frozenset(_QUOTED.findall(self.model.piece(tok)))) for tok in self.quote_tokens.tolist())
-            self._quoted_runs = {tok: inner for tok, inner in runs if inner}
-        return self._quoted_runs
+        return self._vocab_masks.result()["quoted_runs"]
+
+    def _scan_vocabulary(self) -> dict[str, Any]:
+        masks = vocab_masks.masks_for(self.model)
+        quotes = np.flatnonzero(np.unpackbits(masks["quotes"].view(np.uint8), bitorder="little"))
+        pieces = {tok: self.model.piece(tok) for tok in quotes.tolist()}
+        runs = ((tok, frozenset(_QUOTED.findall(piece))) for tok, piece in pieces.items())
+        return {**masks, "quote_tokens": quotes, "quoted_runs": {tok: inner for tok, inner in runs if inner},
+                "string_end": penalties.token_mask(self.n_vocab, [t for t, piece in pieces.items()
+                                                                  if penalties.json_string_end(piece)])}
 
     @property
     def close_mask(self) -> np.ndarray:
