@@ -4,7 +4,9 @@ checks itself against its manifest at start, and writes nothing beside its execu
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -138,6 +140,15 @@ def test_a_corrupted_library_is_caught_even_after_a_verified_start(bundle, tmp_p
     assert_one_line_failure(failed, "_internal/llama_cpp/lib/libllama.so is corrupted")
 
 
+def test_a_copy_that_followed_the_bundles_links_still_serves(bundle, tmp_path):
+    copy = tmp_path / "game" / "npcai"
+    shutil.copytree(bundle, copy, copy_function=lambda src, dst: os.link(os.path.realpath(src), dst))  # as cp -rL
+    assert not [p for p in copy.rglob("*") if p.is_symlink()]
+    with Sidecar("--threads", "1", program=[_exe(copy)], env=player_env(tmp_path / "home"), inherit_env=False,
+                 timeout=120) as sidecar, Client(sidecar.endpoint) as npc:
+        assert npc.hello("bundle-test")["pid"] == sidecar.pid
+
+
 def test_a_bundle_without_its_model_names_the_missing_file(bundle, tmp_path):
     copy = linked_copy(bundle, tmp_path / "game" / "npcai")
     (copy / "models" / "SmolLM2-135M-Instruct.Q4_1-as-Q8_0.gguf").unlink()
@@ -177,6 +188,44 @@ def test_verified_files_are_remembered_by_size_and_mtime(tmp_path, monkeypatch):
     (root / "models" / "m.gguf").write_bytes(b"GGUF" + bytes(4095) + b"\x01")  # same size, new mtime
     with pytest.raises(manifest.BundleError, match="models/m.gguf is corrupted"):
         manifest.verify(manifest.read(root), cache=cache)
+
+
+def _small_bundle(root: Path) -> Path:
+    """A bundle's shape without freezing anything: a model, a library and a link to it, as PyInstaller makes."""
+    (root / "models").mkdir(parents=True)
+    (root / "models" / "m.gguf").write_bytes(b"GGUF" + bytes(4096))
+    (root / "_internal" / "lib").mkdir(parents=True)
+    (root / "_internal" / "lib" / "libz.so.1").write_bytes(b"\x7fELF" + bytes(range(256)) * 8)
+    (root / "_internal" / "libz.so.1").symlink_to("lib/libz.so.1")
+    manifest.write(root, models={"dialogue": {"name": None, "path": "models/m.gguf", "license": "?"}},
+                   versions={"npcai": "0", "protocol": 1})
+    return root
+
+
+def test_a_link_that_a_copy_turned_into_its_targets_bytes_is_accepted(tmp_path):
+    root = _small_bundle(tmp_path / "bundle")
+    link = root / "_internal" / "libz.so.1"
+    data = link.read_bytes()
+    link.unlink()
+    link.write_bytes(data)  # what cp -rL, zip without --symlinks and Godot's export do to a link
+    manifest.verify(manifest.read(root), cache=tmp_path / "cache.json")
+    manifest.verify(manifest.read(root), cache=tmp_path / "cache.json")  # and again, from the cache
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda link, data: link.write_bytes(data[:-1]), "is 2051 bytes, expected 2052"),
+    (lambda link, data: link.write_bytes(data[:-1] + b"\x01"), "is corrupted"),
+    (lambda link, data: None, "is missing"),
+    (lambda link, data: link.symlink_to("../models/m.gguf"), "is missing or changed"),
+])
+def test_a_link_that_is_missing_or_whose_copy_differs_from_its_target_is_refused(tmp_path, damage, expected):
+    root = _small_bundle(tmp_path / "bundle")
+    link = root / "_internal" / "libz.so.1"
+    data = link.read_bytes()
+    link.unlink()
+    damage(link, data)
+    with pytest.raises(manifest.BundleError, match=f"_internal/libz.so.1 {expected}"):
+        manifest.verify(manifest.read(root), cache=tmp_path / "cache.json")
 
 
 def test_bundle_without_pyinstaller_says_how_to_get_it(tmp_path):

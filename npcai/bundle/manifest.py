@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import posixpath
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,12 +86,15 @@ def verify(manifest: Manifest, *, cache: Path | None = None) -> None:
     cache = cache if cache is not None else _cache_file(manifest.root)
     known = _load(cache)
     seen: dict[str, list] = {}
-    for rel, entry in manifest.data["files"].items():
+    files = manifest.data["files"]
+    for rel, entry in files.items():
         path = manifest.root / rel
         if "symlink" in entry:
-            if not path.is_symlink() or Path(os.readlink(path)).as_posix() != entry["symlink"]:
+            if path.is_symlink() and Path(os.readlink(path)).as_posix() == entry["symlink"]:
+                continue  # its target is an entry of its own
+            if path.is_symlink() or not path.exists():
                 raise BundleError(f"bundled link {rel} is missing or changed: reinstall the game's npcai folder")
-            continue
+            entry = _copied_link(files, rel)  # a copy that followed links holds the target's bytes instead
         try:
             st = path.stat()
         except OSError:
@@ -106,6 +110,20 @@ def verify(manifest: Manifest, *, cache: Path | None = None) -> None:
         seen[rel] = stamp
     if seen != known:
         _store(cache, seen)
+
+
+def _copied_link(files: dict[str, dict], rel: str) -> dict:
+    """The entry of the file the link ``rel`` points to, through links to links (cp -rL, a zip without
+    --symlinks, Godot's export and store uploaders all turn a link into a copy of its target)."""
+    for _ in range(len(files)):
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(rel), files[rel]["symlink"]))
+        entry = files.get(target)
+        if entry is None:
+            break
+        if "symlink" not in entry:
+            return entry
+        rel = target
+    raise BundleError(f"bundled link {rel} points to nothing listed in {NAME}: rebuild the bundle with npcai bundle")
 
 
 def _cache_file(root: Path) -> Path:
