@@ -9,6 +9,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,25 @@ def test_a_scrubbed_environment_serves_the_python_clients_exchange(bundle, tmp_p
     assert any(lib.endswith("/libllama.so") and lib.startswith(str(bundle)) for lib in loaded)
     assert _files(bundle) == before, "the sidecar wrote beside its executable"
     assert list((home / ".cache" / "npcai" / "bundles").glob("*.json")), "no verification record in the user cache"
+
+
+def test_a_bundle_started_without_stdout_exits_0_on_sigterm(bundle, tmp_path):
+    """The bootloader's own files may take fd 1 before Python runs: the sidecar must neither write there nor
+    end with exit code 1 (restart me) after a clean stop."""
+    ready = tmp_path / "endpoint"
+    child = subprocess.Popen([_exe(bundle), "--threads", "1", "--ready-file", str(ready)],
+                             env=player_env(tmp_path / "home"), stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: os.close(1))  # noqa: PLW1509 (no threads here)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.05)
+        assert ready.is_file(), child.stderr.read()
+        child.terminate()
+        assert child.wait(10) == 0, child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
 
 
 def test_the_shipped_decision_adapter_travels_in_the_bundle_and_loads_by_name(bundle, tmp_path):
