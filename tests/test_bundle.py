@@ -131,6 +131,22 @@ def test_the_shipped_decision_adapter_travels_in_the_bundle_and_loads_by_name(bu
         assert decided["value"] in ("chase the thief", "go to sleep") and decided["used_fallback"] is False
 
 
+def test_a_remote_role_is_served_through_the_bundle_as_through_npcai_serve(bundle, model_path, tmp_path):
+    pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python's [server] extra")
+    from npcai.remote.llama_server import LlamaServer, free_port
+
+    unreachable = f"http://127.0.0.1:{free_port()}/v1"
+    assert_one_line_failure(_start(bundle, tmp_path / "home", "--model", f"dialogue={unreachable}"),
+                            "cannot reach the server")
+    with LlamaServer(model_path, threads=1) as engine, \
+            Sidecar("--model", f"dialogue={engine.url}", program=[_exe(bundle)], env=player_env(tmp_path / "home"),
+                    inherit_env=False, timeout=120) as sidecar, Client(sidecar.endpoint) as npc:
+        (dialogue,) = npc.hello("bundle-test")["models"]
+        assert dialogue["remote"] is True and dialogue["url"] == engine.url
+        npc.npc("brom", "You are Brom, the gruff village blacksmith.", seed=3)
+        assert npc.say("brom", "Can you fix my sword?", max_tokens=8)["text"]
+
+
 def _mapped_libraries(pid: int) -> list[str]:
     with open(f"/proc/{pid}/maps") as f:
         return sorted({line.split()[-1] for line in f if ".so" in line.split()[-1]})

@@ -36,8 +36,8 @@ EXCLUDED = ("numba", "llvmlite", "matplotlib", "scipy", "tkinter", "_tkinter", "
             "hypothesis", "pandas", "setuptools", "pip", "npcai.bench", "npcai.demo", "npcai.bundle.builder",
             "llama_cpp.server", "llama_cpp.mtmd_cpp", "llama_cpp.llava_cpp", "pydoc", "unittest", "doctest",
             "transformers", "huggingface_hub", "torch", "tensorflow", "jax", "sklearn", "sympy", "tokenizers",
-            "outlines_core", "jsonschema", "cryptography", "requests", "urllib3", "certifi",
-            "charset_normalizer", "readline", "curses", "xmlrpc", "http.server", "lib2to3")
+            "outlines_core", "jsonschema", "cryptography", "requests", "urllib3", "charset_normalizer", "readline",
+            "curses", "xmlrpc", "http.server", "lib2to3")
 
 
 def executable_name() -> str:
