@@ -17,6 +17,7 @@ import pytest
 from bundled import linked_copy, own_copy, player_env
 from npcai import Client, Sidecar
 from npcai.bundle import builder, manifest
+from npcai.bundle.licences import archived_modules
 from npcai.errors import NpcaiError
 from support import assert_one_line_failure
 
@@ -66,6 +67,9 @@ def test_the_bundle_carries_the_licences_and_leaves_out_what_the_sidecar_never_i
     for absent in ("numba/", "llvmlite/", "matplotlib/", "/tests/", "/include/"):
         assert not [f for f in files if absent in "/" + f], f"the bundle holds {absent}"
     assert not [f for f in files if f.endswith((".h", ".pyi"))]
+    archived = archived_modules(bundle / builder.executable_name())
+    assert {"httpx", "httpcore", "anyio", "certifi"} <= archived, "a remote role needs these"
+    assert not archived & {"_pytest", "pytest", "trio", "pygments", "click"}, "test tools or httpx's own CLI"
     assert [f for f in files if f.startswith("_internal/npcai/model/_sampling_aot")], "no compiled kernel"
     shipped = Path(__file__).resolve().parent.parent / "grammars"
     assert sorted(p.name for p in (bundle / "_internal" / "npcai" / "grammars").iterdir()) == \

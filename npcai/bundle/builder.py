@@ -31,13 +31,15 @@ EXECUTABLE = "npcai-sidecar"
 SUPPORTED = {("Linux", "x86_64"), ("Linux", "aarch64"), ("Windows", "AMD64"), ("Windows", "ARM64"),
              ("Darwin", "x86_64"), ("Darwin", "arm64")}
 INSTALL_HINT = 'pip install "npcai[bundle]"'
-#: Importable by something in the package, never by the sidecar: kept out of the folder.
+#: Importable by something in the package, never by the sidecar: kept out of the folder. httpx, httpcore,
+#: anyio and certifi stay (remote roles); trio, pytest's plugin for anyio and httpx's command line
+#: (click, pygments) are imported only when present.
 EXCLUDED = ("numba", "llvmlite", "matplotlib", "scipy", "tkinter", "_tkinter", "PIL", "IPython", "pytest",
-            "hypothesis", "pandas", "setuptools", "pip", "npcai.bench", "npcai.demo", "npcai.bundle.builder",
-            "llama_cpp.server", "llama_cpp.mtmd_cpp", "llama_cpp.llava_cpp", "pydoc", "unittest", "doctest",
-            "transformers", "huggingface_hub", "torch", "tensorflow", "jax", "sklearn", "sympy", "tokenizers",
-            "outlines_core", "jsonschema", "cryptography", "requests", "urllib3", "charset_normalizer", "readline",
-            "curses", "xmlrpc", "http.server", "lib2to3")
+            "_pytest", "trio", "pygments", "click", "hypothesis", "pandas", "setuptools", "pip", "npcai.bench",
+            "npcai.demo", "npcai.bundle.builder", "llama_cpp.server", "llama_cpp.mtmd_cpp", "llama_cpp.llava_cpp",
+            "pydoc", "unittest", "doctest", "transformers", "huggingface_hub", "torch", "tensorflow", "jax",
+            "sklearn", "sympy", "tokenizers", "outlines_core", "jsonschema", "cryptography", "requests", "urllib3",
+            "charset_normalizer", "readline", "curses", "xmlrpc", "http.server", "lib2to3")
 
 
 def executable_name() -> str:
