@@ -268,6 +268,29 @@ def test_a_link_that_is_missing_or_whose_copy_differs_from_its_target_is_refused
         manifest.verify(manifest.read(root), cache=tmp_path / "cache.json")
 
 
+def _drop(table: dict, key: str) -> dict:
+    del table[key]
+    return table
+
+
+@pytest.mark.parametrize("tamper", [
+    lambda data: [1, 2],
+    lambda data: {**data, "files": {**data["files"], "models/m.gguf": _drop(data["files"]["models/m.gguf"], "size")}},
+    lambda data: {**data, "files": {**data["files"], "models/m.gguf": "x"}},
+    lambda data: {**data, "files": {**data["files"], "_internal/libz.so.1": {"symlink": 3}}},
+    lambda data: _drop(data, "models"),
+    lambda data: {**data, "models": {"dialogue": {"name": None}}},
+    lambda data: {**data, "models": ["dialogue"]},
+], ids=["a-list", "an-entry-without-size", "an-entry-that-is-a-string", "a-link-to-a-number", "no-models",
+        "a-model-without-path", "models-a-list"])
+def test_a_bundle_json_of_the_wrong_shape_is_refused_as_unreadable(tmp_path, tamper):
+    root = _small_bundle(tmp_path / "bundle")
+    path = root / manifest.NAME
+    path.write_text(json.dumps(tamper(json.loads(path.read_text()))))
+    with pytest.raises(manifest.BundleError, match="bundle.json is unreadable .*: rebuild the bundle"):
+        manifest.verify(manifest.read(root), cache=tmp_path / "cache.json")
+
+
 def test_bundle_without_pyinstaller_says_how_to_get_it(tmp_path):
     hide = ("import sys\n"
             "sys.modules['PyInstaller'] = None  # as if it were not installed\n"

@@ -72,13 +72,31 @@ def read(root: Path) -> Manifest:
     path = root / NAME
     try:
         data = json.loads(path.read_text())
-        if data.get("format") != FORMAT or not isinstance(data.get("files"), dict):
-            raise ValueError("unknown format")
+        if wrong := _shape_error(data):
+            raise ValueError(wrong)
     except FileNotFoundError:
         raise BundleError(f"{path} is missing: this folder is not a complete npcai bundle") from None
     except (OSError, ValueError) as exc:
         raise BundleError(f"{path} is unreadable ({exc}): rebuild the bundle with npcai bundle") from None
     return Manifest(root, data)
+
+
+def _shape_error(data: object) -> str:
+    """What is missing or of the wrong type among the fields the check and the start read ("" when nothing
+    is): a half-written or hand-edited file is one line, not a traceback."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return "unknown format"
+    files, models = data.get("files"), data.get("models")
+    if not isinstance(files, dict) or not isinstance(models, dict):
+        return "no files or models table"
+    for rel, entry in files.items():
+        if not (isinstance(entry, dict) and (isinstance(entry.get("symlink"), str) or (
+                isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str)))):
+            return f"bad entry for {rel}"
+    for role, model in models.items():
+        if not (isinstance(model, dict) and isinstance(model.get("path"), str)):
+            return f"bad model for {role}"
+    return ""
 
 
 def verify(manifest: Manifest, *, cache: Path | None = None) -> None:
