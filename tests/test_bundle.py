@@ -19,7 +19,7 @@ from npcai import Client, Sidecar
 from npcai.bundle import builder, manifest
 from npcai.bundle.licences import archived_modules
 from npcai.errors import NpcaiError
-from support import assert_one_line_failure
+from support import assert_one_line_failure, run_cli
 
 pytestmark = pytest.mark.bundle
 
@@ -298,6 +298,21 @@ def test_bundle_without_pyinstaller_says_how_to_get_it(tmp_path):
             f"sys.exit(main(['bundle', '--out', {str(tmp_path / 'out')!r}]))\n")
     failed = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=60)
     assert_one_line_failure(failed, 'needs PyInstaller: pip install "npcai[bundle]"')
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("force", [(), ("--force",)], ids=["plain", "force"])
+def test_bundle_into_an_existing_file_is_refused_in_one_line(tmp_path, force):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    assert_one_line_failure(run_cli("bundle", "--out", str(afile), *force), f"{afile} is a file")
+    assert afile.read_text() == "mine"
+
+
+def test_a_remote_model_is_refused_before_anything_is_built(tmp_path):
+    refused = run_cli("bundle", "--out", str(tmp_path / "out"), "--model", "dialogue=http://127.0.0.1:9/v1",
+                      timeout=20)
+    assert_one_line_failure(refused, "a remote engine's URL cannot be bundled")
     assert not (tmp_path / "out").exists()
 
 

@@ -61,9 +61,15 @@ def build_bundle(out: Path, specs: list[str], *, force: bool = False, log: TextI
     log = log if log is not None else sys.stderr
     check_can_build()
     out = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise NpcaiError(f"{out} is a file: give a new folder for the bundle")
     if out.exists() and any(out.iterdir()):
         if not (force and (out / manifest.NAME).is_file()):
             raise NpcaiError(f"{out} is not empty: give a new folder, or --force to replace the bundle there")
+    for spec in specs:
+        if "://" in spec:
+            raise NpcaiError(f"bad --model {spec!r}: a remote engine's URL cannot be bundled; bundle local models "
+                             "and give the bundled sidecar --model ROLE=URL when the game starts it")
     roles = model_roles(specs, out=log)  # pulled, verified and converted here, once
     with tempfile.TemporaryDirectory(prefix="npcai-bundle-") as tmp:
         work = Path(tmp)
