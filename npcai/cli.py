@@ -58,15 +58,15 @@ def model_roles(specs: list[str], *, out=None, remote_key: str = "") -> dict:
             roles[role] = remote_spec.Remote(where, connect(where, remote_key), remote_key)
             continue
         entry = catalog.CATALOG.get(name)
-        if entry is not None and not entry.chat and role == "dialogue":
-            if explicit:
-                raise NpcaiError(f"bad --model {spec!r}: {name} is a base model, not tuned for chat, and its lines "
-                                 f"fall apart; serve dialogue with {catalog.DEFAULT_MODEL} and use {name} as "
-                                 f"decision={name}")
-            if out is not None:
-                print(f"note: {name} is a base model, not tuned for chat: its dialogue is for benchmarks, not "
-                      f"players (serve dialogue with {catalog.DEFAULT_MODEL}, decision={name})", file=out)
+        base_dialogue = entry is not None and not entry.chat and role == "dialogue"
+        if base_dialogue and explicit:
+            raise NpcaiError(f"bad --model {spec!r}: {name} is a base model, not tuned for chat, and its lines "
+                             f"fall apart; serve dialogue with {catalog.DEFAULT_MODEL} and use {name} as "
+                             f"decision={name}")
         roles[role] = catalog.resolve(name, out=out)
+        if base_dialogue and out is not None:  # after resolving: a model that is not there is the one line
+            print(f"note: {name} is a base model, not tuned for chat: its dialogue is for benchmarks, not "
+                  f"players (serve dialogue with {catalog.DEFAULT_MODEL}, decision={name})", file=out)
     return roles
 
 

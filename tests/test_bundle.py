@@ -202,6 +202,17 @@ def test_a_catalog_model_that_was_not_bundled_is_named_and_never_pulled(bundle, 
     assert "gemma-3-270m-q4_k_m.gguf" in failed.stderr and "pulling" not in failed.stderr
 
 
+def test_a_base_model_not_bundled_for_dialogue_is_one_line_without_the_base_model_note(tmp_path, monkeypatch,
+                                                                                       capsys):
+    from npcai.cli import model_roles
+    from npcai.model import catalog
+
+    monkeypatch.setattr(catalog, "_bundled_dir", tmp_path)  # as the bundled sidecar, with nothing shipped
+    with pytest.raises(NpcaiError, match="'gemma3-270m' is not in this bundle"):
+        model_roles(["gemma3-270m"], out=sys.stderr)
+    assert capsys.readouterr().err == ""
+
+
 def test_the_executable_takes_serves_flags_with_or_without_the_word_serve(bundle, tmp_path):
     shown = subprocess.run([_exe(bundle), "--help"], env=player_env(tmp_path), capture_output=True, text=True,
                            timeout=60)
