@@ -6,6 +6,7 @@ User mistakes end with one clear line on stderr and a non-zero exit code, never 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -57,15 +58,15 @@ def model_roles(specs: list[str], *, out=None, remote_key: str = "") -> dict:
             roles[role] = remote_spec.Remote(where, connect(where, remote_key), remote_key)
             continue
         entry = catalog.CATALOG.get(name)
-        if entry is not None and not entry.chat and role == "dialogue":
-            if explicit:
-                raise NpcaiError(f"bad --model {spec!r}: {name} is a base model, not tuned for chat, and its lines "
-                                 f"fall apart; serve dialogue with {catalog.DEFAULT_MODEL} and use {name} as "
-                                 f"decision={name}")
-            if out is not None:
-                print(f"note: {name} is a base model, not tuned for chat: its dialogue is for benchmarks, not "
-                      f"players (serve dialogue with {catalog.DEFAULT_MODEL}, decision={name})", file=out)
+        base_dialogue = entry is not None and not entry.chat and role == "dialogue"
+        if base_dialogue and explicit:
+            raise NpcaiError(f"bad --model {spec!r}: {name} is a base model, not tuned for chat, and its lines "
+                             f"fall apart; serve dialogue with {catalog.DEFAULT_MODEL} and use {name} as "
+                             f"decision={name}")
         roles[role] = catalog.resolve(name, out=out)
+        if base_dialogue and out is not None:  # after resolving: a model that is not there is the one line
+            print(f"note: {name} is a base model, not tuned for chat: its dialogue is for benchmarks, not "
+                  f"players (serve dialogue with {catalog.DEFAULT_MODEL}, decision={name})", file=out)
     return roles
 
 
@@ -95,6 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from npcai.sidecar.engine import Engine
     from npcai.sidecar.server import Server
 
+    _fill_closed_std_streams()
     settings = settings_from(args)
     settings.validate()
     if _parent_gone(settings):  # the game died while launching us: load nothing, say nothing is ready
@@ -129,9 +131,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
             path.unlink(missing_ok=True)
     # Sockets, files and models are closed above; skip the interpreter's module teardown (about
     # a second with numba and llama.cpp loaded), which a game waiting on our exit would feel.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    with contextlib.suppress(OSError):  # a reader gone from our pipes changes nothing about how we ended
+        sys.stdout.flush()
+        sys.stderr.flush()
     os._exit(code)
+
+
+def _fill_closed_std_streams() -> None:
+    """A launcher that reads --ready-file may start the sidecar without stdin, stdout or stderr (a Windows GUI
+    game's console child has none): Python's stream is then None, and writes to it go to the null device.
+    A number still free is held by the null device too, so that no socket or file takes it and receives a
+    library's writes; one taken already (a bundle's bootloader opens its archive early) is left alone."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "r" if fd == 0 else "w"))  # noqa: SIM115 (for the process)
 
 
 def _parent_gone(settings: Settings) -> bool:

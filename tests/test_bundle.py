@@ -4,9 +4,12 @@ checks itself against its manifest at start, and writes nothing beside its execu
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,8 +17,9 @@ import pytest
 from bundled import linked_copy, own_copy, player_env
 from npcai import Client, Sidecar
 from npcai.bundle import builder, manifest
+from npcai.bundle.licences import archived_modules
 from npcai.errors import NpcaiError
-from support import assert_one_line_failure
+from support import assert_one_line_failure, run_cli
 
 pytestmark = pytest.mark.bundle
 
@@ -63,6 +67,9 @@ def test_the_bundle_carries_the_licences_and_leaves_out_what_the_sidecar_never_i
     for absent in ("numba/", "llvmlite/", "matplotlib/", "/tests/", "/include/"):
         assert not [f for f in files if absent in "/" + f], f"the bundle holds {absent}"
     assert not [f for f in files if f.endswith((".h", ".pyi"))]
+    archived = archived_modules(bundle / builder.executable_name())
+    assert {"httpx", "httpcore", "anyio", "certifi"} <= archived, "a remote role needs these"
+    assert not archived & {"_pytest", "pytest", "trio", "pygments", "click"}, "test tools or httpx's own CLI"
     assert [f for f in files if f.startswith("_internal/npcai/model/_sampling_aot")], "no compiled kernel"
     shipped = Path(__file__).resolve().parent.parent / "grammars"
     assert sorted(p.name for p in (bundle / "_internal" / "npcai" / "grammars").iterdir()) == \
@@ -94,6 +101,25 @@ def test_a_scrubbed_environment_serves_the_python_clients_exchange(bundle, tmp_p
     assert list((home / ".cache" / "npcai" / "bundles").glob("*.json")), "no verification record in the user cache"
 
 
+def test_a_bundle_started_without_stdout_exits_0_on_sigterm(bundle, tmp_path):
+    """The bootloader's own files may take fd 1 before Python runs: the sidecar must neither write there nor
+    end with exit code 1 (restart me) after a clean stop."""
+    ready = tmp_path / "endpoint"
+    child = subprocess.Popen([_exe(bundle), "--threads", "1", "--ready-file", str(ready)],
+                             env=player_env(tmp_path / "home"), stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: os.close(1))  # noqa: PLW1509 (no threads here)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.05)
+        assert ready.is_file(), child.stderr.read()
+        child.terminate()
+        assert child.wait(10) == 0, child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
 def test_the_shipped_decision_adapter_travels_in_the_bundle_and_loads_by_name(bundle, tmp_path):
     shipped = Path(__file__).resolve().parent.parent / "npcai" / "data" / "adapters"
     assert sorted(p.name for p in (bundle / "_internal" / "npcai" / "data" / "adapters").iterdir()) == \
@@ -107,6 +133,22 @@ def test_the_shipped_decision_adapter_travels_in_the_bundle_and_loads_by_name(bu
         decided = npc.decide("A thief snatches a purse and runs past you.", npc="hilda", role="decision",
                              choices=["chase the thief", "go to sleep"])
         assert decided["value"] in ("chase the thief", "go to sleep") and decided["used_fallback"] is False
+
+
+def test_a_remote_role_is_served_through_the_bundle_as_through_npcai_serve(bundle, model_path, tmp_path):
+    pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python's [server] extra")
+    from npcai.remote.llama_server import LlamaServer, free_port
+
+    unreachable = f"http://127.0.0.1:{free_port()}/v1"
+    assert_one_line_failure(_start(bundle, tmp_path / "home", "--model", f"dialogue={unreachable}"),
+                            "cannot reach the server")
+    with LlamaServer(model_path, threads=1) as engine, \
+            Sidecar("--model", f"dialogue={engine.url}", program=[_exe(bundle)], env=player_env(tmp_path / "home"),
+                    inherit_env=False, timeout=120) as sidecar, Client(sidecar.endpoint) as npc:
+        (dialogue,) = npc.hello("bundle-test")["models"]
+        assert dialogue["remote"] is True and dialogue["url"] == engine.url
+        npc.npc("brom", "You are Brom, the gruff village blacksmith.", seed=3)
+        assert npc.say("brom", "Can you fix my sword?", max_tokens=8)["text"]
 
 
 def _mapped_libraries(pid: int) -> list[str]:
@@ -138,6 +180,15 @@ def test_a_corrupted_library_is_caught_even_after_a_verified_start(bundle, tmp_p
     assert_one_line_failure(failed, "_internal/llama_cpp/lib/libllama.so is corrupted")
 
 
+def test_a_copy_that_followed_the_bundles_links_still_serves(bundle, tmp_path):
+    copy = tmp_path / "game" / "npcai"
+    shutil.copytree(bundle, copy, copy_function=lambda src, dst: os.link(os.path.realpath(src), dst))  # as cp -rL
+    assert not [p for p in copy.rglob("*") if p.is_symlink()]
+    with Sidecar("--threads", "1", program=[_exe(copy)], env=player_env(tmp_path / "home"), inherit_env=False,
+                 timeout=120) as sidecar, Client(sidecar.endpoint) as npc:
+        assert npc.hello("bundle-test")["pid"] == sidecar.pid
+
+
 def test_a_bundle_without_its_model_names_the_missing_file(bundle, tmp_path):
     copy = linked_copy(bundle, tmp_path / "game" / "npcai")
     (copy / "models" / "SmolLM2-135M-Instruct.Q4_1-as-Q8_0.gguf").unlink()
@@ -149,6 +200,17 @@ def test_a_catalog_model_that_was_not_bundled_is_named_and_never_pulled(bundle, 
     failed = _start(bundle, tmp_path / "home", "--model", "decision=gemma3-270m")
     assert_one_line_failure(failed, "is not in this bundle")
     assert "gemma-3-270m-q4_k_m.gguf" in failed.stderr and "pulling" not in failed.stderr
+
+
+def test_a_base_model_not_bundled_for_dialogue_is_one_line_without_the_base_model_note(tmp_path, monkeypatch,
+                                                                                       capsys):
+    from npcai.cli import model_roles
+    from npcai.model import catalog
+
+    monkeypatch.setattr(catalog, "_bundled_dir", tmp_path)  # as the bundled sidecar, with nothing shipped
+    with pytest.raises(NpcaiError, match="'gemma3-270m' is not in this bundle"):
+        model_roles(["gemma3-270m"], out=sys.stderr)
+    assert capsys.readouterr().err == ""
 
 
 def test_the_executable_takes_serves_flags_with_or_without_the_word_serve(bundle, tmp_path):
@@ -179,6 +241,67 @@ def test_verified_files_are_remembered_by_size_and_mtime(tmp_path, monkeypatch):
         manifest.verify(manifest.read(root), cache=cache)
 
 
+def _small_bundle(root: Path) -> Path:
+    """A bundle's shape without freezing anything: a model, a library and a link to it, as PyInstaller makes."""
+    (root / "models").mkdir(parents=True)
+    (root / "models" / "m.gguf").write_bytes(b"GGUF" + bytes(4096))
+    (root / "_internal" / "lib").mkdir(parents=True)
+    (root / "_internal" / "lib" / "libz.so.1").write_bytes(b"\x7fELF" + bytes(range(256)) * 8)
+    (root / "_internal" / "libz.so.1").symlink_to("lib/libz.so.1")
+    manifest.write(root, models={"dialogue": {"name": None, "path": "models/m.gguf", "license": "?"}},
+                   versions={"npcai": "0", "protocol": 1})
+    return root
+
+
+def test_a_link_that_a_copy_turned_into_its_targets_bytes_is_accepted(tmp_path):
+    root = _small_bundle(tmp_path / "bundle")
+    link = root / "_internal" / "libz.so.1"
+    data = link.read_bytes()
+    link.unlink()
+    link.write_bytes(data)  # what cp -rL, zip without --symlinks and Godot's export do to a link
+    manifest.verify(manifest.read(root), cache=tmp_path / "cache.json")
+    manifest.verify(manifest.read(root), cache=tmp_path / "cache.json")  # and again, from the cache
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda link, data: link.write_bytes(data[:-1]), "is 2051 bytes, expected 2052"),
+    (lambda link, data: link.write_bytes(data[:-1] + b"\x01"), "is corrupted"),
+    (lambda link, data: None, "is missing"),
+    (lambda link, data: link.symlink_to("../models/m.gguf"), "is missing or changed"),
+])
+def test_a_link_that_is_missing_or_whose_copy_differs_from_its_target_is_refused(tmp_path, damage, expected):
+    root = _small_bundle(tmp_path / "bundle")
+    link = root / "_internal" / "libz.so.1"
+    data = link.read_bytes()
+    link.unlink()
+    damage(link, data)
+    with pytest.raises(manifest.BundleError, match=f"_internal/libz.so.1 {expected}"):
+        manifest.verify(manifest.read(root), cache=tmp_path / "cache.json")
+
+
+def _drop(table: dict, key: str) -> dict:
+    del table[key]
+    return table
+
+
+@pytest.mark.parametrize("tamper", [
+    lambda data: [1, 2],
+    lambda data: {**data, "files": {**data["files"], "models/m.gguf": _drop(data["files"]["models/m.gguf"], "size")}},
+    lambda data: {**data, "files": {**data["files"], "models/m.gguf": "x"}},
+    lambda data: {**data, "files": {**data["files"], "_internal/libz.so.1": {"symlink": 3}}},
+    lambda data: _drop(data, "models"),
+    lambda data: {**data, "models": {"dialogue": {"name": None}}},
+    lambda data: {**data, "models": ["dialogue"]},
+], ids=["a-list", "an-entry-without-size", "an-entry-that-is-a-string", "a-link-to-a-number", "no-models",
+        "a-model-without-path", "models-a-list"])
+def test_a_bundle_json_of_the_wrong_shape_is_refused_as_unreadable(tmp_path, tamper):
+    root = _small_bundle(tmp_path / "bundle")
+    path = root / manifest.NAME
+    path.write_text(json.dumps(tamper(json.loads(path.read_text()))))
+    with pytest.raises(manifest.BundleError, match="bundle.json is unreadable .*: rebuild the bundle"):
+        manifest.verify(manifest.read(root), cache=tmp_path / "cache.json")
+
+
 def test_bundle_without_pyinstaller_says_how_to_get_it(tmp_path):
     hide = ("import sys\n"
             "sys.modules['PyInstaller'] = None  # as if it were not installed\n"
@@ -186,6 +309,21 @@ def test_bundle_without_pyinstaller_says_how_to_get_it(tmp_path):
             f"sys.exit(main(['bundle', '--out', {str(tmp_path / 'out')!r}]))\n")
     failed = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=60)
     assert_one_line_failure(failed, 'needs PyInstaller: pip install "npcai[bundle]"')
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("force", [(), ("--force",)], ids=["plain", "force"])
+def test_bundle_into_an_existing_file_is_refused_in_one_line(tmp_path, force):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    assert_one_line_failure(run_cli("bundle", "--out", str(afile), *force), f"{afile} is a file")
+    assert afile.read_text() == "mine"
+
+
+def test_a_remote_model_is_refused_before_anything_is_built(tmp_path):
+    refused = run_cli("bundle", "--out", str(tmp_path / "out"), "--model", "dialogue=http://127.0.0.1:9/v1",
+                      timeout=20)
+    assert_one_line_failure(refused, "a remote engine's URL cannot be bundled")
     assert not (tmp_path / "out").exists()
 
 

@@ -84,6 +84,26 @@ def test_sigterm_exits_cleanly(model_path):
     sc.close()
 
 
+@pytest.mark.parametrize("closed", [(1,), (1, 2)], ids=["stdout", "stdout-and-stderr"])
+def test_sigterm_exits_cleanly_with_no_stdout(model_path, tmp_path, closed):
+    """A launcher that reads --ready-file may start the sidecar without a stdout (a Windows GUI game's
+    console child has none): exit code 1 would tell it to start a fresh one."""
+    ready = tmp_path / "endpoint"
+    child = subprocess.Popen([sys.executable, "-m", "npcai", "serve", "--threads", "1", "--ready-file", str(ready)],
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: [os.close(fd) for fd in closed])  # noqa: PLW1509 (no threads here)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.05)
+        assert ready.read_text().startswith("tcp://127.0.0.1:")
+        child.terminate()
+        assert child.wait(10) == 0, child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
 def test_the_sidecar_exits_when_its_parent_dies(model_path, tmp_path):
     ready = tmp_path / "endpoint"
     parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])

@@ -62,6 +62,18 @@ def test_the_quality_bench_records_the_adapters_temperature_for_an_adapters_run(
     assert probs_temperature(hello["models"]) == (catalog.ADAPTERS[ADAPTER].choice_temperature, 0.0)
 
 
+def test_a_cache_the_merged_weights_cannot_be_written_to_still_starts_and_decides_as_the_merged_ones(
+        adapted, model_path, tmp_path):
+    """A player's read-only or full cache: the adapter is applied at run time instead (choices cost more)."""
+    (tmp_path / "afile").write_text("")  # no folder can be made under a file, even by root
+    with Sidecar("--model", str(model_path), "--lora", f"decision={ADAPTER}",
+                 env={"NPCAI_CACHE": str(tmp_path / "afile" / "cache")}) as sc, Client(sc.endpoint) as c:
+        roles = {r["role"]: r for r in c.hello("pytest")["models"]}
+        assert roles["decision"]["lora"] == ADAPTER
+        assert _decide(c) == pytest.approx(_decide(adapted[0]), abs=0.05)
+    assert "applying it at run time" in "".join(sc.stderr_tail)
+
+
 @pytest.mark.parametrize("spec, needle", [
     ("decision", "give ROLE=NAME or ROLE=PATH"),
     ("villain=smollm2-135m-decision", "no model serves role 'villain'"),

@@ -31,12 +31,14 @@ EXECUTABLE = "npcai-sidecar"
 SUPPORTED = {("Linux", "x86_64"), ("Linux", "aarch64"), ("Windows", "AMD64"), ("Windows", "ARM64"),
              ("Darwin", "x86_64"), ("Darwin", "arm64")}
 INSTALL_HINT = 'pip install "npcai[bundle]"'
-#: Importable by something in the package, never by the sidecar: kept out of the folder.
+#: Importable by something in the package, never by the sidecar: kept out of the folder. httpx, httpcore,
+#: anyio and certifi stay (remote roles); trio, pytest's plugin for anyio and httpx's command line
+#: (click, pygments) are imported only when present.
 EXCLUDED = ("numba", "llvmlite", "matplotlib", "scipy", "tkinter", "_tkinter", "PIL", "IPython", "pytest",
-            "hypothesis", "pandas", "setuptools", "pip", "npcai.bench", "npcai.demo", "npcai.bundle.builder",
-            "llama_cpp.server", "llama_cpp.mtmd_cpp", "llama_cpp.llava_cpp", "pydoc", "unittest", "doctest",
-            "transformers", "huggingface_hub", "torch", "tensorflow", "jax", "sklearn", "sympy", "tokenizers",
-            "outlines_core", "jsonschema", "cryptography", "requests", "urllib3", "certifi",
+            "_pytest", "trio", "pygments", "click", "hypothesis", "pandas", "setuptools", "pip", "npcai.bench",
+            "npcai.demo", "npcai.bundle.builder", "llama_cpp.server", "llama_cpp.mtmd_cpp", "llama_cpp.llava_cpp",
+            "pydoc", "unittest", "doctest", "transformers", "huggingface_hub", "torch", "tensorflow", "jax",
+            "sklearn", "sympy", "tokenizers", "outlines_core", "jsonschema", "cryptography", "requests", "urllib3",
             "charset_normalizer", "readline", "curses", "xmlrpc", "http.server", "lib2to3")
 
 
@@ -59,9 +61,15 @@ def build_bundle(out: Path, specs: list[str], *, force: bool = False, log: TextI
     log = log if log is not None else sys.stderr
     check_can_build()
     out = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise NpcaiError(f"{out} is a file: give a new folder for the bundle")
     if out.exists() and any(out.iterdir()):
         if not (force and (out / manifest.NAME).is_file()):
             raise NpcaiError(f"{out} is not empty: give a new folder, or --force to replace the bundle there")
+    for spec in specs:
+        if "://" in spec:
+            raise NpcaiError(f"bad --model {spec!r}: a remote engine's URL cannot be bundled; bundle local models "
+                             "and give the bundled sidecar --model ROLE=URL when the game starts it")
     roles = model_roles(specs, out=log)  # pulled, verified and converted here, once
     with tempfile.TemporaryDirectory(prefix="npcai-bundle-") as tmp:
         work = Path(tmp)

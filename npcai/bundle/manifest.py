@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import posixpath
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +72,8 @@ def read(root: Path) -> Manifest:
     path = root / NAME
     try:
         data = json.loads(path.read_text())
-        if data.get("format") != FORMAT or not isinstance(data.get("files"), dict):
-            raise ValueError("unknown format")
+        if wrong := _shape_error(data):
+            raise ValueError(wrong)
     except FileNotFoundError:
         raise BundleError(f"{path} is missing: this folder is not a complete npcai bundle") from None
     except (OSError, ValueError) as exc:
@@ -80,17 +81,38 @@ def read(root: Path) -> Manifest:
     return Manifest(root, data)
 
 
+def _shape_error(data: object) -> str:
+    """What is missing or of the wrong type among the fields the check and the start read ("" when nothing
+    is): a half-written or hand-edited file is one line, not a traceback."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return "unknown format"
+    files, models = data.get("files"), data.get("models")
+    if not isinstance(files, dict) or not isinstance(models, dict):
+        return "no files or models table"
+    for rel, entry in files.items():
+        if not (isinstance(entry, dict) and (isinstance(entry.get("symlink"), str) or (
+                isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str)))):
+            return f"bad entry for {rel}"
+    for role, model in models.items():
+        if not (isinstance(model, dict) and isinstance(model.get("path"), str)):
+            return f"bad model for {role}"
+    return ""
+
+
 def verify(manifest: Manifest, *, cache: Path | None = None) -> None:
     """Raise BundleError naming the first file that is missing, of the wrong size or altered."""
     cache = cache if cache is not None else _cache_file(manifest.root)
     known = _load(cache)
     seen: dict[str, list] = {}
-    for rel, entry in manifest.data["files"].items():
+    files = manifest.data["files"]
+    for rel, entry in files.items():
         path = manifest.root / rel
         if "symlink" in entry:
-            if not path.is_symlink() or Path(os.readlink(path)).as_posix() != entry["symlink"]:
+            if path.is_symlink() and Path(os.readlink(path)).as_posix() == entry["symlink"]:
+                continue  # its target is an entry of its own
+            if path.is_symlink() or not path.exists():
                 raise BundleError(f"bundled link {rel} is missing or changed: reinstall the game's npcai folder")
-            continue
+            entry = _copied_link(files, rel)  # a copy that followed links holds the target's bytes instead
         try:
             st = path.stat()
         except OSError:
@@ -106,6 +128,20 @@ def verify(manifest: Manifest, *, cache: Path | None = None) -> None:
         seen[rel] = stamp
     if seen != known:
         _store(cache, seen)
+
+
+def _copied_link(files: dict[str, dict], rel: str) -> dict:
+    """The entry of the file the link ``rel`` points to, through links to links (cp -rL, a zip without
+    --symlinks, Godot's export and store uploaders all turn a link into a copy of its target)."""
+    for _ in range(len(files)):
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(rel), files[rel]["symlink"]))
+        entry = files.get(target)
+        if entry is None:
+            break
+        if "symlink" not in entry:
+            return entry
+        rel = target
+    raise BundleError(f"bundled link {rel} points to nothing listed in {NAME}: rebuild the bundle with npcai bundle")
 
 
 def _cache_file(root: Path) -> Path:

@@ -36,7 +36,9 @@ class AdapterSpec:
 
 
 class LoraAdapter:
-    """An adapter for one model, as the model's weights with it merged in (``model``)."""
+    """An adapter for one model, as the model's weights with it merged in (``model``); where the merged file
+    cannot be written (a read-only or full cache), as the model itself with the adapter's ``handle`` applied
+    at run time, which scores the same and costs a choice more."""
 
     def __init__(self, model: Model, spec: AdapterSpec, model_name: str):
         with llama_errors() as errors:  # llama.cpp checks the file against the model, with its own reasons
@@ -45,16 +47,28 @@ class LoraAdapter:
             why = _reason(errors) or "not a LoRA GGUF, or an adapter for another model"
             raise SettingsError(f"bad --lora {spec.role}={spec.name}: llama.cpp refused {spec.path} as a LoRA "
                                 f"adapter for {model_name}: {why}")
-        L.llama_adapter_lora_free(handle)
         self.spec = spec
-        self.model = Model(merged_weights(model.path, spec.path, catalog.cache_dir(), out=sys.stderr))
+        try:
+            merged = merged_weights(model.path, spec.path, catalog.cache_dir(), out=sys.stderr)
+        except OSError as exc:
+            print(f"note: cannot write {spec.name} merged into {model.path.name} in the cache ({exc.strerror or exc}): "
+                  "applying it at run time (choice decisions take longer)", file=sys.stderr, flush=True)
+            self.model, self.handle = model, handle
+            return
+        L.llama_adapter_lora_free(handle)
+        self.model, self.handle = Model(merged), None
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     def close(self) -> None:
-        self.model.close()
+        """Free what this adapter owns: the merged weights, or the run-time adapter (the model is the runtime's)."""
+        if self.handle is not None:
+            L.llama_adapter_lora_free(self.handle)
+            self.handle = None
+        else:
+            self.model.close()
 
 
 def _reason(errors: list[str]) -> str:

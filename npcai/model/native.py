@@ -323,6 +323,12 @@ class Context:
         self.threads = threads
         L.llama_set_n_threads(self.handle, threads, threads)
 
+    def apply_lora(self, adapter) -> None:
+        """Apply a LoRA adapter (llama.cpp's handle, loaded for this context's model) to its every step."""
+        if L.llama_set_adapters_lora(self.handle, (L.llama_adapter_lora_p_ctypes * 1)(adapter), 1,
+                                     (ctypes.c_float * 1)(1.0)) != 0:
+            raise ModelError("llama.cpp could not apply the LoRA adapter to a context")
+
     # --- sequences -----------------------------------------------------------
     def seq_rm(self, seq: int, p0: int = 0, p1: int = -1) -> None:
         L.llama_memory_seq_rm(self._mem, seq, p0, p1)

@@ -94,14 +94,14 @@ class Runtime:
     SCORER_SEQS = 128
 
     def scorer(self, adapter: LoraAdapter | None = None) -> OptionScorer:
-        """The option scorer of the model alone, or of ``adapter``'s merged weights, made at its first
-        choice decision (its cache is about a quarter of the main one)."""
+        """The option scorer of the model alone, or through ``adapter`` (its merged weights, or the model with it
+        applied at run time), made at its first choice decision (its cache is about a quarter of the main one)."""
         scorer = self._scorers.get(adapter)
         if scorer is None:
             scorer = self._scorers[adapter] = OptionScorer(
                 adapter.model if adapter else self.model, prefix_cells=self.ctx.n_ctx // self.ctx.n_seq,
                 max_seqs=self.SCORER_SEQS, threads=self.ctx.threads, flash_attn=self._scorer_flash_attn,
-                main=self.ctx)
+                main=self.ctx, lora=adapter.handle if adapter else None)
         return scorer
 
     @property

@@ -76,14 +76,17 @@ def option_cells(options: list[list[int]]) -> int:
 class OptionScorer:
     """A unified KV cache beside a runtime's main one, for option trees (one per step, one model step each).
 
-    ``model`` is the runtime's own, or an adapter's merged weights: the NPC's cells copied over from the
-    main cache were evaluated by the model alone, as a run-time adapter would have left them."""
+    ``model`` is the runtime's own, or an adapter's merged weights, or the runtime's own with ``lora`` (an
+    adapter's handle) applied at run time: the NPC's cells copied over from the main cache were evaluated by
+    the model alone, as a run-time adapter would have left them."""
 
     def __init__(self, model: Model, *, prefix_cells: int, max_seqs: int, threads: int,
-                 flash_attn: bool | None, main: Context):
+                 flash_attn: bool | None, main: Context, lora=None):
         n_ctx = prefix_cells + TREE_ROOM
         self.ctx = Context(model, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=_UBATCH, n_seq=max_seqs, threads=threads,
                            flash_attn=flash_attn, unified=True)
+        if lora is not None:
+            self.ctx.apply_lora(lora)
         self.batch = Batch(n_ctx, n_seq_max=max_seqs)
         self.max_seqs = max_seqs
         self.capacity = n_ctx

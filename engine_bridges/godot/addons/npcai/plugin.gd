@@ -72,7 +72,8 @@ class BundleExport:
 			push_error("npcai: could not copy %s to %s (error %d)" % [source, _target, err])
 
 	## Copies a folder tree, but for hidden files ([code].gdignore[/code]); the bundle's
-	## executable gets mode 755.
+	## executable gets mode 755. A link becomes a copy of its target's bytes, which the
+	## bundle's check at start accepts.
 	static func copy_folder(from: String, to: String) -> Error:
 		var err := DirAccess.make_dir_recursive_absolute(to)
 		for sub in DirAccess.get_directories_at(from):
