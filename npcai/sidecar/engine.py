@@ -427,7 +427,9 @@ class Engine:
 
     def _check_room(self, npc_id: str) -> None:
         if npc_id not in self.npcs and len(self.npcs) >= self.limits.max_npcs:
-            raise Overloaded(f"max_npcs={self.limits.max_npcs} NPCs are defined; forget or reuse one")
+            raise Overloaded(f"max_npcs={self.limits.max_npcs} NPCs are defined: give a new character one "
+                             "of their names (npc or load replaces that NPC), or start the sidecar with a larger "
+                             "--max-npcs")
 
     def _install(self, npc: Npc) -> Npc:
         """Define (or redefine) an NPC; a redefined one keeps its KV sequences, and the new
