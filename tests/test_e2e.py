@@ -375,6 +375,26 @@ def test_cancel_ends_a_stream_with_cancelled(client, brom):
     assert len(handle.chunks) == streamed
 
 
+def test_a_cancelled_npc_that_already_redefined_the_npc_ends_ok_not_cancelled(client, village):
+    """An ``npc`` takes effect when it arrives (later requests see it): a cancel can only stop the caching of its
+    prefix, so its ending says what happened, ``ok``, instead of a ``cancelled`` that did not undo anything."""
+    client.npc("anna", village["npcs"]["brom"]["persona"])
+    line = client.request("say", npc="anna", text="Describe every sword you ever made.", max_tokens=120,
+                          soft_max_tokens=120, temperature=0.8, seed=2)
+    deadline = time.monotonic() + 30
+    while not line.chunks and time.monotonic() < deadline:  # the line runs: nothing else is queued
+        client.poll()
+    redefine = client.request("npc", npc="anna", persona="You are Anna, a baker.")  # waits behind the line
+    while client.call("stats")["engine"]["queued"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)  # taken by the engine: the NPC is redefined, its prefix not yet cached
+    assert not line.finished
+    assert client.call("cancel", target=redefine.id)["found"] is True
+    reply = client.wait(redefine)
+    assert reply["event"] == "ok"
+    client.wait(line)
+    assert msgpack.unpackb(client.call("save", npc="anna")["state"])["persona"] == "You are Anna, a baker."
+
+
 def test_cancel_of_an_unknown_request_is_ok_but_not_found(client):
     assert client.call("cancel", target=987654)["found"] is False
 

@@ -278,7 +278,7 @@ class Engine:
             if hit is not None:
                 expired = hit[1]
                 self.counters["expired" if expired else "cancelled"] += 1
-                job.finish(None if expired else P.cancelled(job.req.id))
+                job.finish(None if expired else job.cancelled_reply())
                 self.scheduler.drop(job)
         # The rest name requests that already ended, or that are still in the inbox (kept for
         # _take_inbox); forget them once they are old enough to be the former.

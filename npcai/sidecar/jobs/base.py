@@ -89,6 +89,10 @@ class Job:
         self._temp_seqs.append(lane.seq)
         return lane
 
+    def cancelled_reply(self) -> dict[str, Any]:
+        """The ending of a request its client cancelled."""
+        return P.cancelled(self.req.id)
+
     def overloaded(self, err: Overloaded) -> None:
         """The model had no room for this job's step (no KV sequence or cell free, none to evict)."""
         self.finish(P.error(self.req.id, err))

@@ -32,6 +32,11 @@ class DefineJob(NpcWriter):
     def advance(self) -> None:
         self.finish(self._reply(self.lanes[0].pos))
 
+    def cancelled_reply(self) -> dict[str, Any] | None:
+        """The NPC was (re)defined when the request arrived, and later requests already see it: a cancel only
+        stops the caching of its prefix, and the ending says so (``ok``, with what was cached)."""
+        return self._reply(self.lanes[0].pos if self.lanes else 0)
+
     def overloaded(self, err: Overloaded) -> None:
         """No KV sequence or cell to evaluate into now: the NPC is defined all the same (it was when the request
         arrived), with nothing cached; its first request evaluates its prefix, as after a ``load``."""
