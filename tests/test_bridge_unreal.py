@@ -42,6 +42,7 @@ UNIT_CASES = [
     "client_connect_refused",
     "client_rejects_a_peer_that_is_not_zmtp",
     "client_deadline_and_silence_without_replies",
+    "client_game_thread_stall_is_not_silence",
     "client_budget_and_frame_reports",
     "launcher_command_missing",
     "launcher_child_exits_before_ready",

@@ -909,6 +909,55 @@ CASE(client_deadline_and_silence_without_replies) {
   CHECK(pings == 1, std::to_string(pings) + " pings");
 }
 
+CASE(client_game_thread_stall_is_not_silence) {
+  // A level load blocks the game thread (no poll(), so no heartbeat) longer than the silence
+  // timeout. A live sidecar, which answers ping at once and the say 900 ms after it came, is
+  // kept: the first poll after the stall pings it. A dead one is still found, a grace time later.
+  FakeSidecar fake;
+  std::atomic<bool> answer{true};
+  fake.run([&](FakeSidecar& f) {
+    if (!f.accept() || !f.handshake()) return;
+    Bytes frame;
+    Value req;
+    if (!f.read_frame(frame)) return;
+    const auto said = Clock::now();
+    bool done = false;
+    while (f.read_frame(frame) && decode(frame, req) == npcai::msgpack::Error::None) {
+      f.record(frame);
+      if (!answer) continue;
+      f.send(encoded(map_of({{"v", 1}, {"id", req["id"].as_int()}, {"event", "ok"}})));
+      if (!done && Clock::now() - said >= std::chrono::milliseconds(900)) {
+        f.send(encoded(map_of({{"v", 1}, {"id", 1}, {"event", "done"}, {"value", "Aye."}})));
+        done = true;
+      }
+    }
+  });
+  Recorder events;
+  npcai::ClientConfig config;
+  config.heartbeat_ms = 100;
+  config.silence_timeout_ms = 400;
+  npcai::Client client(events, config);
+  REQUIRE(client.connect(fake.endpoint()));
+  REQUIRE(poll_until(client, [&] { return client.state() == npcai::Client::State::Open; }));
+
+  const Handle said = client.say("brom", "Hello?");
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  REQUIRE(poll_until(client, [&] { return events.ends.count(said) == 1; }));
+  CHECK(events.ends[said].kind == "done" && events.ends[said].value == Value("Aye."),
+        events.ends[said].kind + " " + events.ends[said].message);
+  CHECK(client.state() == npcai::Client::State::Open);
+
+  answer = false;  // now it hangs
+  const Handle lost = client.say("brom", "Still there?");
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  const auto resumed = Clock::now();
+  REQUIRE(poll_until(client, [&] { return events.ends.count(lost) == 1; }));
+  const auto grace = std::chrono::duration_cast<std::chrono::milliseconds>(events.ends[lost].at - resumed).count();
+  CHECK(events.ends[lost].code == "unavailable", events.ends[lost].code);
+  CHECK(grace >= 300 && grace < 500, std::to_string(grace) + " ms after the stall");  // a ping's grace
+  client.close();
+}
+
 CASE(client_budget_and_frame_reports) {
   // set_budget's wire bytes; report_frame() buffers frames and poll() sends one `frame` request
   // (an array of float64) per frame_report_every (6) frames, at most one unanswered at a time.

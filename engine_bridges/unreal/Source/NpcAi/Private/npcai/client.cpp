@@ -470,12 +470,17 @@ void Client::watch_silence(Clock::time_point now) {
   const bool waiting = open_ > 0 || !dealer_.is_open();  // for replies, or for the handshake
   if (!waiting) return;
   const Clock::duration quiet = now - quiet_since_;
-  if (quiet >= ms(config_.silence_timeout_ms)) {
+  // Silence proves the sidecar gone only once a ping has gone unanswered for the grace time
+  // (silence_timeout_ms - heartbeat_ms): pings go out only from poll(), so after a stall of the
+  // game thread (a level load) the first poll pings rather than judging a sidecar it never asked.
+  const bool unanswered = heartbeat_ != 0 && now - heartbeat_at_ >= ms(config_.silence_timeout_ms - config_.heartbeat_ms);
+  if (quiet >= ms(config_.silence_timeout_ms) && (unanswered || !dealer_.is_open())) {
     dealer_.close("no answer from the sidecar for " + std::to_string(config_.silence_timeout_ms) + " ms");
     lose(dealer_.error());
   } else if (quiet >= ms(config_.heartbeat_ms) && heartbeat_ == 0 && dealer_.is_open()) {
     // A live sidecar answers ping from its socket thread at once, even mid-generation.
     msgpack::Value m = begin("ping", heartbeat_);
+    heartbeat_at_ = now;
     submit(heartbeat_, m, Options{}, true);
   }
 }

@@ -198,6 +198,7 @@ class Client {
   Clock::time_point quiet_since_;  // last time bytes arrived, or waiting began
   std::uint64_t seen_bytes_ = 0;
   Handle heartbeat_ = 0;
+  Clock::time_point heartbeat_at_;  // when heartbeat_ was sent
   bool polling_ = false;
   std::uint64_t stray_ = 0;
   double frames_[kMaxFrameBatch] = {};  // report_frame()'s times, oldest first
