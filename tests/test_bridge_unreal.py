@@ -26,6 +26,7 @@ UNIT_CASES = [
     "vectors_file_read",
     "msgpack_encode_matches_vectors",
     "msgpack_decode_matches_vectors",
+    "msgpack_refuses_the_refused_vectors",
     "msgpack_accessors",
     "msgpack_reused_value_has_no_stale_items",
     "msgpack_test_suite",

@@ -3,6 +3,7 @@
 Run `python engine_bridges/conformance/generate.py` after changing a case; the test suite
 fails while the file and this generator disagree. Columns: name, hex, value (a readable
 rendering of what the bytes mean; bridges build the same value by name in their tests).
+`msgpack.refused.*` vectors are bytes every bridge's decoder must refuse.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def msgpack_cases() -> list[tuple[str, bytes, str]]:
     add("str.256", "b" * 256, '"b" x 256 (str16)')
     add("str.65536", "c" * 65536, '"c" x 65536 (str32)')
     add("str.utf8", "héllo ✓", '"héllo ✓" (UTF-8)')
+    add("str.nul", "a\x00b", '"a", U+0000, "b" (kept whole; a Godot String cannot hold U+0000: refused there)')
     add("bin.empty", b"", "bin 0 bytes")
     add("bin.3", b"\x00\x01\xff", "bin 00 01 ff")
     add("bin.256", bytes(range(256)), "bin 00..ff (bin16)")
@@ -53,6 +55,22 @@ def msgpack_cases() -> list[tuple[str, bytes, str]]:
     add("map.16", {f"k{i:02d}": i for i in range(16)}, '{"k00": 0 .. "k15": 15} in that order (map16)')
     add("nested", {"a": [1, {"b": [None, 2.5]}]}, '{"a": [1, {"b": [nil, float64 2.5]}]}')
     return c
+
+
+def refused_cases() -> list[tuple[str, bytes, str]]:
+    """Bytes every decoder refuses: a str must be UTF-8 (strict, as Python's and C#'s decoders are)."""
+    cases = [
+        ("msgpack.refused.str.not_utf8", bytes.fromhex("a2fffe"), "str of bytes ff fe: not UTF-8"),
+        ("msgpack.refused.str.overlong", bytes.fromhex("a2c080"), "str c0 80: an overlong U+0000"),
+        ("msgpack.refused.str.surrogate", bytes.fromhex("a3eda080"), "str ed a0 80: a UTF-16 surrogate half"),
+    ]
+    for name, data, _ in cases:
+        try:
+            msgpack.unpackb(data, raw=False)
+        except ValueError:  # UnicodeDecodeError
+            continue
+        raise AssertionError(f"{name}: Python's msgpack decodes it")
+    return cases
 
 
 def message_cases() -> list[tuple[str, bytes, str]]:
@@ -135,7 +153,7 @@ def zmtp_cases() -> list[tuple[str, bytes, str]]:
 
 
 def all_cases() -> list[tuple[str, bytes, str]]:
-    return msgpack_cases() + message_cases() + zmtp_cases()
+    return msgpack_cases() + refused_cases() + message_cases() + zmtp_cases()
 
 
 def render() -> str:

@@ -314,6 +314,19 @@ class Suite:
 		_decode_fails("trailing bytes", PackedByteArray([0xc0, 0xc0]))
 		_decode_fails("empty input", PackedByteArray())
 		_decode_fails("array as map key", PackedByteArray([0x81, 0x90, 1]))
+		# A str must be UTF-8, and a Godot String cannot hold U+0000: refused, never altered.
+		for name in [
+			"msgpack.refused.str.not_utf8",
+			"msgpack.refused.str.overlong",
+			"msgpack.refused.str.surrogate",
+		]:
+			_decode_fails(name, vec(name))
+		var nul := MsgPack.new()
+		_decode_fails("msgpack.str.nul", vec("msgpack.str.nul"), nul)
+		_check("says why it refuses U+0000", nul.error.contains("U+0000"), nul.error)
+		var bom := PackedByteArray([0xa4, 0xef, 0xbb, 0xbf, 0x61])
+		var kept: Variant = MsgPack.new().decode(bom)
+		_check("keeps a leading U+FEFF", kept == String.chr(0xfeff) + "a", str(kept))
 		var c := MsgPack.new()
 		_check(
 			"decodes after an error", c.decode(PackedByteArray([0xc1])) == null and c.error != ""

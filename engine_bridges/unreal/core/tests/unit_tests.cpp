@@ -100,6 +100,7 @@ std::map<std::string, Value> expected_values() {
   e["msgpack.str.256"] = std::string(256, 'b');
   e["msgpack.str.65536"] = std::string(65536, 'c');
   e["msgpack.str.utf8"] = "h\xc3\xa9llo \xe2\x9c\x93";
+  e["msgpack.str.nul"] = std::string("a\0b", 3);
   e["msgpack.bin.empty"] = Value::bin("");
   e["msgpack.bin.3"] = Value::bin(std::string("\x00\x01\xff", 3));
   std::string all_bytes;
@@ -226,6 +227,7 @@ CASE(msgpack_encode_matches_vectors) {
   int checked = 0;
   for (const auto& [name, bytes] : vectors()) {
     if (!starts_with(name, "msgpack.") && !starts_with(name, "message.")) continue;
+    if (starts_with(name, "msgpack.refused.")) continue;
     const auto it = expected.find(name);
     CHECK(it != expected.end(), "no expected value for vector " + name);
     if (it == expected.end()) continue;
@@ -244,6 +246,18 @@ CASE(msgpack_decode_matches_vectors) {
     CHECK(err == npcai::msgpack::Error::None, name + ": " + npcai::msgpack::to_string(err));
     CHECK(got == value, name);
   }
+}
+
+CASE(msgpack_refuses_the_refused_vectors) {
+  // A str must be UTF-8: bytes that are not (overlong forms and surrogates included) are refused.
+  int refused = 0;
+  for (const auto& [name, bytes] : vectors()) {
+    if (!starts_with(name, "msgpack.refused.")) continue;
+    Value v;
+    CHECK(decode(bytes, v) == npcai::msgpack::Error::NotUtf8, name);
+    ++refused;
+  }
+  CHECK(refused >= 3, std::to_string(refused) + " refused vectors");
 }
 
 CASE(msgpack_test_suite) {

@@ -91,7 +91,7 @@ struct Limits {
   std::size_t max_bytes_len = 1u << 20;   // bytes in one str or bin
 };
 
-enum class Error { None, Truncated, TrailingBytes, BadType, TooDeep, TooLong };
+enum class Error { None, Truncated, TrailingBytes, BadType, TooDeep, TooLong, NotUtf8 };
 const char* to_string(Error e);
 
 // Decodes exactly one value filling all of [data, data + size) into `out`, reusing its storage.
