@@ -38,6 +38,7 @@ UNIT_CASES = [
     "zmtp_rejects_bad_frames_and_greetings",
     "client_wire_bytes_and_replies",
     "client_actions_sentences_and_steps",
+    "client_unreadable_reply_ends_its_request",
     "client_not_connected_ends_at_next_poll",
     "client_close_ends_open_requests",
     "client_connect_refused",

@@ -124,6 +124,34 @@ func decode_range(data: PackedByteArray, begin: int, end: int) -> Variant:
 	return value
 
 
+## The int under [param key] among the leading entries (those that decode) of the map in
+## [param data], or null: the id of a reply that does not decode whole, as the sidecar writes
+## v and id first. Leaves [member error] empty.
+func leading_int(data: PackedByteArray, key: String) -> Variant:
+	_data = data
+	_pos = 0
+	_end = data.size()
+	error = ""
+	var n := 0
+	if _need(1):
+		var b: int = _data[_pos]
+		_pos += 1
+		if b >= 0x80 and b <= 0x8f:
+			n = b - 0x80
+		elif b == 0xde or b == 0xdf:
+			n = _read_uint(2 << (b - 0xde))
+	var found: Variant = null
+	while n > 0 and error == "" and found == null:
+		var k: Variant = _read(1)
+		var v: Variant = _read(1)
+		if error == "" and typeof(k) == TYPE_STRING and k == key and typeof(v) == TYPE_INT:
+			found = v
+		n -= 1
+	_data = PackedByteArray()
+	error = ""
+	return found
+
+
 # --- encoding -----------------------------------------------------------------------------
 
 

@@ -817,6 +817,52 @@ CASE(client_actions_sentences_and_steps) {
   CHECK(client.stray() == 1);
 }
 
+CASE(client_unreadable_reply_ends_its_request) {
+  // A reply that does not decode still ends the request its leading id names, with bad_reply;
+  // what comes later for that id is stray, as is a reply whose id cannot be read. A str of
+  // 2 MiB, within the limits every bridge shares (16 MiB), decodes.
+  FakeSidecar fake;
+  fake.run([&](FakeSidecar& f) {
+    if (!f.accept() || !f.handshake()) return;
+    Bytes frame;
+    for (int i = 0; i < 3 && f.read_frame(frame); ++i) {
+    }
+    const Bytes head = {0x84, 0xa1, 'v', 0x01, 0xa2, 'i', 'd'};  // {v: 1, id: ...
+    const Bytes done = {0xa5, 'e', 'v', 'e', 'n', 't', 0xa4, 'd', 'o', 'n', 'e', 0xa5, 'v', 'a', 'l', 'u', 'e'};
+    Bytes not_utf8 = head;
+    not_utf8.push_back(0x01);
+    not_utf8.insert(not_utf8.end(), done.begin(), done.end());
+    not_utf8.insert(not_utf8.end(), {0xa2, 0xff, 0xfe});
+    f.send(not_utf8);
+    f.send(encoded(map_of({{"v", 1}, {"id", 1}, {"event", "done"}, {"value", "late"}})));
+    f.send(encoded(map_of({{"v", 1}, {"id", 2}, {"event", "done"}, {"value", std::string(2u << 20, 'x')}})));
+    Bytes ext = head;
+    ext.push_back(0x03);
+    ext.insert(ext.end(), done.begin(), done.end());
+    ext.insert(ext.end(), {0xd4, 0x01, 0x00});
+    f.send(ext);
+    f.send({0xc1});
+    while (f.read_frame(frame)) {
+    }
+  });
+  Recorder events;
+  npcai::Client client(events);
+  REQUIRE(client.connect(fake.endpoint()));
+  REQUIRE(poll_until(client, [&] { return client.state() == npcai::Client::State::Open; }));
+  const Handle bad_text = client.say("brom", "1");
+  const Handle big = client.say("brom", "2");
+  const Handle bad_type = client.say("brom", "3");
+  REQUIRE(poll_until(client, [&] { return client.pending() == 0 && client.stray() == 2; }),
+          std::to_string(client.pending()) + " open, " + std::to_string(client.stray()) + " stray");
+  CHECK(events.ends[bad_text].kind == "error" && events.ends[bad_text].code == "bad_reply", events.ends[bad_text].code);
+  CHECK(events.ends[bad_text].message.find("UTF-8") != std::string::npos, events.ends[bad_text].message);
+  CHECK(events.ends[big].kind == "done" && events.ends[big].value.as_str().size() == (2u << 20));
+  CHECK(events.ends[bad_type].code == "bad_reply", events.ends[bad_type].code);
+  CHECK(events.order.size() == 3);  // the late done after bad_reply is not a second ending
+  CHECK(client.state() == npcai::Client::State::Open);
+  client.close();
+}
+
 CASE(client_not_connected_ends_at_next_poll) {
   Recorder events;
   npcai::Client client(events);

@@ -379,8 +379,9 @@ int Client::poll() {
 }
 
 void Client::dispatch(const std::uint8_t* body, std::size_t size) {
-  if (msgpack::decode(body, size, reply_, config_.limits) != msgpack::Error::None) {
-    ++stray_;
+  const msgpack::Error decoded = msgpack::decode(body, size, reply_, config_.limits);
+  if (decoded != msgpack::Error::None) {
+    unreadable(body, size, decoded);
     return;
   }
   Slot* slot = find(reply_["id"].as_int());
@@ -440,6 +441,23 @@ void Client::dispatch(const std::uint8_t* body, std::size_t size) {
     if (result.action) listener_.on_action(h, acting_npc, (*result.action)["name"].as_str(), (*result.action)["args"]);
     listener_.on_done(h, result);
   }
+}
+
+// A reply that does not decode still ends the request its leading id names, rather than
+// leaving it to the silence timeout; one whose id cannot be read is stray.
+void Client::unreadable(const std::uint8_t* body, std::size_t size, msgpack::Error why) {
+  long long id = 0;
+  Slot* slot = msgpack::leading_int(body, size, "id", id, config_.limits) ? find(id) : nullptr;
+  if (!slot || slot->fail != Fail::None) {
+    ++stray_;
+    return;
+  }
+  const Handle h = slot->id;
+  const bool internal = slot->internal;
+  release(*slot);
+  if (h == heartbeat_) heartbeat_ = 0;
+  if (h == frame_report_) frame_report_ = 0;
+  if (!internal) listener_.on_error(h, "bad_reply", std::string("the sidecar's reply did not decode: ") + msgpack::to_string(why));
 }
 
 void Client::lose(std::string_view reason) {

@@ -252,6 +252,28 @@ class Decoder {
     return p_ == end_ ? Error::None : Error::TrailingBytes;
   }
 
+  bool leading_int(std::string_view key, long long& out) {
+    unsigned long long n = 0;
+    if (p_ == end_) return false;
+    const std::uint8_t tag = *p_++;
+    if (tag >= 0x80 && tag <= 0x8f) {
+      n = tag & 0x0f;
+    } else if (tag != 0xde && tag != 0xdf) {
+      return false;
+    } else if (!be(tag == 0xde ? 2 : 4, n)) {
+      return false;
+    }
+    Value k, v;
+    for (; n > 0; --n) {
+      if (value(k, 1) != Error::None || value(v, 1) != Error::None) return false;
+      if (k.is_str() && k.as_str() == key && v.type() == Type::Int) {
+        out = v.as_int();
+        return true;
+      }
+    }
+    return false;
+  }
+
  private:
   const std::uint8_t* p_;
   const std::uint8_t* end_;
@@ -391,6 +413,11 @@ class Decoder {
 
 Error decode(const std::uint8_t* data, std::size_t size, Value& out, const Limits& limits) {
   return Decoder(data, size, limits).run(out);
+}
+
+bool leading_int(const std::uint8_t* data, std::size_t size, std::string_view key, long long& out,
+                 const Limits& limits) {
+  return Decoder(data, size, limits).leading_int(key, out);
 }
 
 const char* to_string(Error e) {
