@@ -22,6 +22,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "check.hpp"
@@ -82,7 +83,8 @@ std::map<std::string, Value> expected_values() {
   e["msgpack.true"] = true;
   e["msgpack.false"] = false;
   for (unsigned long long v : {0ull, 1ull, 127ull, 128ull, 255ull, 256ull, 65535ull, 65536ull, 4294967295ull,
-                               4294967296ull, 18446744073709551615ull}) {
+                               4294967296ull, 9223372036854775807ull, 9223372036854775808ull,
+                               18446744073709551615ull}) {
     e["msgpack.uint." + std::to_string(v)] = v;
   }
   for (long long v : {-1ll, -32ll, -33ll, -128ll, -129ll, -32768ll, -32769ll, -2147483648ll, -2147483649ll,
@@ -97,6 +99,7 @@ std::map<std::string, Value> expected_values() {
   e["msgpack.str.hello"] = "hello";
   e["msgpack.str.31"] = std::string(31, 'a');
   e["msgpack.str.32"] = std::string(32, 'a');
+  e["msgpack.str.255"] = std::string(255, 'd');
   e["msgpack.str.256"] = std::string(256, 'b');
   e["msgpack.str.65536"] = std::string(65536, 'c');
   e["msgpack.str.utf8"] = "h\xc3\xa9llo \xe2\x9c\x93";
@@ -105,6 +108,7 @@ std::map<std::string, Value> expected_values() {
   e["msgpack.bin.3"] = Value::bin(std::string("\x00\x01\xff", 3));
   std::string all_bytes;
   for (int i = 0; i < 256; ++i) all_bytes += static_cast<char>(i);
+  e["msgpack.bin.255"] = Value::bin(std::string(255, '\0'));
   e["msgpack.bin.256"] = Value::bin(all_bytes);
   e["msgpack.bin.65536"] = Value::bin(std::string(65536, '\0'));
   e["msgpack.array.empty"] = Value::array();
@@ -446,6 +450,18 @@ CASE(zmtp_matches_vectors) {
   Bytes relong;
   npcai::zmtp::append_frame(relong, long_body.data(), long_body.size());
   CHECK(relong == long_frame);
+
+  // Across the short/long boundary: a body of 255 bytes is the largest short frame, 256 the smallest long one.
+  for (const auto& [name, text, flags] : {std::tuple<const char*, std::size_t, std::uint8_t>{"zmtp.frame.255", 224, 0x00},
+                                          {"zmtp.frame.256", 225, 0x02}}) {
+    const Bytes body = encoded(map_of({{"v", 1}, {"id", 9}, {"op", "say"}, {"npc", "brom"}, {"text", std::string(text, 'x')}}));
+    Bytes built;
+    npcai::zmtp::append_frame(built, body.data(), body.size());
+    CHECK(built == vec(name) && built[0] == flags, std::string(name) + ": " + hex(built));
+    const Bytes& framed = vec(name);
+    REQUIRE(npcai::zmtp::parse_frame(framed.data(), framed.size(), 1024, f, used) == npcai::zmtp::Parse::Ok);
+    CHECK(used == framed.size() && Bytes(f.body, f.body + f.size) == body, name);
+  }
 
   const Bytes& multi = vec("zmtp.frame.multipart");
   Bytes built;
