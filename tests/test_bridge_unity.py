@@ -35,6 +35,7 @@ UNIT_CASES = [
     "zmtp.greeting_vector", "zmtp.ready_vectors", "zmtp.frame_vectors", "zmtp.dealer_handshake_in_pieces",
     "zmtp.dealer_rejects_non_router", "zmtp.dealer_connect_refused", "zmtp.parse_endpoint",
     "client.unconnected_requests_end_on_poll", "client.scripted_replies", "client.actions_sentences_steps",
+    "client.unreadable_reply_ends_its_request",
     "client.poll_is_bounded",
     "client.cancel", "client.silent_sidecar_deadlines", "client.connect_refused", "client.hello_refused",
     "client.budget_encoding", "client.frame_reports", "client.report_frame_allocates_nothing",

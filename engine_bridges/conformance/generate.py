@@ -3,6 +3,7 @@
 Run `python engine_bridges/conformance/generate.py` after changing a case; the test suite
 fails while the file and this generator disagree. Columns: name, hex, value (a readable
 rendering of what the bytes mean; bridges build the same value by name in their tests).
+`msgpack.refused.*` vectors are bytes every bridge's decoder must refuse.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def msgpack_cases() -> list[tuple[str, bytes, str]]:
     add("nil", None, "nil")
     add("true", True, "true")
     add("false", False, "false")
-    for v in (0, 1, 127, 128, 255, 256, 65535, 65536, 4294967295, 4294967296, 2**64 - 1):
+    for v in (0, 1, 127, 128, 255, 256, 65535, 65536, 4294967295, 4294967296, 2**63 - 1, 2**63, 2**64 - 1):
         add(f"uint.{v}", v, str(v))
     for v in (-1, -32, -33, -128, -129, -32768, -32769, -2**31, -2**31 - 1, -2**63):
         add(f"int.{v}", v, str(v))
@@ -38,11 +39,14 @@ def msgpack_cases() -> list[tuple[str, bytes, str]]:
     add("str.hello", "hello", '"hello"')
     add("str.31", "a" * 31, '"a" x 31 (fixstr)')
     add("str.32", "a" * 32, '"a" x 32 (str8)')
+    add("str.255", "d" * 255, '"d" x 255 (str8)')
     add("str.256", "b" * 256, '"b" x 256 (str16)')
     add("str.65536", "c" * 65536, '"c" x 65536 (str32)')
     add("str.utf8", "héllo ✓", '"héllo ✓" (UTF-8)')
+    add("str.nul", "a\x00b", '"a", U+0000, "b" (kept whole; a Godot String cannot hold U+0000: refused there)')
     add("bin.empty", b"", "bin 0 bytes")
     add("bin.3", b"\x00\x01\xff", "bin 00 01 ff")
+    add("bin.255", bytes(255), "bin 255 zero bytes (bin8)")
     add("bin.256", bytes(range(256)), "bin 00..ff (bin16)")
     add("bin.65536", bytes(65536), "bin 65536 zero bytes (bin32)")
     add("array.empty", [], "[]")
@@ -53,6 +57,22 @@ def msgpack_cases() -> list[tuple[str, bytes, str]]:
     add("map.16", {f"k{i:02d}": i for i in range(16)}, '{"k00": 0 .. "k15": 15} in that order (map16)')
     add("nested", {"a": [1, {"b": [None, 2.5]}]}, '{"a": [1, {"b": [nil, float64 2.5]}]}')
     return c
+
+
+def refused_cases() -> list[tuple[str, bytes, str]]:
+    """Bytes every decoder refuses: a str must be UTF-8 (strict, as Python's and C#'s decoders are)."""
+    cases = [
+        ("msgpack.refused.str.not_utf8", bytes.fromhex("a2fffe"), "str of bytes ff fe: not UTF-8"),
+        ("msgpack.refused.str.overlong", bytes.fromhex("a2c080"), "str c0 80: an overlong U+0000"),
+        ("msgpack.refused.str.surrogate", bytes.fromhex("a3eda080"), "str ed a0 80: a UTF-16 surrogate half"),
+    ]
+    for name, data, _ in cases:
+        try:
+            msgpack.unpackb(data, raw=False)
+        except ValueError:  # UnicodeDecodeError
+            continue
+        raise AssertionError(f"{name}: Python's msgpack decodes it")
+    return cases
 
 
 def message_cases() -> list[tuple[str, bytes, str]]:
@@ -121,7 +141,10 @@ def zmtp_cases() -> list[tuple[str, bytes, str]]:
     router_body = b"\x05READY" + b"\x0bSocket-Type" + struct.pack(">I", 6) + b"ROUTER"
     router_ready = b"\x04" + bytes([len(router_body)]) + router_body
     ping = _pack({"v": 1, "id": 2, "op": "ping"})
-    long_body = _pack({"v": 1, "id": 9, "op": "say", "npc": "brom", "text": "x" * 300})
+    say = lambda n: _pack({"v": 1, "id": 9, "op": "say", "npc": "brom", "text": "x" * n})
+    long_body = say(300)
+    body_255, body_256 = say(224), say(225)  # the largest short frame's body, the smallest long one's
+    assert (len(body_255), len(body_256)) == (255, 256)
     return [
         ("zmtp.greeting.null_client", greeting, "64-byte greeting: signature, 3.1, NULL, as-server 0"),
         ("zmtp.ready.dealer", ready, "READY command with Socket-Type=DEALER"),
@@ -129,13 +152,16 @@ def zmtp_cases() -> list[tuple[str, bytes, str]]:
         ("zmtp.frame.short", b"\x00" + bytes([len(ping)]) + ping, "one short frame: message.request.ping"),
         ("zmtp.frame.long", b"\x02" + struct.pack(">Q", len(long_body)) + long_body,
          'one long frame: a say request with "x" x 300'),
+        ("zmtp.frame.255", b"\x00\xff" + body_255, 'one short frame of 255 bytes: a say request with "x" x 224'),
+        ("zmtp.frame.256", b"\x02" + struct.pack(">Q", 256) + body_256,
+         'one long frame of 256 bytes: a say request with "x" x 225'),
         ("zmtp.frame.multipart", b"\x01\x01A" + b"\x00\x02BC", 'two frames "A" (MORE) then "BC"'),
         ("zmtp.frame.empty", b"\x00\x00", "one empty frame"),
     ]
 
 
 def all_cases() -> list[tuple[str, bytes, str]]:
-    return msgpack_cases() + message_cases() + zmtp_cases()
+    return msgpack_cases() + refused_cases() + message_cases() + zmtp_cases()
 
 
 def render() -> str:

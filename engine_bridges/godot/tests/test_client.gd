@@ -29,6 +29,7 @@ class Suite:
 		_test_replies()
 		_test_actions_sentences_and_steps()
 		_test_errors_and_strays()
+		_test_unreadable_reply_ends_its_request()
 		_test_cancel()
 		_test_deadline_silent_sidecar()
 		_test_deadline_not_early()
@@ -279,6 +280,30 @@ class Suite:
 			strays.size() == 3 and strays[2][1]["code"] == "bad_reply",
 			strays
 		)
+
+	func _test_unreadable_reply_ends_its_request() -> void:
+		events.clear()
+		var c: Array = _connected()
+		var client: Client = c[0]
+		var pipe: Pipe = c[1]
+		var req := client.say("brom", "Hi")
+		_watch(req)
+		# {v: 1, id, event: "done", text: <ff fe>}: its text is not UTF-8.
+		var body := MsgPack.new().encode({"v": 1, "id": req.id, "event": "done"})
+		body[0] = 0x84
+		body.append(0xa4)
+		body.append_array("text".to_ascii_buffer())
+		body.append_array(PackedByteArray([0xa2, 0xff, 0xfe]))
+		Zmtp.append_frame(pipe.inbox, body)
+		_reply(pipe, {"v": 1, "id": req.id, "event": "done", "value": "late"})
+		_drain(client)
+		_check(
+			"an unreadable reply ends the request it names with bad_reply",
+			events.size() == 2 and events[0][0] == "failed" and events[0][1] == req.id
+			and events[0][2] == "bad_reply" and events[1] == ["finished", req.id],
+			events
+		)
+		_check("the late reply after it is neither an ending nor stray", events.size() == 2, events)
 
 	func _test_cancel() -> void:
 		events.clear()

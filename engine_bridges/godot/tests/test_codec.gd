@@ -100,23 +100,24 @@ class Suite:
 			var codec := MsgPack.new()
 			codec.single_float = single.has(name)
 			_roundtrip(codec, name, values[name])
-		# The uint64 that GDScript's signed int cannot hold.
-		var big := "msgpack.uint.18446744073709551615"
+		# The uint64s that GDScript's signed int cannot hold: 2^63 and 2^64-1, by their bits.
+		_uint64("msgpack.uint.9223372036854775808", -9223372036854775807 - 1, 9223372036854775808.0)
+		_uint64("msgpack.uint.18446744073709551615", -1, 18446744073709551615.0)
+
+	func _uint64(name: String, bits: int, nearest: float) -> void:
 		var codec := MsgPack.new()
-		var bytes := vec(big)
-		var out := codec.encode(MsgPack.Uint64.new(-1))
-		_check("encode " + big, out == bytes, out.hex_encode())
+		var bytes := vec(name)
+		var out := codec.encode(MsgPack.Uint64.new(bits))
+		_check("encode " + name, out == bytes, out.hex_encode())
 		var loose: Variant = codec.decode(bytes)
 		_check(
-			"decode " + big + " as float",
-			typeof(loose) == TYPE_FLOAT and loose == 18446744073709551615.0,
-			str(loose)
+			"decode " + name + " as float", typeof(loose) == TYPE_FLOAT and loose == nearest, str(loose)
 		)
 		codec.exact_uint64 = true
 		var exact: Variant = codec.decode(bytes)
 		_check(
-			"decode " + big + " exactly",
-			exact is MsgPack.Uint64 and exact.bits == -1 and codec.error == "",
+			"decode " + name + " exactly",
+			exact is MsgPack.Uint64 and exact.bits == bits and codec.error == "",
 			str(exact)
 		)
 
@@ -222,6 +223,17 @@ class Suite:
 		var long := PackedByteArray()
 		Zmtp.append_frame(long, long_body)
 		_check("append_frame long", long == vec("zmtp.frame.long"), long.hex_encode().left(40))
+		# Across the short/long boundary: 255 bytes is the largest short frame, 256 the smallest long.
+		var edge_bodies := {}
+		for size in [255, 256]:
+			var body := MsgPack.new().encode(
+				{"v": 1, "id": 9, "op": "say", "npc": "brom", "text": "x".repeat(size - 31)}
+			)
+			var framed := PackedByteArray()
+			Zmtp.append_frame(framed, body)
+			var name := "zmtp.frame.%d" % size
+			_check("append_frame " + name, framed == vec(name), framed.hex_encode().left(40))
+			edge_bodies[size] = body
 		var multi := PackedByteArray()
 		Zmtp.append_frame(multi, "A".to_ascii_buffer(), Zmtp.FLAG_MORE)
 		Zmtp.append_frame(multi, "BC".to_ascii_buffer())
@@ -237,8 +249,12 @@ class Suite:
 		for name in ["zmtp.frame.short", "zmtp.frame.long", "zmtp.frame.multipart"]:
 			stream.append_array(vec(name))
 		stream.append_array(vec("zmtp.frame.empty"))
+		stream.append_array(vec("zmtp.frame.255"))
+		stream.append_array(vec("zmtp.frame.256"))
 		var expected := [[ping], [long_body], ["A".to_ascii_buffer(), "BC".to_ascii_buffer()]]
 		expected.append([PackedByteArray()])
+		expected.append([edge_bodies[255]])
+		expected.append([edge_bodies[256]])
 		for split in [false, true]:
 			var z := Zmtp.new()
 			z.start()
@@ -314,6 +330,19 @@ class Suite:
 		_decode_fails("trailing bytes", PackedByteArray([0xc0, 0xc0]))
 		_decode_fails("empty input", PackedByteArray())
 		_decode_fails("array as map key", PackedByteArray([0x81, 0x90, 1]))
+		# A str must be UTF-8, and a Godot String cannot hold U+0000: refused, never altered.
+		for name in [
+			"msgpack.refused.str.not_utf8",
+			"msgpack.refused.str.overlong",
+			"msgpack.refused.str.surrogate",
+		]:
+			_decode_fails(name, vec(name))
+		var nul := MsgPack.new()
+		_decode_fails("msgpack.str.nul", vec("msgpack.str.nul"), nul)
+		_check("says why it refuses U+0000", nul.error.contains("U+0000"), nul.error)
+		var bom := PackedByteArray([0xa4, 0xef, 0xbb, 0xbf, 0x61])
+		var kept: Variant = MsgPack.new().decode(bom)
+		_check("keeps a leading U+FEFF", kept == String.chr(0xfeff) + "a", str(kept))
 		var c := MsgPack.new()
 		_check(
 			"decodes after an error", c.decode(PackedByteArray([0xc1])) == null and c.error != ""
@@ -413,6 +442,7 @@ class Expected:
 		v["msgpack.uint.65536"] = 65536
 		v["msgpack.uint.4294967295"] = 4294967295
 		v["msgpack.uint.4294967296"] = 4294967296
+		v["msgpack.uint.9223372036854775807"] = 9223372036854775807
 		v["msgpack.int.-1"] = -1
 		v["msgpack.int.-32"] = -32
 		v["msgpack.int.-33"] = -33
@@ -431,11 +461,16 @@ class Expected:
 		v["msgpack.str.hello"] = "hello"
 		v["msgpack.str.31"] = "a".repeat(31)
 		v["msgpack.str.32"] = "a".repeat(32)
+		v["msgpack.str.255"] = "d".repeat(255)
 		v["msgpack.str.256"] = "b".repeat(256)
 		v["msgpack.str.65536"] = "c".repeat(65536)
 		v["msgpack.str.utf8"] = "héllo ✓"
 		v["msgpack.bin.empty"] = PackedByteArray()
 		v["msgpack.bin.3"] = PackedByteArray([0, 1, 255])
+		var b255 := PackedByteArray()
+		b255.resize(255)
+		b255.fill(0)
+		v["msgpack.bin.255"] = b255
 		var b256 := PackedByteArray()
 		for i in 256:
 			b256.append(i)

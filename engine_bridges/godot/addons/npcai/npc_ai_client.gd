@@ -442,7 +442,14 @@ func _dispatch(parts: Array) -> void:
 		return
 	var decoded: Variant = _codec.decode(parts[0])
 	if _codec.error != "" or typeof(decoded) != TYPE_DICTIONARY:
-		stray_reply.emit(_bad_reply("reply is not a msgpack map: " + _codec.error))
+		var why := "reply is not a msgpack map: " + _codec.error
+		# It still ends the request it names, rather than leaving that to wait forever.
+		var named: Variant = _codec.leading_int(parts[0], "id")
+		var req: Request = _open.get(named) if named != null else null
+		if req != null:
+			_end_later(req, _error_reply(req, "bad_reply", "the sidecar's reply did not decode: " + why))
+		else:
+			stray_reply.emit(_bad_reply(why))
 		return
 	var reply: Dictionary = decoded
 	var rid: Variant = reply.get("id")

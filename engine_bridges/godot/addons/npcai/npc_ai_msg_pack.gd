@@ -7,7 +7,8 @@ extends RefCounted
 ##   [float] to float64 (float32 when [member single_float] is set), [String] and
 ##   [StringName] to str, [PackedByteArray] to bin, [Array] and the other packed arrays to
 ##   array, [Dictionary] to map (in insertion order), [NpcAiMsgPack.Uint64] to uint64.[br]
-## - decode: the reverse; str becomes [String], bin becomes [PackedByteArray].[br]
+## - decode: the reverse; str becomes [String], bin becomes [PackedByteArray]. A str that is
+##   not valid UTF-8, or holds U+0000 (which a [String] cannot), is an error.[br]
 ## GDScript's [int] is a signed 64-bit integer, so a uint64 above 9223372036854775807 cannot
 ## be an [int]: it decodes to the nearest [float] (lossy), or to an exact
 ## [NpcAiMsgPack.Uint64] when [member exact_uint64] is set. To send such a number, wrap its
@@ -121,6 +122,34 @@ func decode_range(data: PackedByteArray, begin: int, end: int) -> Variant:
 	if error != "":
 		return null
 	return value
+
+
+## The int under [param key] among the leading entries (those that decode) of the map in
+## [param data], or null: the id of a reply that does not decode whole, as the sidecar writes
+## v and id first. Leaves [member error] empty.
+func leading_int(data: PackedByteArray, key: String) -> Variant:
+	_data = data
+	_pos = 0
+	_end = data.size()
+	error = ""
+	var n := 0
+	if _need(1):
+		var b: int = _data[_pos]
+		_pos += 1
+		if b >= 0x80 and b <= 0x8f:
+			n = b - 0x80
+		elif b == 0xde or b == 0xdf:
+			n = _read_uint(2 << (b - 0xde))
+	var found: Variant = null
+	while n > 0 and error == "" and found == null:
+		var k: Variant = _read(1)
+		var v: Variant = _read(1)
+		if error == "" and typeof(k) == TYPE_STRING and k == key and typeof(v) == TYPE_INT:
+			found = v
+		n -= 1
+	_data = PackedByteArray()
+	error = ""
+	return found
 
 
 # --- encoding -----------------------------------------------------------------------------
@@ -405,8 +434,21 @@ func _read_tagged(b: int, depth: int) -> Variant:
 func _read_str(n: int) -> String:
 	if error != "" or not _check_len(n, max_bytes_len, "str") or not _need(n):
 		return ""
-	var s := _data.slice(_pos, _pos + n).get_string_from_utf8()
+	var at := _pos
+	var bytes := _data.slice(_pos, _pos + n)
 	_pos += n
+	# A Godot String cannot hold U+0000, and get_string_from_utf8 replaces bad bytes with
+	# U+FFFD (only logging it): refuse both rather than hand on an altered text.
+	if bytes.has(0):
+		_fail("str at offset %d holds U+0000, which a Godot String cannot hold" % at)
+		return ""
+	# A leading space keeps get_string_from_utf8 from dropping a leading U+FEFF.
+	var spaced := PackedByteArray([0x20])
+	spaced.append_array(bytes)
+	var s := spaced.get_string_from_utf8().substr(1)
+	if s.to_utf8_buffer() != bytes:
+		_fail("str at offset %d is not valid UTF-8" % at)
+		return ""
 	return s
 
 

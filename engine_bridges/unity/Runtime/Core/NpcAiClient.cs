@@ -91,7 +91,8 @@ namespace NpcAi
         public NpcAiClient(NpcAiClientOptions options = null)
         {
             this.options = options ?? new NpcAiClientOptions();
-            reader = new MsgPackReader(this.options.MaxDepth, 1 << 20, this.options.MaxFrameBytes);
+            // The limits every bridge shares (docs/BRIDGES.md, "Replies"): a str or bin is bounded by the frame.
+            reader = new MsgPackReader(this.options.MaxDepth, 65536, this.options.MaxFrameBytes);
             budgetTicks = this.options.PollBudgetMicros * Stopwatch.Frequency / 1000000;
             cancelFromAnyThread = CancelFromAnyThread;
             frameTimes = new double[Math.Max(1, this.options.FrameReportInterval)];
@@ -651,7 +652,12 @@ namespace NpcAi
             }
             catch (MsgPackException e)
             {
-                Warn("unreadable reply: " + e.Message);
+                // It still ends the request it names, rather than leaving that to wait forever.
+                NpcRequest named;
+                if (reply.HasId && pending.TryGetValue(reply.Id, out named))
+                    Failed(named, "bad_reply", "the sidecar's reply did not decode: " + e.Message);
+                else
+                    Warn("unreadable reply: " + e.Message);
                 return;
             }
             NpcRequest request;
@@ -689,13 +695,7 @@ namespace NpcAi
                     Succeeded(request);
                     return;
                 case ReplyEvent.Error:
-                    pending.Remove(request.Id);
-                    if (request.RequestKind == NpcRequest.Kind.Hello)
-                        Lose("hello was refused: " + reply.Code + ": " + reply.Message, true);
-                    else if (request.RequestKind == NpcRequest.Kind.Cancel)
-                        CancelLocally(request.CancelTarget);
-                    else
-                        request.Fail(reply.Code ?? "internal", reply.Message ?? "");
+                    Failed(request, reply.Code ?? "internal", reply.Message ?? "");
                     return;
                 case ReplyEvent.Cancelled:
                     pending.Remove(request.Id);
@@ -705,6 +705,17 @@ namespace NpcAi
                     Warn("reply with an unknown event to " + request);
                     return;
             }
+        }
+
+        void Failed(NpcRequest request, string code, string message)
+        {
+            pending.Remove(request.Id);
+            if (request.RequestKind == NpcRequest.Kind.Hello)
+                Lose("hello was refused: " + code + ": " + message, true);
+            else if (request.RequestKind == NpcRequest.Kind.Cancel)
+                CancelLocally(request.CancelTarget);
+            else
+                request.Fail(code, message);
         }
 
         void Succeeded(NpcRequest request)

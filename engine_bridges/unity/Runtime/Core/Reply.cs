@@ -65,7 +65,10 @@ namespace NpcAi
             Extra = null;
         }
 
-        /// <summary>Decodes one reply frame; throws MsgPackException if it is not a well-formed map.</summary>
+        /// <summary>
+        /// Decodes one reply frame; throws MsgPackException if it is not a well-formed map. After a throw,
+        /// HasId and Id still hold the id if it came before the bad part (the sidecar writes v and id first).
+        /// </summary>
         public void Read(MsgPackReader reader)
         {
             Clear();
@@ -79,9 +82,12 @@ namespace NpcAi
                 reader.ReadStringBytes(out k, out n);
                 if (MsgPackReader.BytesEqual(d, k, n, KeyId))
                 {
-                    HasId = !reader.TryReadNil();
-                    if (HasId)
+                    // Set only once read: a reply that fails later still names its request.
+                    if (!reader.TryReadNil())
+                    {
                         Id = reader.ReadInt64();
+                        HasId = true;
+                    }
                 }
                 else if (MsgPackReader.BytesEqual(d, k, n, KeyEvent))
                     Event = ReadEvent(reader);

@@ -15,6 +15,7 @@ namespace NpcAi.Tests
             yield return new TestCase("unit", "client.unconnected_requests_end_on_poll", UnconnectedRequestsEndOnPoll);
             yield return new TestCase("unit", "client.scripted_replies", ScriptedReplies);
             yield return new TestCase("unit", "client.actions_sentences_steps", ActionsSentencesSteps);
+            yield return new TestCase("unit", "client.unreadable_reply_ends_its_request", UnreadableReplyEndsItsRequest);
             yield return new TestCase("unit", "client.poll_is_bounded", PollIsBounded);
             yield return new TestCase("unit", "client.cancel", CancelFlow);
             yield return new TestCase("unit", "client.silent_sidecar_deadlines", SilentSidecarDeadlines);
@@ -102,6 +103,42 @@ namespace NpcAi.Tests
                 GameLoop.Run(client, 20);
                 Check.Equal(1, warnings.Count, "one warning (the nil-id error; the late reply is ignored)");
                 Check.True(warnings[0].Contains("bad_request"), "the warning names the error: " + warnings[0]);
+                client.Dispose();
+            }
+        }
+
+        // A reply that does not decode (a str that is not UTF-8, a map with an int key) still ends the request its
+        // leading id names, with bad_reply; what comes later for it is ignored; one with no readable id is a warning.
+        static void UnreadableReplyEndsItsRequest()
+        {
+            using (var fake = new FakeSidecar(request => (string)request["op"] == "hello" ? Answer(request) : null))
+            {
+                var client = new NpcAiClient();
+                var warnings = new List<string>();
+                client.Warning += (c, message) => warnings.Add(message);
+                client.Connect(fake.Endpoint);
+                GameLoop.Until(client, () => client.State == ClientState.Ready, 3000, "ready");
+                var badText = client.Say("brom", "1");
+                var intKey = client.Say("brom", "2");
+                GameLoop.Until(client, () => fake.Received.Count == 3, 3000, "the says");
+                // {v: 1, id, event: "done", text: <ff fe>}
+                var head = new byte[] { 0x84, 0xa1, (byte)'v', 0x01, 0xa2, (byte)'i', (byte)'d', (byte)badText.Id,
+                    0xa5, (byte)'e', (byte)'v', (byte)'e', (byte)'n', (byte)'t', 0xa4, (byte)'d', (byte)'o', (byte)'n', (byte)'e',
+                    0xa4, (byte)'t', (byte)'e', (byte)'x', (byte)'t', 0xa2, 0xff, 0xfe };
+                fake.PushBytes(head);
+                fake.Push(FakeSidecar.Reply(badText.Id, "done", "value", "late"));
+                var reply = new Dictionary<string, object> { { "v", 1L }, { "id", intKey.Id }, { "event", "done" },
+                    { "value", new Dictionary<object, object> { { 1L, 2L } } } };
+                fake.PushBytes(MsgPack.Encode(reply));
+                fake.PushBytes(new byte[] { 0xc1 });
+                GameLoop.Until(client, () => !badText.IsPending && !intKey.IsPending && warnings.Count > 0, 3000, "endings");
+                GameLoop.Run(client, 20);
+                Check.Equal(RequestStatus.Error, badText.Status, "not UTF-8: status");
+                Check.Equal("bad_reply", badText.ErrorCode, "not UTF-8: code");
+                Check.Equal(RequestStatus.Error, intKey.Status, "int key: status");
+                Check.Equal("bad_reply", intKey.ErrorCode, "int key: code");
+                Check.Equal(1, warnings.Count, "one warning (the reply with no id; the late done is ignored)");
+                Check.Equal(ClientState.Ready, client.State, "still connected");
                 client.Dispose();
             }
         }

@@ -49,8 +49,13 @@ namespace NpcAi.Tests
         /// <summary>Sends one reply now, from the test's thread (e.g. a late or unsolicited reply).</summary>
         public void Push(Dictionary<string, object> reply)
         {
+            PushBytes(MsgPack.Encode(reply));
+        }
+
+        /// <summary>Sends one reply body as given (e.g. bytes no encoder writes).</summary>
+        public void PushBytes(byte[] body)
+        {
             var frame = new ByteBuffer(64);
-            byte[] body = MsgPack.Encode(reply);
             Zmtp.WriteFrame(frame, body, 0, body.Length, false);
             lock (listener)
                 peer.Send(frame.Data, frame.Start, frame.Count, SocketFlags.None);

@@ -65,6 +65,9 @@ namespace NpcAi.Tests
             byte[] body = new RequestEncoder().Say(9, "brom", new string('x', 300), null).ToArray();
             ExpectFrame("zmtp.frame.long", body, false);
             ExpectFrame("zmtp.frame.empty", new byte[0], false);
+            // Across the short/long boundary: 255 bytes is the largest short frame, 256 the smallest long one.
+            ExpectFrame("zmtp.frame.255", new RequestEncoder().Say(9, "brom", new string('x', 224), null).ToArray(), false);
+            ExpectFrame("zmtp.frame.256", new RequestEncoder().Say(9, "brom", new string('x', 225), null).ToArray(), false);
 
             byte[] multipart = Vectors.Get("zmtp.frame.multipart");
             var output = new ByteBuffer(16);

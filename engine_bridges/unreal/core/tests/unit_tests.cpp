@@ -22,6 +22,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "check.hpp"
@@ -82,7 +83,8 @@ std::map<std::string, Value> expected_values() {
   e["msgpack.true"] = true;
   e["msgpack.false"] = false;
   for (unsigned long long v : {0ull, 1ull, 127ull, 128ull, 255ull, 256ull, 65535ull, 65536ull, 4294967295ull,
-                               4294967296ull, 18446744073709551615ull}) {
+                               4294967296ull, 9223372036854775807ull, 9223372036854775808ull,
+                               18446744073709551615ull}) {
     e["msgpack.uint." + std::to_string(v)] = v;
   }
   for (long long v : {-1ll, -32ll, -33ll, -128ll, -129ll, -32768ll, -32769ll, -2147483648ll, -2147483649ll,
@@ -97,13 +99,16 @@ std::map<std::string, Value> expected_values() {
   e["msgpack.str.hello"] = "hello";
   e["msgpack.str.31"] = std::string(31, 'a');
   e["msgpack.str.32"] = std::string(32, 'a');
+  e["msgpack.str.255"] = std::string(255, 'd');
   e["msgpack.str.256"] = std::string(256, 'b');
   e["msgpack.str.65536"] = std::string(65536, 'c');
   e["msgpack.str.utf8"] = "h\xc3\xa9llo \xe2\x9c\x93";
+  e["msgpack.str.nul"] = std::string("a\0b", 3);
   e["msgpack.bin.empty"] = Value::bin("");
   e["msgpack.bin.3"] = Value::bin(std::string("\x00\x01\xff", 3));
   std::string all_bytes;
   for (int i = 0; i < 256; ++i) all_bytes += static_cast<char>(i);
+  e["msgpack.bin.255"] = Value::bin(std::string(255, '\0'));
   e["msgpack.bin.256"] = Value::bin(all_bytes);
   e["msgpack.bin.65536"] = Value::bin(std::string(65536, '\0'));
   e["msgpack.array.empty"] = Value::array();
@@ -226,6 +231,7 @@ CASE(msgpack_encode_matches_vectors) {
   int checked = 0;
   for (const auto& [name, bytes] : vectors()) {
     if (!starts_with(name, "msgpack.") && !starts_with(name, "message.")) continue;
+    if (starts_with(name, "msgpack.refused.")) continue;
     const auto it = expected.find(name);
     CHECK(it != expected.end(), "no expected value for vector " + name);
     if (it == expected.end()) continue;
@@ -244,6 +250,18 @@ CASE(msgpack_decode_matches_vectors) {
     CHECK(err == npcai::msgpack::Error::None, name + ": " + npcai::msgpack::to_string(err));
     CHECK(got == value, name);
   }
+}
+
+CASE(msgpack_refuses_the_refused_vectors) {
+  // A str must be UTF-8: bytes that are not (overlong forms and surrogates included) are refused.
+  int refused = 0;
+  for (const auto& [name, bytes] : vectors()) {
+    if (!starts_with(name, "msgpack.refused.")) continue;
+    Value v;
+    CHECK(decode(bytes, v) == npcai::msgpack::Error::NotUtf8, name);
+    ++refused;
+  }
+  CHECK(refused >= 3, std::to_string(refused) + " refused vectors");
 }
 
 CASE(msgpack_test_suite) {
@@ -432,6 +450,18 @@ CASE(zmtp_matches_vectors) {
   Bytes relong;
   npcai::zmtp::append_frame(relong, long_body.data(), long_body.size());
   CHECK(relong == long_frame);
+
+  // Across the short/long boundary: a body of 255 bytes is the largest short frame, 256 the smallest long one.
+  for (const auto& [name, text, flags] : {std::tuple<const char*, std::size_t, std::uint8_t>{"zmtp.frame.255", 224, 0x00},
+                                          {"zmtp.frame.256", 225, 0x02}}) {
+    const Bytes body = encoded(map_of({{"v", 1}, {"id", 9}, {"op", "say"}, {"npc", "brom"}, {"text", std::string(text, 'x')}}));
+    Bytes built;
+    npcai::zmtp::append_frame(built, body.data(), body.size());
+    CHECK(built == vec(name) && built[0] == flags, std::string(name) + ": " + hex(built));
+    const Bytes& framed = vec(name);
+    REQUIRE(npcai::zmtp::parse_frame(framed.data(), framed.size(), 1024, f, used) == npcai::zmtp::Parse::Ok);
+    CHECK(used == framed.size() && Bytes(f.body, f.body + f.size) == body, name);
+  }
 
   const Bytes& multi = vec("zmtp.frame.multipart");
   Bytes built;
@@ -803,6 +833,52 @@ CASE(client_actions_sentences_and_steps) {
   CHECK(client.stray() == 1);
 }
 
+CASE(client_unreadable_reply_ends_its_request) {
+  // A reply that does not decode still ends the request its leading id names, with bad_reply;
+  // what comes later for that id is stray, as is a reply whose id cannot be read. A str of
+  // 2 MiB, within the limits every bridge shares (16 MiB), decodes.
+  FakeSidecar fake;
+  fake.run([&](FakeSidecar& f) {
+    if (!f.accept() || !f.handshake()) return;
+    Bytes frame;
+    for (int i = 0; i < 3 && f.read_frame(frame); ++i) {
+    }
+    const Bytes head = {0x84, 0xa1, 'v', 0x01, 0xa2, 'i', 'd'};  // {v: 1, id: ...
+    const Bytes done = {0xa5, 'e', 'v', 'e', 'n', 't', 0xa4, 'd', 'o', 'n', 'e', 0xa5, 'v', 'a', 'l', 'u', 'e'};
+    Bytes not_utf8 = head;
+    not_utf8.push_back(0x01);
+    not_utf8.insert(not_utf8.end(), done.begin(), done.end());
+    not_utf8.insert(not_utf8.end(), {0xa2, 0xff, 0xfe});
+    f.send(not_utf8);
+    f.send(encoded(map_of({{"v", 1}, {"id", 1}, {"event", "done"}, {"value", "late"}})));
+    f.send(encoded(map_of({{"v", 1}, {"id", 2}, {"event", "done"}, {"value", std::string(2u << 20, 'x')}})));
+    Bytes ext = head;
+    ext.push_back(0x03);
+    ext.insert(ext.end(), done.begin(), done.end());
+    ext.insert(ext.end(), {0xd4, 0x01, 0x00});
+    f.send(ext);
+    f.send({0xc1});
+    while (f.read_frame(frame)) {
+    }
+  });
+  Recorder events;
+  npcai::Client client(events);
+  REQUIRE(client.connect(fake.endpoint()));
+  REQUIRE(poll_until(client, [&] { return client.state() == npcai::Client::State::Open; }));
+  const Handle bad_text = client.say("brom", "1");
+  const Handle big = client.say("brom", "2");
+  const Handle bad_type = client.say("brom", "3");
+  REQUIRE(poll_until(client, [&] { return client.pending() == 0 && client.stray() == 2; }),
+          std::to_string(client.pending()) + " open, " + std::to_string(client.stray()) + " stray");
+  CHECK(events.ends[bad_text].kind == "error" && events.ends[bad_text].code == "bad_reply", events.ends[bad_text].code);
+  CHECK(events.ends[bad_text].message.find("UTF-8") != std::string::npos, events.ends[bad_text].message);
+  CHECK(events.ends[big].kind == "done" && events.ends[big].value.as_str().size() == (2u << 20));
+  CHECK(events.ends[bad_type].code == "bad_reply", events.ends[bad_type].code);
+  CHECK(events.order.size() == 3);  // the late done after bad_reply is not a second ending
+  CHECK(client.state() == npcai::Client::State::Open);
+  client.close();
+}
+
 CASE(client_not_connected_ends_at_next_poll) {
   Recorder events;
   npcai::Client client(events);
@@ -907,6 +983,55 @@ CASE(client_deadline_and_silence_without_replies) {
     if (decode(frame, v) == npcai::msgpack::Error::None && v["op"].as_str() == "ping") ++pings;
   }
   CHECK(pings == 1, std::to_string(pings) + " pings");
+}
+
+CASE(client_game_thread_stall_is_not_silence) {
+  // A level load blocks the game thread (no poll(), so no heartbeat) longer than the silence
+  // timeout. A live sidecar, which answers ping at once and the say 900 ms after it came, is
+  // kept: the first poll after the stall pings it. A dead one is still found, a grace time later.
+  FakeSidecar fake;
+  std::atomic<bool> answer{true};
+  fake.run([&](FakeSidecar& f) {
+    if (!f.accept() || !f.handshake()) return;
+    Bytes frame;
+    Value req;
+    if (!f.read_frame(frame)) return;
+    const auto said = Clock::now();
+    bool done = false;
+    while (f.read_frame(frame) && decode(frame, req) == npcai::msgpack::Error::None) {
+      f.record(frame);
+      if (!answer) continue;
+      f.send(encoded(map_of({{"v", 1}, {"id", req["id"].as_int()}, {"event", "ok"}})));
+      if (!done && Clock::now() - said >= std::chrono::milliseconds(900)) {
+        f.send(encoded(map_of({{"v", 1}, {"id", 1}, {"event", "done"}, {"value", "Aye."}})));
+        done = true;
+      }
+    }
+  });
+  Recorder events;
+  npcai::ClientConfig config;
+  config.heartbeat_ms = 100;
+  config.silence_timeout_ms = 400;
+  npcai::Client client(events, config);
+  REQUIRE(client.connect(fake.endpoint()));
+  REQUIRE(poll_until(client, [&] { return client.state() == npcai::Client::State::Open; }));
+
+  const Handle said = client.say("brom", "Hello?");
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  REQUIRE(poll_until(client, [&] { return events.ends.count(said) == 1; }));
+  CHECK(events.ends[said].kind == "done" && events.ends[said].value == Value("Aye."),
+        events.ends[said].kind + " " + events.ends[said].message);
+  CHECK(client.state() == npcai::Client::State::Open);
+
+  answer = false;  // now it hangs
+  const Handle lost = client.say("brom", "Still there?");
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  const auto resumed = Clock::now();
+  REQUIRE(poll_until(client, [&] { return events.ends.count(lost) == 1; }));
+  const auto grace = std::chrono::duration_cast<std::chrono::milliseconds>(events.ends[lost].at - resumed).count();
+  CHECK(events.ends[lost].code == "unavailable", events.ends[lost].code);
+  CHECK(grace >= 300 && grace < 500, std::to_string(grace) + " ms after the stall");  // a ping's grace
+  client.close();
 }
 
 CASE(client_budget_and_frame_reports) {

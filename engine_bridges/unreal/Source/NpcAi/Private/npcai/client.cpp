@@ -379,8 +379,9 @@ int Client::poll() {
 }
 
 void Client::dispatch(const std::uint8_t* body, std::size_t size) {
-  if (msgpack::decode(body, size, reply_, config_.limits) != msgpack::Error::None) {
-    ++stray_;
+  const msgpack::Error decoded = msgpack::decode(body, size, reply_, config_.limits);
+  if (decoded != msgpack::Error::None) {
+    unreadable(body, size, decoded);
     return;
   }
   Slot* slot = find(reply_["id"].as_int());
@@ -442,6 +443,23 @@ void Client::dispatch(const std::uint8_t* body, std::size_t size) {
   }
 }
 
+// A reply that does not decode still ends the request its leading id names, rather than
+// leaving it to the silence timeout; one whose id cannot be read is stray.
+void Client::unreadable(const std::uint8_t* body, std::size_t size, msgpack::Error why) {
+  long long id = 0;
+  Slot* slot = msgpack::leading_int(body, size, "id", id, config_.limits) ? find(id) : nullptr;
+  if (!slot || slot->fail != Fail::None) {
+    ++stray_;
+    return;
+  }
+  const Handle h = slot->id;
+  const bool internal = slot->internal;
+  release(*slot);
+  if (h == heartbeat_) heartbeat_ = 0;
+  if (h == frame_report_) frame_report_ = 0;
+  if (!internal) listener_.on_error(h, "bad_reply", std::string("the sidecar's reply did not decode: ") + msgpack::to_string(why));
+}
+
 void Client::lose(std::string_view reason) {
   heartbeat_ = 0;
   frame_report_ = 0;
@@ -470,12 +488,17 @@ void Client::watch_silence(Clock::time_point now) {
   const bool waiting = open_ > 0 || !dealer_.is_open();  // for replies, or for the handshake
   if (!waiting) return;
   const Clock::duration quiet = now - quiet_since_;
-  if (quiet >= ms(config_.silence_timeout_ms)) {
+  // Silence proves the sidecar gone only once a ping has gone unanswered for the grace time
+  // (silence_timeout_ms - heartbeat_ms): pings go out only from poll(), so after a stall of the
+  // game thread (a level load) the first poll pings rather than judging a sidecar it never asked.
+  const bool unanswered = heartbeat_ != 0 && now - heartbeat_at_ >= ms(config_.silence_timeout_ms - config_.heartbeat_ms);
+  if (quiet >= ms(config_.silence_timeout_ms) && (unanswered || !dealer_.is_open())) {
     dealer_.close("no answer from the sidecar for " + std::to_string(config_.silence_timeout_ms) + " ms");
     lose(dealer_.error());
   } else if (quiet >= ms(config_.heartbeat_ms) && heartbeat_ == 0 && dealer_.is_open()) {
     // A live sidecar answers ping from its socket thread at once, even mid-generation.
     msgpack::Value m = begin("ping", heartbeat_);
+    heartbeat_at_ = now;
     submit(heartbeat_, m, Options{}, true);
   }
 }

@@ -206,6 +206,41 @@ void encode(const Value& v, std::vector<std::uint8_t>& out) {
 
 // --- decoding -------------------------------------------------------------------------------
 
+namespace {
+
+// Well-formed UTF-8 (RFC 3629: no overlong forms, surrogates or code points past U+10FFFF),
+// as the sidecar's and the other bridges' strict decoders require of a str.
+bool valid_utf8(const std::uint8_t* p, std::size_t n) {
+  const std::uint8_t* const end = p + n;
+  while (p < end) {
+    const std::uint8_t b = *p++;
+    if (b < 0x80) continue;
+    std::size_t more = 0;
+    std::uint8_t lo = 0x80, hi = 0xbf;  // the range of the first continuation byte
+    if (b >= 0xc2 && b <= 0xdf) {
+      more = 1;
+    } else if (b >= 0xe0 && b <= 0xef) {
+      more = 2;
+      if (b == 0xe0) lo = 0xa0;  // overlong
+      if (b == 0xed) hi = 0x9f;  // surrogates
+    } else if (b >= 0xf0 && b <= 0xf4) {
+      more = 3;
+      if (b == 0xf0) lo = 0x90;  // overlong
+      if (b == 0xf4) hi = 0x8f;  // past U+10FFFF
+    } else {
+      return false;
+    }
+    if (static_cast<std::size_t>(end - p) < more || *p < lo || *p > hi) return false;
+    for (std::size_t i = 1; i < more; ++i) {
+      if ((p[i] & 0xc0) != 0x80) return false;
+    }
+    p += more;
+  }
+  return true;
+}
+
+}  // namespace
+
 class Decoder {
  public:
   Decoder(const std::uint8_t* data, std::size_t size, const Limits& limits)
@@ -215,6 +250,28 @@ class Decoder {
     const Error e = value(out, 0);
     if (e != Error::None) return e;
     return p_ == end_ ? Error::None : Error::TrailingBytes;
+  }
+
+  bool leading_int(std::string_view key, long long& out) {
+    unsigned long long n = 0;
+    if (p_ == end_) return false;
+    const std::uint8_t tag = *p_++;
+    if (tag >= 0x80 && tag <= 0x8f) {
+      n = tag & 0x0f;
+    } else if (tag != 0xde && tag != 0xdf) {
+      return false;
+    } else if (!be(tag == 0xde ? 2 : 4, n)) {
+      return false;
+    }
+    Value k, v;
+    for (; n > 0; --n) {
+      if (value(k, 1) != Error::None || value(v, 1) != Error::None) return false;
+      if (k.is_str() && k.as_str() == key && v.type() == Type::Int) {
+        out = v.as_int();
+        return true;
+      }
+    }
+    return false;
   }
 
  private:
@@ -275,6 +332,7 @@ class Decoder {
   Error bytes(Value& out, Type t, std::size_t n) {
     if (n > limits_.max_bytes_len) return Error::TooLong;
     if (n > left()) return Error::Truncated;
+    if (t == Type::Str && !valid_utf8(p_, n)) return Error::NotUtf8;
     reset(out, t);
     out.bytes_.assign(reinterpret_cast<const char*>(p_), n);
     p_ += n;
@@ -357,6 +415,11 @@ Error decode(const std::uint8_t* data, std::size_t size, Value& out, const Limit
   return Decoder(data, size, limits).run(out);
 }
 
+bool leading_int(const std::uint8_t* data, std::size_t size, std::string_view key, long long& out,
+                 const Limits& limits) {
+  return Decoder(data, size, limits).leading_int(key, out);
+}
+
 const char* to_string(Error e) {
   switch (e) {
     case Error::None: return "ok";
@@ -365,6 +428,7 @@ const char* to_string(Error e) {
     case Error::BadType: return "unsupported type (ext or 0xc1)";
     case Error::TooDeep: return "nested too deeply";
     case Error::TooLong: return "container or string over the limits";
+    case Error::NotUtf8: return "str is not valid UTF-8";
   }
   return "?";
 }

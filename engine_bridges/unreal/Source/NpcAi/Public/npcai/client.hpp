@@ -57,7 +57,8 @@ class Listener {
                          const msgpack::Value& /*args*/) {}
   virtual void on_done(Handle, const Result&) {}
   // code: the sidecar's (bad_request, unknown_npc, overloaded, ...), or this client's own:
-  // unavailable (the connection was lost, or none was open when the request was made).
+  // unavailable (the connection was lost, or none was open when the request was made), or
+  // bad_reply (a reply naming this request did not decode).
   virtual void on_error(Handle, std::string_view /*code*/, std::string_view /*message*/) {}
   virtual void on_cancelled(Handle) {}
 };
@@ -65,8 +66,8 @@ class Listener {
 struct ClientConfig {
   int max_messages_per_poll = 64;
   int poll_budget_us = 1000;                  // poll() stops dispatching once this is spent
-  std::size_t max_frame_bytes = 4u << 20;     // a larger frame drops the connection
-  msgpack::Limits limits;                     // decoding limits for replies
+  std::size_t max_frame_bytes = 16u << 20;    // a larger frame drops the connection
+  msgpack::Limits limits;                     // decoding limits for replies (a reply over them ends with bad_reply)
   int heartbeat_ms = 1000;                    // while waiting and nothing arrives: send a ping
   int silence_timeout_ms = 3000;              // while waiting and nothing arrives: the sidecar is gone
   std::size_t expected_inflight = 64;         // request slots reserved up front
@@ -164,7 +165,7 @@ class Client {
   int backoff_level() const { return backoff_level_; }
 
   std::size_t pending() const { return open_; }    // the caller's requests still open
-  std::uint64_t stray() const { return stray_; }   // replies for no open request (late, or id nil)
+  std::uint64_t stray() const { return stray_; }   // replies for no open request (late, id nil, unreadable)
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -198,6 +199,7 @@ class Client {
   Clock::time_point quiet_since_;  // last time bytes arrived, or waiting began
   std::uint64_t seen_bytes_ = 0;
   Handle heartbeat_ = 0;
+  Clock::time_point heartbeat_at_;  // when heartbeat_ was sent
   bool polling_ = false;
   std::uint64_t stray_ = 0;
   double frames_[kMaxFrameBatch] = {};  // report_frame()'s times, oldest first
@@ -213,6 +215,7 @@ class Client {
   Slot* find(Handle id);
   void release(Slot& slot);
   void dispatch(const std::uint8_t* body, std::size_t size);
+  void unreadable(const std::uint8_t* body, std::size_t size, msgpack::Error why);
   static const msgpack::Value* action_in(std::string_view op, bool acts, const msgpack::Value& answer);
   void lose(std::string_view reason);
   void watch_silence(Clock::time_point now);

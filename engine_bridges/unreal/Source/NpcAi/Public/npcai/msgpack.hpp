@@ -85,18 +85,26 @@ class Value {
 // Appends the smallest encoding of `v` to `out`.
 void encode(const Value& v, std::vector<std::uint8_t>& out);
 
+// The same in every bridge (docs/BRIDGES.md, "Replies"): a str or bin is bounded only by the
+// frame (ClientConfig::max_frame_bytes, 16 MiB).
 struct Limits {
   std::size_t max_depth = 32;             // nested maps and arrays
-  std::size_t max_container_len = 4096;   // entries in one map or array
-  std::size_t max_bytes_len = 1u << 20;   // bytes in one str or bin
+  std::size_t max_container_len = 65536;  // entries in one map or array
+  std::size_t max_bytes_len = 16u << 20;  // bytes in one str or bin
 };
 
-enum class Error { None, Truncated, TrailingBytes, BadType, TooDeep, TooLong };
+enum class Error { None, Truncated, TrailingBytes, BadType, TooDeep, TooLong, NotUtf8 };
 const char* to_string(Error e);
 
 // Decodes exactly one value filling all of [data, data + size) into `out`, reusing its storage.
 // Never reads past the end and never trusts a length before checking it against the limits
 // and the bytes left, so garbage cannot make it allocate or recurse without bound.
 Error decode(const std::uint8_t* data, std::size_t size, Value& out, const Limits& limits = {});
+
+// The int under `key` among the leading entries, those that decode, of the map in
+// [data, data + size): the id of a reply that does not decode whole (the sidecar writes v and
+// id first). False if there is none.
+bool leading_int(const std::uint8_t* data, std::size_t size, std::string_view key, long long& out,
+                 const Limits& limits = {});
 
 }  // namespace npcai::msgpack
