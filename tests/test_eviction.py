@@ -122,3 +122,50 @@ def test_an_npc_defined_while_every_sequence_is_busy_is_defined_and_says_so(mode
         assert msgpack.unpackb(c.call("save", npc="z")["state"])["persona"] == "You are Zed, a wizard."
         line = c.say("z", "Who are you?", max_tokens=16, temperature=0)
         assert line["event"] == "done" and not line["used_fallback"]
+
+
+def _hold_both_sequences(c) -> list:
+    """Two long regex decisions of NPCs a and b: they hold both sequences of a ``--n-seq 2`` sidecar for
+    150 model steps or more (600 letters, one token each)."""
+    busy = [c.request("decide", npc=n, situation="Spell a long word.", regex="[a-z]{600}", max_tokens=512)
+            for n in "ab"]
+    deadline = time.monotonic() + 30
+    while c.call("stats")["engine"]["running"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return busy
+
+
+def test_a_line_or_grammar_decision_asked_while_every_sequence_is_busy_waits_for_one_and_is_answered(
+        model_path, village):
+    """Lines and grammar decisions are bounded, so a request that finds every KV sequence busy waits in the
+    queue for one to free instead of being refused ``overloaded``."""
+    with Sidecar("--n-seq", "2", "--n-ctx", "1024", "--npc-ctx", "512", "--threads", "2") as sc, \
+            Client(sc.endpoint) as c:
+        c.npc("a", village["npcs"]["brom"]["persona"])
+        c.npc("b", village["npcs"]["grik"]["persona"])
+        c.npc("z", "You are Zed, a baker.")
+        busy = _hold_both_sequences(c)
+        line = c.request("say", npc="z", text="Who are you?", max_tokens=16, temperature=0)
+        decision = c.request("decide", situation="Name a colour.", regex="(red|green|blue)")
+        for h in (line, decision):
+            reply = c.wait(h)
+            assert reply["event"] == "done" and not reply["used_fallback"], reply
+            assert any(b.finished for b in busy)  # it waited for one of them
+        assert all(c.wait(b)["event"] == "done" for b in busy)
+
+
+def test_a_line_waiting_for_a_sequence_past_its_deadline_gets_its_fallback_then(model_path, village):
+    with Sidecar("--n-seq", "2", "--n-ctx", "1024", "--npc-ctx", "512", "--threads", "2") as sc, \
+            Client(sc.endpoint) as c:
+        c.npc("a", village["npcs"]["brom"]["persona"])
+        c.npc("b", village["npcs"]["grik"]["persona"])
+        c.npc("z", "You are Zed, a baker.")
+        busy = _hold_both_sequences(c)
+        sent = time.monotonic()
+        reply = c.wait(c.request("say", npc="z", text="Who are you?", max_tokens=16, deadline_ms=400,
+                                 fallback="Hmm."))
+        assert reply["event"] == "done" and reply["timed_out"] and reply["used_fallback"], reply
+        assert reply["value"] == "Hmm." and 0.35 < time.monotonic() - sent < 1.5
+        assert not any(b.finished for b in busy)
+        line = c.say("z", "Who are you?", max_tokens=16, temperature=0)  # and the NPC talks once one frees
+        assert line["event"] == "done" and not line["used_fallback"]

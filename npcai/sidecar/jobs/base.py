@@ -58,6 +58,10 @@ class Job:
     def ready(self) -> bool:
         return True
 
+    def needs_seq(self) -> bool:
+        """Whether ``start`` would take a fresh KV sequence now: such a job waits while none can be had."""
+        return False
+
     def start(self) -> None:
         raise NotImplementedError
 
