@@ -169,3 +169,23 @@ def test_a_line_waiting_for_a_sequence_past_its_deadline_gets_its_fallback_then(
         assert not any(b.finished for b in busy)
         line = c.say("z", "Who are you?", max_tokens=16, temperature=0)  # and the NPC talks once one frees
         assert line["event"] == "done" and not line["used_fallback"]
+
+
+def test_a_conversation_past_its_window_still_evaluates_only_its_new_tokens_on_most_lines(model_path, village):
+    """When old turns must give way, enough go at once that the lines after fit too: they reuse the cached
+    history (each drop changes the text right after the persona, so nothing past it stays cached), and
+    only one line in several evaluates the history again. The newest turns are kept."""
+    with Sidecar("--n-ctx", "512", "--n-seq", "2", "--npc-ctx", "256", "--threads", "2") as sc, \
+            Client(sc.endpoint) as c:
+        c.npc("brom", village["npcs"]["brom"]["persona"])
+        lines = [f"Tell me about the sword you made in year {1000 + i} of the kingdom." for i in range(18)]
+        reused = []
+        for line in lines:
+            reply = c.say("brom", line, max_tokens=12, temperature=0)
+            usage = reply["usage"]
+            assert reply["event"] == "done" and usage["prompt_tokens"] + usage["cached_tokens"] <= 256
+            reused.append(usage["cached_tokens"] / (usage["cached_tokens"] + usage["prompt_tokens"]))
+        kept = msgpack.unpackb(c.call("save", npc="brom")["state"])["messages"]
+        assert len(kept) < 2 * len(lines) - 12  # the window overflowed early on...
+        assert sum(r > 0.6 for r in reused[-12:]) >= 9, reused  # ...and most lines since reused their history
+        assert kept[-4][1] == lines[-2] and kept[-2][1] == lines[-1]  # the newest turns are remembered
