@@ -122,3 +122,70 @@ def test_an_npc_defined_while_every_sequence_is_busy_is_defined_and_says_so(mode
         assert msgpack.unpackb(c.call("save", npc="z")["state"])["persona"] == "You are Zed, a wizard."
         line = c.say("z", "Who are you?", max_tokens=16, temperature=0)
         assert line["event"] == "done" and not line["used_fallback"]
+
+
+def _hold_both_sequences(c) -> list:
+    """Two long regex decisions of NPCs a and b: they hold both sequences of a ``--n-seq 2`` sidecar for
+    150 model steps or more (600 letters, one token each)."""
+    busy = [c.request("decide", npc=n, situation="Spell a long word.", regex="[a-z]{600}", max_tokens=512)
+            for n in "ab"]
+    deadline = time.monotonic() + 30
+    while c.call("stats")["engine"]["running"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return busy
+
+
+def test_a_line_or_grammar_decision_asked_while_every_sequence_is_busy_waits_for_one_and_is_answered(
+        model_path, village):
+    """Lines and grammar decisions are bounded, so a request that finds every KV sequence busy waits in the
+    queue for one to free instead of being refused ``overloaded``."""
+    with Sidecar("--n-seq", "2", "--n-ctx", "1024", "--npc-ctx", "512", "--threads", "2") as sc, \
+            Client(sc.endpoint) as c:
+        c.npc("a", village["npcs"]["brom"]["persona"])
+        c.npc("b", village["npcs"]["grik"]["persona"])
+        c.npc("z", "You are Zed, a baker.")
+        busy = _hold_both_sequences(c)
+        line = c.request("say", npc="z", text="Who are you?", max_tokens=16, temperature=0)
+        decision = c.request("decide", situation="Name a colour.", regex="(red|green|blue)")
+        for h in (line, decision):
+            reply = c.wait(h)
+            assert reply["event"] == "done" and not reply["used_fallback"], reply
+            assert any(b.finished for b in busy)  # it waited for one of them
+        assert all(c.wait(b)["event"] == "done" for b in busy)
+
+
+def test_a_line_waiting_for_a_sequence_past_its_deadline_gets_its_fallback_then(model_path, village):
+    with Sidecar("--n-seq", "2", "--n-ctx", "1024", "--npc-ctx", "512", "--threads", "2") as sc, \
+            Client(sc.endpoint) as c:
+        c.npc("a", village["npcs"]["brom"]["persona"])
+        c.npc("b", village["npcs"]["grik"]["persona"])
+        c.npc("z", "You are Zed, a baker.")
+        busy = _hold_both_sequences(c)
+        sent = time.monotonic()
+        reply = c.wait(c.request("say", npc="z", text="Who are you?", max_tokens=16, deadline_ms=400,
+                                 fallback="Hmm."))
+        assert reply["event"] == "done" and reply["timed_out"] and reply["used_fallback"], reply
+        assert reply["value"] == "Hmm." and 0.35 < time.monotonic() - sent < 1.5
+        assert not any(b.finished for b in busy)
+        line = c.say("z", "Who are you?", max_tokens=16, temperature=0)  # and the NPC talks once one frees
+        assert line["event"] == "done" and not line["used_fallback"]
+
+
+def test_a_conversation_past_its_window_still_evaluates_only_its_new_tokens_on_most_lines(model_path, village):
+    """When old turns must give way, enough go at once that the lines after fit too: they reuse the cached
+    history (each drop changes the text right after the persona, so nothing past it stays cached), and
+    only one line in several evaluates the history again. The newest turns are kept."""
+    with Sidecar("--n-ctx", "512", "--n-seq", "2", "--npc-ctx", "256", "--threads", "2") as sc, \
+            Client(sc.endpoint) as c:
+        c.npc("brom", village["npcs"]["brom"]["persona"])
+        lines = [f"Tell me about the sword you made in year {1000 + i} of the kingdom." for i in range(18)]
+        reused = []
+        for line in lines:
+            reply = c.say("brom", line, max_tokens=12, temperature=0)
+            usage = reply["usage"]
+            assert reply["event"] == "done" and usage["prompt_tokens"] + usage["cached_tokens"] <= 256
+            reused.append(usage["cached_tokens"] / (usage["cached_tokens"] + usage["prompt_tokens"]))
+        kept = msgpack.unpackb(c.call("save", npc="brom")["state"])["messages"]
+        assert len(kept) < 2 * len(lines) - 12  # the window overflowed early on...
+        assert sum(r > 0.6 for r in reused[-12:]) >= 9, reused  # ...and most lines since reused their history
+        assert kept[-4][1] == lines[-2] and kept[-2][1] == lines[-1]  # the newest turns are remembered

@@ -70,6 +70,10 @@ class SeqPool:
         return {"parked": len(self._parked), "parked_mb": round(self._parked_bytes / 2**20, 1),
                 "restores": self.restores}
 
+    def can_acquire(self) -> bool:
+        """Whether ``acquire`` would give a sequence now: one is free, or an idle NPC's could give way."""
+        return bool(self._free) or any(kv.evictable for kv in self._npc.values())
+
     def acquire(self) -> int | None:
         if not self._free and not self.evict_one():
             return None

@@ -289,7 +289,7 @@ class Engine:
     def _start_jobs(self) -> None:
         for job in self.scheduler.startable():
             try:
-                if not job.ready():
+                if not job.ready() or not self._seq_for(job):
                     continue
                 if job.urgency < IDLE and job.rt.pool.free == 0:
                     self._drop_idle_work(job.rt)  # thinking ahead gives way for KV sequences too
@@ -301,6 +301,23 @@ class Engine:
             except Exception:
                 self._internal(job.req, job)
             self.scheduler.started(job)
+
+    def _seq_for(self, job: Job) -> bool:
+        """Whether a job that takes a fresh KV sequence can have one now (thinking ahead gives way first).
+        Else it waits in the queue, in its turn, for a running line or decision to end and free one (its
+        deadline holds: the server answers its fallback); only when nothing running on its model could free
+        one is it refused ``overloaded`` at once."""
+        if not job.needs_seq():
+            return True
+        pool = job.rt.pool
+        if not pool.can_acquire() and job.urgency < IDLE:
+            self._drop_idle_work(job.rt)
+        if pool.can_acquire():
+            return True
+        if not any(j.rt is job.rt and not isinstance(j, Relay) for j in self.scheduler.running):
+            raise Overloaded("no KV sequence free, and no running work to free one: too many NPCs and decisions "
+                             "in flight")
+        return False
 
     def _step(self, rt: Runtime, dialogue: bool = True) -> bool:
         """One step of one model: plan, run, sample, update. False when it had nothing to do."""

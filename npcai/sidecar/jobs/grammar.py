@@ -12,6 +12,7 @@ from npcai.errors import BadRequest, NpcaiError, TooLarge
 from npcai.model import penalties
 from npcai.model.json_keys import KeyTracker
 from npcai.model.sampling import sample_token
+from npcai.sidecar.jobs.base import IDLE
 from npcai.sidecar.jobs.decision import DECIDE_DEFAULTS, Decision
 from npcai.sidecar.npc import Npc
 
@@ -56,6 +57,14 @@ class GrammarDecideJob(Decision):
                 raise TooLarge(f"constraint took over {self.rt.compiler.compile_timeout:.1f} s to compile")
             return False
         return True
+
+    def needs_seq(self) -> bool:
+        """A fork while another job writes the NPC (thinking ahead that has not begun gives way), else the
+        NPC's own sequence, which a parked NPC must get back."""
+        writer = self.npc.writer
+        if writer is not None and not (writer.urgency == IDLE and writer.fed_at is None):
+            return True
+        return self._kv.seq is None
 
     def start(self) -> None:
         try:

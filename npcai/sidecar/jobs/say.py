@@ -47,6 +47,9 @@ class SayJob(NpcWriter):
         name = persona_name(npc.persona)
         self._name = NameGuard(rt.model, name) if name else None  # the NPC introduces itself by its name
 
+    def needs_seq(self) -> bool:
+        return self.npc.kv_for(self.rt).seq is None
+
     def start(self) -> None:
         self.claim()
         target = fit(self.npc, self.rt, ("user", self.req.text), self.max_tokens, self.npc_ctx)
