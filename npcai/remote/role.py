@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
+import traceback
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -34,6 +36,7 @@ from npcai.sidecar.jobs import DECIDE_DEFAULTS, SAY_DEFAULTS, decide_prompt
 from npcai.sidecar.npc import DEFAULT_LEAD, Npc
 
 Emit = Callable[[dict[str, Any]], None]
+log = logging.getLogger("npcai")
 
 ADAPTERS = {m.NAME: m.Adapter for m in (llamacpp, vllm, sglang)}
 MAX_REQUEST_S = 120.0  # the longest a request without a deadline may take
@@ -82,22 +85,23 @@ class RemoteRole:
             body = self.adapter.chat(self.name, messages, params, stream=True)
             pieces: list[str] = []
             reason, usage = None, {}
+            url = self.spec.base_url
             async for chunk in self.upstream.stream("/chat/completions", body):
-                usage = chunk.get("usage") or usage
-                choice = (chunk.get("choices") or [{}])[0]
-                piece = (choice.get("delta") or {}).get("content") or ""
+                usage = _part(chunk, "usage", dict, url) or usage
+                choice = _first_choice(chunk, url, required=False)
+                piece = _part(_part(choice, "delta", dict, url) or {}, "content", str, url) or ""
                 if piece:
                     clock.first()
                     await gate.spend(req.client, 1)
                     pieces.append(piece)
                     if f.get("stream", True):
                         emit(P.token(req.id, piece))
-                reason = choice.get("finish_reason") or reason
+                reason = _part(choice, "finish_reason", str, url) or reason
             if reason is None:
                 raise Unavailable(f"the engine at {self.spec.base_url} ended the stream without a finish reason")
             text = "".join(pieces)
             added = self._history.add(npc, [("user", f["text"]), ("assistant", text)])  # queued before done
-            emit(P.done(req.id, text=text, value=text, tokens=int(usage.get("completion_tokens") or len(pieces)),
+            emit(P.done(req.id, text=text, value=text, tokens=_count(usage.get("completion_tokens")) or len(pieces),
                         finish_reason="length" if reason == "length" else "stop", timed_out=False,
                         used_fallback=False, timing=clock.timing(), usage=_usage(usage)))
             await added  # the NPC's next say reads the history with this turn in it
@@ -116,18 +120,19 @@ class RemoteRole:
                                   json.loads(source) if kind == "schema" else source)
         resp = await self.upstream.post("/chat/completions", body)
         clock.first()
-        choice = (resp.get("choices") or [{}])[0]
-        text = str((choice.get("message") or {}).get("content") or "")
-        reason = choice.get("finish_reason")
+        url = self.spec.base_url
+        choice = _first_choice(resp, url, required=True)
+        text = _part(_part(choice, "message", dict, url) or {}, "content", str, url) or ""
+        reason = _part(choice, "finish_reason", str, url)
         value, ok = text, reason == "stop"
         if ok and kind == "schema":
             try:
                 value = json.loads(text)
             except ValueError:
                 ok = False
-        usage = resp.get("usage") or {}
+        usage = _part(resp, "usage", dict, url) or {}
         emit(P.done(req.id, value=value if ok else req.fallback, text=text,
-                    tokens=int(usage.get("completion_tokens") or 0), finish_reason="stop" if ok else
+                    tokens=_count(usage.get("completion_tokens")), finish_reason="stop" if ok else
                     ("length" if reason == "length" else "error"), timed_out=False, used_fallback=not ok,
                     timing=clock.timing(), usage=_usage(usage)))
 
@@ -176,7 +181,10 @@ class RemoteRole:
         scoring = [*messages, {"role": "assistant", "content": lead}] if lead else messages
         path, body, rooted = self.adapter.score(self.name, scoring, prompt, option)
         resp = await (self.upstream.post_root(path, body) if rooted else self.upstream.post(path, body))
-        return self.adapter.option_logprob(resp, option)
+        try:
+            return self.adapter.option_logprob(resp, option)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError):  # the adapter reads the engine's JSON
+            raise _misshapen(self.spec.base_url, "log-probabilities") from None
 
 
 def fitted_temperature(model: str) -> float:
@@ -198,8 +206,36 @@ def fitted_temperature_power(model: str) -> float:
 
 
 def _usage(usage: dict) -> dict[str, int]:
-    return {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
-            "completion_tokens": int(usage.get("completion_tokens") or 0)}
+    return {"prompt_tokens": _count(usage.get("prompt_tokens")),
+            "completion_tokens": _count(usage.get("completion_tokens"))}
+
+
+def _count(value: Any) -> int:
+    """A token count an engine reported; 0 where it reported none (or no number)."""
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def _first_choice(answer: dict, url: str, *, required: bool) -> dict:
+    """The first of an answer's ``choices`` (an empty map where a stream's chunk has none, such as its usage)."""
+    choices = answer.get("choices")
+    if not required and choices in (None, []):
+        return {}
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise _misshapen(url, "choices")
+    return choices[0]
+
+
+def _part(obj: dict, key: str, kind: type, url: str) -> Any:
+    """``obj[key]`` when it is a ``kind``, None when it is absent or null; an answer with anything else there
+    is malformed, and ends its request ``unavailable`` as a broken stream does."""
+    value = obj.get(key)
+    if value is None or isinstance(value, kind):
+        return value
+    raise _misshapen(url, key)
+
+
+def _misshapen(url: str, what: str) -> Unavailable:
+    return Unavailable(f"the engine at {url} answered with {what} of an unexpected shape")
 
 
 class _Clock:
@@ -323,6 +359,10 @@ class Hub:
         except NpcaiError as err:
             self.counters["failed"] += 1
             emit(_failed(req, err))
+        except Exception:  # a bug: logged once, and the request still gets its one ending reply
+            self.counters["failed"] += 1
+            log.error("internal error serving %s %s:\n%s", req.op, req.id, traceback.format_exc())
+            emit(P.error(req.id, NpcaiError(f"internal error serving {req.op}; the sidecar keeps running")))
 
 
 def _failed(req: P.Request, err: NpcaiError) -> dict[str, Any]:
