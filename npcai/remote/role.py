@@ -40,6 +40,7 @@ log = logging.getLogger("npcai")
 
 ADAPTERS = {m.NAME: m.Adapter for m in (llamacpp, vllm, sglang)}
 MAX_REQUEST_S = 120.0  # the longest a request without a deadline may take
+TOKEN_S = 0.005  # what a token of a remote request is taken to cost (estimate_s)
 _LATE, _EXPIRED, _CANCELLED = "late", "expired", "cancelled"  # why a task was cancelled
 
 
@@ -64,6 +65,11 @@ class RemoteRole:
         self.choice_temperature_power = fitted_temperature_power(self.served.model)
         self.priors = choices.PriorCache()
         self._writing: dict[str, asyncio.Lock] = {}  # one say at a time per NPC, in arrival order
+
+    def estimate_s(self, n_tokens: int, lanes: int = 1, *, tree: bool = False) -> float:
+        """A rough cost, for sharing a chain's deadline among its steps in proportion (chain.py): npcai does not
+        time the engine's work, and only the proportions between steps count there."""
+        return n_tokens * TOKEN_S
 
     def describe(self, roles: list[str]) -> list[dict]:
         return [{"role": r, "name": self.name, "remote": True, "url": self.spec.base_url,

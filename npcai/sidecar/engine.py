@@ -291,7 +291,7 @@ class Engine:
             try:
                 if not job.ready():
                     continue
-                if job.urgency < IDLE and job.rt.pool.free == 0:
+                if job.urgency < IDLE and not _remote(job.rt) and job.rt.pool.free == 0:
                     self._drop_idle_work(job.rt)  # thinking ahead gives way for KV sequences too
                 job.started_at = time.monotonic()
                 job.start()
@@ -443,8 +443,15 @@ class Engine:
             raise Overloaded(f"queue is full ({self.limits.max_queue} requests)")
         self.scheduler.add(job)
 
-    def _emitter(self, req: P.Request) -> Callable[[dict[str, Any]], None]:
-        return self._relays.pop(id(req), None) or (lambda reply: self.emit(req, reply))
+    def _emitter(self, req: P.Request, *, remote: bool = False) -> Callable[[dict[str, Any]], None]:
+        """Where ``req``'s replies go: its relay (a sub-request), else its client. ``remote``: a remote role
+        answers it from its own loop, and a relay hears it on the engine thread, which owns relays and NPCs."""
+        relay = self._relays.pop(id(req), None)
+        if relay is None:
+            return lambda reply: self.emit(req, reply)
+        if remote:
+            return lambda reply: self.call_soon(lambda: relay(reply))
+        return relay
 
     def _on_npc(self, req: P.NpcRequest) -> None:
         """Every check comes before ``_install``: a refused definition leaves the NPC it would replace (or its
@@ -482,7 +489,7 @@ class Engine:
         npc = self._npc(req.npc)
         rt = self.admission.runtime("say", req.role or npc.role)
         if _remote(rt):
-            return self.hub.submit(rt, req, npc, self._emitter(req))
+            return self.hub.submit(rt, req, npc, self._emitter(req, remote=True))
         self.admission.prompt(rt, req.text)
         if req.actions:
             names = actions.allowed(npc, req.actions)
@@ -493,7 +500,7 @@ class Engine:
         npc = self._relay_npcs.get(id(req)) or self._npc(req.npc, required=False)
         rt = self.admission.runtime("decide", req.role)
         if _remote(rt):
-            return self.hub.submit(rt, req, npc, self._emitter(req))
+            return self.hub.submit(rt, req, npc, self._emitter(req, remote=True))
         self.admission.prompt(rt, req.situation)
         if req.actions not in (None, False):
             names = actions.allowed(npc, req.actions)
