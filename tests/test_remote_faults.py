@@ -187,3 +187,48 @@ def test_an_answer_of_an_unexpected_shape_ends_the_request_unavailable_and_frees
     reply = client.call(op, npc="brom", fallback="stay", timeout=10, **fields)
     assert reply["used_fallback"] is True and reply["finish_reason"] == "unavailable" and reply["value"] == "stay"
     assert _in_flight(client) == 0
+
+
+# --- constraints checked here ------------------------------------------------------------------------
+@pytest.mark.parametrize("constraint, needle", [
+    ({"grammar": 'root ::= ("north" | "south"'}, "does not parse as GBNF"),
+    ({"grammar": "root ::= missing"}, "GBNF"),
+    ({"regex": "(north|south"}, "regex does not compile"),
+    ({"schema": {"type": "nope"}}, "does not compile"),
+])
+def test_a_constraint_that_does_not_compile_is_refused_here_and_never_reaches_the_engine(client, engine, constraint,
+                                                                                         needle):
+    sent = len(engine.requests)
+    with pytest.raises(RequestFailed) as refused:
+        client.call("decide", npc="brom", situation="Which way?", fallback="north", timeout=10, **constraint)
+    assert refused.value.code == "bad_request" and needle in str(refused.value)
+    assert len(engine.requests) == sent
+
+
+@pytest.mark.parametrize("constraint, answer", [
+    ({"schema": SCHEMA}, '{"price": "free"}'),  # an integer, the schema says
+    ({"schema": SCHEMA}, "[1, 2]"),
+    ({"schema": SCHEMA}, '{"price": 5'),
+    ({"grammar": "emote"}, "not an emote at all"),
+    ({"regex": "(north|south) [0-9]{1,2}"}, "north 123"),  # matched whole, or not at all
+])
+def test_an_engine_answer_that_breaks_the_constraint_is_the_fallback(client, engine, constraint, answer):
+    engine.answer = lambda path, body: message(answer)
+    reply = client.call("decide", npc="brom", situation="A customer asks the price.", fallback="FB", timeout=10,
+                        **constraint)
+    assert reply["used_fallback"] is True and reply["value"] == "FB" and reply["finish_reason"] == "error"
+    assert reply["text"] == answer
+
+
+@pytest.mark.parametrize("constraint, answer, value", [
+    ({"schema": SCHEMA}, '{ "price" : 5 }', {"price": 5}),  # any spacing, as JSON reads
+    ({"schema": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}}}},
+     '{"b": "x", "a": 1}', {"b": "x", "a": 1}),  # in any order
+    ({"grammar": 'root ::= "café" | "tea"'}, "café", "café"),
+    ({"regex": "(north|south) [0-9]{1,2}"}, "south 7", "south 7"),
+])
+def test_an_engine_answer_within_the_constraint_stands(client, engine, constraint, answer, value):
+    engine.answer = lambda path, body: message(answer, reason="length")  # complete when it reached max_tokens
+    reply = client.call("decide", npc="brom", situation="A customer asks the price.", fallback="FB", timeout=10,
+                        **constraint)
+    assert reply["used_fallback"] is False and reply["value"] == value and reply["finish_reason"] == "stop"

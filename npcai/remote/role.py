@@ -17,7 +17,6 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -25,8 +24,8 @@ import numpy as np
 from npcai import protocol as P
 from npcai.errors import NpcaiError, Unavailable
 from npcai.model import catalog, choices
-from npcai.model.constraints import ConstraintCompiler
 from npcai.remote import template
+from npcai.remote.check import Checker
 from npcai.remote.engines import llamacpp, sglang, vllm
 from npcai.remote.fair import FairGate
 from npcai.remote.history import History, OnEngine
@@ -51,14 +50,14 @@ def _wire(messages: list[tuple[str, str]]) -> list[dict[str, str]]:
 class RemoteRole:
     """The "runtime" of a role served by an engine: same ops, same replies, the model work elsewhere."""
 
-    def __init__(self, remote: Remote, upstream: Upstream, grammar_dir: Path, history: History):
+    def __init__(self, remote: Remote, upstream: Upstream, checker: Checker, history: History):
         self.spec, self.served = remote.spec, remote.served
         self._history = history
         self.name = self.served.model
         self.adapter = (vllm.Adapter(self.served.version) if self.served.engine == vllm.NAME
                         else ADAPTERS[self.served.engine]())
         self.upstream = upstream
-        self._grammars = SimpleNamespace(grammar_dir=grammar_dir)  # what ConstraintCompiler.source_for reads
+        self.checker = checker
         self._render = (template.renderer(self.served.chat_template, self.served.bos_token, self.served.eos_token,
                                           self.served.model) if self.adapter.needs_template else None)
         self.choice_temperature = fitted_temperature(self.served.model)
@@ -117,7 +116,7 @@ class RemoteRole:
         if "choices" in req.fields:
             return await self._choose(req, npc, emit, clock)
         f = req.fields
-        kind, source = ConstraintCompiler.source_for(self._grammars, f)  # type: ignore[arg-type]
+        kind, source, compiled = await self.checker.compile(f)  # what does not compile never reaches the engine
         messages = _wire(npc.chat(("user", decide_prompt(req))))
         params = {"max_tokens": f.get("max_tokens", DECIDE_DEFAULTS["max_tokens"]),
                   "temperature": f.get("temperature", DECIDE_DEFAULTS["temperature"]),
@@ -130,12 +129,7 @@ class RemoteRole:
         choice = _first_choice(resp, url, required=True)
         text = _part(_part(choice, "message", dict, url) or {}, "content", str, url) or ""
         reason = _part(choice, "finish_reason", str, url)
-        value, ok = text, reason == "stop"
-        if ok and kind == "schema":
-            try:
-                value = json.loads(text)
-            except ValueError:
-                ok = False
+        ok, value = self.checker.value(compiled, f, text)  # the engine may not have kept to the constraint
         usage = _part(resp, "usage", dict, url) or {}
         emit(P.done(req.id, value=value if ok else req.fallback, text=text,
                     tokens=_count(usage.get("completion_tokens")), finish_reason="stop" if ok else
@@ -275,6 +269,7 @@ class Hub:
         self.loop = asyncio.new_event_loop()
         self.gate = FairGate(connections, client_tokens_per_s)
         self.history = History(on_engine)
+        self.checker = Checker(grammar_dir)
         upstreams: dict[tuple[str, str], Upstream] = {}
         self.roles: dict[str, RemoteRole] = {}
         for role, remote in remotes.items():
@@ -282,7 +277,7 @@ class Hub:
             if key not in upstreams:
                 upstreams[key] = Upstream(remote.spec.base_url, remote.key, root=remote.spec.root,
                                           max_connections=connections)
-            self.roles[role] = RemoteRole(remote, upstreams[key], grammar_dir, self.history)
+            self.roles[role] = RemoteRole(remote, upstreams[key], self.checker, self.history)
         self._upstreams = list(upstreams.values())
         self._tasks: dict[int, tuple[P.Request, asyncio.Task]] = {}
         self.counters = {"requests": 0, "direct": 0, "failed": 0, "cancelled": 0}
@@ -317,6 +312,7 @@ class Hub:
                 pass
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=5)
+        self.checker.close()
 
     # --- on the loop ------------------------------------------------------------------------------
     def _start(self, rt: RemoteRole, req: P.Request, npc: Npc, emit: Emit) -> None:
