@@ -116,6 +116,18 @@ def test_a_chain_runs_on_remote_roles_each_step_fed_by_the_ones_before(client):
     assert f"(You {results['intent']}.)".encode() in history
 
 
+def test_a_remote_decide_with_actions_picks_one_of_the_npcs_actions_with_valid_args(client):
+    actions = [{"name": "sell", "description": "sell the customer a sword",
+                "args": {"type": "object", "properties": {"price": {"enum": [10, 20]}}, "required": ["price"]}},
+               {"name": "close_shop", "description": "close the shop and go home"}]
+    client.call("npc", npc="mira", persona=PERSONA, actions=actions, timeout=60)
+    reply = client.call("decide", npc="mira", situation="A customer asks for a sword.", actions=True, timeout=120)
+    assert reply["used_fallback"] is False and set(reply["probs"]) == {"sell", "close_shop"}
+    assert reply["value"]["name"] in ("sell", "close_shop")
+    if reply["value"]["name"] == "sell":
+        assert reply["value"]["args"]["price"] in (10, 20)
+
+
 def test_cancel_closes_the_stream_and_ends_with_cancelled(client):
     handle = client.request("say", npc="brom", text="Tell me about every sword you ever made.", max_tokens=200,
                             temperature=0.8)

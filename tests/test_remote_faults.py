@@ -232,3 +232,37 @@ def test_an_engine_answer_within_the_constraint_stands(client, engine, constrain
     reply = client.call("decide", npc="brom", situation="A customer asks the price.", fallback="FB", timeout=10,
                         **constraint)
     assert reply["used_fallback"] is False and reply["value"] == value and reply["finish_reason"] == "stop"
+
+
+# --- actions, chosen by the engine's decisions ----------------------------------------------------------
+ACTIONS = [{"name": "sell", "description": "sell the customer a blade",
+            "args": {"type": "object", "properties": {"item": {"enum": ["sword", "axe"]}}, "required": ["item"]}},
+           {"name": "rest", "description": "go to sleep"}]
+
+
+@pytest.mark.parametrize("actions, needle", [
+    ([{"name": "9lives"}], "action name '9lives'"),
+    ([{"name": "sell", "args": {"type": "nope"}}], "action 'sell'"),
+    ([{"name": "sell"}, {"name": "sell"}], "declared twice"),
+])
+def test_an_npc_of_a_remote_role_with_a_bad_action_is_refused_naming_it(client, actions, needle):
+    with pytest.raises(RequestFailed) as refused:
+        client.call("npc", npc="brom", persona=PERSONA, actions=actions, timeout=10)
+    assert refused.value.code == "bad_request" and needle in str(refused.value)
+
+
+def test_a_remote_decide_with_actions_picks_an_allowed_action_with_valid_args(client):
+    client.call("npc", npc="brom", persona=PERSONA, actions=ACTIONS, timeout=10)
+    reply = client.call("decide", npc="brom", situation="A customer wants a blade.", actions=True, timeout=10)
+    assert reply["used_fallback"] is False and set(reply["probs"]) == {"sell", "rest"}
+    assert reply["value"]["name"] == "sell" and reply["value"]["args"]["item"] in ("sword", "axe"), reply
+    assert client.call("act_result", npc="brom", name="sell", result="The customer paid.", timeout=10)["event"] == "ok"
+
+
+def test_a_remote_say_with_actions_streams_its_line_then_names_what_the_npc_does(client):
+    client.call("npc", npc="brom", persona=PERSONA, actions=ACTIONS, timeout=10)
+    handle = client.request("say", npc="brom", text="I need a blade.", actions=True)
+    reply = client.wait(handle, 10)
+    assert reply["event"] == "done" and reply["text"] == "".join(handle.chunks) == "Hello there. Fine day! Bye."
+    assert set(reply["action_probs"]) == {"(none)", "sell", "rest"}
+    assert reply["action"] is None or reply["action"]["name"] in ("sell", "rest")

@@ -24,6 +24,7 @@ import numpy as np
 from npcai import protocol as P
 from npcai.errors import NpcaiError, Unavailable
 from npcai.model import catalog, choices
+from npcai.model.constraints import ConstraintCompiler
 from npcai.remote import template
 from npcai.remote.check import Checker
 from npcai.remote.engines import llamacpp, sglang, vllm
@@ -64,6 +65,11 @@ class RemoteRole:
         self.choice_temperature_power = fitted_temperature_power(self.served.model)
         self.priors = choices.PriorCache()
         self._writing: dict[str, asyncio.Lock] = {}  # one say at a time per NPC, in arrival order
+
+    @property
+    def compiler(self) -> ConstraintCompiler:
+        """What checks an NPC's action schemas (actions.check_actions), as a local runtime's compiler does."""
+        return self.checker.compiler
 
     def estimate_s(self, n_tokens: int, lanes: int = 1, *, tree: bool = False) -> float:
         """A rough cost, for sharing a chain's deadline among its steps in proportion (chain.py): npcai does not

@@ -458,12 +458,13 @@ class Engine:
         absence) as it was."""
         self._check_room(req.npc)
         rt = self.admission.runtime("npc", req.role)
+        if not _remote(rt):
+            self.admission.prompt(rt, req.persona)
+        declared = actions.check_actions(req.actions, self.admission.runtime("decide", None), self.limits)
         if _remote(rt):  # nothing to evaluate here: the engine caches the prefix on first use
             npc = self._install(Npc(req.npc, req.persona, req.role or "dialogue", req.seed,
-                                    examples=list(req.examples or [])))
+                                    examples=list(req.examples or []), actions=declared))
             return self.emit(req, P.ok(req.id, npc=npc.id, cached_tokens=0))
-        self.admission.prompt(rt, req.persona)
-        declared = actions.check_actions(req.actions, self.admission.runtime("decide", None), self.limits)
         npc = Npc(req.npc, req.persona, req.role or "dialogue", req.seed, examples=list(req.examples or []),
                   actions=declared)
         self.admission.definition(rt, npc, self.settings.npc_ctx)
@@ -488,24 +489,24 @@ class Engine:
     def _on_say(self, req: P.SayRequest) -> None:
         npc = self._npc(req.npc)
         rt = self.admission.runtime("say", req.role or npc.role)
+        if req.actions:  # a relay: its line and its decisions are sub-requests, to local or remote roles alike
+            names = actions.allowed(npc, req.actions)
+            return self._queue(actions.ActionLine(req, rt, self._emitter(req), self.settings.npc_ctx, self, npc, names))
         if _remote(rt):
             return self.hub.submit(rt, req, npc, self._emitter(req, remote=True))
         self.admission.prompt(rt, req.text)
-        if req.actions:
-            names = actions.allowed(npc, req.actions)
-            return self._queue(actions.ActionLine(req, rt, self._emitter(req), self.settings.npc_ctx, self, npc, names))
         self._queue(SayJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
 
     def _on_decide(self, req: P.DecideRequest) -> None:
         npc = self._relay_npcs.get(id(req)) or self._npc(req.npc, required=False)
         rt = self.admission.runtime("decide", req.role)
-        if _remote(rt):
-            return self.hub.submit(rt, req, npc, self._emitter(req, remote=True))
-        self.admission.prompt(rt, req.situation)
-        if req.actions not in (None, False):
+        if req.actions not in (None, False):  # a relay, as a say with actions
             names = actions.allowed(npc, req.actions)
             return self._queue(actions.ActionDecision(req, rt, self._emitter(req), self.settings.npc_ctx, self, npc,
                                                       names))
+        if _remote(rt):
+            return self.hub.submit(rt, req, npc, self._emitter(req, remote=True))
+        self.admission.prompt(rt, req.situation)
         emit = self._emitter(req)
         if req.choices is not None:
             job: Job = ChoiceDecideJob(req, rt, emit, self.settings.npc_ctx, npc)
