@@ -266,3 +266,33 @@ def test_a_remote_say_with_actions_streams_its_line_then_names_what_the_npc_does
     assert reply["event"] == "done" and reply["text"] == "".join(handle.chunks) == "Hello there. Fine day! Bye."
     assert set(reply["action_probs"]) == {"(none)", "sell", "rest"}
     assert reply["action"] is None or reply["action"]["name"] in ("sell", "rest")
+
+
+# --- a remote say: its cap, its sentences, what a failure carries ---------------------------------------
+def test_max_tokens_caps_a_remote_line_whose_engine_does_not_stop(client, engine):
+    engine.answer = lambda path, body: (chunk(f" w{i}") for i in range(MAX_CHUNKS))
+    started = time.monotonic()
+    handle = client.request("say", npc="brom", text="Talk.", max_tokens=16)
+    reply = client.wait(handle, 10)
+    assert time.monotonic() - started < 3
+    assert reply["finish_reason"] == "length" and reply["tokens"] == 16 and len(handle.chunks) == 16
+    assert reply["text"] == "".join(f" w{i}" for i in range(16))
+    for _ in range(100):  # the engine's request is closed
+        if engine.closed:
+            break
+        time.sleep(0.02)
+    assert engine.closed and engine.sent < 5000
+
+
+def test_a_remote_say_sends_each_sentence_as_it_ends(client):
+    handle = client.request("say", npc="brom", text="Hello!")
+    reply = client.wait(handle, 10)
+    assert handle.sentences == ["Hello there.", " Fine day!", " Bye."] and "".join(handle.sentences) == reply["text"]
+
+
+def test_a_remote_say_that_fails_after_streaming_carries_the_chunks_it_streamed(client, engine):
+    engine.answer = lambda path, body: [chunk("Hello"), chunk(" there"), None]  # then the connection breaks off
+    handle = client.request("say", npc="brom", text="Hello!", fallback="Brom grunts.")
+    reply = client.wait(handle, 10)
+    assert reply["finish_reason"] == "unavailable" and reply["value"] == "Brom grunts."
+    assert handle.chunks == ["Hello", " there"] and reply["text"] == "Hello there" and reply["tokens"] == 2

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import traceback
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ from npcai import protocol as P
 from npcai.errors import NpcaiError, Unavailable
 from npcai.model import catalog, choices
 from npcai.model.constraints import ConstraintCompiler
+from npcai.model.lines import Sentences
 from npcai.remote import template
 from npcai.remote.check import Checker
 from npcai.remote.engines import llamacpp, sglang, vllm
@@ -95,24 +97,35 @@ class RemoteRole:
                       "priority": req.priority}
             body = self.adapter.chat(self.name, messages, params, stream=True)
             pieces: list[str] = []
+            streaming, sentences = f.get("stream", True), Sentences()
             reason, usage = None, {}
             url = self.spec.base_url
-            async for chunk in self.upstream.stream("/chat/completions", body):
-                usage = _part(chunk, "usage", dict, url) or usage
-                choice = _first_choice(chunk, url, required=False)
-                piece = _part(_part(choice, "delta", dict, url) or {}, "content", str, url) or ""
-                if piece:
-                    clock.first()
-                    await gate.spend(req.client, 1)
-                    pieces.append(piece)
-                    if f.get("stream", True):
-                        emit(P.token(req.id, piece))
-                reason = _part(choice, "finish_reason", str, url) or reason
+            async with aclosing(self.upstream.stream("/chat/completions", body)) as chunks:
+                async for chunk in chunks:
+                    usage = _part(chunk, "usage", dict, url) or usage
+                    choice = _first_choice(chunk, url, required=False)
+                    piece = _part(_part(choice, "delta", dict, url) or {}, "content", str, url) or ""
+                    if piece and len(pieces) == params["max_tokens"]:  # an engine that does not stop is stopped
+                        reason = "length"
+                        break  # closing the stream closes the engine's request
+                    if piece:
+                        clock.first()
+                        await gate.spend(req.client, 1)
+                        pieces.append(piece)
+                        if streaming:
+                            emit(P.token(req.id, piece))
+                            for sentence in sentences.feed("".join(pieces)):
+                                emit(P.sentence(req.id, sentence))
+                    reason = _part(choice, "finish_reason", str, url) or reason
             if reason is None:
                 raise Unavailable(f"the engine at {self.spec.base_url} ended the stream without a finish reason")
             text = "".join(pieces)
+            last = sentences.rest(text)
+            if streaming and last:
+                emit(P.sentence(req.id, last))
             added = self._history.add(npc, [("user", f["text"]), ("assistant", text)])  # queued before done
-            emit(P.done(req.id, text=text, value=text, tokens=_count(usage.get("completion_tokens")) or len(pieces),
+            tokens = min(_count(usage.get("completion_tokens")) or len(pieces), params["max_tokens"])
+            emit(P.done(req.id, text=text, value=text, tokens=tokens,
                         finish_reason="length" if reason == "length" else "stop", timed_out=False,
                         used_fallback=False, timing=clock.timing(), usage=_usage(usage)))
             await added  # the NPC's next say reads the history with this turn in it
@@ -344,39 +357,53 @@ class Hub:
     async def _serve(self, rt: RemoteRole, req: P.Request, npc: Npc, emit: Emit) -> None:
         clock = _Clock(req)
         op = rt.say if req.op == "say" else rt.decide
+        streamed: list[str] = []  # a say's chunks sent so far: a reply made up for it carries them
+
+        def emitting(reply: dict[str, Any]) -> None:
+            if reply["event"] == P.TOKEN:
+                streamed.append(reply["text"])
+            emit(reply)
+
         try:
             await self.history.settled(npc)  # an exchange still on its way to the engine thread goes first
             await self.gate.acquire(req.client)
             try:
                 clock.started = time.monotonic()
-                await op(req, npc, emit, clock, self.gate)
+                await op(req, npc, emitting, clock, self.gate)
             finally:
                 self.gate.release()
         except asyncio.CancelledError as exc:  # a client's cancel, an expiry, or too late (_LATE)
             why = exc.args[0] if exc.args else ""
             if why == _LATE and req.deadline is not None:
-                emit(P.timed_out(req, (time.monotonic() - req.received) * 1e3))
+                emit(_with_streamed(P.timed_out(req, (time.monotonic() - req.received) * 1e3), req, streamed))
             elif why == _LATE:
                 self.counters["failed"] += 1
                 emit(_failed(req, Unavailable(f"the engine at {rt.spec.base_url} gave no answer within "
-                                              f"{MAX_REQUEST_S:.0f} s")))
+                                              f"{MAX_REQUEST_S:.0f} s"), streamed))
             else:
                 self.counters["cancelled"] += 1
                 if why == _CANCELLED:
                     emit(P.cancelled(req.id))
         except NpcaiError as err:
             self.counters["failed"] += 1
-            emit(_failed(req, err))
+            emit(_failed(req, err, streamed))
         except Exception:  # a bug: logged once, and the request still gets its one ending reply
             self.counters["failed"] += 1
             log.error("internal error serving %s %s:\n%s", req.op, req.id, traceback.format_exc())
             emit(P.error(req.id, NpcaiError(f"internal error serving {req.op}; the sidecar keeps running")))
 
 
-def _failed(req: P.Request, err: NpcaiError) -> dict[str, Any]:
+def _failed(req: P.Request, err: NpcaiError, streamed: list[str]) -> dict[str, Any]:
     """An engine failure ends a request with a fallback with it, and marks why; others get the error."""
     if isinstance(err, Unavailable) and "fallback" in req.fields:
         elapsed = (time.monotonic() - req.received) * 1e3
-        return {**P.timed_out(req, elapsed), "timed_out": False, "finish_reason": "unavailable",
-                "message": err.message}
+        return _with_streamed({**P.timed_out(req, elapsed), "timed_out": False, "finish_reason": "unavailable",
+                               "message": err.message}, req, streamed)
     return P.error(req.id, err)
+
+
+def _with_streamed(reply: dict[str, Any], req: P.Request, streamed: list[str]) -> dict[str, Any]:
+    """A ``done`` made up for a say carries the chunks it streamed (PROTOCOL.md: ``text``), as the server's does."""
+    if req.op == "say":
+        reply["text"], reply["tokens"] = "".join(streamed), len(streamed)
+    return reply
