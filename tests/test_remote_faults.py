@@ -41,7 +41,8 @@ def stream(*pieces: str, reason: str = "stop") -> list[str]:
 
 def message(content: Any, reason: str = "stop") -> tuple[int, dict]:
     return 200, {"object": "chat.completion", "model": MODEL, "usage": {"prompt_tokens": 9, "completion_tokens": 3},
-                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": reason}]}
+                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                              "finish_reason": reason}]}
 
 
 def scored(body: dict) -> tuple[int, dict]:
@@ -177,8 +178,8 @@ def _in_flight(client: Client) -> int:
     ("decide", {"situation": "A thief!", "choices": ["go", "stay"]},
      (200, {"prompt_logprobs": [None, {"1": {"logprob": "bad", "rank": 1, "decoded_token": " go"}}]})),
 ])
-def test_an_answer_of_an_unexpected_shape_ends_the_request_unavailable_and_frees_its_quota(client, engine, op, fields,
-                                                                                            answer):
+def test_an_answer_of_an_unexpected_shape_ends_the_request_unavailable_and_frees_its_quota(client, engine, op,
+                                                                                            fields, answer):
     engine.answer = lambda path, body: answer
     for _ in range(4):  # one more than --max-inflight-per-client: none may stay in flight
         with pytest.raises(RequestFailed) as failed:
@@ -296,3 +297,22 @@ def test_a_remote_say_that_fails_after_streaming_carries_the_chunks_it_streamed(
     reply = client.wait(handle, 10)
     assert reply["finish_reason"] == "unavailable" and reply["value"] == "Brom grunts."
     assert handle.chunks == ["Hello", " there"] and reply["text"] == "Hello there" and reply["tokens"] == 2
+
+
+# --- refusals that are the engine's state, not the request's -------------------------------------------
+@pytest.mark.parametrize("status, code", [(429, "overloaded"), (401, "unavailable"), (403, "unavailable")])
+def test_an_engine_that_is_overloaded_or_refuses_its_key_is_no_bad_request(client, engine, status, code):
+    engine.answer = lambda path, body: (status, {"error": {"message": "engine says no"}})
+    with pytest.raises(RequestFailed) as failed:
+        client.call("decide", npc="brom", situation="A thief!", schema=SCHEMA, timeout=10)
+    assert failed.value.code == code and f"({status})" in str(failed.value)
+    reply = client.call("say", npc="brom", text="Hello!", fallback="Brom grunts.", timeout=10)
+    assert reply["used_fallback"] is True and reply["finish_reason"] == "unavailable"
+    assert f"({status})" in reply["message"]
+
+
+def test_an_engine_that_refuses_a_field_is_a_bad_request(client, engine):
+    engine.answer = lambda path, body: (400, {"error": {"message": "unknown field"}})
+    with pytest.raises(RequestFailed) as refused:
+        client.call("say", npc="brom", text="Hello!", fallback="Brom grunts.", timeout=10)
+    assert refused.value.code == "bad_request" and "unknown field" in str(refused.value)

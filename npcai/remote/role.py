@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from npcai import protocol as P
-from npcai.errors import NpcaiError, Unavailable
+from npcai.errors import NpcaiError, Overloaded, Unavailable
 from npcai.model import catalog, choices
 from npcai.model.constraints import ConstraintCompiler
 from npcai.model.lines import Sentences
@@ -394,8 +394,9 @@ class Hub:
 
 
 def _failed(req: P.Request, err: NpcaiError, streamed: list[str]) -> dict[str, Any]:
-    """An engine failure ends a request with a fallback with it, and marks why; others get the error."""
-    if isinstance(err, Unavailable) and "fallback" in req.fields:
+    """An engine failure (down, broken, overloaded) ends a request with a fallback with it, and marks why; others
+    get the error."""
+    if isinstance(err, (Unavailable, Overloaded)) and "fallback" in req.fields:
         elapsed = (time.monotonic() - req.received) * 1e3
         return _with_streamed({**P.timed_out(req, elapsed), "timed_out": False, "finish_reason": "unavailable",
                                "message": err.message}, req, streamed)
