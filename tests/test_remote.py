@@ -294,6 +294,6 @@ def _until_done(replies: "queue.SimpleQueue", n: int) -> list[dict]:
     done: list[dict] = []
     while len(done) < n:
         reply = replies.get(timeout=120)
-        if reply["event"] != "token":
+        if reply["event"] not in ("token", "sentence"):
             done.append(reply)
     return done
