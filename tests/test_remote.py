@@ -97,6 +97,37 @@ def test_decide_with_a_regex_is_a_bad_request_naming_the_missing_regex_field(cli
     assert refused.value.code == "bad_request" and "no regex constraint" in str(refused.value)
 
 
+def test_a_chain_runs_on_remote_roles_each_step_fed_by_the_ones_before(client):
+    """DEPLOY.md's dedicated server: both roles remote, a chain's steps are served by the engine."""
+    steps = [{"op": "decide", "as": "intent", "npc": "brom", "situation": "A customer asks for a discount.",
+              "choices": ["haggle", "refuse"], "fallback": "refuse"},
+             {"op": "say", "as": "line", "npc": "brom", "text": "Cheaper? (You {intent}.)", "max_tokens": 8},
+             {"op": "decide", "as": "emotion", "situation": "The blacksmith said: {line}",
+              "grammar": 'root ::= "calm" | "angry"', "max_tokens": 8, "fallback": "calm"}]
+    handle = client.request("chain", steps=steps, deadline_ms=60_000)
+    reply = client.wait(handle, 120)
+    assert reply["event"] == "done" and reply["used_fallback"] is False, [(s["text"], s["finish_reason"])
+                                                                          for s in handle.steps]
+    results = reply["results"]
+    assert results["intent"] in ("haggle", "refuse") and results["emotion"] in ("calm", "angry")
+    assert results["line"] == handle.text and [s["as"] for s in handle.steps] == ["intent", "line", "emotion"]
+    assert set(reply["probs"]) == {"intent"}
+    history = client.call("save", npc="brom")["state"]
+    assert f"(You {results['intent']}.)".encode() in history
+
+
+def test_a_remote_decide_with_actions_picks_one_of_the_npcs_actions_with_valid_args(client):
+    actions = [{"name": "sell", "description": "sell the customer a sword",
+                "args": {"type": "object", "properties": {"price": {"enum": [10, 20]}}, "required": ["price"]}},
+               {"name": "close_shop", "description": "close the shop and go home"}]
+    client.call("npc", npc="mira", persona=PERSONA, actions=actions, timeout=60)
+    reply = client.call("decide", npc="mira", situation="A customer asks for a sword.", actions=True, timeout=120)
+    assert reply["used_fallback"] is False and set(reply["probs"]) == {"sell", "close_shop"}
+    assert reply["value"]["name"] in ("sell", "close_shop")
+    if reply["value"]["name"] == "sell":
+        assert reply["value"]["args"]["price"] in (10, 20)
+
+
 def test_cancel_closes_the_stream_and_ends_with_cancelled(client):
     handle = client.request("say", npc="brom", text="Tell me about every sword you ever made.", max_tokens=200,
                             temperature=0.8)
@@ -263,6 +294,6 @@ def _until_done(replies: "queue.SimpleQueue", n: int) -> list[dict]:
     done: list[dict] = []
     while len(done) < n:
         reply = replies.get(timeout=120)
-        if reply["event"] != "token":
+        if reply["event"] not in ("token", "sentence"):
             done.append(reply)
     return done

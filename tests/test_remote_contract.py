@@ -41,7 +41,17 @@ LEAD = "The sensible thing to do is to"
 def test_vllm_chat_carries_openai_sampling_top_k_and_priority_lower_first():
     body = vllm.Adapter().chat("m", MESSAGES, PARAMS, stream=True)
     assert body == {"model": "m", "messages": MESSAGES, "stream": True, "max_tokens": 32, "temperature": 0.7,
-                    "top_p": 0.95, "seed": 7, "stop": ["\n"], "top_k": 40, "priority": -2}
+                    "top_p": 0.95, "seed": 7, "stop": ["\n"], "top_k": 40, "priority": -2,
+                    "stream_options": {"include_usage": True}}
+
+
+def test_vllm_and_sglang_streams_ask_for_usage_and_llamacpp_streams_do_not():
+    """vLLM and SGLang send a stream's usage (a last chunk, its choices empty) only when asked
+    (``stream_options.include_usage``); llama-cpp-python 0.3.36's server takes no ``stream_options``."""
+    for adapter in (vllm.Adapter(), sglang.Adapter()):
+        assert adapter.chat("m", MESSAGES, PARAMS, stream=True)["stream_options"] == {"include_usage": True}
+        assert "stream_options" not in adapter.chat("m", MESSAGES, PARAMS, stream=False)
+    assert "stream_options" not in llamacpp.Adapter().chat("m", MESSAGES, PARAMS, stream=True)
 
 
 def test_vllm_leaves_priority_out_when_the_request_has_none():

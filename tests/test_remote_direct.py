@@ -31,7 +31,9 @@ GRAMMARS = Path(__file__).resolve().parents[1] / "grammars"
 
 @pytest.fixture(scope="module")
 def server(model_path):
-    with LlamaServer(model_path) as s:
+    # Requests here overlap (a decide and a say sent together): the server must queue them, not end the
+    # stream in flight when the next arrives (its default; docs/DEPLOY.md).
+    with LlamaServer(model_path, extra=("--interrupt_requests", "false")) as s:
         yield s
 
 
@@ -40,11 +42,11 @@ def _req(rid: int, op: str, **fields) -> P.Request:
 
 
 def _answers(replies: queue.SimpleQueue, n: int) -> dict[int, dict]:
-    """The next ``n`` final replies (token events skipped), by request id."""
+    """The next ``n`` final replies (token and sentence events skipped), by request id."""
     out: dict[int, dict] = {}
     while len(out) < n:
         reply = replies.get(timeout=120)
-        if reply["event"] != P.TOKEN:
+        if reply["event"] not in (P.TOKEN, P.SENTENCE):
             out[reply["id"]] = reply
     return out
 

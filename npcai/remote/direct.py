@@ -64,6 +64,8 @@ class DirectRoute:
         is_say = isinstance(req, P.SayRequest)
         if not is_say and not isinstance(req, P.DecideRequest):
             return False
+        if req.actions not in (None, False):
+            return False  # a relay of sub-requests: the engine thread queues it
         engine = self._engine
         if req.npc is None:
             npc = engine.anonymous

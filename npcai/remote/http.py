@@ -1,8 +1,9 @@
 """The HTTP side of a remote role: one pooled, kept-alive httpx client per engine server.
 
 Every failure of the far side becomes a value with a cause: ``Unavailable`` when the server is
-down, refuses the connection, times out, answers 5xx or sends a malformed or truncated stream;
-``BadRequest`` when it refuses the request itself (4xx: a feature it lacks, a field it rejects).
+down, refuses the connection or its API key (401/403), times out, answers 5xx or sends a malformed or
+truncated stream; ``Overloaded`` when it says so (429); ``BadRequest`` when it refuses the request
+itself (another 4xx: a feature it lacks, a field it rejects).
 Connection failures and 502/503/504 are retried a bounded number of times, and only before any
 of the answer has arrived; the caller bounds the whole exchange by its deadline.
 """
@@ -16,7 +17,7 @@ from typing import Any, AsyncIterator
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
-from npcai.errors import BadRequest, NpcaiError, Unavailable
+from npcai.errors import BadRequest, NpcaiError, Overloaded, Unavailable
 
 RETRIES = 2  # tries after the first, for connection failures and 502/503/504 only
 _BACKOFF_S = (0.05, 0.2)
@@ -43,7 +44,14 @@ def _cause(exc: Exception) -> str:
 
 
 def _refusal(status: int, body: bytes, url: str) -> NpcaiError:
+    """An HTTP error as the most specific error: a 4xx refuses the request itself (a field, a feature), except
+    429 (the engine is overloaded: try later) and 401/403 (its key is no longer taken), which are the engine's
+    state and say nothing of the request."""
     text = body.decode(errors="replace").strip().replace("\n", " ")[:300]
+    if status == 429:
+        return Overloaded(f"the engine at {url} is overloaded ({status}): {text}")
+    if status in (401, 403):
+        return Unavailable(f"the engine at {url} refused its API key ({status}): {text}")
     if 400 <= status < 500:
         return BadRequest(f"the engine at {url} refused the request ({status}): {text}")
     return Unavailable(f"the engine at {url} failed ({status}): {text}")

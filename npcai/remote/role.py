@@ -12,19 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
+import traceback
+from contextlib import aclosing
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
 
 from npcai import protocol as P
-from npcai.errors import NpcaiError, Unavailable
+from npcai.errors import NpcaiError, Overloaded, Unavailable
 from npcai.model import catalog, choices
 from npcai.model.constraints import ConstraintCompiler
+from npcai.model.lines import Sentences
 from npcai.remote import template
+from npcai.remote.check import Checker
 from npcai.remote.engines import llamacpp, sglang, vllm
 from npcai.remote.fair import FairGate
 from npcai.remote.history import History, OnEngine
@@ -34,9 +38,11 @@ from npcai.sidecar.jobs import DECIDE_DEFAULTS, SAY_DEFAULTS, decide_prompt
 from npcai.sidecar.npc import DEFAULT_LEAD, Npc
 
 Emit = Callable[[dict[str, Any]], None]
+log = logging.getLogger("npcai")
 
 ADAPTERS = {m.NAME: m.Adapter for m in (llamacpp, vllm, sglang)}
 MAX_REQUEST_S = 120.0  # the longest a request without a deadline may take
+TOKEN_S = 0.005  # what a token of a remote request is taken to cost (estimate_s)
 _LATE, _EXPIRED, _CANCELLED = "late", "expired", "cancelled"  # why a task was cancelled
 
 
@@ -47,20 +53,30 @@ def _wire(messages: list[tuple[str, str]]) -> list[dict[str, str]]:
 class RemoteRole:
     """The "runtime" of a role served by an engine: same ops, same replies, the model work elsewhere."""
 
-    def __init__(self, remote: Remote, upstream: Upstream, grammar_dir: Path, history: History):
+    def __init__(self, remote: Remote, upstream: Upstream, checker: Checker, history: History):
         self.spec, self.served = remote.spec, remote.served
         self._history = history
         self.name = self.served.model
         self.adapter = (vllm.Adapter(self.served.version) if self.served.engine == vllm.NAME
                         else ADAPTERS[self.served.engine]())
         self.upstream = upstream
-        self._grammars = SimpleNamespace(grammar_dir=grammar_dir)  # what ConstraintCompiler.source_for reads
+        self.checker = checker
         self._render = (template.renderer(self.served.chat_template, self.served.bos_token, self.served.eos_token,
                                           self.served.model) if self.adapter.needs_template else None)
         self.choice_temperature = fitted_temperature(self.served.model)
         self.choice_temperature_power = fitted_temperature_power(self.served.model)
         self.priors = choices.PriorCache()
         self._writing: dict[str, asyncio.Lock] = {}  # one say at a time per NPC, in arrival order
+
+    @property
+    def compiler(self) -> ConstraintCompiler:
+        """What checks an NPC's action schemas (actions.check_actions), as a local runtime's compiler does."""
+        return self.checker.compiler
+
+    def estimate_s(self, n_tokens: int, lanes: int = 1, *, tree: bool = False) -> float:
+        """A rough cost, for sharing a chain's deadline among its steps in proportion (chain.py): npcai does not
+        time the engine's work, and only the proportions between steps count there."""
+        return n_tokens * TOKEN_S
 
     def describe(self, roles: list[str]) -> list[dict]:
         return [{"role": r, "name": self.name, "remote": True, "url": self.spec.base_url,
@@ -81,23 +97,35 @@ class RemoteRole:
                       "priority": req.priority}
             body = self.adapter.chat(self.name, messages, params, stream=True)
             pieces: list[str] = []
+            streaming, sentences = f.get("stream", True), Sentences()
             reason, usage = None, {}
-            async for chunk in self.upstream.stream("/chat/completions", body):
-                usage = chunk.get("usage") or usage
-                choice = (chunk.get("choices") or [{}])[0]
-                piece = (choice.get("delta") or {}).get("content") or ""
-                if piece:
-                    clock.first()
-                    await gate.spend(req.client, 1)
-                    pieces.append(piece)
-                    if f.get("stream", True):
-                        emit(P.token(req.id, piece))
-                reason = choice.get("finish_reason") or reason
+            url = self.spec.base_url
+            async with aclosing(self.upstream.stream("/chat/completions", body)) as chunks:
+                async for chunk in chunks:
+                    usage = _part(chunk, "usage", dict, url) or usage
+                    choice = _first_choice(chunk, url, required=False)
+                    piece = _part(_part(choice, "delta", dict, url) or {}, "content", str, url) or ""
+                    if piece and len(pieces) == params["max_tokens"]:  # an engine that does not stop is stopped
+                        reason = "length"
+                        break  # closing the stream closes the engine's request
+                    if piece:
+                        clock.first()
+                        await gate.spend(req.client, 1)
+                        pieces.append(piece)
+                        if streaming:
+                            emit(P.token(req.id, piece))
+                            for sentence in sentences.feed("".join(pieces)):
+                                emit(P.sentence(req.id, sentence))
+                    reason = _part(choice, "finish_reason", str, url) or reason
             if reason is None:
                 raise Unavailable(f"the engine at {self.spec.base_url} ended the stream without a finish reason")
             text = "".join(pieces)
+            last = sentences.rest(text)
+            if streaming and last:
+                emit(P.sentence(req.id, last))
             added = self._history.add(npc, [("user", f["text"]), ("assistant", text)])  # queued before done
-            emit(P.done(req.id, text=text, value=text, tokens=int(usage.get("completion_tokens") or len(pieces)),
+            tokens = min(_count(usage.get("completion_tokens")) or len(pieces), params["max_tokens"])
+            emit(P.done(req.id, text=text, value=text, tokens=tokens,
                         finish_reason="length" if reason == "length" else "stop", timed_out=False,
                         used_fallback=False, timing=clock.timing(), usage=_usage(usage)))
             await added  # the NPC's next say reads the history with this turn in it
@@ -107,7 +135,7 @@ class RemoteRole:
         if "choices" in req.fields:
             return await self._choose(req, npc, emit, clock)
         f = req.fields
-        kind, source = ConstraintCompiler.source_for(self._grammars, f)  # type: ignore[arg-type]
+        kind, source, compiled = await self.checker.compile(f)  # what does not compile never reaches the engine
         messages = _wire(npc.chat(("user", decide_prompt(req))))
         params = {"max_tokens": f.get("max_tokens", DECIDE_DEFAULTS["max_tokens"]),
                   "temperature": f.get("temperature", DECIDE_DEFAULTS["temperature"]),
@@ -116,18 +144,14 @@ class RemoteRole:
                                   json.loads(source) if kind == "schema" else source)
         resp = await self.upstream.post("/chat/completions", body)
         clock.first()
-        choice = (resp.get("choices") or [{}])[0]
-        text = str((choice.get("message") or {}).get("content") or "")
-        reason = choice.get("finish_reason")
-        value, ok = text, reason == "stop"
-        if ok and kind == "schema":
-            try:
-                value = json.loads(text)
-            except ValueError:
-                ok = False
-        usage = resp.get("usage") or {}
+        url = self.spec.base_url
+        choice = _first_choice(resp, url, required=True)
+        text = _part(_part(choice, "message", dict, url) or {}, "content", str, url) or ""
+        reason = _part(choice, "finish_reason", str, url)
+        ok, value = self.checker.value(compiled, f, text)  # the engine may not have kept to the constraint
+        usage = _part(resp, "usage", dict, url) or {}
         emit(P.done(req.id, value=value if ok else req.fallback, text=text,
-                    tokens=int(usage.get("completion_tokens") or 0), finish_reason="stop" if ok else
+                    tokens=_count(usage.get("completion_tokens")), finish_reason="stop" if ok else
                     ("length" if reason == "length" else "error"), timed_out=False, used_fallback=not ok,
                     timing=clock.timing(), usage=_usage(usage)))
 
@@ -176,7 +200,10 @@ class RemoteRole:
         scoring = [*messages, {"role": "assistant", "content": lead}] if lead else messages
         path, body, rooted = self.adapter.score(self.name, scoring, prompt, option)
         resp = await (self.upstream.post_root(path, body) if rooted else self.upstream.post(path, body))
-        return self.adapter.option_logprob(resp, option)
+        try:
+            return self.adapter.option_logprob(resp, option)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError):  # the adapter reads the engine's JSON
+            raise _misshapen(self.spec.base_url, "log-probabilities") from None
 
 
 def fitted_temperature(model: str) -> float:
@@ -198,8 +225,36 @@ def fitted_temperature_power(model: str) -> float:
 
 
 def _usage(usage: dict) -> dict[str, int]:
-    return {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
-            "completion_tokens": int(usage.get("completion_tokens") or 0)}
+    return {"prompt_tokens": _count(usage.get("prompt_tokens")),
+            "completion_tokens": _count(usage.get("completion_tokens"))}
+
+
+def _count(value: Any) -> int:
+    """A token count an engine reported; 0 where it reported none (or no number)."""
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def _first_choice(answer: dict, url: str, *, required: bool) -> dict:
+    """The first of an answer's ``choices`` (an empty map where a stream's chunk has none, such as its usage)."""
+    choices = answer.get("choices")
+    if not required and choices in (None, []):
+        return {}
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise _misshapen(url, "choices")
+    return choices[0]
+
+
+def _part(obj: dict, key: str, kind: type, url: str) -> Any:
+    """``obj[key]`` when it is a ``kind``, None when it is absent or null; an answer with anything else there
+    is malformed, and ends its request ``unavailable`` as a broken stream does."""
+    value = obj.get(key)
+    if value is None or isinstance(value, kind):
+        return value
+    raise _misshapen(url, key)
+
+
+def _misshapen(url: str, what: str) -> Unavailable:
+    return Unavailable(f"the engine at {url} answered with {what} of an unexpected shape")
 
 
 class _Clock:
@@ -233,6 +288,7 @@ class Hub:
         self.loop = asyncio.new_event_loop()
         self.gate = FairGate(connections, client_tokens_per_s)
         self.history = History(on_engine)
+        self.checker = Checker(grammar_dir)
         upstreams: dict[tuple[str, str], Upstream] = {}
         self.roles: dict[str, RemoteRole] = {}
         for role, remote in remotes.items():
@@ -240,7 +296,7 @@ class Hub:
             if key not in upstreams:
                 upstreams[key] = Upstream(remote.spec.base_url, remote.key, root=remote.spec.root,
                                           max_connections=connections)
-            self.roles[role] = RemoteRole(remote, upstreams[key], grammar_dir, self.history)
+            self.roles[role] = RemoteRole(remote, upstreams[key], self.checker, self.history)
         self._upstreams = list(upstreams.values())
         self._tasks: dict[int, tuple[P.Request, asyncio.Task]] = {}
         self.counters = {"requests": 0, "direct": 0, "failed": 0, "cancelled": 0}
@@ -275,6 +331,7 @@ class Hub:
                 pass
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=5)
+        self.checker.close()
 
     # --- on the loop ------------------------------------------------------------------------------
     def _start(self, rt: RemoteRole, req: P.Request, npc: Npc, emit: Emit) -> None:
@@ -300,35 +357,54 @@ class Hub:
     async def _serve(self, rt: RemoteRole, req: P.Request, npc: Npc, emit: Emit) -> None:
         clock = _Clock(req)
         op = rt.say if req.op == "say" else rt.decide
+        streamed: list[str] = []  # a say's chunks sent so far: a reply made up for it carries them
+
+        def emitting(reply: dict[str, Any]) -> None:
+            if reply["event"] == P.TOKEN:
+                streamed.append(reply["text"])
+            emit(reply)
+
         try:
             await self.history.settled(npc)  # an exchange still on its way to the engine thread goes first
             await self.gate.acquire(req.client)
             try:
                 clock.started = time.monotonic()
-                await op(req, npc, emit, clock, self.gate)
+                await op(req, npc, emitting, clock, self.gate)
             finally:
                 self.gate.release()
         except asyncio.CancelledError as exc:  # a client's cancel, an expiry, or too late (_LATE)
             why = exc.args[0] if exc.args else ""
             if why == _LATE and req.deadline is not None:
-                emit(P.timed_out(req, (time.monotonic() - req.received) * 1e3))
+                emit(_with_streamed(P.timed_out(req, (time.monotonic() - req.received) * 1e3), req, streamed))
             elif why == _LATE:
                 self.counters["failed"] += 1
                 emit(_failed(req, Unavailable(f"the engine at {rt.spec.base_url} gave no answer within "
-                                              f"{MAX_REQUEST_S:.0f} s")))
+                                              f"{MAX_REQUEST_S:.0f} s"), streamed))
             else:
                 self.counters["cancelled"] += 1
                 if why == _CANCELLED:
                     emit(P.cancelled(req.id))
         except NpcaiError as err:
             self.counters["failed"] += 1
-            emit(_failed(req, err))
+            emit(_failed(req, err, streamed))
+        except Exception:  # a bug: logged once, and the request still gets its one ending reply
+            self.counters["failed"] += 1
+            log.error("internal error serving %s %s:\n%s", req.op, req.id, traceback.format_exc())
+            emit(P.error(req.id, NpcaiError(f"internal error serving {req.op}; the sidecar keeps running")))
 
 
-def _failed(req: P.Request, err: NpcaiError) -> dict[str, Any]:
-    """An engine failure ends a request with a fallback with it, and marks why; others get the error."""
-    if isinstance(err, Unavailable) and "fallback" in req.fields:
+def _failed(req: P.Request, err: NpcaiError, streamed: list[str]) -> dict[str, Any]:
+    """An engine failure (down, broken, overloaded) ends a request with a fallback with it, and marks why; others
+    get the error."""
+    if isinstance(err, (Unavailable, Overloaded)) and "fallback" in req.fields:
         elapsed = (time.monotonic() - req.received) * 1e3
-        return {**P.timed_out(req, elapsed), "timed_out": False, "finish_reason": "unavailable",
-                "message": err.message}
+        return _with_streamed({**P.timed_out(req, elapsed), "timed_out": False, "finish_reason": "unavailable",
+                               "message": err.message}, req, streamed)
     return P.error(req.id, err)
+
+
+def _with_streamed(reply: dict[str, Any], req: P.Request, streamed: list[str]) -> dict[str, Any]:
+    """A ``done`` made up for a say carries the chunks it streamed (PROTOCOL.md: ``text``), as the server's does."""
+    if req.op == "say":
+        reply["text"], reply["tokens"] = "".join(streamed), len(streamed)
+    return reply

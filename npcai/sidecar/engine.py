@@ -291,7 +291,7 @@ class Engine:
             try:
                 if not job.ready() or not self._seq_for(job):
                     continue
-                if job.urgency < IDLE and job.rt.pool.free == 0:
+                if job.urgency < IDLE and not _remote(job.rt) and job.rt.pool.free == 0:
                     self._drop_idle_work(job.rt)  # thinking ahead gives way for KV sequences too
                 job.started_at = time.monotonic()
                 job.start()
@@ -462,20 +462,28 @@ class Engine:
             raise Overloaded(f"queue is full ({self.limits.max_queue} requests)")
         self.scheduler.add(job)
 
-    def _emitter(self, req: P.Request) -> Callable[[dict[str, Any]], None]:
-        return self._relays.pop(id(req), None) or (lambda reply: self.emit(req, reply))
+    def _emitter(self, req: P.Request, *, remote: bool = False) -> Callable[[dict[str, Any]], None]:
+        """Where ``req``'s replies go: its relay (a sub-request), else its client. ``remote``: a remote role
+        answers it from its own loop, and a relay hears it on the engine thread, which owns relays and NPCs."""
+        relay = self._relays.pop(id(req), None)
+        if relay is None:
+            return lambda reply: self.emit(req, reply)
+        if remote:
+            return lambda reply: self.call_soon(lambda: relay(reply))
+        return relay
 
     def _on_npc(self, req: P.NpcRequest) -> None:
         """Every check comes before ``_install``: a refused definition leaves the NPC it would replace (or its
         absence) as it was."""
         self._check_room(req.npc)
         rt = self.admission.runtime("npc", req.role)
+        if not _remote(rt):
+            self.admission.prompt(rt, req.persona)
+        declared = actions.check_actions(req.actions, self.admission.runtime("decide", None), self.limits)
         if _remote(rt):  # nothing to evaluate here: the engine caches the prefix on first use
             npc = self._install(Npc(req.npc, req.persona, req.role or "dialogue", req.seed,
-                                    examples=list(req.examples or [])))
+                                    examples=list(req.examples or []), actions=declared))
             return self.emit(req, P.ok(req.id, npc=npc.id, cached_tokens=0))
-        self.admission.prompt(rt, req.persona)
-        declared = actions.check_actions(req.actions, self.admission.runtime("decide", None), self.limits)
         npc = Npc(req.npc, req.persona, req.role or "dialogue", req.seed, examples=list(req.examples or []),
                   actions=declared)
         self.admission.definition(rt, npc, self.settings.npc_ctx)
@@ -500,24 +508,24 @@ class Engine:
     def _on_say(self, req: P.SayRequest) -> None:
         npc = self._npc(req.npc)
         rt = self.admission.runtime("say", req.role or npc.role)
-        if _remote(rt):
-            return self.hub.submit(rt, req, npc, self._emitter(req))
-        self.admission.prompt(rt, req.text)
-        if req.actions:
+        if req.actions:  # a relay: its line and its decisions are sub-requests, to local or remote roles alike
             names = actions.allowed(npc, req.actions)
             return self._queue(actions.ActionLine(req, rt, self._emitter(req), self.settings.npc_ctx, self, npc, names))
+        if _remote(rt):
+            return self.hub.submit(rt, req, npc, self._emitter(req, remote=True))
+        self.admission.prompt(rt, req.text)
         self._queue(SayJob(req, rt, self._emitter(req), self.settings.npc_ctx, npc))
 
     def _on_decide(self, req: P.DecideRequest) -> None:
         npc = self._relay_npcs.get(id(req)) or self._npc(req.npc, required=False)
         rt = self.admission.runtime("decide", req.role)
-        if _remote(rt):
-            return self.hub.submit(rt, req, npc, self._emitter(req))
-        self.admission.prompt(rt, req.situation)
-        if req.actions not in (None, False):
+        if req.actions not in (None, False):  # a relay, as a say with actions
             names = actions.allowed(npc, req.actions)
             return self._queue(actions.ActionDecision(req, rt, self._emitter(req), self.settings.npc_ctx, self, npc,
                                                       names))
+        if _remote(rt):
+            return self.hub.submit(rt, req, npc, self._emitter(req, remote=True))
+        self.admission.prompt(rt, req.situation)
         emit = self._emitter(req)
         if req.choices is not None:
             job: Job = ChoiceDecideJob(req, rt, emit, self.settings.npc_ctx, npc)

@@ -46,6 +46,12 @@ def chat_body(model: str, messages: list[dict[str, str]], params: dict[str, Any]
     return {"model": model, "messages": messages, "stream": stream, **sampling(params)}
 
 
+def usage_in_stream(body: dict[str, Any]) -> dict[str, Any]:
+    """The body asking a stream for its usage (OpenAI's ``stream_options.include_usage``: a last chunk with
+    ``usage`` and empty ``choices``), which vLLM and SGLang send only when asked."""
+    return {**body, "stream_options": {"include_usage": True}} if body.get("stream") else body
+
+
 def sampling(params: dict[str, Any]) -> dict[str, Any]:
     """The OpenAI sampling fields every engine here reads under the same names."""
     out: dict[str, Any] = {"max_tokens": params["max_tokens"], "temperature": params["temperature"]}

@@ -2,7 +2,8 @@
 
 Followed: SGLang docs (docs.sglang.io, basic_usage/sampling_params.md and openai_api_completions,
 as of v0.5): chat accepts ``response_format`` {"type": "json_schema", "json_schema": {name, schema}},
-``ebnf`` (GBNF-style grammar) and ``regex`` as extra fields, and ``top_k``; the native ``/generate``
+``ebnf`` (GBNF-style grammar) and ``regex`` as extra fields, ``top_k``, and ``stream_options``
+{"include_usage"} (python/sglang/srt/entrypoints/openai/protocol.py, ``StreamOptions``); the native ``/generate``
 endpoint takes ``text``, ``sampling_params`` (``max_new_tokens``, ``temperature``), and with
 ``return_logprob``, ``logprob_start_len: 0`` and ``return_text_in_logprobs`` answers
 ``meta_info.input_token_logprobs`` as [logprob, token id, text] per prompt token.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from npcai.remote.engines import chat_body, from_the_end
+from npcai.remote.engines import chat_body, from_the_end, usage_in_stream
 
 NAME = "sglang"
 
@@ -25,7 +26,7 @@ class Adapter:
     needs_template = True
 
     def chat(self, model: str, messages: list[dict[str, str]], params: dict[str, Any], stream: bool) -> dict:
-        body = chat_body(model, messages, params, stream)
+        body = usage_in_stream(chat_body(model, messages, params, stream))
         if params.get("top_k"):
             body["top_k"] = params["top_k"]
         return body

@@ -3,7 +3,8 @@
 Followed: vLLM docs v0.12 (docs/serving/openai_compatible_server.md, "Extra parameters";
 docs/features/structured_outputs.md): ``structured_outputs`` {"json" | "grammar" | "regex"}
 (``guided_json``, ``guided_grammar`` and ``guided_regex`` were removed in v0.12.0), ``top_k``,
-``priority`` (lower is served first; needs ``vllm serve --scheduling-policy priority``), and for
+``priority`` (lower is served first; needs ``vllm serve --scheduling-policy priority``),
+``stream_options`` {"include_usage"} (vllm/entrypoints/openai/protocol.py, ``StreamOptions``), and for
 chat ``add_generation_prompt``, ``continue_final_message`` and ``prompt_logprobs``. Servers older
 than v0.10.2, which introduced ``structured_outputs`` and deprecated the old fields, get
 ``guided_json`` / ``guided_grammar`` / ``guided_regex`` (vLLM docs v0.6.6,
@@ -21,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from npcai.remote.engines import chat_body, from_the_end
+from npcai.remote.engines import chat_body, from_the_end, usage_in_stream
 
 NAME = "vllm"
 STRUCTURED_OUTPUTS_SINCE = (0, 10, 2)
@@ -37,7 +38,7 @@ class Adapter:
         self.legacy = _release(version) < STRUCTURED_OUTPUTS_SINCE if version else False
 
     def chat(self, model: str, messages: list[dict[str, str]], params: dict[str, Any], stream: bool) -> dict:
-        body = chat_body(model, messages, params, stream)
+        body = usage_in_stream(chat_body(model, messages, params, stream))
         if params.get("top_k"):
             body["top_k"] = params["top_k"]
         if params.get("priority"):
