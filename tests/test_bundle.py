@@ -68,7 +68,7 @@ def test_the_bundle_carries_the_licences_and_leaves_out_what_the_sidecar_never_i
         assert not [f for f in files if absent in "/" + f], f"the bundle holds {absent}"
     assert not [f for f in files if f.endswith((".h", ".pyi"))]
     archived = archived_modules(bundle / builder.executable_name())
-    assert {"httpx", "httpcore", "anyio", "certifi"} <= archived, "a remote role needs these"
+    assert {"httpx", "httpcore", "anyio", "certifi", "jsonschema"} <= archived, "a remote role needs these"
     assert not archived & {"_pytest", "pytest", "trio", "pygments", "click"}, "test tools or httpx's own CLI"
     assert [f for f in files if f.startswith("_internal/npcai/model/_sampling_aot")], "no compiled kernel"
     shipped = Path(__file__).resolve().parent.parent / "grammars"

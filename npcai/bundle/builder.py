@@ -32,13 +32,13 @@ SUPPORTED = {("Linux", "x86_64"), ("Linux", "aarch64"), ("Windows", "AMD64"), ("
              ("Darwin", "x86_64"), ("Darwin", "arm64")}
 INSTALL_HINT = 'pip install "npcai[bundle]"'
 #: Importable by something in the package, never by the sidecar: kept out of the folder. httpx, httpcore,
-#: anyio and certifi stay (remote roles); trio, pytest's plugin for anyio and httpx's command line
+#: anyio, certifi and jsonschema stay (remote roles: a remote decision's answer is checked here); trio, pytest's plugin for anyio and httpx's command line
 #: (click, pygments) are imported only when present.
 EXCLUDED = ("numba", "llvmlite", "matplotlib", "scipy", "tkinter", "_tkinter", "PIL", "IPython", "pytest",
             "_pytest", "trio", "pygments", "click", "hypothesis", "pandas", "setuptools", "pip", "npcai.bench",
             "npcai.demo", "npcai.bundle.builder", "llama_cpp.server", "llama_cpp.mtmd_cpp", "llama_cpp.llava_cpp",
             "pydoc", "unittest", "doctest", "transformers", "huggingface_hub", "torch", "tensorflow", "jax",
-            "sklearn", "sympy", "tokenizers", "outlines_core", "jsonschema", "cryptography", "requests", "urllib3",
+            "sklearn", "sympy", "tokenizers", "outlines_core", "cryptography", "requests", "urllib3",
             "charset_normalizer", "readline", "curses", "xmlrpc", "http.server", "lib2to3")
 
 
