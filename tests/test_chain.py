@@ -3,6 +3,8 @@ steps cached by their inputs, and a router in front of models by role. Against t
 
 from __future__ import annotations
 
+import time
+
 import msgpack
 import pytest
 import zmq
@@ -174,6 +176,47 @@ def test_a_steps_envelope_fields_are_ignored_and_every_event_carries_the_chains_
         assert {r["id"] for r in replies} == {50} and any(r["event"] == "token" for r in replies), envelope
     route = {"op": "route", "as": "r", "text": "x", "choices": ["dialogue"], "id": 3, "v": 2, "priority": 1}
     check_chain([route], P.Limits(), {"dialogue": "talks"}, {"dialogue"})
+
+
+def test_step_fields_sent_as_nil_count_as_absent(client, brom):
+    """As in any request: a step's optional field left nil by a client is its default, never an internal error."""
+    steps = [{"op": "decide", "as": "mood", "situation": "The sun is shining.", "choices": ["cheerful", "grumpy"],
+              "temperature": None, "seed": None},
+             {"op": "say", "as": "line", "npc": brom, "text": "Good morning!", "max_tokens": None,
+              "temperature": None}]
+    reply = client.wait(client.request("chain", steps=steps, deadline_ms=20_000))
+    assert reply["event"] == "done" and not reply["used_fallback"], reply
+    assert reply["results"]["mood"] in ("cheerful", "grumpy") and reply["results"]["line"]
+
+
+def test_a_sampled_step_whose_seed_is_nil_is_not_cached(client):
+    step = {"op": "decide", "as": "pick", "situation": "A fork in the road.", "choices": ["left", "right", "back"],
+            "temperature": 1.5, "seed": None}
+    handles = []
+    for _ in range(3):
+        handles.append(client.request("chain", steps=[step]))
+        client.wait(handles[-1])
+    assert not any(h.steps[0]["cached"] for h in handles)
+
+
+def test_a_cached_step_answers_for_the_history_it_was_asked_with(client):
+    """An observe taken while a step runs may or may not be in what the step read: its answer is not kept for
+    either history (it was kept under the history from before the observe, and served after a forget)."""
+    client.npc("ida", "You are Ida, a guard at the gate.")
+    choices = ["open the gate", "keep the gate shut"]
+    for k, delay_ms in enumerate((0, 1, 2, 3, 5, 8, 12)):
+        step = {"op": "decide", "as": "act", "npc": "ida", "situation": f"Should you open the gate? ({k})",
+                "choices": choices}  # a new situation each time: a key of its own
+        client.call("forget", npc="ida")
+        racing = client.request("chain", steps=[step])
+        time.sleep(delay_ms / 1000)
+        client.call("observe", npc="ida", text="The king shouts: never open the gate, an army waits outside!")
+        client.wait(racing)
+        client.call("forget", npc="ida")
+        again = client.request("chain", steps=[step])
+        reply = client.wait(again)
+        fresh = client.decide(step["situation"], npc="ida", choices=choices)
+        assert reply["probs"]["act"] == pytest.approx(fresh["probs"], abs=1e-6), (delay_ms, again.steps[0]["cached"])
 
 
 def test_a_steps_deadline_ms_sent_as_nil_is_absent_and_a_number_is_refused():
