@@ -109,6 +109,30 @@ def test_the_connection_file_is_private_and_its_token_is_required(model_path, tm
     assert not conn.exists()
 
 
+def test_a_large_frame_from_a_client_without_the_token_is_refused_unread(model_path):
+    """Decoding a megabyte of tiny maps holds the socket thread for most of a second (every client's deadlines
+    with it): a client that has not said hello with the token gets ``unauthorized`` before its frame is read,
+    whatever the frame holds. A hello, even with role descriptions, is far smaller."""
+    with Sidecar("--token", "s3cret") as sc:
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(sc.endpoint)
+        try:
+            not_msgpack = msgpack.packb({"v": 1, "id": 7, "op": "ping"}) + b"\xc1" * 200_000
+            sock.send(not_msgpack)
+            assert sock.poll(10_000)
+            reply = msgpack.unpackb(sock.recv())
+            assert (reply["id"], reply["code"]) == (7, "unauthorized"), reply
+            sock.send(msgpack.packb({"v": 1, "id": 8, "op": "hello", "token": "s3cret",
+                                     "role_info": {"dialogue": "x" * 20_000}}))
+            assert sock.poll(10_000) and msgpack.unpackb(sock.recv())["event"] == "ok"
+            sock.send(not_msgpack)  # now it is read, and refused for what it is
+            assert sock.poll(10_000) and msgpack.unpackb(sock.recv())["code"] == "bad_request"
+        finally:
+            sock.close()
+
+
 def test_a_client_whose_connection_dropped_reconnects_and_says_hello_again(model_path):
     with Sidecar("--token", "s3cret", "--max-frame-bytes", "4096") as sc, sc.client() as c:
         c.hello()

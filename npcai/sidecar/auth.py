@@ -8,6 +8,8 @@ import hmac
 from npcai.errors import Unauthorized
 
 _MAX_AUTHED = 4096  # clients remembered as having sent the token (least recently heard from go first)
+#: The largest frame read from a client that has not sent the token: a hello, role descriptions and all.
+UNAUTHED_FRAME_BYTES = 64 * 1024
 
 
 class TokenAuth:
@@ -23,6 +25,11 @@ class TokenAuth:
             if client not in self._authed:
                 raise Unauthorized("send hello with the sidecar's token first")
             self._authed.move_to_end(client)
+
+    def reads(self, client: bytes, size: int) -> bool:
+        """Whether a frame of ``size`` bytes from ``client`` is worth decoding: any from an authorized client,
+        and small ones (a hello) from others. Decoding a megabyte of tiny maps takes most of a second."""
+        return not self.token or size <= UNAUTHED_FRAME_BYTES or client in self._authed
 
     def hello(self, client: bytes, token: str | None) -> None:
         """A hello: raise Unauthorized unless it carries the token, else remember ``client``."""

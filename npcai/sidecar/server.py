@@ -36,7 +36,7 @@ import zmq
 
 from npcai import __version__
 from npcai import protocol as P
-from npcai.errors import BadRequest, NpcaiError, Overloaded
+from npcai.errors import BadRequest, NpcaiError, Overloaded, Unauthorized
 from npcai.remote.direct import DirectRoute
 from npcai.sidecar import curve, parent
 from npcai.sidecar.auth import TokenAuth
@@ -270,6 +270,8 @@ class Server:
         received = time.monotonic()
         rid = None
         try:
+            if not self._token.reads(client, len(frame)):
+                raise Unauthorized("send hello with the sidecar's token first")
             message = P.decode_frame(frame, self.limits)
             rid = P.request_id(message)
             req = P.typed_request(message, client, received)
