@@ -172,6 +172,20 @@ def test_decide_with_a_nested_schema_always_validates(client, village, temperatu
         assert reply["forced_tokens"] > 0  # keys and punctuation are appended without sampling
 
 
+def test_a_oneof_answer_valid_under_two_branches_is_the_fallback_never_passed_as_valid(client):
+    """oneOf is compiled as anyOf: "sword" matches both branches here, which oneOf forbids. The answer is
+    checked against the schema as sent, so it falls back (finish_reason error) instead of passing as valid."""
+    schema = {"oneOf": [{"enum": ["bow", "sword"]}, {"enum": ["sword", "axe"]}]}
+    reasons = []
+    for seed in range(8):
+        reply = client.decide("You grab your trusty sword. Which weapon do you hold?", schema=schema,
+                              temperature=1.5, seed=seed, fallback="bow")
+        if not reply["used_fallback"]:
+            jsonschema.validate(reply["value"], schema)
+        reasons.append(reply["finish_reason"])
+    assert "error" in reasons, reasons  # "sword" was drawn, and refused
+
+
 def test_decide_with_each_scenario_schema_validates(client, village):
     for d in village["decisions"]:
         if "schema" in d:

@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 from llguidance import LLMatcher, LLParserLimits, LLTokenizer
 from llguidance.gbnf_to_lark import any_to_lark
@@ -45,9 +46,23 @@ class Constraint:
     def __init__(self, matcher: LLMatcher, kind: str):
         self._template = matcher
         self.kind = kind  # "schema", "grammar" or "regex": how the matched text becomes a value
+        self._exact: Any = None  # a schema's own validator, where the grammar only approximates the schema
+        self._exact_for: str | None = None
 
     def start(self) -> "ConstraintState":
         return ConstraintState(self._template.deep_copy(), self.kind)
+
+    def holds(self, value: Any, schema: Any) -> bool:
+        """Whether a value the grammar accepted is valid against the ``schema`` as sent. Only ``oneOf`` asks
+        for more than the grammar: it is compiled as ``anyOf``, so a value may match two branches."""
+        if self.kind != "schema" or "oneOf" not in (source := json.dumps(schema, sort_keys=True)):
+            return True
+        try:
+            if self._exact_for != source:
+                self._exact, self._exact_for = jsonschema.validators.validator_for(schema)(schema), source
+            return bool(self._exact.is_valid(value))
+        except Exception:  # noqa: BLE001 (jsonschema has several errors for a schema it cannot apply: the grammar's word stands)
+            return True
 
 
 class ConstraintState:

@@ -166,6 +166,8 @@ class GrammarDecideJob(Decision):
             value = self.state.value(text)
         except ValueError:
             return self._done(None, text, len(self.generated), "error")
+        if "schema" in self.req.fields and not self.compiled.result().holds(value, self.req.fields["schema"]):
+            return self._done(None, text, len(self.generated), "error")
         self._done(value, text, len(self.generated), "stop")
 
     def _done(self, value: Any, text: str, tokens: int, reason: str, **extra: Any) -> None:
