@@ -38,6 +38,20 @@ def test_an_endpoint_in_use_fails_in_one_line(model_path):
         assert_one_line_failure(run_cli("serve", "--endpoint", f"tcp://127.0.0.1:{port}"), "cannot bind")
 
 
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets on this platform")
+def test_an_ipc_endpoint_a_live_sidecar_holds_fails_in_one_line_and_a_stale_one_is_taken(model_path, tmp_path):
+    """libzmq unlinks an ipc path it binds: a second sidecar would take the first's endpoint from under it."""
+    path = tmp_path / "npcai.sock"
+    with socket.socket(socket.AF_UNIX) as live:
+        live.bind(str(path))
+        live.listen()
+        assert_one_line_failure(run_cli("serve", "--endpoint", f"ipc://{path}", "--model", str(model_path)),
+                                "endpoint in use")
+    assert path.exists()  # left behind, as by a sidecar killed with SIGKILL: nobody answers there
+    with Sidecar("--endpoint", f"ipc://{path}") as sc, Client(sc.endpoint) as c:
+        assert c.call("ping")["event"] == "ok"
+
+
 def _ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as s:

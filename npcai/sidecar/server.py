@@ -26,6 +26,7 @@ import heapq
 import itertools
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -68,6 +69,18 @@ class _Inflight:
     req: P.Request
     streamed: list[str] = field(default_factory=list)
 
+
+def _ipc_answers(endpoint: str) -> bool:
+    """Whether something listens at an ``ipc://`` endpoint's path (a file left by a killed sidecar does not)."""
+    path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else ""
+    if not path or path.startswith("@") or not hasattr(socket, "AF_UNIX") or not os.path.exists(path):
+        return False
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
 
 class Server:
     def __init__(self, settings: Settings, engine_factory, polite: dict | None = None):
@@ -121,6 +134,8 @@ class Server:
     def bind(self) -> str:
         if P.is_ipv6_endpoint(self.settings.endpoint):
             self._router.setsockopt(zmq.IPV6, 1)
+        if _ipc_answers(self.settings.endpoint):  # libzmq would unlink it and take it from under its owner
+            raise BadRequest(f"cannot bind {self.settings.endpoint}: endpoint in use (another process listens there)")
         try:
             self._router.bind(self.settings.endpoint)
         except zmq.ZMQError as exc:
