@@ -80,27 +80,39 @@ class Handle:
     def text(self) -> str:
         return "".join(self.chunks)
 
-    def _deliver(self, msg: dict[str, Any]) -> None:
-        if msg.get("event") == "token":
+    def _record(self, msg: dict[str, Any]) -> bool:
+        """Keep what ``msg`` says (an ending sets ``reply``); True when its callback is due."""
+        event = msg.get("event")
+        if event == "token":
             self.chunks.append(msg["text"])
+        elif event == "sentence":
+            self.sentences.append(msg["text"])
+        elif event == "step":
+            self.steps.append(msg)
+        elif event in TERMINAL:
+            self.reply = msg
+        else:
+            return False  # an event this client does not know yet: a newer sidecar's, never an ending
+        return True
+
+    def _notify(self, msg: dict[str, Any]) -> None:
+        """Run the game's callback for a recorded ``msg``: last, so that its exception leaves the client whole."""
+        event = msg.get("event")
+        if event == "token":
             if self.on_token:
                 self.on_token(msg["text"])
-            return
-        if msg.get("event") == "sentence":
-            self.sentences.append(msg["text"])
+        elif event == "sentence":
             if self.on_sentence:
                 self.on_sentence(msg["text"])
-            return
-        if msg.get("event") == "step":
-            self.steps.append(msg)
+        elif event == "step":
             if self.on_step:
                 self.on_step(msg)
-            return
-        if msg.get("event") not in TERMINAL:
-            return  # an event this client does not know yet: a newer sidecar's, never an ending
-        self.reply = msg
-        if self.on_done:
+        elif self.on_done:
             self.on_done(msg)
+
+    def _deliver(self, msg: dict[str, Any]) -> None:
+        if self._record(msg):
+            self._notify(msg)
 
 
 class Client:
@@ -241,13 +253,15 @@ class Client:
             else:
                 self.stray.append(msg)
             return
-        handle._deliver(msg)
-        if handle.finished:
+        if not handle._record(msg):
+            return
+        if handle.finished:  # off the books before the game's callback runs: it may raise
             del self._pending[handle.id]
             hello = self._hellos.pop(handle.id, None)
             if hello is not None and msg.get("event") == "ok":
                 self.lease_ms = int(msg.get("lease_ms") or 0)
                 self._hello = hello
+        handle._notify(msg)
 
     # --- ending requests without the sidecar -------------------------------------------------------
     def _expire_deadlines(self) -> None:
