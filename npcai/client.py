@@ -2,7 +2,7 @@
 
 Usable from tests, the demo and benchmarks, and from Python games (pygame, Ren'Py):
 ``request()`` never blocks and returns a Handle; call ``poll()`` once per frame to
-dispatch replies (bounded in messages and microseconds), or ``wait()`` on a handle.
+dispatch replies (their callbacks bounded in count and microseconds), or ``wait()`` on a handle.
 
 Every request ends, whatever happens to the sidecar (docs/RELIABILITY.md):
 
@@ -80,26 +80,34 @@ class Handle:
     def text(self) -> str:
         return "".join(self.chunks)
 
-    def _deliver(self, msg: dict[str, Any]) -> None:
-        if msg.get("event") == "token":
+    def _record(self, msg: dict[str, Any]) -> bool:
+        """Keep what ``msg`` says (an ending sets ``reply``); True when its callback is due."""
+        event = msg.get("event")
+        if event == "token":
             self.chunks.append(msg["text"])
+        elif event == "sentence":
+            self.sentences.append(msg["text"])
+        elif event == "step":
+            self.steps.append(msg)
+        elif event in TERMINAL:
+            self.reply = msg
+        else:
+            return False  # an event this client does not know yet: a newer sidecar's, never an ending
+        return True
+
+    def _notify(self, msg: dict[str, Any]) -> None:
+        """Run the game's callback for a recorded ``msg``: last, so that its exception leaves the client whole."""
+        event = msg.get("event")
+        if event == "token":
             if self.on_token:
                 self.on_token(msg["text"])
-            return
-        if msg.get("event") == "sentence":
-            self.sentences.append(msg["text"])
+        elif event == "sentence":
             if self.on_sentence:
                 self.on_sentence(msg["text"])
-            return
-        if msg.get("event") == "step":
-            self.steps.append(msg)
+        elif event == "step":
             if self.on_step:
                 self.on_step(msg)
-            return
-        if msg.get("event") not in TERMINAL:
-            return  # an event this client does not know yet: a newer sidecar's, never an ending
-        self.reply = msg
-        if self.on_done:
+        elif self.on_done:
             self.on_done(msg)
 
 
@@ -149,6 +157,9 @@ class Client:
         self._last_sent = 0.0
         self._next_sidecar_check = 0.0
         self.stray: list[dict[str, Any]] = []  # replies for no known request (e.g. errors with id nil)
+        # recorded replies whose callbacks have not run yet (endings made up here, a lost sidecar's last replies):
+        # poll() runs them first, within its bounds
+        self._notices: collections.deque[tuple[Handle, dict[str, Any]]] = collections.deque()
 
     # --- non-blocking --------------------------------------------------------------------------
     def request(self, op: str, **fields: Any) -> Handle:
@@ -187,23 +198,42 @@ class Client:
     def poll(self, max_messages: int = 64, budget_us: int = 2000) -> int:
         """Dispatch waiting replies, end requests whose deadline passed, notice a sidecar gone; never blocks.
 
+        Requests end at once (``finished``, ``reply``) when their deadline passes or the sidecar goes: that
+        bookkeeping is not bounded (about 2 µs a request). The callbacks are: those of at most ``max_messages``
+        replies run per call, stopping once ``budget_us`` is spent, the sidecar's replies and the client's
+        made-up endings alike, in order; the rest run on the next calls.
+        An exception from a callback reaches the caller; the client stays whole and goes on at the next call.
         Returns how many replies were handled.
         """
         start = time.perf_counter()
         sock = self._open()
         self._check_peer()
         n = 0
+        try:
+            n = self._pump(sock, n, max_messages, start + budget_us / 1e6)
+        finally:
+            self._expire_deadlines()  # records only: a game's raising callback does not hold deadlines back
+            self._heartbeat()
+        return self._pump(None, n, max_messages, start + budget_us / 1e6)
+
+    def _pump(self, sock: zmq.Socket | None, n: int, max_messages: int, until: float) -> int:
+        """Run waiting callbacks, then (given ``sock``) dispatch replies, until a bound; returns the count."""
         while n < max_messages:
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
+            if self._notices:
+                handle, msg = self._notices.popleft()
+                n += 1
+                handle._notify(msg)
+            elif sock is None:
                 break
-            self._dispatch(frame)
-            n += 1
-            if (time.perf_counter() - start) * 1e6 >= budget_us:
+            else:
+                try:
+                    frame = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                n += 1
+                self._dispatch(frame)
+            if time.perf_counter() >= until:
                 break
-        self._expire_deadlines()
-        self._heartbeat()
         return n
 
     def wait_for_reply(self, timeout: float) -> bool:
@@ -223,7 +253,7 @@ class Client:
         """False once the sidecar is known to be gone (until a connection to it succeeds again)."""
         return self.state in ("connecting", "ready")
 
-    def _dispatch(self, frame: bytes) -> None:
+    def _dispatch(self, frame: bytes, defer: bool = False) -> None:
         try:
             msg = msgpack.unpackb(frame, raw=False)
         except Exception:  # not from a sidecar that keeps the protocol: keep it for inspection
@@ -241,13 +271,18 @@ class Client:
             else:
                 self.stray.append(msg)
             return
-        handle._deliver(msg)
-        if handle.finished:
+        if not handle._record(msg):
+            return
+        if handle.finished:  # off the books before the game's callback runs: it may raise
             del self._pending[handle.id]
             hello = self._hellos.pop(handle.id, None)
             if hello is not None and msg.get("event") == "ok":
                 self.lease_ms = int(msg.get("lease_ms") or 0)
                 self._hello = hello
+        if defer or self._notices:  # after the callbacks still waiting
+            self._notices.append((handle, msg))
+        else:
+            handle._notify(msg)
 
     # --- ending requests without the sidecar -------------------------------------------------------
     def _expire_deadlines(self) -> None:
@@ -268,14 +303,15 @@ class Client:
         elapsed = round((time.monotonic() - handle.sent_at) * 1e3, 3)
         if gone is not None and handle.deadline is None:
             code = "unauthorized" if self.state == "refused" else "unavailable"
-            handle._deliver({"v": 1, "id": handle.id, "event": "error", "code": code, "message": gone,
-                             "local": True})
-            return
-        handle._deliver({"v": 1, "id": handle.id, "event": "done", "value": handle.fallback,
-                         "text": handle.text if handle.op == "say" else "", "tokens": 0,
-                         "finish_reason": "deadline" if gone is None else "unavailable",
-                         "timed_out": gone is None, "used_fallback": True,
-                         "timing": {"queue_ms": elapsed, "total_ms": elapsed}, "local": True})
+            msg = {"v": 1, "id": handle.id, "event": "error", "code": code, "message": gone, "local": True}
+        else:
+            msg = {"v": 1, "id": handle.id, "event": "done", "value": handle.fallback,
+                   "text": handle.text if handle.op == "say" else "", "tokens": 0,
+                   "finish_reason": "deadline" if gone is None else "unavailable",
+                   "timed_out": gone is None, "used_fallback": True,
+                   "timing": {"queue_ms": elapsed, "total_ms": elapsed}, "local": True}
+        handle._record(msg)  # ended now; its callback runs from poll(), within its bounds
+        self._notices.append((handle, msg))
 
     def _check_peer(self) -> None:
         """Notice a sidecar gone: connection events, and the launcher handle's process when given."""
@@ -304,7 +340,7 @@ class Client:
         # read them before ending what is still open locally.
         while True:
             try:
-                self._dispatch(self._sock.recv(zmq.NOBLOCK))
+                self._dispatch(self._sock.recv(zmq.NOBLOCK), defer=True)
             except zmq.Again:
                 break
         self.state = state
@@ -349,6 +385,7 @@ class Client:
         while True:
             self.poll(max_messages=1024, budget_us=1_000_000)
             if handle.finished:
+                self._notify_through(handle)
                 return handle.reply  # type: ignore[return-value]
             now = time.monotonic()
             if now >= give_up:
@@ -361,6 +398,13 @@ class Client:
             if self.lease_ms and self.state == "ready":
                 wake = min(wake, self._last_sent + self.lease_ms / 4000)
             poller.poll(max(0, int((wake - now) * 1000)) + 1)
+
+    def _notify_through(self, handle: Handle) -> None:
+        """Run the waiting callbacks, in order, up to ``handle``'s last: wait() returns after its callbacks ran."""
+        last = max((i for i, (h, _) in enumerate(self._notices) if h is handle), default=-1)
+        for _ in range(last + 1):
+            h, msg = self._notices.popleft()
+            h._notify(msg)
 
     def call(self, op: str, timeout: float = 60.0, **fields: Any) -> dict[str, Any]:
         """Send and wait; raises RequestFailed if the request ends with an error."""
