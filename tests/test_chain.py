@@ -219,6 +219,23 @@ def test_a_cached_step_answers_for_the_history_it_was_asked_with(client):
         assert reply["probs"]["act"] == pytest.approx(fresh["probs"], abs=1e-6), (delay_ms, again.steps[0]["cached"])
 
 
+def test_a_request_sent_right_after_a_chain_comes_after_the_chains_first_step(client):
+    """Order per NPC: a chain's first step is made as the chain arrives (a decide sent right after a chain whose
+    step observed an event scored as if the event had not happened)."""
+    choices = ["open the gate", "keep the gate shut"]
+    situation = "Someone knocks at the gate at night. Should you open it?"
+    event = "The king shouts: never open the gate, an army waits outside!"
+    client.npc("una", "You are Una, a guard at the gate.")
+    client.call("observe", npc="una", text=event)
+    after_observe = client.decide(situation, npc="una", choices=choices)["probs"]
+    for _ in range(3):
+        client.npc("una", "You are Una, a guard at the gate.")
+        observing = client.request("chain", steps=[{"op": "observe", "as": "o", "npc": "una", "text": event}])
+        deciding = client.request("decide", situation=situation, npc="una", choices=choices)
+        client.wait(observing)
+        assert client.wait(deciding)["probs"] == pytest.approx(after_observe, abs=1e-6)
+
+
 def test_a_steps_deadline_ms_sent_as_nil_is_absent_and_a_number_is_refused():
     step = {"op": "observe", "as": "o", "npc": "brom", "text": "rain", "deadline_ms": None}
     check_chain([step], P.Limits(), {}, {"dialogue"})

@@ -288,19 +288,22 @@ class Engine:
 
     def _start_jobs(self) -> None:
         for job in self.scheduler.startable():
-            try:
-                if not job.ready() or not self._seq_for(job):
-                    continue
-                if job.urgency < IDLE and not _remote(job.rt) and job.rt.pool.free == 0:
-                    self._drop_idle_work(job.rt)  # thinking ahead gives way for KV sequences too
-                job.started_at = time.monotonic()
-                job.start()
-                self.counters["jobs_started"] += 1
-            except NpcaiError as err:
-                job.finish(P.error(job.req.id, err))
-            except Exception:
-                self._internal(job.req, job)
-            self.scheduler.started(job)
+            self._start(job)
+
+    def _start(self, job: Job) -> None:
+        try:
+            if not job.ready() or not self._seq_for(job):
+                return
+            if job.urgency < IDLE and not _remote(job.rt) and job.rt.pool.free == 0:
+                self._drop_idle_work(job.rt)  # thinking ahead gives way for KV sequences too
+            job.started_at = time.monotonic()
+            job.start()
+            self.counters["jobs_started"] += 1
+        except NpcaiError as err:
+            job.finish(P.error(job.req.id, err))
+        except Exception:
+            self._internal(job.req, job)
+        self.scheduler.started(job)
 
     def _seq_for(self, job: Job) -> bool:
         """Whether a job that takes a fresh KV sequence can have one now (thinking ahead gives way first).
@@ -461,6 +464,8 @@ class Engine:
         if len(self.scheduler) >= self.limits.max_queue:
             raise Overloaded(f"queue is full ({self.limits.max_queue} requests)")
         self.scheduler.add(job)
+        if isinstance(job, Relay):  # it computes nothing: its first sub-requests are made now, in the order the
+            self._start(job)  # requests arrived, so that one sent after it to the same NPC cannot overtake them
 
     def _emitter(self, req: P.Request, *, remote: bool = False) -> Callable[[dict[str, Any]], None]:
         """Where ``req``'s replies go: its relay (a sub-request), else its client. ``remote``: a remote role
