@@ -306,7 +306,7 @@ class Client:
             msg = {"v": 1, "id": handle.id, "event": "error", "code": code, "message": gone, "local": True}
         else:
             msg = {"v": 1, "id": handle.id, "event": "done", "value": handle.fallback,
-                   "text": handle.text if handle.op == "say" else "", "tokens": 0,
+                   "text": handle.text if handle.op == "say" else "", "tokens": len(handle.chunks),
                    "finish_reason": "deadline" if gone is None else "unavailable",
                    "timed_out": gone is None, "used_fallback": True,
                    "timing": {"queue_ms": elapsed, "total_ms": elapsed}, "local": True}

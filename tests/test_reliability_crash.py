@@ -74,6 +74,23 @@ def test_killing_the_sidecar_mid_say_ends_every_pending_request_in_time(model_pa
         sc.close()
 
 
+def test_a_line_the_client_ends_at_its_deadline_says_what_it_had_streamed(model_path):
+    """A done made up at the deadline carries the chunks already streamed, as the sidecar's own does."""
+    with Sidecar() as sc, Client(sc.endpoint, heartbeat_ms=0) as c:
+        c.npc("brom", "You are Brom, the blacksmith.")
+        line = c.request("say", npc="brom", text="Tell me a long story.", max_tokens=200, soft_max_tokens=200,
+                         deadline_ms=3000, fallback="Hm.")
+        while len(line.chunks) < 2 and not line.finished:
+            c.poll()
+        os.kill(sc.pid, signal.SIGSTOP)  # hung mid-line: the client ends it at its deadline
+        try:
+            reply = c.wait(line, timeout=10)
+        finally:
+            os.kill(sc.pid, signal.SIGCONT)
+        assert reply["local"] and reply["timed_out"] and reply["text"] == "".join(line.chunks)
+        assert reply["tokens"] == len(line.chunks) >= 2
+
+
 def test_a_request_with_a_deadline_ends_on_time_when_the_sidecar_hangs_and_its_late_answer_is_dropped(model_path):
     with Sidecar() as sc, Client(sc.endpoint, heartbeat_ms=0) as c:
         c.hello()
