@@ -1,5 +1,6 @@
 """KV memory pressure: idle NPCs give way least recently used first, transparently."""
 
+import contextlib
 import time
 
 import msgpack
@@ -100,20 +101,28 @@ def test_npcs_with_actions_defined_in_a_burst_over_few_sequences_all_act(model_p
         assert c.call("stats")["engine"]["models"][0]["evictions"] > 0
 
 
-def test_an_npc_defined_while_every_sequence_is_busy_is_defined_and_says_so(model_path, village):
-    """The definition replaces the NPC when it arrives; with no KV sequence free to evaluate its persona then,
-    the reply is still ok (nothing cached yet: its first request evaluates it), never an error after the fact."""
+@contextlib.contextmanager
+def _every_sequence_busy(village):
+    """A ``--n-seq 2`` sidecar whose both sequences two long regex decisions of NPCs a and b hold, for 150
+    model steps or more (600 letters, one token each); NPC z is defined and idle. Yields the client and the
+    two decisions."""
     with Sidecar("--n-seq", "2", "--n-ctx", "1024", "--npc-ctx", "512", "--threads", "2") as sc, \
             Client(sc.endpoint) as c:
         c.npc("a", village["npcs"]["brom"]["persona"])
         c.npc("b", village["npcs"]["grik"]["persona"])
         c.npc("z", "You are Zed, a baker.")
-        # Two long decisions hold both sequences: 600 letters take one model step per token, 150 or more.
         busy = [c.request("decide", npc=n, situation="Spell a long word.", regex="[a-z]{600}", max_tokens=512)
                 for n in "ab"]
         deadline = time.monotonic() + 30
         while c.call("stats")["engine"]["running"] < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
+        yield c, busy
+
+
+def test_an_npc_defined_while_every_sequence_is_busy_is_defined_and_says_so(model_path, village):
+    """The definition replaces the NPC when it arrives; with no KV sequence free to evaluate its persona then,
+    the reply is still ok (nothing cached yet: its first request evaluates it), never an error after the fact."""
+    with _every_sequence_busy(village) as (c, busy):
         reply = c.call("npc", npc="z", persona="You are Zed, a wizard.")
         assert reply["event"] == "ok" and reply["cached_tokens"] == 0
         assert not any(h.finished for h in busy)  # asked while both still ran
@@ -124,27 +133,11 @@ def test_an_npc_defined_while_every_sequence_is_busy_is_defined_and_says_so(mode
         assert line["event"] == "done" and not line["used_fallback"]
 
 
-def _hold_both_sequences(c) -> list:
-    """Two long regex decisions of NPCs a and b: they hold both sequences of a ``--n-seq 2`` sidecar for
-    150 model steps or more (600 letters, one token each)."""
-    busy = [c.request("decide", npc=n, situation="Spell a long word.", regex="[a-z]{600}", max_tokens=512)
-            for n in "ab"]
-    deadline = time.monotonic() + 30
-    while c.call("stats")["engine"]["running"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return busy
-
-
 def test_a_line_or_grammar_decision_asked_while_every_sequence_is_busy_waits_for_one_and_is_answered(
         model_path, village):
     """Lines and grammar decisions are bounded, so a request that finds every KV sequence busy waits in the
     queue for one to free instead of being refused ``overloaded``."""
-    with Sidecar("--n-seq", "2", "--n-ctx", "1024", "--npc-ctx", "512", "--threads", "2") as sc, \
-            Client(sc.endpoint) as c:
-        c.npc("a", village["npcs"]["brom"]["persona"])
-        c.npc("b", village["npcs"]["grik"]["persona"])
-        c.npc("z", "You are Zed, a baker.")
-        busy = _hold_both_sequences(c)
+    with _every_sequence_busy(village) as (c, busy):
         line = c.request("say", npc="z", text="Who are you?", max_tokens=16, temperature=0)
         decision = c.request("decide", situation="Name a colour.", regex="(red|green|blue)")
         for h in (line, decision):
@@ -155,12 +148,7 @@ def test_a_line_or_grammar_decision_asked_while_every_sequence_is_busy_waits_for
 
 
 def test_a_line_waiting_for_a_sequence_past_its_deadline_gets_its_fallback_then(model_path, village):
-    with Sidecar("--n-seq", "2", "--n-ctx", "1024", "--npc-ctx", "512", "--threads", "2") as sc, \
-            Client(sc.endpoint) as c:
-        c.npc("a", village["npcs"]["brom"]["persona"])
-        c.npc("b", village["npcs"]["grik"]["persona"])
-        c.npc("z", "You are Zed, a baker.")
-        busy = _hold_both_sequences(c)
+    with _every_sequence_busy(village) as (c, busy):
         sent = time.monotonic()
         reply = c.wait(c.request("say", npc="z", text="Who are you?", max_tokens=16, deadline_ms=400,
                                  fallback="Hmm."))
