@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 pytest.importorskip("httpx")
 
-from npcai import Client, RequestFailed, Sidecar  # noqa: E402
+from npcai import Client, RequestFailed, Sidecar
 
 MODEL = "scripted"
 PERSONA = "You are Brom, the blacksmith."

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jsonschema
 from llguidance import LLTokenizer
@@ -33,8 +33,8 @@ class _Bytes:
 
     eos_token_id = _EOS
     bos_token_id = None
-    tokens = [bytes([b]) for b in range(256)] + [b""]
-    special_token_ids = [_EOS]
+    tokens: ClassVar[list[bytes]] = [bytes([b]) for b in range(256)] + [b""]
+    special_token_ids: ClassVar[list[int]] = [_EOS]
 
     def __call__(self, text: bytes | str) -> list[int]:
         return list(text.encode() if isinstance(text, str) else text)
@@ -70,7 +70,7 @@ class Checker:
             schema = fields["schema"]
             try:
                 return jsonschema.validators.validator_for(schema)(schema).is_valid(value), value
-            except Exception:  # a schema llguidance compiles but jsonschema cannot apply: the value is unproven
+            except Exception:  # noqa: BLE001 (jsonschema has several errors for a schema it cannot apply: unproven)
                 return False, None
         for byte in text.encode():
             if not walker.consume(byte):
