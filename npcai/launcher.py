@@ -116,7 +116,8 @@ class Sidecar:
         after a restart: with the default ``--endpoint`` (port 0) the new sidecar listens on a new port, and
         clients made before (``client()`` or ``Client(sidecar.endpoint)``) stay on the old one, ending every
         call ``unavailable``. Only with a fixed ``--endpoint`` (and, with ``--connection-file``, a fixed
-        ``--token``: else the new sidecar makes a new one) do they reconnect and say hello again by themselves.
+        ``--token`` or ``$NPCAI_TOKEN``: else the new sidecar makes a new one) do they reconnect and say hello
+        again by themselves.
         """
         self.close()
         self._start()
