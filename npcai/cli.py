@@ -17,6 +17,7 @@ from pathlib import Path
 
 from npcai.errors import NpcaiError
 from npcai.model import catalog
+from npcai.protocol import TOKEN_ENV
 from npcai.sidecar.budget import be_polite
 from npcai.sidecar.settings import Settings
 
@@ -102,6 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if _parent_gone(settings):  # the game died while launching us: load nothing, say nothing is ready
         print(f"npcai: parent process {settings.parent_pid} is gone; not starting", file=sys.stderr, flush=True)
         return 0
+    settings.token = settings.token or os.environ.get(TOKEN_ENV, "")  # the environment: not in the process list
     if settings.connection_file and not settings.token:
         settings.token = secrets.token_urlsafe(32)  # like a Jupyter kernel's key: only the file's reader has it
     logging.basicConfig(level=logging.INFO if settings.verbose else logging.WARNING,

@@ -16,7 +16,7 @@ from collections import deque
 from typing import Any
 
 from npcai.errors import ModelError
-from npcai.protocol import READY_PREFIX
+from npcai.protocol import READY_PREFIX, TOKEN_ENV
 
 
 class Sidecar:
@@ -24,18 +24,23 @@ class Sidecar:
 
     ``args`` are ``npcai serve`` flags. ``program`` is the command standing for ``npcai serve``: a bundled
     sidecar's executable (``npcai bundle``), for instance; by default this Python's ``-m npcai serve``. ``env``
-    adds to this process's environment, or with ``inherit_env=False`` is the child's whole environment. With ``--token`` or ``--connection-file`` among them,
-    ``token`` holds the secret clients must send (read back from the connection file).
+    adds to this process's environment, or with ``inherit_env=False`` is the child's whole environment. A
+    ``--token T`` among ``args`` reaches the child as ``$NPCAI_TOKEN``, never on its command line, which any user
+    of the machine can read. ``token`` holds the secret clients must send (``--token``, ``$NPCAI_TOKEN`` in the
+    child's environment, or read back from ``--connection-file``).
     After a crash, ``restart()`` starts a fresh sidecar with the same flags.
     """
 
     def __init__(self, *args: str, timeout: float = 300.0, env: dict[str, str] | None = None,
                  program: list[str] | None = None, inherit_env: bool = True):
-        self.args = args
+        token = _flag(args, "--token")
+        self.args = _without_flag(args, "--token")
         self._timeout = timeout
         self._env = {**(os.environ if inherit_env else {}), **(env or {})}
+        if token is not None:
+            self._env[TOKEN_ENV] = token
         self._program = program or [sys.executable, "-m", "npcai", "serve"]
-        self.token: str | None = _flag(args, "--token")
+        self.token: str | None = self._env.get(TOKEN_ENV) or None
         self._start()
 
     def _start(self) -> None:
@@ -111,7 +116,8 @@ class Sidecar:
         after a restart: with the default ``--endpoint`` (port 0) the new sidecar listens on a new port, and
         clients made before (``client()`` or ``Client(sidecar.endpoint)``) stay on the old one, ending every
         call ``unavailable``. Only with a fixed ``--endpoint`` (and, with ``--connection-file``, a fixed
-        ``--token``: else the new sidecar makes a new one) do they reconnect and say hello again by themselves.
+        ``--token`` or ``$NPCAI_TOKEN``: else the new sidecar makes a new one) do they reconnect and say hello
+        again by themselves.
         """
         self.close()
         self._start()
@@ -151,3 +157,17 @@ def _flag(args: tuple[str, ...], name: str) -> str | None:
         elif arg.startswith(name + "="):
             value = arg[len(name) + 1:]
     return value
+
+
+def _without_flag(args: tuple[str, ...], name: str) -> tuple[str, ...]:
+    """``args`` without any ``--name VALUE`` or ``--name=VALUE``."""
+    kept: list[str] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+        elif arg == name and i + 1 < len(args):
+            skip = True
+        elif not arg.startswith(name + "="):
+            kept.append(arg)
+    return tuple(kept)

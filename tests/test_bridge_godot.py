@@ -180,3 +180,5 @@ def test_gdscript_suites_run_in_godot(request, tmp_path):
     assert caught == set(spoiled_names), caught
     bundle = [line for line in lines if line.startswith("ok   bundle: ")]
     assert len(bundle) == 8, bundle
+    token = [line for line in lines if line.startswith("ok   token: ")]
+    assert len(token) == 3, token  # the launcher's token: in the child's environment, not its arguments

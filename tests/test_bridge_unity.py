@@ -47,7 +47,7 @@ E2E_CASES = [
     "e2e.cancel_mid_stream", "e2e.deadline_fallback",
     "e2e.budget_threads", "e2e.frame_backoff",
     "e2e.connect_to_running_sidecar", "e2e.sidecar_killed_mid_request", "e2e.relaunch_and_hello",
-    "e2e.dispose_shuts_sidecar_down", "e2e.ready_file_launch", "e2e.bundle_before_path",
+    "e2e.dispose_shuts_sidecar_down", "e2e.ready_file_launch", "e2e.token_kept_off_the_command_line", "e2e.bundle_before_path",
 ]
 
 # The UnityEngine members Runtime/Unity and the sample use, as stand-ins: enough for mcs to check

@@ -74,13 +74,20 @@ E2E_CASES = [
     "relaunch_after_crash",
     "stop_shuts_the_sidecar_down",
     "launch_with_ready_file",
+    "launch_keeps_the_token_off_the_command_line",
     "launch_finds_the_bundle_before_path",
 ]
 
 
 def _run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(c) for c in cmd], cwd=BUILD, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **_this_checkouts_npcai(), **(env or {})})
+
+
+def _this_checkouts_npcai() -> dict[str, str]:
+    """The sidecars the tests start (``NPCAI_PYTHON -m npcai``, from the build folder) import this checkout's
+    npcai, as the Unity tests' do from the repository root, not whichever one is installed."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def _assert_cases(result: subprocess.CompletedProcess[str], cases: list[str]) -> None:

@@ -144,3 +144,31 @@ def test_a_client_whose_connection_dropped_reconnects_and_says_hello_again(model
             c.poll()
             time.sleep(0.01)
         assert c.call("ping")["event"] == "ok"  # authorized: the client sent its token again
+
+
+def test_a_sidecar_started_with_npcai_token_in_its_environment_requires_it_in_hello(model_path):
+    """``$NPCAI_TOKEN`` is the token when ``--token`` is not given: the environment, unlike argv, is not in the
+    process list for every user of the machine to read."""
+    with Sidecar(env={"NPCAI_TOKEN": "s3cret-from-env"}) as sc:
+        with Client(sc.endpoint) as nobody:
+            with pytest.raises(RequestFailed, match="unauthorized"):
+                nobody.call("ping")
+            with pytest.raises(RequestFailed, match="unauthorized"):
+                nobody.call("hello", token="guess")
+        with Client(sc.endpoint, token="s3cret-from-env") as c:
+            assert c.hello()["event"] == "ok" and c.call("ping")["event"] == "ok"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/cmdline")
+def test_the_launcher_passes_a_token_through_the_environment_not_the_command_line(model_path):
+    """Any local user can read /proc/PID/cmdline: ``Sidecar("--token", T)`` hands T to the child as
+    ``$NPCAI_TOKEN`` instead, and its clients still say hello with it."""
+    with Sidecar("--token", "s3cret-from-the-game") as sc:
+        with open(f"/proc/{sc.pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        assert b"--token" not in argv and not any(b"s3cret" in arg for arg in argv), argv
+        assert sc.token == "s3cret-from-the-game"
+        with Client(sc.endpoint) as nobody, pytest.raises(RequestFailed, match="unauthorized"):
+            nobody.call("ping")
+        with sc.client() as c:
+            assert c.hello()["event"] == "ok" and c.call("ping")["event"] == "ok"

@@ -21,6 +21,7 @@ from npcai.protocol.checks import (
 )
 from npcai.protocol.frames import (
     READY_PREFIX,
+    TOKEN_ENV,
     VERSION,
     Limits,
     decode_frame,
@@ -76,7 +77,7 @@ from npcai.protocol.requests import (
 )
 
 __all__ = [
-    "READY_PREFIX", "VERSION", "Limits", "decode_frame", "encode", "is_int", "is_ipv6_endpoint", "request_id", "salvage_id",
+    "READY_PREFIX", "TOKEN_ENV", "VERSION", "Limits", "decode_frame", "encode", "is_int", "is_ipv6_endpoint", "request_id", "salvage_id",
     "CANCELLED", "DONE", "ERROR", "OK", "TERMINAL_EVENTS", "TOKEN", "SENTENCE", "STEP", "sentence", "cancelled", "done", "engine_failed", "error",
     "fixed_reply", "ok", "reply", "timed_out", "token",
     "IMMEDIATE_OPS", "MAX_TOKEN_BYTES", "OPS", "REQUEST_TYPES", "ActResultRequest", "ChainRequest", "BudgetRequest", "CancelRequest", "DecideRequest",

@@ -13,6 +13,8 @@ from npcai.errors import BadRequest, NpcaiError, TooLarge
 VERSION = 1
 #: What `npcai serve` prints on stdout, followed by its endpoint, once it answers requests.
 READY_PREFIX = "NPCAI READY "
+#: The environment variable a launcher sets to the token of the sidecar it starts (never --token: argv is public).
+TOKEN_ENV = "NPCAI_TOKEN"
 
 
 def is_ipv6_endpoint(endpoint: str) -> bool:

@@ -1,4 +1,4 @@
-"""Token authentication (``--token``): which clients have sent the sidecar's token in ``hello``."""
+"""Token authentication (``$NPCAI_TOKEN`` or ``--token``): which clients have sent the sidecar's token in ``hello``."""
 
 from __future__ import annotations
 

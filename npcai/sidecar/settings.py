@@ -100,9 +100,11 @@ class Settings:
         "also write the bound endpoint to this file when ready (for launchers that cannot read stdout); "
         "removed on exit"))
     connection_file: str = field(default="", metadata=_opt(
-        "write {endpoint, token, pid} as JSON to this file (mode 0600) when ready, generating a token if none "
-        "is given; removed on exit"))
-    token: str = field(default="", metadata=_opt("shared secret clients must send in hello"))
+        "write {endpoint, token, pid} as JSON to this file (mode 0600) when ready, generating a token if "
+        "neither --token nor $NPCAI_TOKEN gives one; removed on exit"))
+    token: str = field(default="", metadata=_opt(
+        "shared secret clients must send in hello; prefer $NPCAI_TOKEN, read when this is not given: a "
+        "flag's value is in the process list, for any user of the machine to read"))
     allow_remote: bool = field(default=False, metadata=_opt(
         "allow binding a non-loopback endpoint (needs --curve-secret-key and --curve-allow)",
         action="store_true"))

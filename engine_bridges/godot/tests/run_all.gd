@@ -50,6 +50,7 @@ func _ready() -> void:
 		)
 	_compile_scripts()
 	_test_bundle_search()
+	_test_launcher_token()
 	await _test_launcher_gives_up()
 	await _play_example()
 	if sidecar != "":
@@ -136,6 +137,30 @@ func _test_bundle_search() -> void:
 		DirAccess.remove_absolute(path)
 	for dir: String in [sub, game, on_path, root]:
 		DirAccess.remove_absolute(dir)
+
+
+## The token reaches the sidecar in its environment (NPCAI_TOKEN), never in its arguments, which
+## any user of the machine can read; the game's own environment is as it was afterwards. (The
+## child itself is not started here: the web has no OS.create_process.)
+func _test_launcher_token() -> void:
+	var launcher: Launcher = Launcher.new()
+	launcher.token = "s3cret-from-the-game"
+	launcher.serve_args = PackedStringArray(["--model", "x"])
+	var args := launcher.build_arguments("/tmp/ready.txt")
+	var leaked := " ".join(args).contains("s3cret") or args.has("--token")
+	_check("token: not in the arguments", not leaked, args)
+	var name := Launcher.TOKEN_VARIABLE
+	var had := OS.has_environment(name)
+	var before := OS.get_environment(name)
+	var seen := []
+	var spawn := func() -> int:
+		seen.append(OS.get_environment(name))
+		return 7
+	var pid: int = Launcher.with_environment(name, launcher.token, spawn)
+	var inherited := seen == ["s3cret-from-the-game"] and pid == 7
+	_check("token: in the environment the child inherits", inherited, seen)
+	var restored := OS.has_environment(name) == had and OS.get_environment(name) == before
+	_check("token: the game's environment restored", restored)
 
 
 ## A command that cannot start: the launcher fails, retries after its backoff, gives up.

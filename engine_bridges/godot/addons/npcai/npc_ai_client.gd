@@ -54,7 +54,7 @@ const _BUDGET_FLOAT_KEYS: Array[String] = ["tokens_per_s", "share", "frame_ms"]
 
 ## Name sent in the automatic [code]hello[/code].
 var client_name: String = "godot"
-## Token sent in the automatic [code]hello[/code] (when the sidecar runs with --token).
+## Token sent in the automatic [code]hello[/code] (when the sidecar has one).
 var token: String = ""
 ## Send [code]hello[/code] as soon as the connection is up, before any queued request.
 var auto_hello: bool = true

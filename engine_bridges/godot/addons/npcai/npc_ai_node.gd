@@ -54,9 +54,11 @@ const Request := preload("npc_ai_request.gd")
 @export var command: String = "npcai"
 ## Arguments before [code]serve[/code].
 @export var command_args: PackedStringArray = PackedStringArray()
-## Extra [code]npcai serve[/code] arguments (models, limits, [code]--token[/code]).
+## Extra [code]npcai serve[/code] arguments (models, limits). Not the token: see [member token].
 @export var serve_args: PackedStringArray = PackedStringArray()
-## The sidecar's [code]--token[/code], sent in [code]hello[/code].
+## The sidecar's shared secret: given to a sidecar this node starts in its environment
+## ([code]NPCAI_TOKEN[/code], never on its command line, which any user of the machine can
+## read), and sent in [code]hello[/code].
 @export var token: String = ""
 ## Most replies dispatched per frame.
 @export var max_messages_per_frame: int = 64
@@ -118,6 +120,7 @@ func start() -> void:
 	launcher.command = command
 	launcher.command_args = command_args
 	launcher.serve_args = serve_args
+	launcher.token = token
 	launcher.start()
 
 

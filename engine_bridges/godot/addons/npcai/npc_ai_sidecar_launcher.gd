@@ -5,7 +5,8 @@ extends RefCounted
 ## [method start] runs
 ## [code]COMMAND [ARGS...] serve --parent-pid <game pid> --endpoint tcp://127.0.0.1:0
 ## --ready-file <user://npcai/ready-<game pid>.txt> [SERVE_ARGS...][/code] with
-## [method OS.create_process] (the child's stdout and stderr go to the game's own console),
+## [method OS.create_process] (the child's stdout and stderr go to the game's own console;
+## [member token], if any, in its environment as [code]NPCAI_TOKEN[/code]),
 ## then [method poll] (a few times a second) waits for the ready file, which the sidecar
 ## writes atomically once its models are loaded and its socket is bound. The sidecar exits
 ## by itself when the game's process is gone ([code]--parent-pid[/code]).[br]
@@ -31,6 +32,9 @@ signal gave_up(reason: String)
 ## What the launcher is doing.
 enum State { IDLE, STARTING, RUNNING, WAITING_RESTART, GAVE_UP }
 
+## The environment variable that carries [member token] to the sidecar.
+const TOKEN_VARIABLE := "NPCAI_TOKEN"
+
 ## Look for a shipped sidecar bundle (see the class description) before [member command].
 var use_bundle: bool = true
 ## Folders that may hold the bundle's executable, searched in order before [code]PATH[/code];
@@ -42,6 +46,9 @@ var command: String = "npcai"
 var command_args: PackedStringArray = PackedStringArray()
 ## Arguments after the launcher's own (e.g. [code]["--model", "smollm2-135m"][/code]).
 var serve_args: PackedStringArray = PackedStringArray()
+## The sidecar's shared secret ([code]""[/code]: none). It reaches the sidecar in its
+## environment, never in its arguments, which any user of the machine can read.
+var token: String = ""
 ## How long a start may take (the first start may download the default model).
 var start_timeout_ms: int = 300000
 ## Restarts in a row before giving up.
@@ -122,6 +129,21 @@ func build_arguments(ready_path: String, for_bundle: bool = false) -> PackedStri
 	return args
 
 
+## Calls [param spawn] (which starts a process) with [param name] set to [param value] in the
+## game's environment, then sets it back as it was; returns what [param spawn] returns.
+## [method OS.create_process] takes no environment: its child inherits the game's.
+static func with_environment(name: String, value: String, spawn: Callable) -> Variant:
+	var had := OS.has_environment(name)
+	var before := OS.get_environment(name)
+	OS.set_environment(name, value)
+	var result: Variant = spawn.call()
+	if had:
+		OS.set_environment(name, before)
+	else:
+		OS.unset_environment(name)
+	return result
+
+
 ## Starts the sidecar (returns at once); [signal started] or [signal failed] follows.
 func start() -> Error:
 	if state == State.STARTING or state == State.RUNNING:
@@ -184,7 +206,9 @@ func _launch() -> Error:
 	endpoint = ""
 	var bundle := resolve_bundle()
 	program = bundle if bundle != "" else command
-	pid = OS.create_process(program, build_arguments(path, bundle != ""))
+	var args := build_arguments(path, bundle != "")
+	var spawn := func() -> int: return OS.create_process(program, args)
+	pid = spawn.call() if token == "" else with_environment(TOKEN_VARIABLE, token, spawn)
 	if pid <= 0:
 		pid = -1
 		_on_failure("cannot run %s (no sidecar bundle; is npcai installed, on the PATH?)" % program)

@@ -42,7 +42,7 @@ namespace NpcAi
         public int PollBudgetMicros { get; set; }
         /// <summary>Sent in hello, for the sidecar's logs.</summary>
         public string ClientName { get; set; }
-        /// <summary>The sidecar's shared secret, if it has one; Launch() passes it with --token.</summary>
+        /// <summary>The sidecar's shared secret, if it has one; Launch() passes it in the sidecar's environment ($NPCAI_TOKEN).</summary>
         public string Token { get; set; }
         /// <summary>How long TCP connect + handshake + hello may take.</summary>
         public int ConnectTimeoutMs { get; set; }

@@ -58,6 +58,8 @@ namespace NpcAi
     public sealed class SidecarLauncher : IDisposable
     {
         const string ReadyPrefix = "NPCAI READY ";
+        /// <summary>The environment variable that carries the token to the sidecar (docs/PROTOCOL.md, "Launching").</summary>
+        public const string TokenVariable = "NPCAI_TOKEN";
         const int StderrLines = 20;
         static readonly char[] NeedsQuoting = { ' ', '\t', '"' };
 
@@ -163,11 +165,6 @@ namespace NpcAi
                 args.Add("--ready-file");
                 args.Add(readyFile);
             }
-            if (!string.IsNullOrEmpty(token))
-            {
-                args.Add("--token");
-                args.Add(token);
-            }
             args.AddRange(options.ServeArgs);
 
             var info = new ProcessStartInfo(Program, JoinArguments(args))
@@ -177,6 +174,9 @@ namespace NpcAi
                 RedirectStandardOutput = readyFile == null,
                 RedirectStandardError = true,
             };
+            // In the child's environment, not its arguments: any user of the machine can read a command line.
+            if (!string.IsNullOrEmpty(token))
+                info.EnvironmentVariables[TokenVariable] = token;
             if (options.WorkingDirectory != null)
                 info.WorkingDirectory = options.WorkingDirectory;
             var process = new Process { StartInfo = info, EnableRaisingEvents = true };

@@ -26,7 +26,7 @@ namespace NpcAi.Unity
         [SerializeField] string[] serveArgs = new string[0];
         [Tooltip("Learn the endpoint from --ready-file instead of the child's stdout.")]
         [SerializeField] bool useReadyFile;
-        [Tooltip("Shared secret: passed to the sidecar with --token and sent in hello.")]
+        [Tooltip("Shared secret: passed to the sidecar in $NPCAI_TOKEN (never on its command line) and sent in hello.")]
         [SerializeField] string token = "";
 
         [Header("Per-frame budget")]

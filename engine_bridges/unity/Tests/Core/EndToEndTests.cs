@@ -35,6 +35,7 @@ namespace NpcAi.Tests
             yield return new TestCase("e2e", "e2e.relaunch_and_hello", RelaunchAndHello);
             yield return new TestCase("e2e", "e2e.dispose_shuts_sidecar_down", DisposeShutsSidecarDown);
             yield return new TestCase("e2e", "e2e.ready_file_launch", ReadyFileLaunch);
+            yield return new TestCase("e2e", "e2e.token_kept_off_the_command_line", TokenKeptOffTheCommandLine);
             yield return new TestCase("e2e", "e2e.bundle_before_path", BundleBeforePath);
         }
 
@@ -407,6 +408,37 @@ namespace NpcAi.Tests
             Check.Equal(RequestStatus.Done, ping.Status, "ping via a ready-file launch");
             var launcher = viaFile.Launcher;
             viaFile.Dispose();
+            Check.Equal<int?>(0, launcher.ExitCode, "clean exit");
+        }
+
+        /// <summary>
+        /// Any user of the machine can read a process's command line (/proc/PID/cmdline): the launcher hands
+        /// the token to the sidecar in $NPCAI_TOKEN, and hello with it works while a client without it is refused.
+        /// </summary>
+        static void TokenKeptOffTheCommandLine()
+        {
+            const string secret = "s3cret-from-the-game";
+            var guarded = new NpcAiClient(new NpcAiClientOptions { Token = secret });
+            guarded.Launch(Sidecar());
+            WaitReady(guarded);
+            string cmdline = "/proc/" + guarded.Launcher.Process.Id + "/cmdline";
+            if (File.Exists(cmdline))
+            {
+                string argv = File.ReadAllText(cmdline).Replace('\0', ' ');
+                Check.True(!argv.Contains(secret) && !argv.Contains("--token"), "the token is not in argv: " + argv);
+            }
+            var stranger = new NpcAiClient();
+            string reason = null;
+            stranger.Disconnected += (c, r) => reason = r;
+            stranger.Connect(guarded.Endpoint);
+            GameLoop.Until(stranger, () => reason != null, ReplyTimeoutMs, "the refusal of a client without the token");
+            Check.True(reason.Contains("unauthorized"), "reason: " + reason);
+            stranger.Dispose();
+            var ping = guarded.Ping();
+            GameLoop.Until(guarded, () => !ping.IsPending, ReplyTimeoutMs, "ping");
+            Check.Equal(RequestStatus.Done, ping.Status, "ping after hello with the token");
+            var launcher = guarded.Launcher;
+            guarded.Dispose();
             Check.Equal<int?>(0, launcher.ExitCode, "clean exit");
         }
 

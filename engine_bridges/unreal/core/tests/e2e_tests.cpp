@@ -8,10 +8,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
@@ -462,6 +464,31 @@ CASE(launch_with_ready_file) {
   CHECK(events.ends[ping].kind == "done");
   launcher.stop();
   std::remove(config.ready_file.c_str());
+}
+
+CASE(launch_keeps_the_token_off_the_command_line) {
+  // Any user of the machine can read /proc/PID/cmdline: the token goes in the child's environment.
+  npcai::LauncherConfig config = sidecar_config();
+  config.token = "s3cret-from-the-game";
+  npcai::Launcher launcher(events, config);
+  REQUIRE(launcher.launch(), launcher.error());
+  REQUIRE(wait_ready(launcher), launcher.error());  // hello with the token was accepted
+  std::ifstream cmdline("/proc/" + std::to_string(launcher.sidecar_pid()) + "/cmdline", std::ios::binary);
+  if (cmdline) {
+    std::string argv((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
+    std::replace(argv.begin(), argv.end(), '\0', ' ');
+    CHECK(argv.find("s3cret") == std::string::npos && argv.find("--token") == std::string::npos, argv);
+  }
+  Events own;
+  npcai::Launcher stranger(own, sidecar_config());  // no token
+  REQUIRE(stranger.attach(launcher.endpoint()), stranger.error());
+  CHECK(!wait_ready(stranger));
+  CHECK(stranger.error().find("unauthorized") != std::string::npos, stranger.error());
+  stranger.stop();
+  const Handle ping = launcher.client().ping();
+  REQUIRE(game_loop(launcher, [ping] { return events.ended(ping); }, 5000));
+  CHECK(events.ends[ping].kind == "done");
+  launcher.stop();
 }
 
 CASE(launch_finds_the_bundle_before_path) {

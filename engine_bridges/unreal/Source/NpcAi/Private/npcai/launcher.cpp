@@ -9,6 +9,7 @@ namespace npcai {
 namespace {
 
 constexpr std::string_view kReadyPrefix = "NPCAI READY ";
+constexpr const char* kTokenVariable = "NPCAI_TOKEN";  // docs/PROTOCOL.md, "Launching"
 constexpr std::size_t kMaxLine = 1024;  // longer stdout lines are not the READY line: cut them
 constexpr auto kChildCheckEvery = std::chrono::milliseconds(250);
 
@@ -69,10 +70,8 @@ bool Launcher::launch() {
     spec.argv.emplace_back("--ready-file");
     spec.argv.push_back(config_.ready_file);
   }
-  if (!config_.token.empty()) {
-    spec.argv.emplace_back("--token");
-    spec.argv.push_back(config_.token);
-  }
+  // In the child's environment, not its arguments: any user of the machine can read a command line.
+  if (!config_.token.empty()) spec.env.emplace_back(kTokenVariable, config_.token);
   spec.argv.insert(spec.argv.end(), config_.extra_args.begin(), config_.extra_args.end());
   spec.stderr_file = config_.log_file;
 

@@ -1,6 +1,9 @@
 #include "npcai/process.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
+#include <cstring>
 #include <thread>
 
 #ifdef _WIN32
@@ -70,6 +73,34 @@ std::string windows_command_line(const std::vector<std::string>& argv) {
   return line;
 }
 
+std::vector<std::string> child_environment(std::vector<std::string> current,
+                                           const std::vector<std::pair<std::string, std::string>>& set) {
+#ifdef _WIN32
+  constexpr bool kIgnoreCase = true;
+#else
+  constexpr bool kIgnoreCase = false;
+#endif
+  const auto named = [](const std::string& entry, const std::string& name) {
+    if (entry.size() <= name.size() || entry[name.size()] != '=') return false;
+    for (std::size_t i = 0; i < name.size(); ++i) {
+      const char a = entry[i];
+      const char b = name[i];
+      if (kIgnoreCase ? std::toupper(static_cast<unsigned char>(a)) != std::toupper(static_cast<unsigned char>(b))
+                      : a != b) {
+        return false;
+      }
+    }
+    return true;
+  };
+  for (const auto& [name, value] : set) {
+    current.erase(std::remove_if(current.begin(), current.end(),
+                                 [&](const std::string& entry) { return named(entry, name); }),
+                  current.end());
+    current.push_back(name + "=" + value);
+  }
+  return current;
+}
+
 #ifdef _WIN32
 
 namespace {
@@ -105,9 +136,28 @@ bool Process::start(const Spec& spec, std::string& error) {
   startup.hStdOutput = write_end;
   startup.hStdError = err != INVALID_HANDLE_VALUE ? err : GetStdHandle(STD_ERROR_HANDLE);
   std::string command_line = windows_command_line(spec.argv);
+  std::string environment;  // empty: the child inherits ours
+  if (!spec.env.empty()) {
+    std::vector<std::string> current;
+    if (char* block = GetEnvironmentStringsA()) {
+      for (const char* entry = block; *entry; entry += std::strlen(entry) + 1) current.emplace_back(entry);
+      FreeEnvironmentStringsA(block);
+    }
+    std::vector<std::string> entries = child_environment(std::move(current), spec.env);
+    // CreateProcess wants the block sorted by name, ignoring case.
+    const auto upper_name = [](const std::string& entry) {
+      std::string name = entry.substr(0, entry.find('=', 1));
+      for (char& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      return name;
+    };
+    std::stable_sort(entries.begin(), entries.end(),
+                     [&](const std::string& a, const std::string& b) { return upper_name(a) < upper_name(b); });
+    for (const std::string& entry : entries) environment.append(entry).push_back('\0');
+    environment.push_back('\0');
+  }
   PROCESS_INFORMATION info{};
-  const BOOL ok = CreateProcessA(nullptr, command_line.data(), nullptr, nullptr, TRUE, CREATE_NO_WINDOW, nullptr,
-                                 nullptr, &startup, &info);
+  const BOOL ok = CreateProcessA(nullptr, command_line.data(), nullptr, nullptr, TRUE, CREATE_NO_WINDOW,
+                                 environment.empty() ? nullptr : environment.data(), nullptr, &startup, &info);
   const DWORD why = GetLastError();
   CloseHandle(write_end);
   if (err != INVALID_HANDLE_VALUE) CloseHandle(err);
@@ -212,8 +262,17 @@ bool Process::start(const Spec& spec, std::string& error) {
   std::vector<char*> argv;
   for (const std::string& arg : spec.argv) argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
+  std::vector<std::string> entries;
+  if (!spec.env.empty()) {
+    for (char** entry = environ; *entry; ++entry) entries.emplace_back(*entry);
+    entries = child_environment(std::move(entries), spec.env);
+  }
+  std::vector<char*> envp;
+  for (const std::string& entry : entries) envp.push_back(const_cast<char*>(entry.c_str()));
+  envp.push_back(nullptr);
   pid_t pid = 0;
-  const int rc = posix_spawnp(&pid, argv[0], &actions, &attr, argv.data(), environ);
+  const int rc =
+      posix_spawnp(&pid, argv[0], &actions, &attr, argv.data(), spec.env.empty() ? environ : envp.data());
   posix_spawnattr_destroy(&attr);
   posix_spawn_file_actions_destroy(&actions);
   ::close(fds[1]);

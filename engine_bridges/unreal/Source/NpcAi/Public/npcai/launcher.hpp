@@ -38,7 +38,7 @@ struct LauncherConfig {
   std::string ready_file;  // set: learn the endpoint from this file (--ready-file), not from stdout
   std::string log_file;    // set: the sidecar's stderr goes to this file; empty: it shares ours
   std::string client_name = "npcai-unreal";
-  std::string token;       // shared secret: passed to the child with --token and sent in hello
+  std::string token;       // shared secret: passed in the child's environment ($NPCAI_TOKEN), sent in hello
   int ready_timeout_ms = 120000;  // loading models; a first run may also download the default one
   int stop_timeout_ms = 2000;     // stop(): wait this long in all before killing the child
   ClientConfig client;

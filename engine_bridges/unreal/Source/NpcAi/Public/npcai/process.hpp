@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace npcai {
@@ -14,6 +15,9 @@ class Process {
   struct Spec {
     std::vector<std::string> argv;  // argv[0] is looked up in PATH; each argument is passed whole
     std::string stderr_file;        // the child's stderr goes here (truncated); empty: inherited
+    // NAME, VALUE pairs set in the child's environment, over the game's own (which it inherits):
+    // for secrets, which any user of the machine could read in a command line.
+    std::vector<std::pair<std::string, std::string>> env;
   };
 
   Process() = default;
@@ -53,5 +57,10 @@ bool is_executable_file(const std::string& path);
 // argv as one Windows command line, each argument quoted so that the MSVC runtime splits it back
 // whole (CreateProcess takes a single string). Used on Windows; defined everywhere so it is tested.
 std::string windows_command_line(const std::vector<std::string>& argv);
+
+// `current` (NAME=VALUE entries) with each of `set` in place of any entry of the same name
+// (names compared ignoring case on Windows): the environment Process::start gives a child.
+std::vector<std::string> child_environment(std::vector<std::string> current,
+                                           const std::vector<std::pair<std::string, std::string>>& set);
 
 }  // namespace npcai
