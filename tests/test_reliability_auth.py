@@ -74,6 +74,32 @@ def test_a_client_with_another_key_or_no_curve_gets_nothing(curve_sidecar, keys)
     assert curve_sidecar.alive()
 
 
+def test_with_admin_keys_only_an_admin_may_shut_down_or_set_the_budget(model_path, tmp_path):
+    """A dedicated server lets players' games in (--curve-allow); with --curve-admin, the sidecar-wide ops
+    (shutdown, budget, frame reports) are the admins' alone, and players keep every other op."""
+    made = {}
+    for name, folder in (("sidecar", "sidecar"), ("player", "players"), ("admin", "admins")):
+        (tmp_path / folder).mkdir()
+        made[name] = zmq.auth.create_certificates(tmp_path / folder, name)
+    with Sidecar("--curve-secret-key", str(made["sidecar"][1]), "--curve-allow", str(tmp_path / "players"),
+                 "--curve-admin", str(tmp_path / "admins")) as sc:
+        def client(who):
+            return Client(sc.endpoint, curve_server_key=made["sidecar"][0], curve_client_cert=made[who][1])
+
+        with client("player") as player:
+            player.hello()
+            assert player.call("ping")["event"] == "ok"
+            assert player.decide("Rain.", choices=["stay", "go"])["event"] == "done"
+            for op, fields in (("budget", {"share": 0.5}), ("frame", {"frame_ms": [16.0]}), ("shutdown", {})):
+                with pytest.raises(RequestFailed, match="^unauthorized: only an admin"):
+                    player.call(op, **fields)
+        with client("admin") as admin:  # an admin is let in, and may do all
+            admin.hello()
+            assert admin.call("budget", share=0.5)["event"] == "ok"
+            assert admin.call("shutdown")["event"] == "ok"
+        assert sc.proc.wait(30) == 0
+
+
 def test_curve_flags_with_a_bad_key_file_fail_in_one_line(keys, tmp_path):
     root, made = keys
     garbage = tmp_path / "garbage.key_secret"

@@ -11,21 +11,23 @@ from npcai.sidecar.settings import Settings
 
 
 def secure(zctx: zmq.Context, router: zmq.Socket, settings: Settings):
-    """Encrypt ``router`` and let in only the allowed clients; returns (the authenticator thread, the
-    server's public key). A bad key file fails here, before any model loads."""
+    """Encrypt ``router`` and let in only the allowed clients and the admins; returns (the authenticator thread,
+    the server's public key, the admins' Z85 public keys or None without --curve-admin). A bad key file fails
+    here, before any model loads. A message's ``User-Id`` is its client's Z85 public key (ZAP's)."""
     from zmq.auth.thread import ThreadAuthenticator
 
     if not zmq.has("curve"):
         raise SettingsError("this libzmq was built without CurveZMQ; --curve-secret-key cannot work")
     public, secret = load_curve_secret(settings.curve_secret_key)
     allowed = load_curve_allowed(settings.curve_allow)
+    admins = load_curve_allowed(settings.curve_admin, flag="--curve-admin") if settings.curve_admin else None
     auth = ThreadAuthenticator(zctx)
     auth.start()
-    auth.configure_curve_callback("*", _AllowList(allowed))
+    auth.configure_curve_callback("*", _AllowList(allowed | (admins or set())))
     router.curve_secretkey = secret
     router.curve_publickey = public
     router.curve_server = True
-    return auth, public.decode()
+    return auth, public.decode(), None if admins is None else {k.decode() for k in admins}
 
 
 class _AllowList:
@@ -51,7 +53,7 @@ def load_curve_secret(path: str) -> tuple[bytes, bytes]:
     return public, secret
 
 
-def load_curve_allowed(path: str) -> set[bytes]:
+def load_curve_allowed(path: str, flag: str = "--curve-allow") -> set[bytes]:
     """Z85 public keys from one certificate file or every ``*.key`` file of a directory."""
     import zmq.auth
 
@@ -62,7 +64,7 @@ def load_curve_allowed(path: str) -> set[bytes]:
         try:
             keys.add(zmq.auth.load_certificate(f)[0])
         except (OSError, ValueError) as exc:
-            raise SettingsError(f"bad --curve-allow {path!r}: {f.name}: {exc}") from None
+            raise SettingsError(f"bad {flag} {path!r}: {f.name}: {exc}") from None
     if not keys:
-        raise SettingsError(f"bad --curve-allow {path!r}: no public certificates (*.key) there")
+        raise SettingsError(f"bad {flag} {path!r}: no public certificates (*.key) there")
     return keys

@@ -70,6 +70,9 @@ class _Inflight:
     streamed: list[str] = field(default_factory=list)
 
 
+#: Ops that act on the whole sidecar, not on a client's own requests: with --curve-admin, the admins' alone.
+_ADMIN_OPS = frozenset({"shutdown", "budget", "frame"})
+
 def _ipc_answers(endpoint: str) -> bool:
     """Whether something listens at an ``ipc://`` endpoint's path (a file left by a killed sidecar does not)."""
     path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else ""
@@ -101,9 +104,10 @@ class Server:
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a client that left fails: forget it
         self._rcvtimeo = -1  # the socket's receive timeout as last set (ms; -1 = block)
         self._auth = None
+        self._admins: set[str] | None = None  # with --curve-admin: the keys that may use the sidecar-wide ops
         self.curve_public_key = ""
         if settings.curve_secret_key:  # before the engine: a bad key file fails before any model loads
-            self._auth, self.curve_public_key = curve.secure(self._zctx, self._router, settings)
+            self._auth, self.curve_public_key, self._admins = curve.secure(self._zctx, self._router, settings)
         self._outbox = Outbox(self._zctx)  # the engine's replies
         self.engine: Engine = engine_factory(self._outbox.emit)
         self._route = DirectRoute(self.engine)  # a remote role's say or decide may skip the engine thread
@@ -259,7 +263,7 @@ class Server:
                 return
             # Copied: pyzmq's zero-copy frames cost more than copying a small message, and libzmq
             # already drops a peer whose message exceeds 2 x max_frame_bytes (MAXMSGSIZE).
-            self._take(router.recv_multipart(zmq.NOBLOCK))
+            self._take(*self._recv(zmq.NOBLOCK))
 
     def _read_one(self, timeout_ms: int) -> bool:
         """Block up to ``timeout_ms`` for one message and handle it; False when none came."""
@@ -267,21 +271,29 @@ class Server:
             self._router.setsockopt(zmq.RCVTIMEO, timeout_ms)
             self._rcvtimeo = timeout_ms
         try:
-            parts = self._router.recv_multipart()
+            parts, admin = self._recv(0)
         except zmq.Again:
             return False
-        self._take(parts)
+        self._take(parts, admin)
         return True
 
-    def _take(self, parts: list[bytes]) -> None:
+    def _recv(self, flags: int) -> tuple[list[bytes], bool]:
+        """One message's frames, and whether an admin key sent it (with --curve-admin: ZAP's User-Id is the
+        client's public key; only then are the frames read without copying, to see it)."""
+        if self._admins is None:
+            return self._router.recv_multipart(flags), False
+        frames = self._router.recv_multipart(flags, copy=False)
+        return [f.bytes for f in frames], frames[-1].get("User-Id") in self._admins
+
+    def _take(self, parts: list[bytes], admin: bool = False) -> None:
         if len(parts) != 2:  # a DEALER sends exactly one body frame
             self._bad_frames += 1
             if len(parts) >= 2:
                 self._send(parts[0], P.error(None, BadRequest("a message must be exactly one frame")))
             return
-        self._handle(parts[0], parts[1])
+        self._handle(parts[0], parts[1], admin)
 
-    def _handle(self, client: bytes, frame: bytes | memoryview) -> None:
+    def _handle(self, client: bytes, frame: bytes | memoryview, admin: bool = False) -> None:
         received = time.monotonic()
         rid = None
         try:
@@ -299,6 +311,8 @@ class Server:
         try:
             if req.op != "hello":
                 self._token.check(client)
+            if self._admins is not None and req.op in _ADMIN_OPS and not admin:
+                raise Unauthorized(f"only an admin key (--curve-admin) may send {req.op}: it acts on the whole sidecar")
             if self._last_heard is not None and req.op != "hello":
                 self._last_heard = received  # an authorized client renews the lease with any request
             req.check(self.limits)  # parse_request's second half: every rule that needs no model

@@ -112,6 +112,9 @@ class Settings:
         "CurveZMQ: the sidecar's secret certificate file (NAME.key_secret from zmq.auth.create_certificates)"))
     curve_allow: str = field(default="", metadata=_opt(
         "CurveZMQ: a client's public certificate file (NAME.key), or a directory of them: only these get in"))
+    curve_admin: str = field(default="", metadata=_opt(
+        "CurveZMQ: an admin's public certificate file, or a directory of them: they get in too, and with this flag "
+        "only they may shutdown the sidecar, set its budget or report frames"))
     max_frame_bytes: int = field(default=Limits.max_frame_bytes, metadata=_opt("largest accepted frame", min=256))
     max_inflight_per_client: int = field(default=Limits.max_inflight_per_client, metadata=_opt(
         "requests one client may have open at once", min=1))
@@ -207,7 +210,9 @@ class Settings:
             raise SettingsError("--curve-secret-key and --curve-allow go together")
         if self.remote_key_file and not Path(self.remote_key_file).is_file():
             raise SettingsError(f"bad --remote-key-file {self.remote_key_file!r}: no such file")
-        for name in ("curve_secret_key", "curve_allow"):
+        if self.curve_admin and not curve:
+            raise SettingsError("--curve-admin needs --curve-secret-key and --curve-allow")
+        for name in ("curve_secret_key", "curve_allow", "curve_admin"):
             path = getattr(self, name)
             if path and not Path(path).exists():
                 raise SettingsError(f"bad --{name.replace('_', '-')} {path!r}: no such file or directory")
