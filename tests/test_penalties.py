@@ -7,7 +7,12 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from npcai.model.penalties import json_closer, json_quote_count, json_quotes, json_string_end
+from npcai.model.penalties import (
+    json_closer,
+    json_quote_count,
+    json_quotes,
+    json_string_end,
+)
 
 
 def test_a_plain_quote_ends_a_string():

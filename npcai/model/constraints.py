@@ -43,10 +43,11 @@ _LIMITS = dict(initial_lexer_fuel=300_000, step_lexer_fuel=100_000, step_max_ite
 class Constraint:
     """A compiled grammar; ``start()`` gives a request its own walker."""
 
-    def __init__(self, matcher: LLMatcher, kind: str):
+    def __init__(self, matcher: LLMatcher, kind: str, *, approximate: bool = False):
         self._template = matcher
         self.kind = kind  # "schema", "grammar" or "regex": how the matched text becomes a value
-        self._exact: Any = None  # a schema's own validator, where the grammar only approximates the schema
+        self.approximate = approximate  # a schema with oneOf, compiled as anyOf: its answers are checked (holds)
+        self._exact: Any = None  # that schema's own validator
         self._exact_for: str | None = None
 
     def start(self) -> "ConstraintState":
@@ -55,8 +56,9 @@ class Constraint:
     def holds(self, value: Any, schema: Any) -> bool:
         """Whether a value the grammar accepted is valid against the ``schema`` as sent. Only ``oneOf`` asks
         for more than the grammar: it is compiled as ``anyOf``, so a value may match two branches."""
-        if self.kind != "schema" or "oneOf" not in (source := json.dumps(schema, sort_keys=True)):
+        if not self.approximate:
             return True
+        source = json.dumps(schema, sort_keys=True)
         try:
             if self._exact_for != source:
                 self._exact, self._exact_for = jsonschema.validators.validator_for(schema)(schema), source
@@ -183,7 +185,8 @@ class ConstraintCompiler:
 
     def _compile(self, key: str, kind: str, source: str) -> Constraint:
         try:
-            result: Constraint | NpcaiError = Constraint(self._matcher(kind, source), kind)
+            result: Constraint | NpcaiError = Constraint(self._matcher(kind, source), kind,
+                                                         approximate=kind == "schema" and "oneOf" in source)
         except NpcaiError as err:
             result = err
         except Exception as exc:  # the compiler's own failures are the caller's grammar's fault

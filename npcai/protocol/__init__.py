@@ -50,6 +50,7 @@ from npcai.protocol.replies import (
     sentence,
     timed_out,
     token,
+    with_streamed,
 )
 from npcai.protocol.requests import (
     IMMEDIATE_OPS,
@@ -79,7 +80,7 @@ from npcai.protocol.requests import (
 __all__ = [
     "READY_PREFIX", "TOKEN_ENV", "VERSION", "Limits", "decode_frame", "encode", "is_int", "is_ipv6_endpoint", "request_id", "salvage_id",
     "CANCELLED", "DONE", "ERROR", "OK", "TERMINAL_EVENTS", "TOKEN", "SENTENCE", "STEP", "sentence", "cancelled", "done", "engine_failed", "error",
-    "fixed_reply", "ok", "reply", "timed_out", "token",
+    "fixed_reply", "ok", "reply", "timed_out", "token", "with_streamed",
     "IMMEDIATE_OPS", "MAX_TOKEN_BYTES", "OPS", "REQUEST_TYPES", "ActResultRequest", "ChainRequest", "BudgetRequest", "CancelRequest", "DecideRequest",
     "ForgetRequest", "FrameRequest", "HelloRequest", "LoadRequest", "NpcRequest", "ObserveRequest", "PingRequest",
     "Request", "SaveRequest", "SayRequest", "ShutdownRequest", "StatsRequest", "budget_out_of_bounds", "check_budget", "check_examples",

@@ -64,6 +64,16 @@ def engine_failed(req: Request, elapsed_ms: float) -> dict[str, Any]:
     return {**timed_out(req, elapsed_ms), "timed_out": False, "finish_reason": "error"}
 
 
+def with_streamed(reply: dict[str, Any], req: Request, streamed: list[str]) -> dict[str, Any]:
+    """A ``done`` made up for a request (at its deadline, or as its engine failed) carries what it had streamed:
+    ``tokens`` counts the chunks (one token each, or more; a chain's say steps' too), and a say's ``text`` is them."""
+    if reply["event"] == DONE:
+        reply["tokens"] = len(streamed)
+        if req.op == "say":
+            reply["text"] = "".join(streamed)
+    return reply
+
+
 def timed_out(req: Request, elapsed_ms: float) -> dict[str, Any]:
     """The reply sent at a request's deadline instead of a late answer."""
     fields: dict[str, Any] = {

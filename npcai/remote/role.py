@@ -15,7 +15,6 @@ import json
 import logging
 import threading
 import time
-import traceback
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Callable
@@ -97,6 +96,7 @@ class RemoteRole:
                       "priority": req.priority}
             body = self.adapter.chat(self.name, messages, params, stream=True)
             pieces: list[str] = []
+            written = ""  # the pieces so far, as one text: where sentences end
             streaming, sentences = f.get("stream", True), Sentences()
             reason, usage = None, {}
             url = self.spec.base_url
@@ -112,14 +112,15 @@ class RemoteRole:
                         clock.first()
                         await gate.spend(req.client, 1)
                         pieces.append(piece)
+                        written += piece
                         if streaming:
                             emit(P.token(req.id, piece))
-                            for sentence in sentences.feed("".join(pieces)):
+                            for sentence in sentences.feed(written):
                                 emit(P.sentence(req.id, sentence))
                     reason = _part(choice, "finish_reason", str, url) or reason
             if reason is None:
                 raise Unavailable(f"the engine at {self.spec.base_url} ended the stream without a finish reason")
-            text = "".join(pieces)
+            text = written
             last = sentences.rest(text)
             if streaming and last:
                 emit(P.sentence(req.id, last))
@@ -375,7 +376,7 @@ class Hub:
         except asyncio.CancelledError as exc:  # a client's cancel, an expiry, or too late (_LATE)
             why = exc.args[0] if exc.args else ""
             if why == _LATE and req.deadline is not None:
-                emit(_with_streamed(P.timed_out(req, (time.monotonic() - req.received) * 1e3), req, streamed))
+                emit(P.with_streamed(P.timed_out(req, (time.monotonic() - req.received) * 1e3), req, streamed))
             elif why == _LATE:
                 self.counters["failed"] += 1
                 emit(_failed(req, Unavailable(f"the engine at {rt.spec.base_url} gave no answer within "
@@ -388,8 +389,8 @@ class Hub:
             self.counters["failed"] += 1
             emit(_failed(req, err, streamed))
         except Exception:  # a bug: logged once, and the request still gets its one ending reply
+            log.exception("internal error serving %s %s", req.op, req.id)
             self.counters["failed"] += 1
-            log.error("internal error serving %s %s:\n%s", req.op, req.id, traceback.format_exc())
             emit(P.error(req.id, NpcaiError(f"internal error serving {req.op}; the sidecar keeps running")))
 
 
@@ -398,13 +399,6 @@ def _failed(req: P.Request, err: NpcaiError, streamed: list[str]) -> dict[str, A
     get the error."""
     if isinstance(err, (Unavailable, Overloaded)) and "fallback" in req.fields:
         elapsed = (time.monotonic() - req.received) * 1e3
-        return _with_streamed({**P.timed_out(req, elapsed), "timed_out": False, "finish_reason": "unavailable",
-                               "message": err.message}, req, streamed)
+        return P.with_streamed({**P.timed_out(req, elapsed), "timed_out": False, "finish_reason": "unavailable",
+                                "message": err.message}, req, streamed)
     return P.error(req.id, err)
-
-
-def _with_streamed(reply: dict[str, Any], req: P.Request, streamed: list[str]) -> dict[str, Any]:
-    """A ``done`` made up for a say carries the chunks it streamed (PROTOCOL.md: ``text``), as the server's does."""
-    if req.op == "say":
-        reply["text"], reply["tokens"] = "".join(streamed), len(streamed)
-    return reply

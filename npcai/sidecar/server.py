@@ -212,7 +212,8 @@ class Server:
             self._exit_at = now + _FAILED_LINGER_S
             self._send_replies()  # what the engine said before it failed
         for key, entry in list(self._inflight.items()):
-            reply = self._with_streamed(entry, P.engine_failed(entry.req, (now - entry.req.received) * 1e3))
+            reply = P.with_streamed(P.engine_failed(entry.req, (now - entry.req.received) * 1e3), entry.req,
+                                    entry.streamed)
             self._finish(key, entry, reply["event"])
             self._send(key[0], reply)
         if now >= self._exit_at:
@@ -429,19 +430,9 @@ class Server:
             client = key[0]
             self._stats[entry.req.op].timeouts += 1
             self.engine.cancel(entry.req, expired=True)
-            reply = self._with_streamed(entry, P.timed_out(entry.req, (now - entry.req.received) * 1e3))
+            reply = P.with_streamed(P.timed_out(entry.req, (now - entry.req.received) * 1e3), entry.req, entry.streamed)
             self._finish(key, entry, P.DONE)
             self._send(client, reply)
-
-    @staticmethod
-    def _with_streamed(entry: _Inflight, reply: dict[str, Any]) -> dict[str, Any]:
-        """A ``done`` made up for a say carries the chunks already streamed, and one for a chain counts those of
-        its say steps."""
-        if reply["event"] == P.DONE:
-            reply["tokens"] = len(entry.streamed)  # chunks streamed: one token each, or more
-            if entry.req.op == "say":
-                reply["text"] = "".join(entry.streamed)
-        return reply
 
     def _forget_gone_clients(self) -> None:
         """A client that left gets nothing more: drop its open requests and its state."""
