@@ -112,8 +112,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     roles = model_roles(settings.model, out=sys.stderr, remote_key=_remote_key(settings))
     server = Server(settings, lambda emit: Engine(settings, roles, emit), polite)
     endpoint = server.bind()
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
-    signal.signal(signal.SIGINT, lambda *_: server.stop())
+    for name in ("SIGTERM", "SIGINT", "SIGHUP"):  # SIGHUP: the terminal it ran in closed (none on Windows)
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda *_: server.stop())
     written: list[Path] = []
     try:
         if _parent_gone(settings):  # it died while the models loaded: no READY, no files, a clean exit

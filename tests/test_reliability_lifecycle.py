@@ -77,7 +77,8 @@ def test_allow_remote_needs_curve_keys():
 
 # --- clean shutdown ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "shutdown"])
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", pytest.param("SIGHUP", marks=pytest.mark.skipif(
+    not hasattr(signal, "SIGHUP"), reason="no SIGHUP on Windows")), "shutdown"])  # SIGHUP: its terminal closed
 def test_stopping_cancels_open_requests_exits_zero_and_removes_its_files(model_path, tmp_path, how):
     ready, conn = tmp_path / "ready", tmp_path / "conn.json"
     sc = Sidecar("--ready-file", str(ready), "--connection-file", str(conn))
