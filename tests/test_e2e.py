@@ -12,6 +12,7 @@ import pytest
 import zmq
 
 from npcai import Client, RequestFailed
+from npcai.sidecar.admission import ROOM_FOR_REQUESTS
 from npcai.sidecar.jobs.grammar import MAX_STRING_TOKENS
 
 
@@ -45,7 +46,7 @@ HUGE_EXAMPLES = [{"situation": "The guard looks at the long road and thinks. " *
 def test_a_refused_redefinition_leaves_the_npc_as_it_was(client, brom):
     client.say(brom, "I am the baker's son.", max_tokens=6)
     before = client.call("save", npc=brom)["state"]
-    with pytest.raises(RequestFailed, match=r"^too_large: persona and \w+ need \d+ tokens; npc_ctx is 1024$"):
+    with pytest.raises(RequestFailed, match=r"^too_large: persona and \w+ need \d+ tokens; npc_ctx is 1024\b"):
         client.npc(brom, "You are Bob.", examples=HUGE_EXAMPLES)
     assert client.call("save", npc=brom)["state"] == before  # persona, examples and history
     assert client.say(brom, "Hello again!", max_tokens=4)["event"] == "done"
@@ -60,13 +61,37 @@ def test_a_refused_definition_defines_no_npc(client):
     assert client.call("stats")["engine"]["npcs"] == npcs  # no max_npcs place taken
 
 
+def _roads(k: int) -> str:
+    return "You are Tom. " + "The road is long. " * k
+
+
+def _tokens_needed(client, k: int) -> int:
+    """What the sidecar says a persona of ``k`` roads needs, refusing it."""
+    with pytest.raises(RequestFailed, match=rf"^too_large: persona and examples need \d+ tokens; npc_ctx is 1024, "
+                                            rf"and {ROOM_FOR_REQUESTS} of it is kept for the conversation$") as refused:
+        client.npc("tom", _roads(k))
+    return int(re.search(r"need (\d+) tokens", str(refused.value)).group(1))
+
+
+def test_a_persona_that_leaves_no_room_for_a_line_is_refused_and_one_that_leaves_it_answers(client):
+    """A persona filling its window all but a few tokens was accepted, and every request to the NPC then failed
+    too_large: a definition must leave room for a short exchange and a default line."""
+    full, fuller = _tokens_needed(client, 190), _tokens_needed(client, 195)
+    assert 1024 - ROOM_FOR_REQUESTS < full < fuller <= 1024  # it fits the window, not the window and a line
+    per_road = (fuller - full) / 5
+    k = int(190 - (full - (1024 - ROOM_FOR_REQUESTS)) / per_road)  # the most roads that leave the room
+    client.npc("tom", _roads(k))
+    assert client.say("tom", "Hi there!")["event"] == "done"
+    assert client.decide("A wolf comes.", npc="tom", choices=["run", "stay"])["event"] == "done"
+
+
 def test_a_saved_state_too_large_for_the_window_is_refused_and_loads_nothing(client, brom):
     """A save edited (or made by a sidecar with a larger window) to hold more persona and examples than
     npc_ctx: it was installed, and every request to it then failed too_large."""
     state = msgpack.unpackb(client.call("save", npc=brom)["state"], raw=False)
     huge = msgpack.packb({**state, "examples": HUGE_EXAMPLES})
     before = client.call("save", npc=brom)["state"]
-    with pytest.raises(RequestFailed, match=r"^too_large: persona and examples need \d+ tokens; npc_ctx is 1024$"):
+    with pytest.raises(RequestFailed, match=r"^too_large: persona and examples need \d+ tokens; npc_ctx is 1024\b"):
         client.call("load", npc=brom, state=huge)
     assert client.call("save", npc=brom)["state"] == before
     with pytest.raises(RequestFailed, match="^too_large"):

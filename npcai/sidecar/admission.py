@@ -19,6 +19,9 @@ from npcai.sidecar.npc import Npc
 from npcai.sidecar.settings import Settings
 
 #: The role each op uses when the request (or its NPC) names none.
+#: Of an NPC's window, what its persona and examples must leave: a short exchange and a default 64-token line
+#: (a persona that filled the window was accepted, and every request to the NPC then failed too_large).
+ROOM_FOR_REQUESTS = 96
 DEFAULT_ROLES = {"npc": "dialogue", "say": "dialogue", "observe": "dialogue", "decide": "decision"}
 
 
@@ -74,7 +77,8 @@ class Admission:
             raise TooLarge(f"text of {n} tokens exceeds max_prompt_tokens={self.limits.max_prompt_tokens}")
 
     def definition(self, rt: Runtime, npc: Npc, npc_ctx: int) -> None:
-        """Refuse an NPC whose persona and worked examples cannot fit its window, before it replaces anyone:
+        """Refuse an NPC whose persona and worked examples leave less than ROOM_FOR_REQUESTS of its window,
+        before it replaces anyone:
         defined (its definition job would find out only after the NPC had been installed) or loaded from a save
         (every later request would). Its history is left out: the oldest lines give way as it grows.
         Words that need more tokens than the window holds however they are split are refused by their length
@@ -84,8 +88,9 @@ class Admission:
         if chars > npc_ctx * P.MAX_TOKEN_BYTES:
             raise TooLarge(f"persona and examples of {chars} characters cannot fit npc_ctx={npc_ctx}")
         n = len(rt.prefix_tokens(chat))
-        if n > npc_ctx:
-            raise TooLarge(f"persona and examples need {n} tokens; npc_ctx is {npc_ctx}")
+        if n + ROOM_FOR_REQUESTS > npc_ctx:
+            raise TooLarge(f"persona and examples need {n} tokens; npc_ctx is {npc_ctx}, "
+                           f"and {ROOM_FOR_REQUESTS} of it is kept for the conversation")
 
     def constraint(self, rt: Runtime, req: P.DecideRequest) -> Future:
         """Start compiling a decision's schema or grammar: its cheap checks raise here, and the future
