@@ -1,9 +1,12 @@
 """Protocol v1 decoding and validation, without a model."""
 
+import dataclasses
 import importlib.util
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import ROOT
 
 from npcai import protocol as P
@@ -98,6 +101,31 @@ def test_deep_nesting_is_too_large_not_a_crash():
         nested = {"x": nested}
     with pytest.raises(TooLarge, match="max_depth"):
         P.decode_frame(frame(nested), LIMITS)
+
+
+def _depth_by_definition(obj, level=1):
+    """A message's depth as the limit means it: the longest path from the top map to a value, counting both."""
+    if isinstance(obj, dict):
+        return max((_depth_by_definition(v, level + 1) for v in obj.values()), default=level)
+    if isinstance(obj, list):
+        return max((_depth_by_definition(v, level + 1) for v in obj), default=level)
+    return level
+
+
+_messages = st.recursive(st.none() | st.integers(-2**63, 2**64 - 1) | st.text(max_size=3),
+                         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=2), inner,
+                                                                                     max_size=4), max_leaves=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=2), _messages, max_size=4), st.integers(2, 8))  # a flat map is depth 2
+def test_a_frame_is_refused_exactly_when_it_nests_deeper_than_max_depth(message, max_depth):
+    limits = dataclasses.replace(LIMITS, max_depth=max_depth)
+    if _depth_by_definition(message) > max_depth:
+        with pytest.raises(TooLarge, match="max_depth"):
+            P.decode_frame(frame(message), limits)
+    else:
+        assert P.decode_frame(frame(message), limits) == message
 
 
 def test_oversized_frames_and_containers_are_too_large():

