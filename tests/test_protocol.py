@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib.util
+import re
 
 import msgpack
 import pytest
@@ -290,6 +291,20 @@ def test_decide_with_actions_is_checked_before_any_model(fields, needle):
     with pytest.raises(BadRequest) as err:
         P.parse_request({"v": 1, "id": 1, "op": "decide", **fields})
     assert needle in err.value.message
+
+
+@pytest.mark.parametrize("field, entries, said", [
+    ("actions", [{"name": "go"}, {"name": 5}], "entry 1 is {name: int}"),
+    ("actions", [{"name": "go", "args": 5}], "entry 0 is {name: str, args: int}"),
+    ("actions", [{"nom": "go"}], "entry 0 is {nom: str}"),
+    ("actions", ["go"], "entry 0 is str"),
+    ("examples", [{"situation": "s", "choice": "c"}, {"situation": "s"}], "entry 1 is {situation: str}"),
+])
+def test_a_list_of_maps_with_a_bad_entry_names_the_entry_and_its_shape(field, entries, said):
+    """'must be a list of {name, description, args} maps, got list' left a designer to guess which of their
+    sixteen actions was wrong, and how."""
+    with pytest.raises(BadRequest, match=rf"^field '{field}' of op 'npc' must be .*; {re.escape(said)}$"):
+        P.parse_request({"v": 1, "id": 1, "op": "npc", "npc": "a", "persona": "p", field: entries})
 
 
 def test_actions_of_an_npc_must_be_name_description_args_maps():

@@ -381,11 +381,28 @@ def typed_request(message: dict[str, Any], client: bytes = b"", received: float 
             continue
         value = message[name]
         if not rule.check(value):
-            raise BadRequest(f"field {name!r} of op {op!r} must be {rule.kind}, got {type(value).__name__}")
+            raise BadRequest(f"field {name!r} of op {op!r} must be {rule.kind}{_what_is_wrong(rule, value)}")
         values[attr] = value
     if "fallback_value" in values:
         values["given_fallback"] = True
     return cls(id=rid, deadline_ms=deadline, priority=priority, client=client, received=received, **values)
+
+
+def _what_is_wrong(rule: _Field, value: Any) -> str:
+    """The first entry a list field's rule refuses, with its shape ("; entry 3 is {name: int}"), or the
+    value's type: a field that holds sixteen actions should say which one is wrong, and how."""
+    if isinstance(value, list) and rule.check([]):
+        for i, entry in enumerate(value):
+            if not rule.check([entry]):
+                return f"; entry {i} is {_shape(entry)}"
+    return f", got {type(value).__name__}"
+
+
+def _shape(value: Any) -> str:
+    if isinstance(value, dict):
+        keys = [f"{str(k)[:24]}: {type(v).__name__}" for k, v in list(value.items())[:8]]
+        return "{" + ", ".join(keys) + (", ..." if len(value) > 8 else "") + "}"
+    return type(value).__name__
 
 
 def _check_decide(req: DecideRequest) -> None:
