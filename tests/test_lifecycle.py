@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from support import assert_one_line_failure, run_cli
@@ -116,6 +117,22 @@ def test_sigterm_exits_cleanly_with_no_stdout(model_path, tmp_path, closed):
     finally:
         if child.poll() is None:
             child.kill()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="zombies are read from /proc")
+def test_a_parent_that_died_but_was_not_reaped_counts_as_gone():
+    """A game killed while its own launcher does not reap it stays a zombie: it still answers kill(pid, 0),
+    and the sidecar served on for as long as the zombie lasted."""
+    from npcai.sidecar import parent
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.01)
+        assert not parent.alive(child.pid)
+        assert parent.alive(os.getpid())
+    finally:
+        child.wait()
 
 
 def test_the_sidecar_exits_when_its_parent_dies(model_path, tmp_path):

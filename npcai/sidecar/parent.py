@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 
 def alive(pid: int) -> bool:
@@ -23,5 +24,15 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A process that has exited but was not reaped yet (Linux): kill(pid, 0) still succeeds on it, and a
+    game whose launcher does not reap it stays one for as long as the launcher runs."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False  # no /proc (macOS), or it went away meanwhile: kill(pid, 0) has answered
+    return stat.rsplit(b")", 1)[-1].split()[:1] in ([b"Z"], [b"X"])  # the state follows the command's name
