@@ -92,12 +92,31 @@ def _named_roles(specs: list[str]) -> dict[str, tuple[str, str, bool]]:
     return named
 
 
+_STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")  # SIGHUP: the terminal it ran in closed (none on Windows)
+
+
+def _on_stop_signals(handler) -> None:
+    for name in _STOP_SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), handler)
+
+
+def _note_stop_signals() -> list[int]:
+    """Until the server can stop cleanly, a stop signal is only noted (loading a model cannot be interrupted):
+    killed by the default action, or by KeyboardInterrupt, a sidecar the game quits while it starts would exit
+    -15, -1 or 130, which a launcher reports as a crash. Returns the list the signals are noted in."""
+    noted: list[int] = []
+    _on_stop_signals(lambda signum, _frame: noted.append(signum))
+    return noted
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from npcai.protocol import READY_PREFIX
     from npcai.sidecar.engine import Engine
     from npcai.sidecar.server import Server
 
     _fill_closed_std_streams()
+    stopped_early = _note_stop_signals()
     settings = settings_from(args)
     settings.validate()
     if _parent_gone(settings):  # the game died while launching us: load nothing, say nothing is ready
@@ -112,13 +131,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     roles = model_roles(settings.model, out=sys.stderr, remote_key=_remote_key(settings))
     server = Server(settings, lambda emit: Engine(settings, roles, emit), polite)
     endpoint = server.bind()
-    for name in ("SIGTERM", "SIGINT", "SIGHUP"):  # SIGHUP: the terminal it ran in closed (none on Windows)
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), lambda *_: server.stop())
+    _on_stop_signals(lambda *_: server.stop())
     written: list[Path] = []
     try:
         if _parent_gone(settings):  # it died while the models loaded: no READY, no files, a clean exit
             server.stop(f"parent process {settings.parent_pid} is gone")
+        elif stopped_early:  # the game quit while we loaded: the same
+            server.stop(f"{signal.Signals(stopped_early[0]).name} while starting")
         else:
             if settings.ready_file:
                 written.append(_write_atomically(Path(settings.ready_file), endpoint + "\n"))

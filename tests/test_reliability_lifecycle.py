@@ -6,9 +6,11 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -101,6 +103,36 @@ def test_stopping_cancels_open_requests_exits_zero_and_removes_its_files(model_p
         assert "Traceback" not in "\n".join(sc.stderr_tail)
     finally:
         sc.close()
+
+
+def _catches_sigterm(pid: int) -> bool:
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return bool(int(status["SigCgt"], 16) >> (signal.SIGTERM - 1) & 1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="caught signals are read from /proc")
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_signal_while_the_models_load_exits_zero_without_ready_or_files(model_path, tmp_path, how):
+    """A game that quits while its sidecar is still starting: killed by the signal's default action (exit -15,
+    -1, or 130 from KeyboardInterrupt), a launcher would report a crash. Loading cannot be interrupted; the
+    signal is honoured as soon as it can be."""
+    ready, conn = tmp_path / "ready", tmp_path / "conn.json"
+    child = subprocess.Popen([sys.executable, "-m", "npcai", "serve", "--threads", "1", "--ready-file", str(ready),
+                              "--connection-file", str(conn), "--model", str(model_path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not _catches_sigterm(child.pid):  # it has read its arguments: the models are still to load
+            assert child.poll() is None
+            time.sleep(0.005)
+        assert not ready.exists()
+        child.send_signal(getattr(signal, how))
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+        assert "READY" not in out and "Traceback" not in err
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        if child.poll() is None:
+            child.kill()
 
 
 # --- no orphans: the lease ---------------------------------------------------------------------
