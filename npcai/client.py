@@ -167,6 +167,7 @@ class Client:
         sock = self._open()
         rid = next(self._ids)
         msg = {"v": 1, "id": rid, "op": op, **{k: v for k, v in fields.items() if v is not None}}
+        frame = msgpack.packb(msg, use_bin_type=True)  # first: a value msgpack cannot encode raises, recording nothing
         handle = Handle(rid, op, fallback=fields.get("fallback"), sent_at=time.monotonic())
         if op == "hello":
             self._hellos[rid] = {k: v for k, v in msg.items() if k in ("client", "token")}
@@ -179,7 +180,7 @@ class Client:
             self._end_locally(handle, self._gone_reason())
             return handle
         try:
-            sock.send(msgpack.packb(msg, use_bin_type=True), zmq.NOBLOCK)
+            sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:  # the sidecar has not read what we sent so far
             self._end_locally(handle, "the sidecar is not reading: this client's send queue is full")
             return handle

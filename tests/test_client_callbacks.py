@@ -96,3 +96,15 @@ def test_poll_runs_at_most_max_messages_callbacks_for_endings_the_client_makes_u
     for _ in range(10):
         c.poll(max_messages=10)
     assert sorted(m["id"] for m in heard) == [h.id for h in open_]  # each callback once
+
+
+@pytest.mark.parametrize("fields", [{"seed": 2**64}, {"fallback": object()}], ids=["out-of-range int", "object"])
+def test_a_request_msgpack_cannot_encode_raises_and_leaves_nothing_open(client, fields):
+    """It was recorded before it was packed: the error reached the game, and the request stayed open forever,
+    past its deadline, with its callbacks never run."""
+    with pytest.raises((OverflowError, TypeError)):
+        client.request("decide", situation="A thief.", choices=["run", "fight"], deadline_ms=50, **fields)
+    time.sleep(0.1)
+    client.poll()
+    assert client._pending == {}
+    assert client.decide("A thief.", choices=["run", "fight"])["event"] == "done"
