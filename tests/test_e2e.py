@@ -292,7 +292,7 @@ def test_max_tokens_counts_the_forced_tokens_wherever_they_fall(client, constrai
             assert reply["value"] == "FB" and reply["finish_reason"] == "length", reply
         else:
             answered += 1
-            assert reply["finish_reason"] == "stop", reply
+            assert reply["finish_reason"] in ("stop", "length"), reply  # length: complete just at the cap
             if "schema" in constraint:
                 jsonschema.validate(reply["value"], FORCED_TAIL)
             else:
@@ -309,6 +309,25 @@ def test_an_answer_forced_whole_or_whose_forced_start_fills_max_tokens_evaluates
     assert capped["used_fallback"] and capped["finish_reason"] == "length" and capped["tokens"] == 2, capped
     for reply in (whole, capped):
         assert reply["usage"]["prompt_tokens"] == reply["usage"]["evaluated_tokens"] == reply["usage"]["steps"] == 0
+    assert capped["forced_tokens"] == 2  # cut at the cap, but forced all the same (it said 0)
+
+
+def test_forced_tokens_cut_at_the_cap_are_counted_as_forced(client):
+    """The tokens of a forced run that max_tokens cuts were appended but left out of forced_tokens (19 tokens
+    with one sampled reported 14 forced)."""
+    for max_tokens in range(2, 24):
+        reply = client.decide("Is the gate open?", schema=FORCED_TAIL, max_tokens=max_tokens, fallback="FB")
+        sampled = reply["usage"]["steps"]  # one token sampled a step; FORCED_TAIL's end is forced, no end token
+        assert reply["forced_tokens"] == reply["tokens"] - sampled, (max_tokens, reply)
+
+
+def test_an_answer_the_cap_ended_says_length_even_when_it_stands(client):
+    """"[a-z ]+" cut at 5 tokens is a complete answer, kept; but the cap ended it, not the model, and a game
+    must be able to tell (it said stop)."""
+    cut = client.decide("Report what you saw.", regex="[a-z ]+", max_tokens=5, fallback="FB")
+    assert not cut["used_fallback"] and cut["tokens"] == 5 and cut["finish_reason"] == "length", cut
+    ended = client.decide("Is the gate open?", regex=r"The answer is (yes|no)\.", max_tokens=64, fallback="FB")
+    assert not ended["used_fallback"] and ended["finish_reason"] == "stop", ended
 
 
 def test_a_pattern_string_makes_room_for_the_part_its_pattern_needs(client):

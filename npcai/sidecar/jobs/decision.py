@@ -70,8 +70,11 @@ class Decision(Job):
             lane = self._fork(self.rt.fork(self._kv, target))
         self.lanes = [self._count_prompt(lane)]
 
-    def _done(self, value: Any, text: str, tokens: int, reason: str, **extra: Any) -> None:
-        ok = reason == "stop"
+    def _done(self, value: Any, text: str, tokens: int, reason: str, *, answered: bool | None = None,
+              **extra: Any) -> None:
+        """End with ``value`` when the decision was answered (by default: it ended ``stop``), else the fallback;
+        an answer complete just as the cap ended it is answered, and ends ``length``."""
+        ok = reason == "stop" if answered is None else answered
         self.finish(P.done(self.req.id, value=value if ok else self.req.fallback, text=text, tokens=tokens,
                            finish_reason=reason, timed_out=False, used_fallback=not ok, timing=self.timing(),
                            usage=self.usage, **extra))

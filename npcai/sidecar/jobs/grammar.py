@@ -76,16 +76,18 @@ class GrammarDecideJob(Decision):
         forced = self.state.forced()  # e.g. '{"action": "': evaluated with the prompt, never sampled
         if len(forced) > self.max_tokens:  # forced tokens count towards max_tokens too: nothing is evaluated
             self.generated = forced[:self.max_tokens]
+            self.forced += len(self.generated)
             return self._done(None, self._text(), len(self.generated), "length")
         for t in forced:
             if not self.state.consume(t):
                 raise BadRequest("constraint rejected its own forced start")
         self.generated.extend(forced)
         self.forced += len(forced)
-        if self.state.stopped or len(self.generated) == self.max_tokens:
-            # the whole answer was forced, or there is no room to sample: the forced start is the answer, or none
-            return self._finish_text() if self.state.accepting else self._done(None, self._text(),
-                                                                                len(self.generated), "length")
+        if self.state.stopped:  # the whole answer was forced
+            return self._finish_text()
+        if len(self.generated) == self.max_tokens:  # no room to sample: the forced start is the answer, or none
+            return self._finish_text("length") if self.state.accepting else self._done(None, self._text(),
+                                                                                       len(self.generated), "length")
         self._start_fork()
         self._wrote(forced)
         self.lanes[0].pending.extend(forced)
@@ -119,6 +121,7 @@ class GrammarDecideJob(Decision):
         room = self.max_tokens - len(self.generated)  # >= 0: a token is sampled only below max_tokens
         if len(forced) > room:  # forced tokens count towards max_tokens too
             self.generated.extend(forced[:room])
+            self.forced += room
             return self._done(None, self._text(), len(self.generated), "length")
         for t in forced:
             if not st.consume(t):
@@ -128,9 +131,9 @@ class GrammarDecideJob(Decision):
         self._wrote(forced)
         if st.stopped:  # a trailing forced suffix is never evaluated
             return self._finish_text()
-        if len(self.generated) >= self.max_tokens:  # at the cap: a complete answer stands, else none
-            return self._finish_text() if st.accepting else self._done(None, self._text(), len(self.generated),
-                                                                       "length")
+        if len(self.generated) >= self.max_tokens:  # at the cap: a complete answer stands (the cap ended it), else none
+            return self._finish_text("length") if st.accepting else self._done(None, self._text(),
+                                                                               len(self.generated), "length")
         lane.pending = [tok, *forced]
 
     def _forbid_repeated_keys(self) -> None:
@@ -160,7 +163,8 @@ class GrammarDecideJob(Decision):
     def _text(self) -> str:
         return self.rt.detokenize(self.generated)
 
-    def _finish_text(self) -> None:
+    def _finish_text(self, reason: str = "stop") -> None:
+        """End with the answer written so far, if it is one: ``reason`` says what ended it (``length``: the cap)."""
         text = self._text()
         try:
             value = self.state.value(text)
@@ -168,7 +172,7 @@ class GrammarDecideJob(Decision):
             return self._done(None, text, len(self.generated), "error")
         if "schema" in self.req.fields and not self.compiled.result().holds(value, self.req.fields["schema"]):
             return self._done(None, text, len(self.generated), "error")
-        self._done(value, text, len(self.generated), "stop")
+        self._done(value, text, len(self.generated), reason, answered=True)
 
     def _done(self, value: Any, text: str, tokens: int, reason: str, **extra: Any) -> None:
         super()._done(value, text, tokens, reason, forced_tokens=self.forced, **extra)
