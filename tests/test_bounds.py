@@ -74,3 +74,11 @@ def test_open_values_get_the_default_bounds():
     assert schema["properties"]["tags"]["maxItems"] == MAX_ITEMS
     assert schema["properties"]["say"]["maxLength"] == MAX_STRING_LENGTH
     assert schema["properties"]["gold"]["maximum"] > 0 > schema["properties"]["gold"]["minimum"]
+
+
+def test_values_under_a_draft_7_tuples_additional_items_are_bounded_too():
+    """``items`` as a list with ``additionalItems`` (draft 7's tuple) is the older spelling of ``prefixItems`` with
+    ``items``; its strings came out 68-148 characters where the newer spelling's stopped at 32."""
+    schema = bounded({"type": "array", "items": [{"const": 1}], "additionalItems": {"type": "string"}})
+    assert schema["additionalItems"]["maxLength"] == MAX_STRING_LENGTH
+    assert schema["items"] == [{"const": 1}]

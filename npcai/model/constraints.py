@@ -374,7 +374,7 @@ def _escaped(name: str) -> str:
     return str(name).replace("~", "~0").replace("/", "~1")
 
 
-_SUBSCHEMAS = frozenset({"items", "prefixItems", "anyOf", "oneOf", "allOf", "not", "if", "then", "else",
+_SUBSCHEMAS = frozenset({"items", "prefixItems", "additionalItems", "anyOf", "oneOf", "allOf", "not", "if", "then", "else",
                          "additionalProperties", "contains"})
 
 
