@@ -307,6 +307,15 @@ def test_a_list_of_maps_with_a_bad_entry_names_the_entry_and_its_shape(field, en
         P.parse_request({"v": 1, "id": 1, "op": "npc", "npc": "a", "persona": "p", field: entries})
 
 
+@pytest.mark.parametrize("invisible", ["\u200b", "\ufeff", " \u200d\u00a0 ", "\u2060"])
+def test_an_option_of_only_invisible_characters_is_refused_and_punctuation_is_an_option(invisible):
+    """A zero-width space or a byte-order mark alone was accepted and scored as an option nobody can read."""
+    with pytest.raises(BadRequest, match="something visible"):
+        P.parse_request({"v": 1, "id": 1, "op": "decide", "situation": "s", "choices": ["run", invisible]})
+    said = P.parse_request({"v": 1, "id": 1, "op": "decide", "situation": "s", "choices": ["run", "...", "!!!"]})
+    assert said.choices == ["run", "...", "!!!"]  # saying nothing, or shouting, is something a game may offer
+
+
 def test_actions_of_an_npc_must_be_name_description_args_maps():
     ok = P.parse_request({"v": 1, "id": 1, "op": "npc", "npc": "a", "persona": "p",
                           "actions": [{"name": "give", "description": "give it", "args": {"type": "object"}}]})

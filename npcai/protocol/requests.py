@@ -12,6 +12,7 @@ socket thread answers it at once), plus one handler in the server or the engine.
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -388,6 +389,12 @@ def typed_request(message: dict[str, Any], client: bytes = b"", received: float 
     return cls(id=rid, deadline_ms=deadline, priority=priority, client=client, received=received, **values)
 
 
+def _visible(text: str) -> bool:
+    """Whether ``text`` shows anything: not only white space and format characters (zero-width spaces and
+    joiners, a byte-order mark), which a player could not read as an option."""
+    return any(not c.isspace() and unicodedata.category(c) != "Cf" for c in text)
+
+
 def _what_is_wrong(rule: _Field, value: Any) -> str:
     """The first entry a list field's rule refuses, with its shape ("; entry 3 is {name: int}"), or the
     value's type: a field that holds sixteen actions should say which one is wrong, and how."""
@@ -424,8 +431,9 @@ def _check_decide(req: DecideRequest) -> None:
         return
     choices = req.choices
     if choices is not None:
-        if not choices or any(not c.strip() for c in choices):
-            raise BadRequest("field 'choices' must be a non-empty list of strings with words in them")
+        if not choices or not all(map(_visible, choices)):
+            raise BadRequest("field 'choices' must be a non-empty list of strings with something visible in each "
+                             "(not only spaces or invisible characters such as U+200B)")
         if len({c.strip() for c in choices}) != len(choices):  # an option is scored without its outer spaces
             raise BadRequest("field 'choices' must not repeat an option (outer spaces aside)")
         descriptions = req.descriptions or {}
