@@ -26,7 +26,8 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     for flag, f in Settings.flags():
         meta = dict(f.metadata)
         help_text = meta.pop("help")
-        meta.pop("min", None)  # checked by Settings.validate, with the same one-line message for flags and code
+        for bound in ("min", "max"):  # checked by Settings.validate, with the same one-line message for flags and code
+            meta.pop(bound, None)
         if f.type in (bool, "bool"):
             p.add_argument(f"--{flag}", dest=f.name, help=help_text, **meta)
         elif meta.get("action") == "append":

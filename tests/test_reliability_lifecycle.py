@@ -44,6 +44,10 @@ from npcai import protocol as P
     (["--model", "decision=a.gguf", "--model", "decision=b.gguf"], "role decision is given twice"),
     (["--model", "a.gguf", "--model", "b.gguf"], "role decision is given twice"),  # + the one below: 3 bare names
     (["--model", "a.gguf", "--model", "dialogue=b.gguf"], "role dialogue is given twice"),
+    (["--max-frame-bytes", str(1 << 62)], f"bad --max-frame-bytes {1 << 62}: must be at most {1 << 30}"),
+    (["--client-tokens-per-s", "-1"], "bad --client-tokens-per-s -1.0: must be at least 0"),
+    (["--client-tokens-per-s", "nan"], "bad --client-tokens-per-s nan: must be a finite number"),
+    (["--client-tokens-per-s", "inf"], "bad --client-tokens-per-s inf: must be a finite number"),
 ])
 def test_a_bad_flag_fails_in_one_line_before_any_model_loads(flags, needle):
     # A model that does not exist: the flag must be refused first, so this is never reached.

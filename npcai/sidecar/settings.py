@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -36,7 +37,8 @@ _BUDGET_FLAGS = {"threads": "budget_threads", "tokens_per_s": "budget_tokens_per
 
 
 def _opt(help: str, **kw) -> dict:
-    """Field metadata: argparse keywords, plus ``min``, the smallest value that can work."""
+    """Field metadata: argparse keywords, plus ``min`` and ``max``, the smallest and largest values that can work
+    (a float flag must be finite as well)."""
     return {"help": help, **kw}
 
 
@@ -62,7 +64,7 @@ class Settings:
     remote_connections: int = field(default=64, metadata=_opt(
         "requests in flight to each remote engine server at once; beyond it clients take turns", min=1))
     client_tokens_per_s: float = field(default=0.0, metadata=_opt(
-        "most streamed tokens per second for one client from remote roles (0 = no cap)"))
+        "most streamed tokens per second for one client from remote roles (0 = no cap)", min=0))
     n_ctx: int = field(default=16384, metadata=_opt(
         "KV cache cells per model, shared equally by its --n-seq sequences", min=64))
     npc_ctx: int = field(default=1024, metadata=_opt(
@@ -115,7 +117,8 @@ class Settings:
     curve_admin: str = field(default="", metadata=_opt(
         "CurveZMQ: an admin's public certificate file, or a directory of them: they get in too, and with this flag "
         "only they may shutdown the sidecar, set its budget or report frames"))
-    max_frame_bytes: int = field(default=Limits.max_frame_bytes, metadata=_opt("largest accepted frame", min=256))
+    max_frame_bytes: int = field(default=Limits.max_frame_bytes, metadata=_opt(
+        "largest accepted frame", min=256, max=1 << 30))  # twice it is libzmq's int64 MAXMSGSIZE
     max_inflight_per_client: int = field(default=Limits.max_inflight_per_client, metadata=_opt(
         "requests one client may have open at once", min=1))
     max_queue: int = field(default=Limits.max_queue, metadata=_opt("requests waiting for the model, in all",
@@ -183,10 +186,15 @@ class Settings:
     def validate(self) -> None:
         """Refuse values that cannot work, each in one line, before any model is loaded."""
         for f in fields(self):
-            low = f.metadata.get("min")
+            low, high = f.metadata.get("min"), f.metadata.get("max")
             value = getattr(self, f.name)
+            flag = f"--{f.name.replace('_', '-')}"
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SettingsError(f"bad {flag} {value}: must be a finite number")
             if low is not None and value < low:
-                raise SettingsError(f"bad --{f.name.replace('_', '-')} {value}: must be at least {low}")
+                raise SettingsError(f"bad {flag} {value}: must be at least {low}")
+            if high is not None and value > high:
+                raise SettingsError(f"bad {flag} {value}: must be at most {high}")
             allowed = f.metadata.get("choices")
             if allowed is not None and value not in allowed:
                 raise SettingsError(f"bad --{f.name.replace('_', '-')} {value!r}: use {', '.join(allowed)}")
