@@ -135,11 +135,31 @@ def test_act_result_joins_the_history_and_survives_save_and_load(client, smith):
     ([{"name": "trade", "args": {"type": "object", "properties": {"item": {"type": "no-such-type"}}}}], "'trade'"),
     ([{"name": "trade", "args": {"type": "string"}}], "'trade'"),
     ([{"name": f"act{i}"} for i in range(17)], "'act16'"),
+    ([{"name": "_"}, {"name": "wait"}], "'_'"),  # read as words, it is none: it was refused naming 'descriptions'
+    ([{"name": "wait"}, {"name": "-.-"}], "'-.-'"),
 ])
 def test_bad_actions_are_refused_at_npc_time_naming_the_action(client, actions, needle):
     with pytest.raises(RequestFailed) as err:
         client.npc("bad", "You are Bad.", actions=actions)
     assert err.value.code == "bad_request" and needle in err.value.message
+
+
+@pytest.mark.parametrize("actions, needle", [
+    ([{"name": "2fast", "args": {}}], "'2fast'"),
+    ([{"name": "trade", "args": {"type": "object", "properties": {"item": {"type": "no-such-type"}}}}], "'trade'"),
+    ([{"name": f"act{i}", "args": {}} for i in range(17)], "'act16'"),
+])
+def test_a_saved_npc_with_actions_npc_would_refuse_is_refused_at_load_and_loads_nothing(client, smith, actions,
+                                                                                          needle):
+    """A save edited by a player (or corrupted) defined an NPC that npc refuses: 17 actions, bad names, and a
+    schema that failed only later, at every decision with actions."""
+    state = msgpack.unpackb(client.call("save", npc=smith)["state"], raw=False)
+    edited = msgpack.packb({**state, "actions": actions})
+    with pytest.raises(RequestFailed) as err:
+        client.call("load", npc="smith-edited", state=edited)
+    assert err.value.code in ("bad_request", "too_large") and needle in err.value.message
+    with pytest.raises(RequestFailed, match="^unknown_npc"):
+        client.decide("A thief runs off.", npc="smith-edited", actions=True)
 
 
 def test_an_action_the_npc_does_not_declare_is_a_bad_request(client, smith):

@@ -61,8 +61,9 @@ def check_actions(raw: list[dict[str, Any]] | None, rt: "Runtime", limits: P.Lim
     out: dict[str, dict[str, Any]] = {}
     for action in raw:
         name = action["name"]
-        if not NAME.match(name):
-            raise BadRequest(f"action name {name!r} must be a letter or _ then letters, digits, _ . - (64 at most)")
+        if not NAME.match(name) or not any(c.isalnum() for c in name):  # '_' read as words is none
+            raise BadRequest(f"action name {name!r} must be a letter or _ then letters, digits, _ . - (64 at most), "
+                             f"with a letter or digit among them")
         if name in out:
             raise BadRequest(f"action {name!r} is declared twice")
         args = action.get("args") or _NO_ARGS

@@ -579,8 +579,12 @@ class Engine:
         self.emit(req, P.ok(req.id, npc=npc.id, state=npc.save()))
 
     def _on_load(self, req: P.LoadRequest) -> None:
+        """A save is checked as the ``npc`` it stands for (a player may have edited it), before ``_install``."""
         self._check_room(req.npc)
         npc = Npc.load(req.npc, req.state)
+        P.check_examples({"examples": npc.examples}, self.limits)
+        npc.actions = actions.check_actions(list(npc.actions.values()), self.admission.runtime("decide", None),
+                                            self.limits)
         rt = self.admission.runtime("npc", npc.role)
         if not _remote(rt):
             self.admission.definition(rt, npc, self.settings.npc_ctx)
