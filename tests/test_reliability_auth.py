@@ -43,6 +43,28 @@ def test_a_client_with_an_allowed_curve_key_is_served(curve_sidecar, keys):
         assert c.call("ping")["event"] == "ok"
 
 
+def test_a_curve_client_that_goes_away_has_its_running_request_dropped(curve_sidecar, keys):
+    """The connection a client went away on is known through Curve too (no reply is sent while a decision
+    runs): the model stops working on its request."""
+    _, made = keys
+    curve = {"curve_server_key": made["sidecar"][0], "curve_client_cert": made["friend"][1]}
+    with Client(curve_sidecar.endpoint, **curve) as c:
+        c.hello()
+        expired = c.call("stats")["engine"]["expired"]
+        leaver = Client(curve_sidecar.endpoint, **curve)
+        leaver.hello()
+        leaver.request("decide", situation="Speak.", schema={"type": "string", "minLength": 300}, max_tokens=300)
+        deadline = time.monotonic() + 30
+        while not c.call("stats")["engine"]["running"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        leaver.close()
+        stats = c.call("stats")
+        while stats["in_flight"] and time.monotonic() < deadline + 30:
+            time.sleep(0.02)
+            stats = c.call("stats")
+        assert stats["in_flight"] == 0 and stats["engine"]["expired"] == expired + 1
+
+
 def _silent(endpoint: str, configure) -> bool:
     """Does a raw DEALER, set up by ``configure``, get nothing back for a valid hello (bounded wait)?"""
     sock = zmq.Context.instance().socket(zmq.DEALER)
