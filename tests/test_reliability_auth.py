@@ -194,6 +194,22 @@ def test_a_client_whose_connection_dropped_reconnects_and_says_hello_again(model
         assert c.call("ping")["event"] == "ok"  # authorized: the client sent its token again
 
 
+def test_a_connected_client_stays_authorized_however_many_others_said_hello_and_left(model_path):
+    """The table of clients that sent the token is bounded (4,096); clients that left are forgotten when
+    their connection drops, so they never push out one that is still connected, however idle."""
+    with Sidecar("--token", "s3cret") as sc, sc.client() as game:
+        game.hello()
+        ctx = zmq.Context.instance()
+        for i in range(4200):
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.connect(sc.endpoint)
+            sock.send(msgpack.packb({"v": 1, "id": i, "op": "hello", "token": "s3cret"}))
+            assert sock.poll(10_000) and msgpack.unpackb(sock.recv())["event"] == "ok"
+            sock.close()
+        assert game.call("ping")["event"] == "ok"
+
+
 def test_a_sidecar_started_with_npcai_token_in_its_environment_requires_it_in_hello(model_path):
     """``$NPCAI_TOKEN`` is the token when ``--token`` is not given: the environment, unlike argv, is not in the
     process list for every user of the machine to read."""
