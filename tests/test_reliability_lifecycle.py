@@ -176,6 +176,28 @@ def test_a_request_that_arrived_but_was_not_read_before_a_stop_ends_as_cancelled
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
+def test_every_request_that_arrived_but_was_not_read_before_a_stop_ends_as_cancelled_not_only_the_first_ones():
+    """Many requests waiting at a stop (a game that pipelines): each ends as cancelled, however many; only
+    the first 256 did. In-process (inproc): a message sent has arrived."""
+    server, endpoint = _server_in_process(endpoint="inproc://npcai-unread-at-stop")
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(endpoint)
+    try:
+        for rid in range(600):
+            raw.send(msgpack.packb({"v": 1, "id": rid, "op": "ping"}))
+        server.stop()
+        server.serve_forever()  # ends at once, before reading anything
+        endings = {}
+        while raw.poll(2000):
+            reply = msgpack.unpackb(raw.recv())
+            endings[reply["id"]] = reply["event"]
+    finally:
+        raw.close()
+    assert endings == {rid: "cancelled" for rid in range(600)}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
 def test_while_serving_another_thread_running_python_keeps_the_gil_from_the_socket_thread_half_a_millisecond_at_most():
     """CPython lets a thread that runs Python keep the GIL 5 ms from one that wants it, and the vocabulary
     scan after a model loads (or the engine's bookkeeping) then held every reply 5 ms (docs/PERFORMANCE.md).
@@ -283,14 +305,14 @@ def _replies_until_the_end(game) -> list[dict]:
     return replies
 
 
-def _server_in_process():
+def _server_in_process(**settings_fields):
     """A server on the default model, embedded as a tool or test would, bound but not serving: (server, endpoint)."""
     from npcai.cli import model_roles
     from npcai.sidecar.engine import Engine
     from npcai.sidecar.server import Server
     from npcai.sidecar.settings import Settings
 
-    settings = Settings()
+    settings = Settings(**settings_fields)
     roles = model_roles([])
     server = Server(settings, lambda emit: Engine(settings, roles, emit))
     return server, server.bind()

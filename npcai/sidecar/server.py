@@ -60,6 +60,7 @@ _RCVHWM = 128
 _SNDHWM = 1000
 _WARN_EVERY_S = 5.0
 _FAILED_LINGER_S = 0.5  # after the engine fails, requests already on their way still get an answer
+_UNREAD_S = 1.0  # at a stop, how long requests that arrived unread are answered cancelled
 # How long a thread running Python keeps the GIL from one that wants it (CPython's default is 5 ms).
 # The socket thread answers in about 0.2 ms, but while another thread runs Python (the vocabulary
 # scan after a model loads, the engine's step bookkeeping), each reply waited for a whole 5 ms
@@ -242,8 +243,11 @@ class Server:
 
     def _cancel_unread(self) -> None:
         """Requests that arrived but were not read when the loop ended (a stop between two reads) are open
-        too, to their clients: they end as cancelled, as the in-flight ones do, not in a client's timeout."""
-        for _ in range(_MAX_READS_PER_TURN):
+        too, to their clients: they end as cancelled, as the in-flight ones do, not in a client's timeout.
+        All of them (up to 128 per connection wait in libzmq), for at most _UNREAD_S: a client that keeps
+        sending must not hold the exit."""
+        give_up = time.monotonic() + _UNREAD_S
+        while time.monotonic() < give_up:
             try:
                 parts = self._router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
