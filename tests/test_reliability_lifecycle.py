@@ -103,6 +103,25 @@ def test_stopping_cancels_open_requests_exits_zero_and_removes_its_files(model_p
         sc.close()
 
 
+@pytest.mark.parametrize("how", ["shutdown", "SIGTERM"])
+def test_a_clean_exit_removes_its_ipc_socket_file(model_path, tmp_path, how):
+    """libzmq leaves an ipc listener's file behind; a file left means a sidecar that did not exit cleanly."""
+    path = tmp_path / "npcai.sock"
+    sc = Sidecar("--endpoint", f"ipc://{path}")
+    try:
+        with sc.client() as c:
+            c.hello()
+            assert path.exists()
+            if how == "shutdown":
+                assert c.call("shutdown")["event"] == "ok"
+            else:
+                sc.proc.send_signal(signal.SIGTERM)
+        assert sc.proc.wait(10) == 0
+        assert not path.exists()
+    finally:
+        sc.close()
+
+
 # --- no orphans: the lease ---------------------------------------------------------------------
 
 def test_the_lease_holds_while_clients_ping_and_ends_the_sidecar_when_they_stop(model_path, tmp_path):

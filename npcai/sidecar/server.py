@@ -22,6 +22,7 @@ ends or its client goes away; libzmq's own queues are capped in messages and byt
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import heapq
 import itertools
@@ -89,6 +90,18 @@ def _ipc_answers(endpoint: str) -> bool:
             return False
     return True
 
+def _ipc_file(endpoint: str) -> tuple[str, tuple[int, int]] | None:
+    """The file an ``ipc://`` endpoint just bound made (its path and identity); None for other endpoints, the
+    abstract namespace (``@``), and ``ipc://*`` (libzmq's own temporary file, which it removes itself)."""
+    path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else ""
+    if not path or path.startswith("@") or path == "*":
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path, (st.st_dev, st.st_ino)
+
 class Server:
     def __init__(self, settings: Settings, engine_factory, polite: dict | None = None):
         """``engine_factory(emit)`` builds the Engine; it is given this server's emit callback.
@@ -134,6 +147,7 @@ class Server:
         self._exit_at = 0.0  # when a server whose engine failed stops answering and exits
         self._running = True  # set before READY is printed: a signal may arrive before the loop starts
         self.endpoint = ""
+        self._ipc_file: tuple[str, tuple[int, int]] | None = None  # removed at exit: libzmq leaves it
         self._immediate: dict[type[P.Request], Callable[[Any], None]] = {
             P.HelloRequest: self._on_hello, P.PingRequest: self._on_ping, P.CancelRequest: self._on_cancel,
             P.StatsRequest: self._on_stats, P.ShutdownRequest: self._on_shutdown, P.BudgetRequest: self._on_budget,
@@ -150,6 +164,7 @@ class Server:
         except zmq.ZMQError as exc:
             raise BadRequest(f"cannot bind {self.settings.endpoint}: {exc.strerror}") from None
         self.endpoint = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._ipc_file = _ipc_file(self.settings.endpoint)
         return self.endpoint
 
     def stop(self, reason: str = "") -> None:
@@ -237,6 +252,7 @@ class Server:
         self.engine.close()
         self._connections.close()
         self._router.close(linger=100)
+        self._remove_ipc_file()
         self._outbox.close()
         if self._auth is not None:
             self._auth.stop()
@@ -255,6 +271,18 @@ class Server:
             rid = P.salvage_id(parts[-1]) if len(parts) == 2 else None
             if rid is not None:
                 self._send(parts[0], P.cancelled(rid))
+
+    def _remove_ipc_file(self) -> None:
+        """libzmq leaves the file of an ipc endpoint it bound; remove it, unless another process has since
+        bound the path (another file there now)."""
+        if self._ipc_file is None:
+            return
+        path, identity = self._ipc_file
+        self._ipc_file = None
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) == identity:
+                os.unlink(path)
 
     def _poll_timeout(self) -> int:
         timeout = 500.0
