@@ -195,6 +195,20 @@ def test_a_request_that_arrived_but_was_not_read_before_a_stop_ends_as_cancelled
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
+def test_a_server_embedded_on_an_inproc_endpoint_serves():
+    """inproc has no fds: the messages that tell a connection apart by its fd (ZMQ_SRCFD) are not asked it."""
+    server, endpoint = _server_in_process(endpoint="inproc://npcai-embedded")
+    loop = threading.Thread(target=server.serve_forever)
+    loop.start()
+    try:
+        with Client(endpoint) as c:
+            assert c.hello()["event"] == "ok" and c.call("ping")["event"] == "ok"
+    finally:
+        server.stop()
+        loop.join(10)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
 def test_every_request_that_arrived_but_was_not_read_before_a_stop_ends_as_cancelled_not_only_the_first_ones():
     """Many requests waiting at a stop (a game that pipelines): each ends as cancelled, however many; only
     the first 256 did. In-process (inproc): a message sent has arrived."""

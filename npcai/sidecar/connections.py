@@ -51,9 +51,9 @@ class Connections:
         self._heard: dict[bytes, int] = {}  # clients heard since the last events were read, and their fds
 
     def heard(self, client: bytes, fd: int) -> None:
-        """``client`` sent a message that came in on ``fd`` (-1: no fd, e.g. inproc: not tracked)."""
-        if fd >= 0 and self.tracking:
-            self._heard[client] = fd
+        """``client`` sent a message that came in on ``fd`` (only while ``tracking``: an inproc endpoint has
+        no fds, and a failed reply is then what tells that a client left)."""
+        self._heard[client] = fd
 
     def departed(self) -> set[bytes]:
         """Read the monitor's events, then place the clients heard since the last call: the clients whose

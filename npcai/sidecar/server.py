@@ -164,6 +164,8 @@ class Server:
         except zmq.ZMQError as exc:
             raise BadRequest(f"cannot bind {self.settings.endpoint}: {exc.strerror}") from None
         self.endpoint = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        if self.endpoint.startswith("inproc://"):  # embedded: no fds, no connection events (and SRCFD fails)
+            self._connections.tracking = False
         self._ipc_file = _ipc_file(self.settings.endpoint)
         return self.endpoint
 
@@ -324,7 +326,8 @@ class Server:
         router = self._router
         client = router.recv(flags)  # a ROUTER's first frame, the client's identity, always has one after it
         body = router.recv(flags, copy=False)
-        self._connections.heard(client, body.get(_SRCFD))
+        if self._connections.tracking:
+            self._connections.heard(client, body.get(_SRCFD))
         parts = [client, body.bytes]
         while body.more:  # more than one body frame: refused in _take
             body = router.recv(flags, copy=False)
