@@ -61,6 +61,9 @@ _RCVHWM = 128
 _SNDHWM = 1000
 _WARN_EVERY_S = 5.0
 _FAILED_LINGER_S = 0.5  # after the engine fails, requests already on their way still get an answer
+# How often, at most, the clients heard are placed on their connections when none dropped (the socket
+# monitor's events wake the loop at once while requests are open).
+_DEPARTURES_EVERY_S = 0.005
 _UNREAD_S = 1.0  # at a stop, how long requests that arrived unread are answered cancelled
 # How long a thread running Python keeps the GIL from one that wants it (CPython's default is 5 ms).
 # The socket thread answers in about 0.2 ms, but while another thread runs Python (the vocabulary
@@ -185,13 +188,14 @@ class Server:
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._outbox.pull, zmq.POLLIN)
         poller.register(self._connections.events, zmq.POLLIN)  # a client whose request runs may leave
-        next_parent_check = 0.0
+        next_parent_check = departures_due = 0.0
         lease = self.settings.lease_ms / 1000.0
         try:
             while self._running:
                 timeout = self._poll_timeout()
                 if self._inflight:
                     events = dict(poller.poll(timeout))
+                    dropped = self._connections.events in events  # a client whose request runs left
                     if self._outbox.pull in events:
                         self._outbox.drain_signals()
                     self._send_replies()
@@ -201,12 +205,15 @@ class Server:
                     # Nothing for the engine to answer: wait on the socket alone. A blocking read
                     # answers a lone hello or ping 10-15 µs sooner than a poll of two sockets.
                     self._outbox.replies.clear()  # replies to requests already answered at their deadlines
+                    dropped = False
                     if self._read_one(timeout):
                         self._read_requests()
                 self._expire_deadlines()
-                self._gone |= self._connections.departed()
-                self._forget_gone_clients()
                 now = time.monotonic()
+                if dropped or now >= departures_due:  # reading the monitor costs more than a round trip's 2 %
+                    departures_due = now + _DEPARTURES_EVERY_S
+                    self._gone |= self._connections.departed()
+                self._forget_gone_clients()
                 if self.settings.parent_pid and now >= next_parent_check:
                     next_parent_check = now + 0.5
                     if not parent.alive(self.settings.parent_pid):
