@@ -43,6 +43,28 @@ def test_a_client_with_an_allowed_curve_key_is_served(curve_sidecar, keys):
         assert c.call("ping")["event"] == "ok"
 
 
+def test_a_curve_client_that_goes_away_has_its_running_request_dropped(curve_sidecar, keys):
+    """The connection a client went away on is known through Curve too (no reply is sent while a decision
+    runs): the model stops working on its request."""
+    _, made = keys
+    curve = {"curve_server_key": made["sidecar"][0], "curve_client_cert": made["friend"][1]}
+    with Client(curve_sidecar.endpoint, **curve) as c:
+        c.hello()
+        expired = c.call("stats")["engine"]["expired"]
+        leaver = Client(curve_sidecar.endpoint, **curve)
+        leaver.hello()
+        leaver.request("decide", situation="Speak.", schema={"type": "string", "minLength": 300}, max_tokens=300)
+        deadline = time.monotonic() + 30
+        while not c.call("stats")["engine"]["running"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        leaver.close()
+        stats = c.call("stats")
+        while stats["in_flight"] and time.monotonic() < deadline + 30:
+            time.sleep(0.02)
+            stats = c.call("stats")
+        assert stats["in_flight"] == 0 and stats["engine"]["expired"] == expired + 1
+
+
 def _silent(endpoint: str, configure) -> bool:
     """Does a raw DEALER, set up by ``configure``, get nothing back for a valid hello (bounded wait)?"""
     sock = zmq.Context.instance().socket(zmq.DEALER)
@@ -170,6 +192,22 @@ def test_a_client_whose_connection_dropped_reconnects_and_says_hello_again(model
             c.poll()
             time.sleep(0.01)
         assert c.call("ping")["event"] == "ok"  # authorized: the client sent its token again
+
+
+def test_a_connected_client_stays_authorized_however_many_others_said_hello_and_left(model_path):
+    """The table of clients that sent the token is bounded (4,096); clients that left are forgotten when
+    their connection drops, so they never push out one that is still connected, however idle."""
+    with Sidecar("--token", "s3cret") as sc, sc.client() as game:
+        game.hello()
+        ctx = zmq.Context.instance()
+        for i in range(4200):
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.connect(sc.endpoint)
+            sock.send(msgpack.packb({"v": 1, "id": i, "op": "hello", "token": "s3cret"}))
+            assert sock.poll(10_000) and msgpack.unpackb(sock.recv())["event"] == "ok"
+            sock.close()
+        assert game.call("ping")["event"] == "ok"
 
 
 def test_a_sidecar_started_with_npcai_token_in_its_environment_requires_it_in_hello(model_path):

@@ -139,6 +139,25 @@ def test_a_signal_while_the_models_load_exits_zero_without_ready_or_files(model_
             child.kill()
 
 
+@pytest.mark.parametrize("how", ["shutdown", "SIGTERM"])
+def test_a_clean_exit_removes_its_ipc_socket_file(model_path, tmp_path, how):
+    """libzmq leaves an ipc listener's file behind; a file left means a sidecar that did not exit cleanly."""
+    path = tmp_path / "npcai.sock"
+    sc = Sidecar("--endpoint", f"ipc://{path}")
+    try:
+        with sc.client() as c:
+            c.hello()
+            assert path.exists()
+            if how == "shutdown":
+                assert c.call("shutdown")["event"] == "ok"
+            else:
+                sc.proc.send_signal(signal.SIGTERM)
+        assert sc.proc.wait(10) == 0
+        assert not path.exists()
+    finally:
+        sc.close()
+
+
 # --- no orphans: the lease ---------------------------------------------------------------------
 
 def test_the_lease_holds_while_clients_ping_and_ends_the_sidecar_when_they_stop(model_path, tmp_path):
@@ -209,6 +228,42 @@ def test_a_request_that_arrived_but_was_not_read_before_a_stop_ends_as_cancelled
         server.serve_forever()  # ends at once, before reading anything
         reply = c.wait(line, 5)
         assert reply["event"] == "cancelled", reply
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
+def test_a_server_embedded_on_an_inproc_endpoint_serves():
+    """inproc has no fds: the messages that tell a connection apart by its fd (ZMQ_SRCFD) are not asked it."""
+    server, endpoint = _server_in_process(endpoint="inproc://npcai-embedded")
+    loop = threading.Thread(target=server.serve_forever)
+    loop.start()
+    try:
+        with Client(endpoint) as c:
+            assert c.hello()["event"] == "ok" and c.call("ping")["event"] == "ok"
+    finally:
+        server.stop()
+        loop.join(10)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
+def test_every_request_that_arrived_but_was_not_read_before_a_stop_ends_as_cancelled_not_only_the_first_ones():
+    """Many requests waiting at a stop (a game that pipelines): each ends as cancelled, however many; only
+    the first 256 did. In-process (inproc): a message sent has arrived."""
+    server, endpoint = _server_in_process(endpoint="inproc://npcai-unread-at-stop")
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(endpoint)
+    try:
+        for rid in range(600):
+            raw.send(msgpack.packb({"v": 1, "id": rid, "op": "ping"}))
+        server.stop()
+        server.serve_forever()  # ends at once, before reading anything
+        endings = {}
+        while raw.poll(2000):
+            reply = msgpack.unpackb(raw.recv())
+            endings[reply["id"]] = reply["event"]
+    finally:
+        raw.close()
+    assert endings == {rid: "cancelled" for rid in range(600)}
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
@@ -319,14 +374,14 @@ def _replies_until_the_end(game) -> list[dict]:
     return replies
 
 
-def _server_in_process():
+def _server_in_process(**settings_fields):
     """A server on the default model, embedded as a tool or test would, bound but not serving: (server, endpoint)."""
     from npcai.cli import model_roles
     from npcai.sidecar.engine import Engine
     from npcai.sidecar.server import Server
     from npcai.sidecar.settings import Settings
 
-    settings = Settings()
+    settings = Settings(**settings_fields)
     roles = model_roles([])
     server = Server(settings, lambda emit: Engine(settings, roles, emit))
     return server, server.bind()

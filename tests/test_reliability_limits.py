@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import msgpack
@@ -128,6 +130,96 @@ def test_a_client_that_goes_away_has_its_open_requests_dropped(small, c):
     assert stats["in_flight"] == 0 and stats["clients"] == 0
     assert stats["engine"]["expired"] == expired + 1  # the model stopped working on it
     assert time.monotonic() - left < 2.0  # at its next token, not at its end
+
+
+def _steps(client: Client) -> int:
+    return client.call("stats")["engine"]["models"][0]["steps"]
+
+
+@pytest.mark.parametrize("op", ["say without streaming", "schema decide"])
+def test_a_client_that_goes_away_while_a_request_that_sends_nothing_runs_has_it_dropped(small, c, op):
+    """No reply is sent while such a request runs, so none fails to tell that its client left: the dropped
+    connection does, and the model stops working on it (it ran to its end, holding a place in max_queue)."""
+    c.npc("a", "You are A.")
+    leaver = Client(small.endpoint)
+    leaver.hello()
+    expired = c.call("stats")["engine"]["expired"]
+    steps = _steps(c)
+    if op == "say without streaming":  # at temperature 0 this line runs to max_tokens
+        leaver.request("say", npc="a", text="Tell me a long story.", max_tokens=400, temperature=0, stream=False)
+    else:
+        long_job(leaver)
+    deadline = time.monotonic() + 30
+    while _steps(c) < steps + 5 and time.monotonic() < deadline:  # the model works on it
+        time.sleep(0.01)
+    leaver.close()  # the game quit without cancelling
+    stats = c.call("stats")
+    while stats["in_flight"] and time.monotonic() < deadline + 30:
+        time.sleep(0.02)
+        stats = c.call("stats")
+    assert stats["in_flight"] == 0 and stats["clients"] == 0
+    assert stats["engine"]["expired"] == expired + 1  # dropped, not run to its end
+
+
+# A client in a process of its own (here, its fds would take the ones the test wants reused): on each
+# line read it connects and sends, then closes.
+_CLIENT = """import sys, zmq
+sock = zmq.Context().socket(zmq.DEALER)
+sock.linger = 0
+sys.stdin.readline()
+sock.connect(sys.argv[1])
+sock.send(b"hi")
+sys.stdin.readline()
+sock.close()
+"""
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:0", "ipc"])
+def test_a_client_heard_on_a_reused_fd_before_its_connection_was_reported_is_not_taken_for_the_one_that_left(
+        tmp_path, endpoint):
+    """A connection ends and the next one is accepted on the same fd; its first message is read before the
+    monitor's events about either: the client that left is gone, the one on the fd now is not."""
+    from npcai.sidecar.connections import Connections
+
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    connections = Connections(ctx, router)
+    router.bind(f"ipc://{tmp_path}/s" if endpoint == "ipc" else endpoint)
+    address = router.getsockopt(zmq.LAST_ENDPOINT).decode()
+    clients = [subprocess.Popen([sys.executable, "-c", _CLIENT, address], stdin=subprocess.PIPE, text=True)
+               for _ in range(2)]  # both started first: their pipes' fds are taken before the test begins
+
+    def step(client: subprocess.Popen) -> None:
+        client.stdin.write("\n")
+        client.stdin.flush()
+
+    def read() -> tuple[bytes, int]:
+        assert router.poll(30_000)
+        client, body = router.recv(), router.recv(copy=False)
+        connections.heard(client, body.get(zmq.SRCFD))
+        return client, body.get(zmq.SRCFD)
+
+    try:
+        first, second = clients
+        step(first)
+        left, fd = read()
+        assert connections.departed() == set()
+        step(first)  # it closes
+        assert connections.events.poll(30_000)  # its DISCONNECTED is there, unread: the fd is closed
+        step(second)
+        stays, reused = read()
+        assert reused == fd  # the scenario: the same fd, both events unread when the message was read
+        assert connections.departed() == {left}
+        step(second)
+        assert connections.events.poll(30_000)
+        assert connections.departed() == {stays}
+    finally:
+        for client in clients:
+            client.kill()
+            client.wait()
+        connections.close()
+        router.close()
 
 
 def test_a_reused_request_id_keeps_its_own_deadline(small, c):

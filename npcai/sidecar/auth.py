@@ -7,7 +7,9 @@ import hmac
 
 from npcai.errors import Unauthorized
 
-_MAX_AUTHED = 4096  # clients remembered as having sent the token (least recently heard from go first)
+# Clients remembered as having sent the token. The server forgets one when its connection closes, so
+# this bound (least recently heard from go first) is reached only by that many connected at once.
+_MAX_AUTHED = 4096
 #: The largest frame read from a client that has not sent the token: a hello, role descriptions and all.
 UNAUTHED_FRAME_BYTES = 64 * 1024
 

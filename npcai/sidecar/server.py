@@ -10,7 +10,8 @@ engine to drop the work, so no answer is ever late, however long a step takes.
 Loop: 1) wait on the socket, the engine's outbox signal (while the engine has requests to
 answer) and the next deadline;
 2) read frames and admit requests; 3) send the engine's replies; 4) expire deadlines;
-5) forget clients that went away (their open requests are dropped); 6) check the parent
+5) forget clients that went away (a socket monitor reports a dropped connection, a failed reply a
+client that left; their open requests are dropped); 6) check the parent
 process, the lease, and that the engine still runs (if it failed, every open request is
 answered and the sidecar exits with code 1).
 
@@ -21,6 +22,7 @@ ends or its client goes away; libzmq's own queues are capped in messages and byt
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import heapq
 import itertools
@@ -41,6 +43,7 @@ from npcai.errors import BadRequest, NpcaiError, Overloaded, Unauthorized
 from npcai.remote.direct import DirectRoute
 from npcai.sidecar import curve, parent
 from npcai.sidecar.auth import TokenAuth
+from npcai.sidecar.connections import Connections
 from npcai.sidecar.curve import load_curve_allowed, load_curve_secret  # noqa: F401  (their old home)
 from npcai.sidecar.engine import Engine
 from npcai.sidecar.opstats import OpStats
@@ -51,12 +54,17 @@ log = logging.getLogger("npcai")
 
 _MAX_READS_PER_TURN = 256
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: pyzmq's enum flags cost microseconds a test
+_SRCFD = int(zmq.SRCFD)
 # libzmq's per-client queues, in messages: with frames capped at 2 x max_frame_bytes, one
 # client can make the sidecar hold at most RCVHWM such frames (then TCP pushes back).
 _RCVHWM = 128
 _SNDHWM = 1000
 _WARN_EVERY_S = 5.0
 _FAILED_LINGER_S = 0.5  # after the engine fails, requests already on their way still get an answer
+# How often, at most, the clients heard are placed on their connections when none dropped (the socket
+# monitor's events wake the loop at once while requests are open).
+_DEPARTURES_EVERY_S = 0.005
+_UNREAD_S = 1.0  # at a stop, how long requests that arrived unread are answered cancelled
 # How long a thread running Python keeps the GIL from one that wants it (CPython's default is 5 ms).
 # The socket thread answers in about 0.2 ms, but while another thread runs Python (the vocabulary
 # scan after a model loads, the engine's step bookkeeping), each reply waited for a whole 5 ms
@@ -85,6 +93,18 @@ def _ipc_answers(endpoint: str) -> bool:
             return False
     return True
 
+def _ipc_file(endpoint: str) -> tuple[str, tuple[int, int]] | None:
+    """The file an ``ipc://`` endpoint just bound made (its path and identity); None for other endpoints, the
+    abstract namespace (``@``), and ``ipc://*`` (libzmq's own temporary file, which it removes itself)."""
+    path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else ""
+    if not path or path.startswith("@") or path == "*":
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path, (st.st_dev, st.st_ino)
+
 class Server:
     def __init__(self, settings: Settings, engine_factory, polite: dict | None = None):
         """``engine_factory(emit)`` builds the Engine; it is given this server's emit callback.
@@ -102,6 +122,7 @@ class Server:
         self._router.setsockopt(zmq.SNDHWM, _SNDHWM)
         self._router.setsockopt(zmq.RCVHWM, _RCVHWM)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a client that left fails: forget it
+        self._connections = Connections(self._zctx, self._router)  # and a dropped connection's clients at once
         self._rcvtimeo = -1  # the socket's receive timeout as last set (ms; -1 = block)
         self._auth = None
         self._admins: set[str] | None = None  # with --curve-admin: the keys that may use the sidecar-wide ops
@@ -129,6 +150,7 @@ class Server:
         self._exit_at = 0.0  # when a server whose engine failed stops answering and exits
         self._running = True  # set before READY is printed: a signal may arrive before the loop starts
         self.endpoint = ""
+        self._ipc_file: tuple[str, tuple[int, int]] | None = None  # removed at exit: libzmq leaves it
         self._immediate: dict[type[P.Request], Callable[[Any], None]] = {
             P.HelloRequest: self._on_hello, P.PingRequest: self._on_ping, P.CancelRequest: self._on_cancel,
             P.StatsRequest: self._on_stats, P.ShutdownRequest: self._on_shutdown, P.BudgetRequest: self._on_budget,
@@ -145,6 +167,9 @@ class Server:
         except zmq.ZMQError as exc:
             raise BadRequest(f"cannot bind {self.settings.endpoint}: {exc.strerror}") from None
         self.endpoint = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        if self.endpoint.startswith("inproc://"):  # embedded: no fds, no connection events (and SRCFD fails)
+            self._connections.tracking = False
+        self._ipc_file = _ipc_file(self.settings.endpoint)
         return self.endpoint
 
     def stop(self, reason: str = "") -> None:
@@ -162,13 +187,15 @@ class Server:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._outbox.pull, zmq.POLLIN)
-        next_parent_check = 0.0
+        poller.register(self._connections.events, zmq.POLLIN)  # a client whose request runs may leave
+        next_parent_check = departures_due = 0.0
         lease = self.settings.lease_ms / 1000.0
         try:
             while self._running:
                 timeout = self._poll_timeout()
                 if self._inflight:
                     events = dict(poller.poll(timeout))
+                    dropped = self._connections.events in events  # a client whose request runs left
                     if self._outbox.pull in events:
                         self._outbox.drain_signals()
                     self._send_replies()
@@ -178,11 +205,15 @@ class Server:
                     # Nothing for the engine to answer: wait on the socket alone. A blocking read
                     # answers a lone hello or ping 10-15 µs sooner than a poll of two sockets.
                     self._outbox.replies.clear()  # replies to requests already answered at their deadlines
+                    dropped = False
                     if self._read_one(timeout):
                         self._read_requests()
                 self._expire_deadlines()
-                self._forget_gone_clients()
                 now = time.monotonic()
+                if dropped or now >= departures_due:  # reading the monitor costs more than a round trip's 2 %
+                    departures_due = now + _DEPARTURES_EVERY_S
+                    self._gone |= self._connections.departed()
+                self._forget_gone_clients()
                 if self.settings.parent_pid and now >= next_parent_check:
                     next_parent_check = now + 0.5
                     if not parent.alive(self.settings.parent_pid):
@@ -228,15 +259,20 @@ class Server:
         self._inflight.clear()
         self._cancel_unread()
         self.engine.close()
+        self._connections.close()
         self._router.close(linger=100)
+        self._remove_ipc_file()
         self._outbox.close()
         if self._auth is not None:
             self._auth.stop()
 
     def _cancel_unread(self) -> None:
         """Requests that arrived but were not read when the loop ended (a stop between two reads) are open
-        too, to their clients: they end as cancelled, as the in-flight ones do, not in a client's timeout."""
-        for _ in range(_MAX_READS_PER_TURN):
+        too, to their clients: they end as cancelled, as the in-flight ones do, not in a client's timeout.
+        All of them (up to 128 per connection wait in libzmq), for at most _UNREAD_S: a client that keeps
+        sending must not hold the exit."""
+        give_up = time.monotonic() + _UNREAD_S
+        while time.monotonic() < give_up:
             try:
                 parts = self._router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -244,6 +280,18 @@ class Server:
             rid = P.salvage_id(parts[-1]) if len(parts) == 2 else None
             if rid is not None:
                 self._send(parts[0], P.cancelled(rid))
+
+    def _remove_ipc_file(self) -> None:
+        """libzmq leaves the file of an ipc endpoint it bound; remove it, unless another process has since
+        bound the path (another file there now)."""
+        if self._ipc_file is None:
+            return
+        path, identity = self._ipc_file
+        self._ipc_file = None
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) == identity:
+                os.unlink(path)
 
     def _poll_timeout(self) -> int:
         timeout = 500.0
@@ -280,11 +328,18 @@ class Server:
 
     def _recv(self, flags: int) -> tuple[list[bytes], bool]:
         """One message's frames, and whether an admin key sent it (with --curve-admin: ZAP's User-Id is the
-        client's public key; only then are the frames read without copying, to see it)."""
-        if self._admins is None:
-            return self._router.recv_multipart(flags), False
-        frames = self._router.recv_multipart(flags, copy=False)
-        return [f.bytes for f in frames], frames[-1].get("User-Id") in self._admins
+        client's public key). The body is read as a frame, to see the fd it came in on (which connection sent
+        it); read apart, the two frames cost less than recv_multipart's copies (bench: transport)."""
+        router = self._router
+        client = router.recv(flags)  # a ROUTER's first frame, the client's identity, always has one after it
+        body = router.recv(flags, copy=False)
+        if self._connections.tracking:
+            self._connections.heard(client, body.get(_SRCFD))
+        parts = [client, body.bytes]
+        while body.more:  # more than one body frame: refused in _take
+            body = router.recv(flags, copy=False)
+            parts.append(body.bytes)
+        return parts, self._admins is not None and body.get("User-Id") in self._admins
 
     def _take(self, parts: list[bytes], admin: bool = False) -> None:
         if len(parts) != 2:  # a DEALER sends exactly one body frame
@@ -444,6 +499,7 @@ class Server:
             self._finish(key, self._inflight[key], P.CANCELLED)
         for client in gone:
             self._token.forget(client)
+            self._connections.forget(client)
 
     def _send(self, client: bytes, reply: dict[str, Any]) -> None:
         self._send_frame(client, P.encode(reply))
