@@ -48,6 +48,11 @@ from npcai import protocol as P
     (["--client-tokens-per-s", "-1"], "bad --client-tokens-per-s -1.0: must be at least 0"),
     (["--client-tokens-per-s", "nan"], "bad --client-tokens-per-s nan: must be a finite number"),
     (["--client-tokens-per-s", "inf"], "bad --client-tokens-per-s inf: must be a finite number"),
+    (["--threads", "100000"], "bad --threads 100000: must be at most 512"),  # it said READY, then died
+    (["--budget-threads", "100000"], "bad --budget-threads 100000: must be at most 512"),
+    (["--n-ctx", str(2**32 + 64)], f"bad --n-ctx {2**32 + 64}: must be at most {1 << 20}"),  # it wrapped to 64
+    (["--nice", "-50"], "bad --nice -50: must be at least 0"),  # it was ignored
+    (["--nice", "40"], "bad --nice 40: must be at most 19"),
 ])
 def test_a_bad_flag_fails_in_one_line_before_any_model_loads(flags, needle):
     # A model that does not exist: the flag must be refused first, so this is never reached.

@@ -138,6 +138,12 @@ class Model:
             raise RuntimeError("model is closed")
         return self._handle
 
+    def kv_bytes_per_cell(self) -> int:
+        """What one KV cache cell holds, K and V in half precision over every layer."""
+        h = self.handle
+        per_head = L.llama_model_n_embd(h) // max(1, L.llama_model_n_head(h))
+        return L.llama_model_n_layer(h) * 2 * per_head * L.llama_model_n_head_kv(h) * 2
+
     def describe(self) -> str:
         buf = ctypes.create_string_buffer(128)
         L.llama_model_desc(self.handle, buf, 128)
@@ -256,6 +262,17 @@ class Batch:
             self._b = None
 
 
+def _available_memory() -> int | None:
+    """Bytes of memory the kernel could give now (Linux's MemAvailable); None where it cannot tell."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class Context:
     """A llama.cpp context whose KV cache holds ``n_seq`` sequences, each in its own stream of
     ``n_ctx // n_seq`` cells.
@@ -270,6 +287,10 @@ class Context:
                  flash_attn: bool | None = None, unified: bool = False, n_ubatch: int | None = None):
         """``unified`` puts all sequences in one cache instead: the option scorer's small cache,
         where a copy of a sequence costs nothing, and the bench's comparison."""
+        need, free = n_ctx * model.kv_bytes_per_cell(), _available_memory()
+        if free is not None and need > free:  # else the kernel's OOM killer ends it, with no word, after READY
+            raise ModelError(f"a KV cache of n_ctx={n_ctx} cells needs {need / 2**30:.1f} GiB and this machine has "
+                             f"{free / 2**30:.1f} GiB available: lower --n-ctx")
         params = L.llama_context_default_params()
         if flash_attn is not None:
             params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED

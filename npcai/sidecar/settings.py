@@ -66,7 +66,7 @@ class Settings:
     client_tokens_per_s: float = field(default=0.0, metadata=_opt(
         "most streamed tokens per second for one client from remote roles (0 = no cap)", min=0))
     n_ctx: int = field(default=16384, metadata=_opt(
-        "KV cache cells per model, shared equally by its --n-seq sequences", min=64))
+        "KV cache cells per model, shared equally by its --n-seq sequences", min=64, max=1 << 20))
     npc_ctx: int = field(default=1024, metadata=_opt(
         "context window of one NPC: persona + history + request; oldest turns give way beyond it", min=64))
     n_seq: int = field(default=16, metadata=_opt(
@@ -80,11 +80,13 @@ class Settings:
         "long histories run faster), or auto (the catalog's measured choice; llama.cpp's for other files); "
         "choice decisions keep the catalog's choice for their own cache", choices=("auto", "on", "off")))
     threads: int = field(default=0, metadata=_opt(
-        "compute threads (0 = all cores but one, leaving the game a core; at least 1)", min=0))
+        "compute threads (0 = all cores but one, leaving the game a core; at least 1)", min=0, max=512))
     nice: int = field(default=10, metadata=_opt(
-        "lower the sidecar's CPU priority below the game's by this much (POSIX nice; Windows: below normal)"))
+        "lower the sidecar's CPU priority below the game's by this much (POSIX nice; Windows: below normal)",
+        min=0, max=19))
     cpus: str = field(default="", metadata=_opt("pin compute to these CPU ids, e.g. 2,3 (Linux)"))
-    budget_threads: int = field(default=0, metadata=_opt("budget: most compute threads (0 = --threads)"))
+    budget_threads: int = field(default=0, metadata=_opt("budget: most compute threads (0 = --threads)",
+                                                         max=512))  # ggml's most
     budget_tokens_per_s: float = field(default=0.0,
                                        metadata=_opt("budget: most dialogue tokens per second (0 = no cap)"))
     budget_share: float = field(default=1.0, metadata=_opt(
