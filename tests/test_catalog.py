@@ -5,6 +5,7 @@ import io
 
 import numpy as np
 import pytest
+from support import assert_one_line_failure, run_cli
 
 from npcai.model import catalog
 from npcai.model.native import Batch, Context, Model
@@ -73,3 +74,24 @@ def test_pulling_keeps_a_model_that_runs_as_shipped_and_converts_one_that_does_n
         assert path == catalog.run_path(name) and path.exists()
         assert catalog.cached_path(name).stat().st_size == entry.size  # the verified download stays
         assert catalog.resolve(name, pull_missing=False) == path
+
+
+@pytest.mark.parametrize("command", [("models", "pull", "smollm2-135m"), ("serve", "--model", "smollm2-135m")])
+def test_a_cache_that_cannot_be_written_fails_in_one_line(tmp_path, monkeypatch, command):
+    """A cache folder that is a file (or read-only) gave a traceback and exit 1 from pull and the first serve."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("NPCAI_CACHE", str(blocker))
+    assert_one_line_failure(run_cli(*command), f"cannot write the model cache {blocker / 'models'}")
+
+
+def test_pulling_a_model_already_pulled_and_verified_keeps_the_file_that_runs(tmp_path, monkeypatch):
+    """A second pull downloaded and converted again: the file that runs got a new time, so the merged adapter
+    file named by it was made again beside the old one (244 MB each time)."""
+    monkeypatch.setenv("NPCAI_CACHE", str(tmp_path))
+    run = catalog.pull(catalog.DEFAULT_MODEL, out=io.StringIO())
+    before = run.stat().st_mtime_ns
+    said = io.StringIO()
+    assert catalog.pull(catalog.DEFAULT_MODEL, out=said) == run
+    assert run.stat().st_mtime_ns == before
+    assert "already pulled" in said.getvalue() and "pulling smollm2" not in said.getvalue()

