@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import string
 import sys
 import time
 from importlib import resources
@@ -74,7 +75,43 @@ def _shape_error(scene: Any) -> str | None:
             and isinstance(trade.get("result", {}), dict)):
         return ('"trade" must be an object with "npc" (one of its npcs), "line", "actions" (each with a "name") '
                 'and optionally "result" (action name -> what the game says came of it)')
+    for name, text in (trade or {}).get("result", {}).items():
+        wrong = _result_error(name, text, trade["actions"])
+        if wrong:
+            return f"trade.result.{name} {wrong}"
     return None
+
+
+def _result_error(name: str, text: object, actions: list[dict]) -> str | None:
+    """What is wrong with what the game says came of action ``name`` ("Sold {item}."), if anything: its
+    placeholders are filled from the action's arguments."""
+    if not isinstance(text, str):
+        return "must be a string"
+    try:
+        used = {field for _, field, _, _ in string.Formatter().parse(text) if field is not None}
+    except ValueError:
+        return "has a stray { or }: write {{ or }} for a brace"
+    action = next((a for a in actions if a["name"] == name), {})
+    args = set((action.get("args") or {}).get("properties") or {})
+    unknown = sorted(used - args)
+    if unknown:
+        return f"names {{{unknown[0]}}}, which is not one of action {name!r}'s args ({', '.join(sorted(args)) or 'none'})"
+    return None
+
+
+class _Args(dict):
+    """An action's arguments for a result's placeholders: one the NPC left out stays as written."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # input() keeps bytes it could not decode as lone surrogates
+        return False
+    return True
 
 
 def _start(models: list[str], loras: list[str] = ()) -> tuple[Sidecar, Client]:
@@ -157,7 +194,7 @@ def _trade(client: Client, trade: dict[str, Any], s: _Style, colors: dict[str, s
         return
     print("    " + s(colors.get(npc, ""), f"→ {action['name']}({json.dumps(action['args'])})"))
     result = trade.get("result", {}).get(action["name"], "It is done.")
-    result = result.format(**{k: v for k, v in action["args"].items()}) if "{" in result else result
+    result = result.format_map(_Args(action["args"])) if "{" in result else result
     client.act_result(npc, action["name"], result)
     print(s(_DIM, f"    [the game: {result}]\n"))
 
@@ -197,6 +234,9 @@ def run_chat(npc: str, models: list[str], scenario: str | None = None, persona: 
             if line in ("/quit", "/exit"):
                 break
             if not line:
+                continue
+            if not _utf8(line):  # a file piped in another encoding: say so, and go on to the next line
+                print("npcai: that line is not UTF-8 text; it was not sent", file=sys.stderr, flush=True)
                 continue
             try:
                 if line == "/forget":

@@ -251,6 +251,13 @@ _BROM = {"persona": "You are Brom."}
      "decisions[0].npc 'mira' is not one of its npcs"),
     ({"npcs": {"brom": _BROM}, "decisions": [{"npc": "brom"}]}, 'decisions[0] must be an object with a "situation"'),
     ({"npcs": {"brom": _BROM}, "trade": {"npc": "brom", "line": "Sell?"}}, '"trade" must be an object with'),
+    ({"npcs": {"brom": _BROM}, "trade": {"npc": "brom", "line": "Sell?", "actions": [{"name": "sell"}],
+                                         "result": {"sell": 5}}}, "trade.result.sell must be a string"),
+    ({"npcs": {"brom": _BROM}, "trade": {"npc": "brom", "line": "Sell?", "actions": [
+        {"name": "sell", "args": {"type": "object", "properties": {"item": {"enum": ["axe"]}}}}],
+        "result": {"sell": "Sold {amount} sacks."}}}, "trade.result.sell names {amount}, which is not one of"),
+    ({"npcs": {"brom": _BROM}, "trade": {"npc": "brom", "line": "Sell?", "actions": [{"name": "sell"}],
+                                         "result": {"sell": "Sold {item sacks."}}}, "trade.result.sell has a stray"),
 ])
 def test_a_scenario_file_of_the_wrong_shape_is_refused_in_one_line_naming_it(tmp_path, command, scene, needle):
     path = tmp_path / "scene.json"
@@ -297,6 +304,18 @@ def test_chat_reports_a_line_the_sidecar_refuses_in_one_line_and_answers_the_nex
     assert proc.stderr.count("ms to first token") == 1 and "Traceback" not in proc.stderr
     answers = [part.split("you> ")[0] for part in proc.stdout.split("brom> ")[1:]]
     assert [bool(a.strip()) for a in answers] == [False, True], proc.stdout  # the refused line, then an answer
+
+
+def test_chat_reports_a_line_that_is_not_utf8_in_one_line_and_answers_the_next(model_path):
+    """A designer piping lines from a file in another encoding: the chat crashed with UnicodeEncodeError, and
+    every line after it was lost."""
+    proc = subprocess.run([sys.executable, "-m", "npcai", "chat", "brom"], input=b"Caf\xe9?\nHello there!\n",
+                          capture_output=True, timeout=120, check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    refused = [line for line in err.splitlines() if line.startswith("npcai: ")]
+    assert len(refused) == 1 and "not UTF-8" in refused[0], err
+    assert err.count("ms to first token") == 1
 
 
 def test_bench_refuses_an_unknown_item_in_one_line_that_names_every_item():
