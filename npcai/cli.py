@@ -51,7 +51,8 @@ def model_roles(specs: list[str], *, out=None, remote_key: str = "") -> dict:
     """Parse --model specs (NAME or ROLE=NAME) into role -> GGUF path, pulling catalog models, or role ->
     ``Remote`` for an engine's URL (asked at once what it serves: npcai/remote/)."""
     roles: dict = {}
-    for role, (spec, name, explicit) in _named_roles(specs or [catalog.DEFAULT_MODEL]).items():
+    named = _named_roles(specs or [catalog.DEFAULT_MODEL])
+    for role, (spec, name, explicit) in named.items():
         if "://" in name:
             from npcai.remote import spec as remote_spec
             from npcai.remote.detect import connect  # needs httpx: the [remote] extra
@@ -69,6 +70,11 @@ def model_roles(specs: list[str], *, out=None, remote_key: str = "") -> dict:
         if base_dialogue and out is not None:  # after resolving: a model that is not there is the one line
             print(f"note: {name} is a base model, not tuned for chat: its dialogue is for benchmarks, not "
                   f"players (serve dialogue with {catalog.DEFAULT_MODEL}, decision={name})", file=out)
+    entry = catalog.CATALOG.get(next(iter(named.values()))[1])
+    if "dialogue" not in roles and entry is not None and not entry.chat and out is not None:
+        # no model named for dialogue: the first role's serves it (Admission), a base model's lines fall apart
+        print(f"note: {entry.name} is a base model, not tuned for chat, and with no --model dialogue=... it serves "
+              f"dialogue too (serve dialogue with {catalog.DEFAULT_MODEL})", file=out)
     return roles
 
 

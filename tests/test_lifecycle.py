@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -14,7 +15,7 @@ import pytest
 from support import assert_one_line_failure, run_cli
 
 from npcai import Client, Sidecar
-from npcai.errors import ModelError
+from npcai.errors import ModelError, NpcaiError
 
 
 def test_a_missing_model_file_fails_in_one_line(tmp_path):
@@ -372,3 +373,22 @@ def test_bench_runs_its_items_and_writes_a_report_of_ratios(model_path, tmp_path
     compared = [r for r in rows if r["baseline"]]
     assert compared and all(r["npcai"] > 0 and r["baseline"] > 0 for r in compared)
     assert "hello round trip p50" in proc.stdout and report["machine"]["cores"] >= 1
+
+
+@pytest.mark.skipif(os.environ.get("NPCAI_SKIP_SECOND_MODEL") == "1", reason="second model not wanted")
+@pytest.mark.parametrize("specs, refused", [
+    (["dialogue=gemma3-270m"], True),  # named for dialogue: refused
+    (["gemma3-270m"], False),  # bare: it serves every role, with a note
+    (["decision=gemma3-270m"], False),  # named for decision alone: it serves dialogue too, and said nothing
+])
+def test_a_base_model_is_never_left_to_serve_dialogue_without_a_word(specs, refused):
+    from npcai.cli import model_roles
+
+    said = io.StringIO()
+    if refused:
+        with pytest.raises(NpcaiError, match="gemma3-270m is a base model, not tuned for chat"):
+            model_roles(specs, out=said)
+        return
+    model_roles(specs, out=said)
+    notes = [line for line in said.getvalue().splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "gemma3-270m is a base model, not tuned for chat" in notes[0], said.getvalue()
