@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from pathlib import Path
 
 from npcai import Client, Sidecar
 from npcai.demo import load_scenario
@@ -62,6 +63,10 @@ def main() -> int:
     ap.add_argument("--scenario", help="a scenario JSON file (default: the built-in village)")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if args.seeds < 1:
+        ap.error(f"--seeds {args.seeds}: give at least 1 drawn history")
+    if args.json and not Path(args.json).resolve().parent.is_dir():  # found out before the run, not after it
+        ap.error(f"--json {args.json}: its folder does not exist")
     try:
         rows = probe(load_scenario(args.scenario), args.seeds, extra)
     except (NpcaiError, KeyError) as exc:  # a scenario that cannot be read, or a decision by an NPC it does not define
