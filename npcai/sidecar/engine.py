@@ -265,10 +265,26 @@ class Engine:
             fn()
 
     def _take_cancels(self) -> None:
-        """Move the cancellations the socket thread queued into the engine's own table."""
+        """Move the cancellations the socket thread queued into the engine's own table. A relay's open
+        sub-requests go with it (silently: the relay answers), so that a step of theirs stops too."""
         while not self._cancel_inbox.empty():
             req, expired, asked = self._cancel_inbox.get_nowait()
             self._cancels[id(req)] = (req, expired, asked)
+            for sub in self._subs_of(req):
+                self._cancels.setdefault(id(sub), (sub, True, asked))
+
+    def _subs_of(self, req: P.Request) -> list[P.Request]:
+        """The sub-requests open under ``req`` when it is a running relay's, and theirs in turn."""
+        relays = {id(job.req): job for job in self.scheduler.running if isinstance(job, Relay)}
+        out: list[P.Request] = []
+        todo = [req]
+        while todo:
+            relay = relays.pop(id(todo.pop()), None)
+            if relay is not None:
+                subs = relay.open_requests()
+                out.extend(subs)
+                todo.extend(subs)
+        return out
 
     def _apply_cancels(self) -> None:
         if not self._cancels:
@@ -333,7 +349,7 @@ class Engine:
             rt.ctx.set_threads(threads)
         n_tokens = sum(n for _, _, n in plan)
         started = time.monotonic()
-        rt.ctx.set_abort(self.preemption.abort_check(rt, plan, self._all_cancelled))
+        rt.set_abort(self.preemption.abort_check(rt, plan, self._all_cancelled))
         rt.gather([lane for _, lane, _ in plan])
         result = rt.step([(lane, n) for _, lane, n in plan])
         if result.ok:
@@ -341,11 +357,13 @@ class Engine:
             rt.learn_cost(time.monotonic() - started, n_tokens, len(plan), tree=trees)
         generated = sum(1 for job, lane, _ in plan if isinstance(job, SayJob) and lane.ready)
         self.governor.after_step(time.monotonic() - started, generated)
-        rt.ctx.set_abort(None)
+        rt.set_abort(None)
         if not result.ok:
             self._after_failed_step(rt, plan, result.status, result.code)
             return True
-        fed = list({id(j): j for j, _, _ in plan}.values())
+        self._take_cancels()  # a cancel that came while the step ran ends its job cancelled, not with the result
+        self._apply_cancels()
+        fed = [job for job in {id(j): j for j, _, _ in plan}.values() if not job.finished]
         self._account(plan, fed)
         draw_together(fed)  # the sampling stage: every stream's next token at once
         self._update(fed)
