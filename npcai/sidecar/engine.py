@@ -105,6 +105,7 @@ class Engine:
         self.role_info: dict[str, str] = settings.roles_described()  # hello's role_info adds to it
         self._relays: dict[int, Callable[[dict[str, Any]], None]] = {}  # id(request) -> where its replies go
         self._relay_npcs: dict[int, Npc] = {}  # id(request) -> the relay's own NPC it is made as
+        self._dispatching: set[int] = set()  # id(request) of the relays' sub-requests being handled now
         self.counters = {"jobs_started": 0, "jobs_failed": 0, "cancelled": 0, "expired": 0, "preempted_steps": 0,
                          "shed": 0}
         self.failed = False  # the loop ended on a bug: nothing will be answered any more
@@ -131,6 +132,7 @@ class Engine:
         ``npc``: who a ``decide`` without one is made as (a route's router), instead of the anonymous NPC.
         Engine thread only."""
         self._relays[id(req)] = emit
+        self._dispatching.add(id(req))
         self._wake.set()  # its job starts on the loop's next turn, not after the idle poll's sleep
         if npc is not None:
             self._relay_npcs[id(req)] = npc
@@ -141,6 +143,7 @@ class Engine:
             emit(P.error(req.id, err))
         finally:
             self._relay_npcs.pop(id(req), None)
+            self._dispatching.discard(id(req))
 
     def cancel(self, req: P.Request, *, expired: bool = False) -> None:
         """Stop work on a request; a client's cancel is answered with ``cancelled``, an expiry silently."""
@@ -479,8 +482,12 @@ class Engine:
         return npc
 
     def _queue(self, job: Job) -> None:
-        if len(self.scheduler) >= self.limits.max_queue:
-            raise Overloaded(f"queue is full ({self.limits.max_queue} requests)")
+        """Queue a request's job. ``max_queue`` bounds clients' open requests: the sidecar's own work ahead (added
+        to the scheduler directly) and a relay's sub-requests (the relay is counted) take none of it."""
+        job.counted = id(job.req) not in self._dispatching
+        limit = self.limits.max_queue
+        if job.counted and len(self.scheduler) >= limit and sum(j.counted for j in self.scheduler.jobs()) >= limit:
+            raise Overloaded(f"queue is full ({limit} requests)")
         self.scheduler.add(job)
         if isinstance(job, Relay):  # it computes nothing: its first sub-requests are made now, in the order the
             self._start(job)  # requests arrived, so that one sent after it to the same NPC cannot overtake them

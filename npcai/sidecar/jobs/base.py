@@ -42,6 +42,7 @@ class Job:
     """Common bookkeeping: the request, its runtime, timing, and the lanes it owns."""
 
     urgency = DIALOGUE
+    counted = False  # a client's open request, counted against max_queue (set when the engine queues it)
 
     def __init__(self, req: P.Request, rt: Runtime, emit: Emit, npc_ctx: int):
         self.req, self.rt, self.emit, self.npc_ctx = req, rt, emit, npc_ctx
