@@ -60,6 +60,8 @@ log = logging.getLogger("npcai")
 EmitFn = Callable[[P.Request, dict[str, Any]], None]
 
 _CANCEL_KEEP_S = 5.0  # how long a cancellation waits for a request still in the inbox
+#: Requests that change an NPC when the engine takes them: at their deadline, one taken ends ok (PROTOCOL.md, Deadlines).
+APPLIED_WHEN_TAKEN = (P.NpcRequest, P.LoadRequest, P.ObserveRequest, P.ActResultRequest, P.ForgetRequest)
 
 
 class Engine:
@@ -94,6 +96,10 @@ class Engine:
         self._cancel_inbox: queue.SimpleQueue[tuple[P.Request, bool, float]] = queue.SimpleQueue()
         self._cancels: dict[int, tuple[P.Request, bool, float]] = {}
         self.preemption = Preemption()
+        # Of the requests applied when taken, those with a deadline not yet taken (id(request)): the engine
+        # taking one and its deadline passing are decided under the lock, one or the other.
+        self._untaken: set[int] = set()
+        self._taking = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         # One handler per request type (the server answers the immediate ones itself).
@@ -117,6 +123,9 @@ class Engine:
     # --- thread-safe entry points -----------------------------------------------------
     def submit(self, req: P.Request) -> None:
         self.submitted += 1  # the socket thread is the only one that submits (see ``taken``)
+        if req.deadline is not None and isinstance(req, APPLIED_WHEN_TAKEN):
+            with self._taking:
+                self._untaken.add(id(req))
         self._inbox.put(req)
         self.preemption.arrived(req)
         self._wake.set()
@@ -151,6 +160,20 @@ class Engine:
         if self.hub is not None:
             self.hub.cancel(req, expired)
         self._wake.set()
+
+    def expire(self, req: P.Request) -> bool:
+        """``req``'s deadline passed (socket thread): stop work on it. False when it changes an NPC and the engine
+        took it already: it took effect and ends ``ok`` from the engine (an ``npc`` stops caching its prefix)."""
+        if req.deadline is not None and isinstance(req, APPLIED_WHEN_TAKEN):
+            with self._taking:
+                if id(req) in self._untaken:
+                    self._untaken.discard(id(req))  # the engine will skip it
+                    return True
+            if isinstance(req, P.NpcRequest):
+                self.cancel(req, expired=True)
+            return False
+        self.cancel(req, expired=True)
+        return True
 
     def stop(self) -> None:
         self._stop.set()
@@ -245,6 +268,10 @@ class Engine:
                 req = burst.take()
             except queue.Empty:
                 return
+            if not self._take(req):  # its deadline passed first: answered timed out, it changes nothing
+                self._cancels.pop(id(req), None)
+                self.taken += 1
+                continue
             if id(req) in self._cancels:
                 _, expired, _ = self._cancels.pop(id(req))
                 if not expired:
@@ -258,6 +285,16 @@ class Engine:
             except Exception:
                 self._internal(req, None)
             self.taken += 1
+
+    def _take(self, req: P.Request) -> bool:
+        """Whether ``req`` may be taken: not one applied when taken whose deadline passed first (``expire``)."""
+        if req.deadline is None or not isinstance(req, APPLIED_WHEN_TAKEN):
+            return True
+        with self._taking:
+            if id(req) not in self._untaken:
+                return False
+            self._untaken.discard(id(req))
+            return True
 
     def _run_calls(self) -> None:
         while True:
@@ -297,7 +334,7 @@ class Engine:
             if hit is not None:
                 expired = hit[1]
                 self.counters["expired" if expired else "cancelled"] += 1
-                job.finish(None if expired else job.cancelled_reply())
+                job.finish(job.expired_reply() if expired else job.cancelled_reply())
                 self.scheduler.drop(job)
         # The rest name requests that already ended, or that are still in the inbox (kept for
         # _take_inbox); forget them once they are old enough to be the former.

@@ -98,6 +98,10 @@ class Job:
         """The ending of a request its client cancelled."""
         return P.cancelled(self.req.id)
 
+    def expired_reply(self) -> dict[str, Any] | None:
+        """The ending of a request whose deadline passed, or whose client left: none, the server answered."""
+        return None
+
     def overloaded(self, err: Overloaded) -> None:
         """The model had no room for this job's step (no KV sequence or cell free, none to evict)."""
         self.finish(P.error(self.req.id, err))
