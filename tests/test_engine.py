@@ -94,3 +94,97 @@ def test_thinking_ahead_reads_an_npcs_cells_without_keeping_them_resident_and_a_
         assert kv.users == 0
     finally:
         rt.close()
+
+
+_OPTIONS = [f"walk to the {place} and wait there" for place in
+            ("well", "mill", "forge", "gate", "tavern", "chapel", "market", "bridge")]
+_ACTIONS = [{"name": "give_item", "description": "give the customer what they paid for",
+             "args": {"type": "object", "properties": {"item": {"enum": ["sword", "shield", "bread"]}},
+                      "required": ["item"]}},
+            {"name": "refuse", "description": "refuse the deal"},
+            {"name": "call_guard", "description": "call the guard"}]
+
+
+def _request(eng: Engine, message: dict) -> P.Request:
+    return P.parse_request({"v": P.VERSION, **message}, b"game", time.monotonic())
+
+
+def _ending(eng: Engine, req: P.Request, timeout: float = 60.0) -> list[dict]:
+    """Every reply the engine made to ``req`` once it holds no job (its ending among them, unless it expired)."""
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        if not eng.scheduler.jobs() and eng._inbox.empty():
+            break
+        time.sleep(0.01)
+    time.sleep(0.05)
+    return [reply for r, reply in eng.replies if r is req]
+
+
+def _cancel_at_the_tree_step(eng: Engine, req: P.Request, *, expired: bool, after: bool = False) -> dict:
+    """Cancel ``req`` (or expire it) as the next model step that scores an option tree begins (or, ``after``: as
+    it ends, before the jobs see its result), as a cancel op or a deadline reaches the engine then."""
+    from npcai.model.scoring import OptionTree
+
+    rt = eng._models()[0]
+    real_step, seen = rt.step, {"trees": 0}
+
+    def step(lanes):
+        tree = any(isinstance(lane, OptionTree) for lane, _ in lanes) and not seen["trees"]
+        seen["trees"] += tree
+        if tree and not after:
+            eng.cancel(req, expired=expired)
+        result = real_step(lanes)
+        if tree and after:
+            eng.cancel(req, expired=expired)
+        return result
+
+    rt.step = step
+    return seen
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["cancel", "deadline"])
+def test_a_choice_decision_cancelled_while_its_options_are_scored_stops_that_step_and_ends_cancelled(engine, expired):
+    """The options are scored in the option scorer's own llama context: a cancel (or the deadline) that came while
+    that step ran did not stop it, and the decision then ended ``done`` (PROTOCOL.md, cancel: ``cancelled``)."""
+    eng, _ = engine
+    rt = eng._models()[0]
+    req = _request(eng, {"id": 7, "op": "decide", "situation": "A wolf howls at the edge of the village.",
+                         "choices": _OPTIONS})
+    trees, aborted = rt.scorer().stats["trees"], rt.stats["aborted_steps"]
+    seen = _cancel_at_the_tree_step(eng, req, expired=expired)
+    eng.submit(req)
+    replies = _ending(eng, req)
+    assert seen["trees"] == 1
+    assert [r["event"] for r in replies] == ([] if expired else [P.CANCELLED])  # an expiry: the server answered
+    assert rt.scorer().stats["trees"] == trees and rt.stats["aborted_steps"] == aborted + 1
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["cancel", "deadline"])
+def test_a_choice_decision_cancelled_as_its_scoring_step_ends_ends_cancelled_not_done(engine, expired):
+    """A cancel that the step could not stop (it came as the step ended, or the step was too short to stop) still
+    ends the decision ``cancelled``: the step's result is not turned into a ``done`` after it."""
+    eng, _ = engine
+    req = _request(eng, {"id": 8, "op": "decide", "situation": "A wolf howls.", "choices": ["hide", "run"]})
+    seen = _cancel_at_the_tree_step(eng, req, expired=expired, after=True)
+    eng.submit(req)
+    assert [r["event"] for r in _ending(eng, req)] == ([] if expired else [P.CANCELLED])
+    assert seen["trees"] == 1
+
+
+def test_a_decision_with_actions_cancelled_while_its_options_are_scored_stops_that_step_and_ends_cancelled(engine):
+    """A decide with ``actions`` is a relay whose first stage is a choice decision of its own: cancelling the
+    relay stops that sub-request's step too, and the request ends ``cancelled``, not ``done``."""
+    eng, _ = engine
+    rt = eng._models()[0]
+    define = _request(eng, {"id": 1, "op": "npc", "npc": "smith", "persona": "You are Brom, the village smith.",
+                            "actions": _ACTIONS})
+    eng.submit(define)
+    assert [r["event"] for r in _ending(eng, define)] == [P.OK]  # and its action priors scored: idle now
+    req = _request(eng, {"id": 9, "op": "decide", "npc": "smith", "actions": True,
+                         "situation": "A customer hands you 20 gold for a shield."})
+    trees, aborted = rt.scorer().stats["trees"], rt.stats["aborted_steps"]
+    seen = _cancel_at_the_tree_step(eng, req, expired=False)
+    eng.submit(req)
+    assert [r["event"] for r in _ending(eng, req)] == [P.CANCELLED]
+    assert seen["trees"] == 1
+    assert rt.scorer().stats["trees"] == trees and rt.stats["aborted_steps"] == aborted + 1

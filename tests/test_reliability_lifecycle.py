@@ -329,6 +329,70 @@ def test_a_done_made_up_at_the_deadline_counts_the_tokens_already_streamed_whate
     assert decide[-1]["timed_out"] and decide[-1]["tokens"] == 0
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
+@pytest.mark.parametrize("op", ["npc", "load"])
+def test_an_npc_or_load_the_engine_took_before_its_deadline_ends_ok_and_one_it_had_not_changes_nothing(village, op):
+    """An ``npc`` or ``load`` takes effect when the engine takes it. Its deadline passing after that gave the
+    timed-out ``done`` although the NPC was defined or replaced, and one still queued at its deadline could be
+    taken all the same: the game could not tell what happened. Now the first ends ``ok`` (it took effect) and the
+    second ends timed out and changes nothing (PROTOCOL.md, Deadlines). The engine is held for the second."""
+    from npcai.sidecar.npc import Npc
+
+    def ask(rid: int, persona: str) -> dict:
+        if op == "npc":
+            return {"v": 1, "id": rid, "op": "npc", "npc": persona.split()[2].strip(","), "persona": persona,
+                    "deadline_ms": 0}
+        return {"v": 1, "id": rid, "op": "load", "npc": "brom", "state": Npc("x", persona).save(), "deadline_ms": 0}
+
+    with _stepped_by_hand(village) as (server, game):
+        engine = server.engine
+        game.send(msgpack.packb(ask(2, "You are Sven, a smith.")))
+        _admit(server)
+        while engine.taken < engine.submitted:  # taken: the NPC was defined or replaced
+            time.sleep(0.001)
+        server._expire_deadlines()
+        taken = _the_end_heard(server, game)
+        after_taken = _persona(server, game, "Sven" if op == "npc" else "brom", 3)
+        held = threading.Event()
+        engine.call_soon(held.wait)  # the engine takes nothing until the deadline has passed
+        game.send(msgpack.packb(ask(4, "You are Dana, a guard.")))
+        _admit(server)
+        server._expire_deadlines()
+        held.set()
+        late = _the_end_heard(server, game)
+        while engine.taken < engine.submitted:
+            time.sleep(0.001)
+        after_late = _persona(server, game, "Dana" if op == "npc" else "brom", 5)
+    assert taken["event"] == P.OK and not taken.get("timed_out")
+    assert after_taken == "You are Sven, a smith."
+    assert late["event"] == P.DONE and late["timed_out"] and late["used_fallback"]
+    assert after_late == (None if op == "npc" else "You are Sven, a smith.")  # as it was
+
+
+def _the_end_heard(server, game) -> dict:
+    """Send the engine's replies, as the socket thread does, until the game hears a reply that ends a request."""
+    until = time.monotonic() + 60
+    while time.monotonic() < until:
+        while game.poll(0):
+            reply = msgpack.unpackb(game.recv())
+            if reply["event"] in P.TERMINAL_EVENTS:
+                return reply
+        if server._outbox.pull.poll(50):
+            server._outbox.drain_signals()
+        server._send_replies()
+    raise AssertionError("no end heard for a minute")
+
+
+def _persona(server, game, npc: str, rid: int) -> str | None:
+    """The persona ``npc`` has now, by ``save`` (None: no such NPC)."""
+    game.send(msgpack.packb({"v": 1, "id": rid, "op": "save", "npc": npc}))
+    _admit(server)
+    _engine_ends(server, rid)
+    server._send_replies()
+    reply = _replies_until_the_end(game)[-1]
+    return msgpack.unpackb(reply["state"])["persona"] if reply["event"] == P.OK else None
+
+
 @contextlib.contextmanager
 def _stepped_by_hand(village):
     """An in-process server whose socket thread is the test, taking its loop's steps by hand, its engine

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
 import msgpack
@@ -99,6 +100,46 @@ def test_requests_past_max_queue_are_overloaded_across_clients(small, c):
             for h in handles:
                 client.call("cancel", target=h.id)
             assert all(client.wait(h)["event"] in ("cancelled", "done") for h in handles)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # llama_cpp's, once per vocabulary entry
+def test_the_sidecars_own_work_ahead_takes_no_room_of_max_queue(model_path):
+    """``max_queue`` bounds clients' open requests. The evaluation of observed events (like thinking ahead and action
+    priors: work the sidecar queues for itself) took their room, and lines were refused ``overloaded`` with fewer
+    requests open than the limit. The engine is held while the requests arrive, so that they are all queued before
+    any work starts."""
+    from npcai import protocol as P
+    from npcai.sidecar.engine import Engine
+    from npcai.sidecar.settings import Settings
+
+    replies: list[tuple[P.Request, dict]] = []
+    engine = Engine(Settings(n_ctx=2048, n_seq=2, threads=1, max_queue=4), {"dialogue": model_path},
+                    lambda req, reply: replies.append((req, reply)))
+    loop = threading.Thread(target=engine.run, daemon=True)
+    loop.start()
+    held = threading.Event()
+    try:
+        engine.call_soon(held.wait)
+        sent = [P.parse_request({"v": P.VERSION, "id": i, **fields}, b"game", time.monotonic()) for i, fields in
+                enumerate([{"op": "npc", "npc": "a", "persona": "You are A, a guard."},
+                           *({"op": "observe", "npc": "a", "text": f"Bell {k} rings."} for k in range(3)),
+                           *({"op": "say", "npc": "a", "text": "Hi.", "max_tokens": 2} for _ in range(4))])]
+        for req in sent:
+            engine.submit(req)
+        held.set()
+        says = sent[4:]
+        until = time.monotonic() + 60
+        while sum(r in says and reply["event"] in P.TERMINAL_EVENTS for r, reply in replies) < 4 \
+                and time.monotonic() < until:
+            time.sleep(0.01)
+        endings = [code_of(reply) for req in says for r, reply in replies
+                   if r is req and reply["event"] in P.TERMINAL_EVENTS]
+    finally:
+        held.set()
+        engine.stop()
+        loop.join(10)
+        engine.close()
+    assert endings == ["done", "done", "done", "overloaded"]  # the npc and three lines: four open requests
 
 
 def test_too_many_choices_or_tokens_are_refused(c):

@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from llguidance.llamacpp import lltokenizer_from_vocab
@@ -265,6 +265,13 @@ class Runtime:
             lane.seq = dst
 
     # --- the step ---------------------------------------------------------------
+    def set_abort(self, should_abort: Callable[[], bool] | None) -> None:
+        """Let ``should_abort()`` stop the next step mid-way, its option trees too: they are scored in the
+        scorers' own contexts, and a cancelled decision's tree ran to its end."""
+        self.ctx.set_abort(should_abort)
+        for scorer in self._scorers.values():
+            scorer.ctx.set_abort(should_abort)
+
     def step(self, lanes: list[tuple[Lane, int]]) -> StepResult:
         """Evaluate the first ``n`` pending tokens of each (lane, n) in one batch.
 
@@ -284,6 +291,7 @@ class Runtime:
             if rc == 0:
                 self.stats["tokens"] += scorer.batch.n
                 self.stats["steps"] += not lanes
+            self.stats["aborted_steps"] += rc == 2
         return STEP_OK if rc == 0 else _KV_FULL if rc == 1 else _ABORTED if rc == 2 else StepResult("failed", rc)
 
     def _step_main(self, lanes: list[tuple[Lane, int]]) -> int:

@@ -60,6 +60,8 @@ log = logging.getLogger("npcai")
 EmitFn = Callable[[P.Request, dict[str, Any]], None]
 
 _CANCEL_KEEP_S = 5.0  # how long a cancellation waits for a request still in the inbox
+#: Requests that change an NPC when the engine takes them: at their deadline, one taken ends ok (PROTOCOL.md, Deadlines).
+APPLIED_WHEN_TAKEN = (P.NpcRequest, P.LoadRequest, P.ObserveRequest, P.ActResultRequest, P.ForgetRequest)
 
 
 class Engine:
@@ -94,6 +96,10 @@ class Engine:
         self._cancel_inbox: queue.SimpleQueue[tuple[P.Request, bool, float]] = queue.SimpleQueue()
         self._cancels: dict[int, tuple[P.Request, bool, float]] = {}
         self.preemption = Preemption()
+        # Of the requests applied when taken, those with a deadline not yet taken (id(request)): the engine
+        # taking one and its deadline passing are decided under the lock, one or the other.
+        self._untaken: set[int] = set()
+        self._taking = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         # One handler per request type (the server answers the immediate ones itself).
@@ -105,6 +111,7 @@ class Engine:
         self.role_info: dict[str, str] = settings.roles_described()  # hello's role_info adds to it
         self._relays: dict[int, Callable[[dict[str, Any]], None]] = {}  # id(request) -> where its replies go
         self._relay_npcs: dict[int, Npc] = {}  # id(request) -> the relay's own NPC it is made as
+        self._dispatching: set[int] = set()  # id(request) of the relays' sub-requests being handled now
         self.counters = {"jobs_started": 0, "jobs_failed": 0, "cancelled": 0, "expired": 0, "preempted_steps": 0,
                          "shed": 0}
         self.failed = False  # the loop ended on a bug: nothing will be answered any more
@@ -116,6 +123,9 @@ class Engine:
     # --- thread-safe entry points -----------------------------------------------------
     def submit(self, req: P.Request) -> None:
         self.submitted += 1  # the socket thread is the only one that submits (see ``taken``)
+        if req.deadline is not None and isinstance(req, APPLIED_WHEN_TAKEN):
+            with self._taking:
+                self._untaken.add(id(req))
         self._inbox.put(req)
         self.preemption.arrived(req)
         self._wake.set()
@@ -131,6 +141,7 @@ class Engine:
         ``npc``: who a ``decide`` without one is made as (a route's router), instead of the anonymous NPC.
         Engine thread only."""
         self._relays[id(req)] = emit
+        self._dispatching.add(id(req))
         self._wake.set()  # its job starts on the loop's next turn, not after the idle poll's sleep
         if npc is not None:
             self._relay_npcs[id(req)] = npc
@@ -141,6 +152,7 @@ class Engine:
             emit(P.error(req.id, err))
         finally:
             self._relay_npcs.pop(id(req), None)
+            self._dispatching.discard(id(req))
 
     def cancel(self, req: P.Request, *, expired: bool = False) -> None:
         """Stop work on a request; a client's cancel is answered with ``cancelled``, an expiry silently."""
@@ -148,6 +160,20 @@ class Engine:
         if self.hub is not None:
             self.hub.cancel(req, expired)
         self._wake.set()
+
+    def expire(self, req: P.Request) -> bool:
+        """``req``'s deadline passed (socket thread): stop work on it. False when it changes an NPC and the engine
+        took it already: it took effect and ends ``ok`` from the engine (an ``npc`` stops caching its prefix)."""
+        if req.deadline is not None and isinstance(req, APPLIED_WHEN_TAKEN):
+            with self._taking:
+                if id(req) in self._untaken:
+                    self._untaken.discard(id(req))  # the engine will skip it
+                    return True
+            if isinstance(req, P.NpcRequest):
+                self.cancel(req, expired=True)
+            return False
+        self.cancel(req, expired=True)
+        return True
 
     def stop(self) -> None:
         self._stop.set()
@@ -242,6 +268,10 @@ class Engine:
                 req = burst.take()
             except queue.Empty:
                 return
+            if not self._take(req):  # its deadline passed first: answered timed out, it changes nothing
+                self._cancels.pop(id(req), None)
+                self.taken += 1
+                continue
             if id(req) in self._cancels:
                 _, expired, _ = self._cancels.pop(id(req))
                 if not expired:
@@ -256,6 +286,16 @@ class Engine:
                 self._internal(req, None)
             self.taken += 1
 
+    def _take(self, req: P.Request) -> bool:
+        """Whether ``req`` may be taken: not one applied when taken whose deadline passed first (``expire``)."""
+        if req.deadline is None or not isinstance(req, APPLIED_WHEN_TAKEN):
+            return True
+        with self._taking:
+            if id(req) not in self._untaken:
+                return False
+            self._untaken.discard(id(req))
+            return True
+
     def _run_calls(self) -> None:
         while True:
             try:
@@ -265,10 +305,26 @@ class Engine:
             fn()
 
     def _take_cancels(self) -> None:
-        """Move the cancellations the socket thread queued into the engine's own table."""
+        """Move the cancellations the socket thread queued into the engine's own table. A relay's open
+        sub-requests go with it (silently: the relay answers), so that a step of theirs stops too."""
         while not self._cancel_inbox.empty():
             req, expired, asked = self._cancel_inbox.get_nowait()
             self._cancels[id(req)] = (req, expired, asked)
+            for sub in self._subs_of(req):
+                self._cancels.setdefault(id(sub), (sub, True, asked))
+
+    def _subs_of(self, req: P.Request) -> list[P.Request]:
+        """The sub-requests open under ``req`` when it is a running relay's, and theirs in turn."""
+        relays = {id(job.req): job for job in self.scheduler.running if isinstance(job, Relay)}
+        out: list[P.Request] = []
+        todo = [req]
+        while todo:
+            relay = relays.pop(id(todo.pop()), None)
+            if relay is not None:
+                subs = relay.open_requests()
+                out.extend(subs)
+                todo.extend(subs)
+        return out
 
     def _apply_cancels(self) -> None:
         if not self._cancels:
@@ -278,7 +334,7 @@ class Engine:
             if hit is not None:
                 expired = hit[1]
                 self.counters["expired" if expired else "cancelled"] += 1
-                job.finish(None if expired else job.cancelled_reply())
+                job.finish(job.expired_reply() if expired else job.cancelled_reply())
                 self.scheduler.drop(job)
         # The rest name requests that already ended, or that are still in the inbox (kept for
         # _take_inbox); forget them once they are old enough to be the former.
@@ -333,7 +389,7 @@ class Engine:
             rt.ctx.set_threads(threads)
         n_tokens = sum(n for _, _, n in plan)
         started = time.monotonic()
-        rt.ctx.set_abort(self.preemption.abort_check(rt, plan, self._all_cancelled))
+        rt.set_abort(self.preemption.abort_check(rt, plan, self._all_cancelled))
         rt.gather([lane for _, lane, _ in plan])
         result = rt.step([(lane, n) for _, lane, n in plan])
         if result.ok:
@@ -341,11 +397,13 @@ class Engine:
             rt.learn_cost(time.monotonic() - started, n_tokens, len(plan), tree=trees)
         generated = sum(1 for job, lane, _ in plan if isinstance(job, SayJob) and lane.ready)
         self.governor.after_step(time.monotonic() - started, generated)
-        rt.ctx.set_abort(None)
+        rt.set_abort(None)
         if not result.ok:
             self._after_failed_step(rt, plan, result.status, result.code)
             return True
-        fed = list({id(j): j for j, _, _ in plan}.values())
+        self._take_cancels()  # a cancel that came while the step ran ends its job cancelled, not with the result
+        self._apply_cancels()
+        fed = [job for job in {id(j): j for j, _, _ in plan}.values() if not job.finished]
         self._account(plan, fed)
         draw_together(fed)  # the sampling stage: every stream's next token at once
         self._update(fed)
@@ -461,8 +519,12 @@ class Engine:
         return npc
 
     def _queue(self, job: Job) -> None:
-        if len(self.scheduler) >= self.limits.max_queue:
-            raise Overloaded(f"queue is full ({self.limits.max_queue} requests)")
+        """Queue a request's job. ``max_queue`` bounds clients' open requests: the sidecar's own work ahead (added
+        to the scheduler directly) and a relay's sub-requests (the relay is counted) take none of it."""
+        job.counted = id(job.req) not in self._dispatching
+        limit = self.limits.max_queue
+        if job.counted and len(self.scheduler) >= limit and sum(j.counted for j in self.scheduler.jobs()) >= limit:
+            raise Overloaded(f"queue is full ({limit} requests)")
         self.scheduler.add(job)
         if isinstance(job, Relay):  # it computes nothing: its first sub-requests are made now, in the order the
             self._start(job)  # requests arrived, so that one sent after it to the same NPC cannot overtake them

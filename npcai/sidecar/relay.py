@@ -79,6 +79,10 @@ class Relay(Job):
         self.engine.dispatch(sub, relay, npc)
         return sub
 
+    def open_requests(self) -> list[P.Request]:
+        """The sub-requests this relay still waits for."""
+        return list(self._open.values())
+
     def drop(self, sub: P.Request) -> None:
         """Stop a sub-request this relay no longer waits for; nothing more of it is heard."""
         if self._open.pop(id(sub), None) is not None:

@@ -45,7 +45,7 @@ from npcai.sidecar import curve, parent
 from npcai.sidecar.auth import TokenAuth
 from npcai.sidecar.connections import Connections
 from npcai.sidecar.curve import load_curve_allowed, load_curve_secret  # noqa: F401  (their old home)
-from npcai.sidecar.engine import Engine
+from npcai.sidecar.engine import APPLIED_WHEN_TAKEN, Engine
 from npcai.sidecar.opstats import OpStats
 from npcai.sidecar.outbox import Outbox
 from npcai.sidecar.settings import Settings
@@ -450,7 +450,8 @@ class Server:
             if entry is None or entry.req is not req:
                 continue  # already answered (deadline passed or cancelled): never send late
             event = reply["event"]
-            if event in P.TERMINAL_EVENTS and req.deadline is not None and time.monotonic() > req.deadline:
+            if event in P.TERMINAL_EVENTS and req.deadline is not None and time.monotonic() > req.deadline \
+                    and not isinstance(req, APPLIED_WHEN_TAKEN):  # those the engine answers were taken: they end so
                 # The engine finished after the deadline, and this thread woke for its reply and the
                 # deadline at once: the answer is late, so ``_expire_deadlines`` (next in the loop) sends
                 # the marked fallback instead. Sent, it was a late answer (1 in 150 in some mixed runs).
@@ -482,9 +483,10 @@ class Server:
             _, _, key, entry = heapq.heappop(self._deadlines)
             if self._inflight.get(key) is not entry:
                 continue  # ended already (its id may since have been reused)
+            if not self.engine.expire(entry.req):
+                continue  # it changed an NPC when the engine took it: the engine's ok ends it
             client = key[0]
             self._stats[entry.req.op].timeouts += 1
-            self.engine.cancel(entry.req, expired=True)
             reply = P.with_streamed(P.timed_out(entry.req, (now - entry.req.received) * 1e3), entry.req, entry.streamed)
             self._finish(key, entry, P.DONE)
             self._send(client, reply)

@@ -123,8 +123,8 @@ class Settings:
         "largest accepted frame", min=256, max=1 << 30))  # twice it is libzmq's int64 MAXMSGSIZE
     max_inflight_per_client: int = field(default=Limits.max_inflight_per_client, metadata=_opt(
         "requests one client may have open at once", min=1))
-    max_queue: int = field(default=Limits.max_queue, metadata=_opt("requests waiting for the model, in all",
-                                                                   min=1))
+    max_queue: int = field(default=Limits.max_queue, metadata=_opt(
+        "clients' open requests, in all (the sidecar's own work ahead is not counted)", min=1))
     max_npcs: int = field(default=Limits.max_npcs, metadata=_opt("NPCs defined at once", min=1))
     max_prompt_tokens: int = field(default=Limits.max_prompt_tokens, metadata=_opt(
         "tokens one request's text may add to the prompt", min=1))

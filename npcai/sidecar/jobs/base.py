@@ -42,6 +42,7 @@ class Job:
     """Common bookkeeping: the request, its runtime, timing, and the lanes it owns."""
 
     urgency = DIALOGUE
+    counted = False  # a client's open request, counted against max_queue (set when the engine queues it)
 
     def __init__(self, req: P.Request, rt: Runtime, emit: Emit, npc_ctx: int):
         self.req, self.rt, self.emit, self.npc_ctx = req, rt, emit, npc_ctx
@@ -96,6 +97,10 @@ class Job:
     def cancelled_reply(self) -> dict[str, Any]:
         """The ending of a request its client cancelled."""
         return P.cancelled(self.req.id)
+
+    def expired_reply(self) -> dict[str, Any] | None:
+        """The ending of a request whose deadline passed, or whose client left: none, the server answered."""
+        return None
 
     def overloaded(self, err: Overloaded) -> None:
         """The model had no room for this job's step (no KV sequence or cell free, none to evict)."""

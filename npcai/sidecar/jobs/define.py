@@ -37,6 +37,10 @@ class DefineJob(NpcWriter):
         stops the caching of its prefix, and the ending says so (``ok``, with what was cached)."""
         return self._reply(self.lanes[0].pos if self.lanes else 0)
 
+    def expired_reply(self) -> dict[str, Any] | None:
+        """A deadline that passed after the NPC was (re)defined stops the caching alone, as a cancel does."""
+        return self.cancelled_reply()
+
     def overloaded(self, err: Overloaded) -> None:
         """No KV sequence or cell to evaluate into now: the NPC is defined all the same (it was when the request
         arrived), with nothing cached; its first request evaluates its prefix, as after a ``load``."""
