@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import collections
 
+import numpy as np
 import pytest
 from support import assert_one_line_failure, run_cli, shared_data
 
 from npcai.bench import quality
+from npcai.bench.anchor import Anchor, Scored
 
 
 def test_the_game_set_spans_roles_with_varied_options_and_one_answer_each():
@@ -68,3 +70,20 @@ def test_the_bench_takes_a_count_of_items_or_all_of_them(tmp_path):
     for bad in ("many", "0", "-5"):
         assert_one_line_failure(run_cli("bench", "--quality-items", bad, "--out", str(tmp_path / "r.json")),
                                 "expected a positive number or 'all'")
+
+
+def test_the_anchors_acc_norm_divides_by_each_options_length_in_characters_without_the_space():
+    """lm-evaluation-harness's acc_norm: the summed log-likelihood over len(choice), the " " before it not counted.
+    Per byte of " " + option, "ab" (-3.0 over 3) beats "abcde" (-6.5 over 6); per character (-1.5 < -1.3) it loses."""
+    scored = Scored(loglik=(-3.0, -6.5), nchars=(2, 5))
+    assert (scored.pick, scored.pick_norm) == (0, 1)
+
+
+def test_the_anchor_counts_an_options_characters_not_its_bytes(model_path):
+    anchor = Anchor(model_path, threads=1)
+    try:
+        scored = anchor.score("The guard says:", ["halt", "café au lait"])
+    finally:
+        anchor.close()
+    assert scored.nchars == (4, 12)  # "é" is one character, two bytes
+    assert scored.pick_norm == int(np.argmax(np.array(scored.loglik) / [4, 12]))

@@ -219,7 +219,7 @@ def _score_anchor(anchor: Anchor, items: list[Question]) -> tuple[float, float, 
     acc = norm = 0
     picks: dict[str, tuple[int, int]] = {}
     for q in items:
-        s = anchor.score(q.context, [" " + o for o in q.options])
+        s = anchor.score(q.context, list(q.options))
         acc += s.pick == q.label
         norm += s.pick_norm == q.label
         picks[q.id] = (s.pick, s.pick_norm)
