@@ -87,3 +87,12 @@ def test_the_anchor_counts_an_options_characters_not_its_bytes(model_path):
         anchor.close()
     assert scored.nchars == (4, 12)  # "é" is one character, two bytes
     assert scored.pick_norm == int(np.argmax(np.array(scored.loglik) / [4, 12]))
+
+
+def test_the_bench_help_names_the_models_it_runs_by_default():
+    from npcai.bench.runner import DEFAULT_MODELS
+
+    proc = run_cli("bench", "--help")
+    assert proc.returncode == 0
+    said = " ".join(proc.stdout.split())
+    assert f"default: {' and '.join(DEFAULT_MODELS)}" in said, said
