@@ -96,3 +96,35 @@ def test_the_bench_help_names_the_models_it_runs_by_default():
     assert proc.returncode == 0
     said = " ".join(proc.stdout.split())
     assert f"default: {' and '.join(DEFAULT_MODELS)}" in said, said
+
+
+def test_an_empty_set_file_is_named_and_skipped_like_a_missing_one(tmp_path):
+    """A 0-byte file used to end the run, after the game set, in a ZeroDivisionError; a schemas file with no schemas too."""
+    (tmp_path / "quality").mkdir()
+    (tmp_path / "quality" / "piqa_valid.jsonl").write_text("")
+    said = []
+    assert quality.public_sets(tmp_path, 10, said.append) == []
+    piqa = [line for line in said if "piqa" in line]
+    assert len(piqa) == 1 and "skipped" in piqa[0] and str(tmp_path / "quality" / "piqa_valid.jsonl") in piqa[0]
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "jsonschemabench_sample.json").write_text('{"schemas": []}')
+    said.clear()
+    assert quality.schema_entries(tmp_path, said.append) == []
+    assert len(said) == 1 and "skipped" in said[0] and "jsonschemabench_sample.json" in said[0]
+
+
+@pytest.mark.parametrize("name, text, line, needle", [
+    ("piqa_valid.jsonl", '{"id": 0, "goal": "g", "sol1": "a", "sol2": "b", "label": 0}\n{"id": 1, "goal": "g",\n', 2,
+     "not a JSON object"),
+    ("piqa_valid.jsonl", '{"id": 0, "goal": "g", "sol1": "a", "label": 0}\n', 1, "'sol2'"),
+    ("arc_easy_test.jsonl", '\n{"id": "x", "question": "q", "choices": ["a", "b"], "label": 2}\n', 2,
+     "label 2 is not one of its 2 options"),
+])
+def test_a_malformed_set_file_stops_the_bench_in_one_line_naming_the_file_and_line(tmp_path, name, text, line,
+                                                                                   needle):
+    (tmp_path / "quality").mkdir()
+    (tmp_path / "quality" / name).write_text(text)
+    proc = run_cli("bench", "--only", "quality", "--data", str(tmp_path), "--out", str(tmp_path / "r.json"),
+                   timeout=300)
+    assert_one_line_failure(proc, f"{tmp_path / 'quality' / name}:{line}: ")
+    assert needle in proc.stderr

@@ -172,9 +172,11 @@ def machine() -> dict[str, Any]:
 DEFAULT_MODELS = ("smollm2-135m", "gemma3-270m")
 
 
-def _check_specs(models: list[str], lora: tuple[str, ...]) -> None:
-    """Each --model, and the --lora specs against each model, read as the sidecars will read them, before anything
-    runs: a mistake is one line at once, not the end of a run whose first passes are then thrown away."""
+def _check_start(args: Any, models: list[str], lora: tuple[str, ...], only: set[str] | None) -> None:
+    """Each --model, the --lora specs against each model (read as the sidecars will read them) and the quality
+    item's data files, before anything runs: a mistake is one line at once, not the end of a run whose first
+    passes are then thrown away."""
+    from npcai.bench import quality
     from npcai.cli import model_roles
     from npcai.sidecar import adapters
 
@@ -182,13 +184,15 @@ def _check_specs(models: list[str], lora: tuple[str, ...]) -> None:
         roles = model_roles([m])
         if lora:
             adapters.parse(list(lora), roles)
+    if not only or "quality" in only:
+        quality.check_data(quality.data_dir(args.data))
 
 
 def run_bench(args: Any) -> int:
     models = args.model or list(DEFAULT_MODELS)
     lora = tuple(getattr(args, "lora", None) or ())
-    _check_specs(models, lora)
     only = set(args.only) if args.only else None
+    _check_start(args, models, lora, only)
     out = lambda s: print(s, flush=True)
     info = machine()
     out(f"npcai bench on {info['cpu']} ({info['cores']} cores), llama-cpp-python {info['llama_cpp_python']}")
