@@ -19,7 +19,7 @@ gives it where a report did not record one, as ``T,power``). An adapter's run is
 ``MODEL+lora`` in the report; fit it on items it was not trained on (``--calibration piqa_even,arc_even``:
 the shipped adapter trained on the worked examples and on COPA's development half). Run:
 
-    python bench/fit_choice_temperature.py docs/bench-quality.json
+    python bench/fit_choice_temperature.py docs/bench-quality.json --recorded-at 1,0   # that run was at T = 1
     python bench/fit_choice_temperature.py NEW.json --model gemma3-270m --also OLD.json \
         --calibration game_dev,copa_dev,piqa_even,arc_even
 """

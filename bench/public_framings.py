@@ -87,7 +87,7 @@ def score(model: str, out: Path, n_items: int, data: Path) -> None:
         items = sorted(random.Random(7).sample(items, min(n_items, len(items))), key=items.index)
         rows = []
         for q in items:
-            a = anchor.score(q.context, [" " + o for o in q.options])
+            a = anchor.score(q.context, list(q.options))
             row = {"id": q.id, "label": q.label, "bytes": [len(o.encode()) for o in q.options],
                    "anchor": list(a.loglik), "framings": {}}
             for key, (persona, user, lead) in framings.items():

@@ -146,10 +146,11 @@ def _copa(data: Path) -> tuple[list[quality.Question], list[quality.Question]]:
     return both[:n_dev], both[n_dev:]
 
 
-def eval_sets(data: Path, model: Model) -> dict[str, list[Item]]:
-    """The held-out sets: game test, COPA test, and the bench's seeded 300-item PIQA and ARC-Easy samples."""
+def eval_sets(data: Path, model: Model, val_share: float = VAL_SHARE) -> dict[str, list[Item]]:
+    """The held-out sets: the validation split (the written decisions ``--val-share`` held out of training, the
+    same share training used), game test, COPA test, and the bench's seeded 300-item PIQA and ARC-Easy samples."""
     folder = data / "quality"
-    sets = {"val": _written(VAL_SHARE)[1], "game": quality.game("test")}
+    sets = {"val": _written(val_share)[1], "game": quality.game("test")}
     missing = [f for f in ("copa_dev.jsonl", "copa_test.jsonl", "piqa_valid.jsonl", "arc_easy_test.jsonl")
                if not (folder / f).is_file()]
     if missing:
@@ -223,7 +224,7 @@ def train(args: argparse.Namespace) -> None:
         score(argparse.Namespace(model=args.model, adapter=str(out / "decision-lora.gguf"), data=args.data,
                                  only=["val"],
                                  json=str(out / "val.json"), plain_prefix=False, threads=args.threads,
-                                 temperature=0.0))
+                                 temperature=0.0, val_share=args.val_share))
 
 
 def check(args: argparse.Namespace) -> None:
@@ -387,7 +388,7 @@ class Scorer:
 
 def score(args: argparse.Namespace) -> None:
     model = Model(catalog.resolve(args.model))
-    sets = eval_sets(Path(args.data), model)
+    sets = eval_sets(Path(args.data), model, args.val_share)
     if args.only:
         sets = {k: v for k, v in sets.items() if k in args.only}
     temperature = args.temperature or catalog.entry_for(catalog.resolve(args.model)).choice_temperature
@@ -471,8 +472,8 @@ def main() -> None:
                    help="share of the written decisions held out for validation (0: train on all)")
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--minutes", type=float, default=12, help="training time budget")
-    t.add_argument("--items", type=int, default=0, help="items to train on (0: as many as --minutes allow); "
-                   "docs/QUALITY.md's adapter: 999")
+    t.add_argument("--items", type=int, default=0, help="training steps, one item each, over at most --epochs "
+                   "passes (0: as many as --minutes allow); docs/QUALITY.md's adapters: 487 (SmolLM2), 614 (Gemma)")
     c = sub.add_parser("check")
     c.add_argument("--out", required=True)
     c.add_argument("--model", default=MODEL)
@@ -481,6 +482,8 @@ def main() -> None:
     s.add_argument("--model", default=MODEL)
     s.add_argument("--data", default=str(quality.data_dir()))
     s.add_argument("--only", nargs="*")
+    s.add_argument("--val-share", type=float, default=VAL_SHARE,
+                   help="the share training held out (train's --val-share): the 'val' split scored")
     s.add_argument("--json")
     s.add_argument("--plain-prefix", action="store_true",
                    help="also score with the persona and first exchange evaluated without the adapter")

@@ -285,6 +285,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from npcai.bench.runner import DEFAULT_MODELS as bench_models
     from npcai.bench.runner import ITEMS as bench_items
 
     parser = argparse.ArgumentParser(prog="npcai", description="Local AI for game characters: a low-latency sidecar.")
@@ -319,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     p = _one_line_errors(sub.add_parser("bench", help="run the latency benchmarks and write a JSON report"))
-    p.add_argument("--model", action="append", metavar="NAME", help="models to bench (default: smollm2-135m)")
+    p.add_argument("--model", action="append", metavar="NAME", help=f"models to bench (repeatable; default: {' and '.join(bench_models)}, one after the other)")
     p.add_argument("--only", action="append", choices=bench_items, metavar="ITEM",
                    help=f"run only this item (repeatable); items: {', '.join(bench_items)}")
     p.add_argument("--out", default="bench-report.json", help="where to write the JSON report")

@@ -195,8 +195,8 @@ def test_decide_scores_each_option_as_its_own_model_does(client, model_path):
     m.close()
     anchor = Anchor(model_path, threads=1)
     try:
-        ll = np.array(anchor.score(prompt + DEFAULT_LEAD, [" " + o for o in opts]).loglik)
-        prior = np.array(anchor.score(prior_prompt + DEFAULT_LEAD, [" " + o for o in opts]).loglik)
+        ll = np.array(anchor.score(prompt + DEFAULT_LEAD, opts).loglik)
+        prior = np.array(anchor.score(prior_prompt + DEFAULT_LEAD, opts).loglik)
     finally:
         anchor.close()
     announced = client.hello()["models"][0]

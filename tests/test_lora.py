@@ -84,6 +84,20 @@ def test_a_bad_lora_spec_stops_the_start_in_one_line(spec, needle):
     assert_one_line_failure(run_cli("serve", "--lora", spec), needle)
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--lora", "decision=/nonexistent/typo.gguf"], "no such file"),
+    (["--lora", "villain=smollm2-135m-decision"], "no model serves role 'villain'"),
+    (["--model", "smollm2-135m", "--model", "gemma3-270m", "--lora", f"decision={ADAPTER}"],
+     "is an adapter for smollm2-135m"),
+    (["--model", "smollm2-135m", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+])
+def test_a_bad_spec_stops_the_bench_before_anything_runs(tmp_path, args, needle):
+    """A typo in the second model's specs used to cost the whole first pass, whose results were then lost."""
+    proc = run_cli("bench", "--only", "transport", "--quick", *args, "--out", str(tmp_path / "r.json"), timeout=300)
+    assert_one_line_failure(proc, needle)
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_a_file_that_is_not_a_gguf_is_refused(tmp_path):
     bad = tmp_path / "adapter.gguf"
     bad.write_text("not a model")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import collections
 
+import numpy as np
 import pytest
 from support import assert_one_line_failure, run_cli, shared_data
 
 from npcai.bench import quality
+from npcai.bench.anchor import Anchor, Scored
 
 
 def test_the_game_set_spans_roles_with_varied_options_and_one_answer_each():
@@ -68,3 +70,61 @@ def test_the_bench_takes_a_count_of_items_or_all_of_them(tmp_path):
     for bad in ("many", "0", "-5"):
         assert_one_line_failure(run_cli("bench", "--quality-items", bad, "--out", str(tmp_path / "r.json")),
                                 "expected a positive number or 'all'")
+
+
+def test_the_anchors_acc_norm_divides_by_each_options_length_in_characters_without_the_space():
+    """lm-evaluation-harness's acc_norm: the summed log-likelihood over len(choice), the " " before it not counted.
+    Per byte of " " + option, "ab" (-3.0 over 3) beats "abcde" (-6.5 over 6); per character (-1.5 < -1.3) it loses."""
+    scored = Scored(loglik=(-3.0, -6.5), nchars=(2, 5))
+    assert (scored.pick, scored.pick_norm) == (0, 1)
+
+
+def test_the_anchor_counts_an_options_characters_not_its_bytes(model_path):
+    anchor = Anchor(model_path, threads=1)
+    try:
+        scored = anchor.score("The guard says:", ["halt", "café au lait"])
+    finally:
+        anchor.close()
+    assert scored.nchars == (4, 12)  # "é" is one character, two bytes
+    assert scored.pick_norm == int(np.argmax(np.array(scored.loglik) / [4, 12]))
+
+
+def test_the_bench_help_names_the_models_it_runs_by_default():
+    from npcai.bench.runner import DEFAULT_MODELS
+
+    proc = run_cli("bench", "--help")
+    assert proc.returncode == 0
+    said = " ".join(proc.stdout.split())
+    assert f"default: {' and '.join(DEFAULT_MODELS)}" in said, said
+
+
+def test_an_empty_set_file_is_named_and_skipped_like_a_missing_one(tmp_path):
+    """A 0-byte file used to end the run, after the game set, in a ZeroDivisionError; a schemas file with no schemas too."""
+    (tmp_path / "quality").mkdir()
+    (tmp_path / "quality" / "piqa_valid.jsonl").write_text("")
+    said = []
+    assert quality.public_sets(tmp_path, 10, said.append) == []
+    piqa = [line for line in said if "piqa" in line]
+    assert len(piqa) == 1 and "skipped" in piqa[0] and str(tmp_path / "quality" / "piqa_valid.jsonl") in piqa[0]
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "jsonschemabench_sample.json").write_text('{"schemas": []}')
+    said.clear()
+    assert quality.schema_entries(tmp_path, said.append) == []
+    assert len(said) == 1 and "skipped" in said[0] and "jsonschemabench_sample.json" in said[0]
+
+
+@pytest.mark.parametrize("name, text, line, needle", [
+    ("piqa_valid.jsonl", '{"id": 0, "goal": "g", "sol1": "a", "sol2": "b", "label": 0}\n{"id": 1, "goal": "g",\n', 2,
+     "not a JSON object"),
+    ("piqa_valid.jsonl", '{"id": 0, "goal": "g", "sol1": "a", "label": 0}\n', 1, "'sol2'"),
+    ("arc_easy_test.jsonl", '\n{"id": "x", "question": "q", "choices": ["a", "b"], "label": 2}\n', 2,
+     "label 2 is not one of its 2 options"),
+])
+def test_a_malformed_set_file_stops_the_bench_in_one_line_naming_the_file_and_line(tmp_path, name, text, line,
+                                                                                   needle):
+    (tmp_path / "quality").mkdir()
+    (tmp_path / "quality" / name).write_text(text)
+    proc = run_cli("bench", "--only", "quality", "--data", str(tmp_path), "--out", str(tmp_path / "r.json"),
+                   timeout=300)
+    assert_one_line_failure(proc, f"{tmp_path / 'quality' / name}:{line}: ")
+    assert needle in proc.stderr

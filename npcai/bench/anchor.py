@@ -1,7 +1,8 @@
 """The anchor: a GGUF file scored on multiple choice the way lm-evaluation-harness scores it.
 
-Each option's continuation is scored by its log-likelihood after the context, summed over its
-tokens (``acc``), and the same divided by the continuation's length in bytes (``acc_norm``).
+Each option's continuation, " " + option, is scored by its log-likelihood after the context, summed
+over its tokens (``acc``), and the same divided by the option's length in characters, the space not
+counted (``acc_norm``: lm-evaluation-harness's ``completion_len = len(choice)``).
 Tokens are split as lm-evaluation-harness splits them: the context alone, then whatever the
 whole text adds. This runs llama-cpp-python's own ``Llama`` directly, not npcai's runtime,
 so that npcai's ``decide`` is measured against its model, not against itself.
@@ -21,10 +22,10 @@ from npcai.model.native import safe_llama_defaults
 
 @dataclass(frozen=True)
 class Scored:
-    """An item's options as the anchor sees them: summed log-likelihoods and byte lengths."""
+    """An item's options as the anchor sees them: summed log-likelihoods and lengths in characters."""
 
     loglik: tuple[float, ...]
-    nbytes: tuple[int, ...]
+    nchars: tuple[int, ...]
 
     @property
     def pick(self) -> int:
@@ -32,7 +33,7 @@ class Scored:
 
     @property
     def pick_norm(self) -> int:
-        return int(np.argmax(np.array(self.loglik) / np.array(self.nbytes)))
+        return int(np.argmax(np.array(self.loglik) / np.array(self.nchars)))
 
 
 class Anchor:
@@ -49,10 +50,11 @@ class Anchor:
     def _tokens(self, text: str) -> list[int]:
         return self._llm.tokenize(text.encode(), add_bos=True, special=True)
 
-    def score(self, context: str, continuations: list[str]) -> Scored:
+    def score(self, context: str, options: list[str]) -> Scored:
+        """Each option scored as the continuation " " + option (lm-evaluation-harness's target delimiter)."""
         llm = self._llm
         ctx = self._tokens(context)
-        conts = [self._tokens(context + c)[len(ctx):] for c in continuations]
+        conts = [self._tokens(context + " " + o)[len(ctx):] for o in options]
         llm.reset()
         llm.eval(ctx)
         loglik = []
@@ -63,7 +65,7 @@ class Anchor:
             top = rows.max(axis=1, keepdims=True)
             lse = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
             loglik.append(float((rows[np.arange(len(cont)), cont] - lse).sum()))
-        return Scored(tuple(loglik), tuple(len(c.encode()) for c in continuations))
+        return Scored(tuple(loglik), tuple(len(o) for o in options))
 
     def close(self) -> None:
         self._llm.close()

@@ -26,6 +26,7 @@ import numpy as np
 
 from npcai.bench.anchor import Anchor
 from npcai.client import Client
+from npcai.errors import NpcaiError
 from npcai.model.lines import ends_sentence
 from npcai.sidecar.npc import persona_name
 
@@ -57,11 +58,22 @@ def data_dir(given: str | None = None) -> Path:
     return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
-def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
+def _items(path: Path, build: Callable[[dict[str, Any]], Question]) -> Iterator[Question]:
+    """Each line of a JSON-lines set file as a Question; a line that is not one ends the run in one line that names
+    the file and the line, before anything is scored."""
     with path.open() as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                q = build(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise NpcaiError(f"{path}:{n}: not a JSON object ({err.msg})") from None
+            except (KeyError, TypeError, AttributeError, ValueError) as err:
+                raise NpcaiError(f"{path}:{n}: not an item of this set ({type(err).__name__}: {err})") from None
+            if not isinstance(q.label, int) or not 0 <= q.label < len(q.options):
+                raise NpcaiError(f"{path}:{n}: label {q.label!r} is not one of its {len(q.options)} options")
+            yield q
 
 
 def _lower_first(text: str) -> str:
@@ -83,34 +95,33 @@ STORY_PERSONA = "You tell what happens in everyday stories, with common sense."
 def copa(folder: Path) -> list[Question]:
     """COPA dev and test, as lm-evaluation-harness words it: "<premise without its period> because".
     decide is told the premise by a storyteller NPC, and the answer's lead asks for its cause or effect."""
-    out = []
-    for name in ("copa_dev.jsonl", "copa_test.jsonl"):
-        for d in _jsonl(folder / name):
-            cause = d["question"] == "cause"
-            premise = d["premise"].strip()
-            options = tuple(_lower_first(d[k].strip()) for k in ("choice1", "choice2"))
-            out.append(Question(f"copa-{d['id']}", premise[:-1] + (" because" if cause else " therefore"), options,
-                                d["label"], premise, "It happened because" if cause else "As a result,",
-                                STORY_PERSONA, per_byte=True))
-    return out
+    def build(d: dict[str, Any]) -> Question:
+        cause = d["question"] == "cause"
+        premise = d["premise"].strip()
+        options = tuple(_lower_first(d[k].strip()) for k in ("choice1", "choice2"))
+        return Question(f"copa-{d['id']}", premise[:-1] + (" because" if cause else " therefore"), options,
+                        d["label"], premise, "It happened because" if cause else "As a result,", STORY_PERSONA,
+                        per_byte=True)
+
+    return [q for name in ("copa_dev.jsonl", "copa_test.jsonl") for q in _items(folder / name, build)]
 
 
 def piqa(folder: Path) -> list[Question]:
-    out = []
-    for d in _jsonl(folder / "piqa_valid.jsonl"):
+    def build(d: dict[str, Any]) -> Question:
         options = (d["sol1"].strip(), d["sol2"].strip())
-        out.append(Question(f"piqa-{d['id']}", f"Question: {d['goal'].strip()}\nAnswer:", options, d["label"],
-                            d["goal"].strip(), "Here is how:", QUIZ_PERSONA))
-    return out
+        return Question(f"piqa-{d['id']}", f"Question: {d['goal'].strip()}\nAnswer:", options, d["label"],
+                        d["goal"].strip(), "Here is how:", QUIZ_PERSONA)
+
+    return list(_items(folder / "piqa_valid.jsonl", build))
 
 
 def arc_easy(folder: Path) -> list[Question]:
-    out = []
-    for d in _jsonl(folder / "arc_easy_test.jsonl"):
+    def build(d: dict[str, Any]) -> Question:
         options = tuple(c.strip() for c in d["choices"])
-        out.append(Question(f"arc-{d['id']}", f"Question: {d['question'].strip()}\nAnswer:", options, d["label"],
-                            d["question"].strip(), "Answer:", per_byte=True))
-    return out
+        return Question(f"arc-{d['id']}", f"Question: {d['question'].strip()}\nAnswer:", options, d["label"],
+                        d["question"].strip(), "Answer:", per_byte=True)
+
+    return list(_items(folder / "arc_easy_test.jsonl", build))
 
 
 def game(split: str = "test") -> list[Question]:
@@ -142,7 +153,7 @@ PUBLIC_SETS: dict[str, tuple[Callable[[Path], list[Question]], tuple[str, ...]]]
 
 def public_sets(data: Path, n_items: int, say: Callable[[str], None]) -> list[tuple[str, list[Question]]]:
     """The public sets found under ``data``/quality, ``n_items`` of each (all of them when it is not positive, as
-    ``--quality-items all`` asks); a missing one is named and skipped."""
+    ``--quality-items all`` asks); a missing one, or one with no usable items, is named and skipped."""
     folder = data / "quality"
     out = []
     for name, (load, files) in PUBLIC_SETS.items():
@@ -150,8 +161,18 @@ def public_sets(data: Path, n_items: int, say: Callable[[str], None]) -> list[tu
         if missing:
             say(f"    {name}: skipped, no {folder / missing[0]} (pass --data DIR or set {DATA_ENV})")
             continue
-        out.append((name, sample(usable(load(folder)), n_items)))
+        items = usable(load(folder))
+        if not items:
+            say(f"    {name}: skipped, no usable items in {' or '.join(str(folder / f) for f in files)}")
+            continue
+        out.append((name, sample(items, n_items)))
     return out
+
+
+def check_data(data: Path) -> None:
+    """Read every set file and the schemas now, so that a malformed one ends the run before it starts (a second)."""
+    public_sets(data, 0, lambda _: None)
+    schema_entries(data, lambda _: None)
 
 
 def sample(items: list[Question], n: int) -> list[Question]:
@@ -219,7 +240,7 @@ def _score_anchor(anchor: Anchor, items: list[Question]) -> tuple[float, float, 
     acc = norm = 0
     picks: dict[str, tuple[int, int]] = {}
     for q in items:
-        s = anchor.score(q.context, [" " + o for o in q.options])
+        s = anchor.score(q.context, list(q.options))
         acc += s.pick == q.label
         norm += s.pick_norm == q.label
         picks[q.id] = (s.pick, s.pick_norm)
@@ -262,8 +283,25 @@ def usable(items: list[Question]) -> list[Question]:
 
 
 # --- structured answers -------------------------------------------------------------------------
-def schemas(folder: Path) -> list[dict[str, Any]]:
-    return json.loads((folder / "jsonschemabench_sample.json").read_text())["schemas"]
+def schema_entries(data: Path, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The JSONSchemaBench sample under ``data``/schemas; none (named, as skipped) when the file is absent or lists
+    none, and one line naming the file when it is not such a file."""
+    path = data / "schemas" / "jsonschemabench_sample.json"
+    if not path.is_file():
+        say(f"    schemas: skipped, no {path}")
+        return []
+    try:
+        entries = json.loads(path.read_text())["schemas"]
+    except json.JSONDecodeError as err:
+        raise NpcaiError(f"{path}:{err.lineno}: not JSON ({err.msg})") from None
+    except (KeyError, TypeError):
+        raise NpcaiError(f'{path}: not a JSONSchemaBench sample: no "schemas" list') from None
+    bad = [i for i, e in enumerate(entries) if not isinstance(e, dict) or "schema" not in e]
+    if bad:
+        raise NpcaiError(f'{path}: schemas entry {bad[0]} holds no "schema"')
+    if not entries:
+        say(f"    schemas: skipped, no schemas in {path}")
+    return entries
 
 
 def score_schemas(client: Client, entries: list[dict[str, Any]], max_tokens: int = 512) -> dict[str, Any]:
@@ -407,17 +445,15 @@ def run(client: Client, model_path: Path, threads: int, n_items: int, data: Path
                          ("game + worked examples: ECE", g_ece, None, "", "ece", "<= 0.1")]
     finally:
         anchor.close()
-    schema_dir = data / "schemas"
-    if (schema_dir / "jsonschemabench_sample.json").is_file():
+    entries = schema_entries(data, say)
+    if entries:
         say("    schemas…")
-        s = score_schemas(client, schemas(schema_dir))
+        s = score_schemas(client, entries)
         raw["schemas"] = s
         rows += [("schemas: compiled (of 120)", s["compiled"], None, "", "count", ""),
-                 ("schemas: compiled ones answered validly before the cap", 100 * s["valid"] / s["compiled"], None,
-                  "", "%", ">= 90"),
+                 ("schemas: compiled ones answered validly before the cap",
+                  100 * s["valid"] / s["compiled"] if s["compiled"] else None, None, "", "%", ">= 90"),
                  ("schemas: decision p50", s["p50_ms"], None, "", "ms", "<= 1000 (SmolLM2)")]
-    else:
-        say(f"    schemas: skipped, no {schema_dir / 'jsonschemabench_sample.json'}")
     say("    dialogue…")
     scene = json.loads(resources.files("npcai").joinpath("scenarios/village.json").read_text())
     d = score_dialogue(client, scene["npcs"])

@@ -168,15 +168,36 @@ def machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+#: What ``npcai bench`` runs when no --model is given: both catalog models.
+DEFAULT_MODELS = ("smollm2-135m", "gemma3-270m")
+
+
+def _check_start(args: Any, models: list[str], lora: tuple[str, ...], only: set[str] | None) -> None:
+    """Each --model, the --lora specs against each model (read as the sidecars will read them) and the quality
+    item's data files, before anything runs: a mistake is one line at once, not the end of a run whose first
+    passes are then thrown away."""
+    from npcai.bench import quality
+    from npcai.cli import model_roles
+    from npcai.sidecar import adapters
+
+    for m in models:
+        roles = model_roles([m])
+        if lora:
+            adapters.parse(list(lora), roles)
+    if not only or "quality" in only:
+        quality.check_data(quality.data_dir(args.data))
+
+
 def run_bench(args: Any) -> int:
-    models = args.model or ["smollm2-135m", "gemma3-270m"]
+    models = args.model or list(DEFAULT_MODELS)
+    lora = tuple(getattr(args, "lora", None) or ())
     only = set(args.only) if args.only else None
+    _check_start(args, models, lora, only)
     out = lambda s: print(s, flush=True)
     info = machine()
     out(f"npcai bench on {info['cpu']} ({info['cores']} cores), llama-cpp-python {info['llama_cpp_python']}")
     threads = args.threads or os.cpu_count() or 1
     out(f"compute threads: {threads} for the sidecar and for every baseline")
-    lora = tuple(getattr(args, "lora", None) or ())
     reports = []
     for m in models:  # with --lora, each model twice, back to back: without its adapter, then with it
         for specs in ((), lora) if lora else ((),):
