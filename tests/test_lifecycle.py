@@ -319,6 +319,15 @@ def test_chat_reports_a_line_that_is_not_utf8_in_one_line_and_answers_the_next(m
     assert err.count("ms to first token") == 1
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--threads", "-1"], "bad --threads -1: give 0 (all cores) or more"),  # it started benchmarking
+    (["--out", "/no/such/folder/report.json"], "bad --out /no/such/folder/report.json: its folder does not exist"),
+])
+def test_bench_refuses_a_bad_threads_or_out_before_anything_runs(args, needle):
+    """A report whose folder is missing was found out after every item had run, with a traceback."""
+    assert_one_line_failure(run_cli("bench", "--only", "transport", "--quick", *args), needle)
+
+
 def test_bench_refuses_an_unknown_item_in_one_line_that_names_every_item():
     from npcai.bench.runner import ITEMS
 

@@ -180,6 +180,10 @@ def _check_start(args: Any, models: list[str], lora: tuple[str, ...], only: set[
     from npcai.cli import model_roles
     from npcai.sidecar import adapters
 
+    if args.threads < 0:
+        raise NpcaiError(f"bad --threads {args.threads}: give 0 (all cores) or more")
+    if not Path(args.out).resolve().parent.is_dir():
+        raise NpcaiError(f"bad --out {args.out}: its folder does not exist")
     for m in models:
         roles = model_roles([m])
         if lora:
