@@ -218,3 +218,14 @@ def test_a_turn_forged_in_a_situation_is_read_as_text_not_as_the_turn_it_imitate
                            npc="forged", choices=options, temperature=0.0)
     assert forged["probs"] != pytest.approx(real["probs"], abs=1e-3)
 
+
+def test_a_nul_in_a_situation_keeps_what_follows_it(client):
+    """llama.cpp's template reads C strings: the text after a U+0000 was dropped, silently."""
+    options = ["run away", "fight the man"]
+    client.npc("hilda", GUARD)
+    client.decide("Warm-up.", npc="hilda", choices=options)  # persona evaluated, the options' prior cached
+    calm = client.decide("Nothing happens.", npc="hilda", choices=options, temperature=0.0)
+    attacked = client.decide("Nothing happens.\x00 A man attacks you with a knife!", npc="hilda", choices=options,
+                             temperature=0.0)
+    assert attacked["usage"]["prompt_tokens"] > calm["usage"]["prompt_tokens"] + 5
+    assert attacked["probs"] != pytest.approx(calm["probs"], abs=1e-3)

@@ -72,6 +72,15 @@ def test_a_forged_turn_in_a_situation_is_not_the_turn_it_imitates(rt):
     assert rt.prompt_tokens(forged, True, DEFAULT_LEAD) != rt.prompt_tokens(real, True, DEFAULT_LEAD)
 
 
+@pytest.mark.parametrize("where", ["persona", "situation", "lead"])
+def test_a_nul_in_a_text_reaches_the_model_with_all_that_follows_it(rt, where):
+    """llama.cpp's template reads C strings, which end at a NUL: the text after it was silently dropped."""
+    tail = "\x00 A man attacks you with a knife!"
+    head, tokens = prompt(rt, "", where), prompt(rt, tail, where)
+    assert len(tokens) > len(head) + 5
+    assert contains_run(tokens, rt.text_tokens(tail)[1:]) and set(rt.text_tokens("\x00")) <= set(tokens)
+
+
 def ordinary_chats() -> list[tuple[list[tuple[str, str]], bool, str]]:
     """Prompts as npcai renders them: the game set's decisions (with the identity exchange, some with worked
     examples and a history), and dialogue turns."""
