@@ -28,6 +28,7 @@ from npcai.model.lines import SENTENCE_ENDS
 from npcai.model.native import Batch, Context, Model
 from npcai.model.sampling import NO_MASK, sample_token
 from npcai.model.scoring import OptionScorer, OptionTree
+from npcai.model.template import ChatTemplate
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Runtime:
         self.name = name
         self.model = Model(path)
         self.n_vocab = self.model.n_vocab
+        self.template = ChatTemplate(self.model)
         self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_seq=n_seq, threads=threads,
                            flash_attn=flash_attn)
         self.n_batch = n_batch
@@ -176,16 +178,17 @@ class Runtime:
 
     # --- prompts ---------------------------------------------------------------
     def prompt_tokens(self, messages: list[tuple[str, str]], add_generation_prompt: bool, lead: str = "") -> list[int]:
-        """The chat rendered with the model's template, then ``lead``: the words the answer starts with."""
-        text = self.model.apply_chat_template(messages, add_generation_prompt) + lead
-        return self.model.tokenize(text, add_bos=True, special=True)
+        """The chat rendered with the model's template, then ``lead``: the words the answer starts with. Only the
+        template's scaffolding makes control tokens; the messages' texts and the lead are plain text."""
+        return self.template.tokens([*self.template.pieces(messages, add_generation_prompt), (lead, False)])
 
     def prefix_tokens(self, messages: list[tuple[str, str]]) -> list[int]:
         """Tokens every later prompt of this chat starts with: the render up to where a next
         user line would begin. (Rendering the messages alone is not that: templates without a
         system role, like Gemma's, only emit the persona together with a user turn.)"""
-        text = self.model.apply_chat_template([*messages, ("user", _SENTINEL)], False)
-        return self.model.tokenize(text[:text.index(_SENTINEL)], add_bos=True, special=True)
+        pieces = self.template.pieces([*messages, ("user", "next")], False)
+        line = max(k for k, (_, special) in enumerate(pieces) if not special)  # the last text: the next line's
+        return self.template.tokens(pieces[:line])
 
     def text_tokens(self, text: str) -> list[int]:
         """Tokens of plain text (no BOS, special-token names left as text)."""
@@ -338,9 +341,6 @@ class Runtime:
         for adapter in self.adapters.values():
             adapter.close()
         self.model.close()
-
-
-_SENTINEL = "\u2063npcai-next-line\u2063"
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
