@@ -191,7 +191,8 @@ class Settings:
             low, high = f.metadata.get("min"), f.metadata.get("max")
             value = getattr(self, f.name)
             flag = f"--{f.name.replace('_', '-')}"
-            if isinstance(value, float) and not math.isfinite(value):
+            bounded = low is not None or high is not None  # the budget's flags: budget_out_of_bounds, below
+            if bounded and isinstance(value, float) and not math.isfinite(value):
                 raise SettingsError(f"bad {flag} {value}: must be a finite number")
             if low is not None and value < low:
                 raise SettingsError(f"bad {flag} {value}: must be at least {low}")
