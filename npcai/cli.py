@@ -47,9 +47,17 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return s
 
 
-def model_roles(specs: list[str], *, out=None, remote_key: str = "") -> dict:
+def model_roles(specs: list[str], *, out=None, remote_key: str = "", notes: list[str] | None = None) -> dict:
     """Parse --model specs (NAME or ROLE=NAME) into role -> GGUF path, pulling catalog models, or role ->
-    ``Remote`` for an engine's URL (asked at once what it serves: npcai/remote/)."""
+    ``Remote`` for an engine's URL (asked at once what it serves: npcai/remote/). Notes on the choice (a base
+    model serving dialogue) go to ``notes`` when given, for a caller that says them only once it has started
+    (a start that fails says one line), else to ``out``."""
+    def note(text: str) -> None:
+        if notes is not None:
+            notes.append(text)
+        elif out is not None:
+            print(text, file=out)
+
     roles: dict = {}
     named = _named_roles(specs or [catalog.DEFAULT_MODEL])
     for role, (spec, name, explicit) in named.items():
@@ -67,14 +75,14 @@ def model_roles(specs: list[str], *, out=None, remote_key: str = "") -> dict:
                              f"fall apart; serve dialogue with {catalog.DEFAULT_MODEL} and use {name} as "
                              f"decision={name}")
         roles[role] = catalog.resolve(name, out=out)
-        if base_dialogue and out is not None:  # after resolving: a model that is not there is the one line
-            print(f"note: {name} is a base model, not tuned for chat: its dialogue is for benchmarks, not "
-                  f"players (serve dialogue with {catalog.DEFAULT_MODEL}, decision={name})", file=out)
+        if base_dialogue:  # after resolving: a model that is not there is the one line
+            note(f"note: {name} is a base model, not tuned for chat: its dialogue is for benchmarks, not "
+                 f"players (serve dialogue with {catalog.DEFAULT_MODEL}, decision={name})")
     entry = catalog.CATALOG.get(next(iter(named.values()))[1])
-    if "dialogue" not in roles and entry is not None and not entry.chat and out is not None:
+    if "dialogue" not in roles and entry is not None and not entry.chat:
         # no model named for dialogue: the first role's serves it (Admission), a base model's lines fall apart
-        print(f"note: {entry.name} is a base model, not tuned for chat, and with no --model dialogue=... it serves "
-              f"dialogue too (serve dialogue with {catalog.DEFAULT_MODEL})", file=out)
+        note(f"note: {entry.name} is a base model, not tuned for chat, and with no --model dialogue=... it serves "
+             f"dialogue too (serve dialogue with {catalog.DEFAULT_MODEL})")
     return roles
 
 
@@ -135,7 +143,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if settings.verbose else logging.WARNING,
                         format="npcai: %(message)s", stream=sys.stderr)
     polite = be_polite(settings.nice, settings.cpu_ids())  # before any compute thread exists
-    roles = model_roles(settings.model, out=sys.stderr, remote_key=_remote_key(settings))
+    notes: list[str] = []  # said once the sidecar has started: a start that fails says one line
+    roles = model_roles(settings.model, out=sys.stderr, remote_key=_remote_key(settings), notes=notes)
     server = Server(settings, lambda emit: Engine(settings, roles, emit), polite)
     endpoint = server.bind()
     _on_stop_signals(lambda *_: server.stop())
@@ -153,6 +162,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 if server.curve_public_key:
                     info["curve_server_key"] = server.curve_public_key
                 written.append(_write_atomically(Path(settings.connection_file), json.dumps(info) + "\n", mode=0o600))
+            for line in notes:
+                print(line, file=sys.stderr, flush=True)
             print(f"{READY_PREFIX}{endpoint}", flush=True)
         code = server.serve_forever()
     finally:
