@@ -270,8 +270,8 @@ def test_verified_files_are_remembered_by_size_and_mtime(tmp_path, monkeypatch):
                    versions={"npcai": "0", "protocol": 1})
     cache = tmp_path / "cache.json"
     hashed: list[Path] = []
-    real_sha = manifest._sha256
-    monkeypatch.setattr(manifest, "_sha256", lambda p: hashed.append(p) or real_sha(p))
+    real_sha = manifest.sha256_of
+    monkeypatch.setattr(manifest, "sha256_of", lambda p: hashed.append(p) or real_sha(p))
     manifest.verify(manifest.read(root), cache=cache)
     assert len(hashed) == 2
     hashed.clear()

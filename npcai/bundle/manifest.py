@@ -20,6 +20,7 @@ from pathlib import Path
 import platformdirs
 
 from npcai.errors import NpcaiError
+from npcai.model.catalog import sha256_of
 
 NAME = "bundle.json"
 FORMAT = 1
@@ -61,7 +62,7 @@ def write(root: Path, *, models: dict[str, dict], versions: dict[str, object]) -
         if path.is_symlink():  # PyInstaller links some libraries to the copy it keeps (not on Windows)
             files[rel] = {"symlink": Path(os.readlink(path)).as_posix()}
         elif rel != NAME:
-            files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+            files[rel] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
     data = {"format": FORMAT, **versions, "platform": platform_tag(), "models": models, "files": files}
     target = root / NAME
     target.write_text(json.dumps(data, indent=1) + "\n")
@@ -122,7 +123,7 @@ def verify(manifest: Manifest, *, cache: Path | None = None) -> None:
                               "replaced): reinstall the game's npcai folder")
         stamp = [st.st_size, st.st_mtime_ns, entry["sha256"]]
         if known.get(rel) != stamp:
-            if _sha256(path) != entry["sha256"]:
+            if sha256_of(path) != entry["sha256"]:
                 raise BundleError(f"bundled file {rel} is corrupted (sha256 differs from {NAME}): "
                                   "reinstall the game's npcai folder")
         seen[rel] = stamp
@@ -168,11 +169,3 @@ def _store(cache: Path, seen: dict[str, list]) -> None:
         os.replace(tmp, cache)
     except OSError:
         pass
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()

@@ -233,7 +233,7 @@ def pull(name: str, *, out: TextIO | None = None) -> Path:
 
 def _pull(name: str, model: CatalogModel, target: Path, out: TextIO) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_file() and target.stat().st_size == model.size and _sha256(target) == model.sha256:
+    if target.is_file() and target.stat().st_size == model.size and sha256_of(target) == model.sha256:
         # pulled before: downloading and converting again would give the file that runs a new time, and
         # a merged adapter named by it would be made again beside the old one
         print(f"{name} is already pulled and verified: {target}", file=out)
@@ -270,7 +270,8 @@ def _pull(name: str, model: CatalogModel, target: Path, out: TextIO) -> Path:
     return _converted(name, out)
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """A file's sha256, read a MiB at a time."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(1 << 20):
