@@ -90,7 +90,7 @@ def test_no_library_in_the_bundle_searches_a_folder_outside_it(bundle):
     for path in (bundle / "_internal").rglob("*"):
         if path.is_symlink() or not path.is_file() or not _is_elf(path):
             continue
-        dynamic = subprocess.run(["readelf", "-d", str(path)], capture_output=True, text=True).stdout
+        dynamic = subprocess.run(["readelf", "-d", str(path)], capture_output=True, text=True, check=True).stdout
         for line in dynamic.splitlines():
             if "(RUNPATH)" in line or "(RPATH)" in line:
                 entries = line.split("[", 1)[1].rstrip("]").split(":")
@@ -110,8 +110,8 @@ def test_search_paths_outside_the_folder_are_dropped_and_the_folders_own_kept(tm
         subprocess.run(["cc", "-shared", "-fPIC", f"-Wl,-rpath,{rpath}", "-o", str(tmp_path / name), str(source)],
                        check=True)
     assert runpaths.keep_inside(tmp_path) == ["both.so", "foreign.so"]
-    dynamic = {name: subprocess.run(["readelf", "-d", str(tmp_path / name)], capture_output=True, text=True).stdout
-               for name in ("both.so", "foreign.so", "own.so")}
+    dynamic = {name: subprocess.run(["readelf", "-d", str(tmp_path / name)], capture_output=True, text=True,
+                                    check=True).stdout for name in ("both.so", "foreign.so", "own.so")}
     assert "[$ORIGIN/../libs]" in dynamic["both.so"] and "/root/.pyenv" not in dynamic["both.so"]
     assert "PATH" not in dynamic["foreign.so"]
     assert "[$ORIGIN]" in dynamic["own.so"]

@@ -55,7 +55,7 @@ def _is_elf(path: Path) -> bool:
 
 
 def _run(tool: str, *args: str | Path) -> str:
-    done = subprocess.run([tool, *map(str, args)], capture_output=True, text=True)
+    done = subprocess.run([tool, *map(str, args)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise NpcaiError(f"patchelf {args[0]} failed on {args[-1]}: {done.stderr.strip() or done.returncode}")
     return done.stdout.strip()
