@@ -93,6 +93,7 @@ def _ipc_answers(endpoint: str) -> bool:
             return False
     return True
 
+
 def _ipc_file(endpoint: str) -> tuple[str, tuple[int, int]] | None:
     """The file an ``ipc://`` endpoint just bound made (its path and identity); None for other endpoints, the
     abstract namespace (``@``), and ``ipc://*`` (libzmq's own temporary file, which it removes itself)."""
@@ -104,6 +105,7 @@ def _ipc_file(endpoint: str) -> tuple[str, tuple[int, int]] | None:
     except OSError:
         return None
     return path, (st.st_dev, st.st_ino)
+
 
 class Server:
     def __init__(self, settings: Settings, engine_factory, polite: dict | None = None):
