@@ -51,6 +51,7 @@ class Bench:
         self._llama = None
         self._native: tuple[Model, Context, Batch] | None = None
         self._scorer_ctx: Context | None = None
+        self._scorer_model: Model | None = None  # the weights choice decisions are scored on, if not the model's
 
     def sidecar(self) -> tuple[Sidecar, Client]:
         # Same priority as the in-process baselines: politeness is judged by the frame item.
@@ -72,17 +73,20 @@ class Bench:
 
     def native(self, scorer: bool = False) -> tuple[Model, Context, Batch]:
         """llama.cpp itself, with the sidecar's context settings: the model's own cost. ``scorer``: with
-        the attention choice of the option scorer, where choice decisions run, if it differs."""
+        the weights and attention choice of the option scorer, where choice decisions run, if they differ."""
         if scorer:
             m, ctx, b = self.native()
             entry = catalog.entry_for(self.path)
             fa = entry.scorer_flash_attn if entry else None
-            if fa is None or fa == entry.flash_attn:
+            weights = catalog.scoring_weights(entry.name) if entry else None
+            if weights is None and (fa is None or fa == entry.flash_attn):
                 return m, ctx, b
             if self._scorer_ctx is None:
-                self._scorer_ctx = Context(m, n_ctx=self.settings.n_ctx, n_batch=self.settings.n_batch,
-                                           n_seq=self.settings.n_seq, threads=self.threads, flash_attn=fa)
-            return m, self._scorer_ctx, b
+                self._scorer_model = Model(weights) if weights is not None else None
+                self._scorer_ctx = Context(self._scorer_model or m, n_ctx=self.settings.n_ctx,
+                                           n_batch=self.settings.n_batch, n_seq=self.settings.n_seq,
+                                           threads=self.threads, flash_attn=fa)
+            return self._scorer_model or m, self._scorer_ctx, b
         if self._native is None:
             m = Model(self.path)
             entry = catalog.entry_for(self.path)
@@ -95,6 +99,9 @@ class Bench:
         if self._scorer_ctx is not None:
             self._scorer_ctx.close()
             self._scorer_ctx = None
+        if self._scorer_model is not None:
+            self._scorer_model.close()
+            self._scorer_model = None
         if self._native:
             m, ctx, b = self._native
             b.close(), ctx.close(), m.close()

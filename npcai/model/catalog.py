@@ -265,8 +265,8 @@ def _pull(name: str, model: CatalogModel, target: Path, out: TextIO) -> Path:
             raise ModelError(f"sha256 mismatch for {name}: got {digest.hexdigest()}, expected {model.sha256}")
         os.replace(partial, target)
     print(f"verified sha256 {model.sha256[:12]}… -> {target}", file=out)
-    if model.cpu_weights is not None:
-        run_path(name).unlink(missing_ok=True)  # a conversion of an earlier pull is redone from this one
+    for converted in cache_dir().glob(f"{Path(model.filename).stem}-as-*.gguf"):
+        converted.unlink()  # conversions of an earlier pull are redone from this one
     return _converted(name, out)
 
 
@@ -289,6 +289,36 @@ def _converted(name: str, out: TextIO) -> Path:
 
     print(f"converting {model.filename} to {model.cpu_weights} (llama.cpp's fast CPU kernels), once…", file=out)
     write_whole(target, lambda partial: convert_weights(cached_path(name), partial, model.cpu_weights))
+    print(f"-> {target}", file=out)
+    return target
+
+
+def scoring_weights(name: str, out: TextIO | None = None) -> Path | None:
+    """The weights a catalog model's option trees are scored on, where that is not the file that runs: the
+    shipped weights converted once to the type llama.cpp evaluates batches fastest in on this CPU
+    (``native.batch_weights``), or None where there is none (then the file that runs scores them too).
+
+    Only option trees use it: a tree is one step of many tokens, where BF16 is fastest, while a stream steps a
+    token at a time, where the smaller file that runs is. A bundle holds only the files that run (its size
+    target) and converts nothing on the player's machine; where the copy cannot be written, the file that runs
+    scores the trees and a note says why."""
+    from npcai.model.native import batch_weights, convert_weights
+
+    model = _entry(name)
+    kind = batch_weights()
+    if kind is None or kind == model.cpu_weights or _bundled_dir is not None:
+        return None
+    target = cache_dir() / f"{Path(model.filename).stem}-as-{kind}.gguf"
+    if target.exists():
+        return target
+    out = out if out is not None else sys.stderr
+    print(f"converting {model.filename} to {kind} for scoring decisions (this CPU's fastest batches), once…",
+          file=out)
+    try:
+        write_whole(target, lambda partial: convert_weights(cached_path(name), partial, kind))
+    except (OSError, ModelError) as exc:
+        print(f"note: decisions are scored on {model.run_filename}: no {kind} copy ({exc})", file=out)
+        return None
     print(f"-> {target}", file=out)
     return target
 

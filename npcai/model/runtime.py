@@ -58,11 +58,14 @@ class Runtime:
 
     def __init__(self, path: Path, *, name: str, n_ctx: int, n_seq: int, n_batch: int, threads: int,
                  grammar_dir: Path, flash_attn: bool | None = None, scorer_flash_attn: bool | None = None,
-                 park_bytes: int = 0,
+                 park_bytes: int = 0, scoring_path: Path | None = None,
                  choice_temperature: float = choices.DEFAULT_TEMPERATURE,
                  choice_temperature_power: float = choices.DEFAULT_TEMPERATURE_POWER):
         self.name = name
         self.model = Model(path)
+        # Option trees are scored on these weights (``catalog.scoring_weights``: a copy in the type this CPU
+        # evaluates batches fastest in), or on the model's own; loaded now, not at the first decision.
+        self.scoring_model = Model(scoring_path) if scoring_path is not None else self.model
         self.n_vocab = self.model.n_vocab
         self.template = ChatTemplate(self.model)
         self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_seq=n_seq, threads=threads,
@@ -97,12 +100,12 @@ class Runtime:
     SCORER_SEQS = 128
 
     def scorer(self, adapter: LoraAdapter | None = None) -> OptionScorer:
-        """The option scorer of the model alone, or through ``adapter`` (its merged weights, or the model with it
-        applied at run time), made at its first choice decision (its cache is about a quarter of the main one)."""
+        """The option scorer of the model alone (on its scoring weights), or through ``adapter`` (its merged
+        weights, or the model with it applied at run time), made at its first choice decision (its cache is about a quarter of the main one)."""
         scorer = self._scorers.get(adapter)
         if scorer is None:
             scorer = self._scorers[adapter] = OptionScorer(
-                adapter.model if adapter else self.model, prefix_cells=self.ctx.n_ctx // self.ctx.n_seq,
+                adapter.model if adapter else self.scoring_model, prefix_cells=self.ctx.n_ctx // self.ctx.n_seq,
                 max_seqs=self.SCORER_SEQS, threads=self.ctx.threads, flash_attn=self._scorer_flash_attn,
                 main=self.ctx, lora=adapter.handle if adapter else None)
         return scorer
@@ -341,6 +344,8 @@ class Runtime:
         self.ctx.close()
         for adapter in self.adapters.values():
             adapter.close()
+        if self.scoring_model is not self.model:
+            self.scoring_model.close()
         self.model.close()
 
 

@@ -38,6 +38,8 @@ def load_runtimes(settings: Settings, models: dict[str, Path]) -> dict[str, Runt
                          grammar_dir=Path(settings.grammar_dir), flash_attn=_flash_attn(settings, entry),
                          scorer_flash_attn=entry.scorer_flash_attn if entry else None,
                          park_bytes=settings.park_mb * 2**20,
+                         scoring_path=(catalog.scoring_weights(entry.name) if entry and
+                                       settings.scoring_weights == "auto" else None),
                          choice_temperature=entry.choice_temperature if entry else choices.DEFAULT_TEMPERATURE,
                          choice_temperature_power=(entry.choice_temperature_power if entry
                                                    else choices.DEFAULT_TEMPERATURE_POWER))

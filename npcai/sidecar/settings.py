@@ -79,6 +79,10 @@ class Settings:
         "flash attention in each model's main KV cache: on (many NPCs' streams run faster), off (prompts after "
         "long histories run faster), or auto (the catalog's measured choice; llama.cpp's for other files); "
         "choice decisions keep the catalog's choice for their own cache", choices=("auto", "on", "off")))
+    scoring_weights: str = field(default="auto", metadata=_opt(
+        "the weights choice and action decisions are scored on: auto (for a catalog model, a BF16 copy where "
+        "llama.cpp has BF16 matrix kernels, AVX512_BF16: a choice about 0.65x as long, for the copy's memory, "
+        "260 MiB with SmolLM2; else the model's own) or main (the model's own)", choices=("auto", "main")))
     threads: int = field(default=0, metadata=_opt(
         "compute threads (0 = all cores but one, leaving the game a core; at least 1)", min=0, max=512))
     nice: int = field(default=10, metadata=_opt(
