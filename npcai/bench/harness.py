@@ -18,6 +18,8 @@ from npcai.demo import load_scenario
 from npcai.launcher import Sidecar
 from npcai.model import catalog
 from npcai.model.native import Batch, Context, Model, safe_llama_defaults
+from npcai.model.runtime import Runtime
+from npcai.model.scoring import TREE_ROOM, UBATCH
 from npcai.sidecar.settings import Settings
 
 
@@ -76,16 +78,14 @@ class Bench:
         the weights and attention choice of the option scorer, where choice decisions run, if they differ."""
         if scorer:
             m, ctx, b = self.native()
-            entry = catalog.entry_for(self.path)
-            fa = entry.scorer_flash_attn if entry else None
-            weights = catalog.scoring_weights(entry.name) if entry else None
-            if weights is None and (fa is None or fa == entry.flash_attn):
-                return m, ctx, b
-            if self._scorer_ctx is None:
+            if self._scorer_ctx is None:  # laid out as the option scorer's cache: one unified cache, its size
+                entry = catalog.entry_for(self.path)
+                weights = catalog.scoring_weights(entry.name) if entry else None
                 self._scorer_model = Model(weights) if weights is not None else None
-                self._scorer_ctx = Context(self._scorer_model or m, n_ctx=self.settings.n_ctx,
-                                           n_batch=self.settings.n_batch, n_seq=self.settings.n_seq,
-                                           threads=self.threads, flash_attn=fa)
+                n_ctx = self.settings.n_ctx // self.settings.n_seq + TREE_ROOM
+                self._scorer_ctx = Context(self._scorer_model or m, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=UBATCH,
+                                           n_seq=Runtime.SCORER_SEQS, threads=self.threads, unified=True,
+                                           flash_attn=entry.scorer_flash_attn if entry else None)
             return self._scorer_model or m, self._scorer_ctx, b
         if self._native is None:
             m = Model(self.path)

@@ -33,7 +33,8 @@ from npcai.model.native import Batch, Context, Model, moved_state
 
 #: Cells of the scorer's cache beyond one NPC's prefix: a situation and all its options' tokens.
 TREE_ROOM = 2048
-_UBATCH = 512
+#: Tokens llama.cpp computes at once within one of its steps (a tree of 2,048 tokens goes in 512s).
+UBATCH = 512
 
 
 @dataclass
@@ -83,7 +84,7 @@ class OptionScorer:
     def __init__(self, model: Model, *, prefix_cells: int, max_seqs: int, threads: int,
                  flash_attn: bool | None, main: Context, lora=None):
         n_ctx = prefix_cells + TREE_ROOM
-        self.ctx = Context(model, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=_UBATCH, n_seq=max_seqs, threads=threads,
+        self.ctx = Context(model, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=UBATCH, n_seq=max_seqs, threads=threads,
                            flash_attn=flash_attn, unified=True)
         if lora is not None:
             self.ctx.apply_lora(lora)
