@@ -354,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", metavar="SPEC",
                    help=f"NAME|PATH or ROLE=NAME|PATH to ship (repeatable; default: {catalog.DEFAULT_MODEL})")
     p.add_argument("--force", action="store_true", help="replace DIR if it already holds a bundle")
+    p.add_argument("--scoring-weights", action="store_true",
+                   help="also ship each catalog model's BF16 copy, which choice and action decisions are scored on "
+                        "where the player's CPU has BF16 kernels (about 0.6x as long; 258 MiB more for SmolLM2; "
+                        "made only where this machine's llama.cpp has them)")
     p.set_defaults(func=cmd_bundle)
     return parser
 
@@ -370,7 +374,7 @@ def _item_count(text: str) -> int:
 def cmd_bundle(args: argparse.Namespace) -> int:
     from npcai.bundle.builder import build_bundle
 
-    build_bundle(Path(args.out), args.model or [], force=args.force)
+    build_bundle(Path(args.out), args.model or [], force=args.force, scoring_weights=args.scoring_weights)
     return 0
 
 

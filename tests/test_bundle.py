@@ -176,6 +176,35 @@ def test_the_shipped_decision_adapter_travels_in_the_bundle_and_loads_by_name(bu
         assert decided["value"] in ("chase the thief", "go to sleep") and decided["used_fallback"] is False
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads which files the sidecar mapped (Linux)")
+def test_a_bundle_that_ships_the_scoring_copy_scores_on_it_where_the_cpu_has_bf16_kernels(bundle, tmp_path,
+                                                                                           monkeypatch):
+    """As `npcai bundle --scoring-weights` ships it: the copy in models/, listed in bundle.json. The bundled
+    sidecar maps it (llama.cpp reads weights from the mapped file) exactly where its llama.cpp has BF16 kernels."""
+    from npcai.model import catalog, native
+
+    with monkeypatch.context() as m:
+        m.setattr(native, "batch_weights", lambda system_info=None: "BF16")
+        scoring_copy = catalog.scoring_weights(catalog.DEFAULT_MODEL)
+    game = linked_copy(bundle, tmp_path / "game" / "npcai")
+    os.link(scoring_copy, game / "models" / scoring_copy.name)
+    own_copy(game / manifest.NAME)
+    data = json.loads((game / manifest.NAME).read_text())
+    manifest.write(game, models=data["models"],
+                   versions={k: v for k, v in data.items() if k not in ("format", "platform", "models", "files")})
+    with Sidecar("--threads", "1", program=[_exe(game)], env=player_env(tmp_path / "home"), inherit_env=False,
+                 timeout=120) as sidecar, Client(sidecar.endpoint) as npc:
+        pid = npc.hello("bundle-test")["pid"]
+        npc.npc("hilda", "You are Hilda, a stern town guard of Oakvale.")
+        decided = npc.decide("A thief snatches a purse and runs past you.", npc="hilda",
+                             choices=["chase the thief", "go to sleep"])
+        with open(f"/proc/{pid}/maps") as maps:
+            mapped = {Path(line.split()[-1]).name for line in maps if line.rstrip().endswith(".gguf")}
+    assert decided["value"] in ("chase the thief", "go to sleep") and decided["used_fallback"] is False
+    assert (scoring_copy.name in mapped) is (native.batch_weights() is not None), mapped
+    assert "SmolLM2-135M-Instruct.Q4_1-as-Q8_0.gguf" in mapped
+
+
 def test_a_remote_role_is_served_through_the_bundle_as_through_npcai_serve(bundle, model_path, tmp_path):
     pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python's [server] extra")
     from npcai.remote.llama_server import LlamaServer, free_port

@@ -113,8 +113,36 @@ def test_a_copy_that_cannot_be_made_leaves_the_file_that_runs_scoring_with_a_not
     assert not list(tmp_path.iterdir())
 
 
-def test_a_bundled_sidecar_converts_nothing_and_scores_on_the_file_it_ships(tmp_path, monkeypatch):
+def test_a_bundled_sidecar_converts_nothing_and_scores_on_a_copy_only_where_its_manifest_lists_one(
+        tmp_path, scoring_copy, monkeypatch):
     monkeypatch.setattr(native, "batch_weights", lambda system_info=None: "BF16")
-    monkeypatch.setattr(catalog, "_bundled_dir", tmp_path)
-    assert catalog.scoring_weights(catalog.DEFAULT_MODEL) is None
-    assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(catalog, "cache_dir", lambda: tmp_path / "cache")
+    catalog.use_bundled(tmp_path)
+    try:
+        assert catalog.scoring_weights(catalog.DEFAULT_MODEL) is None  # none shipped: nothing made
+        assert not list(tmp_path.iterdir())
+        (tmp_path / scoring_copy.name).symlink_to(scoring_copy)
+        assert catalog.scoring_weights(catalog.DEFAULT_MODEL) is None  # there, but not listed: never verified
+        catalog.use_bundled(tmp_path, frozenset({scoring_copy.name}))
+        assert catalog.scoring_weights(catalog.DEFAULT_MODEL) == tmp_path / scoring_copy.name
+        monkeypatch.setattr(native, "batch_weights", lambda system_info=None: None)
+        assert catalog.scoring_weights(catalog.DEFAULT_MODEL) is None  # shipped, but this CPU has no BF16 kernels
+    finally:
+        catalog.use_bundled(None)
+
+
+def test_a_bundle_built_with_scoring_weights_ships_the_copy_beside_the_file_that_runs(tmp_path, model_path,
+                                                                                        scoring_copy, monkeypatch):
+    from npcai.bundle import builder
+
+    monkeypatch.setattr(native, "batch_weights", lambda system_info=None: "BF16")
+    log = io.StringIO()
+    table = builder._add_models(tmp_path, {"decision": model_path}, log, scoring_weights=True)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted([model_path.name, scoring_copy.name])
+    assert table["decision"]["path"] == f"models/{model_path.name}"
+    monkeypatch.setattr(native, "batch_weights", lambda system_info=None: None)
+    log = io.StringIO()
+    (tmp_path / "elsewhere").mkdir()
+    builder._add_models(tmp_path / "elsewhere", {"decision": model_path}, log, scoring_weights=True)
+    assert [p.name for p in (tmp_path / "elsewhere" / "models").iterdir()] == [model_path.name]
+    assert "note: no copy of smollm2-135m for scoring decisions" in log.getvalue()

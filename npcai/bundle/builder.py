@@ -58,8 +58,10 @@ def check_can_build() -> None:
         raise NpcaiError(f"npcai bundle needs patchelf on Linux: {INSTALL_HINT}")
 
 
-def build_bundle(out: Path, specs: list[str], *, force: bool = False, log: TextIO | None = None) -> Path:
-    """Build the folder ``out`` (replacing an earlier bundle there only with ``force``); return it."""
+def build_bundle(out: Path, specs: list[str], *, force: bool = False, scoring_weights: bool = False,
+                 log: TextIO | None = None) -> Path:
+    """Build the folder ``out`` (replacing an earlier bundle there only with ``force``); return it.
+    ``scoring_weights``: ship each catalog model's copy for scoring decisions too (``catalog.scoring_weights``)."""
     log = log if log is not None else sys.stderr
     check_can_build()
     out = out.resolve()
@@ -82,7 +84,7 @@ def build_bundle(out: Path, specs: list[str], *, force: bool = False, log: TextI
         cut = runpaths.keep_inside(folder)
         if cut:
             print(f"search paths outside the bundle dropped from {len(cut)} libraries", file=log, flush=True)
-        shipped = _add_models(folder, roles, log)
+        shipped = _add_models(folder, roles, log, scoring_weights=scoring_weights)
         dists = write_licences(folder / "licenses", folder / "_internal", [m["name"] for m in shipped.values()],
                                archived_modules(folder / executable_name()))
         print(f"licences of llama.cpp, the models and {len(dists)} Python distributions -> licenses/", file=log)
@@ -161,17 +163,30 @@ def _prune(internal: Path) -> None:
             path.unlink()
 
 
-def _add_models(folder: Path, roles: dict[str, Path], log: TextIO) -> dict[str, dict]:
-    """Copy each role's model into models/, once per file; return the manifest's models table."""
+def _add_models(folder: Path, roles: dict[str, Path], log: TextIO, *, scoring_weights: bool = False
+                ) -> dict[str, dict]:
+    """Copy each role's model into models/, once per file, and with ``scoring_weights`` each catalog model's copy
+    for scoring decisions where this machine makes one; return the manifest's models table."""
     models_dir = folder / "models"
-    models_dir.mkdir()
+    models_dir.mkdir(exist_ok=True)
     shipped = {}
     for role, path in roles.items():
         entry = catalog.entry_for(path)
+        files = [path]
+        if scoring_weights and entry is not None:
+            copy = catalog.scoring_weights(entry.name, out=log)
+            if copy is None:
+                print(f"note: no copy of {entry.name} for scoring decisions: this machine's llama.cpp has no BF16 "
+                      "kernels (or the copy could not be made); its decisions are scored on the file that runs",
+                      file=log, flush=True)
+            files.append(copy or path)
+        for source in files:
+            target = models_dir / source.name
+            if not target.exists():
+                print(f"adding {role} model {source.name} ({source.stat().st_size / 1e6:.0f} MB)", file=log,
+                      flush=True)
+                shutil.copyfile(source, target)
         target = models_dir / path.name
-        if not target.exists():
-            print(f"adding {role} model {path.name} ({path.stat().st_size / 1e6:.0f} MB)", file=log, flush=True)
-            shutil.copyfile(path, target)
         shipped[role] = {"name": entry.name if entry else None, "path": target.relative_to(folder).as_posix(),
                          "license": model_terms(entry.name if entry else None)}
     return shipped

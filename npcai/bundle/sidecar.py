@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from npcai.model import catalog
 
-    catalog.use_bundled(bundle.models_dir)
+    catalog.use_bundled(bundle.models_dir, frozenset(rel.split("/", 1)[1] for rel in bundle.data["files"]
+                                                     if rel.startswith("models/")))
     if not any(a == "--model" or a.startswith("--model=") for a in args):
         for role in bundle.models:
             args += ["--model", f"{role}={bundle.model_path(role)}"]

@@ -155,12 +155,14 @@ def resolve_adapter(spec: str) -> tuple[str, Path, CatalogAdapter | None]:
 #: Set in a bundled sidecar (npcai bundle): catalog names resolve to the files shipped in this folder,
 #: and nothing is ever pulled or converted on the player's machine.
 _bundled_dir: Path | None = None
+_bundled_files: frozenset[str] = frozenset()  # the names of the files there that the bundle's manifest lists
 
 
-def use_bundled(models_dir: Path) -> None:
-    """Resolve catalog names to the models shipped in ``models_dir`` only."""
-    global _bundled_dir
-    _bundled_dir = models_dir
+def use_bundled(models_dir: Path | None, listed: frozenset[str] = frozenset()) -> None:
+    """Resolve catalog names to the models shipped in ``models_dir`` only; ``listed``: the files there that the
+    bundle's manifest lists (and its start verified): an optional file is used only if it is one of them."""
+    global _bundled_dir, _bundled_files
+    _bundled_dir, _bundled_files = models_dir, listed
 
 
 def entry_for(path: Path) -> CatalogModel | None:
@@ -299,16 +301,20 @@ def scoring_weights(name: str, out: TextIO | None = None) -> Path | None:
     (``native.batch_weights``), or None where there is none (then the file that runs scores them too).
 
     Only option trees use it: a tree is one step of many tokens, where BF16 is fastest, while a stream steps a
-    token at a time, where the smaller file that runs is. A bundle holds only the files that run (its size
-    target) and converts nothing on the player's machine; where the copy cannot be written, the file that runs
-    scores the trees and a note says why."""
+    token at a time, where the smaller file that runs is. A bundle converts nothing on the player's machine: it
+    scores on the copy only where it was built with one (``npcai bundle --scoring-weights``). Where the copy
+    cannot be written, the file that runs scores the trees and a note says why."""
     from npcai.model.native import batch_weights, convert_weights
 
     model = _entry(name)
     kind = batch_weights()
-    if kind is None or kind == model.cpu_weights or _bundled_dir is not None:
+    if kind is None or kind == model.cpu_weights:
         return None
-    target = cache_dir() / f"{Path(model.filename).stem}-as-{kind}.gguf"
+    copy_name = f"{Path(model.filename).stem}-as-{kind}.gguf"
+    if _bundled_dir is not None:
+        bundled = _bundled_dir / copy_name
+        return bundled if copy_name in _bundled_files and bundled.is_file() else None
+    target = cache_dir() / copy_name
     if target.exists():
         return target
     out = out if out is not None else sys.stderr
