@@ -5,6 +5,7 @@ stays for streams, a token at a time), and which scores options as the model doe
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from support import options_scored_alone
 from npcai.errors import ModelError
 from npcai.model import catalog, native
 from npcai.model.native import Context, Model, batch_weights
+from npcai.model.runtime import Runtime
 from npcai.model.scoring import OptionScorer, OptionTree
 from npcai.sidecar.admission import load_runtimes
 from npcai.sidecar.settings import Settings
@@ -146,3 +148,16 @@ def test_a_bundle_built_with_scoring_weights_ships_the_copy_beside_the_file_that
     builder._add_models(tmp_path / "elsewhere", {"decision": model_path}, log, scoring_weights=True)
     assert [p.name for p in (tmp_path / "elsewhere" / "models").iterdir()] == [model_path.name]
     assert "note: no copy of smollm2-135m for scoring decisions" in log.getvalue()
+
+
+def test_a_damaged_copy_leaves_the_file_that_runs_scoring_with_a_note(model_path, tmp_path, capfd):
+    damaged = tmp_path / "SmolLM2-135M-Instruct.Q4_1-as-BF16.gguf"
+    damaged.write_bytes(b"GGUF" + bytes(60))
+    rt = Runtime(model_path, name="under-test", n_ctx=512, n_seq=2, n_batch=64, threads=1,
+                 grammar_dir=Path(Settings().grammar_dir), scoring_path=damaged)
+    try:
+        assert rt.scoring_model is rt.model and rt.scorer().ctx.model.path == model_path
+    finally:
+        rt.close()
+    note = capfd.readouterr().err.strip().splitlines()[-1]
+    assert note.startswith(f"note: decisions are scored on {model_path.name}: ") and damaged.name in note, note

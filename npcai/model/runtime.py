@@ -10,6 +10,7 @@ the option scorer's small unified cache instead (``scoring.py``), in the same st
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 from llguidance.llamacpp import lltokenizer_from_vocab
 
-from npcai.errors import Overloaded
+from npcai.errors import ModelError, Overloaded
 from npcai.model import choices, penalties, vocab_masks
 from npcai.model.adapter import AdapterSpec, LoraAdapter
 from npcai.model.constraints import ConstraintCompiler
@@ -65,7 +66,13 @@ class Runtime:
         self.model = Model(path)
         # Option trees are scored on these weights (``catalog.scoring_weights``: a copy in the type this CPU
         # evaluates batches fastest in), or on the model's own; loaded now, not at the first decision.
-        self.scoring_model = Model(scoring_path) if scoring_path is not None else self.model
+        self.scoring_model = self.model
+        if scoring_path is not None:
+            try:
+                self.scoring_model = Model(scoring_path)
+            except ModelError as exc:  # a copy damaged in the cache: an optional speed-up, not a reason to stop
+                print(f"note: decisions are scored on {path.name}: {exc} (delete the copy to have it made again)",
+                      file=sys.stderr, flush=True)
         self.n_vocab = self.model.n_vocab
         self.template = ChatTemplate(self.model)
         self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_seq=n_seq, threads=threads,
