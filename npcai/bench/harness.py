@@ -7,6 +7,7 @@ import contextlib
 import io
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 from npcai.bench.report import Report
@@ -17,6 +18,7 @@ from npcai.client import Client
 from npcai.demo import load_scenario
 from npcai.launcher import Sidecar
 from npcai.model import catalog
+from npcai.model.merged import merged_path
 from npcai.model.native import Batch, Context, Model, safe_llama_defaults
 from npcai.model.runtime import Runtime
 from npcai.model.scoring import TREE_ROOM, UBATCH
@@ -80,7 +82,7 @@ class Bench:
             m, ctx, b = self.native()
             if self._scorer_ctx is None:  # laid out as the option scorer's cache: one unified cache, its size
                 entry = catalog.entry_for(self.path)
-                weights = catalog.scoring_weights(entry.name) if entry else None
+                weights = self._scoring_weights()
                 self._scorer_model = Model(weights) if weights is not None else None
                 n_ctx = self.settings.n_ctx // self.settings.n_seq + TREE_ROOM
                 self._scorer_ctx = Context(self._scorer_model or m, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=UBATCH,
@@ -94,6 +96,17 @@ class Bench:
                           threads=self.threads, flash_attn=entry.flash_attn if entry else None)
             self._native = (m, ctx, Batch(self.settings.n_batch))
         return self._native
+
+    def _scoring_weights(self) -> Path | None:
+        """What the sidecar scores this bench's choices on, where not the file that runs: the decision role's
+        adapter merged into the model (``--lora decision=...``), else the model's scoring copy, if any."""
+        for spec in self.lora:
+            role, _, name = spec.partition("=")
+            if role == "decision":
+                merged = merged_path(self.path, catalog.resolve_adapter(name)[1], catalog.cache_dir())
+                return merged if merged.is_file() else None  # not made: applied at run time, not replayed so
+        entry = catalog.entry_for(self.path)
+        return catalog.scoring_weights(entry.name) if entry else None
 
     def close(self) -> None:
         if self._scorer_ctx is not None:
