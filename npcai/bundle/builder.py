@@ -179,7 +179,8 @@ def _add_models(folder: Path, roles: dict[str, Path], log: TextIO, *, scoring_we
                 print(f"note: no copy of {entry.name} for scoring decisions: this machine's llama.cpp has no BF16 "
                       "kernels (or the copy could not be made); its decisions are scored on the file that runs",
                       file=log, flush=True)
-            files.append(copy or path)
+            else:
+                files.append(copy)
         for source in files:
             target = models_dir / source.name
             if not target.exists():

@@ -77,9 +77,9 @@ _USE_EXTRA_BUFFERS = not _has_amx(L.llama_print_system_info())
 def batch_weights(system_info: bytes | None = None) -> str | None:
     """The weight type whose matrix products evaluate a batch fastest here, where llama.cpp has one beside a
     model's own: BF16 where it was built with AVX512_BF16 (AMD Zen 4 and later, Intel Xeon since Cooper Lake).
-    Measured on Zen 5 (docs/PERFORMANCE.md, "Decisions scored on BF16 weights"): a 32-token step 0.58x of
-    SmolLM2's Q8_0 and 0.5x of Gemma's Q4_K_M, a single token 1.1-1.4x, so it suits steps of many tokens, an
-    option tree's, and not a stream's. Without those instructions BF16 is emulated and slower: ``None``."""
+    Measured on Zen 5 (docs/PERFORMANCE.md, "Session 15"): a 32-token step 0.58-0.71x of SmolLM2's Q8_0 and
+    0.55x of Gemma's Q4_K_M, a single token 1.1-1.4x, so it suits steps of many tokens, an option tree's, and
+    not a stream's. Without those instructions ggml converts BF16 as it goes: ``None``."""
     info = L.llama_print_system_info() if system_info is None else system_info
     return "BF16" if b"AVX512_BF16 = 1" in info else None
 

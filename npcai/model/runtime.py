@@ -108,7 +108,8 @@ class Runtime:
 
     def scorer(self, adapter: LoraAdapter | None = None) -> OptionScorer:
         """The option scorer of the model alone (on its scoring weights), or through ``adapter`` (its merged
-        weights, or the model with it applied at run time), made at its first choice decision (its cache is about a quarter of the main one)."""
+        weights, or the model with it applied at run time), made at its first choice decision (its cache is
+        about a quarter of the main one)."""
         scorer = self._scorers.get(adapter)
         if scorer is None:
             scorer = self._scorers[adapter] = OptionScorer(
