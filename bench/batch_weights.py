@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from npcai.bench.weights import closeness, next_token_log_probs
 from npcai.bench.workload import SITUATIONS
 from npcai.model import catalog
 from npcai.model.native import Batch, Context, Model, convert_weights
@@ -36,17 +37,6 @@ ROWS = 11  # a 6-way choice's logit rows: the stem's last token and each option 
 def _shipped_type(path: Path, kinds: list[str]) -> str:
     """Which of ``kinds`` the shipped file is, by its name (llama.cpp describes Q4_K_M as "Q4_K - Medium")."""
     return next((k for k in kinds if k.lower() in path.name.lower()), "shipped")
-
-
-def _log_probs(m: Model, ctx: Context, b: Batch, tokens: list[int]) -> np.ndarray:
-    b.clear()
-    for i, t in enumerate(tokens):
-        b.add(t, i, 0, True)
-    assert ctx.decode(b) == 0
-    logits = np.stack([ctx.logits(i, m.n_vocab).astype(np.float64) for i in range(len(tokens))])
-    logits -= logits.max(axis=1, keepdims=True)
-    ctx.seq_rm(0)
-    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
 
 
 def _step_ms(ctx: Context, b: Batch, tokens: list[int], n: int) -> float:
@@ -80,19 +70,17 @@ def main(argv: list[str] | None = None) -> dict:
             convert_weights(shipped, paths[kind], kind)
     text = " ".join(SITUATIONS) * 20
     times: dict[str, dict[int, list[float]]] = {k: {n: [] for n in SIZES} for k in paths}
-    closeness = {}
+    near: dict[str, dict[str, float]] = {}
     reference = None
     for kind in [own, *(k for k in paths if k != own)]:  # the shipped file's predictions first, as the reference
         m = Model(shipped if kind == own else paths[kind])
         ctx = Context(m, n_ctx=1024, n_batch=512, n_seq=2, threads=a.threads)
         b = Batch(512)
-        lp = _log_probs(m, ctx, b, m.tokenize(text, add_bos=True)[:200])
+        lp = next_token_log_probs(m, ctx, b, m.tokenize(text, add_bos=True)[:200])
         if reference is None:
             reference = lp
         elif kind in paths:
-            kl = (np.exp(reference) * (reference - lp)).sum(axis=1)
-            closeness[kind] = {"kl_mean": float(kl.mean()),
-                               "same_top_token_pct": float((reference.argmax(1) == lp.argmax(1)).mean() * 100)}
+            near[kind] = closeness(reference, lp)
         b.close(), ctx.close(), m.close()
     for _ in range(a.rounds):
         for kind, path in paths.items():
@@ -110,12 +98,12 @@ def main(argv: list[str] | None = None) -> dict:
             b.close(), ctx.close(), m.close()
     out = {"command": " ".join(sys.argv), "model": a.model, "shipped": own, "threads": a.threads,
            "p50_ms": {k: {n: float(np.median(v[n])) for n in SIZES} for k, v in times.items()},
-           "size_mib": {k: p.stat().st_size / 2**20 for k, p in paths.items()}, "vs_shipped": closeness}
+           "size_mib": {k: p.stat().st_size / 2**20 for k, p in paths.items()}, "vs_shipped": near}
     print(f"{'type':8s} " + " ".join(f"{f'{n} tok':>8s}" for n in SIZES) + "   MiB   KL vs shipped  same top")
     for kind in paths:
         row = " ".join(f"{out['p50_ms'][kind][n]:8.1f}" for n in SIZES)
-        c = closeness.get(kind)
-        tail = f"{c['kl_mean']:10.4f}  {c['same_top_token_pct']:7.1f} %" if c else "  (shipped)"
+        c = near.get(kind)
+        tail = f"{c['kl_mean']:10.4f}  {c['top1_agree_pct']:7.1f} %" if c else "  (shipped)"
         print(f"{kind:8s} {row} {out['size_mib'][kind]:6.0f} {tail}")
     print(json.dumps(out))
     return out

@@ -82,7 +82,7 @@ class Bench:
             m, ctx, b = self.native()
             if self._scorer_ctx is None:  # laid out as the option scorer's cache: one unified cache, its size
                 entry = catalog.entry_for(self.path)
-                weights = self._scoring_weights()
+                weights = self._scoring_weights(entry)
                 self._scorer_model = Model(weights) if weights is not None else None
                 n_ctx = self.settings.n_ctx // self.settings.n_seq + TREE_ROOM
                 self._scorer_ctx = Context(self._scorer_model or m, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=UBATCH,
@@ -97,7 +97,7 @@ class Bench:
             self._native = (m, ctx, Batch(self.settings.n_batch))
         return self._native
 
-    def _scoring_weights(self) -> Path | None:
+    def _scoring_weights(self, entry: catalog.CatalogModel | None) -> Path | None:
         """What the sidecar scores this bench's choices on, where not the file that runs: the decision role's
         adapter merged into the model (``--lora decision=...``), else the model's scoring copy, if any."""
         for spec in self.lora:
@@ -105,7 +105,6 @@ class Bench:
             if role == "decision":
                 merged = merged_path(self.path, catalog.resolve_adapter(name)[1], catalog.cache_dir())
                 return merged if merged.is_file() else None  # not made: applied at run time, not replayed so
-        entry = catalog.entry_for(self.path)
         return catalog.scoring_weights(entry.name) if entry else None
 
     def close(self) -> None:

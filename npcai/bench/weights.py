@@ -28,11 +28,7 @@ def run(bench: Bench) -> None:
         ctx = Context(m, n_ctx=1024, n_batch=bench.settings.n_batch, n_seq=2, threads=bench.threads)
         b = Batch(bench.settings.n_batch)
         tokens = m.tokenize(text, add_bos=True)[:200]
-        b.clear()
-        for i, t in enumerate(tokens):
-            b.add(t, i, 0, True)
-        ctx.decode(b)
-        logits = np.stack([ctx.logits(i, m.n_vocab).astype(np.float64) for i in range(len(tokens))])
+        log_probs = next_token_log_probs(m, ctx, b, tokens)
         timing = {}
         for n in (1, 16, 64):
             samples = []
@@ -45,16 +41,33 @@ def run(bench: Bench) -> None:
                 samples.append((time.perf_counter() - t0) * 1000)
                 ctx.seq_rm(1)
             timing[n] = pct(samples, 50)
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        runs[label] = (timing, shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)))  # log-softmax
+        runs[label] = (timing, log_probs)
         b.close(), ctx.close(), m.close()
     (t_run, lp_run), (t_ship, lp_ship) = runs["run"], runs["shipped"]
     name = f"{entry.cpu_weights} vs shipped {shipped.stem.rsplit('.', 1)[-1]}"
     for n, what in ((16, "16-token prompt"), (64, "64-token prompt"), (1, "one token")):
         bench.report.add("weights", f"{what} ({name})", t_run[n], t_ship[n], "shipped file")
-    kl = (np.exp(lp_ship) * (lp_ship - lp_run)).sum(axis=1)
-    agree = (lp_ship.argmax(axis=1) == lp_run.argmax(axis=1)).mean() * 100
-    bench.report.add("weights", "next-token KL(shipped || run), mean", float(kl.mean()), unit="nats")
-    bench.report.add("weights", "same most likely next token", float(agree), unit="%")
-    bench.report.raw["weights"] = {"run_ms": t_run, "shipped_ms": t_ship, "kl_mean": float(kl.mean()),
-                                  "kl_p99": float(np.percentile(kl, 99)), "top1_agree_pct": float(agree)}
+    near = closeness(lp_ship, lp_run)
+    bench.report.add("weights", "next-token KL(shipped || run), mean", near["kl_mean"], unit="nats")
+    bench.report.add("weights", "same most likely next token", near["top1_agree_pct"], unit="%")
+    bench.report.raw["weights"] = {"run_ms": t_run, "shipped_ms": t_ship, **near}
+
+
+def next_token_log_probs(m: Model, ctx: Context, b: Batch, tokens: list[int]) -> np.ndarray:
+    """The log-probabilities of every next token at each position of ``tokens``, evaluated in sequence 0."""
+    b.clear()
+    for i, t in enumerate(tokens):
+        b.add(t, i, 0, True)
+    if ctx.decode(b) != 0:
+        raise RuntimeError("llama.cpp could not evaluate the text")
+    logits = np.stack([ctx.logits(i, m.n_vocab).astype(np.float64) for i in range(len(tokens))])
+    logits -= logits.max(axis=1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+
+def closeness(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """How near ``other``'s next-token predictions stay to ``reference``'s (both log-probabilities by position):
+    KL(reference || other), mean and 99th percentile, and how often the most likely token is the same."""
+    kl = (np.exp(reference) * (reference - other)).sum(axis=1)
+    agree = (reference.argmax(axis=1) == other.argmax(axis=1)).mean() * 100
+    return {"kl_mean": float(kl.mean()), "kl_p99": float(np.percentile(kl, 99)), "top1_agree_pct": float(agree)}

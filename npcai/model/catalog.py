@@ -54,7 +54,11 @@ class CatalogModel:
         """The file that runs: the shipped one, or its conversion."""
         if self.cpu_weights is None:
             return self.filename
-        return f"{Path(self.filename).stem}-as-{self.cpu_weights}.gguf"
+        return self.converted_filename(self.cpu_weights)
+
+    def converted_filename(self, weight_type: str) -> str:
+        """The name of the shipped file converted to ``weight_type`` (a llama.cpp type name such as "Q8_0")."""
+        return f"{Path(self.filename).stem}-as-{weight_type}.gguf"
 
 
 CATALOG: dict[str, CatalogModel] = {
@@ -267,7 +271,7 @@ def _pull(name: str, model: CatalogModel, target: Path, out: TextIO) -> Path:
             raise ModelError(f"sha256 mismatch for {name}: got {digest.hexdigest()}, expected {model.sha256}")
         os.replace(partial, target)
     print(f"verified sha256 {model.sha256[:12]}… -> {target}", file=out)
-    for converted in cache_dir().glob(f"{Path(model.filename).stem}-as-*.gguf"):
+    for converted in cache_dir().glob(model.converted_filename("*")):
         converted.unlink()  # conversions of an earlier pull are redone from this one
     return _converted(name, out)
 
@@ -287,12 +291,17 @@ def _converted(name: str, out: TextIO) -> Path:
     target = run_path(name)
     if model.cpu_weights is None or target.exists():
         return target
+    _convert(name, target, model.cpu_weights, "llama.cpp's fast CPU kernels", out)
+    return target
+
+
+def _convert(name: str, target: Path, weight_type: str, why: str, out: TextIO) -> None:
+    """Write the verified shipped file of ``name`` converted to ``weight_type`` as ``target``, saying so."""
     from npcai.model.native import convert_weights
 
-    print(f"converting {model.filename} to {model.cpu_weights} (llama.cpp's fast CPU kernels), once…", file=out)
-    write_whole(target, lambda partial: convert_weights(cached_path(name), partial, model.cpu_weights))
+    print(f"converting {_entry(name).filename} to {weight_type} ({why}), once…", file=out)
+    write_whole(target, lambda partial: convert_weights(cached_path(name), partial, weight_type))
     print(f"-> {target}", file=out)
-    return target
 
 
 def scoring_weights(name: str, out: TextIO | None = None) -> Path | None:
@@ -304,13 +313,13 @@ def scoring_weights(name: str, out: TextIO | None = None) -> Path | None:
     token at a time, where the smaller file that runs is. A bundle converts nothing on the player's machine: it
     scores on the copy only where it was built with one (``npcai bundle --scoring-weights``). Where the copy
     cannot be written, the file that runs scores the trees and a note says why."""
-    from npcai.model.native import batch_weights, convert_weights
+    from npcai.model.native import batch_weights
 
     model = _entry(name)
     kind = batch_weights()
     if kind is None or kind == model.cpu_weights:
         return None
-    copy_name = f"{Path(model.filename).stem}-as-{kind}.gguf"
+    copy_name = model.converted_filename(kind)
     if _bundled_dir is not None:
         bundled = _bundled_dir / copy_name
         return bundled if copy_name in _bundled_files and bundled.is_file() else None
@@ -318,14 +327,11 @@ def scoring_weights(name: str, out: TextIO | None = None) -> Path | None:
     if target.exists():
         return target
     out = out if out is not None else sys.stderr
-    print(f"converting {model.filename} to {kind} for scoring decisions (this CPU's fastest batches), once…",
-          file=out)
     try:
-        write_whole(target, lambda partial: convert_weights(cached_path(name), partial, kind))
+        _convert(name, target, kind, "for scoring decisions: this CPU's fastest batches", out)
     except (OSError, ModelError) as exc:
         print(f"note: decisions are scored on {model.run_filename}: no {kind} copy ({exc})", file=out)
         return None
-    print(f"-> {target}", file=out)
     return target
 
 
