@@ -11,6 +11,7 @@ from support import assert_one_line_failure, run_cli
 from npcai import Client, Sidecar
 from npcai.bench.quality import paired, probs_temperature
 from npcai.model import catalog
+from npcai.model.merged import merged_path
 
 ADAPTER = "smollm2-135m-decision"
 GUARD = "You are Hilda, a stern town guard of Oakvale."
@@ -56,6 +57,16 @@ def test_hello_names_each_roles_adapter(adapted):
     assert roles["dialogue"]["choice_temperature_power"] == catalog.CATALOG[catalog.DEFAULT_MODEL].choice_temperature_power
 
 
+def test_hello_names_the_weights_each_roles_choices_are_scored_on(adapted, model_path):
+    """The adapter's role on the model with it merged in, the other on the model's scoring copy where this CPU
+    has one (``catalog.scoring_weights``), else on the file that runs."""
+    _, hello = adapted
+    roles = {r["role"]: r for r in hello["models"]}
+    merged = merged_path(model_path, catalog.resolve_adapter(ADAPTER)[1], catalog.cache_dir())
+    assert roles["decision"]["scoring_weights"] == merged.name
+    assert roles["dialogue"]["scoring_weights"] == (catalog.scoring_weights(catalog.DEFAULT_MODEL) or model_path).name
+
+
 def test_the_quality_bench_records_the_adapters_temperature_for_an_adapters_run(adapted):
     """Its probs are at the adapter's temperature: fitting from a report rescales them from there."""
     _, hello = adapted
@@ -70,6 +81,7 @@ def test_a_cache_the_merged_weights_cannot_be_written_to_still_starts_and_decide
                  env={"NPCAI_CACHE": str(tmp_path / "afile" / "cache")}) as sc, Client(sc.endpoint) as c:
         roles = {r["role"]: r for r in c.hello("pytest")["models"]}
         assert roles["decision"]["lora"] == ADAPTER
+        assert roles["decision"]["scoring_weights"] == model_path.name  # the adapter applied to the file that runs
         assert _decide(c) == pytest.approx(_decide(adapted[0]), abs=0.05)
     assert "applying it at run time" in "".join(sc.stderr_tail)
 

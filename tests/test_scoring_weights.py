@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from support import options_scored_alone
 
-from npcai.errors import ModelError
+from npcai.bench.harness import Bench
+from npcai.errors import ModelError, NpcaiError
 from npcai.model import catalog, native
 from npcai.model.native import Context, Model, batch_weights
 from npcai.model.runtime import Runtime
@@ -86,6 +87,7 @@ def test_a_runtime_scores_on_the_copy_by_default_and_on_its_own_weights_when_tol
         try:
             assert rt.model.path == model_path, setting  # streams run on the file that runs either way
             assert rt.scorer().ctx.model.path == scored_on, setting
+            assert rt.describe(["decision"])[0]["scoring_weights"] == scored_on.name, setting  # as hello says
         finally:
             rt.close()
 
@@ -161,3 +163,26 @@ def test_a_damaged_copy_leaves_the_file_that_runs_scoring_with_a_note(model_path
         rt.close()
     note = capfd.readouterr().err.strip().splitlines()[-1]
     assert note.startswith(f"note: decisions are scored on {model_path.name}: ") and damaged.name in note, note
+
+
+def test_the_bench_replays_a_choices_forward_passes_on_the_weights_the_sidecars_hello_names(model_path):
+    """The bench's "choice decision vs its forward passes" baseline runs llama.cpp on what the sidecar scores
+    on, as ``hello`` says it: never a second guess of its own, which once replayed an adapter's choices on the copy."""
+    bench = Bench(catalog.DEFAULT_MODEL, True, lambda _: None, threads=1)
+    sc, c = bench.sidecar()
+    try:
+        announced = c.hello("pytest")["models"][0]["scoring_weights"]
+        replayed, _, _ = bench.native(scorer=True)
+        assert replayed.path.name == announced
+        assert announced == (catalog.scoring_weights(catalog.DEFAULT_MODEL) or model_path).name  # this CPU's choice
+    finally:
+        c.close(), sc.close(), bench.close()
+
+
+def test_the_bench_stops_in_one_line_when_the_weights_hello_names_are_not_in_the_cache(monkeypatch, tmp_path):
+    bench = Bench(catalog.DEFAULT_MODEL, True, lambda _: None, threads=1)
+    monkeypatch.setattr(catalog, "cache_dir", lambda: tmp_path)  # an empty model cache
+    bench._scored_on = "elsewhere-as-BF16.gguf"  # as a sidecar with another model cache would say
+    with pytest.raises(NpcaiError, match="scores choices on elsewhere-as-BF16.gguf, which is not in"):
+        bench.native(scorer=True)
+    bench.close()

@@ -16,9 +16,9 @@ from npcai.bench.workload import (
 )
 from npcai.client import Client
 from npcai.demo import load_scenario
+from npcai.errors import NpcaiError
 from npcai.launcher import Sidecar
 from npcai.model import catalog
-from npcai.model.merged import merged_path
 from npcai.model.native import Batch, Context, Model, safe_llama_defaults
 from npcai.model.runtime import Runtime
 from npcai.model.scoring import TREE_ROOM, UBATCH
@@ -56,13 +56,17 @@ class Bench:
         self._native: tuple[Model, Context, Batch] | None = None
         self._scorer_ctx: Context | None = None
         self._scorer_model: Model | None = None  # the weights choice decisions are scored on, if not the model's
+        self._scored_on: str | None = None  # their file's name, as the sidecar's hello says
 
     def sidecar(self) -> tuple[Sidecar, Client]:
         # Same priority as the in-process baselines: politeness is judged by the frame item.
         sc = Sidecar("--model", self.model, "--threads", str(self.threads), "--nice", "0",
                      *(arg for spec in self.lora for arg in ("--lora", spec)))
         c = Client(sc.endpoint)
-        c.hello("npcai bench")
+        models = c.hello("npcai bench").get("models", [])
+        # the decision role's, listed when --lora names it; else the first listed serves it, as every default role
+        decider = next((m for m in models if m.get("role") == "decision"), models[0] if models else {})
+        self._scored_on = decider.get("scoring_weights")
         return sc, c
 
     def llama(self):
@@ -82,7 +86,7 @@ class Bench:
             m, ctx, b = self.native()
             if self._scorer_ctx is None:  # laid out as the option scorer's cache: one unified cache, its size
                 entry = catalog.entry_for(self.path)
-                weights = self._scoring_weights(entry)
+                weights = self._scoring_weights()
                 self._scorer_model = Model(weights) if weights is not None else None
                 n_ctx = self.settings.n_ctx // self.settings.n_seq + TREE_ROOM
                 self._scorer_ctx = Context(self._scorer_model or m, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=UBATCH,
@@ -97,15 +101,16 @@ class Bench:
             self._native = (m, ctx, Batch(self.settings.n_batch))
         return self._native
 
-    def _scoring_weights(self, entry: catalog.CatalogModel | None) -> Path | None:
-        """What the sidecar scores this bench's choices on, where not the file that runs: the decision role's
-        adapter merged into the model (``--lora decision=...``), else the model's scoring copy, if any."""
-        for spec in self.lora:
-            role, _, name = spec.partition("=")
-            if role == "decision":
-                merged = merged_path(self.path, catalog.resolve_adapter(name)[1], catalog.cache_dir())
-                return merged if merged.is_file() else None  # not made: applied at run time, not replayed so
-        return catalog.scoring_weights(entry.name) if entry else None
+    def _scoring_weights(self) -> Path | None:
+        """The file the sidecar scores choice decisions on, as its ``hello`` names it, where not the file that
+        runs: a decision adapter merged into the model, or the model's scoring copy (both in the model cache)."""
+        name = self._scored_on
+        if name is None or name == self.path.name:
+            return None
+        found = next(catalog.cache_dir().rglob(name), None)
+        if found is None:
+            raise NpcaiError(f"the sidecar scores choices on {name}, which is not in {catalog.cache_dir()}")
+        return found
 
     def close(self) -> None:
         if self._scorer_ctx is not None:

@@ -182,10 +182,17 @@ class Runtime:
             return adapter.spec.choice_temperature, 0.0
         return self.choice_temperature, self.choice_temperature_power
 
+    def scoring_weights(self, role: str) -> str:
+        """The file a role's choice decisions are scored on: its adapter merged into the model, the model's
+        scoring copy, or the model's own file (also where an adapter is applied at run time)."""
+        adapter = self.adapters.get(role)
+        return (adapter.model if adapter else self.scoring_model).path.name
+
     def describe(self, roles: list[str]) -> list[dict]:
         return [{"role": r, "name": self.name, "n_ctx": self.ctx.n_ctx, "n_vocab": self.n_vocab,
                  "choice_temperature": temperature, "choice_temperature_power": power,
-                 "lora": self.adapters[r].name if r in self.adapters else None}
+                 "lora": self.adapters[r].name if r in self.adapters else None,
+                 "scoring_weights": self.scoring_weights(r)}
                 for r in roles for temperature, power in [self.choice_calibration(r)]]
 
     # --- prompts ---------------------------------------------------------------
