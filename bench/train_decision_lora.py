@@ -130,12 +130,24 @@ def _written(val_share: float) -> tuple[list[quality.Question], list[quality.Que
     return train_items, val
 
 
-def _train_questions(data: Path, n_copa: int, val_share: float) -> list[quality.Question]:
+def _train_questions(data: Path, n_copa: int, val_share: float, n_piqa: int = 0) -> list[quality.Question]:
     out = list(quality.game("example")) + _written(val_share)[0]
     if not (data / "quality" / "copa_dev.jsonl").is_file():
         print(f"COPA skipped: no {data / 'quality' / 'copa_dev.jsonl'} (pass --data DIR)", flush=True)
         return out
-    return out + _copa(data)[0][:n_copa]
+    out += _copa(data)[0][:n_copa]
+    if n_piqa:
+        out += _piqa_even(data, n_piqa)[0]
+    return out
+
+
+def _piqa_even(data: Path, n_train: int) -> tuple[list[quality.Question], list[quality.Question]]:
+    """PIQA's even-indexed half (the half the bench's framings and temperatures are chosen on), split into
+    ``n_train`` seeded training items and the rest, which choose hyperparameters and the temperature. The
+    odd half stays held out, as in docs/QUALITY.md's PIQA cells."""
+    even = [q for q in quality.usable(quality.piqa(data / "quality")) if int(q.id.split("-")[1]) % 2 == 0]
+    chosen = set(random.Random(13).sample([q.id for q in even], min(n_train, len(even)))) if n_train else set()
+    return [q for q in even if q.id in chosen], [q for q in even if q.id not in chosen]
 
 
 def _copa(data: Path) -> tuple[list[quality.Question], list[quality.Question]]:
@@ -146,9 +158,11 @@ def _copa(data: Path) -> tuple[list[quality.Question], list[quality.Question]]:
     return both[:n_dev], both[n_dev:]
 
 
-def eval_sets(data: Path, model: Model, val_share: float = VAL_SHARE) -> dict[str, list[Item]]:
+def eval_sets(data: Path, model: Model, val_share: float = VAL_SHARE, n_piqa: int = 0) -> dict[str, list[Item]]:
     """The held-out sets: the validation split (the written decisions ``--val-share`` held out of training, the
-    same share training used), game test, COPA test, and the bench's seeded 300-item PIQA and ARC-Easy samples."""
+    same share training used), game test, COPA test, and the bench's seeded 300-item PIQA and ARC-Easy samples;
+    and PIQA by halves: ``piqa_dev``, 300 of the even half's items not trained on (``--piqa``, the same count
+    training used), and ``piqa_odd``, the odd half, never trained or chosen on."""
     folder = data / "quality"
     sets = {"val": _written(val_share)[1], "game": quality.game("test")}
     missing = [f for f in ("copa_dev.jsonl", "copa_test.jsonl", "piqa_valid.jsonl", "arc_easy_test.jsonl")
@@ -158,7 +172,10 @@ def eval_sets(data: Path, model: Model, val_share: float = VAL_SHARE) -> dict[st
     else:
         sets.update({"copa_test": quality.usable(_copa(data)[1]),
                      "piqa": quality.sample(quality.usable(quality.piqa(folder)), 300),
-                     "arc_easy": quality.sample(quality.usable(quality.arc_easy(folder)), 300)})
+                     "arc_easy": quality.sample(quality.usable(quality.arc_easy(folder)), 300),
+                     "piqa_dev": quality.sample(_piqa_even(data, n_piqa)[1], 300),
+                     "piqa_odd": [q for q in quality.usable(quality.piqa(folder))
+                                  if int(q.id.split("-")[1]) % 2 == 1]})
     return {k: [_item(model, q) for q in v] for k, v in sets.items()}
 
 
@@ -172,7 +189,7 @@ def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     path = catalog.resolve(args.model)
     model = Model(path)
-    items = [_item(model, q) for q in _train_questions(Path(args.data), args.copa, args.val_share)]
+    items = [_item(model, q) for q in _train_questions(Path(args.data), args.copa, args.val_share, args.piqa)]
     print(f"{len(items)} training items; largest 3-gram overlap with a test situation {check_overlap():.0%}",
           flush=True)
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
@@ -222,9 +239,9 @@ def train(args: argparse.Namespace) -> None:
     _check_export(net, model, out / "decision-lora.gguf")
     if args.val_share > 0:  # the validation split, with and without the adapter: what hyperparameters are chosen on
         score(argparse.Namespace(model=args.model, adapter=str(out / "decision-lora.gguf"), data=args.data,
-                                 only=["val"],
+                                 only=["val", "piqa_dev"] if args.piqa else ["val"],
                                  json=str(out / "val.json"), plain_prefix=False, threads=args.threads,
-                                 temperature=0.0, val_share=args.val_share))
+                                 temperature=0.0, val_share=args.val_share, piqa=args.piqa))
 
 
 def check(args: argparse.Namespace) -> None:
@@ -388,7 +405,7 @@ class Scorer:
 
 def score(args: argparse.Namespace) -> None:
     model = Model(catalog.resolve(args.model))
-    sets = eval_sets(Path(args.data), model, args.val_share)
+    sets = eval_sets(Path(args.data), model, args.val_share, args.piqa)
     if args.only:
         sets = {k: v for k, v in sets.items() if k in args.only}
     temperature = args.temperature or catalog.entry_for(catalog.resolve(args.model)).choice_temperature
@@ -419,8 +436,9 @@ def score(args: argparse.Namespace) -> None:
             acc = 100 * float(np.mean(right))
             ece = quality.expected_calibration_error([max(r["probs"]) for r in records], right)
             report[f"{label}/{name}"] = {"n": n, "acc": acc, "margin": 100 / math.sqrt(n),
-                                         "mean_p_right": float(np.mean(p_right)), "ece": ece}
-            if name == "val":  # the held-out written decisions: where a temperature for the adapter is fitted
+                                         "mean_p_right": float(np.mean(p_right)), "ece": ece,
+                                 "temperature": temperature, "items": records}
+            if name in ("val", "piqa_dev"):  # items not trained on, where a temperature for the adapter is fitted
                 fitted = quality.fit_temperature(records, temperature)
                 report[f"{label}/{name}"]["fitted_temperature"] = fitted
                 print(f"{label:8s} {name:10s} ECE {ece:.3f} at T={temperature}; fitted T={fitted:.2f}", flush=True)
@@ -467,6 +485,8 @@ def main() -> None:
     t.add_argument("--lm", type=float, default=0.1, help="weight of the right option's own likelihood")
     t.add_argument("--accum", type=int, default=4, help="items per optimizer step")
     t.add_argument("--copa", type=int, default=500, help="COPA dev items to train on")
+    t.add_argument("--piqa", type=int, default=0, help="PIQA even-half items to train on (the rest of that half "
+                   "validates; the odd half stays held out)")
     t.add_argument("--mlp", action="store_true", help="adapt the MLP projections too")
     t.add_argument("--val-share", type=float, default=VAL_SHARE,
                    help="share of the written decisions held out for validation (0: train on all)")
@@ -484,6 +504,8 @@ def main() -> None:
     s.add_argument("--only", nargs="*")
     s.add_argument("--val-share", type=float, default=VAL_SHARE,
                    help="the share training held out (train's --val-share): the 'val' split scored")
+    s.add_argument("--piqa", type=int, default=0, help="the PIQA items training took (train's --piqa): "
+                   "piqa_dev is the rest of PIQA's even half")
     s.add_argument("--json")
     s.add_argument("--plain-prefix", action="store_true",
                    help="also score with the persona and first exchange evaluated without the adapter")
