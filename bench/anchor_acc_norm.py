@@ -54,9 +54,9 @@ def score(report: Path, model: str, sets: list[str], data: Path, held_out_only: 
                 if held_out_only and not _held_out(name, r["id"]):
                     continue
                 q = questions[r["id"]]
-                s = anchor.score(q.context, list(q.options))
+                s = anchor.score(q.context, q.continuations)
                 rows.append({"id": q.id, "label": q.label, "loglik": list(s.loglik), "nchars": list(s.nchars),
-                             "nbytes_with_space": [len((" " + o).encode()) for o in q.options],
+                             "nbytes_with_space": [len((" " + o).encode()) for o in q.continuations],
                              "report_pick_norm": r["anchor_pick_norm"], "report_pick": r["anchor_pick"],
                              "decide_right": int(np.argmax(r["probs"])) == r["label"]})
             result["sets"][name] = rows

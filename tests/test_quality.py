@@ -40,6 +40,19 @@ def test_public_sets_load_as_lm_evaluation_harness_words_them():
     assert quality.sample(copa, 10) == quality.sample(copa, 10) and len(quality.sample(copa, 10)) == 10
 
 
+def test_the_anchor_continues_with_piqas_solutions_as_written_and_decide_gets_them_without_outer_spaces(tmp_path):
+    """lm-evaluation-harness's PIQA does not strip its text: "Question: {{goal}}\nAnswer:" and " " + sol1 / sol2,
+    a trailing space included (118 of PIQA's 1,838 validation items carry one)."""
+    (tmp_path / "quality").mkdir()
+    (tmp_path / "quality" / "piqa_valid.jsonl").write_text(
+        '{"id": 0, "goal": "Keep bread fresh", "sol1": "Wrap it in cloth. ", "sol2": "Leave it in the sun.", "label": 0}\n'
+        '{"id": 1, "goal": "Cool tea", "sol1": "Add ice.", "sol2": "Boil it.", "label": 0}\n')
+    spaced, plain = quality.piqa(tmp_path / "quality")
+    assert spaced.options == ("Wrap it in cloth.", "Leave it in the sun.")  # decide scores an option without them
+    assert spaced.continuations == ["Wrap it in cloth. ", "Leave it in the sun."]
+    assert plain.continuations == ["Add ice.", "Boil it."] and spaced.context == "Question: Keep bread fresh\nAnswer:"
+
+
 def test_a_missing_data_folder_is_named_and_skipped(tmp_path):
     said = []
     assert quality.public_sets(tmp_path, 10, said.append) == []

@@ -47,6 +47,13 @@ class Question:
     persona: str | None = None  # the deciding NPC, or None for an anonymous decision
     role: str = ""
     per_byte: bool = False  # decide's scores per byte (acc_norm's rule) rather than summed
+    raw_options: tuple[str, ...] = ()  # the options as the set writes them, where outer spaces make them differ
+
+    @property
+    def continuations(self) -> list[str]:
+        """The options as lm-evaluation-harness continues the context with them: as the set writes them, outer
+        spaces kept (PIQA's solutions carry some). ``decide`` scores an option without them."""
+        return list(self.raw_options or self.options)
 
 
 def data_dir(given: str | None = None) -> Path:
@@ -108,18 +115,20 @@ def copa(folder: Path) -> list[Question]:
 
 def piqa(folder: Path) -> list[Question]:
     def build(d: dict[str, Any]) -> Question:
-        options = (d["sol1"].strip(), d["sol2"].strip())
-        return Question(f"piqa-{d['id']}", f"Question: {d['goal'].strip()}\nAnswer:", options, d["label"],
-                        d["goal"].strip(), "Here is how:", QUIZ_PERSONA)
+        raw = (d["sol1"], d["sol2"])
+        options = tuple(o.strip() for o in raw)
+        return Question(f"piqa-{d['id']}", f"Question: {d['goal']}\nAnswer:", options, d["label"],
+                        d["goal"].strip(), "Here is how:", QUIZ_PERSONA, raw_options=raw if raw != options else ())
 
     return list(_items(folder / "piqa_valid.jsonl", build))
 
 
 def arc_easy(folder: Path) -> list[Question]:
     def build(d: dict[str, Any]) -> Question:
-        options = tuple(c.strip() for c in d["choices"])
-        return Question(f"arc-{d['id']}", f"Question: {d['question'].strip()}\nAnswer:", options, d["label"],
-                        d["question"].strip(), "Answer:", per_byte=True)
+        raw = tuple(d["choices"])
+        options = tuple(c.strip() for c in raw)
+        return Question(f"arc-{d['id']}", f"Question: {d['question']}\nAnswer:", options, d["label"],
+                        d["question"].strip(), "Answer:", per_byte=True, raw_options=raw if raw != options else ())
 
     return list(_items(folder / "arc_easy_test.jsonl", build))
 
@@ -240,7 +249,7 @@ def _score_anchor(anchor: Anchor, items: list[Question]) -> tuple[float, float, 
     acc = norm = 0
     picks: dict[str, tuple[int, int]] = {}
     for q in items:
-        s = anchor.score(q.context, list(q.options))
+        s = anchor.score(q.context, q.continuations)
         acc += s.pick == q.label
         norm += s.pick_norm == q.label
         picks[q.id] = (s.pick, s.pick_norm)
