@@ -14,7 +14,7 @@ import sys
 import time
 
 import numpy as np
-from train_decision_lora import Scorer  # beside this script
+from train_decision_lora import Scorer, _stem  # beside this script
 
 from npcai.bench import quality
 from npcai.model import catalog
@@ -43,11 +43,10 @@ def stem(q: quality.Question, situation: str, open_turn: bool) -> list[int]:
     inside the user's turn: the chat rendered without the answer turn, its last end of turn cut."""
     persona = q.persona if q.persona is not None else ANONYMOUS_PERSONA
     lead = q.lead or DEFAULT_LEAD
-    user = as_question(situation) if lead == DEFAULT_LEAD else situation
-    chat = Npc("", persona).persona_chat(("user", f"{user} {lead}" if open_turn else user))
     if not open_turn:
-        return m.tokenize(m.apply_chat_template(chat, True) + lead, add_bos=True, special=True)
-    text = m.apply_chat_template(chat, False)
+        return _stem(m, persona, situation, lead)
+    user = as_question(situation) if lead == DEFAULT_LEAD else situation
+    text = m.apply_chat_template(Npc("", persona).persona_chat(("user", f"{user} {lead}")), False)
     end = next((e for e in ("<|im_end|>", "<end_of_turn>") if e in text), None)
     if end is None:
         raise SystemExit(f"{name}: no end of turn this script knows in its chat template")

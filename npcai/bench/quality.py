@@ -47,7 +47,7 @@ class Question:
     persona: str | None = None  # the deciding NPC, or None for an anonymous decision
     role: str = ""
     per_byte: bool = False  # decide's scores per byte (acc_norm's rule) rather than summed
-    raw_options: tuple[str, ...] = ()  # the options as the set writes them, where outer spaces make them differ
+    raw_options: tuple[str, ...] = ()  # the options as the set writes them, outer spaces kept (PIQA, ARC-Easy)
 
     @property
     def continuations(self) -> list[str]:
@@ -118,7 +118,7 @@ def piqa(folder: Path) -> list[Question]:
         raw = (d["sol1"], d["sol2"])
         options = tuple(o.strip() for o in raw)
         return Question(f"piqa-{d['id']}", f"Question: {d['goal']}\nAnswer:", options, d["label"],
-                        d["goal"].strip(), "Here is how:", QUIZ_PERSONA, raw_options=raw if raw != options else ())
+                        d["goal"].strip(), "Here is how:", QUIZ_PERSONA, raw_options=raw)
 
     return list(_items(folder / "piqa_valid.jsonl", build))
 
@@ -128,7 +128,7 @@ def arc_easy(folder: Path) -> list[Question]:
         raw = tuple(d["choices"])
         options = tuple(c.strip() for c in raw)
         return Question(f"arc-{d['id']}", f"Question: {d['question']}\nAnswer:", options, d["label"],
-                        d["question"].strip(), "Answer:", per_byte=True, raw_options=raw if raw != options else ())
+                        d["question"].strip(), "Answer:", per_byte=True, raw_options=raw)
 
     return list(_items(folder / "arc_easy_test.jsonl", build))
 
