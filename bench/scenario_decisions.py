@@ -4,9 +4,11 @@
 that is a near tie flips when those lines are drawn differently (another seed, another model,
 another rounding), so one run says little. This plays the demo's part of a scenario for each
 seed in turn: the NPC defined with that seed, the scenario's first two lines said to it, then
-each of its choice decisions at temperature 0. It reports, per decision, how often each option
-was picked and its mean probability, and the lowest and highest probability of the options the
-scenario marks as not sensible (``"not_sensible"`` in the decision, if any).
+each of its choice decisions at temperature 0; and the scenario's trade, as the demo plays it (the
+NPC defined afresh with that seed and its actions, the trade's line said with ``actions``). It
+reports, per decision, how often each option was picked and its mean probability, and the lowest
+and highest probability of the options the scenario marks as not sensible (``"not_sensible"`` in
+the decision or the trade, if any; the trade's options are its action names and ``(none)``).
 
     python bench/scenario_decisions.py --seeds 20
     python bench/scenario_decisions.py --seeds 20 --scenario my_scene.json -- --model decision=gemma3-270m
@@ -29,7 +31,7 @@ from npcai.errors import NpcaiError
 
 def probe(scene: dict, seeds: int, sidecar_args: list[str]) -> list[dict]:
     """Per choice decision: its picks and probabilities over ``seeds`` drawn histories."""
-    decisions = [d for d in scene["decisions"] if "choices" in d]
+    decisions = [d for d in scene.get("decisions", []) if "choices" in d]
     out = [{"npc": d.get("npc"), "situation": d["situation"], "picks": Counter(), "probs": []} for d in decisions]
     with Sidecar(*sidecar_args) as sc, Client(sc.endpoint) as c:
         c.hello("scenario_decisions")
@@ -43,6 +45,12 @@ def probe(scene: dict, seeds: int, sidecar_args: list[str]) -> list[dict]:
                 reply = c.decide(d["situation"], npc=d.get("npc"), temperature=0.0, **kind)
                 row["picks"][reply["value"]] += 1
                 row["probs"].append(reply["probs"])
+    trade = scene.get("trade")
+    if trade:
+        decisions.append({"choices": [a["name"] for a in trade["actions"]] + [NO_ACTION], **trade})
+        out.append({"npc": trade["npc"], "situation": trade["line"], "picks": Counter(),
+                    "probs": _trade(trade, scene["npcs"][trade["npc"]]["persona"], seeds, sidecar_args)})
+        out[-1]["picks"].update(max(p, key=p.get) for p in out[-1]["probs"])
     for d, row in zip(decisions, out):
         wrong = d.get("not_sensible", [])
         row["picks"] = dict(row["picks"])
@@ -53,6 +61,22 @@ def probe(scene: dict, seeds: int, sidecar_args: list[str]) -> list[dict]:
             row["not_sensible_prob"] = {"min": round(min(worst), 3), "max": round(max(worst), 3)}
         del row["probs"]
     return out
+
+
+#: The trade's pick when the NPC does not act (``action`` null; ``action_probs`` names it so).
+NO_ACTION = "(none)"
+
+
+def _trade(trade: dict, persona: str, seeds: int, sidecar_args: list[str]) -> list[dict[str, float]]:
+    """The trade's action probabilities after each seed's line, as the demo asks them."""
+    probs = []
+    with Sidecar(*sidecar_args) as sc, Client(sc.endpoint) as c:
+        c.hello("scenario_decisions")
+        for seed in range(1, seeds + 1):
+            c.npc(trade["npc"], persona, seed=seed, actions=trade["actions"])
+            reply = c.say(trade["npc"], trade["line"], actions=True, max_tokens=48, stop=["\n"])
+            probs.append(reply["action_probs"])
+    return probs
 
 
 def main() -> int:
