@@ -32,6 +32,7 @@ from npcai.remote.engines import llamacpp, sglang, vllm
 from npcai.remote.fair import FairGate
 from npcai.remote.history import History, OnEngine
 from npcai.remote.http import Upstream
+from npcai.remote.plain import plain
 from npcai.remote.spec import Remote
 from npcai.sidecar.jobs import DECIDE_DEFAULTS, SAY_DEFAULTS, decide_prompt
 from npcai.sidecar.npc import DEFAULT_LEAD, Npc
@@ -46,7 +47,8 @@ _LATE, _EXPIRED, _CANCELLED = "late", "expired", "cancelled"  # why a task was c
 
 
 def _wire(messages: list[tuple[str, str]]) -> list[dict[str, str]]:
-    return [{"role": r, "content": c} for r, c in messages]
+    """Messages as an engine takes them, each text kept to text (``plain``)."""
+    return [{"role": r, "content": plain(c)} for r, c in messages]
 
 
 class RemoteRole:
@@ -196,7 +198,7 @@ class RemoteRole:
                     probs={c: float(p) for c, p in zip(names, probs)}))
 
     async def _score(self, chat: list[tuple[str, str]], lead: str, option: str) -> float:
-        messages = _wire(chat)
+        messages, lead, option = _wire(chat), plain(lead), plain(option)
         prompt = self._render(messages) + lead if self._render is not None else ""
         scoring = [*messages, {"role": "assistant", "content": lead}] if lead else messages
         path, body, rooted = self.adapter.score(self.name, scoring, prompt, option)
