@@ -27,6 +27,7 @@ from pathlib import Path
 from npcai import Client, Sidecar
 from npcai.demo import load_scenario
 from npcai.errors import NpcaiError
+from npcai.sidecar.actions import NO_ACTION
 
 
 def probe(scene: dict, seeds: int, sidecar_args: list[str]) -> list[dict]:
@@ -45,12 +46,12 @@ def probe(scene: dict, seeds: int, sidecar_args: list[str]) -> list[dict]:
                 reply = c.decide(d["situation"], npc=d.get("npc"), temperature=0.0, **kind)
                 row["picks"][reply["value"]] += 1
                 row["probs"].append(reply["probs"])
-    trade = scene.get("trade")
-    if trade:
-        decisions.append({"choices": [a["name"] for a in trade["actions"]] + [NO_ACTION], **trade})
-        out.append({"npc": trade["npc"], "situation": trade["line"], "picks": Counter(),
-                    "probs": _trade(trade, scene["npcs"][trade["npc"]]["persona"], seeds, sidecar_args)})
-        out[-1]["picks"].update(max(p, key=p.get) for p in out[-1]["probs"])
+        trade = scene.get("trade")
+        if trade:
+            decisions.append({"choices": [a["name"] for a in trade["actions"]] + [NO_ACTION], **trade})
+            out.append({"npc": trade["npc"], "situation": trade["line"], "picks": Counter(),
+                        "probs": _trade(c, trade, scene["npcs"][trade["npc"]]["persona"], seeds)})
+            out[-1]["picks"].update(max(p, key=p.get) for p in out[-1]["probs"])  # the pick at temperature 0
     for d, row in zip(decisions, out):
         wrong = d.get("not_sensible", [])
         row["picks"] = dict(row["picks"])
@@ -63,19 +64,13 @@ def probe(scene: dict, seeds: int, sidecar_args: list[str]) -> list[dict]:
     return out
 
 
-#: The trade's pick when the NPC does not act (``action`` null; ``action_probs`` names it so).
-NO_ACTION = "(none)"
-
-
-def _trade(trade: dict, persona: str, seeds: int, sidecar_args: list[str]) -> list[dict[str, float]]:
-    """The trade's action probabilities after each seed's line, as the demo asks them."""
+def _trade(c: Client, trade: dict, persona: str, seeds: int) -> list[dict[str, float]]:
+    """The trade's action probabilities after each seed's line, as the demo asks them (``NO_ACTION``: none)."""
     probs = []
-    with Sidecar(*sidecar_args) as sc, Client(sc.endpoint) as c:
-        c.hello("scenario_decisions")
-        for seed in range(1, seeds + 1):
-            c.npc(trade["npc"], persona, seed=seed, actions=trade["actions"])
-            reply = c.say(trade["npc"], trade["line"], actions=True, max_tokens=48, stop=["\n"])
-            probs.append(reply["action_probs"])
+    for seed in range(1, seeds + 1):
+        c.npc(trade["npc"], persona, seed=seed, actions=trade["actions"])
+        reply = c.say(trade["npc"], trade["line"], actions=True, max_tokens=48, stop=["\n"])
+        probs.append(reply["action_probs"])
     return probs
 
 
