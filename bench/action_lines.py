@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import action_words
 
 from npcai import Client, Sidecar
-from npcai.bench import actions as held_npcs
+from npcai.bench import actions as bench_actions
 
 #: (npc, the player's line, the right action or None, its arguments).
 Item = tuple[str, str, "str | None", dict[str, Any]]
@@ -96,7 +96,7 @@ HELD: list[Item] = [
 ]
 
 SETS: dict[str, tuple[dict[str, tuple[str, list[dict]]], list[Item]]] = {
-    "dev": (action_words.NPCS, DEV), "held": (held_npcs.NPCS, HELD)}
+    "dev": (action_words.NPCS, DEV), "held": (bench_actions.NPCS, HELD)}
 
 
 def probe(model: str, seeds: int, sets: list[str], threads: int, sidecar_args: list[str]) -> list[dict]:
