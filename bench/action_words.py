@@ -9,11 +9,15 @@ right arguments, and the p50 of those decisions (docs/PERFORMANCE.md, "Action ar
 
 - ``paren``: the description, then "(item: shield, urgent: yes)" (npcai's way before);
 - ``colon_kv``: the description, then ": shield, urgent" ("not urgent" when false, "nights 2");
-- ``colon_vk``: as ``colon_kv`` with numbers value first ("2 nights").
+- ``colon_vk``: as ``colon_kv`` with numbers value first ("2 nights");
+- ``paren_v``: the description, then the values of ``colon_kv`` in brackets: "(shield, urgent)"; ``popen_v``
+  the same without the closing bracket, ``pspace_v`` with a space after the opening one, ``comma_v`` after a
+  comma, ``space_v`` after a space (session 17, docs/PERFORMANCE.md "Session 17: arguments in brackets").
 
 Run:
 
     python bench/action_words.py smollm2-135m      # about 1 minute a format on 2 cores
+    python bench/action_words.py smollm2-135m colon_kv,paren_v   # some of them
 """
 
 from __future__ import annotations
@@ -110,6 +114,11 @@ FORMATS: dict[str, Callable[[dict[str, Any]], str]] = {
     "paren": _paren,
     "colon_kv": lambda a: ": " + _words(a, False),
     "colon_vk": lambda a: ": " + _words(a, True),
+    "paren_v": lambda a: " (" + _words(a, False) + ")",
+    "popen_v": lambda a: " (" + _words(a, False),
+    "pspace_v": lambda a: " ( " + _words(a, False),
+    "comma_v": lambda a: ", " + _words(a, False),
+    "space_v": lambda a: " " + _words(a, False),
 }
 
 
@@ -150,5 +159,5 @@ def measure(fmt: str, model: str) -> dict[str, Any]:
 if __name__ == "__main__":
     if sys.argv[1] == "--serve":
         sys.exit(serve(sys.argv[2], sys.argv[3:]))
-    for fmt in FORMATS:
+    for fmt in sys.argv[2].split(",") if len(sys.argv) > 2 else FORMATS:
         print(json.dumps(measure(fmt, sys.argv[1])), flush=True)
