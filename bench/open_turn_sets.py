@@ -17,7 +17,7 @@ import numpy as np
 from train_decision_lora import Scorer, _stem  # beside this script
 
 from npcai.bench import quality
-from npcai.model import catalog
+from npcai.model import catalog, choices
 from npcai.model.native import Model
 from npcai.sidecar.npc import ANONYMOUS_PERSONA, DEFAULT_LEAD, Npc, as_question
 
@@ -35,7 +35,6 @@ sets = {"game": quality.game("test"),
         "copa_dev": quality.usable(quality.copa(folder))[:500],
         "piqa_even": quality.sample(even(quality.usable(quality.piqa(folder))), 300),
         "arc_even": quality.sample(even(quality.usable(quality.arc_easy(folder))), 300)}
-
 
 
 def stem(q: quality.Question, situation: str, open_turn: bool) -> list[int]:
@@ -61,7 +60,8 @@ for set_name, items in sets.items():
             options = [m.tokenize(" " + o, add_bos=False, special=False) for o in q.options]
             prompt = stem(q, q.situation, open_turn)
             tokens.append(len(prompt))
-            score = s.score(prompt, options) - 0.25 * s.score(stem(q, "Nothing happens.", open_turn), options)
+            prior = s.score(stem(q, choices.CONTENT_FREE, open_turn), options)
+            score = s.score(prompt, options) - choices.PRIOR_WEIGHT * prior
             if q.per_byte:
                 score = score / np.array([len(o.encode()) for o in q.options], float)
             right.append(int(np.argmax(score)) == q.label)

@@ -56,14 +56,13 @@ from pathlib import Path
 import numpy as np
 
 from npcai.bench import quality
-from npcai.model import catalog
+from npcai.model import catalog, choices
 from npcai.model.native import Batch, Context, Model
 from npcai.sidecar.npc import ANONYMOUS_PERSONA, DEFAULT_LEAD, Npc, as_question
 
 MODEL = "smollm2-135m"  # the default --model
 TRAIN_FILE = Path(__file__).resolve().parent / "data" / "decision_train.jsonl"
-PRIOR_WEIGHT = 0.25  # as npcai.model.choices
-CONTENT_FREE = "Nothing happens."
+PRIOR_WEIGHT, CONTENT_FREE = choices.PRIOR_WEIGHT, choices.CONTENT_FREE  # as decide takes the prior off
 VAL_SHARE = 0.2  # the written decisions held out for choosing hyperparameters
 
 

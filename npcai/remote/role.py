@@ -172,11 +172,11 @@ class RemoteRole:
         key = ("remote", npc.persona, tuple((e["situation"], e["choice"]) for e in npc.examples), lead,
                tuple(options))
         prior = self.priors.get(key)
-        chat = npc.chat(("user", decide_prompt(req)))
-        jobs = [self._score(chat, lead, o) for o in options]
+        asked = self._asked(npc.chat(("user", decide_prompt(req))), lead)
+        jobs = [self._score(asked, o) for o in options]
         if prior is None:
-            blank = npc.persona_chat(("user", decide_prompt(req, choices.CONTENT_FREE)))
-            jobs += [self._score(blank, lead, o) for o in options]
+            blank = self._asked(npc.persona_chat(("user", decide_prompt(req, choices.CONTENT_FREE))), lead)
+            jobs += [self._score(blank, o) for o in options]
         scores = await asyncio.gather(*jobs)
         loglik = np.array(scores[:len(options)])
         if prior is None:
@@ -197,10 +197,16 @@ class RemoteRole:
                     used_fallback=False, timing=clock.timing(), usage={"requests": len(jobs)},
                     probs={c: float(p) for c, p in zip(names, probs)}))
 
-    async def _score(self, chat: list[tuple[str, str]], lead: str, option: str) -> float:
-        messages, lead, option = _wire(chat), plain(lead), plain(option)
+    def _asked(self, chat: list[tuple[str, str]], lead: str) -> tuple[list[dict[str, str]], str]:
+        """What every option of one prompt is scored after, made once for all of them: the messages as sent
+        (the lead as the assistant's start) and, where npcai renders it, the prompt up to the option."""
+        messages, lead = _wire(chat), plain(lead)
         prompt = self._render(messages) + lead if self._render is not None else ""
-        scoring = [*messages, {"role": "assistant", "content": lead}] if lead else messages
+        return ([*messages, {"role": "assistant", "content": lead}] if lead else messages), prompt
+
+    async def _score(self, asked: tuple[list[dict[str, str]], str], option: str) -> float:
+        scoring, prompt = asked
+        option = plain(option)
         path, body, rooted = self.adapter.score(self.name, scoring, prompt, option)
         resp = await (self.upstream.post_root(path, body) if rooted else self.upstream.post(path, body))
         try:
