@@ -8,7 +8,8 @@ each of its choice decisions at temperature 0; and the scenario's trade, as the 
 NPC defined afresh with that seed and its actions, the trade's line said with ``actions``). It
 reports, per decision, how often each option was picked and its mean probability, and the lowest
 and highest probability of the options the scenario marks as not sensible (``"not_sensible"`` in
-the decision or the trade, if any; the trade's options are its action names and ``(none)``).
+the decision or the trade, if any; the trade's options are its action names and ``(none)``), and for the
+trade, the arguments each action came with and how often they were those its ``right_args`` expects.
 
     python bench/scenario_decisions.py --seeds 20
     python bench/scenario_decisions.py --seeds 20 --scenario my_scene.json -- --model decision=gemma3-270m
@@ -49,8 +50,9 @@ def probe(scene: dict, seeds: int, sidecar_args: list[str]) -> list[dict]:
         trade = scene.get("trade")
         if trade:
             decisions.append({"choices": [a["name"] for a in trade["actions"]] + [NO_ACTION], **trade})
+            acted = _trade(c, trade, scene["npcs"][trade["npc"]]["persona"], seeds)
             out.append({"npc": trade["npc"], "situation": trade["line"], "picks": Counter(),
-                        "probs": _trade(c, trade, scene["npcs"][trade["npc"]]["persona"], seeds)})
+                        "probs": [probs for probs, _ in acted], "arguments": _arguments(acted, trade)})
             out[-1]["picks"].update(max(p, key=p.get) for p in out[-1]["probs"])  # the pick at temperature 0
     for d, row in zip(decisions, out):
         wrong = d.get("not_sensible", [])
@@ -64,14 +66,32 @@ def probe(scene: dict, seeds: int, sidecar_args: list[str]) -> list[dict]:
     return out
 
 
-def _trade(c: Client, trade: dict, persona: str, seeds: int) -> list[dict[str, float]]:
-    """The trade's action probabilities after each seed's line, as the demo asks them (``NO_ACTION``: none)."""
-    probs = []
+def _trade(c: Client, trade: dict, persona: str, seeds: int) -> list[tuple[dict[str, float], dict | None]]:
+    """The trade's action probabilities (``NO_ACTION``: none) and the action taken, after each seed's line,
+    as the demo asks them."""
+    acted = []
     for seed in range(1, seeds + 1):
         c.npc(trade["npc"], persona, seed=seed, actions=trade["actions"])
         reply = c.say(trade["npc"], trade["line"], actions=True, max_tokens=48, stop=["\n"])
-        probs.append(reply["action_probs"])
-    return probs
+        acted.append((reply["action_probs"], reply["action"]))
+    return acted
+
+
+def _arguments(acted: list[tuple[dict[str, float], dict | None]], trade: dict) -> dict[str, dict]:
+    """Per action taken: how often each argument map came with it, and how often the one the scenario
+    expects (the trade's ``right_args``, when it names that action)."""
+    out: dict[str, dict] = {}
+    for _, action in acted:
+        if action is None:
+            continue
+        row = out.setdefault(action["name"], {"given": Counter()})
+        row["given"][json.dumps(action["args"], sort_keys=True)] += 1
+    for name, row in out.items():
+        row["given"] = dict(row["given"])
+        right = trade.get("right_args", {}).get(name)
+        if right is not None:
+            row["right"] = row["given"].get(json.dumps(right, sort_keys=True), 0)
+    return out
 
 
 def main() -> int:
@@ -95,7 +115,9 @@ def main() -> int:
     for row in rows:
         print(f"{row['npc']}: {row['situation']}\n  sensible picks {row['sensible_picks']} of {args.seeds}; "
               f"picks {row['picks']}\n  mean probs {row['mean_probs']}"
-              + (f"\n  not sensible, per history: {row['not_sensible_prob']}" if "not_sensible_prob" in row else ""))
+              + (f"\n  not sensible, per history: {row['not_sensible_prob']}" if "not_sensible_prob" in row else "")
+              + "".join(f"\n  {name}'s arguments: {a['given']}" + (f", as expected {a['right']}" if "right" in a else "")
+                        for name, a in row.get("arguments", {}).items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"seeds": args.seeds, "scenario": args.scenario or "village", "sidecar": extra,

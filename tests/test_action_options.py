@@ -9,13 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from npcai.model import choices
 from npcai.sidecar.action_options import (
+    ARGS_PRIOR_WEIGHT,
     MAX_ARG_COMBOS,
     MAX_OPTIONS,
     describe_args,
     enumerate_args,
     options,
     pick,
+    prior_weights,
 )
 
 _IDS = st.text(alphabet="abcdefghij_", min_size=1, max_size=6)
@@ -105,3 +108,23 @@ def test_the_action_is_picked_by_its_own_option_and_the_arguments_among_its_comb
     seen = {pick(opts, {"sell": 0.4, "sell#0": 0.1, "sell#1": 0.1, "refuse": 0.3, "note": 0.1}, 1.0,
                  np.random.default_rng(seed))[0] for seed in range(50)}
     assert seen == {"sell", "refuse", "note"}
+
+
+def test_arguments_are_weighed_against_more_of_their_prior_than_actions():
+    """A value the model likes whatever happens ("sword", first after the colon) must not win by that alone:
+    combinations take more of their content-free prior off than an action's own option, whose probability
+    keeps a choice's meaning."""
+    opts = options([SELL, REFUSE], WORDS)
+    weights = prior_weights(opts)
+    assert weights == (choices.PRIOR_WEIGHT, ARGS_PRIOR_WEIGHT, ARGS_PRIOR_WEIGHT, choices.PRIOR_WEIGHT)
+    assert ARGS_PRIOR_WEIGHT > choices.PRIOR_WEIGHT
+    # the situation raises the shield by 1.5 nats, but the model gives the sword 2 more whatever happens
+    prior = np.array([-3.0, -2.0, -4.0, -3.0])
+    loglik = prior + np.array([0.0, 0.0, 1.5, 0.0])
+    both = choices.probabilities(loglik, prior, 1.0, weights=weights)
+    probs = {o.key: float(p) for o, p in zip(opts, both)}
+    assert pick(opts, probs, 0.0, np.random.default_rng(0))[1] == {"item": "shield"}
+    alike = {o.key: float(p) for o, p in zip(opts, choices.probabilities(loglik, prior, 1.0))}
+    assert pick(opts, alike, 0.0, np.random.default_rng(0))[1] == {"item": "sword"}  # what it was before
+    assert pick(opts, probs, 0.0, np.random.default_rng(0))[2] == pytest.approx(
+        pick(opts, alike, 0.0, np.random.default_rng(0))[2])  # the actions' probs are as a choice's

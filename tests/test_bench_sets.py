@@ -1,4 +1,4 @@
-"""The research benches' own sets and rules (bench/role_keeping.py, bench/action_lines.py, the village's trade):
+"""The research benches' own sets and rules (bench/role_keeping.py, bench/action_lines.py, bench/action_args.py, the village's trade):
 what they count is what they say they count, and what is reported was never tuned on."""
 
 import re
@@ -64,3 +64,20 @@ def test_the_reported_action_lines_are_on_npcs_the_dev_lines_never_use():
 def test_the_village_trade_marks_only_declared_actions_as_not_sensible():
     trade = load_scenario(None)["trade"]
     assert set(trade["not_sensible"]) <= {a["name"] for a in trade["actions"]}
+
+
+def test_the_village_trade_expects_arguments_its_actions_allow():
+    trade = load_scenario(None)["trade"]
+    declared = {a["name"]: a.get("args", {"type": "object", "properties": {}}) for a in trade["actions"]}
+    for name, args in trade["right_args"].items():
+        jsonschema.validate(args, declared[name])
+
+
+def test_the_arguments_bench_sets_are_the_action_sets_and_keep_held_out_npcs_apart():
+    """bench/action_args.py reads the same items as the action benches: dev on their dev NPCs, held on the
+    held-out ones, and only items whose right action takes arguments are decided."""
+    import action_args
+    for name, (npcs, situations, lines) in action_args.SETS.items():
+        assert lines is action_lines.SETS[name][1] and npcs is action_lines.SETS[name][0]
+        assert {i[0] for i in (*situations, *lines)} <= set(npcs)
+        assert any(args for *_, args in situations) and any(args for *_, args in lines)

@@ -178,6 +178,17 @@ def test_probs_are_a_calibrated_softmax_of_whole_option_scores():
     assert choices.probabilities(loglik, None, 1.0).argmax() == 0
 
 
+def test_a_weight_per_option_takes_that_much_of_each_options_prior_off():
+    loglik, prior = np.array([-2.0, -6.0, -3.0]), np.array([-1.0, -1.0, -4.0])
+    weights = (0.25, 0.75, 1.0)
+    p = choices.probabilities(loglik, prior, temperature=2.0, weights=weights)
+    score = (loglik - np.array(weights) * prior) / 2.0
+    assert p == pytest.approx(np.exp(score) / np.exp(score).sum())
+    same = (choices.PRIOR_WEIGHT,) * 3
+    assert choices.probabilities(loglik, prior, 2.0, weights=same) == pytest.approx(
+        choices.probabilities(loglik, prior, 2.0))
+
+
 
 def test_decide_scores_each_option_as_its_own_model_does(client, model_path):
     """decide's probs are the calibrated softmax of each option's whole log-likelihood after the

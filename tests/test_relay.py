@@ -5,9 +5,15 @@ relay's bookkeeping, which must not depend on when the engine gets round to a ca
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
+
 from npcai import protocol as P
+from npcai.model.choices import PRIOR_WEIGHT
+from npcai.sidecar.action_options import ARGS_PRIOR_WEIGHT
+from npcai.sidecar.actions import ActionDecision
 from npcai.sidecar.relay import Relay
 
 
@@ -65,3 +71,22 @@ def test_a_dropped_sub_request_still_counts_the_tokens_it_fed_the_model():
     relay.drop(sub)
     engine.sent[0][1](_done("y"))
     assert relay.usage["evaluated_tokens"] == 3
+
+
+def test_an_action_decision_scores_its_arguments_with_their_own_prior_weights():
+    """The sub-decision of an action decision carries, per option, how much prior comes off (more for
+    argument combinations); no client can set that, since it is not on the wire."""
+    engine = _Engine()
+    item = {"type": "object", "properties": {"item": {"enum": ["sword", "shield"]}}, "required": ["item"]}
+    npc = SimpleNamespace(id="smith", rng=np.random.default_rng(0), actions={
+        "sell": {"name": "sell", "description": "sell the item", "args": item},
+        "refuse": {"name": "refuse", "description": "refuse", "args": {"type": "object", "properties": {}}}})
+    req = P.parse_request({"v": P.VERSION, "id": 7, "op": "decide", "npc": "smith", "situation": "x",
+                           "actions": True})
+    ActionDecision(req, None, [].append, 0, engine, npc, ["sell", "refuse"]).start()
+    (sub, _), = engine.sent
+    assert sub.choices == ["sell", "sell#0", "sell#1", "refuse"]
+    assert sub.prior_weights == (PRIOR_WEIGHT, ARGS_PRIOR_WEIGHT, ARGS_PRIOR_WEIGHT, PRIOR_WEIGHT)
+    forged = P.parse_request({"v": P.VERSION, "id": 8, "op": "decide", "situation": "x", "choices": ["a", "b"],
+                              "prior_weights": [9.0, 9.0]})
+    assert forged.prior_weights is None

@@ -78,12 +78,16 @@ def temperature_for(temperature: float, power: float, n_options: int) -> float:
 
 
 def probabilities(loglik: np.ndarray, prior: np.ndarray | None, temperature: float,
-                  nbytes: np.ndarray | None = None, power: float = 0.0) -> np.ndarray:
+                  nbytes: np.ndarray | None = None, power: float = 0.0,
+                  weights: np.ndarray | tuple[float, ...] | None = None) -> np.ndarray:
     """The probability that the NPC picks each option, at ``temperature_for(temperature, power, n)``.
     With ``nbytes`` (each option's length in bytes) the scores are per byte, as lm-evaluation-harness's
     ``acc_norm``, then scaled by the options' mean length: the same pick as per byte, on the scale
-    the temperature was fitted at."""
-    score = loglik - PRIOR_WEIGHT * prior if prior is not None else loglik
+    the temperature was fitted at. ``weights``: how much of each option's prior comes off its score,
+    when not ``PRIOR_WEIGHT`` for all (an action's argument combinations take more off: their options
+    are compared only with each other, ``action_options.prior_weights``)."""
+    weight = PRIOR_WEIGHT if weights is None else np.asarray(weights, dtype=float)
+    score = loglik - weight * prior if prior is not None else loglik
     if nbytes is not None:
         score = score / nbytes * float(np.mean(nbytes))
     z = score / temperature_for(temperature, power, len(score))

@@ -231,6 +231,9 @@ class DecideRequest(_Sampled):
     soft_max_tokens: int | None = _wire(_INT)
     regex: str | None = _wire(_STR)
     actions: bool | list[str] | None = _wire(_PICK)
+    #: Not on the wire: set by the sidecar for an action decision's options (``Relay.spawn``'s ``internal``),
+    #: how much of each option's prior comes off its score (``choices.probabilities``).
+    prior_weights: tuple[float, ...] | None = None
 
     def check(self, limits: Limits) -> None:
         _check_decide(self)

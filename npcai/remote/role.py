@@ -183,7 +183,8 @@ class RemoteRole:
             prior = np.array(scores[len(options):])
             self.priors.put(key, prior)
         nbytes = choices.option_bytes(lead, [words.get(c, c) for c in names]) if f.get("per_byte") else None
-        probs = choices.probabilities(loglik, prior, self.choice_temperature, nbytes, self.choice_temperature_power)
+        probs = choices.probabilities(loglik, prior, self.choice_temperature, nbytes, self.choice_temperature_power,
+                                      req.prior_weights)
         temperature = float(f.get("temperature", DECIDE_DEFAULTS["temperature"]))
         if temperature <= 0:
             pick = int(np.argmax(probs))

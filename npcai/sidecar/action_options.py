@@ -31,6 +31,13 @@ MAX_ARG_COMBOS = 12
 #: Options one decision may score (all actions' combinations together); actions past it are scored
 #: by their description alone and their arguments decided after.
 MAX_OPTIONS = 24
+#: How much of its content-free prior comes off a combination's score. Combinations are compared only
+#: with the other combinations of their action, where the prior is the model's liking for a value
+#: whatever happens ("sword" first after "sell the item:"), so more of it comes off than off a choice's
+#: options (``choices.PRIOR_WEIGHT``). Chosen on bench/action_words.py's and bench/action_lines.py's
+#: development items, the right action imposed: arguments right 52 of 66 against 43 at 0.25 (SmolLM2),
+#: 47 against 38 (Gemma); docs/QUALITY.md, "Action arguments against their prior".
+ARGS_PRIOR_WEIGHT = 0.75
 #: Values an integer range may enumerate.
 _MAX_RANGE = MAX_ARG_COMBOS
 _ANNOTATIONS = {"title", "description", "default", "examples", "$comment"}
@@ -171,6 +178,12 @@ def options(actions: list[dict[str, Any]], words: dict[str, str]) -> list[Option
             out.extend(Option(f"{name}#{i}", name, args, words[name] + describe_args(args), combo=True)
                        for i, args in enumerate(combos))
     return out
+
+
+def prior_weights(opts: list[Option]) -> tuple[float, ...]:
+    """How much of each option's prior comes off its score: ``ARGS_PRIOR_WEIGHT`` for a combination, the
+    choices' own weight for an action's own option (the actions' ``probs`` keep a choice's meaning)."""
+    return tuple(ARGS_PRIOR_WEIGHT if o.combo else choices.PRIOR_WEIGHT for o in opts)
 
 
 def pick(opts: list[Option], probs: dict[str, float], temperature: float, rng: np.random.Generator, *,

@@ -147,7 +147,8 @@ class _ActionRelay(Relay):
         self._options = _options(self.npc, names, extra_words)
         fields = {**self._common(), "situation": situation, **_choice_fields(self._options),
                   **{k: f[k] for k in ("lead",) if k in f and self.req.op == "decide"}}
-        self.spawn("decide", fields, self._chosen)  # at temperature 0: the pick is made here, from its probs
+        self.spawn("decide", fields, self._chosen,  # at temperature 0: the pick is made here, from its probs
+                   internal={"prior_weights": action_options.prior_weights(self._options)})
 
     def _chosen(self, reply: dict[str, Any]) -> None:
         self._tokens = reply.get("tokens", 0)

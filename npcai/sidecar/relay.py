@@ -10,6 +10,7 @@ requests it still has open.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import traceback
@@ -44,16 +45,19 @@ class Relay(Job):
         self._open: dict[int, P.Request] = {}
 
     def spawn(self, op: str, fields: dict[str, Any], on_reply: OnReply, deadline: float | None = None,
-              npc: "Npc | None" = None) -> P.Request:
+              npc: "Npc | None" = None, internal: dict[str, Any] | None = None) -> P.Request:
         """Send the engine a request of ``op`` with ``fields`` (validated as a client's would be; envelope
         fields among them are ignored); its replies go to ``on_reply`` while this relay is running. ``deadline`` is absolute (monotonic);
-        ``npc``: an NPC of the relay's own that a ``decide`` without ``npc`` is made as."""
+        ``npc``: an NPC of the relay's own that a ``decide`` without ``npc`` is made as; ``internal``: the
+        request's attributes that no client can set (not on the wire), such as a decision's ``prior_weights``."""
         now = time.monotonic()
         message = {k: v for k, v in fields.items() if k not in ENVELOPE}
         message.update(v=P.VERSION, id=self.req.id, op=op, priority=self.req.priority)  # its events carry our id
         if deadline is not None:
             message["deadline_ms"] = max(0, int((deadline - now) * 1000))
         sub = P.parse_request(message, self.req.client, now)
+        if internal:
+            sub = dataclasses.replace(sub, **internal)
 
         def relay(reply: dict[str, Any]) -> None:
             # A dropped sub-request's cancel reaches the engine on its next turn, so a reply it had already

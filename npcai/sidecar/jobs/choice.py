@@ -84,7 +84,7 @@ class ChoiceDecideJob(Decision):
         if self._new_prior:
             self.rt.choice_priors.put(self.prior_key, self.prior)
         probs = choices.probabilities(self.loglik, self.prior, self.probs_temperature, self.nbytes,
-                                      self.probs_temperature_power)
+                                      self.probs_temperature_power, self.req.prior_weights)
         u = self.rng.random() if self.temperature > 0 else 0.0  # a pick at temperature 0 draws nothing
         pick = choices.pick(probs, self.temperature, self.param("top_k", DECIDE_DEFAULTS),
                             float(self.param("top_p", DECIDE_DEFAULTS)), u)
