@@ -214,6 +214,6 @@ def test_end_to_end(tests_exe: Path) -> None:
 
 def test_poll_benchmark(tests_exe: Path) -> None:
     """Per-frame cost of Poll(); asserts zero allocation when idle and prints the timings."""
-    out = _run(tests_exe, "bench", timeout=120)
+    out = _run(tests_exe, "bench", timeout=240)  # a loaded machine lengthens the busy rounds' waits
     _expect_passed(out, ["bench.poll_cost"])
     print("\n".join(line for line in out.splitlines() if "BENCH" in line or "machine:" in line))
