@@ -19,7 +19,9 @@
 #if defined(NPCAI_UNREAL)
 #include "Windows/HideWindowsPlatformTypes.h"
 #endif
-#pragma comment(lib, "ws2_32.lib")
+#ifdef _MSC_VER
+#pragma comment(lib, "ws2_32.lib")  // MSVC links Winsock by this; other compilers by their build (CMake: ws2_32)
+#endif
 #else
 #include <arpa/inet.h>
 #include <cerrno>
