@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "check.hpp"
+#include "game_loop.hpp"
 #include "npcai/launcher.hpp"
 
 using npcai::Handle;
@@ -29,7 +30,6 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 constexpr int kWatchdogSeconds = 150;
-constexpr auto kFrame = std::chrono::milliseconds(2);
 
 // Copies each request's events (callbacks only lend their views).
 struct Events : npcai::Listener {
@@ -101,16 +101,7 @@ npcai::LauncherConfig sidecar_config() {
 Events events;
 std::unique_ptr<npcai::Launcher> sidecar;  // the one most cases share
 
-template <class Done>
-bool game_loop(npcai::Launcher& launcher, Done done, int timeout_ms) {
-  const auto until = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (!done()) {
-    if (Clock::now() > until) return false;
-    launcher.poll();
-    std::this_thread::sleep_for(kFrame);
-  }
-  return true;
-}
+using check::game_loop;
 
 bool wait_ready(npcai::Launcher& launcher) {
   return game_loop(launcher, [&] { return launcher.ready() || launcher.state() == npcai::Launcher::State::Failed; },

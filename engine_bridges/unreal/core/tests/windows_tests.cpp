@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "check.hpp"
+#include "game_loop.hpp"
 #include "npcai/launcher.hpp"
 
 #define WIN32_LEAN_AND_MEAN
@@ -106,16 +107,7 @@ struct Events : npcai::Listener {
   void on_cancelled(Handle h) override { kind[h] = "cancelled"; }
 };
 
-template <class Done>
-bool game_loop(npcai::Launcher& launcher, Done done, int timeout_ms) {
-  const auto until = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (!done()) {
-    if (Clock::now() > until) return false;
-    launcher.poll();
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return true;
-}
+using check::game_loop;
 
 }  // namespace
 
