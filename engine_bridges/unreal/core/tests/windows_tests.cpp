@@ -181,11 +181,9 @@ CASE(a_bundle_is_found_by_its_exe_name_in_folders_and_in_a_semicolon_path) {
   CHECK(npcai::find_sidecar_bundle({"C:\\nowhere", dir}, false) == dir + "/npcai-sidecar.exe",
         npcai::find_sidecar_bundle({"C:\\nowhere", dir}, false));
   const std::string path = env("PATH");
-  SetEnvironmentVariableA("PATH", ("C:\\nowhere;" + dir + "\\;" + path).c_str());
-  _putenv_s("PATH", ("C:\\nowhere;" + dir + "\\;" + path).c_str());  // getenv reads the CRT's copy
+  _putenv_s("PATH", ("C:\\nowhere;" + dir + "\\;" + path).c_str());  // what getenv, and so the search, reads
   CHECK(npcai::find_sidecar_bundle({}, true) == dir + "\\npcai-sidecar.exe", npcai::find_sidecar_bundle({}, true));
   _putenv_s("PATH", path.c_str());
-  SetEnvironmentVariableA("PATH", path.c_str());
   DeleteFileA((dir + "\\npcai-sidecar.exe").c_str());
   RemoveDirectoryA(dir.c_str());
   CHECK(npcai::find_sidecar_bundle({dir}, false).empty());
