@@ -29,9 +29,17 @@ Needs ``pip install torch==2.13.0 transformers peft gguf`` (not npcai's own depe
     python bench/train_decision_lora.py train --out /tmp/lora --minutes 10   # writes an f16 GGUF
     python bench/train_decision_lora.py score --adapter /tmp/lora/decision-lora.gguf --only val
 
+With ``--lines N`` it also learns the choice ``say`` with ``actions`` makes after a line (act, and how, or
+just keep talking): ``bench/data/action_lines_train.json`` holds 224 player lines to 14 NPCs of its own, each
+with the action a designer would want or none; each line is first said to its NPC through npcai with N seeds,
+and the after-line choice is trained on the NPC's answer as the sidecar asks it. ``bench/action_lines.py``
+scores it, on NPCs and lines of its own (none shares four words in a row with them: checked).
+
 The adapter npcai ships (npcai/data/adapters/smollm2-135m-decision.gguf) came from
-``train --out DIR --mlp --copa 100 --items 487`` (chosen over attention only, all of COPA's
-development half, on the validation split); the product scores it with
+``train --out DIR --mlp --copa 100 --lines 1 --answers bench/data/action_lines_train_answers.json --items
+1000`` (the answers as drawn by the run that made it, 20:39 UTC on 2026-12-07; session 7's adapter,
+``--items 487`` without lines, was chosen over attention only and all of COPA's development half, on the
+validation split); the product scores it with
 ``npcai bench --only quality --lora decision=smollm2-135m-decision``. Gemma's,
 npcai/data/adapters/gemma3-270m-decision.gguf, came from ``train --model gemma3-270m --out DIR --mlp
 --copa 100 --minutes 9`` (614 items; ``--items 614`` repeats its length; chosen over ``--copa 300`` on the
@@ -58,10 +66,14 @@ import numpy as np
 from npcai.bench import quality
 from npcai.model import catalog, choices
 from npcai.model.native import Batch, Context, Model
+from npcai.sidecar import action_options
+from npcai.sidecar.actions import AFTER_LINE, NO_ACTION, NO_ACTION_WORDS, words
 from npcai.sidecar.npc import ANONYMOUS_PERSONA, DEFAULT_LEAD, Npc, as_question
 
 MODEL = "smollm2-135m"  # the default --model
 TRAIN_FILE = Path(__file__).resolve().parent / "data" / "decision_train.jsonl"
+LINES_FILE = Path(__file__).resolve().parent / "data" / "action_lines_train.json"
+_NO_ARGS = {"type": "object", "properties": {}}
 PRIOR_WEIGHT, CONTENT_FREE = choices.PRIOR_WEIGHT, choices.CONTENT_FREE  # as decide takes the prior off
 VAL_SHARE = 0.2  # the written decisions held out for choosing hyperparameters
 
@@ -140,6 +152,75 @@ def _train_questions(data: Path, n_copa: int, val_share: float, n_piqa: int = 0)
     return out
 
 
+def check_lines_overlap() -> None:
+    """The training lines must not echo the lines and situations the action benches score: no run of four
+    words in common with any of them."""
+    import action_lines
+    import action_words
+
+    from npcai.bench import actions as bench_actions
+
+    def runs(text: str) -> set[tuple[str, ...]]:
+        w = re.findall(r"[a-z']+", text.lower())
+        return {tuple(w[i:i + 4]) for i in range(len(w) - 3)}
+
+    scored = set().union(*(runs(t) for t in [x[1] for x in action_lines.DEV + action_lines.HELD]
+                           + [x[1] for x in action_words.DEV + bench_actions.SITUATIONS]))
+    for npc, line, _, _ in json.loads(LINES_FILE.read_text())["lines"]:
+        if runs(line) & scored:
+            raise SystemExit(f"training line {line!r} ({npc}) shares four words in a row with a bench item")
+
+
+def line_answers(model_name: str, seeds: int, threads: int) -> list[dict]:
+    """Each training line of ``LINES_FILE`` said to its NPC through npcai, once per seed, as ``say`` with
+    ``actions`` says it before the NPC acts: the answers the after-line choice is trained after (about a
+    second a line)."""
+    from npcai import Client, Sidecar
+
+    spec = json.loads(LINES_FILE.read_text())
+    rows = []
+    with Sidecar("--threads", str(threads), "--model", model_name) as sc, Client(sc.endpoint) as c:
+        for npc_id, line, action, args in spec["lines"]:
+            npc = spec["npcs"][npc_id]
+            for seed in range(1, seeds + 1):
+                c.npc(npc_id, npc["persona"], actions=npc["actions"], seed=seed)
+                answer = c.say(npc_id, line, max_tokens=48, stop=["\n"])["text"]
+                rows.append({"npc": npc_id, "line": line, "seed": seed, "answer": answer, "action": action,
+                             "args": args})
+    return rows
+
+
+def line_items(model: Model, rows: list[dict]) -> list[Item]:
+    """Each answered line as the sidecar asks its after-line choice (the NPC's chat with the line and its
+    answer, then ``AFTER_LINE``, the lead, and the options of ``say`` with ``actions``): an item over the
+    actions' own options and doing nothing, and, when the right action's arguments are combinations, one
+    over those (the product compares combinations only with each other)."""
+    npcs = json.loads(LINES_FILE.read_text())["npcs"]
+    out = []
+    for n, r in enumerate(rows):
+        spec = npcs[r["npc"]]
+        chat = Npc("", spec["persona"], messages=[("user", r["line"]), ("assistant", r["answer"])])
+        text = model.apply_chat_template(chat.chat(("user", AFTER_LINE)), True) + DEFAULT_LEAD
+        stem = model.tokenize(text, add_bos=True, special=True)
+        prior = _stem(model, spec["persona"], CONTENT_FREE, DEFAULT_LEAD)
+        declared = [{"name": NO_ACTION, "args": _NO_ARGS}] + [
+            {"name": a["name"], "args": a.get("args") or _NO_ARGS} for a in spec["actions"]]
+        said = {NO_ACTION: NO_ACTION_WORDS} | {a["name"]: words(a) for a in spec["actions"]}
+        opts = action_options.options(declared, said)
+        right = r["action"] or NO_ACTION
+
+        def tokens(group: list[action_options.Option]) -> list[list[int]]:
+            return [model.tokenize(" " + o.words.strip(), add_bos=False, special=False) for o in group]
+
+        own = [o for o in opts if not o.combo]
+        out.append(Item(f"line-{n}", stem, prior, tokens(own), [o.name for o in own].index(right)))
+        combos = [o for o in opts if o.combo and o.name == right]
+        if combos:
+            label = [o.args for o in combos].index(r["args"])
+            out.append(Item(f"line-{n}-args", stem, prior, tokens(combos), label))
+    return out
+
+
 def _piqa_even(data: Path, n_train: int) -> tuple[list[quality.Question], list[quality.Question]]:
     """PIQA's even-indexed half (the half the bench's framings and temperatures are chosen on), split into
     ``n_train`` seeded training items and the rest, which choose hyperparameters and the temperature. The
@@ -191,6 +272,18 @@ def train(args: argparse.Namespace) -> None:
     items = [_item(model, q) for q in _train_questions(Path(args.data), args.copa, args.val_share, args.piqa)]
     print(f"{len(items)} training items; largest 3-gram overlap with a test situation {check_overlap():.0%}",
           flush=True)
+    if args.lines:
+        check_lines_overlap()
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        if args.answers:
+            rows = json.loads(Path(args.answers).read_text())
+        else:
+            rows = line_answers(args.model, args.lines, args.threads)
+            (out / "line_answers.json").write_text(json.dumps(rows, indent=1))
+        more = line_items(model, rows)
+        print(f"{len(more)} after-line items from {len(rows)} answered lines", flush=True)
+        items += more
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj"] + (["gate_proj", "up_proj", "down_proj"] if args.mlp else [])
     config = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules=targets)
@@ -487,6 +580,9 @@ def main() -> None:
     t.add_argument("--piqa", type=int, default=0, help="PIQA even-half items to train on (the rest of that half "
                    "validates; the odd half stays held out)")
     t.add_argument("--mlp", action="store_true", help="adapt the MLP projections too")
+    t.add_argument("--lines", type=int, default=0, help="also train the after-line action choice on "
+                   "bench/data/action_lines_train.json, each line answered with this many seeds (0: not)")
+    t.add_argument("--answers", help="the answered lines of an earlier run (its line_answers.json)")
     t.add_argument("--val-share", type=float, default=VAL_SHARE,
                    help="share of the written decisions held out for validation (0: train on all)")
     t.add_argument("--threads", type=int, default=2)
