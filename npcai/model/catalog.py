@@ -123,10 +123,11 @@ ADAPTERS: dict[str, CatalogAdapter] = {
             name="smollm2-135m-decision",
             base="smollm2-135m",
             filename="smollm2-135m-decision.gguf",
-            description="choice decisions of game characters: rank-8 LoRA on attention and MLP, trained on 230 "
-                        "written game decisions, the game set's 30 worked examples and 100 of COPA's development "
-                        "half (bench/train_decision_lora.py; docs/QUALITY.md)",
-            choice_temperature=2.9,  # fitted on the 57 held-out written decisions (its validation split)
+            description="choice decisions of game characters, and whether to act after a line: rank-8 LoRA on "
+                        "attention and MLP, trained on 230 written game decisions, the game set's 30 worked "
+                        "examples, 100 of COPA's development half and 224 answered player lines to 14 NPCs with "
+                        "actions (bench/train_decision_lora.py; docs/QUALITY.md)",
+            choice_temperature=3.0,  # fitted on the 57 held-out written decisions (its validation split)
         ),
         CatalogAdapter(
             name="gemma3-270m-decision",
