@@ -36,8 +36,8 @@ and the after-line choice is trained on the NPC's answer as the sidecar asks it.
 scores it, on NPCs and lines of its own (none shares four words in a row with them: checked).
 
 The adapter npcai ships (npcai/data/adapters/smollm2-135m-decision.gguf) came from
-``train --out DIR --mlp --copa 100 --lines 1 --answers bench/data/action_lines_train_answers.json --items
-1000`` (the answers as drawn by the run that made it, 20:39 UTC on 2026-12-07; session 7's adapter,
+``train --out DIR --mlp --copa 100 --lines 1 --items 1000`` (20:39 UTC on 2026-12-07; the answers that run drew
+are kept in bench/data/action_lines_train_answers.json, and ``--answers`` takes them; session 7's adapter,
 ``--items 487`` without lines, was chosen over attention only and all of COPA's development half, on the
 validation split); the product scores it with
 ``npcai bench --only quality --lora decision=smollm2-135m-decision``. Gemma's,
@@ -209,16 +209,17 @@ def line_items(model: Model, rows: list[dict]) -> list[Item]:
         opts = action_options.options(declared, said)
         right = r["action"] or NO_ACTION
 
-        def tokens(group: list[action_options.Option]) -> list[list[int]]:
-            return [model.tokenize(" " + o.words.strip(), add_bos=False, special=False) for o in group]
-
         own = [o for o in opts if not o.combo]
-        out.append(Item(f"line-{n}", stem, prior, tokens(own), [o.name for o in own].index(right)))
+        out.append(Item(f"line-{n}", stem, prior, _option_tokens(model, own), [o.name for o in own].index(right)))
         combos = [o for o in opts if o.combo and o.name == right]
         if combos:
             label = [o.args for o in combos].index(r["args"])
-            out.append(Item(f"line-{n}-args", stem, prior, tokens(combos), label))
+            out.append(Item(f"line-{n}-args", stem, prior, _option_tokens(model, combos), label))
     return out
+
+
+def _option_tokens(model: Model, options: list[action_options.Option]) -> list[list[int]]:
+    return [model.tokenize(" " + o.words.strip(), add_bos=False, special=False) for o in options]
 
 
 def _piqa_even(data: Path, n_train: int) -> tuple[list[quality.Question], list[quality.Question]]:
