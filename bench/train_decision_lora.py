@@ -67,7 +67,12 @@ from npcai.bench import quality
 from npcai.model import catalog, choices
 from npcai.model.native import Batch, Context, Model
 from npcai.sidecar import action_options
-from npcai.sidecar.actions import AFTER_LINE, NO_ACTION, NO_ACTION_WORDS, words
+from npcai.sidecar.actions import (
+    AFTER_LINE,
+    NO_ACTION,
+    NO_ACTION_WORDS,
+    decision_options,
+)
 from npcai.sidecar.npc import ANONYMOUS_PERSONA, DEFAULT_LEAD, Npc, as_question
 
 MODEL = "smollm2-135m"  # the default --model
@@ -199,14 +204,12 @@ def line_items(model: Model, rows: list[dict]) -> list[Item]:
     out = []
     for n, r in enumerate(rows):
         spec = npcs[r["npc"]]
-        chat = Npc("", spec["persona"], messages=[("user", r["line"]), ("assistant", r["answer"])])
-        text = model.apply_chat_template(chat.chat(("user", AFTER_LINE)), True) + DEFAULT_LEAD
+        npc = Npc("", spec["persona"], messages=[("user", r["line"]), ("assistant", r["answer"])],
+                  actions={a["name"]: {**a, "args": a.get("args") or _NO_ARGS} for a in spec["actions"]})
+        text = model.apply_chat_template(npc.chat(("user", AFTER_LINE)), True) + DEFAULT_LEAD
         stem = model.tokenize(text, add_bos=True, special=True)
         prior = _stem(model, spec["persona"], CONTENT_FREE, DEFAULT_LEAD)
-        declared = [{"name": NO_ACTION, "args": _NO_ARGS}] + [
-            {"name": a["name"], "args": a.get("args") or _NO_ARGS} for a in spec["actions"]]
-        said = {NO_ACTION: NO_ACTION_WORDS} | {a["name"]: words(a) for a in spec["actions"]}
-        opts = action_options.options(declared, said)
+        opts = decision_options(npc, [NO_ACTION, *npc.actions], {NO_ACTION: NO_ACTION_WORDS})
         right = r["action"] or NO_ACTION
 
         own = [o for o in opts if not o.combo]

@@ -102,12 +102,14 @@ def choice_sets(npc: Npc) -> list[dict[str, Any]]:
     """The ``choices`` and ``descriptions`` of the NPC's two usual action decisions: over all its actions
     (``decide`` with ``actions: true``), and after a line, those or none (``say`` with ``actions: true``).
     Known when the NPC is defined, so their priors can be scored before its first action."""
-    return [_choice_fields(_options(npc, names, extra))
+    return [_choice_fields(decision_options(npc, names, extra))
             for names, extra in ((list(npc.actions), {}), ([NO_ACTION, *npc.actions], {NO_ACTION: NO_ACTION_WORDS}))]
 
 
-def _options(npc: Npc, names: list[str], extra_words: dict[str, str]) -> list[action_options.Option]:
-    """The options of a choice over ``names`` (with their argument combinations, when few)."""
+def decision_options(npc: Npc, names: list[str], extra_words: dict[str, str]) -> list[action_options.Option]:
+    """The options of a choice over ``names`` (with their argument combinations, when few); ``extra_words``:
+    what names that are not the NPC's actions (``NO_ACTION``) are scored as. Also what an adapter is trained on
+    (bench/train_decision_lora.py)."""
     descriptions = {n: words(npc.actions[n]) for n in names if n in npc.actions} | extra_words
     declared = [npc.actions.get(n) or {"name": n, "args": _NO_ARGS} for n in names]
     return action_options.options(declared, descriptions)
@@ -144,7 +146,7 @@ class _ActionRelay(Relay):
 
     def _choose(self, situation: str, names: list[str], extra_words: dict[str, str]) -> None:
         f = self.req.fields
-        self._options = _options(self.npc, names, extra_words)
+        self._options = decision_options(self.npc, names, extra_words)
         fields = {**self._common(), "situation": situation, **_choice_fields(self._options),
                   **{k: f[k] for k in ("lead",) if k in f and self.req.op == "decide"}}
         self.spawn("decide", fields, self._chosen,  # at temperature 0: the pick is made here, from its probs
