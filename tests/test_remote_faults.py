@@ -21,6 +21,8 @@ import pytest
 pytest.importorskip("httpx")
 
 from npcai import Client, RequestFailed, Sidecar
+from npcai.errors import SettingsError
+from npcai.remote import detect, http, spec
 
 MODEL = "scripted"
 PERSONA = "You are Brom, the blacksmith."
@@ -73,6 +75,7 @@ class ScriptedEngine:
         self.requests: list[tuple[str, dict]] = []
         self.closed = 0
         self.sent = 0  # stream chunks written, all streams together
+        self.get_delay_s = 0.0  # how long a GET waits before it is answered (a server busy with a generation)
         engine = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -82,11 +85,15 @@ class ScriptedEngine:
                 pass
 
             def do_GET(self) -> None:
-                if self.path == "/v1/models":
-                    return self._json(200, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})
-                if self.path == "/version":
-                    return self._json(200, {"version": "0.12.0"})
-                self._json(404, {"detail": "Not Found"})
+                time.sleep(engine.get_delay_s)
+                try:
+                    if self.path == "/v1/models":
+                        return self._json(200, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+                    if self.path == "/version":
+                        return self._json(200, {"version": "0.12.0"})
+                    self._json(404, {"detail": "Not Found"})
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting
+                    self.close_connection = True
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
@@ -167,6 +174,25 @@ def _in_flight(client: Client) -> int:
             return 0
         time.sleep(0.02)
     return n
+
+
+# --- a server slow to answer at start-up --------------------------------------------------------------
+def test_a_server_busy_at_start_up_is_waited_for_longer_than_a_connection(engine, monkeypatch):
+    """A server finishing a generation answers ``GET /models`` late: still found, since only connecting is
+    bounded by the connect timeout."""
+    monkeypatch.setattr(http, "CONNECT_S", 0.2)
+    monkeypatch.setattr(http, "PROBE_READ_S", 3.0)
+    monkeypatch.setattr(engine, "get_delay_s", 0.6)
+    served = detect.connect(spec.parse("dialogue", engine.url), "")
+    assert (served.engine, served.model, served.version) == ("vllm", MODEL, "0.12.0")
+
+
+def test_a_server_that_never_answers_at_start_up_is_named_as_connected_but_silent(engine, monkeypatch):
+    monkeypatch.setattr(http, "PROBE_READ_S", 0.3)
+    monkeypatch.setattr(engine, "get_delay_s", 1.0)
+    with pytest.raises(SettingsError) as failed:
+        detect.connect(spec.parse("dialogue", engine.url), "")
+    assert "cannot reach the server: connected, but it did not answer GET /v1/models within 0.3 s" in str(failed.value)
 
 
 # --- an answer of an unexpected shape ------------------------------------------------------------------

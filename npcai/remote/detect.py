@@ -7,6 +7,8 @@ OpenAPI title ("llama.cpp Python API"). ``?engine=`` on the URL skips the guessi
 
 from __future__ import annotations
 
+import httpx
+
 from npcai.errors import SettingsError
 from npcai.remote.http import probe
 from npcai.remote.spec import RemoteSpec, Served
@@ -17,8 +19,9 @@ def connect(spec: RemoteSpec, key: str) -> Served:
     cannot be reached or is not an OpenAI-compatible server."""
     where = f"--model {spec.role}={spec.base_url}"
     resp = probe(spec.base_url + "/models", key)
-    if resp is None:
-        raise SettingsError(f"{where}: cannot reach the server (is it running?)")
+    if isinstance(resp, str):
+        hint = " (is it running?)" if resp.startswith("cannot connect") else ""
+        raise SettingsError(f"{where}: cannot reach the server: {resp}{hint}")
     if resp.status_code in (401, 403):
         raise SettingsError(f"{where}: the server refused the API key ({resp.status_code}); "
                             "see --remote-key-file / $NPCAI_REMOTE_KEY")
@@ -38,8 +41,8 @@ def connect(spec: RemoteSpec, key: str) -> Served:
                             "?engine=llamacpp to the URL")
     if engine == "vllm":
         return Served(engine, model, version=_version(spec, key))
-    props = probe(spec.root + "/props", key) if engine == "llamacpp" else None
-    if props is not None and props.status_code == 200:
+    props = _answer(spec.root + "/props", key) if engine == "llamacpp" else None
+    if props is not None:
         try:
             p = props.json()
             return Served(engine, model, str(p.get("chat_template") or ""), str(p.get("bos_token") or ""),
@@ -49,18 +52,24 @@ def connect(spec: RemoteSpec, key: str) -> Served:
     return Served(engine, model)
 
 
+def _answer(url: str, key: str) -> httpx.Response | None:
+    """The 200 answer at ``url``, or None (another status, or no answer: the engine lacks the endpoint)."""
+    resp = probe(url, key)
+    return resp if isinstance(resp, httpx.Response) and resp.status_code == 200 else None
+
+
 def _guess(spec: RemoteSpec, key: str) -> str:
-    resp = probe(spec.root + "/props", key)
-    if resp is not None and resp.status_code == 200 and _json_has(resp, "default_generation_settings"):
+    resp = _answer(spec.root + "/props", key)
+    if resp is not None and _json_has(resp, "default_generation_settings"):
         return "llamacpp"
-    resp = probe(spec.root + "/version", key)
-    if resp is not None and resp.status_code == 200 and _json_has(resp, "version"):
+    resp = _answer(spec.root + "/version", key)
+    if resp is not None and _json_has(resp, "version"):
         return "vllm"
-    resp = probe(spec.root + "/get_model_info", key)
-    if resp is not None and resp.status_code == 200 and _json_has(resp, "model_path"):
+    resp = _answer(spec.root + "/get_model_info", key)
+    if resp is not None and _json_has(resp, "model_path"):
         return "sglang"
-    resp = probe(spec.root + "/openapi.json", key)
-    if resp is not None and resp.status_code == 200:
+    resp = _answer(spec.root + "/openapi.json", key)
+    if resp is not None:
         try:
             if "llama.cpp" in str(resp.json().get("info", {}).get("title", "")):
                 return "llamacpp"
@@ -71,8 +80,8 @@ def _guess(spec: RemoteSpec, key: str) -> str:
 
 def _version(spec: RemoteSpec, key: str) -> str:
     """vLLM's version (``GET /version``: {"version": "0.10.1"}), or "" when it does not say."""
-    resp = probe(spec.root + "/version", key)
-    if resp is None or resp.status_code != 200 or not _json_has(resp, "version"):
+    resp = _answer(spec.root + "/version", key)
+    if resp is None or not _json_has(resp, "version"):
         return ""
     return str(resp.json()["version"])
 

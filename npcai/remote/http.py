@@ -25,6 +25,9 @@ _RETRY_STATUS = frozenset({502, 503, 504})
 #: Bounds of one HTTP operation when the request has no deadline: no request ever hangs.
 CONNECT_S = 5.0
 READ_S = 60.0
+#: A start-up question's answer may wait behind a generation the server is still finishing
+#: (llama-cpp-python's server serialises even ``GET /models`` with its requests).
+PROBE_READ_S = 30.0
 DRAIN_S = 0.25  # the most a stream's end may take after its [DONE] (normally it comes with it)
 
 
@@ -157,9 +160,14 @@ async def _read_to_the_end(events: AsyncIterator[Any]) -> None:
         pass  # the connection is closed instead of reused; the answer is complete either way
 
 
-def probe(url: str, key: str = "", timeout: float = CONNECT_S) -> httpx.Response | None:
-    """GET ``url`` once, synchronously (start-up only); None when nothing answers there."""
+def probe(url: str, key: str = "") -> httpx.Response | str:
+    """GET ``url`` once, synchronously (start-up only): the response, or the cause when none came.
+
+    Connecting is bounded by CONNECT_S; the answer may take PROBE_READ_S, since a busy server is
+    slow to answer, not gone."""
     try:
-        return httpx.get(url, headers=_auth(key), timeout=timeout)
-    except httpx.HTTPError:
-        return None
+        return httpx.get(url, headers=_auth(key), timeout=httpx.Timeout(PROBE_READ_S, connect=CONNECT_S))
+    except httpx.HTTPError as exc:
+        if isinstance(exc, httpx.ReadTimeout):
+            return f"connected, but it did not answer GET {httpx.URL(url).path} within {PROBE_READ_S:g} s (busy?)"
+        return _cause(exc)
