@@ -269,7 +269,7 @@ def train(args: argparse.Namespace) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     path = catalog.resolve(args.model)
     model = Model(path)
@@ -298,7 +298,7 @@ def train(args: argparse.Namespace) -> None:
     plan = {"steps": args.items or args.epochs * len(items)}
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / plan["steps"]))
-    rng = random.Random(0)
+    rng = random.Random(args.seed)
     t0 = time.time()
     step = 0
     for epoch in range(args.epochs):
@@ -589,6 +589,8 @@ def main() -> None:
     t.add_argument("--answers", help="the answered lines of an earlier run (its line_answers.json)")
     t.add_argument("--val-share", type=float, default=VAL_SHARE,
                    help="share of the written decisions held out for validation (0: train on all)")
+    t.add_argument("--seed", type=int, default=0, help="the adapter's initial weights and the items' order "
+                   "(the shipped adapters: 0)")
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--minutes", type=float, default=12, help="training time budget")
     t.add_argument("--items", type=int, default=0, help="training steps, one item each, over at most --epochs "
