@@ -34,8 +34,10 @@ class History:
         added: concurrent.futures.Future = concurrent.futures.Future()
 
         def extend() -> None:  # on the engine thread
-            npc.messages.extend(turn)
-            added.set_result(None)  # a thread-safe future: it wakes the loop without raising if the loop is gone
+            waited = added.set_running_or_notify_cancel()  # False: the loop stopped waiting (shut down, or gave up)
+            npc.messages.extend(turn)  # in the history either way: the NPC said it
+            if waited:
+                added.set_result(None)  # a thread-safe future: it wakes the loop
 
         pending = asyncio.wrap_future(added)
         self._pending[npc.id] = pending
